@@ -2,15 +2,31 @@
 //! the rtpengine-compatible ng control protocol.
 //!
 //! Layout (one concern per module):
-//! - [`bencode`]: the bencode codec used by the ng protocol.
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`relay`]: the control plane (call table, ports, workers), implementing
+//!   [`control::MediaControl`].
+//! - [`worker`]: a pinned worker thread relaying packets in batches.
+//! - [`stream`]: what control and workers share, and the ring messages.
+//! - [`ng`]: the ng protocol codec and server; [`bencode`] its encoding.
 //! - [`sdp`]: SDP parsing and the anchoring rewrite.
-//! - [`rtp`]: zero-copy RTP/RTCP header views.
-//! - [`stats`]: RFC 3550 per-direction statistics (loss, jitter, ...).
+//! - [`rtp`], [`stats`]: zero-copy RTP/RTCP views, RFC 3550 statistics.
+//! - [`metrics`], [`counters`]: Prometheus exposition of every counter.
+//! - [`ports`]: the port allocator. [`sys`]: the only `unsafe` code.
 
 pub mod bencode;
+pub mod config;
+pub mod control;
+pub mod counters;
+pub mod metrics;
+pub mod ng;
+pub mod ports;
+pub mod relay;
 pub mod rtp;
 pub mod sdp;
 pub mod stats;
+pub mod stream;
+pub mod sys;
+pub mod worker;
 
 /// Monotonic time in nanoseconds. Always passed in as an argument on the
 /// packet path, so parsers and statistics never read a clock themselves.

@@ -1,0 +1,375 @@
+//! Relay configuration: the TOML file, the rtpengine-compatible command-line
+//! overrides, and validation with errors that name the offending key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration the binary embeds and uses when no file is given.
+pub const DEFAULT_TOML: &str = include_str!("../config/media-relay.toml");
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// Path of the file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had an unknown key or a wrongly typed value.
+    #[error("config: {0}")]
+    Toml(String),
+    /// A key has a value that is syntactically fine but not acceptable.
+    #[error("config key `{key}`: {problem}")]
+    Invalid {
+        /// Dotted key name, e.g. `relay.port_min`.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// One media interface: a logical name, the local address sockets bind to,
+/// and the address advertised in SDP (differs behind 1:1 NAT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Logical name, used by the ng `direction` key. `default` when unnamed.
+    pub name: String,
+    /// Address the relay's sockets bind to.
+    pub local: IpAddr,
+    /// Address written into SDP.
+    pub advertised: IpAddr,
+}
+
+impl Interface {
+    /// Parses rtpengine's `--interface` syntax: `[NAME/]ADDR[!ADVERTISED]`.
+    ///
+    /// # Errors
+    /// Returns a message naming the part that is not an address.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (name, rest) = match spec.split_once('/') {
+            Some((n, r)) if !n.is_empty() && n.parse::<IpAddr>().is_err() => (n.to_owned(), r),
+            _ => ("default".to_owned(), spec),
+        };
+        let (local, adv) = match rest.split_once('!') {
+            Some((l, a)) => (l, Some(a)),
+            None => (rest, None),
+        };
+        let local: IpAddr = local
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse()
+            .map_err(|_| format!("`{local}` is not an IP address (want [NAME/]ADDR[!ADVERTISED])"))?;
+        let advertised = match adv {
+            Some(a) => a
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse()
+                .map_err(|_| format!("advertised address `{a}` is not an IP address"))?,
+            None => local,
+        };
+        Ok(Self { name, local, advertised })
+    }
+}
+
+/// Validated relay configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Media interfaces; the first is the default.
+    pub interfaces: Vec<Interface>,
+    /// Where the ng control protocol listens (UDP). `None` disables it.
+    pub listen_ng: Option<SocketAddr>,
+    /// Lowest port of the media range (inclusive).
+    pub port_min: u16,
+    /// Highest port of the media range (inclusive).
+    pub port_max: u16,
+    /// Number of worker threads.
+    pub workers: usize,
+    /// Delete a session after this long with no media in either direction.
+    pub timeout: Duration,
+    /// Keep a deleted call this long before freeing it (rtpengine's delete-delay).
+    pub delete_delay: Duration,
+    /// Latch each leg to the first source that sends to it (symmetric RTP for NAT).
+    pub nat: bool,
+    /// Prometheus `/metrics` listen address. `None` disables it.
+    pub metrics: Option<SocketAddr>,
+    /// tracing filter, e.g. `info` or `media_relay=debug`.
+    pub log_level: String,
+    /// SO_RCVBUF for each media socket, bytes (0 = kernel default).
+    pub socket_rcvbuf: usize,
+    /// Maximum number of cached ng replies.
+    pub ng_cache_size: usize,
+    /// How long a cached ng reply is kept.
+    pub ng_cache_age: Duration,
+    /// Maximum number of concurrent calls (0 = limited only by ports).
+    pub max_sessions: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    relay: RawRelay,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    interfaces: Vec<String>,
+    listen_ng: String,
+    port_min: u16,
+    port_max: u16,
+    workers: Workers,
+    timeout: u64,
+    #[serde(default)]
+    delete_delay: u64,
+    #[serde(default = "yes")]
+    nat: bool,
+    metrics: String,
+    #[serde(default = "info")]
+    log_level: String,
+    #[serde(default)]
+    socket_rcvbuf: usize,
+    #[serde(default = "cache_size")]
+    ng_cache_size: usize,
+    #[serde(default = "cache_age")]
+    ng_cache_age: u64,
+    #[serde(default)]
+    max_sessions: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn info() -> String {
+    "info".to_owned()
+}
+fn cache_size() -> usize {
+    10_000
+}
+fn cache_age() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Workers {
+    Count(i64),
+    Word(String),
+}
+
+impl RelayConfig {
+    /// Loads and validates a TOML file.
+    ///
+    /// # Errors
+    /// Names the key and the problem.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    ///
+    /// # Errors
+    /// Names the key and the problem.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        let r = file.relay;
+        let mut interfaces = Vec::with_capacity(r.interfaces.len());
+        for spec in &r.interfaces {
+            interfaces.push(Interface::parse(spec).map_err(|problem| ConfigError::Invalid {
+                key: "relay.interfaces",
+                problem,
+            })?);
+        }
+        let workers = match r.workers {
+            Workers::Word(w) if w == "auto" => 0,
+            Workers::Word(w) => {
+                return Err(ConfigError::Invalid {
+                    key: "relay.workers",
+                    problem: format!("`{w}` is neither \"auto\" nor a number"),
+                })
+            }
+            Workers::Count(n) if (1..=1024).contains(&n) => usize::try_from(n).unwrap_or(1),
+            Workers::Count(n) => {
+                return Err(ConfigError::Invalid {
+                    key: "relay.workers",
+                    problem: format!("{n} is out of range (1..=1024, or \"auto\")"),
+                })
+            }
+        };
+        let mut cfg = Self {
+            interfaces,
+            listen_ng: parse_listen("relay.listen_ng", &r.listen_ng)?,
+            port_min: r.port_min,
+            port_max: r.port_max,
+            workers,
+            timeout: Duration::from_secs(r.timeout),
+            delete_delay: Duration::from_secs(r.delete_delay),
+            nat: r.nat,
+            metrics: parse_listen("relay.metrics", &r.metrics)?,
+            log_level: r.log_level,
+            socket_rcvbuf: r.socket_rcvbuf,
+            ng_cache_size: r.ng_cache_size,
+            ng_cache_age: Duration::from_secs(r.ng_cache_age),
+            max_sessions: r.max_sessions,
+        };
+        cfg.resolve_workers();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The embedded default configuration.
+    ///
+    /// # Panics
+    /// Never in practice: a unit test checks the embedded file validates.
+    #[must_use]
+    pub fn embedded_default() -> Self {
+        #[expect(clippy::expect_used, reason = "the embedded default is validated by a unit test")]
+        Self::from_toml(DEFAULT_TOML).expect("embedded default config is valid")
+    }
+
+    /// Replaces `workers = 0` ("auto") with the number of available cores.
+    pub fn resolve_workers(&mut self) {
+        if self.workers == 0 {
+            self.workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        }
+    }
+
+    /// Checks cross-key constraints.
+    ///
+    /// # Errors
+    /// Names the key and the problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interfaces.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "relay.interfaces",
+                problem: "at least one interface address is needed".into(),
+            });
+        }
+        if self.port_min < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "relay.port_min",
+                problem: format!("{} is below 1024", self.port_min),
+            });
+        }
+        if self.port_max <= self.port_min || u32::from(self.port_max) - u32::from(self.port_min) < 3 {
+            return Err(ConfigError::Invalid {
+                key: "relay.port_max",
+                problem: format!(
+                    "{} leaves no room for one RTP/RTCP pair above port_min {}",
+                    self.port_max, self.port_min
+                ),
+            });
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "relay.timeout",
+                problem: "must be at least 1 second".into(),
+            });
+        }
+        if self.ng_cache_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "relay.ng_cache_size",
+                problem: "must be at least 1 (retransmitted commands must not run twice)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Looks up an interface by logical name.
+    #[must_use]
+    pub fn interface(&self, name: &str) -> Option<usize> {
+        self.interfaces.iter().position(|i| i.name == name)
+    }
+}
+
+/// Parses a listen address. Accepts `ADDR:PORT`, `[V6]:PORT`, a bare port
+/// (loopback, as rtpengine does), or `off`/empty to disable.
+///
+/// # Errors
+/// Names `key` and the text that did not parse.
+pub fn parse_listen(key: &'static str, text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let t = text.trim();
+    if t.is_empty() || t == "off" || t == "none" {
+        return Ok(None);
+    }
+    if let Ok(port) = t.parse::<u16>() {
+        return Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    t.parse::<SocketAddr>().map(Some).map_err(|_| ConfigError::Invalid {
+        key,
+        problem: format!("`{t}` is not ADDR:PORT, a port, or \"off\""),
+    })
+}
+
+/// Maps rtpengine's syslog-style numeric `--log-level` (0..7) or a name to a
+/// tracing filter.
+#[must_use]
+pub fn log_filter(level: &str) -> String {
+    match level.trim() {
+        "0" | "1" | "2" | "3" => "error".into(),
+        "4" => "warn".into(),
+        "5" | "6" => "info".into(),
+        "7" => "debug".into(),
+        other => other.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_on_loopback() {
+        let c = RelayConfig::embedded_default();
+        assert!(c.interfaces[0].local.is_loopback());
+        assert!(c.listen_ng.is_some_and(|a| a.ip().is_loopback()));
+        assert!(c.metrics.is_some_and(|a| a.ip().is_loopback()));
+        assert!(c.workers >= 1);
+        assert_eq!(c.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn interface_syntax() {
+        let i = Interface::parse("ext/10.0.0.1!203.0.113.9").unwrap();
+        assert_eq!(i.name, "ext");
+        assert_eq!(i.local, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(i.advertised, "203.0.113.9".parse::<IpAddr>().unwrap());
+        let i = Interface::parse("::1").unwrap();
+        assert_eq!(i.name, "default");
+        assert!(Interface::parse("eth0").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = DEFAULT_TOML.replace("port_min = 30000", "port_min = 80");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("relay.port_min"), "{e}");
+        let bad = DEFAULT_TOML.replace("workers = \"auto\"", "workers = \"many\"");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("relay.workers"), "{e}");
+        let bad = DEFAULT_TOML.replace("listen_ng = \"127.0.0.1:22222\"", "listen_ng = \"nowhere\"");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("relay.listen_ng"), "{e}");
+        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nbogus = 1");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("k", "2223").unwrap(),
+            Some("127.0.0.1:2223".parse().unwrap())
+        );
+        assert_eq!(parse_listen("k", "off").unwrap(), None);
+        assert!(parse_listen("k", "[::1]:9").unwrap().is_some());
+    }
+}

@@ -1,0 +1,65 @@
+//! Every relay counter, listed once.
+//!
+//! One `macro_rules!` table generates the per-worker counter block, its
+//! worker-local accumulator, and the Prometheus names and help text. Workers
+//! count into a plain local struct and publish it with relaxed stores once
+//! per batch; readers sum the per-worker blocks when they are scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+
+macro_rules! worker_counters {
+    ($( $field:ident => $metric:literal, $labels:literal, $help:literal; )*) => {
+        /// Per-worker counters, written only by their worker (relaxed stores),
+        /// read by the metrics exporter.
+        #[derive(Debug, Default)]
+        pub struct WorkerCounters {
+            $(
+                #[doc = $help]
+                pub $field: AtomicU64,
+            )*
+        }
+
+        /// The worker's private running totals, published once per batch.
+        #[derive(Debug, Default, Clone, Copy)]
+        pub struct LocalCounters {
+            $(
+                #[doc = $help]
+                pub $field: u64,
+            )*
+        }
+
+        impl LocalCounters {
+            /// Copies the running totals into the shared block.
+            pub fn publish(&self, to: &WorkerCounters) {
+                $( to.$field.store(self.$field, Relaxed); )*
+            }
+        }
+
+        impl WorkerCounters {
+            /// `(metric name, extra labels, help, value)` for every counter.
+            #[must_use]
+            pub fn rows(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+                vec![ $( ($metric, $labels, $help, self.$field.load(Relaxed)), )* ]
+            }
+        }
+    };
+}
+
+worker_counters! {
+    received => "media_relay_packets_received_total", "", "Datagrams read from media sockets.";
+    relayed => "media_relay_packets_relayed_total", "", "Datagrams forwarded to the other leg.";
+    relayed_bytes => "media_relay_bytes_relayed_total", "", "UDP payload bytes forwarded to the other leg.";
+    drop_foreign => "media_relay_drops_total", "reason=\"foreign_source\"", "Datagrams dropped, by reason.";
+    drop_no_destination => "media_relay_drops_total", "reason=\"no_destination\"", "Datagrams dropped, by reason.";
+    drop_send => "media_relay_drops_total", "reason=\"send_buffer_full\"", "Datagrams dropped, by reason.";
+    drop_oversize => "media_relay_drops_total", "reason=\"oversize\"", "Datagrams dropped, by reason.";
+    drop_rx_overflow => "media_relay_drops_total", "reason=\"rx_queue_overflow\"", "Datagrams dropped, by reason.";
+    batches => "media_relay_worker_batches_total", "", "recvmmsg batches processed.";
+    events_lost => "media_relay_worker_events_lost_total", "", "Worker-to-control notifications lost to a full ring (latch reports only).";
+}
+
+/// A cache-line padded counter block, one per worker, so workers never share
+/// a line.
+pub type PaddedCounters = CachePadded<WorkerCounters>;

@@ -1,0 +1,394 @@
+//! The rtpengine-compatible "ng" control protocol: UDP datagrams of the form
+//! `cookie SP bencoded-dict`, as sent by Kamailio's and OpenSIPS's rtpengine
+//! modules. A thin codec over [`MediaControl`].
+//!
+//! Retransmissions: a command whose (source, cookie) was seen in the last
+//! `ng_cache_age` gets the cached reply and is not executed again. The cache
+//! is bounded in entries and in age.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bencode::{self, Value};
+use crate::control::{CallReport, MediaControl, RelayError, SdpOptions, SdpRequest, StreamReport};
+
+/// The commands we implement, in metrics order.
+pub const COMMANDS: [&str; 7] = ["ping", "offer", "answer", "delete", "query", "list", "statistics"];
+
+/// ng server counters, read by the metrics exporter.
+#[derive(Debug, Default)]
+pub struct NgCounters {
+    /// Commands executed, by [`COMMANDS`] index.
+    pub commands: [AtomicU64; 7],
+    /// Commands answered with `result: error`.
+    pub errors: AtomicU64,
+    /// Retransmissions answered from the cache.
+    pub cache_hits: AtomicU64,
+    /// Datagrams dropped because not even a cookie could be read.
+    pub dropped: AtomicU64,
+}
+
+/// Bounded reply cache keyed by (source, cookie).
+pub struct ReplyCache {
+    map: HashMap<(SocketAddr, Vec<u8>), Vec<u8>>,
+    order: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+    max: usize,
+    age: Duration,
+}
+
+impl ReplyCache {
+    /// A cache of at most `max` replies, each kept for `age`.
+    #[must_use]
+    pub fn new(max: usize, age: Duration) -> Self {
+        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1), age }
+    }
+
+    /// The cached reply, if still fresh.
+    pub fn get(&mut self, src: SocketAddr, cookie: &[u8], now: Instant) -> Option<&[u8]> {
+        self.expire(now);
+        self.map.get(&(src, cookie.to_vec())).map(Vec::as_slice)
+    }
+
+    /// Stores a reply, evicting the oldest when full.
+    pub fn put(&mut self, src: SocketAddr, cookie: &[u8], reply: Vec<u8>, now: Instant) {
+        self.expire(now);
+        while self.map.len() >= self.max {
+            let Some((_, s, c)) = self.order.pop_front() else { break };
+            self.map.remove(&(s, c));
+        }
+        if self.map.insert((src, cookie.to_vec()), reply).is_none() {
+            self.order.push_back((now, src, cookie.to_vec()));
+        }
+    }
+
+    /// Number of cached replies.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the cache is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((t, _, _)) = self.order.front() {
+            if now.duration_since(*t) < self.age {
+                break;
+            }
+            if let Some((_, s, c)) = self.order.pop_front() {
+                self.map.remove(&(s, c));
+            }
+        }
+    }
+}
+
+/// Splits a datagram into cookie and body. `None` when there is no cookie.
+#[must_use]
+pub fn split_cookie(datagram: &[u8]) -> Option<(&[u8], &[u8])> {
+    let sp = datagram.iter().position(|&b| b == b' ')?;
+    let (cookie, rest) = datagram.split_at(sp);
+    if cookie.is_empty() || cookie.len() > 256 || cookie.iter().any(|b| !b.is_ascii_graphic()) {
+        return None;
+    }
+    Some((cookie, rest.get(1..).unwrap_or_default()))
+}
+
+fn error_reply(reason: &str) -> Value {
+    let mut v = Value::dict();
+    v.insert("result", Value::str("error")).insert("error-reason", Value::str(reason));
+    v
+}
+
+fn ok() -> Value {
+    let mut v = Value::dict();
+    v.insert("result", Value::str("ok"));
+    v
+}
+
+fn get_str<'a>(d: &'a Value, key: &'static str) -> Result<&'a str, RelayError> {
+    d.get(key).and_then(Value::as_str).ok_or(RelayError::MissingKey(key))
+}
+
+fn list_of_strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect(),
+        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).split_whitespace().map(str::to_ascii_lowercase).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn sdp_options(d: &Value) -> SdpOptions {
+    let replace = list_of_strings(d.get("replace"));
+    let ice = d.get("ICE").and_then(Value::as_str).map(str::to_ascii_lowercase);
+    let dir: Vec<String> = match d.get("direction") {
+        Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    SdpOptions {
+        replace_origin: replace.iter().any(|r| r == "origin"),
+        // ICE is removed unless the command asks to pass it through.
+        ice_remove: !matches!(ice.as_deref(), Some("pass" | "passthrough" | "pass-through")),
+        direction: [dir.first().cloned(), dir.get(1).cloned()],
+    }
+}
+
+/// Executes one decoded command. Returns the reply dictionary.
+pub fn dispatch(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Value {
+    let Some(name) = cmd.get("command").and_then(Value::as_str) else {
+        counters.errors.fetch_add(1, Relaxed);
+        return error_reply("Missing key `command`");
+    };
+    let idx = COMMANDS.iter().position(|c| c.eq_ignore_ascii_case(name));
+    let Some(idx) = idx else {
+        counters.errors.fetch_add(1, Relaxed);
+        return error_reply("Unrecognized command");
+    };
+    counters.commands[idx].fetch_add(1, Relaxed);
+    let r = match COMMANDS[idx] {
+        "ping" => {
+            let mut v = Value::dict();
+            v.insert("result", Value::str("pong"));
+            Ok(v)
+        }
+        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer"),
+        "delete" => get_str(cmd, "call-id").and_then(|id| {
+            let from = cmd.get("from-tag").and_then(Value::as_str);
+            ctl.delete(id, from).map(|r| report_value(&r))
+        }),
+        "query" => get_str(cmd, "call-id").and_then(|id| ctl.query(id).map(|r| report_value(&r))),
+        "list" => {
+            let limit = cmd.get("limit").and_then(Value::as_int).and_then(|l| usize::try_from(l).ok()).unwrap_or(32);
+            let calls: Vec<Value> = ctl.list(limit).into_iter().map(Value::from).collect();
+            let mut v = ok();
+            v.insert("calls", Value::List(calls));
+            Ok(v)
+        }
+        _ => Ok(statistics_value(ctl)),
+    };
+    r.unwrap_or_else(|e| {
+        counters.errors.fetch_add(1, Relaxed);
+        error_reply(&e.to_string())
+    })
+}
+
+fn sdp_command(ctl: &dyn MediaControl, cmd: &Value, answer: bool) -> Result<Value, RelayError> {
+    let call_id = get_str(cmd, "call-id")?;
+    let from_tag = get_str(cmd, "from-tag")?;
+    let to_tag = cmd.get("to-tag").and_then(Value::as_str).filter(|t| !t.is_empty());
+    let sdp = cmd.get("sdp").and_then(Value::as_bytes).ok_or(RelayError::MissingKey("sdp"))?;
+    let req = SdpRequest { call_id, from_tag, to_tag, sdp, opts: sdp_options(cmd) };
+    let out = if answer { ctl.answer(&req)? } else { ctl.offer(&req)? };
+    let mut v = ok();
+    v.insert("sdp", Value::Bytes(out));
+    Ok(v)
+}
+
+fn endpoint_value(a: SocketAddr) -> Value {
+    let mut v = Value::dict();
+    v.insert("family", Value::str(if a.is_ipv4() { "IPv4" } else { "IPv6" }))
+        .insert("address", Value::from(a.ip().to_string()))
+        .insert("port", Value::from(i64::from(a.port())));
+    v
+}
+
+fn stream_value(s: &StreamReport) -> Value {
+    let st = &s.stats.stats;
+    let mut stats = Value::dict();
+    stats
+        .insert("packets", Value::from(st.packets))
+        .insert("bytes", Value::from(st.bytes))
+        .insert("errors", Value::from(s.stats.foreign_drops))
+        .insert("rtp-packets", Value::from(st.rtp_packets))
+        .insert("expected", Value::from(st.expected))
+        .insert("lost", Value::Int(st.lost))
+        .insert("duplicates", Value::from(st.duplicates))
+        .insert("reordered", Value::from(st.reordered))
+        .insert("jitter", Value::from(u64::from(st.jitter)))
+        .insert("jitter-us", Value::from(u64::from(st.jitter_us)))
+        .insert("last-packet-age-ms", Value::from(age_ms(st.last_packet)));
+    let mut v = Value::dict();
+    v.insert("local port", Value::from(i64::from(s.local_port)));
+    if let Some(e) = s.endpoint {
+        v.insert("endpoint", endpoint_value(e));
+    }
+    if let Some(e) = s.advertised {
+        v.insert("advertised endpoint", endpoint_value(e));
+    }
+    v.insert("latched", Value::from(i64::from(s.latched))).insert("stats", stats);
+    v
+}
+
+fn age_ms(last: crate::Nanos) -> i64 {
+    if last == 0 {
+        return -1;
+    }
+    let age = crate::sys::monotonic_ns().saturating_sub(last) / 1_000_000;
+    i64::try_from(age).unwrap_or(i64::MAX)
+}
+
+/// The rtpengine-shaped report of a call (`query`, `delete`).
+#[must_use]
+pub fn report_value(r: &CallReport) -> Value {
+    let mut tags = Value::dict();
+    for leg in &r.legs {
+        let medias: Vec<Value> = leg
+            .medias
+            .iter()
+            .map(|m| {
+                let mut mv = Value::dict();
+                mv.insert("index", Value::from(m.index as u64))
+                    .insert("type", Value::from(m.kind.as_str()))
+                    .insert("protocol", Value::from(m.protocol.as_str()))
+                    .insert("codecs", Value::List(m.codecs.iter().map(|c| Value::from(c.as_str())).collect()))
+                    .insert("streams", Value::List(m.streams.iter().map(stream_value).collect()));
+                mv
+            })
+            .collect();
+        let mut lv = Value::dict();
+        lv.insert("tag", Value::from(leg.tag.as_str())).insert("medias", Value::List(medias));
+        // A leg whose tag is not known yet is reported under an empty key.
+        tags.insert(&leg.tag, lv);
+    }
+    let totals_of = |rtcp: bool| {
+        let (p, b, e) = r.totals(rtcp);
+        let mut t = Value::dict();
+        t.insert("packets", Value::from(p)).insert("bytes", Value::from(b)).insert("errors", Value::from(e));
+        t
+    };
+    let mut totals = Value::dict();
+    totals.insert("RTP", totals_of(false)).insert("RTCP", totals_of(true));
+    let mut v = ok();
+    v.insert("created", Value::from(r.created))
+        .insert("last signal", Value::from(r.last_signal))
+        .insert("tags", tags)
+        .insert("totals", totals);
+    v
+}
+
+fn statistics_value(ctl: &dyn MediaControl) -> Value {
+    let t = ctl.totals();
+    let mut cur = Value::dict();
+    cur.insert("sessionsown", Value::from(t.sessions as u64))
+        .insert("sessionsforeign", Value::Int(0))
+        .insert("sessionstotal", Value::from(t.sessions as u64))
+        .insert("transcodedmedia", Value::Int(0))
+        .insert("portsinuse", Value::from((t.port_pairs_in_use * 2) as u64))
+        .insert("portstotal", Value::from((t.port_pairs_total * 2) as u64));
+    let mut tot = Value::dict();
+    tot.insert("managedsessions", Value::from(t.created))
+        .insert("deletedsessions", Value::from(t.deleted))
+        .insert("timeoutsessions", Value::from(t.timed_out))
+        .insert("endedwithmediaboth", Value::from(t.ended_both))
+        .insert("endedwithmediaoneway", Value::from(t.ended_oneway))
+        .insert("endedwithoutmedia", Value::from(t.ended_none));
+    let mut s = Value::dict();
+    s.insert("currentstatistics", cur).insert("totalstatistics", tot);
+    let mut v = ok();
+    v.insert("statistics", s);
+    v
+}
+
+/// Handles one datagram: returns the reply datagram, or `None` when it is
+/// dropped (no cookie).
+pub fn handle_datagram(
+    ctl: &dyn MediaControl,
+    cache: &mut ReplyCache,
+    counters: &NgCounters,
+    src: SocketAddr,
+    datagram: &[u8],
+    now: Instant,
+) -> Option<Vec<u8>> {
+    let Some((cookie, body)) = split_cookie(datagram) else {
+        counters.dropped.fetch_add(1, Relaxed);
+        tracing::debug!(%src, len = datagram.len(), "ng datagram without a cookie dropped");
+        return None;
+    };
+    if let Some(cached) = cache.get(src, cookie, now) {
+        counters.cache_hits.fetch_add(1, Relaxed);
+        return Some(cached.to_vec());
+    }
+    let reply = match bencode::decode(body) {
+        Ok(cmd @ Value::Dict(_)) => dispatch(ctl, &cmd, counters),
+        Ok(_) => {
+            counters.errors.fetch_add(1, Relaxed);
+            error_reply("Request is not a dictionary")
+        }
+        Err(e) => {
+            counters.errors.fetch_add(1, Relaxed);
+            error_reply(&format!("Failed to decode bencode: {e}"))
+        }
+    };
+    let mut out = Vec::with_capacity(cookie.len() + 64);
+    out.extend_from_slice(cookie);
+    out.push(b' ');
+    reply.encode(&mut out);
+    cache.put(src, cookie, out.clone(), now);
+    Some(out)
+}
+
+/// Serves the ng protocol on `socket` until `shutdown` is set.
+pub fn serve(
+    socket: &UdpSocket,
+    ctl: &dyn MediaControl,
+    counters: &Arc<NgCounters>,
+    cache_size: usize,
+    cache_age: Duration,
+    shutdown: &AtomicBool,
+) {
+    let mut cache = ReplyCache::new(cache_size, cache_age);
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = vec![0u8; 65536];
+    while !shutdown.load(Relaxed) {
+        let (n, src) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "ng socket receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let Some(datagram) = buf.get(..n) else { continue };
+        if let Some(reply) = handle_datagram(ctl, &mut cache, counters, src, datagram, Instant::now()) {
+            if let Err(e) = socket.send_to(&reply, src) {
+                tracing::warn!(error = %e, %src, "ng reply could not be sent");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_split() {
+        assert_eq!(split_cookie(b"abc d3:fooi1ee"), Some((&b"abc"[..], &b"d3:fooi1ee"[..])));
+        assert_eq!(split_cookie(b"nocookie"), None);
+        assert_eq!(split_cookie(b" d3:fooi1ee"), None);
+        assert_eq!(split_cookie(b"\x01\x02 x"), None);
+    }
+
+    #[test]
+    fn cache_is_bounded_in_size_and_age() {
+        let t0 = Instant::now();
+        let src: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut c = ReplyCache::new(2, Duration::from_secs(30));
+        c.put(src, b"a", b"A".to_vec(), t0);
+        c.put(src, b"b", b"B".to_vec(), t0);
+        c.put(src, b"c", b"C".to_vec(), t0);
+        assert_eq!(c.len(), 2);
+        assert!(c.get(src, b"a", t0).is_none(), "oldest evicted");
+        assert_eq!(c.get(src, b"c", t0), Some(&b"C"[..]));
+        let other: SocketAddr = "127.0.0.1:10".parse().unwrap();
+        assert!(c.get(other, b"c", t0).is_none(), "keyed by source too");
+        assert!(c.get(src, b"c", t0 + Duration::from_secs(31)).is_none(), "expired");
+        assert!(c.is_empty());
+    }
+}

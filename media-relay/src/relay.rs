@@ -1,0 +1,667 @@
+//! The relay's control plane: the call table, port allocation, and the
+//! workers it drives. Implements [`MediaControl`].
+//!
+//! Ownership: everything in [`State`] is behind one mutex that only control
+//! paths take (ng commands, in-process calls, the housekeeping thread). The
+//! workers never take it; they are reached through their command rings and
+//! answer through their event rings (see [`crate::stream`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::RelayConfig;
+use crate::control::{
+    CallReport, LegReport, MediaControl, MediaReport, RelayError, RelayTotals, SdpRequest, StreamReport,
+};
+use crate::counters::PaddedCounters;
+use crate::ports::PortAllocator;
+use crate::sdp::{self, Sdp};
+use crate::stream::{ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup};
+use crate::sys::monotonic_ns;
+use crate::worker::{self, WorkerContext};
+use crate::Nanos;
+
+const COMMAND_RING: usize = 8192;
+const EVENT_RING: usize = 65536;
+const HOUSEKEEPING: Duration = Duration::from_millis(200);
+
+/// The running relay.
+pub struct Relay {
+    cfg: RelayConfig,
+    state: Mutex<State>,
+    counters: Vec<Arc<PaddedCounters>>,
+    shutdown: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct WorkerLink {
+    commands: rtrb::Producer<Command>,
+    events: rtrb::Consumer<Event>,
+    waker: Arc<mio::Waker>,
+    free_slots: Vec<u32>,
+    next_slot: u32,
+    /// Slot → (call-id, media index), for latch reports.
+    owners: Vec<Option<(Arc<str>, usize)>>,
+    /// Slot → RTP ports of both legs, waiting for the worker's `Removed`.
+    closing: HashMap<u32, [u16; 2]>,
+    /// Removes that did not fit in the ring yet.
+    retry_remove: Vec<u32>,
+    pairs: usize,
+}
+
+/// One `m=` section of a call: both legs, RTP and RTCP.
+struct MediaPair {
+    worker: usize,
+    slot: u32,
+    kind: String,
+    protocol: String,
+    codecs: [Vec<String>; 2],
+    /// RTP port of each leg's channel pair (RTCP is +1).
+    ports: [u16; 2],
+    /// SDP RTP/RTCP addresses of each leg.
+    sdp_rtp: [Option<SocketAddr>; 2],
+    sdp_rtcp: [Option<SocketAddr>; 2],
+    mux: [bool; 2],
+    latched: [Option<SocketAddr>; 4],
+    shared: [Arc<DirShared>; 4],
+    clock: ClockTable,
+}
+
+struct Call {
+    id: Arc<str>,
+    created: u64,
+    last_signal: u64,
+    last_signal_mono: Nanos,
+    tags: [Option<String>; 2],
+    /// Interface index of each leg.
+    iface: [usize; 2],
+    medias: Vec<MediaPair>,
+    delete_at: Option<Nanos>,
+}
+
+struct State {
+    calls: HashMap<Arc<str>, Call>,
+    ports: PortAllocator,
+    workers: Vec<WorkerLink>,
+    next_worker: usize,
+    totals: RelayTotals,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn to_nanos(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Relay {
+    /// Starts the workers and the housekeeping thread.
+    ///
+    /// # Errors
+    /// When a worker's poll cannot be created.
+    pub fn start(mut cfg: RelayConfig) -> Result<Arc<Self>, RelayError> {
+        cfg.resolve_workers();
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut links = Vec::with_capacity(cfg.workers);
+        let mut counters = Vec::with_capacity(cfg.workers);
+        let mut threads = Vec::with_capacity(cfg.workers + 1);
+        for i in 0..cfg.workers {
+            let (poll, waker) = worker::make_poll().map_err(|source| RelayError::Io { op: "creating worker poll", source })?;
+            let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(COMMAND_RING);
+            let (ev_tx, ev_rx) = rtrb::RingBuffer::new(EVENT_RING);
+            let ctr = Arc::new(PaddedCounters::default());
+            let ctx = WorkerContext {
+                index: i,
+                core: if cores.is_empty() { None } else { Some(cores[i % cores.len()]) },
+                commands: cmd_rx,
+                events: ev_tx,
+                nat: cfg.nat,
+                counters: Arc::clone(&ctr),
+                shutdown: Arc::clone(&shutdown),
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("mr-worker-{i}"))
+                .spawn(move || worker::run(ctx, poll))
+                .map_err(|source| RelayError::Io { op: "spawning worker thread", source })?;
+            threads.push(t);
+            counters.push(ctr);
+            links.push(WorkerLink {
+                commands: cmd_tx,
+                events: ev_rx,
+                waker,
+                free_slots: Vec::new(),
+                next_slot: 0,
+                owners: Vec::new(),
+                closing: HashMap::new(),
+                retry_remove: Vec::new(),
+                pairs: 0,
+            });
+        }
+        let state = State {
+            calls: HashMap::new(),
+            ports: PortAllocator::new(cfg.port_min, cfg.port_max),
+            workers: links,
+            next_worker: 0,
+            totals: RelayTotals::default(),
+        };
+        let relay = Arc::new(Self {
+            cfg,
+            state: Mutex::new(state),
+            counters,
+            shutdown: Arc::clone(&shutdown),
+            threads: Mutex::new(Vec::new()),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&relay);
+        let hk = std::thread::Builder::new()
+            .name("mr-housekeeping".into())
+            .spawn(move || housekeeping(&weak, &shutdown))
+            .map_err(|source| RelayError::Io { op: "spawning housekeeping thread", source })?;
+        threads.push(hk);
+        *relay.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = threads;
+        tracing::info!(
+            workers = relay.cfg.workers,
+            ports = %format!("{}-{}", relay.cfg.port_min, relay.cfg.port_max),
+            interfaces = ?relay.cfg.interfaces.iter().map(|i| i.local).collect::<Vec<_>>(),
+            "media relay started (socket datapath)"
+        );
+        Ok(relay)
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &RelayConfig {
+        &self.cfg
+    }
+
+    /// The per-worker counter blocks (for the metrics exporter).
+    #[must_use]
+    pub fn worker_counters(&self) -> &[Arc<PaddedCounters>] {
+        &self.counters
+    }
+
+    /// Stops the workers and joins every thread. Sockets close with them.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        {
+            let st = self.lock();
+            for w in &st.workers {
+                let _ = w.waker.wake();
+            }
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock must not take the relay down with it.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One housekeeping pass: collect worker events, retry queued removes,
+    /// finish delayed deletes and time out silent calls. `now` is monotonic ns.
+    pub fn housekeep(&self, now: Nanos) {
+        let mut st = self.lock();
+        st.drain_events();
+        st.retry_removes();
+        let timeout = to_nanos(self.cfg.timeout);
+        let mut expired: Vec<(Arc<str>, bool)> = Vec::new();
+        for call in st.calls.values() {
+            if let Some(at) = call.delete_at {
+                if now >= at {
+                    expired.push((Arc::clone(&call.id), false));
+                }
+                continue;
+            }
+            let last_media = call
+                .medias
+                .iter()
+                .flat_map(|m| m.shared.iter())
+                .map(|s| s.last_packet())
+                .max()
+                .unwrap_or(0);
+            let last = last_media.max(call.last_signal_mono);
+            if now.saturating_sub(last) >= timeout {
+                expired.push((Arc::clone(&call.id), true));
+            }
+        }
+        for (id, timed_out) in expired {
+            if timed_out {
+                tracing::info!(call_id = %id, timeout_s = self.cfg.timeout.as_secs(), "no media in either direction: deleting call");
+                st.totals.timed_out += 1;
+            }
+            st.destroy(&id);
+        }
+    }
+
+    fn negotiate(&self, req: &SdpRequest<'_>, answer: bool) -> Result<Vec<u8>, RelayError> {
+        let parsed = Sdp::parse(req.sdp)?;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.drain_events();
+        let ifaces = self.resolve_direction(req)?;
+        let created = if st.calls.contains_key(req.call_id) {
+            false
+        } else {
+            if answer {
+                return Err(RelayError::UnknownCall);
+            }
+            if self.cfg.max_sessions > 0 && st.calls.len() >= self.cfg.max_sessions {
+                return Err(RelayError::TooManySessions);
+            }
+            let id: Arc<str> = Arc::from(req.call_id);
+            let now = unix_now();
+            st.calls.insert(
+                Arc::clone(&id),
+                Call {
+                    id,
+                    created: now,
+                    last_signal: now,
+                    last_signal_mono: monotonic_ns(),
+                    tags: [None, None],
+                    iface: [ifaces[0].unwrap_or(0), ifaces[1].unwrap_or(0)],
+                    medias: Vec::new(),
+                    delete_at: None,
+                },
+            );
+            st.totals.created += 1;
+            true
+        };
+        let result = self.negotiate_in(st, req, &parsed, answer);
+        if result.is_err() && created {
+            st.destroy(req.call_id);
+        }
+        result
+    }
+
+    fn resolve_direction(&self, req: &SdpRequest<'_>) -> Result<[Option<usize>; 2], RelayError> {
+        let mut out = [None, None];
+        for (i, name) in req.opts.direction.iter().enumerate() {
+            if let Some(n) = name {
+                out[i] = Some(self.cfg.interface(n).ok_or_else(|| RelayError::UnknownInterface(n.clone()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn negotiate_in(&self, st: &mut State, req: &SdpRequest<'_>, parsed: &Sdp, answer: bool) -> Result<Vec<u8>, RelayError> {
+        let State { calls, ports, workers, next_worker, .. } = st;
+        let call = calls.get_mut(req.call_id).ok_or(RelayError::UnknownCall)?;
+        let side = if answer {
+            let to = req.to_tag.ok_or(RelayError::MissingKey("to-tag"))?;
+            call.side_of(to, req.from_tag, true)
+        } else {
+            call.side_of(req.from_tag, req.to_tag.unwrap_or(""), false)
+        };
+        let other = 1 - side;
+        call.last_signal = unix_now();
+        call.last_signal_mono = monotonic_ns();
+        call.delete_at = None;
+
+        let mut rtp_ports = Vec::with_capacity(parsed.media.len());
+        let mut rtcp_ports = Vec::with_capacity(parsed.media.len());
+        for (i, m) in parsed.media.iter().enumerate() {
+            if i >= call.medias.len() {
+                if answer {
+                    // An answer cannot add media sections; leave extras alone.
+                    rtp_ports.push(None);
+                    rtcp_ports.push(None);
+                    continue;
+                }
+                let pair = self.alloc_pair(ports, workers, next_worker, call, i, m.kind.clone(), m.proto.clone())?;
+                call.medias.push(pair);
+            }
+            let pair = &mut call.medias[i];
+            let addr = m.remote_addr(parsed).filter(|a| !a.is_unspecified());
+            let rtp = addr.filter(|_| m.port != 0).map(|a| SocketAddr::new(a, m.port));
+            let rtcp = match (rtp, m.rtcp) {
+                (None, _) => None,
+                (Some(r), Some((port, a))) => Some(SocketAddr::new(a.unwrap_or(r.ip()), port)),
+                (Some(r), None) => Some(SocketAddr::new(r.ip(), r.port().wrapping_add(1))),
+            };
+            let moved = pair.sdp_rtp[side] != rtp;
+            pair.sdp_rtp[side] = rtp;
+            pair.sdp_rtcp[side] = rtcp;
+            pair.mux[side] = m.rtcp_mux;
+            pair.codecs[side] = m.codec_names();
+            for pt in m.formats.iter().filter_map(|f| f.parse::<u8>().ok()) {
+                if let Some(rate) = m.clock_rate(pt) {
+                    pair.clock.insert(pt, rate);
+                }
+            }
+            pair.kind.clone_from(&m.kind);
+            pair.protocol.clone_from(&m.proto);
+            let w = &mut workers[pair.worker];
+            for (ch, peer) in [(side * 2, rtp), (side * 2 + 1, rtcp)] {
+                if moved {
+                    pair.latched[ch] = None;
+                }
+                let cmd = Command::SetPeer { slot: pair.slot, channel: ch as u8, peer, relatch: moved, clock: pair.clock };
+                if w.commands.push(cmd).is_err() {
+                    return Err(RelayError::Busy);
+                }
+            }
+            // The other leg's channels learn the new clock table too.
+            for ch in [other * 2, other * 2 + 1] {
+                let peer = if ch % 2 == 0 { pair.sdp_rtp[other] } else { pair.sdp_rtcp[other] };
+                let cmd = Command::SetPeer { slot: pair.slot, channel: ch as u8, peer, relatch: false, clock: pair.clock };
+                if w.commands.push(cmd).is_err() {
+                    return Err(RelayError::Busy);
+                }
+            }
+            let _ = w.waker.wake();
+            if m.port == 0 {
+                rtp_ports.push(None);
+                rtcp_ports.push(None);
+            } else {
+                let p = pair.ports[other];
+                rtp_ports.push(Some(p));
+                let both_mux = pair.mux[side] && (pair.mux[other] || !answer);
+                rtcp_ports.push(Some(if both_mux { p } else { p + 1 }));
+            }
+        }
+        if !answer {
+            call.tags[side] = Some(req.from_tag.to_owned());
+        }
+        let iface = &self.cfg.interfaces[call.iface[other]];
+        let rw = sdp::Rewrite {
+            addr: iface.advertised,
+            ports: &rtp_ports,
+            rtcp_ports: &rtcp_ports,
+            replace_origin: req.opts.replace_origin,
+            remove_ice: req.opts.ice_remove,
+        };
+        Ok(sdp::rewrite(req.sdp, &rw)?)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "disjoint borrows of State fields")]
+    fn alloc_pair(
+        &self,
+        ports: &mut PortAllocator,
+        workers: &mut [WorkerLink],
+        next_worker: &mut usize,
+        call: &Call,
+        index: usize,
+        kind: String,
+        protocol: String,
+    ) -> Result<MediaPair, RelayError> {
+        let mut socks: Vec<(u16, [UdpSocket; 2])> = Vec::with_capacity(2);
+        for leg in 0..2 {
+            let ip = self.cfg.interfaces[call.iface[leg]].local;
+            let rcvbuf = self.cfg.socket_rcvbuf;
+            match ports.allocate(|p| bind_pair(ip, p, rcvbuf)) {
+                Some(s) => socks.push(s),
+                None => {
+                    for (p, _) in &socks {
+                        ports.free(*p);
+                    }
+                    tracing::warn!(in_use = ports.in_use(), capacity = ports.capacity(), "port range exhausted");
+                    return Err(RelayError::NoPorts);
+                }
+            }
+        }
+        // Least-loaded worker, ties broken round robin.
+        let n = workers.len();
+        let start = *next_worker % n;
+        *next_worker = next_worker.wrapping_add(1);
+        let wi = (0..n).map(|k| (start + k) % n).min_by_key(|&i| workers[i].pairs).unwrap_or(0);
+        let w = &mut workers[wi];
+        let slot = w.free_slots.pop().unwrap_or_else(|| {
+            w.next_slot += 1;
+            w.next_slot - 1
+        });
+        let shared: [Arc<DirShared>; 4] = std::array::from_fn(|_| Arc::new(DirShared::default()));
+        let port_of = [socks[0].0, socks[1].0];
+        let mut it = socks.into_iter();
+        let (Some((_, [a_rtp, a_rtcp])), Some((_, [b_rtp, b_rtcp]))) = (it.next(), it.next()) else {
+            return Err(RelayError::NoPorts);
+        };
+        let mk = |socket: UdpSocket, i: usize| ChannelSetup {
+            socket,
+            peer: None,
+            clock: ClockTable::default(),
+            shared: Arc::clone(&shared[i]),
+        };
+        let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
+        if w.commands.push(Command::Add(Box::new(setup))).is_err() {
+            // The sockets were dropped with the command; the ports are free.
+            ports.free(port_of[0]);
+            ports.free(port_of[1]);
+            w.free_slots.push(slot);
+            return Err(RelayError::Busy);
+        }
+        let _ = w.waker.wake();
+        let si = slot as usize;
+        if w.owners.len() <= si {
+            w.owners.resize(si + 1, None);
+        }
+        w.owners[si] = Some((Arc::clone(&call.id), index));
+        w.pairs += 1;
+        Ok(MediaPair {
+            worker: wi,
+            slot,
+            kind,
+            protocol,
+            codecs: [Vec::new(), Vec::new()],
+            ports: port_of,
+            sdp_rtp: [None, None],
+            sdp_rtcp: [None, None],
+            mux: [false, false],
+            latched: [None; 4],
+            shared,
+            clock: ClockTable::default(),
+        })
+    }
+}
+
+/// Binds the RTP socket on `port` and the RTCP socket on `port + 1`.
+fn bind_pair(ip: IpAddr, port: u16, rcvbuf: usize) -> std::io::Result<[UdpSocket; 2]> {
+    let one = |p: u16| -> std::io::Result<UdpSocket> {
+        let s = Socket::new(Domain::for_address(SocketAddr::new(ip, p)), Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_nonblocking(true)?;
+        if rcvbuf > 0 {
+            s.set_recv_buffer_size(rcvbuf)?;
+        }
+        s.bind(&SocketAddr::new(ip, p).into())?;
+        Ok(s.into())
+    };
+    Ok([one(port)?, one(port + 1)?])
+}
+
+impl Call {
+    /// Which leg a tag belongs to, assigning it if the call does not know it
+    /// yet. `answer` = the tag is the answering side's (to-tag).
+    fn side_of(&mut self, tag: &str, other_tag: &str, answer: bool) -> usize {
+        if self.tags[0].as_deref() == Some(tag) {
+            return 0;
+        }
+        if self.tags[1].as_deref() == Some(tag) {
+            return 1;
+        }
+        if answer {
+            // A new to-tag: the callee (or, after forking, the winning branch).
+            self.tags[1] = Some(tag.to_owned());
+            return 1;
+        }
+        if self.tags[0].is_none() {
+            return 0;
+        }
+        if self.tags[0].as_deref() == Some(other_tag) {
+            self.tags[1] = Some(tag.to_owned());
+            return 1;
+        }
+        // A re-offer with a from-tag we have never seen: it replaces leg A.
+        0
+    }
+
+    fn report(&self) -> CallReport {
+        let legs = (0..2)
+            .map(|leg| LegReport {
+                tag: self.tags[leg].clone().unwrap_or_default(),
+                medias: self
+                    .medias
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| MediaReport {
+                        index: i + 1,
+                        kind: m.kind.clone(),
+                        protocol: m.protocol.clone(),
+                        codecs: m.codecs[leg].clone(),
+                        streams: [0, 1].map(|k| {
+                            let ch = leg * 2 + k;
+                            let sdp = if k == 0 { m.sdp_rtp[leg] } else { m.sdp_rtcp[leg] };
+                            StreamReport {
+                                local_port: m.ports[leg] + k as u16,
+                                endpoint: m.latched[ch].or(sdp),
+                                advertised: sdp,
+                                latched: m.latched[ch].is_some(),
+                                stats: m.shared[ch].read(),
+                            }
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect();
+        CallReport {
+            call_id: self.id.to_string(),
+            created: self.created,
+            last_signal: self.last_signal,
+            legs,
+        }
+    }
+}
+
+impl State {
+    fn drain_events(&mut self) {
+        let State { workers, ports, calls, .. } = self;
+        for w in workers.iter_mut() {
+            while let Ok(ev) = w.events.pop() {
+                match ev {
+                    Event::Removed { slot } => {
+                        if let Some(p) = w.closing.remove(&slot) {
+                            ports.free(p[0]);
+                            ports.free(p[1]);
+                            w.free_slots.push(slot);
+                            w.pairs = w.pairs.saturating_sub(1);
+                        }
+                    }
+                    Event::Latched { slot, channel, addr } => {
+                        let owner = w.owners.get(slot as usize).and_then(Option::as_ref);
+                        if let Some((id, idx)) = owner {
+                            if let Some(m) = calls.get_mut(id).and_then(|c| c.medias.get_mut(*idx)) {
+                                if m.slot == slot {
+                                    if let Some(l) = m.latched.get_mut(usize::from(channel)) {
+                                        *l = Some(addr);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn retry_removes(&mut self) {
+        for w in &mut self.workers {
+            let pending = std::mem::take(&mut w.retry_remove);
+            for slot in pending {
+                if w.commands.push(Command::Remove { slot }).is_err() {
+                    w.retry_remove.push(slot);
+                }
+            }
+            let _ = w.waker.wake();
+        }
+    }
+
+    /// Removes a call from the table and tells the workers to close its
+    /// sockets; ports are freed when they confirm.
+    fn destroy(&mut self, call_id: &str) -> Option<CallReport> {
+        let call = self.calls.remove(call_id)?;
+        let report = call.report();
+        let from_a = call.medias.iter().any(|m| m.shared[0].read().stats.packets > 0);
+        let from_b = call.medias.iter().any(|m| m.shared[2].read().stats.packets > 0);
+        match (from_a, from_b) {
+            (true, true) => self.totals.ended_both += 1,
+            (false, false) => self.totals.ended_none += 1,
+            _ => self.totals.ended_oneway += 1,
+        }
+        for m in &call.medias {
+            let w = &mut self.workers[m.worker];
+            if let Some(o) = w.owners.get_mut(m.slot as usize) {
+                *o = None;
+            }
+            w.closing.insert(m.slot, m.ports);
+            if w.commands.push(Command::Remove { slot: m.slot }).is_err() {
+                w.retry_remove.push(m.slot);
+            }
+            let _ = w.waker.wake();
+        }
+        Some(report)
+    }
+}
+
+impl MediaControl for Relay {
+    fn offer(&self, req: &SdpRequest<'_>) -> Result<Vec<u8>, RelayError> {
+        self.negotiate(req, false)
+    }
+
+    fn answer(&self, req: &SdpRequest<'_>) -> Result<Vec<u8>, RelayError> {
+        self.negotiate(req, true)
+    }
+
+    fn delete(&self, call_id: &str, _from_tag: Option<&str>) -> Result<CallReport, RelayError> {
+        let mut st = self.lock();
+        st.drain_events();
+        let delay = to_nanos(self.cfg.delete_delay);
+        if delay == 0 {
+            let r = st.destroy(call_id).ok_or(RelayError::UnknownCall)?;
+            st.totals.deleted += 1;
+            return Ok(r);
+        }
+        let call = st.calls.get_mut(call_id).ok_or(RelayError::UnknownCall)?;
+        if call.delete_at.is_none() {
+            call.delete_at = Some(monotonic_ns().saturating_add(delay));
+            st.totals.deleted += 1;
+        }
+        Ok(st.calls.get(call_id).map(Call::report).ok_or(RelayError::UnknownCall)?)
+    }
+
+    fn query(&self, call_id: &str) -> Result<CallReport, RelayError> {
+        let mut st = self.lock();
+        st.drain_events();
+        st.calls.get(call_id).map(Call::report).ok_or(RelayError::UnknownCall)
+    }
+
+    fn list(&self, limit: usize) -> Vec<String> {
+        let st = self.lock();
+        st.calls.keys().take(limit).map(|k| k.to_string()).collect()
+    }
+
+    fn totals(&self) -> RelayTotals {
+        let mut st = self.lock();
+        st.drain_events();
+        let mut t = st.totals;
+        t.sessions = st.calls.len();
+        t.port_pairs_in_use = st.ports.in_use();
+        t.port_pairs_total = st.ports.capacity();
+        t
+    }
+}
+
+fn housekeeping(relay: &Weak<Relay>, shutdown: &AtomicBool) {
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(HOUSEKEEPING);
+        let Some(r) = relay.upgrade() else { return };
+        r.housekeep(monotonic_ns());
+    }
+}

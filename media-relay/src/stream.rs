@@ -1,0 +1,200 @@
+//! What the control plane and the workers share about a media stream, and
+//! the messages they exchange.
+//!
+//! Ownership: a stream pair (one `m=` section of a call, both legs, RTP and
+//! RTCP) lives in exactly one worker. The control plane creates it, changes
+//! it and removes it only by sending a [`Command`] over that worker's bounded
+//! SPSC ring. The worker alone writes [`DirShared`]; the control plane only
+//! reads it. The worker reports back (socket closed, peer latched) with an
+//! [`Event`] on a second ring.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::stats::StatsSnapshot;
+use crate::Nanos;
+
+/// Channel index within a pair: leg A RTP.
+pub const A_RTP: usize = 0;
+/// Leg A RTCP.
+pub const A_RTCP: usize = 1;
+/// Leg B RTP.
+pub const B_RTP: usize = 2;
+/// Leg B RTCP.
+pub const B_RTCP: usize = 3;
+
+/// The channel a packet received on channel `c` leaves through.
+#[must_use]
+pub const fn peer_channel(c: usize) -> usize {
+    c ^ 2
+}
+
+/// Payload type → clock rate, small and `Copy` so the worker looks it up
+/// without allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClockTable {
+    entries: [(u8, u32); 8],
+    len: u8,
+}
+
+impl ClockTable {
+    /// Adds a mapping (ignored when full or already present).
+    pub fn insert(&mut self, pt: u8, rate: u32) {
+        if self.get(pt).is_some() || usize::from(self.len) >= self.entries.len() {
+            return;
+        }
+        self.entries[usize::from(self.len)] = (pt, rate);
+        self.len += 1;
+    }
+
+    /// Clock rate for a payload type; 0 when unknown.
+    #[must_use]
+    pub fn rate(&self, pt: u8) -> u32 {
+        self.get(pt).unwrap_or(0)
+    }
+
+    fn get(&self, pt: u8) -> Option<u32> {
+        self.entries.iter().take(usize::from(self.len)).find(|e| e.0 == pt).map(|e| e.1)
+    }
+}
+
+/// Statistics of one receiving channel, published by its worker with relaxed
+/// atomic stores after each batch, read by the control plane.
+#[derive(Debug, Default)]
+pub struct DirShared {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    rtp_packets: AtomicU64,
+    expected: AtomicU64,
+    lost: AtomicU64,
+    duplicates: AtomicU64,
+    reordered: AtomicU64,
+    jitter: AtomicU32,
+    jitter_us: AtomicU32,
+    last_packet: AtomicU64,
+    ssrc: AtomicU32,
+    foreign: AtomicU64,
+}
+
+/// A read of [`DirShared`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DirSnapshot {
+    /// RFC 3550 statistics of accepted packets.
+    pub stats: StatsSnapshot,
+    /// Packets from a source other than the latched/expected one, dropped.
+    pub foreign_drops: u64,
+}
+
+impl DirShared {
+    /// Worker side: publish the current statistics.
+    pub fn publish(&self, s: &StatsSnapshot, foreign: u64) {
+        self.packets.store(s.packets, Relaxed);
+        self.bytes.store(s.bytes, Relaxed);
+        self.rtp_packets.store(s.rtp_packets, Relaxed);
+        self.expected.store(s.expected, Relaxed);
+        self.lost.store(s.lost.cast_unsigned(), Relaxed);
+        self.duplicates.store(s.duplicates, Relaxed);
+        self.reordered.store(s.reordered, Relaxed);
+        self.jitter.store(s.jitter, Relaxed);
+        self.jitter_us.store(s.jitter_us, Relaxed);
+        self.last_packet.store(s.last_packet, Relaxed);
+        self.ssrc.store(s.ssrc, Relaxed);
+        self.foreign.store(foreign, Relaxed);
+    }
+
+    /// Control side: read the last published statistics.
+    #[must_use]
+    pub fn read(&self) -> DirSnapshot {
+        DirSnapshot {
+            stats: StatsSnapshot {
+                packets: self.packets.load(Relaxed),
+                bytes: self.bytes.load(Relaxed),
+                rtp_packets: self.rtp_packets.load(Relaxed),
+                expected: self.expected.load(Relaxed),
+                lost: self.lost.load(Relaxed).cast_signed(),
+                duplicates: self.duplicates.load(Relaxed),
+                reordered: self.reordered.load(Relaxed),
+                jitter: self.jitter.load(Relaxed),
+                jitter_us: self.jitter_us.load(Relaxed),
+                last_packet: self.last_packet.load(Relaxed),
+                ssrc: self.ssrc.load(Relaxed),
+                ..StatsSnapshot::default()
+            },
+            foreign_drops: self.foreign.load(Relaxed),
+        }
+    }
+
+    /// Time of the last accepted packet (0 = never).
+    #[must_use]
+    pub fn last_packet(&self) -> Nanos {
+        self.last_packet.load(Relaxed)
+    }
+}
+
+/// Setup of one receiving channel.
+#[derive(Debug)]
+pub struct ChannelSetup {
+    /// The bound, non-blocking socket (moved into the worker, which closes it).
+    pub socket: UdpSocket,
+    /// Where this leg said it receives (from SDP); `None` until known.
+    pub peer: Option<SocketAddr>,
+    /// Payload type clock rates for jitter.
+    pub clock: ClockTable,
+    /// Published statistics.
+    pub shared: Arc<DirShared>,
+}
+
+/// A new stream pair: channels indexed by [`A_RTP`], [`A_RTCP`], [`B_RTP`], [`B_RTCP`].
+#[derive(Debug)]
+pub struct PairSetup {
+    /// Slot in the worker's table, chosen by the control plane.
+    pub slot: u32,
+    /// The four channels.
+    pub channels: [ChannelSetup; 4],
+}
+
+/// Control plane → worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Start relaying a new pair.
+    Add(Box<PairSetup>),
+    /// A leg's SDP changed: new expected peer; forget the latched source
+    /// when `relatch` is set (the endpoint moved).
+    SetPeer {
+        /// Pair slot.
+        slot: u32,
+        /// Channel index.
+        channel: u8,
+        /// New expected peer.
+        peer: Option<SocketAddr>,
+        /// Forget the latched address.
+        relatch: bool,
+        /// Clock rates from the new SDP.
+        clock: ClockTable,
+    },
+    /// Stop relaying, close the sockets, and answer with [`Event::Removed`].
+    Remove {
+        /// Pair slot.
+        slot: u32,
+    },
+}
+
+/// Worker → control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The pair's sockets are closed: its slot and ports may be reused.
+    Removed {
+        /// Pair slot.
+        slot: u32,
+    },
+    /// A channel latched onto a source address.
+    Latched {
+        /// Pair slot.
+        slot: u32,
+        /// Channel index.
+        channel: u8,
+        /// The source it latched to.
+        addr: SocketAddr,
+    },
+}

@@ -1,0 +1,487 @@
+//! Integration tests against a real `media-relay` process on loopback: ng
+//! offer/answer over UDP, RTP both ways, latching, foreign-source drops,
+//! the media timeout, delete freeing ports, the reply cache, and every
+//! malformed input the ng server must answer or count.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use media_relay::bencode::{decode, Value};
+
+/// A relay process, killed on drop.
+struct Relay {
+    child: Child,
+    ng: SocketAddr,
+    metrics: SocketAddr,
+    ports: (u16, u16),
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
+
+/// A block of ports for one relay: its ng and metrics ports and a media range,
+/// spread by pid so parallel test binaries do not collide.
+fn port_block() -> (u16, u16, u16, u16) {
+    let k = NEXT_BASE.fetch_add(1, Ordering::Relaxed);
+    let base = 20000 + (std::process::id() % 40) as u16 * 400 + k * 40;
+    (base, base + 1, base + 10, base + 39)
+}
+
+fn start_relay(extra: &[&str]) -> Relay {
+    let (ng, metrics, pmin, pmax) = port_block();
+    let child = Command::new(env!("CARGO_BIN_EXE_media-relay"))
+        .args([
+            "--config-file=none",
+            "--interface=127.0.0.1",
+            &format!("--listen-ng=127.0.0.1:{ng}"),
+            &format!("--metrics=127.0.0.1:{metrics}"),
+            &format!("--port-min={pmin}"),
+            &format!("--port-max={pmax}"),
+            "--num-threads=2",
+            "--log-level=4",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn media-relay");
+    let r = Relay {
+        child,
+        ng: SocketAddr::from(([127, 0, 0, 1], ng)),
+        metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
+        ports: (pmin, pmax),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut d = Value::dict();
+        d.insert("command", Value::str("ping"));
+        if let Some(v) = try_cmd(&r, &d, Duration::from_millis(200)) {
+            assert_eq!(v.get("result").and_then(Value::as_str), Some("pong"));
+            return r;
+        }
+        assert!(Instant::now() < deadline, "media-relay did not answer ping");
+    }
+}
+
+static COOKIE: AtomicU64 = AtomicU64::new(1);
+
+fn cookie() -> String {
+    format!("t{}_{}", std::process::id(), COOKIE.fetch_add(1, Ordering::Relaxed))
+}
+
+fn raw(r: &Relay, datagram: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    raw_from(&UdpSocket::bind("127.0.0.1:0").unwrap(), r, datagram, wait)
+}
+
+/// Sends from a given socket: retransmissions come from the same source.
+fn raw_from(s: &UdpSocket, r: &Relay, datagram: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.send_to(datagram, r.ng).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = s.recv(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+fn try_cmd(r: &Relay, d: &Value, wait: Duration) -> Option<Value> {
+    let c = cookie();
+    let mut msg = format!("{c} ").into_bytes();
+    d.encode(&mut msg);
+    let reply = raw(r, &msg, wait)?;
+    let body = reply.strip_prefix(format!("{c} ").as_bytes()).expect("reply echoes the cookie");
+    Some(decode(body).expect("reply is bencode"))
+}
+
+fn cmd(r: &Relay, d: &Value) -> Value {
+    try_cmd(r, d, Duration::from_secs(3)).expect("ng reply")
+}
+
+fn dict(pairs: &[(&str, Value)]) -> Value {
+    let mut d = Value::dict();
+    for (k, v) in pairs {
+        d.insert(k, v.clone());
+    }
+    d
+}
+
+fn s(v: &str) -> Value {
+    Value::str(v)
+}
+
+fn sdp_for(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    )
+}
+
+/// Port of the first `m=` line.
+fn media_port(sdp: &[u8]) -> u16 {
+    let t = std::str::from_utf8(sdp).unwrap();
+    let m = t.lines().find(|l| l.starts_with("m=")).expect("m= line");
+    m.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn result(v: &Value) -> &str {
+    v.get("result").and_then(Value::as_str).unwrap_or("<none>")
+}
+
+fn reason(v: &Value) -> String {
+    v.get("error-reason").and_then(Value::as_str).unwrap_or("").to_owned()
+}
+
+/// Sets up a call between sockets `a` (caller) and `b` (callee). Returns the
+/// relay ports that A and B must send to.
+fn setup_call(r: &Relay, call: &str, a: &UdpSocket, b: &UdpSocket) -> (u16, u16) {
+    let offer = cmd(
+        r,
+        &dict(&[
+            ("command", s("offer")),
+            ("call-id", s(call)),
+            ("from-tag", s("tag-a")),
+            ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
+            ("replace", Value::List(vec![s("origin"), s("session-connection")])),
+        ]),
+    );
+    assert_eq!(result(&offer), "ok", "{}", reason(&offer));
+    let to_b = media_port(offer.get("sdp").and_then(Value::as_bytes).unwrap());
+    let answer = cmd(
+        r,
+        &dict(&[
+            ("command", s("answer")),
+            ("call-id", s(call)),
+            ("from-tag", s("tag-a")),
+            ("to-tag", s("tag-b")),
+            ("sdp", s(&sdp_for(b.local_addr().unwrap().port()))),
+        ]),
+    );
+    assert_eq!(result(&answer), "ok", "{}", reason(&answer));
+    let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
+    (to_a, to_b)
+}
+
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}
+
+fn recv_n(sock: &UdpSocket, n: usize) -> Vec<(Vec<u8>, SocketAddr)> {
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while out.len() < n {
+        match sock.recv_from(&mut buf) {
+            Ok((len, from)) => out.push((buf[..len].to_vec(), from)),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn stream_stats(q: &Value, tag: &str, idx: usize) -> Value {
+    q.get("tags")
+        .and_then(|t| t.get(tag))
+        .and_then(|t| t.get("medias"))
+        .and_then(|m| m.as_list()?.first().cloned())
+        .and_then(|m| m.get("streams").and_then(|s| s.as_list()?.get(idx).cloned()))
+        .unwrap_or_else(|| panic!("no stream {idx} for tag {tag} in {q:?}"))
+}
+
+fn stat(v: &Value, key: &str) -> i64 {
+    v.get("stats").and_then(|s| s.get(key)).and_then(Value::as_int).unwrap_or(-999)
+}
+
+fn metric(r: &Relay, name_and_labels: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(r.metrics).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    c.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(k, _)| {
+            let (name, labels) = k.split_once('{').unwrap_or((k, ""));
+            match name_and_labels.split_once('{') {
+                Some((n, want)) => name == n && want.trim_end_matches('}').split(',').all(|w| labels.contains(w)),
+                None => name == name_and_labels,
+            }
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn offer_answer_and_rtp_both_ways_with_stats() {
+    let r = start_relay(&[]);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (to_a, to_b) = setup_call(&r, "call-both", &a, &b);
+    assert!(to_a >= r.ports.0 && to_a <= r.ports.1 && to_a % 2 == 0, "even port in range: {to_a}");
+    assert_ne!(to_a, to_b);
+    for seq in 0..20u16 {
+        a.send_to(&rtp(seq), ("127.0.0.1", to_a)).unwrap();
+    }
+    let got = recv_n(&b, 20);
+    assert_eq!(got.len(), 20, "B receives all of A's packets");
+    assert_eq!(got[0].1.port(), to_b, "B sees the relay's B-side port as source (symmetric RTP)");
+    assert_eq!(got[5].0, rtp(5), "payload unchanged");
+    // Skip seq 25 to create one loss, send 30 in all.
+    for seq in (20..31u16).filter(|s| *s != 25) {
+        b.send_to(&rtp(seq), ("127.0.0.1", to_b)).unwrap();
+    }
+    let back = recv_n(&a, 10);
+    assert_eq!(back.len(), 10);
+    assert_eq!(back[0].1.port(), to_a);
+
+    let q = cmd(&r, &dict(&[("command", s("query")), ("call-id", s("call-both"))]));
+    assert_eq!(result(&q), "ok");
+    let from_a = stream_stats(&q, "tag-a", 0);
+    let from_b = stream_stats(&q, "tag-b", 0);
+    assert_eq!(stat(&from_a, "packets"), 20);
+    assert_eq!(stat(&from_a, "lost"), 0);
+    assert_eq!(stat(&from_b, "packets"), 10);
+    assert_eq!(stat(&from_b, "expected"), 11);
+    assert_eq!(stat(&from_b, "lost"), 1, "one gap in B's sequence numbers");
+    assert_eq!(from_a.get("local port").and_then(Value::as_int), Some(i64::from(to_a)));
+    assert!(metric(&r, "media_relay_packets_relayed_total") >= 30.0);
+}
+
+#[test]
+fn latching_and_foreign_source_drops() {
+    let r = start_relay(&[]);
+    let a_sdp = UdpSocket::bind("127.0.0.1:0").unwrap(); // what A's SDP says
+    let a_nat = UdpSocket::bind("127.0.0.1:0").unwrap(); // where A really sends from (NAT)
+    let intruder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (to_a, to_b) = setup_call(&r, "call-latch", &a_sdp, &b);
+    a_nat.send_to(&rtp(1), ("127.0.0.1", to_a)).unwrap();
+    assert_eq!(recv_n(&b, 1).len(), 1, "first packet latches and is relayed");
+    // B's media now goes to the latched NAT address, not the SDP one.
+    b.send_to(&rtp(1), ("127.0.0.1", to_b)).unwrap();
+    let got = recv_n(&a_nat, 1);
+    assert_eq!(got.len(), 1, "return media reaches the latched source");
+    a_sdp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(a_sdp.recv_from(&mut [0u8; 64]).is_err(), "nothing goes to the stale SDP address");
+    // Another source sending to A's port is dropped and counted.
+    for seq in 0..5u16 {
+        intruder.send_to(&rtp(seq), ("127.0.0.1", to_a)).unwrap();
+    }
+    b.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    assert!(b.recv_from(&mut [0u8; 2048]).is_err(), "foreign packets are not relayed");
+    wait_until("foreign drops counted", || metric(&r, "media_relay_drops_total{reason=\"foreign_source\"}") >= 5.0);
+    let q = cmd(&r, &dict(&[("command", s("query")), ("call-id", s("call-latch"))]));
+    let from_a = stream_stats(&q, "tag-a", 0);
+    assert_eq!(stat(&from_a, "errors"), 5);
+    let ep = from_a.get("endpoint").and_then(|e| e.get("port")).and_then(Value::as_int);
+    assert_eq!(ep, Some(i64::from(a_nat.local_addr().unwrap().port())), "query shows the latched endpoint");
+}
+
+#[test]
+fn rtcp_on_its_own_port() {
+    let r = start_relay(&[]);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // RTCP endpoints at port+1 of the SDP ports, as RFC 3550 implies.
+    let a_rtcp = UdpSocket::bind(("127.0.0.1", a.local_addr().unwrap().port() + 1));
+    let b_rtcp = UdpSocket::bind(("127.0.0.1", b.local_addr().unwrap().port() + 1));
+    let (Ok(a_rtcp), Ok(b_rtcp)) = (a_rtcp, b_rtcp) else {
+        eprintln!("port+1 busy on this machine; cannot run the RTCP check this time");
+        return;
+    };
+    let (to_a, to_b) = setup_call(&r, "call-rtcp", &a, &b);
+    let rr = [0x81u8, 201, 0, 7, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    a_rtcp.send_to(&rr, ("127.0.0.1", to_a + 1)).unwrap();
+    let got = recv_n(&b_rtcp, 1);
+    assert_eq!(got.len(), 1, "RTCP relayed to B's RTCP port");
+    assert_eq!(got[0].1.port(), to_b + 1, "from the relay's RTCP port");
+    assert_eq!(got[0].0, rr);
+}
+
+#[test]
+fn delete_frees_ports_and_reply_cache() {
+    let r = start_relay(&[]);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (to_a, to_b) = setup_call(&r, "call-del", &a, &b);
+    assert_eq!(metric(&r, "media_relay_ports_in_use"), 4.0);
+
+    // A retransmitted delete (same cookie) gets the same reply, executed once.
+    let msg = {
+        let mut m = b"retx-cookie-1 ".to_vec();
+        dict(&[("command", s("delete")), ("call-id", s("call-del")), ("from-tag", s("tag-a"))]).encode(&mut m);
+        m
+    };
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let first = raw_from(&client, &r, &msg, Duration::from_secs(3)).unwrap();
+    let second = raw_from(&client, &r, &msg, Duration::from_secs(3)).unwrap();
+    assert_eq!(first, second, "cached reply is byte-identical");
+    let v = decode(first.strip_prefix(b"retx-cookie-1 ").unwrap()).unwrap();
+    assert_eq!(result(&v), "ok", "{}", reason(&v));
+    assert_eq!(metric(&r, "media_relay_ng_cache_hits_total"), 1.0);
+    assert_eq!(metric(&r, "media_relay_ng_commands_total{command=\"delete\"}"), 1.0, "executed once");
+
+    wait_until("ports freed", || metric(&r, "media_relay_ports_in_use") == 0.0);
+    // The sockets are closed: we can bind the relay's ports ourselves.
+    for p in [to_a, to_a + 1, to_b, to_b + 1] {
+        UdpSocket::bind(("127.0.0.1", p)).unwrap_or_else(|e| panic!("port {p} still held: {e}"));
+    }
+    let q = cmd(&r, &dict(&[("command", s("query")), ("call-id", s("call-del"))]));
+    assert_eq!(result(&q), "error");
+    let l = cmd(&r, &dict(&[("command", s("list"))]));
+    assert_eq!(l.get("calls").and_then(Value::as_list).map(<[Value]>::len), Some(0));
+}
+
+#[test]
+fn media_timeout_deletes_silent_calls() {
+    let r = start_relay(&["--timeout=2"]);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (to_a, _) = setup_call(&r, "call-silent", &a, &b);
+    // Media flows for a moment, then stops.
+    for seq in 0..3u16 {
+        a.send_to(&rtp(seq), ("127.0.0.1", to_a)).unwrap();
+    }
+    assert_eq!(recv_n(&b, 3).len(), 3);
+    assert_eq!(metric(&r, "media_relay_sessions_active"), 1.0);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(metric(&r, "media_relay_sessions_active"), 1.0, "not deleted before the timeout");
+    wait_until("timeout deletes the call", || metric(&r, "media_relay_sessions_deleted_total{reason=\"timeout\"}") == 1.0);
+    wait_until("ports freed after timeout", || metric(&r, "media_relay_ports_in_use") == 0.0);
+    assert_eq!(metric(&r, "media_relay_sessions_active"), 0.0);
+    assert_eq!(metric(&r, "media_relay_sessions_ended_total{media=\"oneway\"}"), 1.0);
+}
+
+#[test]
+fn malformed_inputs_get_errors_or_counted_drops() {
+    let r = start_relay(&[]);
+    let bad = |body: &[u8]| -> Value {
+        let mut m = format!("{} ", cookie()).into_bytes();
+        m.extend_from_slice(body);
+        let reply = raw(&r, &m, Duration::from_secs(3)).expect("a reply");
+        let (_, b) = reply.split_at(reply.iter().position(|&c| c == b' ').unwrap() + 1);
+        decode(b).unwrap()
+    };
+    let v = bad(b"d7:command4:pin");
+    assert_eq!(result(&v), "error");
+    assert!(reason(&v).to_lowercase().contains("bencode"), "{}", reason(&v));
+    let v = bad(b"i42e");
+    assert_eq!(result(&v), "error");
+    let v = bad(b"d7:command5:jumpse");
+    assert_eq!((result(&v), reason(&v).as_str()), ("error", "Unrecognized command"));
+    let v = bad(b"d7:command5:offer7:call-id1:x8:from-tag1:ae");
+    assert_eq!((result(&v), reason(&v).as_str()), ("error", "Missing key `sdp`"));
+    let v = bad(b"d7:command6:answer7:call-id7:nothere8:from-tag1:a6:to-tag1:b3:sdp3:v=0e");
+    assert_eq!((result(&v), reason(&v).as_str()), ("error", "Unknown call-id"));
+    let v = bad(b"d7:command6:delete7:call-id7:nothere8:from-tag1:ae");
+    assert_eq!((result(&v), reason(&v).as_str()), ("error", "Unknown call-id"));
+    let v = bad(b"d7:command5:offer7:call-id1:y8:from-tag1:a3:sdp9:not a sdpe");
+    assert_eq!(result(&v), "error");
+    assert!(reason(&v).contains("SDP"), "{}", reason(&v));
+    // Nothing leaked from the failed offer.
+    assert_eq!(metric(&r, "media_relay_ports_in_use"), 0.0);
+    assert_eq!(metric(&r, "media_relay_sessions_active"), 0.0);
+    // No cookie at all: no reply, counted.
+    assert!(raw(&r, b"nocookiehere", Duration::from_millis(300)).is_none());
+    assert!(raw(&r, b"", Duration::from_millis(300)).is_none());
+    wait_until("dropped datagrams counted", || metric(&r, "media_relay_ng_dropped_total") == 2.0);
+    // Still alive and answering.
+    assert_eq!(result(&cmd(&r, &dict(&[("command", s("ping"))]))), "pong");
+}
+
+#[test]
+fn exhausted_port_range_is_an_error_reply() {
+    // 30 ports: 15 RTP/RTCP pairs; each call takes 2 (one per leg).
+    let r = start_relay(&[]);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut ok = 0;
+    let mut last = Value::dict();
+    for i in 0..20 {
+        last = cmd(
+            &r,
+            &dict(&[
+                ("command", s("offer")),
+                ("call-id", s(&format!("exhaust-{i}"))),
+                ("from-tag", s("x")),
+                ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
+            ]),
+        );
+        if result(&last) != "ok" {
+            break;
+        }
+        ok += 1;
+    }
+    assert!(ok >= 3, "some calls fit ({ok})");
+    assert_eq!((result(&last), reason(&last).as_str()), ("error", "Ran out of ports"));
+    // Deleting one call makes room again.
+    let d = cmd(&r, &dict(&[("command", s("delete")), ("call-id", s("exhaust-0"))]));
+    assert_eq!(result(&d), "ok");
+    wait_until("room again", || {
+        let v = cmd(
+            &r,
+            &dict(&[
+                ("command", s("offer")),
+                ("call-id", s("exhaust-again")),
+                ("from-tag", s("x")),
+                ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
+            ]),
+        );
+        result(&v) == "ok"
+    });
+}
+
+#[test]
+fn reinvite_keeps_ports_and_statistics_command() {
+    let r = start_relay(&[]);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (to_a, to_b) = setup_call(&r, "call-re", &a, &b);
+    // Re-offer from B (hold), answered by A: same ports on both sides.
+    let reoffer = cmd(
+        &r,
+        &dict(&[
+            ("command", s("offer")),
+            ("call-id", s("call-re")),
+            ("from-tag", s("tag-b")),
+            ("to-tag", s("tag-a")),
+            ("sdp", s(&sdp_for(b.local_addr().unwrap().port()).replace("sendrecv", "sendonly"))),
+        ]),
+    );
+    assert_eq!(result(&reoffer), "ok", "{}", reason(&reoffer));
+    assert_eq!(media_port(reoffer.get("sdp").and_then(Value::as_bytes).unwrap()), to_a);
+    let reanswer = cmd(
+        &r,
+        &dict(&[
+            ("command", s("answer")),
+            ("call-id", s("call-re")),
+            ("from-tag", s("tag-b")),
+            ("to-tag", s("tag-a")),
+            ("sdp", s(&sdp_for(a.local_addr().unwrap().port()).replace("sendrecv", "recvonly"))),
+        ]),
+    );
+    assert_eq!(result(&reanswer), "ok", "{}", reason(&reanswer));
+    assert_eq!(media_port(reanswer.get("sdp").and_then(Value::as_bytes).unwrap()), to_b);
+    assert_eq!(metric(&r, "media_relay_ports_in_use"), 4.0, "no new ports for a re-INVITE");
+    let st = cmd(&r, &dict(&[("command", s("statistics"))]));
+    let cur = st.get("statistics").and_then(|s| s.get("currentstatistics")).unwrap();
+    assert_eq!(cur.get("sessionsown").and_then(Value::as_int), Some(1));
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The one test command: installs the system packages the tests need (when
+# missing), builds the workspace, and runs every test.
+#
+#   scripts/test.sh            # all tests
+#   scripts/test.sh -- NAME    # pass a filter through to cargo test
+#
+# Tests that need external peers (Kamailio, sipp, rtpengine) skip with a
+# message when those are absent, except under CI=true, where they must run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# Debian packages: name of package -> a binary it provides.
+need_pkgs=()
+check_pkg() { command -v "$2" >/dev/null 2>&1 || need_pkgs+=("$1"); }
+check_pkg sip-tester sipp
+check_pkg kamailio kamailio
+check_pkg rtpengine-daemon rtpengine
+check_pkg iproute2 ip
+
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    echo "warning: missing packages ${need_pkgs[*]} and cannot apt-get install them (not root?)" >&2
+  fi
+fi
+
+filter=()
+if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
+
+log "build"
+cargo build --workspace --all-targets --locked 2>&1 | tail -n 3
+
+log "tests"
+# One test binary at a time keeps the timing-sensitive relay tests off each
+# other's cores on a 2-core machine; tests inside a binary still run in parallel.
+cargo test --workspace --locked --no-fail-fast -- "${filter[@]}"
