@@ -5,7 +5,7 @@
 //! The ng command layer (cookies, `command`, `result`, ...) lives elsewhere.
 //!
 //! Compatibility notes:
-//! - Dictionary keys need not be sorted (Kamailio and OpenSIPS do not always
+//! - Dictionary keys need not be sorted (Kamailio and `OpenSIPS` do not always
 //!   sort them). Order is kept, duplicate keys are allowed and
 //!   [`Value::get`] returns the first match.
 //! - Nesting is limited to [`MAX_DEPTH`] containers. The decoder uses an
@@ -65,6 +65,10 @@ pub enum DecodeError {
 /// Trailing ASCII whitespace (for example the `"\n"` or `"\r\n"` some
 /// clients append) is tolerated; any other trailing byte is
 /// [`DecodeError::TrailingData`].
+///
+/// # Errors
+///
+/// Any [`DecodeError`]; see its variants.
 pub fn decode(input: &[u8]) -> Result<Value, DecodeError> {
     let (value, used) = decode_prefix(input)?;
     let rest = input.get(used..).unwrap_or_default();
@@ -84,6 +88,10 @@ enum Frame {
 
 /// Decodes one value from the start of `input` and returns it with the
 /// number of bytes it used. Bytes after the value are not examined.
+///
+/// # Errors
+///
+/// Any [`DecodeError`] except [`DecodeError::TrailingData`].
 pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), DecodeError> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut pos = 0usize;
@@ -179,7 +187,13 @@ fn parse_int(input: &[u8], start: usize) -> Result<(i64, usize), DecodeError> {
                 // Accumulate towards the sign so that i64::MIN is reachable.
                 acc = acc
                     .checked_mul(10)
-                    .and_then(|a| if negative { a.checked_sub(d) } else { a.checked_add(d) })
+                    .and_then(|a| {
+                        if negative {
+                            a.checked_sub(d)
+                        } else {
+                            a.checked_add(d)
+                        }
+                    })
                     .ok_or(DecodeError::BadInteger)?;
                 digits += 1;
                 pos += 1;
@@ -285,6 +299,7 @@ impl Value {
     }
 
     /// Returns the bencoded form of `self` in a new buffer.
+    #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.encode(&mut out);
@@ -293,6 +308,7 @@ impl Value {
 
     /// Dictionary lookup: the value of the first entry whose key equals
     /// `key`. `None` if there is no such key or `self` is not a dict.
+    #[must_use]
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.as_dict()?
             .iter()
@@ -301,6 +317,7 @@ impl Value {
     }
 
     /// The bytes of a [`Value::Bytes`].
+    #[must_use]
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
             Value::Bytes(b) => Some(b),
@@ -309,11 +326,13 @@ impl Value {
     }
 
     /// The text of a [`Value::Bytes`] that holds valid UTF-8.
+    #[must_use]
     pub fn as_str(&self) -> Option<&str> {
         std::str::from_utf8(self.as_bytes()?).ok()
     }
 
     /// The integer of a [`Value::Int`].
+    #[must_use]
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(n) => Some(*n),
@@ -322,6 +341,7 @@ impl Value {
     }
 
     /// The items of a [`Value::List`].
+    #[must_use]
     pub fn as_list(&self) -> Option<&[Value]> {
         match self {
             Value::List(items) => Some(items),
@@ -330,6 +350,7 @@ impl Value {
     }
 
     /// The entries of a [`Value::Dict`], in insertion order.
+    #[must_use]
     pub fn as_dict(&self) -> Option<&[(Vec<u8>, Value)]> {
         match self {
             Value::Dict(entries) => Some(entries),
@@ -338,11 +359,13 @@ impl Value {
     }
 
     /// A byte string holding the UTF-8 of `s`.
+    #[must_use]
     pub fn str(s: &str) -> Value {
         Value::Bytes(s.as_bytes().to_vec())
     }
 
     /// An empty dictionary.
+    #[must_use]
     pub fn dict() -> Value {
         Value::Dict(Vec::new())
     }
@@ -352,7 +375,10 @@ impl Value {
     /// for chaining.
     pub fn insert(&mut self, key: &str, v: Value) -> &mut Self {
         if let Value::Dict(entries) = self {
-            match entries.iter_mut().find(|(k, _)| k.as_slice() == key.as_bytes()) {
+            match entries
+                .iter_mut()
+                .find(|(k, _)| k.as_slice() == key.as_bytes())
+            {
                 Some((_, slot)) => *slot = v,
                 None => entries.push((key.as_bytes().to_vec(), v)),
             }
@@ -481,7 +507,10 @@ mod tests {
             DecodeError::UnexpectedByte { pos: 7 }.to_string(),
             "unexpected byte at offset 7 in bencode input"
         );
-        assert_eq!(DecodeError::Truncated.to_string(), "truncated bencode input");
+        assert_eq!(
+            DecodeError::Truncated.to_string(),
+            "truncated bencode input"
+        );
     }
 
     #[test]
@@ -566,7 +595,10 @@ mod tests {
             .insert("result", Value::from("error"))
             .insert("count", 3u64.into())
             .insert("big", u64::MAX.into())
-            .insert("list", vec![Value::from(-1i64), Value::from(String::from("x"))].into());
+            .insert(
+                "list",
+                vec![Value::from(-1i64), Value::from(String::from("x"))].into(),
+            );
         assert_eq!(
             reply.to_bytes(),
             b"d6:result5:error3:sdp3:v=05:counti3e3:bigi9223372036854775807e4:listli-1e1:xee"

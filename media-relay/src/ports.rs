@@ -23,7 +23,7 @@ impl PortAllocator {
     #[must_use]
     pub fn new(min: u16, max: u16) -> Self {
         let base = min + (min & 1);
-        let pairs = if max > base { (usize::from(max) - usize::from(base) + 1) / 2 } else { 0 };
+        let pairs = if max > base { (usize::from(max) - usize::from(base)).div_ceil(2) } else { 0 };
         Self { base, used: vec![false; pairs], cursor: 0, in_use: 0 }
     }
 
@@ -62,7 +62,7 @@ impl PortAllocator {
 
     /// Returns a pair to the pool. Unknown or already free ports are ignored.
     pub fn free(&mut self, rtp_port: u16) {
-        if rtp_port < self.base || (rtp_port - self.base) % 2 != 0 {
+        if rtp_port < self.base || !(rtp_port - self.base).is_multiple_of(2) {
             return;
         }
         let i = usize::from(rtp_port - self.base) / 2;

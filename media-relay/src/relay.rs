@@ -633,7 +633,7 @@ impl MediaControl for Relay {
             call.delete_at = Some(monotonic_ns().saturating_add(delay));
             st.totals.deleted += 1;
         }
-        Ok(st.calls.get(call_id).map(Call::report).ok_or(RelayError::UnknownCall)?)
+        st.calls.get(call_id).map(Call::report).ok_or(RelayError::UnknownCall)
     }
 
     fn query(&self, call_id: &str) -> Result<CallReport, RelayError> {

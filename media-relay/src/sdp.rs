@@ -106,6 +106,12 @@ pub struct Rewrite<'a> {
 impl Sdp {
     /// Parses an SDP body. See the module docs for what is strict and what
     /// is lenient. A body with no `m=` section is not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`SdpError::Empty`] if there is no `v=` line, [`SdpError::BadLine`]
+    /// for a malformed line (or one before `v=`), [`SdpError::NotUtf8`] for
+    /// an `m=`, `c=` or `a=rtcp` line that is not UTF-8.
     pub fn parse(text: &[u8]) -> Result<Sdp, SdpError> {
         let mut sdp = Sdp {
             origin_addr: None,
@@ -169,12 +175,14 @@ impl Sdp {
 impl Media {
     /// Where the peer wants this section's media: the media-level `c=`
     /// address, else the session-level one.
+    #[must_use]
     pub fn remote_addr(&self, sdp: &Sdp) -> Option<IpAddr> {
         self.addr.or(sdp.session_addr)
     }
 
     /// RTP clock rate of payload type `pt`: from this section's `a=rtpmap`,
     /// else from the RFC 3551 static payload type table.
+    #[must_use]
     pub fn clock_rate(&self, pt: u8) -> Option<u32> {
         self.rtpmap
             .iter()
@@ -187,15 +195,14 @@ impl Media {
     /// `["PCMU/8000", "telephone-event/8000"]`. Names come from `a=rtpmap`,
     /// else from the RFC 3551 static table. Formats that are not payload
     /// type numbers, or dynamic types without an `a=rtpmap`, are skipped.
+    #[must_use]
     pub fn codec_names(&self) -> Vec<String> {
         self.formats
             .iter()
             .filter_map(|f| digits::<u8>(f))
-            .filter_map(|pt| {
-                match self.rtpmap.iter().find(|(p, _, _)| *p == pt) {
-                    Some((_, name, rate)) => Some(format!("{name}/{rate}")),
-                    None => static_payload(pt).map(|(name, rate)| format!("{name}/{rate}")),
-                }
+            .filter_map(|pt| match self.rtpmap.iter().find(|(p, _, _)| *p == pt) {
+                Some((_, name, rate)) => Some(format!("{name}/{rate}")),
+                None => static_payload(pt).map(|(name, rate)| format!("{name}/{rate}")),
             })
             .collect()
     }
@@ -255,7 +262,11 @@ fn static_payload(pt: u8) -> Option<(&'static str, u32)> {
 ///   [`Rewrite::remove_ice`]).
 ///
 /// Whether the body ends with a line ending is preserved. The input is
-/// validated with [`Sdp::parse`] first, so the errors are the same.
+/// validated with [`Sdp::parse`] first.
+///
+/// # Errors
+///
+/// Exactly those of [`Sdp::parse`]; nothing is written on error.
 pub fn rewrite(text: &[u8], rw: &Rewrite<'_>) -> Result<Vec<u8>, SdpError> {
     let sdp = Sdp::parse(text)?;
     let anchored: Vec<Option<u16>> = sdp
@@ -264,111 +275,46 @@ pub fn rewrite(text: &[u8], rw: &Rewrite<'_>) -> Result<Vec<u8>, SdpError> {
         .zip(rw.ports.iter().copied().chain(std::iter::repeat(None)))
         .map(|(m, port)| port.filter(|_| m.port != 0))
         .collect();
-    let rewrite_session_c = anchored.iter().any(Option::is_some)
-        && sdp.session_addr.is_some_and(|a| !a.is_unspecified());
-    let conn = match rw.addr {
-        IpAddr::V4(a) => format!("IN IP4 {a}"),
-        IpAddr::V6(a) => format!("IN IP6 {a}"),
+    let mut state = Rewriter {
+        rw,
+        sdp: &sdp,
+        rewrite_session_c: anchored.iter().any(Option::is_some)
+            && sdp.session_addr.is_some_and(|a| !a.is_unspecified()),
+        anchored,
+        conn: match rw.addr {
+            IpAddr::V4(a) => format!("IN IP4 {a}"),
+            IpAddr::V6(a) => format!("IN IP6 {a}"),
+        },
+        section: None,
+        session_c_line: None,
+        pending_c: None,
     };
 
     let mut out = Vec::with_capacity(text.len() + 64);
-    let mut section: Option<usize> = None;
-    let mut session_c_line: Option<&[u8]> = None;
-    // Original session c= to insert into an untouched section, and the line
-    // ending to put after it.
-    let mut pending_c: Option<(&[u8], &[u8])> = None;
     let mut last_ending: &[u8] = b"\r\n";
-
     for line in lines(text) {
         let item = classify(&line)?;
-        if let Some((c_line, ending)) = pending_c {
+        if let Some((c_line, ending)) = state.pending_c {
             if !line.content.starts_with(b"i=") {
                 out.extend_from_slice(c_line);
                 out.extend_from_slice(ending);
-                pending_c = None;
+                state.pending_c = None;
             }
         }
         if !line.ending.is_empty() {
             last_ending = line.ending;
         }
-        let anchored_port = section.and_then(|i| anchored.get(i).copied().flatten());
-        let active = section.is_none() || anchored_port.is_some();
-        let start = out.len();
-
-        match item {
-            Item::Origin(Some(Origin { span, .. })) if rw.replace_origin => {
-                // o=<user> <id> <version> <nettype> <addrtype> <address>: the
-                // span covers "<nettype> <addrtype> <address>".
-                let value = line.value_str().unwrap_or_default();
-                out.extend_from_slice(b"o=");
-                out.extend_from_slice(value.get(..span.start).unwrap_or_default().as_bytes());
-                out.extend_from_slice(conn.as_bytes());
-                out.extend_from_slice(value.get(span.end..).unwrap_or_default().as_bytes());
+        match state.line(&line, item, &mut out) {
+            Verdict::Keep => {
+                out.extend_from_slice(line.content);
+                out.extend_from_slice(line.ending);
             }
-            Item::Connection(addr) if !addr.is_unspecified() => {
-                let rewrite_it = match section {
-                    None => {
-                        session_c_line.get_or_insert(line.content);
-                        rewrite_session_c
-                    }
-                    Some(_) => anchored_port.is_some(),
-                };
-                if rewrite_it {
-                    out.extend_from_slice(b"c=");
-                    out.extend_from_slice(conn.as_bytes());
-                }
-            }
-            Item::Media(ml) => {
-                let idx = section.map_or(0, |i| i + 1);
-                section = Some(idx);
-                match anchored.get(idx).copied().flatten() {
-                    Some(port) => {
-                        let value = line.value_str().unwrap_or_default();
-                        out.extend_from_slice(b"m=");
-                        out.extend_from_slice(
-                            value.get(..ml.port_span.start).unwrap_or_default().as_bytes(),
-                        );
-                        let _ = write!(ByteSink(&mut out), "{port}");
-                        out.extend_from_slice(
-                            value.get(ml.port_span.end..).unwrap_or_default().as_bytes(),
-                        );
-                    }
-                    None => {
-                        let relied_on_session = sdp.media.get(idx).is_some_and(|m| m.addr.is_none());
-                        if ml.port != 0 && rewrite_session_c && relied_on_session {
-                            if let Some(c_line) = session_c_line {
-                                pending_c = Some((c_line, line.ending));
-                            }
-                        }
-                    }
-                }
-            }
-            Item::Attr(Attr::Rtcp { addr, .. }) if anchored_port.is_some() => {
-                let idx = section.unwrap_or_default();
-                match rw.rtcp_ports.get(idx).copied().flatten() {
-                    Some(rtcp_port) => {
-                        let _ = write!(ByteSink(&mut out), "a=rtcp:{rtcp_port}");
-                        if addr.is_some() {
-                            out.push(b' ');
-                            out.extend_from_slice(conn.as_bytes());
-                        }
-                    }
-                    // Drop the stale line (and its ending).
-                    None => continue,
-                }
-            }
-            Item::Attr(Attr::Ice) if rw.remove_ice && active => continue,
-            _ => {}
+            Verdict::Written => out.extend_from_slice(line.ending),
+            Verdict::Drop => {}
         }
-
-        if out.len() == start {
-            // Not rewritten: copy the line as it was.
-            out.extend_from_slice(line.content);
-        }
-        out.extend_from_slice(line.ending);
     }
 
-    if let Some((c_line, _)) = pending_c {
+    if let Some((c_line, _)) = state.pending_c {
         // The section ran to the end of the body, whose last line may lack
         // an ending; the trim below restores that.
         if !ends_with_eol(&out) {
@@ -377,17 +323,119 @@ pub fn rewrite(text: &[u8], rw: &Rewrite<'_>) -> Result<Vec<u8>, SdpError> {
         out.extend_from_slice(c_line);
         out.extend_from_slice(last_ending);
     }
-    // Keep the input's "ends with a newline or not" (a dropped or inserted
-    // final line must not change it).
+    // Keep the input's "ends with a newline or not": a dropped or inserted
+    // final line must not change it. (Blank lines that only separated a
+    // dropped final line go with it.)
     if !ends_with_eol(text) {
-        for eol in [&b"\r\n"[..], b"\n", b"\r"] {
-            if out.ends_with(eol) {
-                out.truncate(out.len() - eol.len());
-                break;
-            }
+        while ends_with_eol(&out) {
+            out.pop();
         }
     }
     Ok(out)
+}
+
+/// What [`Rewriter::line`] did with a line.
+enum Verdict {
+    /// Copy the line and its ending unchanged.
+    Keep,
+    /// The new content was written; append the original ending.
+    Written,
+    /// Leave the line out, ending included.
+    Drop,
+}
+
+/// State of one [`rewrite`] pass.
+struct Rewriter<'t, 'r> {
+    rw: &'r Rewrite<'r>,
+    sdp: &'r Sdp,
+    /// Per section: the relay port if the section is anchored.
+    anchored: Vec<Option<u16>>,
+    rewrite_session_c: bool,
+    /// `IN IP4 <addr>` or `IN IP6 <addr>` for the relay.
+    conn: String,
+    /// Index of the current `m=` section; `None` at session level.
+    section: Option<usize>,
+    /// First session-level `c=` line, as it was.
+    session_c_line: Option<&'t [u8]>,
+    /// Session `c=` line to insert into the current (untouched) section,
+    /// with the line ending to put after it.
+    pending_c: Option<(&'t [u8], &'t [u8])>,
+}
+
+impl<'t> Rewriter<'t, '_> {
+    fn line(&mut self, line: &Line<'t>, item: Item<'t>, out: &mut Vec<u8>) -> Verdict {
+        let anchored_port = self
+            .section
+            .and_then(|i| self.anchored.get(i).copied().flatten());
+        match item {
+            Item::Origin(Some(Origin { span, .. })) if self.rw.replace_origin => {
+                // The span covers "<nettype> <addrtype> <address>".
+                let value = line.value_str().unwrap_or_default();
+                out.extend_from_slice(b"o=");
+                out.extend_from_slice(value.get(..span.start).unwrap_or_default().as_bytes());
+                out.extend_from_slice(self.conn.as_bytes());
+                out.extend_from_slice(value.get(span.end..).unwrap_or_default().as_bytes());
+                Verdict::Written
+            }
+            Item::Connection(addr) if !addr.is_unspecified() => {
+                let rewrite_it = if self.section.is_none() {
+                    self.session_c_line.get_or_insert(line.content);
+                    self.rewrite_session_c
+                } else {
+                    anchored_port.is_some()
+                };
+                if !rewrite_it {
+                    return Verdict::Keep;
+                }
+                out.extend_from_slice(b"c=");
+                out.extend_from_slice(self.conn.as_bytes());
+                Verdict::Written
+            }
+            Item::Media(ml) => self.media_line(line, &ml, out),
+            Item::Attr(Attr::Rtcp { addr, .. }) if anchored_port.is_some() => {
+                let idx = self.section.unwrap_or_default();
+                let Some(rtcp_port) = self.rw.rtcp_ports.get(idx).copied().flatten() else {
+                    // A stale peer port must not survive.
+                    return Verdict::Drop;
+                };
+                let _ = write!(ByteSink(out), "a=rtcp:{rtcp_port}");
+                if addr.is_some() {
+                    out.push(b' ');
+                    out.extend_from_slice(self.conn.as_bytes());
+                }
+                Verdict::Written
+            }
+            Item::Attr(Attr::Ice)
+                if self.rw.remove_ice && (self.section.is_none() || anchored_port.is_some()) =>
+            {
+                Verdict::Drop
+            }
+            _ => Verdict::Keep,
+        }
+    }
+
+    fn media_line(&mut self, line: &Line<'t>, ml: &MediaLine<'_>, out: &mut Vec<u8>) -> Verdict {
+        let idx = self.section.map_or(0, |i| i + 1);
+        self.section = Some(idx);
+        if let Some(port) = self.anchored.get(idx).copied().flatten() {
+            let value = line.value_str().unwrap_or_default();
+            out.extend_from_slice(b"m=");
+            out.extend_from_slice(
+                value
+                    .get(..ml.port_span.start)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
+            let _ = write!(ByteSink(out), "{port}");
+            out.extend_from_slice(value.get(ml.port_span.end..).unwrap_or_default().as_bytes());
+            return Verdict::Written;
+        }
+        let relied_on_session = self.sdp.media.get(idx).is_some_and(|m| m.addr.is_none());
+        if ml.port != 0 && self.rewrite_session_c && relied_on_session {
+            self.pending_c = self.session_c_line.map(|c_line| (c_line, line.ending));
+        }
+        Verdict::Keep
+    }
 }
 
 fn ends_with_eol(b: &[u8]) -> bool {
@@ -431,10 +479,8 @@ fn lines(text: &[u8]) -> impl Iterator<Item = Line<'_>> {
         .map(|(i, raw)| {
             let ending_len = if raw.ends_with(b"\r\n") {
                 2
-            } else if raw.ends_with(b"\n") || raw.ends_with(b"\r") {
-                1
             } else {
-                0
+                usize::from(ends_with_eol(raw))
             };
             let (content, ending) = raw.split_at(raw.len().saturating_sub(ending_len));
             Line {
@@ -500,7 +546,9 @@ fn classify<'a>(line: &Line<'a>) -> Result<Item<'a>, SdpError> {
     match kind {
         b'v' => Ok(Item::Version),
         b'o' => Ok(Item::Origin(
-            std::str::from_utf8(line.value()).ok().and_then(parse_origin),
+            std::str::from_utf8(line.value())
+                .ok()
+                .and_then(parse_origin),
         )),
         b'c' => parse_connection(line.value_str()?)
             .map(Item::Connection)
@@ -606,7 +654,8 @@ fn parse_attr<'a>(line: &Line<'a>) -> Result<Attr<'a>, SdpError> {
     };
     Ok(match name {
         b"rtcp" => {
-            let rest = std::str::from_utf8(rest).map_err(|_| SdpError::NotUtf8 { line: line.no })?;
+            let rest =
+                std::str::from_utf8(rest).map_err(|_| SdpError::NotUtf8 { line: line.no })?;
             let mut toks = tokens(rest).map(|(_, t)| t);
             let port = toks
                 .next()
@@ -617,7 +666,12 @@ fn parse_attr<'a>(line: &Line<'a>) -> Result<Attr<'a>, SdpError> {
                 (Some(net), Some(atype), Some(addr)) => {
                     Some(parse_net_addr(net, atype, addr).map_err(|what| bad(line, what))?)
                 }
-                _ => return Err(bad(line, "a=rtcp address needs <nettype> <addrtype> <address>")),
+                _ => {
+                    return Err(bad(
+                        line,
+                        "a=rtcp address needs <nettype> <addrtype> <address>",
+                    ))
+                }
             };
             Attr::Rtcp { port, addr }
         }
@@ -630,8 +684,8 @@ fn parse_attr<'a>(line: &Line<'a>) -> Result<Attr<'a>, SdpError> {
             // ASCII by the match above.
             Attr::Direction(std::str::from_utf8(name).unwrap_or_default())
         }
-        b"candidate" | b"remote-candidates" | b"end-of-candidates" | b"ice-ufrag"
-        | b"ice-pwd" | b"ice-options" | b"ice-lite" | b"ice-mismatch" | b"ice-pacing" => Attr::Ice,
+        b"candidate" | b"remote-candidates" | b"end-of-candidates" | b"ice-ufrag" | b"ice-pwd"
+        | b"ice-options" | b"ice-lite" | b"ice-mismatch" | b"ice-pacing" => Attr::Ice,
         _ => Attr::Other,
     })
 }
@@ -776,7 +830,10 @@ m=audio 5004 RTP/AVP 0\r\nm=video 0 RTP/AVP 31\r\nm=image 6000 udptl t38\r\ni=fa
 a=T38FaxVersion:0\r\nm=text 7000 RTP/AVP 98\r\nc=IN IP4 192.0.2.9\r\n";
         // Port-0 video stays 0 although a port is given; image and text are
         // beyond what is anchored / explicitly None.
-        let out = run(text, &rw("198.51.100.1", &[Some(8000), Some(8002), None], &[]));
+        let out = run(
+            text,
+            &rw("198.51.100.1", &[Some(8000), Some(8002), None], &[]),
+        );
         assert_eq!(
             out,
             "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
@@ -817,7 +874,11 @@ m=audio 5008 RTP/AVP 0\na=rtcp:5009 IN IP4 192.0.2.1\n";
         assert_eq!(sdp.media[1].rtcp, Some((5009, Some(ip("192.0.2.1")))));
         let out = run(
             text,
-            &rw("198.51.100.1", &[Some(1000), Some(2000)], &[Some(1001), Some(2001)]),
+            &rw(
+                "198.51.100.1",
+                &[Some(1000), Some(2000)],
+                &[Some(1001), Some(2001)],
+            ),
         );
         assert_eq!(
             out,
@@ -825,7 +886,10 @@ m=audio 5008 RTP/AVP 0\na=rtcp:5009 IN IP4 192.0.2.1\n";
 m=audio 2000 RTP/AVP 0\na=rtcp:2001 IN IP4 198.51.100.1\n"
         );
         // No RTCP port given: the stale a=rtcp is dropped.
-        let out = run(text, &rw("198.51.100.1", &[Some(1000), Some(2000)], &[None]));
+        let out = run(
+            text,
+            &rw("198.51.100.1", &[Some(1000), Some(2000)], &[None]),
+        );
         assert_eq!(
             out,
             "v=0\nc=IN IP4 198.51.100.1\nm=audio 1000 RTP/AVP 0\n\
@@ -898,7 +962,8 @@ a=x-custom:  spaced  value\na=rtpmap:bogus\n\n";
         );
         assert!(!out.contains('\r'));
         // Non-UTF-8 bytes in lines the relay does not interpret are copied.
-        let mut raw = b"v=0\r\ns=\xff\xfe\r\nc=IN IP4 192.0.2.1\r\nm=audio 5004 RTP/AVP 0\r\n".to_vec();
+        let mut raw =
+            b"v=0\r\ns=\xff\xfe\r\nc=IN IP4 192.0.2.1\r\nm=audio 5004 RTP/AVP 0\r\n".to_vec();
         let out = rewrite(&raw, &rw("198.51.100.1", &[Some(1000)], &[])).expect("rewrite");
         raw.truncate(9);
         assert!(out.starts_with(&raw));
@@ -933,9 +998,18 @@ a=rtpmap:0 PCMU/8000\nm=video 5006 RTP/AVP 26 34 31 32 97\n";
         assert_eq!(v.clock_rate(96), None);
         assert_eq!(
             a.codec_names(),
-            ["PCMU/8000", "G722/8000", "G729/8000", "AMR-WB/16000", "CN/8000"]
+            [
+                "PCMU/8000",
+                "G722/8000",
+                "G729/8000",
+                "AMR-WB/16000",
+                "CN/8000"
+            ]
         );
-        assert_eq!(v.codec_names(), ["JPEG/90000", "H263/90000", "H261/90000", "MPV/90000"]);
+        assert_eq!(
+            v.codec_names(),
+            ["JPEG/90000", "H263/90000", "H261/90000", "MPV/90000"]
+        );
         assert_eq!(a.remote_addr(&sdp), None);
     }
 
@@ -946,55 +1020,94 @@ a=rtpmap:0 PCMU/8000\nm=video 5006 RTP/AVP 26 34 31 32 97\n";
         assert_eq!(err(b"\r\n\n"), SdpError::Empty);
         assert_eq!(
             err(b"hello world"),
-            SdpError::BadLine { line: 1, what: "expected a <type>=<value> line" }
+            SdpError::BadLine {
+                line: 1,
+                what: "expected a <type>=<value> line"
+            }
         );
         assert_eq!(
             err(b"s=-\r\nv=0\r\n"),
-            SdpError::BadLine { line: 1, what: "SDP must start with a v= line" }
+            SdpError::BadLine {
+                line: 1,
+                what: "SDP must start with a v= line"
+            }
         );
         assert_eq!(
             err(b"v=0\r\nm=audio 70000 RTP/AVP 0\r\n"),
-            SdpError::BadLine { line: 2, what: "m= port is not a number 0-65535" }
+            SdpError::BadLine {
+                line: 2,
+                what: "m= port is not a number 0-65535"
+            }
         );
         assert_eq!(
             err(b"v=0\nm=audio -1 RTP/AVP 0\n"),
-            SdpError::BadLine { line: 2, what: "m= port is not a number 0-65535" }
+            SdpError::BadLine {
+                line: 2,
+                what: "m= port is not a number 0-65535"
+            }
         );
         assert_eq!(
             err(b"v=0\nm=audio 5004/x RTP/AVP 0\n"),
-            SdpError::BadLine { line: 2, what: "m= port count is not a number" }
+            SdpError::BadLine {
+                line: 2,
+                what: "m= port count is not a number"
+            }
         );
         assert_eq!(
             err(b"v=0\nm=audio\n"),
-            SdpError::BadLine { line: 2, what: "m= needs <media> <port> <proto> <fmt>..." }
+            SdpError::BadLine {
+                line: 2,
+                what: "m= needs <media> <port> <proto> <fmt>..."
+            }
         );
         assert_eq!(
             err(b"v=0\n\nc=IN IP4 300.1.1.1\n"),
-            SdpError::BadLine { line: 3, what: "address is not a valid IPv4 address" }
+            SdpError::BadLine {
+                line: 3,
+                what: "address is not a valid IPv4 address"
+            }
         );
         assert_eq!(
             err(b"v=0\nc=IN IP4 2001:db8::1\n"),
-            SdpError::BadLine { line: 2, what: "address is not a valid IPv4 address" }
+            SdpError::BadLine {
+                line: 2,
+                what: "address is not a valid IPv4 address"
+            }
         );
         assert_eq!(
             err(b"v=0\nc=IN IP4 host.example.com\n"),
-            SdpError::BadLine { line: 2, what: "address is not a valid IPv4 address" }
+            SdpError::BadLine {
+                line: 2,
+                what: "address is not a valid IPv4 address"
+            }
         );
         assert_eq!(
             err(b"v=0\nc=IN IPX 1.2.3.4\n"),
-            SdpError::BadLine { line: 2, what: "address type is not IP4 or IP6" }
+            SdpError::BadLine {
+                line: 2,
+                what: "address type is not IP4 or IP6"
+            }
         );
         assert_eq!(
             err(b"v=0\nc=ATM NSAP 47\n"),
-            SdpError::BadLine { line: 2, what: "network type is not IN" }
+            SdpError::BadLine {
+                line: 2,
+                what: "network type is not IN"
+            }
         );
         assert_eq!(
             err(b"v=0\nc=IN IP4\n"),
-            SdpError::BadLine { line: 2, what: "c= needs <nettype> <addrtype> <address>" }
+            SdpError::BadLine {
+                line: 2,
+                what: "c= needs <nettype> <addrtype> <address>"
+            }
         );
         assert_eq!(
             err(b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:x\n"),
-            SdpError::BadLine { line: 3, what: "a=rtcp port is not a number 0-65535" }
+            SdpError::BadLine {
+                line: 3,
+                what: "a=rtcp port is not a number 0-65535"
+            }
         );
         assert_eq!(
             err(b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:5 IN IP4\n"),
@@ -1005,13 +1118,23 @@ a=rtpmap:0 PCMU/8000\nm=video 5006 RTP/AVP 26 34 31 32 97\n";
         );
         assert_eq!(err(b"v=0\nc=IN IP4 \xff\n"), SdpError::NotUtf8 { line: 2 });
         assert_eq!(
-            SdpError::BadLine { line: 4, what: "m= port is not a number 0-65535" }.to_string(),
+            SdpError::BadLine {
+                line: 4,
+                what: "m= port is not a number 0-65535"
+            }
+            .to_string(),
             "SDP line 4: m= port is not a number 0-65535"
         );
         // rewrite reports the same errors.
         assert_eq!(
-            rewrite(b"v=0\nm=audio x RTP/AVP 0\n", &rw("192.0.2.1", &[Some(1)], &[])),
-            Err(SdpError::BadLine { line: 2, what: "m= port is not a number 0-65535" })
+            rewrite(
+                b"v=0\nm=audio x RTP/AVP 0\n",
+                &rw("192.0.2.1", &[Some(1)], &[])
+            ),
+            Err(SdpError::BadLine {
+                line: 2,
+                what: "m= port is not a number 0-65535"
+            })
         );
     }
 
@@ -1024,7 +1147,8 @@ a=rtpmap:300 X/8000\na=rtpmap:96\na=rtpmap:97 Y/abc\n";
         assert!(sdp.media[0].formats.is_empty());
         assert!(sdp.media[0].rtpmap.is_empty());
 
-        let text = "v=0\no=- 1 1 IN IP4 host.example.com\nc=IN IP4 192.0.2.1\nm=audio 1 RTP/AVP 0\n";
+        let text =
+            "v=0\no=- 1 1 IN IP4 host.example.com\nc=IN IP4 192.0.2.1\nm=audio 1 RTP/AVP 0\n";
         let mut r = rw("192.0.2.9", &[Some(2)], &[]);
         r.replace_origin = true;
         assert_eq!(
@@ -1059,13 +1183,20 @@ a=rtpmap:300 X/8000\na=rtpmap:96\na=rtpmap:97 Y/abc\n";
     fn sdp_text() -> impl Strategy<Value = (Vec<u8>, bool)> {
         (
             proptest::collection::vec(
-                (sdp_line(), prop_oneof![Just("\r\n"), Just("\n"), Just("\r"), Just("")]),
+                (
+                    sdp_line(),
+                    prop_oneof![Just("\r\n"), Just("\n"), Just("\r"), Just("")],
+                ),
                 0..16,
             ),
             any::<bool>(),
         )
             .prop_map(|(lines, v_first)| {
-                let mut out = if v_first { b"v=0\r\n".to_vec() } else { Vec::new() };
+                let mut out = if v_first {
+                    b"v=0\r\n".to_vec()
+                } else {
+                    Vec::new()
+                };
                 for (l, e) in lines {
                     out.extend_from_slice(l.as_bytes());
                     out.extend_from_slice(e.as_bytes());

@@ -3,6 +3,8 @@
 //! the media timeout, delete freeing ports, the reply cache, and every
 //! malformed input the ng server must answer or count.
 
+#![allow(clippy::unwrap_used, reason = "test harness: a failed unwrap is a failed test")]
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
