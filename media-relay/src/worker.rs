@@ -148,6 +148,9 @@ impl Worker {
                 }
                 continue;
             }
+            // Commands queued before these packets arrived (a SetPeer from the
+            // answer that preceded the first RTP, say) apply before serving them.
+            self.drain_commands();
             for ev in &events {
                 let t = ev.token();
                 if t == WAKER {

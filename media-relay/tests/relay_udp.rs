@@ -39,18 +39,21 @@ fn port_block() -> (u16, u16, u16, u16) {
 
 fn start_relay(extra: &[&str]) -> Relay {
     let (ng, metrics, pmin, pmax) = port_block();
+    let mut args = vec![
+        "--config-file=none".to_owned(),
+        format!("--listen-ng=127.0.0.1:{ng}"),
+        format!("--metrics=127.0.0.1:{metrics}"),
+        format!("--port-min={pmin}"),
+        format!("--port-max={pmax}"),
+        "--num-threads=2".to_owned(),
+        format!("--log-level={}", std::env::var("XSBC_TEST_RELAY_LOG").unwrap_or_else(|_| "4".into())),
+    ];
+    if !extra.iter().any(|a| a.starts_with("--interface")) {
+        args.push("--interface=127.0.0.1".to_owned());
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let child = Command::new(env!("CARGO_BIN_EXE_media-relay"))
-        .args([
-            "--config-file=none",
-            "--interface=127.0.0.1",
-            &format!("--listen-ng=127.0.0.1:{ng}"),
-            &format!("--metrics=127.0.0.1:{metrics}"),
-            &format!("--port-min={pmin}"),
-            &format!("--port-max={pmax}"),
-            "--num-threads=2",
-            "--log-level=4",
-        ])
-        .args(extra)
+        .args(&args)
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn media-relay");
@@ -486,4 +489,153 @@ fn reinvite_keeps_ports_and_statistics_command() {
     let st = cmd(&r, &dict(&[("command", s("statistics"))]));
     let cur = st.get("statistics").and_then(|s| s.get("currentstatistics")).unwrap();
     assert_eq!(cur.get("sessionsown").and_then(Value::as_int), Some(1));
+}
+
+#[test]
+fn rtcp_mux_flows_on_the_rtp_ports() {
+    let r = start_relay(&[]);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mux = |p: u16| sdp_for(p) + &format!("a=rtcp:{p}\r\na=rtcp-mux\r\n");
+    let offer = cmd(
+        &r,
+        &dict(&[
+            ("command", s("offer")),
+            ("call-id", s("call-mux")),
+            ("from-tag", s("tag-a")),
+            ("sdp", s(&mux(a.local_addr().unwrap().port()))),
+        ]),
+    );
+    let offer_sdp = String::from_utf8(offer.get("sdp").and_then(Value::as_bytes).unwrap().to_vec()).unwrap();
+    let to_b = media_port(offer_sdp.as_bytes());
+    assert!(offer_sdp.contains(&format!("a=rtcp:{to_b}\r\n")), "a=rtcp names the RTP port under mux:\n{offer_sdp}");
+    assert!(offer_sdp.contains("a=rtcp-mux\r\n"));
+    let answer = cmd(
+        &r,
+        &dict(&[
+            ("command", s("answer")),
+            ("call-id", s("call-mux")),
+            ("from-tag", s("tag-a")),
+            ("to-tag", s("tag-b")),
+            ("sdp", s(&mux(b.local_addr().unwrap().port()))),
+        ]),
+    );
+    let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
+    // RTP and an RTCP receiver report, both on the RTP port.
+    let rr = [0x80u8, 201, 0, 1, 9, 9, 9, 9];
+    a.send_to(&rtp(1), ("127.0.0.1", to_a)).unwrap();
+    a.send_to(&rr, ("127.0.0.1", to_a)).unwrap();
+    let got = recv_n(&b, 2);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().any(|(p, _)| p[..] == rr[..]), "muxed RTCP relayed on the RTP path");
+    let q = cmd(&r, &dict(&[("command", s("query")), ("call-id", s("call-mux"))]));
+    let from_a = stream_stats(&q, "tag-a", 0);
+    assert_eq!(stat(&from_a, "packets"), 2);
+    assert_eq!(stat(&from_a, "rtp-packets"), 1, "the RTCP packet is not counted as RTP");
+}
+
+#[test]
+fn ipv6_relay() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI machines must have IPv6 loopback");
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let r = start_relay(&["--interface=::1"]);
+    let a = UdpSocket::bind("[::1]:0").unwrap();
+    let b = UdpSocket::bind("[::1]:0").unwrap();
+    let sdp6 = |p: u16| format!("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {p} RTP/AVP 8\r\n");
+    let offer = cmd(
+        &r,
+        &dict(&[
+            ("command", s("offer")),
+            ("call-id", s("call-v6")),
+            ("from-tag", s("a")),
+            ("sdp", s(&sdp6(a.local_addr().unwrap().port()))),
+        ]),
+    );
+    assert_eq!(result(&offer), "ok", "{}", reason(&offer));
+    let osdp = offer.get("sdp").and_then(Value::as_bytes).unwrap();
+    assert!(String::from_utf8_lossy(osdp).contains("c=IN IP6 ::1\r\n"));
+    let to_b = media_port(osdp);
+    let answer = cmd(
+        &r,
+        &dict(&[
+            ("command", s("answer")),
+            ("call-id", s("call-v6")),
+            ("from-tag", s("a")),
+            ("to-tag", s("b")),
+            ("sdp", s(&sdp6(b.local_addr().unwrap().port()))),
+        ]),
+    );
+    let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
+    a.send_to(&rtp(7), ("::1", to_a)).unwrap();
+    assert_eq!(recv_n(&b, 1).len(), 1);
+    b.send_to(&rtp(8), ("::1", to_b)).unwrap();
+    let back = recv_n(&a, 1);
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].1, SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, to_a)));
+}
+
+/// A stream whose socket queue overflows is still served: the drops are
+/// counted, and as soon as the flood stops its packets flow again. Another
+/// call on the same relay keeps working throughout.
+#[test]
+fn overflowing_stream_is_counted_and_recovers() {
+    let (ng, metrics, pmin, pmax) = port_block();
+    let cfg = format!(
+        "[relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"127.0.0.1:{ng}\"\nport_min = {pmin}\nport_max = {pmax}\n\
+         workers = 1\ntimeout = 60\nmetrics = \"127.0.0.1:{metrics}\"\nsocket_rcvbuf = 4096\nlog_level = \"warn\"\n"
+    );
+    let path = std::env::temp_dir().join(format!("mr-overflow-{}.toml", std::process::id()));
+    std::fs::write(&path, cfg).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_media-relay"))
+        .arg(format!("--config={}", path.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = Relay {
+        child,
+        ng: SocketAddr::from(([127, 0, 0, 1], ng)),
+        metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
+        ports: (pmin, pmax),
+    };
+    wait_until("relay up", || {
+        try_cmd(&r, &dict(&[("command", s("ping"))]), Duration::from_millis(200)).is_some()
+    });
+    let (a1, b1) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+    let (a2, b2) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+    let (to_a1, _) = setup_call(&r, "flooded", &a1, &b1);
+    let (to_a2, _) = setup_call(&r, "quiet", &a2, &b2);
+    b1.set_nonblocking(true).unwrap();
+    // Flood call 1 far beyond what a 4 KiB receive buffer holds.
+    let mut drained = 0usize;
+    let mut buf = [0u8; 2048];
+    for round in 0..200u16 {
+        for k in 0..100u16 {
+            let _ = a1.send_to(&rtp(round.wrapping_mul(100).wrapping_add(k)), ("127.0.0.1", to_a1));
+        }
+        while b1.recv_from(&mut buf).is_ok() {
+            drained += 1;
+        }
+    }
+    wait_until("overflow drops counted", || metric(&r, "media_relay_drops_total{reason=\"rx_queue_overflow\"}") > 0.0);
+    // Drain what is still in flight, then the flooded stream must work again.
+    std::thread::sleep(Duration::from_millis(300));
+    while b1.recv_from(&mut buf).is_ok() {
+        drained += 1;
+    }
+    assert!(drained > 0, "some of the flood was relayed");
+    b1.set_nonblocking(false).unwrap();
+    for seq in 0..10u16 {
+        a1.send_to(&rtp(60000 + seq), ("127.0.0.1", to_a1)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(recv_n(&b1, 10).len(), 10, "the flooded stream is served again after the flood");
+    for seq in 0..10u16 {
+        a2.send_to(&rtp(seq), ("127.0.0.1", to_a2)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(recv_n(&b2, 10).len(), 10, "the other call is unaffected");
+    let _ = std::fs::remove_file(&path);
 }
