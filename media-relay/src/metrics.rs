@@ -79,7 +79,7 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
     out
 }
 
-fn respond(mut s: TcpStream, relay: &Relay, ng: &NgCounters) {
+fn respond(mut s: TcpStream, render_body: &dyn Fn() -> String) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
     let mut req = [0u8; 2048];
@@ -100,7 +100,7 @@ fn respond(mut s: TcpStream, relay: &Relay, ng: &NgCounters) {
     let path = head.split_whitespace().nth(1).unwrap_or("");
     let method_ok = head.starts_with("GET ");
     let (status, ctype, body) = if method_ok && (path == "/metrics" || path.starts_with("/metrics?")) {
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(relay, ng))
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render_body())
     } else if method_ok {
         ("404 Not Found", "text/plain", "not found; try /metrics\n".to_owned())
     } else {
@@ -113,14 +113,20 @@ fn respond(mut s: TcpStream, relay: &Relay, ng: &NgCounters) {
     );
 }
 
-/// Serves `/metrics` until `shutdown` is set.
+/// Serves `/metrics` for the relay until `shutdown` is set.
 pub fn serve(listener: &TcpListener, relay: &Arc<Relay>, ng: &Arc<NgCounters>, shutdown: &AtomicBool) {
+    serve_with(listener, &|| render(relay, ng), shutdown);
+}
+
+/// Serves `/metrics` with whatever `render_body` produces, until `shutdown`
+/// is set. One request at a time; each connection has 2 s to send its head.
+pub fn serve_with(listener: &TcpListener, render_body: &dyn Fn() -> String, shutdown: &AtomicBool) {
     let _ = listener.set_nonblocking(true);
     while !shutdown.load(Relaxed) {
         match listener.accept() {
             Ok((s, _)) => {
                 let _ = s.set_nonblocking(false);
-                respond(s, relay, ng);
+                respond(s, render_body);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => {

@@ -6,7 +6,8 @@
 //!
 //! Both are line based and lenient about line endings: CRLF, bare LF and a
 //! final line without any ending are all accepted, and each line keeps its
-//! own ending in the rewritten output. Blank lines are tolerated anywhere.
+//! own ending in the rewritten output. Blank lines are tolerated anywhere,
+//! and trailing blanks (or stray CRs) are ignored when a line is interpreted.
 //! Lines the relay does not interpret may even hold non-UTF-8 bytes; they
 //! are copied through untouched. Neither function panics on any input.
 //!
@@ -327,8 +328,11 @@ pub fn rewrite(text: &[u8], rw: &Rewrite<'_>) -> Result<Vec<u8>, SdpError> {
     // final line must not change it. (Blank lines that only separated a
     // dropped final line go with it.)
     if !ends_with_eol(text) {
-        while ends_with_eol(&out) {
+        while out.last() == Some(&b'\n') {
             out.pop();
+            if out.last() == Some(&b'\r') {
+                out.pop();
+            }
         }
     }
     Ok(out)
@@ -439,7 +443,12 @@ impl<'t> Rewriter<'t, '_> {
 }
 
 fn ends_with_eol(b: &[u8]) -> bool {
-    matches!(b.last(), Some(b'\n' | b'\r'))
+    b.last() == Some(&b'\n')
+}
+
+/// Space, tab, or a CR that is not part of a CRLF ending.
+fn is_blank(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r')
 }
 
 /// `fmt::Write` into a byte buffer, to format numbers without allocating.
@@ -458,7 +467,7 @@ struct Line<'a> {
     no: usize,
     /// The line without its ending.
     content: &'a [u8],
-    /// `"\r\n"`, `"\n"`, a lone `"\r"` at the very end, or empty.
+    /// `"\r\n"`, `"\n"`, or empty for a last line without an ending.
     ending: &'a [u8],
 }
 
@@ -471,6 +480,21 @@ impl<'a> Line<'a> {
     fn value_str(&self) -> Result<&'a str, SdpError> {
         std::str::from_utf8(self.value()).map_err(|_| SdpError::NotUtf8 { line: self.no })
     }
+
+    /// The value without trailing blanks or stray CRs, for interpretation.
+    /// It is a prefix of [`Line::value`], so offsets into it hold for both.
+    fn field(&self) -> &'a [u8] {
+        let value = self.value();
+        let end = value
+            .iter()
+            .rposition(|b| !is_blank(*b))
+            .map_or(0, |i| i + 1);
+        value.get(..end).unwrap_or_default()
+    }
+
+    fn field_str(&self) -> Result<&'a str, SdpError> {
+        std::str::from_utf8(self.field()).map_err(|_| SdpError::NotUtf8 { line: self.no })
+    }
 }
 
 fn lines(text: &[u8]) -> impl Iterator<Item = Line<'_>> {
@@ -480,7 +504,7 @@ fn lines(text: &[u8]) -> impl Iterator<Item = Line<'_>> {
             let ending_len = if raw.ends_with(b"\r\n") {
                 2
             } else {
-                usize::from(ends_with_eol(raw))
+                usize::from(raw.ends_with(b"\n"))
             };
             let (content, ending) = raw.split_at(raw.len().saturating_sub(ending_len));
             Line {
@@ -536,7 +560,7 @@ enum Attr<'a> {
 
 fn classify<'a>(line: &Line<'a>) -> Result<Item<'a>, SdpError> {
     let content = line.content;
-    if content.iter().all(|b| *b == b' ' || *b == b'\t') {
+    if content.iter().all(|b| is_blank(*b)) {
         return Ok(Item::Blank);
     }
     let kind = match content {
@@ -546,14 +570,14 @@ fn classify<'a>(line: &Line<'a>) -> Result<Item<'a>, SdpError> {
     match kind {
         b'v' => Ok(Item::Version),
         b'o' => Ok(Item::Origin(
-            std::str::from_utf8(line.value())
+            std::str::from_utf8(line.field())
                 .ok()
                 .and_then(parse_origin),
         )),
-        b'c' => parse_connection(line.value_str()?)
+        b'c' => parse_connection(line.field_str()?)
             .map(Item::Connection)
             .map_err(|what| bad(line, what)),
-        b'm' => parse_media(line.value_str()?)
+        b'm' => parse_media(line.field_str()?)
             .map(Item::Media)
             .map_err(|what| bad(line, what)),
         b'a' => parse_attr(line).map(Item::Attr),
@@ -644,7 +668,7 @@ fn parse_media(value: &str) -> Result<MediaLine<'_>, &'static str> {
 }
 
 fn parse_attr<'a>(line: &Line<'a>) -> Result<Attr<'a>, SdpError> {
-    let value = line.value();
+    let value = line.field();
     let (name, rest) = match value.iter().position(|b| *b == b':') {
         Some(i) => (
             value.get(..i).unwrap_or_default(),
@@ -982,6 +1006,43 @@ a=x-custom:  spaced  value\na=rtpmap:bogus\n\n";
     }
 
     #[test]
+    fn odd_endings_found_by_proptest() {
+        // A dropped final line takes the blank lines that preceded it.
+        let mut r = rw("198.51.100.1", &[], &[]);
+        r.remove_ice = true;
+        let text = "v=0\r\n\r\na=candidate:1 1 UDP 1 192.0.2.1 5004 typ host";
+        assert_eq!(run(text, &r), "v=0");
+        // A lone CR is not a line ending; a line inserted at the end goes
+        // after a real one.
+        let text =
+            "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 1 RTP/AVP 0\r\nm=video 2 RTP/AVP 96\rv=0\r";
+        let out = run(text, &rw("198.51.100.1", &[Some(9)], &[]));
+        assert_eq!(
+            out,
+            "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 9 RTP/AVP 0\r\nm=video 2 RTP/AVP 96\rv=0\r\r\nc=IN IP4 192.0.2.1"
+        );
+        let sdp = Sdp::parse(out.as_bytes()).expect("reparse");
+        assert_eq!(sdp.media[1].remote_addr(&sdp), Some(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn trailing_blanks_are_ignored() {
+        let text = "v=0\r\nc=IN IP4 192.0.2.1 \r\nm=audio 5004 RTP/AVP 0 8  \r\na=sendonly\t\r\r\n\
+a=rtcp:5005 \r\n";
+        let sdp = Sdp::parse(text.as_bytes()).expect("parse");
+        let m = &sdp.media[0];
+        assert_eq!(sdp.session_addr, Some(ip("192.0.2.1")));
+        assert_eq!(m.formats, ["0", "8"]);
+        assert_eq!(m.direction.as_deref(), Some("sendonly"));
+        assert_eq!(m.rtcp, Some((5005, None)));
+        assert_eq!(
+            run(text, &rw("198.51.100.1", &[Some(1000)], &[Some(1001)])),
+            "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 1000 RTP/AVP 0 8  \r\na=sendonly\t\r\r\n\
+a=rtcp:1001\r\n"
+        );
+    }
+
+    #[test]
     fn clock_rates() {
         let text = "v=0\nm=audio 5004 RTP/AVP 0 9 18 96 13\na=rtpmap:96 AMR-WB/16000\n\
 a=rtpmap:0 PCMU/8000\nm=video 5006 RTP/AVP 26 34 31 32 97\n";
@@ -1015,126 +1076,81 @@ a=rtpmap:0 PCMU/8000\nm=video 5006 RTP/AVP 26 34 31 32 97\n";
 
     #[test]
     fn malformed_inputs_are_errors() {
-        let err = |t: &[u8]| Sdp::parse(t).expect_err("should fail");
-        assert_eq!(err(b""), SdpError::Empty);
-        assert_eq!(err(b"\r\n\n"), SdpError::Empty);
+        const IP4: &str = "address is not a valid IPv4 address";
+        const PORT: &str = "m= port is not a number 0-65535";
+        let table: &[(&[u8], usize, &str)] = &[
+            (b"hello world", 1, "expected a <type>=<value> line"),
+            (b"v=0\n a=x\n", 2, "expected a <type>=<value> line"),
+            (b"s=-\r\nv=0\r\n", 1, "SDP must start with a v= line"),
+            (b"v=0\r\nm=audio 70000 RTP/AVP 0\r\n", 2, PORT),
+            (b"v=0\nm=audio -1 RTP/AVP 0\n", 2, PORT),
+            (b"v=0\nm=audio +5 RTP/AVP 0\n", 2, PORT),
+            (
+                b"v=0\nm=audio 5004/x RTP/AVP 0\n",
+                2,
+                "m= port count is not a number",
+            ),
+            (
+                b"v=0\nm=audio\n",
+                2,
+                "m= needs <media> <port> <proto> <fmt>...",
+            ),
+            (b"v=0\n\nc=IN IP4 300.1.1.1\n", 3, IP4),
+            (b"v=0\nc=IN IP4 2001:db8::1\n", 2, IP4),
+            (b"v=0\nc=IN IP4 host.example.com\n", 2, IP4),
+            (
+                b"v=0\nc=IN IP6 192.0.2.1\n",
+                2,
+                "address is not a valid IPv6 address",
+            ),
+            (
+                b"v=0\nc=IN IPX 1.2.3.4\n",
+                2,
+                "address type is not IP4 or IP6",
+            ),
+            (b"v=0\nc=ATM NSAP 47\n", 2, "network type is not IN"),
+            (
+                b"v=0\nc=IN IP4\n",
+                2,
+                "c= needs <nettype> <addrtype> <address>",
+            ),
+            (
+                b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:x\n",
+                3,
+                "a=rtcp port is not a number 0-65535",
+            ),
+            (
+                b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:5 IN IP4\n",
+                3,
+                "a=rtcp address needs <nettype> <addrtype> <address>",
+            ),
+            (b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:5 IN IP4 ::1\n", 3, IP4),
+        ];
+        for &(input, line, what) in table {
+            let want = Err(SdpError::BadLine { line, what });
+            assert_eq!(
+                Sdp::parse(input),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            // rewrite reports the same errors.
+            let r = rw("192.0.2.1", &[Some(1)], &[]);
+            assert_eq!(rewrite(input, &r).map(|_| ()), want.map(|_: Sdp| ()));
+        }
+        assert_eq!(Sdp::parse(b""), Err(SdpError::Empty));
+        assert_eq!(Sdp::parse(b"\r\n\n"), Err(SdpError::Empty));
         assert_eq!(
-            err(b"hello world"),
-            SdpError::BadLine {
-                line: 1,
-                what: "expected a <type>=<value> line"
-            }
+            Sdp::parse(b"v=0\nc=IN IP4 \xff\n"),
+            Err(SdpError::NotUtf8 { line: 2 })
         );
-        assert_eq!(
-            err(b"s=-\r\nv=0\r\n"),
-            SdpError::BadLine {
-                line: 1,
-                what: "SDP must start with a v= line"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\r\nm=audio 70000 RTP/AVP 0\r\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "m= port is not a number 0-65535"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nm=audio -1 RTP/AVP 0\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "m= port is not a number 0-65535"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nm=audio 5004/x RTP/AVP 0\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "m= port count is not a number"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nm=audio\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "m= needs <media> <port> <proto> <fmt>..."
-            }
-        );
-        assert_eq!(
-            err(b"v=0\n\nc=IN IP4 300.1.1.1\n"),
-            SdpError::BadLine {
-                line: 3,
-                what: "address is not a valid IPv4 address"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nc=IN IP4 2001:db8::1\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "address is not a valid IPv4 address"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nc=IN IP4 host.example.com\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "address is not a valid IPv4 address"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nc=IN IPX 1.2.3.4\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "address type is not IP4 or IP6"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nc=ATM NSAP 47\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "network type is not IN"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nc=IN IP4\n"),
-            SdpError::BadLine {
-                line: 2,
-                what: "c= needs <nettype> <addrtype> <address>"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:x\n"),
-            SdpError::BadLine {
-                line: 3,
-                what: "a=rtcp port is not a number 0-65535"
-            }
-        );
-        assert_eq!(
-            err(b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:5 IN IP4\n"),
-            SdpError::BadLine {
-                line: 3,
-                what: "a=rtcp address needs <nettype> <addrtype> <address>"
-            }
-        );
-        assert_eq!(err(b"v=0\nc=IN IP4 \xff\n"), SdpError::NotUtf8 { line: 2 });
         assert_eq!(
             SdpError::BadLine {
                 line: 4,
-                what: "m= port is not a number 0-65535"
+                what: PORT
             }
             .to_string(),
             "SDP line 4: m= port is not a number 0-65535"
-        );
-        // rewrite reports the same errors.
-        assert_eq!(
-            rewrite(
-                b"v=0\nm=audio x RTP/AVP 0\n",
-                &rw("192.0.2.1", &[Some(1)], &[])
-            ),
-            Err(SdpError::BadLine {
-                line: 2,
-                what: "m= port is not a number 0-65535"
-            })
         );
     }
 

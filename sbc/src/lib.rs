@@ -1,5 +1,5 @@
-//! The xsbc signaling plane.
-//!
-//! Not built yet: SIP transports, transactions, the proxy core and the
-//! registrar are the subject of the signaling issue. This crate exists so the
-//! workspace has its fixed layout, and it does nothing.
+//! The xsbc signaling plane: a stateful SIP proxy and registrar that anchors
+//! every call's media in the embedded media relay.
+
+pub mod config;
+pub mod location;

@@ -1,0 +1,411 @@
+//! The sbc configuration: one TOML file, validated at start, with errors
+//! that name the key and the problem. The `[relay]` section is the embedded
+//! media relay's, with the same keys as `media-relay`'s own file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use media_relay::config::RelayConfig;
+use serde::Deserialize;
+
+/// The configuration `sbc run` uses without `--config`.
+pub const DEFAULT_TOML: &str = include_str!("../config/sbc.toml");
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a wrongly typed value.
+    #[error("config: {0}")]
+    Toml(String),
+    /// A value that is not acceptable.
+    #[error("config key `{key}`: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `route[2].trunks`.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The `[relay]` section is invalid.
+    #[error("{0}")]
+    Relay(#[from] media_relay::config::ConfigError),
+}
+
+/// SIP transport of a trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrunkTransport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+/// A next hop calls can be routed to.
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    /// Name used by routes, logs and metrics.
+    pub name: String,
+    /// Where to send.
+    pub address: SocketAddr,
+    /// Over what.
+    pub transport: TrunkTransport,
+}
+
+/// A static route: Request-URI user prefix and/or domain → ordered trunks
+/// (tried in turn on 408/5xx/timeouts: sequential forking).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Request-URI user prefix ("" matches every user).
+    pub prefix: String,
+    /// Request-URI host this route is for (`None`: local domains).
+    pub domain: Option<String>,
+    /// Trunk indexes, in order.
+    pub trunks: Vec<usize>,
+}
+
+/// Validated sbc configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SIP listen address (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Whether TCP is served too.
+    pub tcp: bool,
+    /// Address written in Via and Record-Route.
+    pub advertise: IpAddr,
+    /// Domains (Request-URI hosts) that are ours.
+    pub domains: Vec<String>,
+    /// Largest SIP message accepted (bytes).
+    pub max_message_size: usize,
+    /// RFC 3261 T1.
+    pub t1: Duration,
+    /// RFC 3261 T2.
+    pub t2: Duration,
+    /// RFC 3261 T4.
+    pub t4: Duration,
+    /// How long an INVITE may wait for a provisional answer before the next
+    /// hop is tried (or 408), well below timer B.
+    pub invite_timeout: Duration,
+    /// Dialogs that see no BYE end after this long.
+    pub dialog_timeout: Duration,
+    /// Registrar: Expires used when the REGISTER gives none.
+    pub default_expires: u32,
+    /// Registrar: shortest accepted expiry (423 below it).
+    pub min_expires: u32,
+    /// Registrar: longest granted expiry.
+    pub max_expires: u32,
+    /// Trunks.
+    pub trunks: Vec<Trunk>,
+    /// Routes, in match order.
+    pub routes: Vec<Route>,
+    /// CDR file (JSON lines); `None` disables CDRs.
+    pub cdr_file: Option<PathBuf>,
+    /// Prometheus listener.
+    pub metrics: Option<SocketAddr>,
+    /// tracing filter.
+    pub log_level: String,
+    /// The embedded media relay.
+    pub relay: RelayConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    sip: RawSip,
+    #[serde(default)]
+    registrar: RawRegistrar,
+    #[serde(default)]
+    trunk: Vec<RawTrunk>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    #[serde(default)]
+    cdr: RawCdr,
+    #[serde(default)]
+    metrics: RawMetrics,
+    relay: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    listen: String,
+    #[serde(default = "yes")]
+    tcp: bool,
+    #[serde(default)]
+    advertise: Option<String>,
+    domains: Vec<String>,
+    #[serde(default = "max_msg")]
+    max_message_size: usize,
+    #[serde(default = "t1")]
+    t1_ms: u64,
+    #[serde(default = "t2")]
+    t2_ms: u64,
+    #[serde(default = "t4")]
+    t4_ms: u64,
+    #[serde(default = "invite_timeout")]
+    invite_timeout_ms: u64,
+    #[serde(default = "dialog_timeout")]
+    dialog_timeout_s: u64,
+    #[serde(default = "info")]
+    log_level: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistrar {
+    #[serde(default = "def_exp")]
+    default_expires: u32,
+    #[serde(default = "min_exp")]
+    min_expires: u32,
+    #[serde(default = "max_exp")]
+    max_expires: u32,
+}
+
+impl Default for RawRegistrar {
+    fn default() -> Self {
+        Self { default_expires: def_exp(), min_expires: min_exp(), max_expires: max_exp() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrunk {
+    name: String,
+    address: String,
+    #[serde(default = "udp")]
+    transport: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    domain: Option<String>,
+    trunks: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCdr {
+    #[serde(default)]
+    file: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default)]
+    listen: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn max_msg() -> usize {
+    65_535
+}
+fn t1() -> u64 {
+    500
+}
+fn t2() -> u64 {
+    4000
+}
+fn t4() -> u64 {
+    5000
+}
+fn invite_timeout() -> u64 {
+    2000
+}
+fn dialog_timeout() -> u64 {
+    4 * 3600
+}
+fn info() -> String {
+    "info".into()
+}
+fn def_exp() -> u32 {
+    3600
+}
+fn min_exp() -> u32 {
+    60
+}
+fn max_exp() -> u32 {
+    7200
+}
+fn udp() -> String {
+    "udp".into()
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
+}
+
+impl Config {
+    /// Loads and validates a file.
+    ///
+    /// # Errors
+    /// Names the key and the problem.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::from_toml(&text)
+    }
+
+    /// The embedded default.
+    ///
+    /// # Errors
+    /// Never for the shipped file (a unit test checks it).
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::from_toml(DEFAULT_TOML)
+    }
+
+    /// Parses and validates TOML text.
+    ///
+    /// # Errors
+    /// Names the key and the problem.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let f: File = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        let listen: SocketAddr =
+            f.sip.listen.parse().map_err(|_| invalid("sip.listen", format!("`{}` is not ADDR:PORT", f.sip.listen)))?;
+        let advertise = match f.sip.advertise.as_deref() {
+            None | Some("") => {
+                if listen.ip().is_unspecified() {
+                    return Err(invalid("sip.advertise", "required when sip.listen is a wildcard address"));
+                }
+                listen.ip()
+            }
+            Some(a) => a.parse().map_err(|_| invalid("sip.advertise", format!("`{a}` is not an IP address")))?,
+        };
+        if f.sip.domains.is_empty() {
+            return Err(invalid("sip.domains", "list at least one domain (the sbc's own address counts)"));
+        }
+        if !(1024..=1_048_576).contains(&f.sip.max_message_size) {
+            return Err(invalid("sip.max_message_size", "must be between 1024 and 1048576 bytes"));
+        }
+        if f.sip.t1_ms == 0 || f.sip.t2_ms < f.sip.t1_ms {
+            return Err(invalid("sip.t2_ms", "T1 must be > 0 and T2 >= T1"));
+        }
+        let r = f.registrar;
+        if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
+            return Err(invalid(
+                "registrar.default_expires",
+                "need min_expires <= default_expires <= max_expires",
+            ));
+        }
+        let mut trunks: Vec<Trunk> = Vec::new();
+        for (i, t) in f.trunk.iter().enumerate() {
+            if t.name.is_empty() || trunks.iter().any(|x| x.name == t.name) {
+                return Err(invalid(format!("trunk[{i}].name"), format!("`{}` is empty or used twice", t.name)));
+            }
+            let address = t
+                .address
+                .parse()
+                .map_err(|_| invalid(format!("trunk[{i}].address"), format!("`{}` is not ADDR:PORT", t.address)))?;
+            let transport = match t.transport.to_ascii_lowercase().as_str() {
+                "udp" => TrunkTransport::Udp,
+                "tcp" => TrunkTransport::Tcp,
+                other => return Err(invalid(format!("trunk[{i}].transport"), format!("`{other}`: want udp or tcp"))),
+            };
+            trunks.push(Trunk { name: t.name.clone(), address, transport });
+        }
+        let mut routes = Vec::new();
+        for (i, r) in f.route.iter().enumerate() {
+            if r.trunks.is_empty() {
+                return Err(invalid(format!("route[{i}].trunks"), "list at least one trunk"));
+            }
+            let mut idx = Vec::new();
+            for name in &r.trunks {
+                let k = trunks
+                    .iter()
+                    .position(|t| &t.name == name)
+                    .ok_or_else(|| invalid(format!("route[{i}].trunks"), format!("no trunk named `{name}`")))?;
+                idx.push(k);
+            }
+            routes.push(Route {
+                prefix: r.prefix.clone(),
+                domain: r.domain.clone().filter(|d| !d.is_empty()).map(|d| d.to_ascii_lowercase()),
+                trunks: idx,
+            });
+        }
+        let metrics = match f.metrics.listen.as_str() {
+            "" | "off" => None,
+            a => Some(a.parse().map_err(|_| invalid("metrics.listen", format!("`{a}` is not ADDR:PORT or off")))?),
+        };
+        let mut relay_doc = toml::Table::new();
+        relay_doc.insert("relay".into(), toml::Value::Table(f.relay));
+        let relay = RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
+        Ok(Self {
+            listen,
+            tcp: f.sip.tcp,
+            advertise,
+            domains: f.sip.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            max_message_size: f.sip.max_message_size,
+            t1: Duration::from_millis(f.sip.t1_ms),
+            t2: Duration::from_millis(f.sip.t2_ms),
+            t4: Duration::from_millis(f.sip.t4_ms),
+            invite_timeout: Duration::from_millis(f.sip.invite_timeout_ms),
+            dialog_timeout: Duration::from_secs(f.sip.dialog_timeout_s),
+            default_expires: r.default_expires,
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            trunks,
+            routes,
+            cdr_file: match f.cdr.file.as_str() {
+                "" | "off" => None,
+                p => Some(PathBuf::from(p)),
+            },
+            metrics,
+            log_level: f.sip.log_level,
+            relay,
+        })
+    }
+
+    /// Whether a Request-URI host (with optional port) is one of ours.
+    #[must_use]
+    pub fn is_local_host(&self, host: &str, port: Option<u16>) -> bool {
+        let h = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let port_ok = port.is_none_or(|p| p == self.listen.port());
+        let addr_match = h.parse::<IpAddr>().is_ok_and(|ip| ip == self.advertise || ip == self.listen.ip());
+        (self.domains.iter().any(|d| *d == h) && port_ok) || (addr_match && port_ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_local() {
+        let c = Config::embedded_default().unwrap();
+        assert!(c.listen.ip().is_loopback());
+        assert!(c.relay.interfaces[0].local.is_loopback());
+        assert!(c.metrics.is_some_and(|m| m.ip().is_loopback()));
+        assert!(c.is_local_host("127.0.0.1", Some(c.listen.port())));
+        assert!(!c.is_local_host("example.com", None));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml(&DEFAULT_TOML.replace("trunks = [\"local-trunk\"]", "trunks = [\"nope\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("route[0].trunks") && e.contains("nope"), "{e}");
+        let e = Config::from_toml(&DEFAULT_TOML.replace("listen = \"127.0.0.1:5060\"", "listen = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sip.listen"), "{e}");
+        let e = Config::from_toml(&DEFAULT_TOML.replace("port_min = 40000", "port_min = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relay.port_min"), "{e}");
+    }
+}

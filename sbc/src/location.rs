@@ -1,0 +1,216 @@
+//! The location service: registered bindings per address-of-record, in
+//! memory, with expiry. Time is passed in (`now`), never read here.
+//!
+//! Owned by the signaling thread; nothing else touches it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Transport a binding was registered over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+/// One registered contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The Contact URI as registered (without the angle brackets).
+    pub contact: String,
+    /// Where the REGISTER came from: the phone is reached there (NAT).
+    pub source: SocketAddr,
+    /// Transport of the REGISTER.
+    pub transport: Transport,
+    /// Call-ID of the registering client (RFC 3261 10.3 step 7).
+    pub call_id: String,
+    /// CSeq of the last REGISTER that refreshed it.
+    pub cseq: u32,
+    /// When it expires.
+    pub expires_at: Instant,
+    /// q-value × 1000, for ordering (higher first).
+    pub q: u16,
+}
+
+impl Binding {
+    /// Seconds left at `now`.
+    #[must_use]
+    pub fn remaining(&self, now: Instant) -> u64 {
+        self.expires_at.saturating_duration_since(now).as_secs()
+    }
+}
+
+/// Why a binding update was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateError {
+    /// Same Call-ID with a CSeq that is not higher: an out-of-order REGISTER (RFC 3261 10.3 step 7).
+    OutOfOrder,
+}
+
+/// All bindings, keyed by normalised address-of-record (`user@host`, lowercase host).
+#[derive(Debug, Default)]
+pub struct Location {
+    aors: HashMap<String, Vec<Binding>>,
+    /// AORs that have ever registered, so a call to one with no live binding
+    /// gets 480 rather than 404.
+    known: HashMap<String, Instant>,
+}
+
+/// Normalises an AOR: the user part as is, the host lowercased.
+#[must_use]
+pub fn aor_key(user: Option<&str>, host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    match user {
+        Some(u) if !u.is_empty() => format!("{u}@{host}"),
+        _ => host,
+    }
+}
+
+impl Location {
+    /// An empty location service.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or refreshes a binding (`expires > 0`) or removes it
+    /// (`expires == 0`), matching contacts by URI.
+    ///
+    /// # Errors
+    /// [`UpdateError::OutOfOrder`] for a stale CSeq from the same Call-ID.
+    pub fn update(&mut self, aor: &str, mut b: Binding, expires: Duration, now: Instant) -> Result<(), UpdateError> {
+        let list = self.aors.entry(aor.to_owned()).or_default();
+        list.retain(|x| x.expires_at > now);
+        if let Some(pos) = list.iter().position(|x| x.contact == b.contact) {
+            let old = &list[pos];
+            if old.call_id == b.call_id && b.cseq <= old.cseq {
+                return Err(UpdateError::OutOfOrder);
+            }
+            if expires.is_zero() {
+                list.remove(pos);
+            } else {
+                b.expires_at = now + expires;
+                list[pos] = b;
+            }
+        } else if !expires.is_zero() {
+            b.expires_at = now + expires;
+            list.push(b);
+        }
+        self.known.insert(aor.to_owned(), now);
+        if list.is_empty() {
+            self.aors.remove(aor);
+        }
+        Ok(())
+    }
+
+    /// Removes every binding of an AOR (`Contact: *` with `Expires: 0`).
+    pub fn remove_all(&mut self, aor: &str, now: Instant) {
+        self.aors.remove(aor);
+        self.known.insert(aor.to_owned(), now);
+    }
+
+    /// Live bindings of an AOR, highest q first, then most recent.
+    #[must_use]
+    pub fn lookup(&self, aor: &str, now: Instant) -> Vec<Binding> {
+        let mut v: Vec<Binding> = self
+            .aors
+            .get(aor)
+            .map(|l| l.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.q.cmp(&a.q).then(b.expires_at.cmp(&a.expires_at)));
+        v
+    }
+
+    /// Whether this AOR has ever registered.
+    #[must_use]
+    pub fn is_known(&self, aor: &str) -> bool {
+        self.known.contains_key(aor) || self.aors.contains_key(aor)
+    }
+
+    /// Drops expired bindings. Returns how many were removed.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        self.aors.retain(|_, l| {
+            let before = l.len();
+            l.retain(|b| b.expires_at > now);
+            n += before - l.len();
+            !l.is_empty()
+        });
+        n
+    }
+
+    /// Number of live bindings.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.aors.values().map(Vec::len).sum()
+    }
+
+    /// Whether there are no bindings.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.aors.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(contact: &str, call_id: &str, cseq: u32) -> Binding {
+        Binding {
+            contact: contact.into(),
+            source: "192.0.2.1:5060".parse().unwrap(),
+            transport: Transport::Udp,
+            call_id: call_id.into(),
+            cseq,
+            expires_at: Instant::now(),
+            q: 1000,
+        }
+    }
+
+    #[test]
+    fn add_refresh_expire_remove() {
+        let t0 = Instant::now();
+        let mut l = Location::new();
+        let aor = aor_key(Some("alice"), "Example.COM");
+        assert_eq!(aor, "alice@example.com");
+        l.update(&aor, b("sip:alice@10.0.0.1", "c1", 1), Duration::from_secs(60), t0).unwrap();
+        l.update(&aor, b("sip:alice@10.0.0.2", "c2", 1), Duration::from_secs(120), t0).unwrap();
+        assert_eq!(l.lookup(&aor, t0).len(), 2, "several contacts per AOR");
+        // At 61 s the first has expired.
+        let t61 = t0 + Duration::from_secs(61);
+        let live = l.lookup(&aor, t61);
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].contact, "sip:alice@10.0.0.2");
+        assert_eq!(live[0].remaining(t61), 59);
+        // Refresh extends; a stale CSeq from the same Call-ID is refused.
+        l.update(&aor, b("sip:alice@10.0.0.2", "c2", 2), Duration::from_secs(300), t61).unwrap();
+        assert_eq!(l.lookup(&aor, t61)[0].remaining(t61), 300);
+        assert_eq!(
+            l.update(&aor, b("sip:alice@10.0.0.2", "c2", 2), Duration::from_secs(300), t61),
+            Err(UpdateError::OutOfOrder)
+        );
+        // Expires 0 removes one contact.
+        l.update(&aor, b("sip:alice@10.0.0.2", "c2", 3), Duration::ZERO, t61).unwrap();
+        assert!(l.lookup(&aor, t61).is_empty());
+        assert!(l.is_known(&aor), "a call now gets 480, not 404");
+        assert!(!l.is_known("bob@example.com"));
+    }
+
+    #[test]
+    fn star_removes_all_and_expire_sweeps() {
+        let t0 = Instant::now();
+        let mut l = Location::new();
+        l.update("a@x", b("sip:a@1", "c", 1), Duration::from_secs(10), t0).unwrap();
+        l.update("a@x", b("sip:a@2", "c", 2), Duration::from_secs(10), t0).unwrap();
+        l.update("b@x", b("sip:b@1", "d", 1), Duration::from_secs(100), t0).unwrap();
+        l.remove_all("a@x", t0);
+        assert!(l.lookup("a@x", t0).is_empty());
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.expire(t0 + Duration::from_secs(101)), 1);
+        assert!(l.is_empty());
+    }
+}

@@ -1,0 +1,140 @@
+//! Signaling metrics, exported with the embedded relay's on one `/metrics`.
+//!
+//! The signaling thread writes these atomics; the exporter thread reads
+//! them. Labels are methods, code classes and trunk names: never numbers or
+//! call identifiers.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Methods with their own label; everything else counts as `other`.
+pub const METHODS: [&str; 14] = [
+    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER",
+    "MESSAGE", "other",
+];
+
+/// Post-dial-delay histogram bucket bounds, seconds.
+pub const PDD_BUCKETS: [f64; 9] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+
+/// Every signaling counter.
+#[derive(Debug, Default)]
+pub struct SbcMetrics {
+    /// Requests received, by [`METHODS`] index.
+    pub requests: [AtomicU64; 14],
+    /// Responses sent upstream (forwarded or generated), by class 1..=6.
+    pub responses: [AtomicU64; 7],
+    /// Messages that did not parse.
+    pub parse_errors: AtomicU64,
+    /// Messages dropped without an answer (unparseable, not ours, oversize).
+    pub dropped: AtomicU64,
+    /// Server + client transactions alive.
+    pub transactions: AtomicU64,
+    /// Dialogs alive (early and confirmed).
+    pub dialogs: AtomicU64,
+    /// Initial INVITEs accepted for routing.
+    pub call_attempts: AtomicU64,
+    /// Of those, answered with 2xx.
+    pub call_answers: AtomicU64,
+    /// Of those, ended with a final error response.
+    pub call_failures: AtomicU64,
+    /// Registrations accepted.
+    pub registrations: AtomicU64,
+    /// Live bindings.
+    pub bindings: AtomicU64,
+    /// Post-dial delay: counts per bucket (cumulative is computed on render).
+    pub pdd_buckets: [AtomicU64; 10],
+    /// Sum of post-dial delays, microseconds.
+    pub pdd_sum_us: AtomicU64,
+    /// Number of post-dial-delay observations.
+    pub pdd_count: AtomicU64,
+}
+
+impl SbcMetrics {
+    /// Counts a received request.
+    pub fn request(&self, method: &str) {
+        let i = METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1);
+        self.requests[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a response sent upstream.
+    pub fn response(&self, code: u16) {
+        let class = usize::from(code / 100).min(6);
+        self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    /// Records a post-dial delay.
+    pub fn post_dial_delay(&self, secs: f64) {
+        let i = PDD_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(PDD_BUCKETS.len());
+        self.pdd_buckets[i].fetch_add(1, Relaxed);
+        self.pdd_sum_us.fetch_add((secs * 1e6) as u64, Relaxed);
+        self.pdd_count.fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition of the signaling metrics.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let _ = writeln!(o, "# HELP sbc_sip_requests_total SIP requests received, by method.\n# TYPE sbc_sip_requests_total counter");
+        for (i, m) in METHODS.iter().enumerate() {
+            let _ = writeln!(o, "sbc_sip_requests_total{{method=\"{m}\"}} {}", self.requests[i].load(Relaxed));
+        }
+        let _ = writeln!(o, "# HELP sbc_sip_responses_total SIP responses sent upstream, by code class.\n# TYPE sbc_sip_responses_total counter");
+        for c in 1..=6 {
+            let _ = writeln!(o, "sbc_sip_responses_total{{class=\"{c}xx\"}} {}", self.responses[c].load(Relaxed));
+        }
+        let one = |o: &mut String, name: &str, kind: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        };
+        one(&mut o, "sbc_sip_parse_errors_total", "counter", "SIP messages that did not parse.", &self.parse_errors);
+        one(&mut o, "sbc_sip_dropped_total", "counter", "SIP messages dropped without an answer.", &self.dropped);
+        one(&mut o, "sbc_transactions_active", "gauge", "SIP transactions alive.", &self.transactions);
+        one(&mut o, "sbc_dialogs_active", "gauge", "Dialogs alive (early and confirmed).", &self.dialogs);
+        one(&mut o, "sbc_call_attempts_total", "counter", "Initial INVITEs routed.", &self.call_attempts);
+        one(&mut o, "sbc_call_answers_total", "counter", "Calls answered (2xx).", &self.call_answers);
+        one(&mut o, "sbc_call_failures_total", "counter", "Calls that ended with a final error response.", &self.call_failures);
+        one(&mut o, "sbc_registrations_total", "counter", "REGISTERs accepted.", &self.registrations);
+        one(&mut o, "sbc_registrar_bindings", "gauge", "Live registrar bindings.", &self.bindings);
+        let attempts = self.call_attempts.load(Relaxed);
+        let answers = self.call_answers.load(Relaxed);
+        let asr = if attempts == 0 { 0.0 } else { answers as f64 / attempts as f64 };
+        let _ = writeln!(o, "# HELP sbc_asr Answer-seizure ratio: answers / attempts.\n# TYPE sbc_asr gauge\nsbc_asr {asr}");
+        let _ = writeln!(
+            o,
+            "# HELP sbc_post_dial_delay_seconds INVITE to first ringing or answer.\n# TYPE sbc_post_dial_delay_seconds histogram"
+        );
+        let mut cum = 0;
+        for (i, b) in PDD_BUCKETS.iter().enumerate() {
+            cum += self.pdd_buckets[i].load(Relaxed);
+            let _ = writeln!(o, "sbc_post_dial_delay_seconds_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.pdd_buckets[PDD_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(o, "sbc_post_dial_delay_seconds_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(o, "sbc_post_dial_delay_seconds_sum {}", self.pdd_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(o, "sbc_post_dial_delay_seconds_count {}", self.pdd_count.load(Relaxed));
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_and_asr() {
+        let m = SbcMetrics::default();
+        m.call_attempts.store(4, Relaxed);
+        m.call_answers.store(3, Relaxed);
+        m.post_dial_delay(0.2);
+        m.post_dial_delay(3.0);
+        m.request("INVITE");
+        m.request("FOO");
+        m.response(486);
+        let r = m.render();
+        assert!(r.contains("sbc_asr 0.75"), "{r}");
+        assert!(r.contains("sbc_post_dial_delay_seconds_bucket{le=\"0.25\"} 1"));
+        assert!(r.contains("sbc_post_dial_delay_seconds_bucket{le=\"5\"} 2"));
+        assert!(r.contains("sbc_post_dial_delay_seconds_count 2"));
+        assert!(r.contains("sbc_sip_requests_total{method=\"other\"} 1"));
+        assert!(r.contains("sbc_sip_responses_total{class=\"4xx\"} 1"));
+    }
+}
