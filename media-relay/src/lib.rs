@@ -12,11 +12,13 @@
 //! - [`rtp`], [`stats`]: zero-copy RTP/RTCP views, RFC 3550 statistics.
 //! - [`metrics`], [`counters`]: Prometheus exposition of every counter.
 //! - [`ports`]: the port allocator. [`sys`]: the only `unsafe` code.
+//! - [`logging`]: the tracing setup both binaries use.
 
 pub mod bencode;
 pub mod config;
 pub mod control;
 pub mod counters;
+pub mod logging;
 pub mod metrics;
 pub mod ng;
 pub mod ports;

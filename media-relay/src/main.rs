@@ -128,18 +128,6 @@ fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
     Ok(cfg)
 }
 
-fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -154,7 +142,7 @@ fn main() -> ExitCode {
         println!("configuration OK: {cfg:#?}");
         return ExitCode::SUCCESS;
     }
-    init_logging(&cfg.log_level, cli.log_json);
+    media_relay::logging::init(&cfg.log_level, cli.log_json);
     if let Some(t) = cli.table.filter(|t| *t >= 0) {
         tracing::warn!(table = t, "--table: in-kernel forwarding is not supported; relaying in userspace");
     }
