@@ -5,11 +5,14 @@
 
 #![allow(clippy::unwrap_used, reason = "test harness: a failed unwrap is a failed test")]
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::NgClient;
 use media_relay::bencode::{decode, Value};
 
 /// A relay process, killed on drop.
@@ -63,16 +66,8 @@ fn start_relay(extra: &[&str]) -> Relay {
         metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
         ports: (pmin, pmax),
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut d = Value::dict();
-        d.insert("command", Value::str("ping"));
-        if let Some(v) = try_cmd(&r, &d, Duration::from_millis(200)) {
-            assert_eq!(v.get("result").and_then(Value::as_str), Some("pong"));
-            return r;
-        }
-        assert!(Instant::now() < deadline, "media-relay did not answer ping");
-    }
+    assert!(common::wait_for_udp_ng(r.ng, Duration::from_secs(10)), "media-relay did not answer ping");
+    r
 }
 
 static COOKIE: AtomicU64 = AtomicU64::new(1);
@@ -95,17 +90,8 @@ fn raw_from(s: &UdpSocket, r: &Relay, datagram: &[u8], wait: Duration) -> Option
     Some(buf)
 }
 
-fn try_cmd(r: &Relay, d: &Value, wait: Duration) -> Option<Value> {
-    let c = cookie();
-    let mut msg = format!("{c} ").into_bytes();
-    d.encode(&mut msg);
-    let reply = raw(r, &msg, wait)?;
-    let body = reply.strip_prefix(format!("{c} ").as_bytes()).expect("reply echoes the cookie");
-    Some(decode(body).expect("reply is bencode"))
-}
-
 fn cmd(r: &Relay, d: &Value) -> Value {
-    try_cmd(r, d, Duration::from_secs(3)).expect("ng reply")
+    NgClient::new(r.ng).cmd(d.clone())
 }
 
 fn dict(pairs: &[(&str, Value)]) -> Value {
@@ -207,32 +193,25 @@ fn stat(v: &Value, key: &str) -> i64 {
     v.get("stats").and_then(|s| s.get(key)).and_then(Value::as_int).unwrap_or(-999)
 }
 
-fn metric(r: &Relay, name_and_labels: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(r.metrics).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    c.read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(k, _)| {
-            let (name, labels) = k.split_once('{').unwrap_or((k, ""));
-            match name_and_labels.split_once('{') {
-                Some((n, want)) => name == n && want.trim_end_matches('}').split(',').all(|w| labels.contains(w)),
-                None => name == name_and_labels,
-            }
-        })
-        .map(|(_, v)| v.parse::<f64>().unwrap())
+/// Sum over workers of the series `name{k="v",...}` (labels may be a subset).
+fn metric(r: &Relay, spec: &str) -> f64 {
+    let (name, labels) = spec.split_once('{').unwrap_or((spec, ""));
+    let want: Vec<(&str, &str)> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k, v.trim_matches('"')))
+        .collect();
+    common::scrape_metrics(r.metrics)
+        .unwrap()
+        .iter()
+        .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .map(|s| s.value)
         .sum()
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    assert!(common::wait_until(Duration::from_secs(10), Duration::from_millis(50), f), "timed out waiting for {what}");
 }
 
 #[test]
@@ -600,9 +579,7 @@ fn overflowing_stream_is_counted_and_recovers() {
         metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
         ports: (pmin, pmax),
     };
-    wait_until("relay up", || {
-        try_cmd(&r, &dict(&[("command", s("ping"))]), Duration::from_millis(200)).is_some()
-    });
+    assert!(common::wait_for_udp_ng(r.ng, Duration::from_secs(10)), "relay up");
     let (a1, b1) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
     let (a2, b2) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
     let (to_a1, _) = setup_call(&r, "flooded", &a1, &b1);
