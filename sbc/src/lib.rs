@@ -1,5 +1,17 @@
 //! The xsbc signaling plane: a stateful SIP proxy and registrar that anchors
 //! every call's media in the embedded media relay.
+//!
+//! - [`sip`]: the message model and parser (raw headers kept byte for byte).
+//! - [`transaction`]: RFC 3261 transactions, sans I/O, time passed in.
+//! - [`proxy`]: the stateful proxy core, registrar, routing and dialogs.
+//! - [`transport`]: UDP and TCP sockets and stream framing.
+//! - [`location`]: registered bindings. [`config`], [`cdr`], [`metrics`].
 
+pub mod cdr;
 pub mod config;
 pub mod location;
+pub mod metrics;
+pub mod proxy;
+pub mod sip;
+pub mod transaction;
+pub mod transport;

@@ -1,6 +1,195 @@
-//! `sbc` binary placeholder: the signaling plane is not implemented yet.
+//! `sbc`: the xsbc session border controller.
+//!
+//! `sbc run [--config FILE]` starts it (the embedded loopback config when no
+//! file is given); `sbc check-config --config FILE` validates a file.
 
-fn main() {
-    eprintln!("sbc: the SIP signaling plane is not implemented yet; run `media-relay` (see README.md)");
-    std::process::exit(2);
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use media_relay::ng::NgCounters;
+use media_relay::relay::Relay;
+use sbc::cdr::CdrWriter;
+use sbc::config::Config;
+use sbc::metrics::SbcMetrics;
+use sbc::proxy::Proxy;
+use sbc::transport::Transport;
+
+/// xsbc session border controller.
+#[derive(Parser, Debug)]
+#[command(name = "sbc", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the SBC.
+    Run {
+        /// TOML configuration (default: the embedded loopback config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        /// TOML configuration to check (default: the embedded one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
+        None => Config::embedded_default().map_err(|e| e.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match load(config.as_ref()) {
+            Ok(c) => {
+                println!(
+                    "configuration OK: SIP on {} ({}), {} trunk(s), {} route(s), media ports {}-{}",
+                    c.listen,
+                    if c.tcp { "UDP+TCP" } else { "UDP" },
+                    c.trunks.len(),
+                    c.routes.len(),
+                    c.relay.port_min,
+                    c.relay.port_max
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sbc: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config, log_json } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sbc: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            media_relay::logging::init(&cfg.log_level, log_json);
+            if let Err(e) = media_relay::sys::block_signals() {
+                tracing::warn!(error = %e, "could not block termination signals");
+            }
+            match run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("sbc: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+
+fn run(cfg: Config) -> Result<(), String> {
+    let cfg = Arc::new(cfg);
+    let mut transport = Transport::bind(cfg.listen, cfg.tcp, cfg.max_message_size)
+        .map_err(|e| format!("binding SIP on {}: {e}", cfg.listen))?;
+    let metrics_sock = match cfg.metrics {
+        Some(a) => Some(TcpListener::bind(a).map_err(|e| format!("binding metrics listener {a}: {e}"))?),
+        None => None,
+    };
+    let ng_sock = match cfg.relay.listen_ng {
+        Some(a) => Some(UdpSocket::bind(a).map_err(|e| format!("binding ng control socket {a}: {e}"))?),
+        None => None,
+    };
+    let cdr = CdrWriter::open(cfg.cdr_file.as_deref()).map_err(|e| format!("opening CDR file: {e}"))?;
+    let relay = Relay::start(cfg.relay.clone()).map_err(|e| e.to_string())?;
+    let metrics = Arc::new(SbcMetrics::default());
+    let ngc = Arc::new(NgCounters::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    if let Some(l) = metrics_sock {
+        let (m, r, n, s) = (Arc::clone(&metrics), Arc::clone(&relay), Arc::clone(&ngc), Arc::clone(&shutdown));
+        threads.push(
+            std::thread::Builder::new()
+                .name("sbc-metrics".into())
+                .spawn(move || {
+                    let render = || m.render() + &media_relay::metrics::render(&r, &n);
+                    media_relay::metrics::serve_with(&l, &render, &s);
+                })
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    if let Some(sock) = ng_sock {
+        let (r, c, s) = (Arc::clone(&relay), Arc::clone(&ngc), Arc::clone(&shutdown));
+        let (size, age) = (cfg.relay.ng_cache_size, cfg.relay.ng_cache_age);
+        threads.push(
+            std::thread::Builder::new()
+                .name("sbc-ng".into())
+                .spawn(move || media_relay::ng::serve(&sock, r.as_ref(), &c, size, age, &s))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    {
+        let s = Arc::clone(&shutdown);
+        std::thread::Builder::new()
+            .name("sbc-signals".into())
+            .spawn(move || loop {
+                let sig = media_relay::sys::wait_for_signal();
+                if sig == 1 {
+                    tracing::info!("SIGHUP: reload is not supported yet; restart to apply configuration changes");
+                    continue;
+                }
+                tracing::info!(signal = sig, "shutting down");
+                s.store(true, Ordering::Relaxed);
+                return;
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
+    let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
+    tracing::info!(listen = %cfg.listen, tcp = cfg.tcp, "sbc started");
+    let mut inbound = Vec::new();
+    let mut dropped_seen = 0u64;
+    while !shutdown.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = proxy
+            .next_deadline()
+            .map_or(Duration::from_millis(100), |d| d.saturating_duration_since(now))
+            .min(Duration::from_millis(100));
+        if let Err(e) = transport.poll(Some(wait), &mut inbound, now) {
+            tracing::error!(error = %e, "SIP transport poll failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for m in inbound.drain(..) {
+            proxy.handle(m, Instant::now());
+        }
+        let now = Instant::now();
+        proxy.on_timer(now);
+        for o in proxy.drain_output() {
+            if let Err(e) = transport.send(&o, now) {
+                tracing::info!(dest = %o.dest, error = %e, "SIP send failed");
+            }
+        }
+        let d = transport.drops.oversize + transport.drops.bad_framing;
+        if d > dropped_seen {
+            metrics.dropped.fetch_add(d - dropped_seen, Ordering::Relaxed);
+            dropped_seen = d;
+        }
+    }
+    shutdown.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    relay.shutdown();
+    Ok(())
 }

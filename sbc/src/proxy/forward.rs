@@ -1,0 +1,274 @@
+//! Building the messages a stateful proxy sends: forwarded requests (Via,
+//! Max-Forwards, Record-Route), hop-by-hop ACK and CANCEL, local responses,
+//! and the upstream destination of responses (RFC 3261 18.2.2, RFC 3581).
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::sip::{Header, Message, Via};
+use crate::transport::Proto;
+
+/// Our address as it appears in Via and Record-Route.
+#[derive(Debug, Clone, Copy)]
+pub struct Me {
+    /// Advertised address.
+    pub addr: IpAddr,
+    /// SIP port.
+    pub port: u16,
+}
+
+impl Me {
+    /// `host:port` with IPv6 brackets.
+    #[must_use]
+    pub fn hostport(&self) -> String {
+        match self.addr {
+            IpAddr::V4(a) => format!("{a}:{}", self.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+        }
+    }
+
+    /// Whether a URI host/port names us.
+    #[must_use]
+    pub fn is(&self, host: &str, port: Option<u16>) -> bool {
+        let h = host.trim_start_matches('[').trim_end_matches(']');
+        h.parse::<IpAddr>().is_ok_and(|ip| ip == self.addr) && port.unwrap_or(5060) == self.port
+    }
+
+    /// Our Record-Route value for a transport.
+    #[must_use]
+    pub fn record_route(&self, proto: Proto) -> String {
+        match proto {
+            Proto::Udp => format!("<sip:{};lr>", self.hostport()),
+            Proto::Tcp => format!("<sip:{};transport=tcp;lr>", self.hostport()),
+        }
+    }
+}
+
+/// Applies `received` and `rport` (RFC 3581) to the top Via of a request
+/// that came from `src`, and returns where responses go.
+pub fn stamp_top_via(msg: &mut Message, src: SocketAddr, proto: Proto) -> Option<SocketAddr> {
+    let mut via = msg.top_via()?;
+    let has_rport = via.params.iter().any(|(k, _)| k.eq_ignore_ascii_case("rport"));
+    let sent_by_ip = via.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+    let mut changed = false;
+    if sent_by_ip != Some(src.ip()) || has_rport {
+        set_param(&mut via.params, "received", Some(src.ip().to_string()));
+        changed = true;
+    }
+    if has_rport {
+        set_param(&mut via.params, "rport", Some(src.port().to_string()));
+        changed = true;
+    }
+    if changed {
+        msg.remove_first_value("via");
+        msg.insert_before_first("via", Header::new("Via", &via.to_string()));
+    }
+    Some(response_dest(&via, src, proto))
+}
+
+/// Where a response to a request with this top Via goes.
+#[must_use]
+pub fn response_dest(via: &Via, src: SocketAddr, proto: Proto) -> SocketAddr {
+    if proto == Proto::Tcp {
+        return src;
+    }
+    let ip = via
+        .params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("received"))
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| v.parse::<IpAddr>().ok())
+        .or_else(|| via.host.trim_start_matches('[').trim_end_matches(']').parse().ok())
+        .unwrap_or(src.ip());
+    let rport = via
+        .params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("rport"))
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| v.parse::<u16>().ok());
+    SocketAddr::new(ip, rport.or(via.port).unwrap_or(5060))
+}
+
+fn set_param(params: &mut Vec<(String, Option<String>)>, name: &str, value: Option<String>) {
+    if let Some(p) = params.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        p.1 = value;
+    } else {
+        params.push((name.to_owned(), value));
+    }
+}
+
+/// Prepares a request for one branch: new Request-URI, Max-Forwards
+/// decremented (70 when absent), our Via on top, and Record-Route when
+/// `record_route` (double when the two legs use different transports).
+pub fn branch_request(
+    req: &Message,
+    me: &Me,
+    branch: &str,
+    ruri: Option<&str>,
+    in_proto: Proto,
+    out_proto: Proto,
+    record_route: bool,
+) -> Message {
+    let mut m = req.clone();
+    if let Some(u) = ruri {
+        m.set_request_uri(u);
+    }
+    let mf = m.max_forwards().map_or(70, |v| v.saturating_sub(1));
+    m.set_header("max-forwards", &mf.to_string());
+    if record_route {
+        if in_proto == out_proto {
+            m.insert_before_first("record-route", Header::new("Record-Route", &me.record_route(out_proto)));
+        } else {
+            m.insert_before_first("record-route", Header::new("Record-Route", &me.record_route(in_proto)));
+            m.insert_before_first("record-route", Header::new("Record-Route", &me.record_route(out_proto)));
+        }
+    }
+    let via = format!("SIP/2.0/{} {};branch={branch};rport", out_proto.via_name(), me.hostport());
+    m.insert_before_first("via", Header::new("Via", &via));
+    m
+}
+
+/// The hop-by-hop ACK for a non-2xx final response to an INVITE we sent
+/// (RFC 3261 17.1.1.3): same Request-URI, top Via, Route set, Call-ID, From
+/// and CSeq number; the response's To.
+#[must_use]
+pub fn ack_for(invite: &Message, response: &Message) -> Option<Vec<u8>> {
+    hop_request(invite, "ACK", response.header("to")?)
+}
+
+/// A CANCEL for an INVITE we sent (RFC 3261 9.1).
+#[must_use]
+pub fn cancel_for(invite: &Message) -> Option<Vec<u8>> {
+    hop_request(invite, "CANCEL", invite.header("to")?)
+}
+
+fn hop_request(invite: &Message, method: &str, to: &str) -> Option<Vec<u8>> {
+    let ruri = match &invite.start {
+        crate::sip::StartLine::Request { uri, .. } => uri.clone(),
+        crate::sip::StartLine::Response { .. } => return None,
+    };
+    let via = invite.top_via()?;
+    let (cseq, _) = invite.cseq()?;
+    let mut s = format!("{method} {ruri} SIP/2.0\r\nVia: {via}\r\n");
+    for r in invite.header_values("route") {
+        s.push_str("Route: ");
+        s.push_str(r);
+        s.push_str("\r\n");
+    }
+    s.push_str(&format!(
+        "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        invite.header("from")?,
+        invite.call_id()?,
+    ));
+    Some(s.into_bytes())
+}
+
+/// Builds a best-effort error response from raw bytes that did not parse,
+/// copying Via, From, To, Call-ID and CSeq lines verbatim. `None` when any
+/// of them is missing (then the message is dropped and counted).
+#[must_use]
+pub fn raw_error_response(data: &[u8], code: u16, reason: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(data).ok()?;
+    let head = text.split("\r\n\r\n").next()?;
+    let mut lines = head.split("\r\n");
+    let first = lines.next()?;
+    if first.starts_with("SIP/") {
+        return None; // never answer a response
+    }
+    let want = [("via", "v"), ("from", "f"), ("to", "t"), ("call-id", "i"), ("cseq", "")];
+    let mut picked: Vec<&str> = Vec::new();
+    let mut found = [false; 5];
+    for l in lines {
+        let Some((name, _)) = l.split_once(':') else { continue };
+        let n = name.trim().to_ascii_lowercase();
+        for (i, (full, short)) in want.iter().enumerate() {
+            if n == *full || (!short.is_empty() && n == *short) {
+                if i == 0 || !found[i] {
+                    picked.push(l);
+                }
+                found[i] = true;
+            }
+        }
+    }
+    if found.iter().any(|f| !f) {
+        return None;
+    }
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in picked {
+        s.push_str(l);
+        s.push_str("\r\n");
+    }
+    s.push_str("Content-Length: 0\r\n\r\n");
+    Some(s.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:bob@127.0.0.1 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 10.0.0.5:5071;branch=z9hG4bK-1;rport\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:alice@x>;tag=a1\r\n\
+        To: <sip:bob@127.0.0.1>\r\n\
+        Call-ID: c1@x\r\n\
+        CSeq: 7 INVITE\r\n\
+        X-Unknown:   keep  me \r\n\
+        Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn via_stamping_and_response_destination() {
+        let mut m = Message::parse(INVITE.as_bytes()).unwrap();
+        let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let dest = stamp_top_via(&mut m, src, Proto::Udp).unwrap();
+        assert_eq!(dest, src, "rport: answer to the source port");
+        let v = m.top_via().unwrap();
+        assert_eq!(v.params.iter().find(|p| p.0 == "received").and_then(|p| p.1.as_deref()), Some("192.0.2.7"));
+        assert_eq!(v.params.iter().find(|p| p.0 == "rport").and_then(|p| p.1.as_deref()), Some("40000"));
+        assert!(String::from_utf8(m.to_bytes()).unwrap().contains("X-Unknown:   keep  me \r\n"));
+    }
+
+    #[test]
+    fn branch_request_adds_via_rr_and_decrements() {
+        let m = Message::parse(INVITE.as_bytes()).unwrap();
+        let me = Me { addr: "127.0.0.1".parse().unwrap(), port: 5060 };
+        let out = branch_request(&m, &me, "z9hG4bKxs1", Some("sip:bob@127.0.0.1:5070"), Proto::Udp, Proto::Tcp, true);
+        let text = String::from_utf8(out.to_bytes()).unwrap();
+        assert!(text.starts_with("INVITE sip:bob@127.0.0.1:5070 SIP/2.0\r\n"), "{text}");
+        let vias = out.vias();
+        assert_eq!(vias.len(), 2);
+        assert_eq!(vias[0].branch(), Some("z9hG4bKxs1"));
+        assert_eq!(vias[0].transport, "TCP");
+        assert_eq!(out.max_forwards(), Some(69));
+        let rr = out.header_values("record-route");
+        assert_eq!(rr, vec!["<sip:127.0.0.1:5060;transport=tcp;lr>", "<sip:127.0.0.1:5060;lr>"]);
+        assert!(text.contains("X-Unknown:   keep  me \r\n"), "untouched headers byte for byte");
+    }
+
+    #[test]
+    fn ack_and_cancel() {
+        let m = Message::parse(INVITE.as_bytes()).unwrap();
+        let resp = Message::parse(
+            b"SIP/2.0 486 Busy\r\nVia: SIP/2.0/UDP 10.0.0.5:5071;branch=z9hG4bK-1\r\nFrom: <sip:alice@x>;tag=a1\r\n\
+              To: <sip:bob@127.0.0.1>;tag=b9\r\nCall-ID: c1@x\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let ack = Message::parse(&ack_for(&m, &resp).unwrap()).unwrap();
+        assert_eq!(ack.cseq().map(|c| c.0), Some(7));
+        assert_eq!(ack.to_tag().as_deref(), Some("b9"));
+        assert_eq!(ack.top_via().unwrap().branch(), Some("z9hG4bK-1"));
+        let cancel = Message::parse(&cancel_for(&m).unwrap()).unwrap();
+        assert_eq!(cancel.to_tag(), None);
+        assert!(matches!(cancel.method(), Some(crate::sip::Method::Cancel)));
+    }
+
+    #[test]
+    fn raw_error_response_copies_the_key_headers() {
+        let bad = b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:a>;tag=1\r\nTo: <sip:b>\r\n\
+                    Call-ID: q\r\nCSeq: 1 INVITE\r\nContent-Length: 9999\r\n\r\n";
+        let r = String::from_utf8(raw_error_response(bad, 400, "Bad Request").unwrap()).unwrap();
+        assert!(r.starts_with("SIP/2.0 400 Bad Request\r\n"));
+        assert!(r.contains("f: <sip:a>;tag=1\r\n") && r.contains("CSeq: 1 INVITE\r\n"));
+        assert!(raw_error_response(b"SIP/2.0 200 OK\r\n\r\n", 400, "x").is_none());
+        assert!(raw_error_response(b"INVITE x SIP/2.0\r\nVia: a\r\n\r\n", 400, "x").is_none());
+    }
+}

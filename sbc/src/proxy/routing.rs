@@ -1,0 +1,186 @@
+//! Routing of initial requests: registered users first, then static routes
+//! by Request-URI user prefix or domain. Never an open relay: a request for a
+//! domain that is not ours and matches no route is refused.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::config::{Config, TrunkTransport};
+use crate::location::{aor_key, Location, Transport as LocTransport};
+use crate::sip::Uri;
+use crate::transport::Proto;
+
+/// One next hop to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The Request-URI to send with.
+    pub uri: String,
+    /// Where to send it.
+    pub dest: SocketAddr,
+    /// Over what.
+    pub proto: Proto,
+    /// Trunk index, when it is a trunk.
+    pub trunk: Option<usize>,
+    /// For logs and CDRs: the trunk name or `user:<aor>`.
+    pub label: String,
+}
+
+/// Why a request cannot be routed: the response to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Status code.
+    pub code: u16,
+    /// Reason phrase.
+    pub reason: &'static str,
+}
+
+/// The AOR key of a URI on one of our domains: all local domains are one realm.
+#[must_use]
+pub fn local_aor(cfg: &Config, user: Option<&str>) -> String {
+    aor_key(user, cfg.domains.first().map_or("localhost", String::as_str))
+}
+
+fn trunk_targets(cfg: &Config, trunks: &[usize], user: Option<&str>) -> Vec<Target> {
+    trunks
+        .iter()
+        .filter_map(|&i| cfg.trunks.get(i).map(|t| (i, t)))
+        .map(|(i, t)| {
+            let host = match t.address {
+                SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+                SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+            };
+            let uri = match user {
+                Some(u) => format!("sip:{u}@{host}"),
+                None => format!("sip:{host}"),
+            };
+            let uri = if t.transport == TrunkTransport::Tcp { format!("{uri};transport=tcp") } else { uri };
+            Target {
+                uri,
+                dest: t.address,
+                proto: if t.transport == TrunkTransport::Tcp { Proto::Tcp } else { Proto::Udp },
+                trunk: Some(i),
+                label: t.name.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The best static route for a user and domain (`None`: our domains):
+/// longest matching prefix wins, then config order.
+fn static_route<'c>(cfg: &'c Config, user: &str, domain: Option<&str>) -> Option<&'c crate::config::Route> {
+    cfg.routes
+        .iter()
+        .filter(|r| r.domain.as_deref() == domain && user.starts_with(&r.prefix))
+        .max_by_key(|r| r.prefix.len())
+        // max_by_key returns the last of equals; prefer the first in config order.
+        .and_then(|best| cfg.routes.iter().find(|r| r.domain == best.domain && r.prefix == best.prefix))
+}
+
+/// Decides where an initial request goes.
+///
+/// # Errors
+/// The response to send when there is nowhere to go.
+pub fn route(cfg: &Config, location: &Location, ruri: &Uri, now: Instant) -> Result<Vec<Target>, Refusal> {
+    let scheme = ruri.scheme.to_ascii_lowercase();
+    if scheme != "sip" && scheme != "sips" {
+        return Err(Refusal { code: 416, reason: "Unsupported URI Scheme" });
+    }
+    let user = ruri.user.as_deref();
+    if cfg.is_local_host(&ruri.host, ruri.port) {
+        let aor = local_aor(cfg, user);
+        let bindings = location.lookup(&aor, now);
+        if !bindings.is_empty() {
+            return Ok(bindings
+                .into_iter()
+                .map(|b| Target {
+                    uri: b.contact.clone(),
+                    dest: b.source,
+                    proto: match b.transport {
+                        LocTransport::Udp => Proto::Udp,
+                        LocTransport::Tcp => Proto::Tcp,
+                    },
+                    trunk: None,
+                    label: format!("user:{aor}"),
+                })
+                .collect());
+        }
+        if let Some(r) = static_route(cfg, user.unwrap_or(""), None) {
+            return Ok(trunk_targets(cfg, &r.trunks, user));
+        }
+        if location.is_known(&aor) {
+            return Err(Refusal { code: 480, reason: "Temporarily Unavailable" });
+        }
+        return Err(Refusal { code: 404, reason: "Not Found" });
+    }
+    let host = ruri.host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    match static_route(cfg, user.unwrap_or(""), Some(&host)) {
+        Some(r) => Ok(trunk_targets(cfg, &r.trunks, user)),
+        None => Err(Refusal { code: 403, reason: "Relaying Denied" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::location::Binding;
+    use std::time::Duration;
+
+    fn cfg() -> Config {
+        let toml = crate::config::DEFAULT_TOML.replace(
+            "[[route]]\nprefix = \"\"\ntrunks = [\"local-trunk\"]",
+            "[[trunk]]\nname = \"b\"\naddress = \"127.0.0.1:5080\"\ntransport = \"tcp\"\n\
+             [[route]]\nprefix = \"9\"\ntrunks = [\"local-trunk\", \"b\"]\n\
+             [[route]]\nprefix = \"\"\ndomain = \"carrier.example\"\ntrunks = [\"b\"]",
+        );
+        Config::from_toml(&toml).unwrap()
+    }
+
+    fn uri(s: &str) -> Uri {
+        Uri::parse(s).unwrap()
+    }
+
+    #[test]
+    fn prefix_routes_to_ordered_trunks() {
+        let c = cfg();
+        let t = route(&c, &Location::new(), &uri("sip:9123@127.0.0.1"), Instant::now()).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].uri, "sip:9123@127.0.0.1:5070");
+        assert_eq!(t[0].label, "local-trunk");
+        assert_eq!(t[1].proto, Proto::Tcp);
+        assert_eq!(t[1].uri, "sip:9123@127.0.0.1:5080;transport=tcp");
+    }
+
+    #[test]
+    fn unknown_user_404_known_user_480_registered_user_found() {
+        let c = cfg();
+        let now = Instant::now();
+        let mut loc = Location::new();
+        assert_eq!(route(&c, &loc, &uri("sip:alice@127.0.0.1"), now).unwrap_err().code, 404);
+        let aor = local_aor(&c, Some("alice"));
+        let b = Binding {
+            contact: "sip:alice@10.9.9.9:5062".into(),
+            source: "127.0.0.1:5062".parse().unwrap(),
+            transport: LocTransport::Udp,
+            call_id: "x".into(),
+            cseq: 1,
+            expires_at: now,
+            q: 1000,
+        };
+        loc.update(&aor, b, Duration::from_secs(60), now).unwrap();
+        let t = route(&c, &loc, &uri("sip:alice@localhost"), now).unwrap();
+        assert_eq!(t[0].dest, "127.0.0.1:5062".parse().unwrap(), "reached at the registered source (NAT)");
+        assert_eq!(t[0].uri, "sip:alice@10.9.9.9:5062");
+        let later = now + Duration::from_secs(61);
+        assert_eq!(route(&c, &loc, &uri("sip:alice@127.0.0.1"), later).unwrap_err().code, 480);
+    }
+
+    #[test]
+    fn never_an_open_relay() {
+        let c = cfg();
+        let e = route(&c, &Location::new(), &uri("sip:bob@evil.example"), Instant::now()).unwrap_err();
+        assert_eq!(e.code, 403);
+        let t = route(&c, &Location::new(), &uri("sip:bob@carrier.example"), Instant::now()).unwrap();
+        assert_eq!(t[0].label, "b", "a domain route is allowed");
+        assert_eq!(route(&c, &Location::new(), &uri("tel:+123"), Instant::now()).unwrap_err().code, 416);
+    }
+}
