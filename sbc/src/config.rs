@@ -375,7 +375,7 @@ impl Config {
         let h = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         let port_ok = port.is_none_or(|p| p == self.listen.port());
         let addr_match = h.parse::<IpAddr>().is_ok_and(|ip| ip == self.advertise || ip == self.listen.ip());
-        (self.domains.iter().any(|d| *d == h) && port_ok) || (addr_match && port_ok)
+        port_ok && (self.domains.contains(&h) || addr_match)
     }
 }
 
