@@ -58,6 +58,14 @@ pub struct Trunk {
     pub address: SocketAddr,
     /// Over what.
     pub transport: TrunkTransport,
+    /// Concurrent-call cap (0: none).
+    pub max_calls: u32,
+    /// New calls per second cap (0: none).
+    pub max_cps: u32,
+    /// Share within its priority group.
+    pub weight: u32,
+    /// Whether OPTIONS health checks are sent to it.
+    pub probe: bool,
 }
 
 /// A static route: Request-URI user prefix and/or domain → ordered trunks
@@ -68,8 +76,33 @@ pub struct Route {
     pub prefix: String,
     /// Request-URI host this route is for (`None`: local domains).
     pub domain: Option<String>,
-    /// Trunk indexes, in order.
-    pub trunks: Vec<usize>,
+    /// Priority groups, tried in order; within a group, trunks are tried in
+    /// an order drawn by weight.
+    pub trunks: Vec<Vec<usize>>,
+}
+
+/// Trunk health-check settings.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// OPTIONS probe interval (zero: no probes).
+    pub interval: Duration,
+    /// How long a probe may wait for an answer.
+    pub probe_timeout: Duration,
+    /// Hysteresis thresholds.
+    pub thresholds: crate::health::HealthConfig,
+    /// Probe answers that mean alive (empty: any answer).
+    pub alive_codes: Vec<u16>,
+    /// Answers on real calls that count as a trunk failure.
+    pub failure_codes: Vec<u16>,
+}
+
+/// AlternatePath settings.
+#[derive(Debug, Clone, Default)]
+pub struct AlternatePath {
+    /// Advertise `alternatePath` in our Via and Record-Route.
+    pub enabled: bool,
+    /// Backup addresses (`host:port`) to advertise.
+    pub backups: Vec<String>,
 }
 
 /// Validated sbc configuration.
@@ -112,6 +145,14 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// tracing filter.
     pub log_level: String,
+    /// Final responses after which an INVITE moves to the next target.
+    pub failover_codes: Vec<u16>,
+    /// Trunk health checks.
+    pub health: HealthSettings,
+    /// AlternatePath (primary/backup proxies).
+    pub alternate_path: AlternatePath,
+    /// Control socket for `sbc ctl`.
+    pub control_socket: Option<PathBuf>,
     /// The embedded media relay.
     pub relay: RelayConfig,
 }
@@ -130,7 +171,84 @@ struct File {
     cdr: RawCdr,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    alternate_path: RawAlternatePath,
+    #[serde(default)]
+    control: RawControl,
     relay: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default = "probe_interval")]
+    interval_ms: u64,
+    #[serde(default = "probe_timeout")]
+    probe_timeout_ms: u64,
+    #[serde(default = "three")]
+    down_after: u32,
+    #[serde(default = "three")]
+    up_after: u32,
+    #[serde(default = "hold_down")]
+    hold_down_s: u64,
+    #[serde(default)]
+    failback_window_s: u64,
+    #[serde(default)]
+    alive_codes: Vec<u16>,
+    #[serde(default = "failure_codes")]
+    failure_codes: Vec<u16>,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            interval_ms: probe_interval(),
+            probe_timeout_ms: probe_timeout(),
+            down_after: three(),
+            up_after: three(),
+            hold_down_s: hold_down(),
+            failback_window_s: 0,
+            alive_codes: Vec::new(),
+            failure_codes: failure_codes(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlternatePath {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    backups: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    #[serde(default)]
+    socket: String,
+}
+
+fn probe_interval() -> u64 {
+    5000
+}
+fn probe_timeout() -> u64 {
+    1000
+}
+fn three() -> u32 {
+    3
+}
+fn hold_down() -> u64 {
+    10
+}
+fn failure_codes() -> Vec<u16> {
+    vec![503]
+}
+fn failover_codes() -> Vec<u16> {
+    vec![408, 500, 502, 503, 504]
 }
 
 #[derive(Deserialize)]
@@ -156,6 +274,8 @@ struct RawSip {
     dialog_timeout_s: u64,
     #[serde(default = "info")]
     log_level: String,
+    #[serde(default = "failover_codes")]
+    failover_codes: Vec<u16>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +302,18 @@ struct RawTrunk {
     address: String,
     #[serde(default = "udp")]
     transport: String,
+    #[serde(default)]
+    max_calls: u32,
+    #[serde(default)]
+    max_cps: u32,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default = "yes")]
+    probe: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Deserialize)]
@@ -315,7 +447,18 @@ impl Config {
                 "tcp" => TrunkTransport::Tcp,
                 other => return Err(invalid(format!("trunk[{i}].transport"), format!("`{other}`: want udp or tcp"))),
             };
-            trunks.push(Trunk { name: t.name.clone(), address, transport });
+            if t.weight == 0 {
+                return Err(invalid(format!("trunk[{i}].weight"), "must be at least 1"));
+            }
+            trunks.push(Trunk {
+                name: t.name.clone(),
+                address,
+                transport,
+                max_calls: t.max_calls,
+                max_cps: t.max_cps,
+                weight: t.weight,
+                probe: t.probe,
+            });
         }
         let mut routes = Vec::new();
         for (i, r) in f.route.iter().enumerate() {
@@ -323,12 +466,16 @@ impl Config {
                 return Err(invalid(format!("route[{i}].trunks"), "list at least one trunk"));
             }
             let mut idx = Vec::new();
-            for name in &r.trunks {
-                let k = trunks
-                    .iter()
-                    .position(|t| &t.name == name)
-                    .ok_or_else(|| invalid(format!("route[{i}].trunks"), format!("no trunk named `{name}`")))?;
-                idx.push(k);
+            for group in &r.trunks {
+                let mut g = Vec::new();
+                for name in group.split('|').map(str::trim) {
+                    let k = trunks
+                        .iter()
+                        .position(|t| t.name == name)
+                        .ok_or_else(|| invalid(format!("route[{i}].trunks"), format!("no trunk named `{name}`")))?;
+                    g.push(k);
+                }
+                idx.push(g);
             }
             routes.push(Route {
                 prefix: r.prefix.clone(),
@@ -340,6 +487,34 @@ impl Config {
             "" | "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics.listen", format!("`{a}` is not ADDR:PORT or off")))?),
         };
+        let h = f.health;
+        if h.interval_ms > 0 && h.probe_timeout_ms >= h.interval_ms {
+            return Err(invalid("health.probe_timeout_ms", "must be shorter than health.interval_ms"));
+        }
+        if h.down_after == 0 || h.up_after == 0 {
+            return Err(invalid("health.down_after", "down_after and up_after must be at least 1"));
+        }
+        if let Some(c) = h.alive_codes.iter().chain(&h.failure_codes).chain(&f.sip.failover_codes).find(|c| !(100..700).contains(*c)) {
+            return Err(invalid("health.alive_codes", format!("{c} is not a SIP status code")));
+        }
+        let health = HealthSettings {
+            interval: Duration::from_millis(h.interval_ms),
+            probe_timeout: Duration::from_millis(h.probe_timeout_ms),
+            thresholds: crate::health::HealthConfig {
+                down_after: h.down_after,
+                up_after: h.up_after,
+                hold_down: Duration::from_secs(h.hold_down_s),
+                failback_window: Duration::from_secs(h.failback_window_s),
+            },
+            alive_codes: h.alive_codes,
+            failure_codes: h.failure_codes,
+        };
+        if f.alternate_path.enabled && f.alternate_path.backups.is_empty() {
+            return Err(invalid("alternate_path.backups", "list at least one backup when alternate_path is enabled"));
+        }
+        if let Some(b) = f.alternate_path.backups.iter().find(|b| b.contains(['"', ',', ' '])) {
+            return Err(invalid("alternate_path.backups", format!("`{b}`: want host[:port] without quotes, commas or spaces")));
+        }
         let mut relay_doc = toml::Table::new();
         relay_doc.insert("relay".into(), toml::Value::Table(f.relay));
         let relay = RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
@@ -365,6 +540,13 @@ impl Config {
             },
             metrics,
             log_level: f.sip.log_level,
+            failover_codes: f.sip.failover_codes,
+            health,
+            alternate_path: AlternatePath { enabled: f.alternate_path.enabled, backups: f.alternate_path.backups },
+            control_socket: match f.control.socket.as_str() {
+                "" | "off" => None,
+                p => Some(PathBuf::from(p)),
+            },
             relay,
         })
     }

@@ -9,6 +9,7 @@
 
 pub mod cdr;
 pub mod config;
+pub mod health;
 pub mod location;
 pub mod metrics;
 pub mod proxy;

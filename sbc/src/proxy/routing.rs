@@ -40,8 +40,39 @@ pub fn local_aor(cfg: &Config, user: Option<&str>) -> String {
     aor_key(user, cfg.domains.first().map_or("localhost", String::as_str))
 }
 
-fn trunk_targets(cfg: &Config, trunks: &[usize], user: Option<&str>) -> Vec<Target> {
-    trunks
+/// Orders one priority group by weight: a weighted draw without
+/// replacement, driven by `seed` (the Call-ID's hash), so retransmissions of
+/// one call see the same order and calls spread by weight.
+fn weighted_order(cfg: &Config, group: &[usize], seed: u64) -> Vec<usize> {
+    let mut left: Vec<usize> = group.to_vec();
+    let mut out = Vec::with_capacity(left.len());
+    let mut x = seed | 1;
+    while !left.is_empty() {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let total: u64 = left.iter().map(|&i| u64::from(cfg.trunks.get(i).map_or(1, |t| t.weight))).sum();
+        let mut pick = x % total.max(1);
+        let mut k = 0;
+        for (j, &i) in left.iter().enumerate() {
+            let w = u64::from(cfg.trunks.get(i).map_or(1, |t| t.weight));
+            if pick < w {
+                k = j;
+                break;
+            }
+            pick -= w;
+        }
+        out.push(left.remove(k));
+    }
+    out
+}
+
+fn trunk_targets(cfg: &Config, groups: &[Vec<usize>], user: Option<&str>, seed: u64) -> Vec<Target> {
+    groups
+        .iter()
+        .flat_map(|g| weighted_order(cfg, g, seed))
+        .collect::<Vec<_>>()
         .iter()
         .filter_map(|&i| cfg.trunks.get(i).map(|t| (i, t)))
         .map(|(i, t)| {
@@ -80,7 +111,7 @@ fn static_route<'c>(cfg: &'c Config, user: &str, domain: Option<&str>) -> Option
 ///
 /// # Errors
 /// The response to send when there is nowhere to go.
-pub fn route(cfg: &Config, location: &Location, ruri: &Uri, now: Instant) -> Result<Vec<Target>, Refusal> {
+pub fn route(cfg: &Config, location: &Location, ruri: &Uri, seed: u64, now: Instant) -> Result<Vec<Target>, Refusal> {
     let scheme = ruri.scheme.to_ascii_lowercase();
     if scheme != "sip" && scheme != "sips" {
         return Err(Refusal { code: 416, reason: "Unsupported URI Scheme" });
@@ -105,7 +136,7 @@ pub fn route(cfg: &Config, location: &Location, ruri: &Uri, now: Instant) -> Res
                 .collect());
         }
         if let Some(r) = static_route(cfg, user.unwrap_or(""), None) {
-            return Ok(trunk_targets(cfg, &r.trunks, user));
+            return Ok(trunk_targets(cfg, &r.trunks, user, seed));
         }
         if location.is_known(&aor) {
             return Err(Refusal { code: 480, reason: "Temporarily Unavailable" });
@@ -114,7 +145,7 @@ pub fn route(cfg: &Config, location: &Location, ruri: &Uri, now: Instant) -> Res
     }
     let host = ruri.host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
     match static_route(cfg, user.unwrap_or(""), Some(&host)) {
-        Some(r) => Ok(trunk_targets(cfg, &r.trunks, user)),
+        Some(r) => Ok(trunk_targets(cfg, &r.trunks, user, seed)),
         None => Err(Refusal { code: 403, reason: "Relaying Denied" }),
     }
 }
@@ -142,7 +173,7 @@ mod tests {
     #[test]
     fn prefix_routes_to_ordered_trunks() {
         let c = cfg();
-        let t = route(&c, &Location::new(), &uri("sip:9123@127.0.0.1"), Instant::now()).unwrap();
+        let t = route(&c, &Location::new(), &uri("sip:9123@127.0.0.1"), 1, Instant::now()).unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].uri, "sip:9123@127.0.0.1:5070");
         assert_eq!(t[0].label, "local-trunk");
@@ -155,7 +186,7 @@ mod tests {
         let c = cfg();
         let now = Instant::now();
         let mut loc = Location::new();
-        assert_eq!(route(&c, &loc, &uri("sip:alice@127.0.0.1"), now).unwrap_err().code, 404);
+        assert_eq!(route(&c, &loc, &uri("sip:alice@127.0.0.1"), 1, now).unwrap_err().code, 404);
         let aor = local_aor(&c, Some("alice"));
         let b = Binding {
             contact: "sip:alice@10.9.9.9:5062".into(),
@@ -167,20 +198,41 @@ mod tests {
             q: 1000,
         };
         loc.update(&aor, b, Duration::from_secs(60), now).unwrap();
-        let t = route(&c, &loc, &uri("sip:alice@localhost"), now).unwrap();
+        let t = route(&c, &loc, &uri("sip:alice@localhost"), 1, now).unwrap();
         assert_eq!(t[0].dest, "127.0.0.1:5062".parse().unwrap(), "reached at the registered source (NAT)");
         assert_eq!(t[0].uri, "sip:alice@10.9.9.9:5062");
         let later = now + Duration::from_secs(61);
-        assert_eq!(route(&c, &loc, &uri("sip:alice@127.0.0.1"), later).unwrap_err().code, 480);
+        assert_eq!(route(&c, &loc, &uri("sip:alice@127.0.0.1"), 1, later).unwrap_err().code, 480);
+    }
+
+    #[test]
+    fn weights_spread_calls_within_a_priority_group() {
+        let toml = crate::config::DEFAULT_TOML.replace(
+            "[[route]]\nprefix = \"\"\ntrunks = [\"local-trunk\"]",
+            "[[trunk]]\nname = \"heavy\"\naddress = \"127.0.0.1:5081\"\nweight = 3\n\
+             [[route]]\nprefix = \"\"\ntrunks = [\"local-trunk|heavy\"]",
+        );
+        let c = Config::from_toml(&toml).unwrap();
+        let mut first_heavy = 0;
+        for seed in 0..4000u64 {
+            let t = route(&c, &Location::new(), &uri("sip:1@127.0.0.1"), seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), Instant::now())
+                .unwrap();
+            assert_eq!(t.len(), 2, "both members of the group are tried");
+            if t[0].label == "heavy" {
+                first_heavy += 1;
+            }
+        }
+        // Weight 3 of 4: about 3000 of 4000 calls try "heavy" first.
+        assert!((2700..3300).contains(&first_heavy), "{first_heavy}");
     }
 
     #[test]
     fn never_an_open_relay() {
         let c = cfg();
-        let e = route(&c, &Location::new(), &uri("sip:bob@evil.example"), Instant::now()).unwrap_err();
+        let e = route(&c, &Location::new(), &uri("sip:bob@evil.example"), 1, Instant::now()).unwrap_err();
         assert_eq!(e.code, 403);
-        let t = route(&c, &Location::new(), &uri("sip:bob@carrier.example"), Instant::now()).unwrap();
+        let t = route(&c, &Location::new(), &uri("sip:bob@carrier.example"), 1, Instant::now()).unwrap();
         assert_eq!(t[0].label, "b", "a domain route is allowed");
-        assert_eq!(route(&c, &Location::new(), &uri("tel:+123"), Instant::now()).unwrap_err().code, 416);
+        assert_eq!(route(&c, &Location::new(), &uri("tel:+123"), 1, Instant::now()).unwrap_err().code, 416);
     }
 }

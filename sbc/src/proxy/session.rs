@@ -102,7 +102,13 @@ impl Proxy {
             self.reply(key, 416, "Unsupported URI Scheme", Vec::new(), now);
             return;
         };
-        let targets = match routing::route(&self.cfg, &self.location, &ruri, now) {
+        let seed = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            msg.call_id().unwrap_or_default().hash(&mut h);
+            h.finish()
+        };
+        let targets = match routing::route(&self.cfg, &self.location, &ruri, seed, now) {
             Ok(t) => t,
             Err(r) => {
                 tracing::info!(method = %method, code = r.code, "request not routed: {}", r.reason);
