@@ -9,6 +9,7 @@
 
 pub mod cdr;
 pub mod config;
+pub mod control;
 pub mod health;
 pub mod location;
 pub mod metrics;

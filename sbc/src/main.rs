@@ -44,6 +44,18 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`.
+    Ctl {
+        /// The control socket (default: `control.socket` of the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Config whose `control.socket` to use.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The command words.
+        #[arg(required = true, num_args = 1..)]
+        words: Vec<String>,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -74,6 +86,36 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Ctl { socket, config, words } => {
+            let path = match socket {
+                Some(p) => p,
+                None => match load(config.as_ref()).map(|c| c.control_socket) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => {
+                        eprintln!("sbc ctl: the configuration has no control.socket");
+                        return ExitCode::from(2);
+                    }
+                    Err(e) => {
+                        eprintln!("sbc ctl: configuration error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            match sbc::control::request(&path, &words.join(" ")) {
+                Ok(reply) => {
+                    print!("{reply}");
+                    if reply.starts_with("error") {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sbc ctl: {}: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run { config, log_json } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
@@ -113,7 +155,12 @@ fn run(cfg: Config) -> Result<(), String> {
     };
     let cdr = CdrWriter::open(cfg.cdr_file.as_deref()).map_err(|e| format!("opening CDR file: {e}"))?;
     let relay = Relay::start(cfg.relay.clone()).map_err(|e| e.to_string())?;
-    let metrics = Arc::new(SbcMetrics::default());
+    let names: Vec<String> = cfg.trunks.iter().map(|t| t.name.clone()).collect();
+    let metrics = Arc::new(SbcMetrics::new(&names));
+    let control = match &cfg.control_socket {
+        Some(p) => Some(sbc::control::Server::bind(p).map_err(|e| format!("binding control socket {}: {e}", p.display()))?),
+        None => None,
+    };
     let ngc = Arc::new(NgCounters::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -158,6 +205,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
     tracing::info!(listen = %cfg.listen, tcp = cfg.tcp, "sbc started");
+    let control_rx = control.map(|c| c.spawn(Arc::clone(&shutdown)));
     let mut inbound = Vec::new();
     let mut dropped_seen = 0u64;
     while !shutdown.load(Ordering::Relaxed) {
@@ -172,6 +220,11 @@ fn run(cfg: Config) -> Result<(), String> {
         }
         for m in inbound.drain(..) {
             proxy.handle(m, Instant::now());
+        }
+        if let Some(rx) = &control_rx {
+            while let Ok((line, reply)) = rx.try_recv() {
+                let _ = reply.send(proxy.control(&line));
+            }
         }
         let now = Instant::now();
         proxy.on_timer(now);

@@ -16,9 +16,39 @@ pub const METHODS: [&str; 14] = [
 /// Post-dial-delay histogram bucket bounds, seconds.
 pub const PDD_BUCKETS: [f64; 9] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 
+/// How an attempt on a trunk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrunkOutcome {
+    /// 2xx.
+    Answered,
+    /// A final error response.
+    Failed,
+    /// No answer in time, or a transport error.
+    Timeout,
+    /// Not tried: the trunk was DOWN.
+    SkippedDown,
+    /// Not tried: a call or CPS cap was reached.
+    SkippedCap,
+}
+
+const OUTCOMES: [&str; 5] = ["answered", "failed", "timeout", "skipped_down", "skipped_cap"];
+
+/// One trunk's series.
+#[derive(Debug, Default)]
+pub struct TrunkMetrics {
+    /// Trunk name (the label).
+    pub name: String,
+    up: AtomicU64,
+    transitions: AtomicU64,
+    calls: AtomicU64,
+    attempts: [AtomicU64; 5],
+}
+
 /// Every signaling counter.
 #[derive(Debug, Default)]
 pub struct SbcMetrics {
+    /// Per-trunk series, in config order.
+    pub trunks: Vec<TrunkMetrics>,
     /// Requests received, by [`METHODS`] index.
     pub requests: [AtomicU64; 14],
     /// Responses sent upstream (forwarded or generated), by class 1..=6.
@@ -50,6 +80,49 @@ pub struct SbcMetrics {
 }
 
 impl SbcMetrics {
+    /// Metrics for these trunks (all start UP).
+    #[must_use]
+    pub fn new(trunk_names: &[String]) -> Self {
+        let trunks = trunk_names
+            .iter()
+            .map(|n| {
+                let t = TrunkMetrics { name: n.clone(), ..TrunkMetrics::default() };
+                t.up.store(1, Relaxed);
+                t
+            })
+            .collect();
+        Self { trunks, ..Self::default() }
+    }
+
+    /// A trunk changed state by measurement.
+    pub fn trunk_transition(&self, i: usize, up: bool) {
+        if let Some(t) = self.trunks.get(i) {
+            t.transitions.fetch_add(1, Relaxed);
+            t.up.store(u64::from(up), Relaxed);
+        }
+    }
+
+    /// A trunk's state as routing sees it.
+    pub fn trunk_state(&self, i: usize, up: bool) {
+        if let Some(t) = self.trunks.get(i) {
+            t.up.store(u64::from(up), Relaxed);
+        }
+    }
+
+    /// Calls active on a trunk.
+    pub fn trunk_calls(&self, i: usize, n: u32) {
+        if let Some(t) = self.trunks.get(i) {
+            t.calls.store(u64::from(n), Relaxed);
+        }
+    }
+
+    /// Counts an attempt outcome on a trunk.
+    pub fn trunk_attempt(&self, i: usize, o: TrunkOutcome) {
+        if let Some(t) = self.trunks.get(i) {
+            t.attempts[o as usize].fetch_add(1, Relaxed);
+        }
+    }
+
     /// Counts a received request.
     pub fn request(&self, method: &str) {
         let i = METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1);
@@ -111,6 +184,26 @@ impl SbcMetrics {
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_bucket{{le=\"+Inf\"}} {cum}");
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_sum {}", self.pdd_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_count {}", self.pdd_count.load(Relaxed));
+        if !self.trunks.is_empty() {
+            let _ = writeln!(o, "# HELP sbc_trunk_up Trunk state as routing sees it (1 UP, 0 DOWN).\n# TYPE sbc_trunk_up gauge");
+            for t in &self.trunks {
+                let _ = writeln!(o, "sbc_trunk_up{{trunk=\"{}\"}} {}", t.name, t.up.load(Relaxed));
+            }
+            let _ = writeln!(o, "# HELP sbc_trunk_transitions_total Measured UP/DOWN transitions.\n# TYPE sbc_trunk_transitions_total counter");
+            for t in &self.trunks {
+                let _ = writeln!(o, "sbc_trunk_transitions_total{{trunk=\"{}\"}} {}", t.name, t.transitions.load(Relaxed));
+            }
+            let _ = writeln!(o, "# HELP sbc_trunk_calls_active Calls routed to the trunk and not ended.\n# TYPE sbc_trunk_calls_active gauge");
+            for t in &self.trunks {
+                let _ = writeln!(o, "sbc_trunk_calls_active{{trunk=\"{}\"}} {}", t.name, t.calls.load(Relaxed));
+            }
+            let _ = writeln!(o, "# HELP sbc_trunk_attempts_total INVITE attempts by trunk and outcome.\n# TYPE sbc_trunk_attempts_total counter");
+            for t in &self.trunks {
+                for (k, name) in OUTCOMES.iter().enumerate() {
+                    let _ = writeln!(o, "sbc_trunk_attempts_total{{trunk=\"{}\",outcome=\"{name}\"}} {}", t.name, t.attempts[k].load(Relaxed));
+                }
+            }
+        }
         o
     }
 }

@@ -203,7 +203,8 @@ fn rfc4475_torture_messages_over_udp() {
     let tmp = std::env::temp_dir().join(format!("xsbc-rfc4475-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let cfg = sbc::config::DEFAULT_TOML
-        .replace("file = \"sbc-cdr.jsonl\"", &format!("file = \"{}\"", tmp.join("cdr.jsonl").display()));
+        .replace("file = \"sbc-cdr.jsonl\"", &format!("file = \"{}\"", tmp.join("cdr.jsonl").display()))
+        .replace("socket = \"/tmp/xsbc-sbc.sock\"", &format!("socket = \"{}\"", tmp.join("ctl.sock").display()));
     let cfg_path = tmp.join("sbc.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let log = std::fs::File::create(tmp.join("sbc.log")).unwrap();

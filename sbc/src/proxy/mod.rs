@@ -12,6 +12,7 @@ pub mod forward;
 pub mod register;
 pub mod routing;
 mod session;
+mod trunks;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -67,6 +68,12 @@ struct Forward {
     /// The request carried an SDP offer (else a 2xx SDP is a late offer).
     offer_in_request: bool,
     last_code: u16,
+    /// Trunk of the branch in progress.
+    current_trunk: Option<usize>,
+    /// Whether any branch was actually sent.
+    attempted: bool,
+    /// Whether a trunk was passed over for a cap.
+    skipped_cap: bool,
 }
 
 /// Which transaction a timer belongs to.
@@ -95,6 +102,9 @@ pub struct Proxy {
     counter: u64,
     last_sweep: Option<Instant>,
     timer_cfg: TimerConfig,
+    trunks: Vec<trunks::TrunkRuntime>,
+    /// Client transaction key of each outstanding OPTIONS probe → trunk.
+    probes: HashMap<String, usize>,
 }
 
 fn server_key(branch: &str, sent_by: &str, method: &Method) -> String {
@@ -122,6 +132,7 @@ impl Proxy {
             h.finish()
         };
         let timer_cfg = TimerConfig { t1: cfg.t1, t2: cfg.t2, t4: cfg.t4 };
+        let (cfg_trunks, health) = (cfg.trunks.len(), cfg.health.thresholds);
         Self {
             me: Me { addr: cfg.advertise, port: cfg.listen.port() },
             cfg,
@@ -140,6 +151,8 @@ impl Proxy {
             counter: 0,
             last_sweep: None,
             timer_cfg,
+            trunks: (0..cfg_trunks).map(|_| trunks::TrunkRuntime::new(health)).collect(),
+            probes: HashMap::new(),
         }
     }
 
@@ -154,7 +167,7 @@ impl Proxy {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
-    fn unique(&mut self) -> String {
+    pub(super) fn unique(&mut self) -> String {
         self.counter += 1;
         format!("{:x}{:06x}", self.seed & 0xffff_ffff, self.counter)
     }
@@ -219,6 +232,7 @@ impl Proxy {
                 TimerRef::Client(k) => self.client_timer(&k, now),
             }
         }
+        self.probe_trunks(now);
         let sweep_due = self.last_sweep.is_none_or(|l| now.duration_since(l).as_secs() >= 1);
         if sweep_due {
             self.last_sweep = Some(now);
@@ -374,7 +388,7 @@ impl Proxy {
             if let Some((bytes, dest, proto)) = cancel {
                 let Ok(cmsg) = Message::parse(&bytes) else { return };
                 let branch = cmsg.top_via().and_then(|v| v.branch().map(str::to_owned)).unwrap_or_default();
-                self.start_client(client_key(&branch, &Method::Cancel), cmsg, bytes, dest, proto, None, now);
+                self.start_client(client_key(&branch, &Method::Cancel), cmsg, bytes, dest, proto, None, None, now);
             }
         }
     }
@@ -388,6 +402,7 @@ impl Proxy {
         dest: SocketAddr,
         proto: Proto,
         fwd: Option<u64>,
+        timeout: Option<std::time::Duration>,
         now: Instant,
     ) {
         let kind = if request.method() == Some(&Method::Invite) {
@@ -396,8 +411,8 @@ impl Proxy {
             crate::transaction::Kind::NonInvite
         };
         let (mut txn, actions) = ClientTxn::new(kind, bytes, proto.reliable(), self.timer_cfg, now);
-        if kind == crate::transaction::Kind::Invite {
-            txn.set_timeout_override(self.cfg.invite_timeout);
+        if let Some(t) = timeout {
+            txn.set_timeout_override(t);
         }
         self.clients.insert(key.clone(), ClientEntry { txn, fwd, request, dest, proto });
         self.run_client_actions(&key, actions, None, now);
@@ -431,12 +446,20 @@ impl Proxy {
                     }
                 }
                 ClientAction::Deliver(code) => {
+                    if code >= 200 {
+                        if let Some(i) = self.probes.remove(key) {
+                            self.probe_result(i, Some(code), now);
+                        }
+                    }
                     let fwd = self.clients.get(key).and_then(|e| e.fwd);
                     if let (Some(fwd), Some((r, _src))) = (fwd, response) {
                         self.on_branch_response(fwd, key, r.clone(), code, now);
                     }
                 }
                 ClientAction::Timeout | ClientAction::TransportError => {
+                    if let Some(i) = self.probes.remove(key) {
+                        self.probe_result(i, None, now);
+                    }
                     let fwd = self.clients.get(key).and_then(|e| e.fwd);
                     tracing::info!(branch = key, "no answer from next hop (timeout or transport error)");
                     if let Some(fwd) = fwd {

@@ -15,11 +15,6 @@ use super::{client_key, forward, register, Forward, Proxy};
 use crate::sip::{Header, Message, Method, Uri};
 use crate::transport::{Inbound, Proto};
 
-/// Codes after which the next target of a route is tried.
-fn is_failover(code: u16) -> bool {
-    code == 408 || (500..600).contains(&code)
-}
-
 fn has_sdp(m: &Message) -> bool {
     !m.body.is_empty()
         && m.header("content-type").is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/sdp"))
@@ -208,6 +203,9 @@ impl Proxy {
             initial,
             record_route,
             last_code: 0,
+            current_trunk: None,
+            attempted: false,
+            skipped_cap: false,
         };
         self.forwards.insert(id, forward);
         if let Some(e) = self.servers.get_mut(key) {
@@ -216,15 +214,54 @@ impl Proxy {
         self.next_branch(id, now);
     }
 
+    /// Takes the next target a new call may go to, skipping DOWN and capped
+    /// trunks (each skip logged and counted).
+    fn pick_target(&mut self, id: u64, now: Instant) -> Option<Target> {
+        loop {
+            let f = self.forwards.get_mut(&id)?;
+            let target = f.targets.pop_front()?;
+            let Some(i) = target.trunk.filter(|_| f.initial && f.is_invite) else { return Some(target) };
+            match self.trunk_admits(i, now) {
+                Ok(()) => return Some(target),
+                Err(why) => {
+                    use super::trunks::Skip;
+                    let outcome = if why == Skip::Down {
+                        crate::metrics::TrunkOutcome::SkippedDown
+                    } else {
+                        if let Some(f) = self.forwards.get_mut(&id) {
+                            f.skipped_cap = true;
+                        }
+                        crate::metrics::TrunkOutcome::SkippedCap
+                    };
+                    tracing::info!(trunk = %target.label, reason = ?why, "skipping trunk for a new call");
+                    self.trunk_outcome(i, outcome);
+                }
+            }
+        }
+    }
+
     /// Sends the forward's request to its next target, or answers upstream
     /// with the best final response when none is left.
     fn next_branch(&mut self, id: u64, now: Instant) {
-        let Some(f) = self.forwards.get_mut(&id) else { return };
-        let Some(target) = f.targets.pop_front() else {
+        // The branch that just ended no longer holds its trunk.
+        let prev = self.forwards.get_mut(&id).and_then(|f| f.current_trunk.take());
+        if let Some(i) = prev {
+            self.trunk_release(i);
+            let call_id = self.forwards.get(&id).and_then(|f| f.request.call_id().map(str::to_owned));
+            if let Some(d) = call_id.and_then(|c| self.dialogs.get_mut(&c)) {
+                d.trunk = None;
+            }
+        }
+        let Some(target) = self.pick_target(id, now) else {
+            let Some(f) = self.forwards.get_mut(&id) else { return };
+            let mut extra = Vec::new();
             let (code, reason) = if f.canceled {
                 (487, "Request Terminated")
             } else if f.last_code >= 300 {
                 (f.last_code, "No Route Available")
+            } else if !f.attempted {
+                extra.push(crate::sip::Header::new("Retry-After", if f.skipped_cap { "1" } else { "5" }));
+                (503, if f.skipped_cap { "Service Unavailable - Trunk Capacity" } else { "Service Unavailable - No Trunk Up" })
             } else {
                 (408, "Request Timeout")
             };
@@ -237,26 +274,34 @@ impl Proxy {
                 self.metrics.call_failures.fetch_add(1, Relaxed);
                 self.end_call(&call_id, reason_for, code, now);
             }
-            self.reply(&server, code, reason, Vec::new(), now);
+            self.reply(&server, code, reason, extra, now);
             return;
         };
         let branch = self.new_branch();
         let Some(f) = self.forwards.get_mut(&id) else { return };
+        f.attempted = true;
         let ruri = if target.uri.is_empty() { None } else { Some(target.uri.as_str()) };
         let out = forward::branch_request(&f.request, &self.me, &branch, ruri, f.in_proto, target.proto, f.record_route);
         let method = out.method().cloned().unwrap_or(Method::Other(String::new()));
         let key = client_key(&branch, &method);
         f.current = Some(key.clone());
+        let call_trunk = target.trunk.filter(|_| f.is_invite && f.initial);
+        f.current_trunk = call_trunk;
         if f.is_invite && f.initial {
             if let Some(d) = f.request.call_id().and_then(|c| self.dialogs.get_mut(c)) {
                 d.callee = Some(Peer { addr: target.dest, proto: target.proto });
                 d.target.clone_from(&target.label);
-                d.trunk = target.trunk;
+                d.trunk = call_trunk;
             }
             tracing::info!(call_id = ?f.request.call_id(), target = %target.label, dest = %target.dest, "routing INVITE");
         }
+        let is_invite = f.is_invite;
+        if let Some(i) = call_trunk {
+            self.trunk_take(i, now);
+        }
         let bytes = out.to_bytes();
-        self.start_client(key, out, bytes, target.dest, target.proto, Some(id), now);
+        let timeout = is_invite.then_some(self.cfg.invite_timeout);
+        self.start_client(key, out, bytes, target.dest, target.proto, Some(id), timeout, now);
     }
 
     pub(super) fn on_branch_failure(&mut self, id: u64, branch_key: &str, now: Instant) {
@@ -267,6 +312,10 @@ impl Proxy {
         f.current = None;
         if f.last_code == 0 {
             f.last_code = 408;
+        }
+        if let Some(i) = f.current_trunk {
+            self.trunk_outcome(i, crate::metrics::TrunkOutcome::Timeout);
+            self.trunk_failure(i, "INVITE timeout or transport error", now);
         }
         self.next_branch(id, now);
     }
@@ -283,10 +332,18 @@ impl Proxy {
         let (server, is_invite, initial, offer_in_request) = (f.server.clone(), f.is_invite, f.initial, f.offer_in_request);
         let req_from = f.request.from_tag().unwrap_or_default();
         let call_id = resp.call_id().unwrap_or_default().to_owned();
+        let trunk = f.current_trunk;
         if code >= 300 {
             f.last_code = code;
             f.current = None;
-            if !f.canceled && is_failover(code) && !f.targets.is_empty() {
+            if let Some(i) = trunk {
+                self.trunk_outcome(i, crate::metrics::TrunkOutcome::Failed);
+                if self.cfg.health.failure_codes.contains(&code) {
+                    self.trunk_failure(i, &format!("{code} on INVITE"), now);
+                }
+            }
+            let Some(f) = self.forwards.get_mut(&id) else { return };
+            if !f.canceled && self.cfg.failover_codes.contains(&code) && !f.targets.is_empty() {
                 tracing::info!(call_id, code, "next hop failed; trying the next target");
                 self.next_branch(id, now);
                 return;
@@ -340,6 +397,10 @@ impl Proxy {
             self.end_bye(&call_id, &req_from, now);
         }
         if (200..300).contains(&code) {
+            if let Some(i) = trunk {
+                self.trunk_outcome(i, crate::metrics::TrunkOutcome::Answered);
+                self.trunk_call_ok(i);
+            }
             if let Some(f) = self.forwards.get_mut(&id) {
                 f.final_sent = true;
             }
@@ -362,6 +423,9 @@ impl Proxy {
         let Some(mut d) = self.dialogs.remove(call_id) else { return };
         if code != 0 {
             d.final_code = code;
+        }
+        if let Some(i) = d.trunk.take() {
+            self.trunk_release(i);
         }
         let (relay, codecs) = match self.media.delete(call_id, Some(&d.caller_tag)) {
             Ok(report) => {

@@ -1,0 +1,207 @@
+//! Trunk runtime state in the proxy: health (probes and passive triggers),
+//! concurrent-call and CPS caps, and the operator's `sbc ctl` commands.
+//! Every decision is logged with its reason and counts.
+
+use std::time::{Duration, Instant};
+
+use super::Proxy;
+use crate::health::{Health, State, Transition};
+use crate::metrics::TrunkOutcome;
+use crate::sip::Message;
+
+/// Per-trunk runtime state, owned by the signaling thread.
+#[derive(Debug)]
+pub(super) struct TrunkRuntime {
+    pub(super) health: Health,
+    /// Calls routed to the trunk and not yet ended.
+    pub(super) calls: u32,
+    cps_window: Option<Instant>,
+    cps_count: u32,
+    next_probe: Option<Instant>,
+    probing: bool,
+    probe_seq: u32,
+}
+
+impl TrunkRuntime {
+    pub(super) fn new(h: crate::health::HealthConfig) -> Self {
+        Self { health: Health::new(h), calls: 0, cps_window: None, cps_count: 0, next_probe: None, probing: false, probe_seq: 0 }
+    }
+}
+
+/// Why a trunk was passed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Skip {
+    Down,
+    CallCap,
+    CpsCap,
+}
+
+impl Proxy {
+    /// Whether trunk `i` may take a new call now.
+    pub(super) fn trunk_admits(&self, i: usize, now: Instant) -> Result<(), Skip> {
+        let (Some(rt), Some(t)) = (self.trunks.get(i), self.cfg.trunks.get(i)) else { return Err(Skip::Down) };
+        if rt.health.state() == State::Down {
+            return Err(Skip::Down);
+        }
+        if t.max_calls > 0 && rt.calls >= t.max_calls {
+            return Err(Skip::CallCap);
+        }
+        let same_second = rt.cps_window.is_some_and(|w| now.saturating_duration_since(w) < Duration::from_secs(1));
+        if t.max_cps > 0 && same_second && rt.cps_count >= t.max_cps {
+            return Err(Skip::CpsCap);
+        }
+        Ok(())
+    }
+
+    /// Trunk `i` takes a call.
+    pub(super) fn trunk_take(&mut self, i: usize, now: Instant) {
+        let Some(rt) = self.trunks.get_mut(i) else { return };
+        rt.calls += 1;
+        if rt.cps_window.is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1)) {
+            rt.cps_window = Some(now);
+            rt.cps_count = 0;
+        }
+        rt.cps_count += 1;
+        self.metrics.trunk_calls(i, rt.calls);
+    }
+
+    /// A call on trunk `i` ended or moved on.
+    pub(super) fn trunk_release(&mut self, i: usize) {
+        let Some(rt) = self.trunks.get_mut(i) else { return };
+        rt.calls = rt.calls.saturating_sub(1);
+        self.metrics.trunk_calls(i, rt.calls);
+    }
+
+    fn log_transition(&self, i: usize, t: &Transition) {
+        let name = self.cfg.trunks.get(i).map_or("?", |t| t.name.as_str());
+        match t.to {
+            State::Down => tracing::warn!(trunk = name, "trunk {name} DOWN: {}", t.reason),
+            State::Up => tracing::info!(trunk = name, "trunk {name} UP: {}", t.reason),
+        }
+        let effective = self.trunks.get(i).is_some_and(|rt| rt.health.state() == State::Up);
+        self.metrics.trunk_transition(i, effective);
+    }
+
+    /// A failure on trunk `i` (passive or probe).
+    pub(super) fn trunk_failure(&mut self, i: usize, what: &str, now: Instant) {
+        let Some(rt) = self.trunks.get_mut(i) else { return };
+        let t = rt.health.on_failure(what, now);
+        let (fails, _) = rt.health.counts();
+        tracing::debug!(trunk = i, fails, what, "trunk failure");
+        if let Some(t) = t {
+            self.log_transition(i, &t);
+        }
+    }
+
+    /// A successful call on trunk `i`.
+    pub(super) fn trunk_call_ok(&mut self, i: usize) {
+        if let Some(rt) = self.trunks.get_mut(i) {
+            rt.health.on_call_ok();
+        }
+    }
+
+    /// Counts an attempt outcome on trunk `i`.
+    pub(super) fn trunk_outcome(&self, i: usize, o: TrunkOutcome) {
+        self.metrics.trunk_attempt(i, o);
+    }
+
+    /// Sends due OPTIONS probes.
+    pub(super) fn probe_trunks(&mut self, now: Instant) {
+        let interval = self.cfg.health.interval;
+        if interval.is_zero() {
+            return;
+        }
+        for i in 0..self.trunks.len() {
+            let Some(t) = self.cfg.trunks.get(i) else { continue };
+            let rt = &mut self.trunks[i];
+            if !t.probe || rt.probing || rt.next_probe.is_some_and(|n| n > now) {
+                continue;
+            }
+            rt.probing = true;
+            rt.probe_seq += 1;
+            let seq = rt.probe_seq;
+            let (dest, proto) = (t.address, if t.transport == crate::config::TrunkTransport::Tcp {
+                crate::transport::Proto::Tcp
+            } else {
+                crate::transport::Proto::Udp
+            });
+            let branch = self.new_branch();
+            let tag = self.unique();
+            let me = self.me.hostport();
+            let text = format!(
+                "OPTIONS sip:{dest} SIP/2.0\r\nVia: SIP/2.0/{} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+                 From: <sip:xsbc@{me}>;tag={tag}\r\nTo: <sip:{dest}>\r\nCall-ID: probe-{tag}@{me}\r\n\
+                 CSeq: {seq} OPTIONS\r\nUser-Agent: xsbc\r\nContent-Length: 0\r\n\r\n",
+                proto.via_name()
+            );
+            let Ok(msg) = Message::parse(text.as_bytes()) else { continue };
+            let key = super::client_key(&branch, &crate::sip::Method::Options);
+            self.probes.insert(key.clone(), i);
+            let timeout = self.cfg.health.probe_timeout;
+            self.start_client(key, msg, text.into_bytes(), dest, proto, None, Some(timeout), now);
+        }
+    }
+
+    /// The result of a probe of trunk `i`: `Some(code)` or `None` for no answer.
+    pub(super) fn probe_result(&mut self, i: usize, code: Option<u16>, now: Instant) {
+        let interval = self.cfg.health.interval;
+        let alive = code.is_some_and(|c| self.cfg.health.alive_codes.is_empty() || self.cfg.health.alive_codes.contains(&c));
+        let Some(rt) = self.trunks.get_mut(i) else { return };
+        rt.probing = false;
+        rt.next_probe = Some(now + interval);
+        let t = match code {
+            Some(c) if alive => rt.health.on_probe_ok(&format!("OPTIONS answered {c}"), now),
+            Some(c) => rt.health.on_failure(&format!("OPTIONS answered {c}"), now),
+            None => rt.health.on_failure("OPTIONS timeout", now),
+        };
+        self.timers.push(std::cmp::Reverse((now + interval, super::TimerRef::Client(String::new()))));
+        if let Some(t) = t {
+            self.log_transition(i, &t);
+        }
+    }
+
+    /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`.
+    pub fn control(&mut self, line: &str) -> String {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["trunks"] => self.trunk_table(),
+            ["trunk", name, what] => {
+                let Some(i) = self.cfg.trunks.iter().position(|t| t.name == *name) else {
+                    return format!("error: no trunk named `{name}`\n");
+                };
+                let force = match *what {
+                    "up" => Some(State::Up),
+                    "down" => Some(State::Down),
+                    "auto" => None,
+                    _ => return "error: want up, down or auto\n".into(),
+                };
+                self.trunks[i].health.force(force);
+                tracing::warn!(trunk = *name, action = *what, "audit: operator forced trunk {name} {what}");
+                let up = self.trunks[i].health.state() == State::Up;
+                self.metrics.trunk_state(i, up);
+                format!("ok: trunk {name} is {}\n", self.trunks[i].health.state().as_str())
+            }
+            _ => "error: commands are `trunks` and `trunk NAME up|down|auto`\n".into(),
+        }
+    }
+
+    fn trunk_table(&self) -> String {
+        let mut out = String::from("TRUNK                ADDRESS                STATE  FORCED  CALLS  FAILS  OKS  TRANSITIONS\n");
+        for (i, t) in self.cfg.trunks.iter().enumerate() {
+            let rt = &self.trunks[i];
+            let (f, o) = rt.health.counts();
+            out.push_str(&format!(
+                "{:<20} {:<22} {:<6} {:<7} {:<6} {:<6} {:<4} {}\n",
+                t.name,
+                t.address,
+                rt.health.state().as_str(),
+                rt.health.forced().map_or("-", State::as_str),
+                rt.calls,
+                f,
+                o,
+                rt.health.transitions()
+            ));
+        }
+        out
+    }
+}
