@@ -100,6 +100,10 @@ pub struct Dialog {
     pub late_offer: bool,
     /// Codecs negotiated (filled from the relay when the call ends).
     pub codecs: Vec<String>,
+    /// The ACK for the 2xx passed through.
+    pub acked: bool,
+    /// 2xx responses sent upstream so far (retransmissions included).
+    pub ok_sent: u32,
 }
 
 fn unix(t: SystemTime) -> f64 {

@@ -8,12 +8,14 @@ use crate::sip::{Header, Message, Via};
 use crate::transport::Proto;
 
 /// Our address as it appears in Via and Record-Route.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Me {
     /// Advertised address.
     pub addr: IpAddr,
     /// SIP port.
     pub port: u16,
+    /// The quoted `alternatePath` value to advertise, when enabled.
+    pub alternate: Option<String>,
 }
 
 impl Me {
@@ -36,9 +38,13 @@ impl Me {
     /// Our Record-Route value for a transport.
     #[must_use]
     pub fn record_route(&self, proto: Proto) -> String {
-        match proto {
+        let uri = match proto {
             Proto::Udp => format!("<sip:{};lr>", self.hostport()),
             Proto::Tcp => format!("<sip:{};transport=tcp;lr>", self.hostport()),
+        };
+        match &self.alternate {
+            Some(a) => format!("{uri};{}={a}", super::alternate::PARAM),
+            None => uri,
         }
     }
 }
@@ -122,7 +128,10 @@ pub fn branch_request(
             m.insert_before_first("record-route", Header::new("Record-Route", &me.record_route(out_proto)));
         }
     }
-    let via = format!("SIP/2.0/{} {};branch={branch};rport", out_proto.via_name(), me.hostport());
+    let mut via = format!("SIP/2.0/{} {};branch={branch};rport", out_proto.via_name(), me.hostport());
+    if let Some(a) = &me.alternate {
+        via.push_str(&format!(";{}={a}", super::alternate::PARAM));
+    }
     m.insert_before_first("via", Header::new("Via", &via));
     m
 }
@@ -230,7 +239,7 @@ mod tests {
     #[test]
     fn branch_request_adds_via_rr_and_decrements() {
         let m = Message::parse(INVITE.as_bytes()).unwrap();
-        let me = Me { addr: "127.0.0.1".parse().unwrap(), port: 5060 };
+        let me = Me { addr: "127.0.0.1".parse().unwrap(), port: 5060, alternate: None };
         let out = branch_request(&m, &me, "z9hG4bKxs1", Some("sip:bob@127.0.0.1:5070"), Proto::Udp, Proto::Tcp, true);
         let text = String::from_utf8(out.to_bytes()).unwrap();
         assert!(text.starts_with("INVITE sip:bob@127.0.0.1:5070 SIP/2.0\r\n"), "{text}");
@@ -242,6 +251,12 @@ mod tests {
         let rr = out.header_values("record-route");
         assert_eq!(rr, vec!["<sip:127.0.0.1:5060;transport=tcp;lr>", "<sip:127.0.0.1:5060;lr>"]);
         assert!(text.contains("X-Unknown:   keep  me \r\n"), "untouched headers byte for byte");
+        // As a primary with AlternatePath on, Via and Record-Route advertise the backups.
+        let me = Me { alternate: Some(super::super::alternate::param_value(&["127.0.0.2:5060".into()])), ..me };
+        let out = branch_request(&m, &me, "z9hG4bKxs2", None, Proto::Udp, Proto::Udp, true);
+        let text = String::from_utf8(out.to_bytes()).unwrap();
+        assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKxs2;rport;alternatePath=\"127.0.0.2:5060\"\r\n"), "{text}");
+        assert!(text.contains("Record-Route: <sip:127.0.0.1:5060;lr>;alternatePath=\"127.0.0.2:5060\"\r\n"), "{text}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - Dialogs are tracked from the initial INVITE to the end; their media is
 //!   anchored through [`MediaControl`] and deleted when the call ends.
 
+pub mod alternate;
 pub mod dialog;
 pub mod forward;
 pub mod register;
@@ -134,7 +135,11 @@ impl Proxy {
         let timer_cfg = TimerConfig { t1: cfg.t1, t2: cfg.t2, t4: cfg.t4 };
         let (cfg_trunks, health) = (cfg.trunks.len(), cfg.health.thresholds);
         Self {
-            me: Me { addr: cfg.advertise, port: cfg.listen.port() },
+            me: Me {
+                addr: cfg.advertise,
+                port: cfg.listen.port(),
+                alternate: cfg.alternate_path.enabled.then(|| alternate::param_value(&cfg.alternate_path.backups)),
+            },
             cfg,
             media,
             metrics,
@@ -493,14 +498,19 @@ impl Proxy {
             self.run_client_actions(&key, actions, Some((&msg, src)), now);
             return;
         }
-        // No transaction: a retransmitted 2xx to an INVITE (end to end), or a
-        // stray. Forward it statelessly if the top Via is ours.
-        if !self.me.is(&via.host, via.port) {
-            self.metrics.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // No transaction: a retransmitted 2xx to an INVITE (end to end), a
+        // response routed through a primary that lists us as its alternate,
+        // or a stray. Forward it statelessly if the top Via is ours.
+        if !alternate::via_is_ours(&self.me, &via) {
+            self.metrics.dropped.fetch_add(1, Relaxed);
             return;
         }
         if method == Method::Invite && (200..300).contains(&code) {
             self.stateless_2xx(msg, now);
+        } else if !self.me.is(&via.host, via.port) {
+            self.stateless_response(msg);
+        } else {
+            self.metrics.dropped.fetch_add(1, Relaxed);
         }
     }
 }

@@ -50,14 +50,9 @@ impl Proxy {
 
     pub(super) fn route_request(&mut self, key: &str, mut msg: Message, inb: &Inbound, now: Instant) {
         let method = msg.method().cloned().unwrap_or(Method::Other(String::new()));
-        // Loose routing: drop the Route entries that name us.
-        while let Some(r) = msg.routes().first().cloned() {
-            if self.me.is(&r.uri.host, r.uri.port) {
-                msg.remove_first_value("route");
-            } else {
-                break;
-            }
-        }
+        // Loose routing: drop the Route entries that name us (or a primary
+        // that lists us as its alternate).
+        let on_route = super::alternate::strip_own_routes(&self.me, &mut msg) > 0;
         let mf = msg.max_forwards().unwrap_or(70);
         let ruri_text = match &msg.start {
             crate::sip::StartLine::Request { uri, .. } => uri.clone(),
@@ -86,7 +81,7 @@ impl Proxy {
             return;
         }
         if in_dialog {
-            self.route_in_dialog(key, msg, inb, now);
+            self.route_in_dialog(key, msg, inb, on_route, now);
             return;
         }
         if !msg.routes().is_empty() {
@@ -135,6 +130,8 @@ impl Proxy {
                 last_activity: now,
                 late_offer: !has_sdp(&msg),
                 codecs: Vec::new(),
+                acked: false,
+                ok_sent: 0,
             });
             // Anchor the offer once; every branch carries the same relay SDP.
             let from_tag = msg.from_tag().unwrap_or_default();
@@ -149,18 +146,32 @@ impl Proxy {
         self.open_forward(key, msg, inb.proto, targets, true, dialog_forming(&method), now);
     }
 
-    fn route_in_dialog(&mut self, key: &str, mut msg: Message, inb: &Inbound, now: Instant) {
+    fn route_in_dialog(&mut self, key: &str, mut msg: Message, inb: &Inbound, on_route: bool, now: Instant) {
         let method = msg.method().cloned().unwrap_or(Method::Other(String::new()));
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let from_tag = msg.from_tag().unwrap_or_default();
         let to_tag = msg.to_tag();
-        let Some(d) = self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) else {
-            self.reply(key, 481, "Call/Transaction Does Not Exist", Vec::new(), now);
-            return;
+        // The next hop by the headers, with any alternates it advertised.
+        let by_headers = super::alternate::next_hop(&msg);
+        let alternates: Vec<Target> = by_headers
+            .iter()
+            .flat_map(|(_, proto, alts)| alts.iter().map(|a| (*a, *proto)))
+            .map(|(dest, proto)| Target { uri: String::new(), dest, proto, trunk: None, label: "alternate".into() })
+            .collect();
+        let dest = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
+            Some(d) => {
+                d.last_activity = now;
+                if d.from_caller(&from_tag) {
+                    d.callee
+                } else {
+                    Some(d.caller)
+                }
+            }
+            // No dialog here, but the request was routed through us (a
+            // backup taking over a primary's dialogs): follow its headers.
+            None if on_route => by_headers.map(|(addr, proto, _)| Peer { addr, proto }),
+            None => None,
         };
-        d.last_activity = now;
-        let from_caller = d.from_caller(&from_tag);
-        let dest = if from_caller { d.callee } else { Some(d.caller) };
         let Some(dest) = dest else {
             self.reply(key, 481, "Call/Transaction Does Not Exist", Vec::new(), now);
             return;
@@ -172,8 +183,15 @@ impl Proxy {
                 return;
             }
         }
-        let target = Target { uri: String::new(), dest: dest.addr, proto: dest.proto, trunk: None, label: String::new() };
-        self.open_forward(key, msg, inb.proto, VecDeque::from([target]), false, false, now);
+        let mut targets = VecDeque::from([Target {
+            uri: String::new(),
+            dest: dest.addr,
+            proto: dest.proto,
+            trunk: None,
+            label: String::new(),
+        }]);
+        targets.extend(alternates.into_iter().filter(|a| a.dest != dest.addr));
+        self.open_forward(key, msg, inb.proto, targets, false, false, now);
     }
 
     /// Links a server transaction to a new [`Forward`] and sends its first branch.
@@ -295,12 +313,13 @@ impl Proxy {
             }
             tracing::info!(call_id = ?f.request.call_id(), target = %target.label, dest = %target.dest, "routing INVITE");
         }
-        let is_invite = f.is_invite;
+        // A fast timeout when there is somewhere else to try.
+        let fast = f.is_invite || !f.targets.is_empty();
         if let Some(i) = call_trunk {
             self.trunk_take(i, now);
         }
         let bytes = out.to_bytes();
-        let timeout = is_invite.then_some(self.cfg.invite_timeout);
+        let timeout = fast.then_some(self.cfg.invite_timeout);
         self.start_client(key, out, bytes, target.dest, target.proto, Some(id), timeout, now);
     }
 
@@ -385,6 +404,7 @@ impl Proxy {
                         d.answered = Some(now);
                         d.answered_wall = Some(SystemTime::now());
                         d.final_code = code;
+                        d.ok_sent = 1;
                         // A late offer in the 2xx is answered in the ACK.
                         d.late_offer = d.late_offer && has_sdp(&resp);
                     }
@@ -443,25 +463,28 @@ impl Proxy {
     /// ACK that matched no server transaction: the ACK for a 2xx, routed
     /// end to end through the dialog. It may carry a late answer.
     pub(super) fn session_ack(&mut self, mut msg: Message, inb: &Inbound, now: Instant) {
-        while let Some(r) = msg.routes().first().cloned() {
-            if self.me.is(&r.uri.host, r.uri.port) {
-                msg.remove_first_value("route");
-            } else {
-                break;
-            }
-        }
+        let on_route = super::alternate::strip_own_routes(&self.me, &mut msg) > 0;
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let from_tag = msg.from_tag().unwrap_or_default();
         let to_tag = msg.to_tag();
-        let Some(d) = self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) else {
+        let (dest, late) = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
+            Some(d) => {
+                d.last_activity = now;
+                d.acked = true;
+                let dest = if d.from_caller(&from_tag) { d.callee } else { Some(d.caller) };
+                let late = d.late_offer;
+                d.late_offer = false;
+                (dest, late)
+            }
+            None if on_route => {
+                (super::alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto }), false)
+            }
+            None => (None, false),
+        };
+        let Some(dest) = dest else {
             self.metrics.dropped.fetch_add(1, Relaxed);
             return;
         };
-        d.last_activity = now;
-        let dest = if d.from_caller(&from_tag) { d.callee } else { Some(d.caller) };
-        let late = d.late_offer;
-        d.late_offer = false;
-        let Some(dest) = dest else { return };
         if late {
             if let Some(t) = to_tag.as_deref() {
                 if let Err(e) = self.anchor(&mut msg, false, &from_tag, Some(t)) {
@@ -472,6 +495,23 @@ impl Proxy {
         let branch = self.new_branch();
         let out = forward::branch_request(&msg, &self.me, &branch, None, inb.proto, dest.proto, false);
         self.send(out.to_bytes(), dest.addr, dest.proto);
+    }
+
+    /// A response routed through a primary that lists us as its alternate:
+    /// drop its Via (ours now), adopt its Record-Route, pass it on.
+    pub(super) fn stateless_response(&mut self, mut msg: Message) {
+        msg.remove_first_value("via");
+        let Some(next) = msg.top_via() else { return };
+        let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
+        super::alternate::adopt_record_routes(&self.me, &mut msg, proto);
+        let host_ip: Option<IpAddr> = next.host.trim_start_matches('[').trim_end_matches(']').parse().ok();
+        let fallback = SocketAddr::new(host_ip.unwrap_or(self.me.addr), next.port.unwrap_or(5060));
+        let dest = forward::response_dest(&next, fallback, proto);
+        if let Some(code) = msg.code() {
+            self.metrics.response(code);
+        }
+        tracing::info!(call_id = ?msg.call_id(), %dest, "forwarding a response for a primary (alternatePath)");
+        self.send(msg.to_bytes(), dest, proto);
     }
 
     /// A 2xx retransmission for an INVITE whose client transaction is gone:
@@ -486,9 +526,21 @@ impl Proxy {
             }
         }
         let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
+        super::alternate::adopt_record_routes(&self.me, &mut msg, proto);
         let host_ip: Option<IpAddr> = next.host.trim_start_matches('[').trim_end_matches(']').parse().ok();
         let fallback = SocketAddr::new(host_ip.unwrap_or(self.me.addr), next.port.unwrap_or(5060));
-        let dest = forward::response_dest(&next, fallback, proto);
+        let mut dest = forward::response_dest(&next, fallback, proto);
+        // The 2xx is being retransmitted and no ACK has come back: the hop we
+        // sent it to may be gone. If it advertised alternates, try them in turn.
+        let alts = super::alternate::addresses(&next.params);
+        if let Some(d) = self.dialogs.get_mut(&call_id) {
+            if !d.acked && d.ok_sent >= 1 && !alts.is_empty() {
+                let k = (d.ok_sent as usize - 1) % alts.len();
+                tracing::info!(call_id, primary = %dest, alternate = %alts[k], "2xx not acknowledged: resending via alternatePath");
+                dest = alts[k];
+            }
+            d.ok_sent += 1;
+        }
         self.metrics.response(200);
         self.send(msg.to_bytes(), dest, proto);
     }
