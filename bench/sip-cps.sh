@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Calls per second with media anchoring: the sbc (its embedded relay) against
+# Kamailio 5.6 (tm, rr, rtpengine module) driving rtpengine (userspace), doing
+# the same job on the same machine in one run. Also REGISTERs per second.
+#
+#   bench/sip-cps.sh                 # defaults below
+#   RATES="50 100 200" STEP_S=10 CALL_MS=3000 bench/sip-cps.sh
+#
+# For each system, sipp places calls of CALL_MS with RTP both ways (sipp
+# rtp_stream from the caller, -rtp_echo at the callee) at rising rates for
+# STEP_S seconds each; the highest rate with at most 0.1 % failed calls is
+# that system's capacity. Everything runs on 127.0.0.1; the two systems are
+# measured one after the other with the same sipp scenarios. This is a
+# benchmark, not a test: it prints numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RATES=${RATES:-"25 50 100 150 200 300 400"}
+STEP_S=${STEP_S:-10}
+CALL_MS=${CALL_MS:-3000}
+REG_RATES=${REG_RATES:-"500 1000 2000 4000"}
+FIX=$ROOT/media-relay/tests/fixtures
+
+for b in sipp kamailio rtpengine; do
+  command -v "$b" >/dev/null || { echo "missing $b (apt-get install sip-tester kamailio rtpengine-daemon)"; exit 2; }
+done
+cargo build --release -q -p sbc
+SBC=$ROOT/target/release/sbc
+
+WORK=$(mktemp -d /tmp/xsbc-sipcps.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# A raw A-law payload file for rtp_stream: 160 bytes per 20 ms.
+packets=$(( (CALL_MS - 500) / 20 ))
+head -c $(( packets * 160 )) /dev/zero | tr '\0' '\325' > "$WORK/audio.al"
+sed -e "s#@AUDIO@#$WORK/audio.al#" -e "s#@PAUSE_MS@#$CALL_MS#" "$FIX/uac_rtp.xml" > "$WORK/uac.xml"
+
+cat > "$WORK/reg.xml" <<'EOF'
+<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="register">
+  <send retrans="500"><![CDATA[
+      REGISTER sip:[remote_ip] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:u[call_number]@[remote_ip]>;tag=[call_number]
+      To: <sip:u[call_number]@[remote_ip]>
+      Call-ID: [call_id]
+      CSeq: 1 REGISTER
+      Contact: <sip:u[call_number]@[local_ip]:[local_port]>
+      Expires: 600
+      Max-Forwards: 70
+      Content-Length: 0
+  ]]></send>
+  <recv response="200"/>
+</scenario>
+EOF
+
+wait_sip() { # port
+  for _ in $(seq 1 100); do
+    python3 - "$1" <<'PY' && return 0
+import socket,sys
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.2); s.bind(("127.0.0.1",0))
+p=s.getsockname()[1]
+m=("OPTIONS sip:127.0.0.1:%s SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKw\r\nMax-Forwards: 70\r\nFrom: <sip:w@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: w%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"%(sys.argv[1],p,p)).encode()
+s.sendto(m,("127.0.0.1",int(sys.argv[1])))
+try:
+    d=s.recv(4096); sys.exit(0 if d.startswith(b"SIP/2.0 200") else 1)
+except Exception: sys.exit(1)
+PY
+    sleep 0.1
+  done
+  echo "SIP on port $1 never answered" >&2; return 1
+}
+
+# run_rate NAME PROXY_PORT RATE -> prints "successful failed"
+run_rate() {
+  local name=$1 port=$2 rate=$3 d=$WORK/$1-$3
+  mkdir -p "$d"
+  local total=$(( rate * STEP_S ))
+  local limit=$(( rate * (CALL_MS / 1000 + 3) ))
+  ( cd "$d" && exec sipp -sf "$FIX/uas_echo.xml" -i 127.0.0.1 -p 5070 -mi 127.0.0.1 -mp 36000 -rtp_echo \
+      -m "$total" -nostdin -timeout $(( STEP_S + 60 ))s >/dev/null 2>&1 ) &
+  local uas=$!
+  sleep 0.3
+  ( cd "$d" && sipp -sf "$WORK/uac.xml" 127.0.0.1:"$port" -s 1000 -i 127.0.0.1 -p 5071 -mi 127.0.0.1 \
+      -r "$rate" -m "$total" -l "$limit" -nostdin -timeout $(( STEP_S + 60 ))s \
+      -trace_stat -stf stats.csv >/dev/null 2>&1 ) || true
+  kill "$uas" 2>/dev/null || true; wait "$uas" 2>/dev/null || true
+  # Last line of sipp's stats: SuccessfulCall(C) and FailedCall(C) columns.
+  python3 - "$d/stats.csv" "$total" <<'PY'
+import csv,sys
+rows=list(csv.reader(open(sys.argv[1]),delimiter=';'))
+h=rows[0]; last=rows[-1]
+ok=int(last[h.index("SuccessfulCall(C)")]); bad=int(last[h.index("FailedCall(C)")])
+print(ok, int(sys.argv[2])-ok)
+PY
+}
+
+# capacity NAME PORT -> highest rate with <= 0.1% failures
+capacity() {
+  local best=0
+  for r in $RATES; do
+    read -r ok bad < <(run_rate "$1" "$2" "$r")
+    local total=$(( ok + bad ))
+    printf '  %-10s %5s cps: %6d ok %5d failed\n' "$1" "$r" "$ok" "$bad" >&2
+    if [ $(( bad * 1000 )) -le "$total" ]; then best=$r; else break; fi
+  done
+  echo "$best"
+}
+
+register_rate() { # NAME PORT -> highest REGISTER/s with no failures
+  local best=0
+  for r in $REG_RATES; do
+    local d=$WORK/$1-reg-$r; mkdir -p "$d"
+    local total=$(( r * 5 ))
+    ( cd "$d" && sipp -sf "$WORK/reg.xml" 127.0.0.1:"$2" -i 127.0.0.1 -p 5072 -r "$r" -m "$total" -nostdin \
+        -timeout 60s -trace_stat -stf stats.csv >/dev/null 2>&1 ) || true
+    read -r ok bad < <(python3 - "$d/stats.csv" "$total" <<'PY'
+import csv,sys
+rows=list(csv.reader(open(sys.argv[1]),delimiter=';'))
+h=rows[0]; last=rows[-1]
+ok=int(last[h.index("SuccessfulCall(C)")]); print(ok, int(sys.argv[2])-ok)
+PY
+)
+    printf '  %-10s %5s reg/s: %6d ok %5d failed\n' "$1" "$r" "$ok" "$bad" >&2
+    if [ "$bad" -le $(( total / 1000 )) ]; then best=$r; else break; fi
+  done
+  echo "$best"
+}
+
+echo "== sbc (embedded relay)" >&2
+cat > "$WORK/sbc.toml" <<EOF
+[sip]
+listen = "127.0.0.1:5060"
+domains = ["127.0.0.1"]
+log_level = "warn"
+[[trunk]]
+name = "uas"
+address = "127.0.0.1:5070"
+probe = false
+[[route]]
+prefix = ""
+trunks = ["uas"]
+[health]
+interval_ms = 0
+[cdr]
+file = "$WORK/cdr.jsonl"
+[metrics]
+listen = "off"
+[control]
+socket = "off"
+[relay]
+interfaces = ["127.0.0.1"]
+listen_ng = "off"
+port_min = 40000
+port_max = 59999
+workers = 1
+timeout = 60
+metrics = "off"
+EOF
+"$SBC" run --config "$WORK/sbc.toml" 2>"$WORK/sbc.log" & PIDS+=($!)
+wait_sip 5060
+SBC_CPS=$(capacity sbc 5060)
+SBC_REG=$(register_rate sbc 5060)
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+
+echo "== Kamailio + rtpengine" >&2
+rtpengine --config-file=none --table=-1 --interface=127.0.0.1 --listen-ng=127.0.0.1:22299 \
+  --port-min=40000 --port-max=59999 --delete-delay=0 --foreground --log-stderr --log-level=3 \
+  --num-threads=1 2>"$WORK/rtpengine.log" & PIDS+=($!)
+sed -e "s/@SIP_PORT@/5061/" -e "s/@NG_PORT@/22299/" -e "s/@UAS_PORT@/5070/" -e "s/^debug=2/debug=1/" \
+  "$FIX/kamailio.cfg.tmpl" > "$WORK/kamailio.cfg"
+sleep 0.5
+kamailio -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -Y "$WORK" -w "$WORK" -E -DD -m 64 -M 8 2>"$WORK/kamailio.log" & PIDS+=($!)
+wait_sip 5061
+KAM_CPS=$(capacity kamailio 5061)
+
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f'%(a/b) if b else 'n/a')" "$1" "$2"; }
+echo
+echo "calls of ${CALL_MS} ms with RTP both ways, ${STEP_S} s per rate, pass = at most 0.1 % failed"
+printf '%-28s %10s %10s %8s\n' "" "sbc" "kamailio" "ratio"
+printf '%-28s %10s %10s %8s\n' "max calls/s (media anchored)" "$SBC_CPS" "$KAM_CPS" "$(ratio "$SBC_CPS" "$KAM_CPS")"
+printf '%-28s %10s\n' "REGISTERs/s (sbc)" "$SBC_REG"
+echo "(rates tried: $RATES; work dir $WORK)"
