@@ -1,0 +1,222 @@
+//! The RTP generator and sink.
+//!
+//! Packets are RTP (version 2, PT 0) whose payload starts with the flow id,
+//! the sequence number and the send time in nanoseconds. The sender paces a
+//! total packet rate over all flows round robin; the receiver measures what
+//! comes back through the relay.
+
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use media_relay::sys::RecvBatch;
+
+use crate::now_ns;
+use crate::sys::{send_many, MAX};
+
+/// One direction of one call: packets leave socket `sock` for `dest`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    /// Index of the sending socket.
+    pub sock: usize,
+    /// The relay port (or, for the baseline, the receiving socket).
+    pub dest: SocketAddrV4,
+}
+
+/// What one step measured.
+#[derive(Debug, Clone, Default)]
+pub struct StepResult {
+    /// Offered rate (packets/s).
+    pub offered_pps: u64,
+    /// Packets sent.
+    pub sent: u64,
+    /// Packets received back.
+    pub received: u64,
+    /// Received per second of sending.
+    pub received_pps: f64,
+    /// (sent - received) / sent.
+    pub loss: f64,
+    /// One-way latency percentiles through the relay, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Maximum.
+    pub max_us: f64,
+    /// Mean RFC 3550-style jitter over flows, microseconds.
+    pub jitter_us: f64,
+    /// Flows that received nothing in the last second of the step.
+    pub silenced: usize,
+    /// Flows that lost at least one packet.
+    pub flows_with_loss: usize,
+    /// Flows in the step.
+    pub flows: usize,
+}
+
+/// Binds `n` generator sockets on 127.0.0.1 with large buffers.
+///
+/// # Errors
+/// Socket errors.
+pub fn sockets(n: usize) -> std::io::Result<Vec<UdpSocket>> {
+    (0..n)
+        .map(|_| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            let _ = s.set_recv_buffer_size(8 << 20);
+            let _ = s.set_send_buffer_size(8 << 20);
+            s.bind(&"127.0.0.1:0".parse::<SocketAddr>().map_err(std::io::Error::other)?.into())?;
+            s.set_nonblocking(true)?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+fn packet(buf: &mut [u8], flow: u32, seq: u32, ts: u64) {
+    buf[0] = 0x80;
+    buf[1] = 0;
+    buf[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
+    buf[4..8].copy_from_slice(&(seq.wrapping_mul(160)).to_be_bytes());
+    buf[8..12].copy_from_slice(&flow.to_be_bytes());
+    buf[12..16].copy_from_slice(&flow.to_be_bytes());
+    buf[16..20].copy_from_slice(&seq.to_be_bytes());
+    buf[20..28].copy_from_slice(&ts.to_be_bytes());
+}
+
+struct FlowRx {
+    received: u64,
+    last_arrival: u64,
+    last_transit: i64,
+    jitter: f64,
+}
+
+/// Sends `pps` packets per second over `flows` for `dur`, waits `drain`,
+/// and reports what came back. `payload` is the RTP payload size (160 for
+/// G.711 20 ms: 214-byte frames on the wire). The caller pins the thread.
+#[must_use]
+pub fn run_step(socks: &[UdpSocket], flows: &[Flow], pps: u64, dur: Duration, payload: usize, drain: Duration) -> StepResult {
+    let payload = payload.max(16);
+    let stop = AtomicBool::new(false);
+    let sent_total = AtomicU64::new(0);
+    let send_end = AtomicU64::new(0);
+    let nflows = flows.len();
+    let (rx, sent) = std::thread::scope(|scope| {
+        let rx = scope.spawn(|| receive(socks, nflows, &stop));
+        let dur_ns = u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX);
+        let start = now_ns();
+        let mut bufs = vec![vec![0u8; 12 + payload]; MAX * socks.len()];
+        let mut seqs = vec![0u32; nflows];
+        let mut sent: u64 = 0;
+        let mut next_flow = 0usize;
+        loop {
+            let t = now_ns();
+            let elapsed = t.saturating_sub(start);
+            if elapsed >= dur_ns {
+                break;
+            }
+            let due = u64::try_from(u128::from(pps) * u128::from(elapsed) / 1_000_000_000).unwrap_or(u64::MAX);
+            if due <= sent {
+                // Ahead of schedule: yield the core to the receiver.
+                std::thread::sleep(Duration::from_micros(20));
+                continue;
+            }
+            let want = usize::try_from((due - sent).min(MAX as u64)).unwrap_or(MAX);
+            // Group this batch by source socket.
+            let mut per_sock: Vec<Vec<usize>> = vec![Vec::new(); socks.len()];
+            for k in 0..want {
+                let f = (next_flow + k) % nflows;
+                per_sock[flows[f].sock].push(f);
+            }
+            next_flow = (next_flow + want) % nflows;
+            let ts = now_ns();
+            for (si, fl) in per_sock.iter().enumerate() {
+                if fl.is_empty() {
+                    continue;
+                }
+                let base = si * MAX;
+                for (j, &f) in fl.iter().enumerate() {
+                    seqs[f] = seqs[f].wrapping_add(1);
+                    packet(&mut bufs[base + j], f as u32, seqs[f], ts);
+                }
+                let pkts: Vec<(&[u8], SocketAddrV4)> =
+                    fl.iter().enumerate().map(|(j, &f)| (bufs[base + j].as_slice(), flows[f].dest)).collect();
+                let n = send_many(socks[si].as_raw_fd(), &pkts);
+                sent += n as u64;
+                // A full socket buffer still counts as offered and lost.
+                sent += (fl.len() - n) as u64;
+            }
+        }
+        send_end.store(now_ns(), Ordering::Relaxed);
+        sent_total.store(sent, Ordering::Relaxed);
+        std::thread::sleep(drain);
+        stop.store(true, Ordering::Relaxed);
+        (rx.join().unwrap_or_else(|_| (Vec::new(), new_hist())), sent)
+    });
+    let (flows_rx, hist) = rx;
+    let received: u64 = flows_rx.iter().map(|f| f.received).sum();
+    let end = send_end.load(Ordering::Relaxed);
+    let silenced = flows_rx.iter().filter(|f| f.last_arrival + 1_000_000_000 < end).count();
+    let per_flow_sent = sent / nflows.max(1) as u64;
+    let flows_with_loss = flows_rx.iter().filter(|f| f.received + 1 < per_flow_sent).count();
+    let with_rx: Vec<&FlowRx> = flows_rx.iter().filter(|f| f.received > 1).collect();
+    let jitter_us = if with_rx.is_empty() { 0.0 } else { with_rx.iter().map(|f| f.jitter).sum::<f64>() / with_rx.len() as f64 / 1000.0 };
+    StepResult {
+        offered_pps: pps,
+        sent,
+        received,
+        received_pps: received as f64 / dur.as_secs_f64(),
+        loss: if sent == 0 { 0.0 } else { sent.saturating_sub(received) as f64 / sent as f64 },
+        p50_us: hist.value_at_quantile(0.5) as f64,
+        p99_us: hist.value_at_quantile(0.99) as f64,
+        max_us: hist.max() as f64,
+        jitter_us,
+        silenced,
+        flows_with_loss,
+        flows: nflows,
+    }
+}
+
+#[expect(clippy::expect_used, reason = "fixed, valid histogram bounds")]
+fn new_hist() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn receive(socks: &[UdpSocket], nflows: usize, stop: &AtomicBool) -> (Vec<FlowRx>, Histogram<u64>) {
+    let mut flows: Vec<FlowRx> =
+        (0..nflows).map(|_| FlowRx { received: 0, last_arrival: 0, last_transit: 0, jitter: 0.0 }).collect();
+    let mut hist = new_hist();
+    let mut batch = RecvBatch::new();
+    let fds: Vec<std::os::fd::RawFd> = socks.iter().map(AsRawFd::as_raw_fd).collect();
+    loop {
+        let mut got = 0;
+        for s in socks {
+            let n = batch.recv(s.as_raw_fd()).unwrap_or(0);
+            got += n;
+            let now = now_ns();
+            for i in 0..n {
+                let Some(p) = batch.packet(i) else { continue };
+                if p.len() < 28 {
+                    continue;
+                }
+                let id = u32::from_be_bytes([p[12], p[13], p[14], p[15]]) as usize;
+                let ts = u64::from_be_bytes([p[20], p[21], p[22], p[23], p[24], p[25], p[26], p[27]]);
+                let Some(f) = flows.get_mut(id) else { continue };
+                f.received += 1;
+                f.last_arrival = now;
+                let transit = now as i64 - ts as i64;
+                if f.received > 1 {
+                    let d = (transit - f.last_transit).unsigned_abs() as f64;
+                    f.jitter += (d - f.jitter) / 16.0;
+                }
+                f.last_transit = transit;
+                let _ = hist.record((now.saturating_sub(ts) / 1000).max(1));
+            }
+        }
+        if got == 0 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            crate::sys::wait_readable(&fds, 5);
+        }
+    }
+    (flows, hist)
+}
