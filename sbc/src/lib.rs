@@ -2,7 +2,7 @@
 //! every call's media in the embedded media relay.
 //!
 //! - [`sip`]: the message model and parser (raw headers kept byte for byte).
-//! - [`transaction`]: RFC 3261 transactions, sans I/O, time passed in.
+//! - [`txn`]: RFC 3261 transactions, sans I/O, time passed in.
 //! - [`proxy`]: the stateful proxy core, registrar, routing and dialogs.
 //! - [`transport`]: UDP and TCP sockets and stream framing.
 //! - [`location`]: registered bindings. [`config`], [`cdr`], [`metrics`].
@@ -15,5 +15,5 @@ pub mod location;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;
-pub mod transaction;
+pub mod txn;
 pub mod transport;

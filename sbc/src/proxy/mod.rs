@@ -29,7 +29,7 @@ use crate::location::Location;
 use crate::metrics::SbcMetrics;
 use crate::sip::{Message, Method};
 use crate::transport::{Inbound, Outbound, Proto};
-use crate::transaction::{ClientTxn, ServerTxn, TimerConfig};
+use crate::txn::{ClientTxn, ServerTxn, TimerConfig};
 
 use dialog::Dialogs;
 use forward::Me;
@@ -266,8 +266,8 @@ impl Proxy {
     }
 
     /// Executes server transaction actions.
-    fn run_server_actions(&mut self, key: &str, actions: Vec<crate::transaction::ServerAction>, now: Instant) {
-        use crate::transaction::ServerAction;
+    fn run_server_actions(&mut self, key: &str, actions: Vec<crate::txn::ServerAction>, now: Instant) {
+        use crate::txn::ServerAction;
         let mut terminated = false;
         for a in actions {
             match a {
@@ -279,6 +279,9 @@ impl Proxy {
                 }
                 ServerAction::Timeout => {
                     tracing::debug!(key, "server transaction timed out waiting for ACK");
+                }
+                ServerAction::TransportError => {
+                    tracing::info!(key, "could not send a response upstream");
                 }
                 ServerAction::Terminated => terminated = true,
             }
@@ -358,7 +361,7 @@ impl Proxy {
             self.run_server_actions(&key, actions, now);
             return;
         }
-        let kind = if method == Method::Invite { crate::transaction::Kind::Invite } else { crate::transaction::Kind::NonInvite };
+        let kind = if method == Method::Invite { crate::txn::Kind::Invite } else { crate::txn::Kind::NonInvite };
         let txn = ServerTxn::new(kind, inb.proto.reliable(), self.timer_cfg, now);
         let to_tag = self.unique();
         self.servers.insert(
@@ -411,9 +414,9 @@ impl Proxy {
         now: Instant,
     ) {
         let kind = if request.method() == Some(&Method::Invite) {
-            crate::transaction::Kind::Invite
+            crate::txn::Kind::Invite
         } else {
-            crate::transaction::Kind::NonInvite
+            crate::txn::Kind::NonInvite
         };
         let (mut txn, actions) = ClientTxn::new(kind, bytes, proto.reliable(), self.timer_cfg, now);
         if let Some(t) = timeout {
@@ -428,11 +431,11 @@ impl Proxy {
     fn run_client_actions(
         &mut self,
         key: &str,
-        actions: Vec<crate::transaction::ClientAction>,
+        actions: Vec<crate::txn::ClientAction>,
         response: Option<(&Message, SocketAddr)>,
         now: Instant,
     ) {
-        use crate::transaction::ClientAction;
+        use crate::txn::ClientAction;
         let mut terminated = false;
         for a in actions {
             match a {
