@@ -36,6 +36,9 @@ pub struct StepResult {
     pub received: u64,
     /// Received per second of sending.
     pub received_pps: f64,
+    /// What the generator actually sent per second (it may fall short of
+    /// the offered rate when its own core is the limit).
+    pub sent_pps: f64,
     /// (sent - received) / sent.
     pub loss: f64,
     /// One-way latency percentiles through the relay, microseconds.
@@ -164,6 +167,7 @@ pub fn run_step(socks: &[UdpSocket], flows: &[Flow], pps: u64, dur: Duration, pa
         sent,
         received,
         received_pps: received as f64 / dur.as_secs_f64(),
+        sent_pps: sent as f64 / dur.as_secs_f64(),
         loss: if sent == 0 { 0.0 } else { sent.saturating_sub(received) as f64 / sent as f64 },
         p50_us: hist.value_at_quantile(0.5) as f64,
         p99_us: hist.value_at_quantile(0.99) as f64,
