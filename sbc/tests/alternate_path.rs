@@ -86,7 +86,7 @@ fn alternate_path_takes_over_a_dialog_when_the_primary_dies() {
     }
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/alt_fixtures/uas_slow_answer.xml");
     let mut uas_cmd = Command::new(sipp);
-    uas_cmd.args(["-sf", scenario, "-i", uas_ip, "-p", "5070", "-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error"]);
+    uas_cmd.current_dir(dir.path()).args(["-sf", scenario, "-i", uas_ip, "-p", "5070", "-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error"]);
     let mut uas = ChildGuard::spawn("uas", &mut uas_cmd, dir.path());
     std::thread::sleep(Duration::from_millis(300));
 
