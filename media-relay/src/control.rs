@@ -191,4 +191,8 @@ pub trait MediaControl: Send + Sync {
     fn list(&self, limit: usize) -> Vec<String>;
     /// Relay-wide figures.
     fn totals(&self) -> RelayTotals;
+    /// Hands the queued changes to the workers (one wakeup for a batch of
+    /// commands). Callers that issue several commands in a row call it once
+    /// at the end; a worker also picks changes up by itself within 50 ms.
+    fn flush(&self) {}
 }

@@ -184,7 +184,11 @@ fn run(cfg: &RelayConfig, cli: &Cli) -> Result<(), String> {
         threads.push(
             std::thread::Builder::new()
                 .name("mr-ng".into())
-                .spawn(move || ng::serve(&sock, r.as_ref(), &c, size, age, &s))
+                .spawn(move || {
+                    if let Err(e) = ng::serve(sock, r.as_ref(), &c, size, age, &s) {
+                        tracing::error!(error = %e, "ng server stopped");
+                    }
+                })
                 .map_err(|e| format!("spawning ng thread: {e}"))?,
         );
     }

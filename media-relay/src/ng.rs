@@ -332,35 +332,53 @@ pub fn handle_datagram(
     Some(out)
 }
 
-/// Serves the ng protocol on `socket` until `shutdown` is set.
+/// Serves the ng protocol on `socket` until `shutdown` is set. Datagrams
+/// are handled as they come; when none is left, the queued worker changes
+/// are flushed with one wakeup.
+///
+/// # Errors
+/// When the socket cannot be polled.
 pub fn serve(
-    socket: &UdpSocket,
+    socket: UdpSocket,
     ctl: &dyn MediaControl,
     counters: &Arc<NgCounters>,
     cache_size: usize,
     cache_age: Duration,
     shutdown: &AtomicBool,
-) {
+) -> std::io::Result<()> {
+    socket.set_nonblocking(true)?;
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    let mut poll = mio::Poll::new()?;
+    poll.registry().register(&mut socket, mio::Token(0), mio::Interest::READABLE)?;
+    let mut events = mio::Events::with_capacity(8);
     let mut cache = ReplyCache::new(cache_size, cache_age);
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
     let mut buf = vec![0u8; 65536];
     while !shutdown.load(Relaxed) {
-        let (n, src) = match socket.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "ng socket receive failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let Some(datagram) = buf.get(..n) else { continue };
-        if let Some(reply) = handle_datagram(ctl, &mut cache, counters, src, datagram, Instant::now()) {
-            if let Err(e) = socket.send_to(&reply, src) {
-                tracing::warn!(error = %e, %src, "ng reply could not be sent");
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(200))) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
             }
         }
+        loop {
+            let (n, src) = match socket.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ng socket receive failed");
+                    break;
+                }
+            };
+            let Some(datagram) = buf.get(..n) else { continue };
+            if let Some(reply) = handle_datagram(ctl, &mut cache, counters, src, datagram, Instant::now()) {
+                if let Err(e) = socket.send_to(&reply, src) {
+                    tracing::warn!(error = %e, %src, "ng reply could not be sent");
+                }
+            }
+        }
+        ctl.flush();
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -42,6 +42,9 @@ pub struct Relay {
 
 struct WorkerLink {
     commands: rtrb::Producer<Command>,
+    sleeping: Arc<AtomicBool>,
+    /// Commands were pushed since the last wakeup check.
+    pending_wake: bool,
     events: rtrb::Consumer<Event>,
     waker: Arc<mio::Waker>,
     free_slots: Vec<u32>,
@@ -118,7 +121,9 @@ impl Relay {
             let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(COMMAND_RING);
             let (ev_tx, ev_rx) = rtrb::RingBuffer::new(EVENT_RING);
             let ctr = Arc::new(PaddedCounters::default());
+            let sleeping = Arc::new(AtomicBool::new(false));
             let ctx = WorkerContext {
+                sleeping: Arc::clone(&sleeping),
                 index: i,
                 core: if cores.is_empty() { None } else { Some(cores[i % cores.len()]) },
                 commands: cmd_rx,
@@ -135,6 +140,8 @@ impl Relay {
             counters.push(ctr);
             links.push(WorkerLink {
                 commands: cmd_tx,
+                sleeping,
+                pending_wake: false,
                 events: ev_rx,
                 waker,
                 free_slots: Vec::new(),
@@ -241,6 +248,7 @@ impl Relay {
             }
             st.destroy(&id);
         }
+        st.wake_workers();
     }
 
     fn negotiate(&self, req: &SdpRequest<'_>, answer: bool) -> Result<Vec<u8>, RelayError> {
@@ -358,7 +366,7 @@ impl Relay {
                     return Err(RelayError::Busy);
                 }
             }
-            let _ = w.waker.wake();
+            w.pending_wake = true;
             if m.port == 0 {
                 rtp_ports.push(None);
                 rtcp_ports.push(None);
@@ -439,7 +447,7 @@ impl Relay {
             w.free_slots.push(slot);
             return Err(RelayError::Busy);
         }
-        let _ = w.waker.wake();
+        w.pending_wake = true;
         let si = slot as usize;
         if w.owners.len() <= si {
             w.owners.resize(si + 1, None);
@@ -466,8 +474,8 @@ impl Relay {
 /// Binds the RTP socket on `port` and the RTCP socket on `port + 1`.
 fn bind_pair(ip: IpAddr, port: u16, rcvbuf: usize) -> std::io::Result<[UdpSocket; 2]> {
     let one = |p: u16| -> std::io::Result<UdpSocket> {
-        let s = Socket::new(Domain::for_address(SocketAddr::new(ip, p)), Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_nonblocking(true)?;
+        // SOCK_NONBLOCK at creation saves a syscall per socket.
+        let s = Socket::new(Domain::for_address(SocketAddr::new(ip, p)), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
         if rcvbuf > 0 {
             s.set_recv_buffer_size(rcvbuf)?;
         }
@@ -541,6 +549,17 @@ impl Call {
 }
 
 impl State {
+    /// Wakes the workers that were sent commands and are asleep. Called
+    /// once at the end of every control operation: a busy worker picks the
+    /// commands up on its next loop without a wakeup syscall.
+    fn wake_workers(&mut self) {
+        for w in &mut self.workers {
+            if std::mem::take(&mut w.pending_wake) && crate::worker::Sleep::needs_wake(&w.sleeping) {
+                let _ = w.waker.wake();
+            }
+        }
+    }
+
     fn drain_events(&mut self) {
         let State { workers, ports, calls, .. } = self;
         for w in workers.iter_mut() {
@@ -578,8 +597,8 @@ impl State {
                 if w.commands.push(Command::Remove { slot }).is_err() {
                     w.retry_remove.push(slot);
                 }
+                w.pending_wake = true;
             }
-            let _ = w.waker.wake();
         }
     }
 
@@ -604,7 +623,7 @@ impl State {
             if w.commands.push(Command::Remove { slot: m.slot }).is_err() {
                 w.retry_remove.push(m.slot);
             }
-            let _ = w.waker.wake();
+            w.pending_wake = true;
         }
         Some(report)
     }
@@ -645,6 +664,10 @@ impl MediaControl for Relay {
     fn list(&self, limit: usize) -> Vec<String> {
         let st = self.lock();
         st.calls.keys().take(limit).map(|k| k.to_string()).collect()
+    }
+
+    fn flush(&self) {
+        self.lock().wake_workers();
     }
 
     fn totals(&self) -> RelayTotals {

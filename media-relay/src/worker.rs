@@ -46,6 +46,24 @@ pub struct WorkerContext {
     pub counters: Arc<PaddedCounters>,
     /// Set to stop the worker.
     pub shutdown: Arc<AtomicBool>,
+    /// True while the worker is about to block in poll: the control plane
+    /// wakes it only then (see [`Sleep`]).
+    pub sleeping: Arc<AtomicBool>,
+}
+
+/// The handshake that lets the control plane skip wakeups while a worker is
+/// busy: the worker announces it will sleep, then checks its ring; the
+/// control plane pushes, then checks the announcement. With sequentially
+/// consistent fences one of them always sees the other.
+pub struct Sleep;
+
+impl Sleep {
+    /// Control side, after pushing commands: whether a wakeup is needed.
+    #[must_use]
+    pub fn needs_wake(sleeping: &AtomicBool) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        sleeping.swap(false, Ordering::SeqCst)
+    }
 }
 
 struct Channel {
@@ -140,8 +158,17 @@ impl Worker {
         while !self.ctx.shutdown.load(Ordering::Relaxed) {
             self.drain_commands();
             self.flush_events();
-            let timeout = if self.ready.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            let mut timeout = if self.ready.is_empty() { Duration::from_millis(50) } else { Duration::ZERO };
+            if !timeout.is_zero() {
+                self.ctx.sleeping.store(true, Ordering::SeqCst);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if !self.ctx.commands.is_empty() {
+                    timeout = Duration::ZERO;
+                }
+            }
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.ctx.sleeping.store(false, Ordering::Relaxed);
+            if let Err(e) = polled {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!(worker = self.ctx.index, error = %e, "poll failed");
                     std::thread::sleep(Duration::from_millis(10));
@@ -339,10 +366,9 @@ impl Worker {
 
     fn remove(&mut self, slot: u32) {
         if let Some(p) = self.pairs.get_mut(slot as usize).and_then(Option::take) {
-            for mut ch in p.channels {
-                let _ = self.poll.registry().deregister(&mut ch.socket);
-                // Dropping the channel closes the socket.
-            }
+            // Dropping the channels closes the sockets; closing removes them
+            // from epoll, so no deregister syscall is needed.
+            drop(p);
             self.ready.retain(|&t| t / 4 != slot as usize);
         }
         self.pending_events.push_back(Event::Removed { slot });

@@ -182,7 +182,11 @@ fn run(cfg: Config) -> Result<(), String> {
         threads.push(
             std::thread::Builder::new()
                 .name("sbc-ng".into())
-                .spawn(move || media_relay::ng::serve(&sock, r.as_ref(), &c, size, age, &s))
+                .spawn(move || {
+                    if let Err(e) = media_relay::ng::serve(sock, r.as_ref(), &c, size, age, &s) {
+                        tracing::error!(error = %e, "ng server stopped");
+                    }
+                })
                 .map_err(|e| e.to_string())?,
         );
     }
@@ -221,6 +225,8 @@ fn run(cfg: Config) -> Result<(), String> {
         for m in inbound.drain(..) {
             proxy.handle(m, Instant::now());
         }
+        // One wakeup for the relay workers per batch of SIP messages.
+        media_relay::control::MediaControl::flush(relay.as_ref());
         if let Some(rx) = &control_rx {
             while let Ok((line, reply)) = rx.try_recv() {
                 let _ = reply.send(proxy.control(&line));
@@ -228,6 +234,7 @@ fn run(cfg: Config) -> Result<(), String> {
         }
         let now = Instant::now();
         proxy.on_timer(now);
+        media_relay::control::MediaControl::flush(relay.as_ref());
         for o in proxy.drain_output() {
             if let Err(e) = transport.send(&o, now) {
                 tracing::info!(dest = %o.dest, error = %e, "SIP send failed");
