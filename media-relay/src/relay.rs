@@ -436,7 +436,6 @@ impl Relay {
         let mk = |socket: UdpSocket, i: usize| ChannelSetup {
             socket,
             peer: None,
-            clock: ClockTable::default(),
             shared: Arc::clone(&shared[i]),
         };
         let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };

@@ -139,8 +139,6 @@ pub struct ChannelSetup {
     pub socket: UdpSocket,
     /// Where this leg said it receives (from SDP); `None` until known.
     pub peer: Option<SocketAddr>,
-    /// Payload type clock rates for jitter.
-    pub clock: ClockTable,
     /// Published statistics.
     pub shared: Arc<DirShared>,
 }

@@ -71,7 +71,6 @@ struct Channel {
     fd: RawFd,
     peer: Option<SocketAddr>,
     latched: Option<SocketAddr>,
-    clock: ClockTable,
     stats: RtpStats,
     foreign: u64,
     overflow_seen: u32,
@@ -89,6 +88,9 @@ impl Channel {
 
 struct Pair {
     channels: [Channel; 4],
+    /// Payload type clock rates (one table for the pair: both legs use the
+    /// payload types of the same offer/answer).
+    clock: ClockTable,
 }
 
 /// Verdict of the source check for one packet.
@@ -113,7 +115,8 @@ fn check_source(nat: bool, latched: Option<SocketAddr>, expected: Option<SocketA
 struct Worker {
     ctx: WorkerContext,
     poll: Poll,
-    pairs: Vec<Option<Pair>>,
+    /// Boxed, so the slot table grows by pointers, not by whole pairs.
+    pairs: Vec<Option<Box<Pair>>>,
     ready: VecDeque<usize>,
     batch: RecvBatch,
     fwd: [u8; BATCH],
@@ -223,6 +226,7 @@ impl Worker {
             let out = &pair.channels[peer_channel(c)];
             (out.fd, out.destination())
         };
+        let clock = pair.clock;
         let ch = &mut pair.channels[c];
         let n = match self.batch.recv(ch.fd) {
             Ok(n) => n,
@@ -265,7 +269,7 @@ impl Worker {
                     continue;
                 }
             }
-            account(ch, pkt, now);
+            account(ch, &clock, pkt, now);
             if dest.is_none() {
                 self.local.drop_no_destination += 1;
                 continue;
@@ -301,10 +305,12 @@ impl Worker {
             match cmd {
                 Command::Add(setup) => self.add(*setup),
                 Command::SetPeer { slot, channel, peer, relatch, clock } => {
+                    if let Some(Some(pair)) = self.pairs.get_mut(slot as usize) {
+                        pair.clock = clock;
+                    }
                     let token = slot as usize * 4 + usize::from(channel);
                     if let Some(ch) = self.channel_mut(token) {
                         ch.peer = peer;
-                        ch.clock = clock;
                         if relatch {
                             ch.latched = None;
                         }
@@ -328,7 +334,7 @@ impl Worker {
         let (Some(a), Some(b), Some(c), Some(d)) = (chans.next(), chans.next(), chans.next(), chans.next()) else {
             return;
         };
-        self.pairs[slot] = Some(Pair { channels: [a, b, c, d] });
+        self.pairs[slot] = Some(Box::new(Pair { channels: [a, b, c, d], clock: ClockTable::default() }));
         let want = self.pairs.len() * 4;
         if self.ready.capacity() < want {
             self.ready.reserve(want - self.ready.len());
@@ -354,7 +360,6 @@ impl Worker {
             fd,
             peer: s.peer,
             latched: None,
-            clock: s.clock,
             stats: RtpStats::new(),
             foreign: 0,
             overflow_seen: 0,
@@ -385,14 +390,14 @@ impl Worker {
 }
 
 /// Accounts one accepted packet in the channel's statistics.
-fn account(ch: &mut Channel, pkt: &[u8], now: crate::Nanos) {
+fn account(ch: &mut Channel, clock: &ClockTable, pkt: &[u8], now: crate::Nanos) {
     if ch.rtcp_port || is_rtcp(pkt) {
         ch.stats.on_other(pkt.len(), now);
         return;
     }
     match RtpPacket::new_checked(pkt) {
         Ok(rtp) if rtp.version() == 2 => {
-            let rate = ch.clock.rate(rtp.payload_type());
+            let rate = clock.rate(rtp.payload_type());
             ch.stats.on_rtp(rtp.sequence_number(), rtp.timestamp(), rtp.ssrc(), pkt.len(), rate, now);
         }
         _ => ch.stats.on_other(pkt.len(), now),
