@@ -176,7 +176,7 @@ impl Proxy {
             self.reply(key, 481, "Call/Transaction Does Not Exist", Vec::new(), now);
             return;
         };
-        if matches!(method, Method::Invite | Method::Update) {
+        if matches!(method, Method::Invite | Method::Update | Method::Prack) {
             if let Err(e) = self.anchor(&mut msg, true, &from_tag, to_tag.as_deref()) {
                 tracing::warn!(error = %e, "media relay refused a re-offer");
                 self.reply(key, 500, "Media Relay Error", Vec::new(), now);
@@ -415,6 +415,12 @@ impl Proxy {
             }
         } else if (200..300).contains(&code) && resp.cseq().is_some_and(|c| c.1 == Method::Bye) {
             self.end_bye(&call_id, &req_from, now);
+        } else if offer_in_request && resp.cseq().is_some_and(|c| matches!(c.1, Method::Update | Method::Prack)) {
+            // The answer to an UPDATE or PRACK offer.
+            let to_tag = resp.to_tag().unwrap_or_default();
+            if let Err(e) = self.anchor(&mut resp, false, &to_tag, Some(&req_from)) {
+                tracing::warn!(call_id, error = %e, "media relay refused the answer");
+            }
         }
         if (200..300).contains(&code) {
             if let Some(i) = trunk {
