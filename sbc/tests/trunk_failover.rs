@@ -1,0 +1,354 @@
+//! Trunk failover with real sipp trunks and a real sbc: a primary that
+//! dies and comes back (OPTIONS misses, hysteresis, hold-down), a flapping
+//! trunk, 503 failover, OPTIONS answered 404, call caps with 503 and
+//! Retry-After, and operator forcing through `sbc ctl`.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
+
+#[path = "../../media-relay/tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{ChildGuard, TestDir};
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/trunk_fixtures");
+const CALL_FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/call_fixtures");
+static NEXT: AtomicU16 = AtomicU16::new(0);
+
+struct Ports {
+    sip: u16,
+    metrics: u16,
+    a: u16,
+    b: u16,
+    uac: u16,
+    relay: u16,
+}
+
+fn ports() -> Ports {
+    let k = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = 14000 + (std::process::id() % 20) as u16 * 100 + k * 10;
+    Ports { sip: base, metrics: base + 1, a: base + 2, b: base + 3, uac: base + 4, relay: 22000 + (std::process::id() % 10) as u16 * 3000 + k * 400 }
+}
+
+fn sipp() -> Option<PathBuf> {
+    let s = common::find_binary("sipp");
+    if s.is_none() {
+        assert!(!common::in_ci(), "sipp must be installed under CI=true");
+        eprintln!("SKIPPED: sipp is not installed");
+    }
+    s
+}
+
+struct Sbc {
+    guard: ChildGuard,
+    sip: SocketAddr,
+    metrics: SocketAddr,
+    ctl: PathBuf,
+    cdr: PathBuf,
+}
+
+/// An sbc with trunks `carrier-a` (primary) and `carrier-b` in one route.
+fn start_sbc(dir: &TestDir, p: &Ports, trunk_a_extra: &str, health: &str) -> Sbc {
+    let ctl = dir.join("ctl.sock");
+    let cdr = dir.join("cdr.jsonl");
+    let cfg = format!(
+        "[sip]\nlisten = \"127.0.0.1:{sip}\"\ndomains = [\"127.0.0.1\"]\ninvite_timeout_ms = 1000\n\
+         [[trunk]]\nname = \"carrier-a\"\naddress = \"127.0.0.1:{a}\"\n{trunk_a_extra}\n\
+         [[trunk]]\nname = \"carrier-b\"\naddress = \"127.0.0.1:{b}\"\n\
+         [[route]]\nprefix = \"\"\ntrunks = [\"carrier-a\", \"carrier-b\"]\n\
+         [health]\ninterval_ms = 500\nprobe_timeout_ms = 300\ndown_after = 3\nup_after = 3\nhold_down_s = 3\n{health}\n\
+         [control]\nsocket = \"{ctl}\"\n[cdr]\nfile = \"{cdr}\"\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n\
+         [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {r}\nport_max = {r2}\nworkers = 1\ntimeout = 60\nmetrics = \"off\"\n",
+        sip = p.sip,
+        a = p.a,
+        b = p.b,
+        ctl = ctl.display(),
+        cdr = cdr.display(),
+        m = p.metrics,
+        r = p.relay,
+        r2 = p.relay + 399
+    );
+    let path = dir.write("sbc.toml", cfg);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sbc"));
+    cmd.args(["run", "--config"]).arg(&path).env("RUST_LOG", "info");
+    let guard = ChildGuard::spawn("sbc", &mut cmd, dir.path());
+    let sip = SocketAddr::from(([127, 0, 0, 1], p.sip));
+    assert!(common::wait_for_sip(sip, Duration::from_secs(10)), "sbc up");
+    Sbc { guard, sip, metrics: SocketAddr::from(([127, 0, 0, 1], p.metrics)), ctl, cdr }
+}
+
+fn metric(s: &Sbc, name: &str, labels: &[(&str, &str)]) -> f64 {
+    common::scrape_metrics(s.metrics)
+        .unwrap()
+        .iter()
+        .filter(|m| m.name == name && labels.iter().all(|(k, v)| m.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .map(|m| m.value)
+        .sum()
+}
+
+fn trunk_up(s: &Sbc, t: &str) -> bool {
+    metric(s, "sbc_trunk_up", &[("trunk", t)]) == 1.0
+}
+
+/// A sipp trunk answering OPTIONS with `options` and INVITE with `invite`.
+fn trunk(dir: &TestDir, sipp: &Path, name: &str, port: u16, options: u16, invite: u16) -> ChildGuard {
+    let xml = std::fs::read_to_string(format!("{FIX}/trunk_uas.xml"))
+        .unwrap()
+        .replace("@OPTIONS_CODE@", &options.to_string())
+        .replace("@INVITE_CODE@", &invite.to_string())
+        .replace("@AFTER_ACK@", if invite == 200 { "call" } else { "end" });
+    let sf = dir.write(&format!("{name}.xml"), xml);
+    let mut cmd = Command::new(sipp);
+    cmd.current_dir(dir.path()).arg("-sf").arg(&sf).args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"]);
+    ChildGuard::spawn(name, &mut cmd, dir.path())
+}
+
+/// Places `n` calls of `ms` through the sbc; returns the successful count.
+fn calls(dir: &TestDir, sipp: &Path, s: &Sbc, p: &Ports, n: u32, ms: u32, rate: u32) -> u32 {
+    let stf = dir.join(&format!("uac-{}.csv", common_counter()));
+    let mut cmd = Command::new(sipp);
+    cmd.current_dir(dir.path())
+        .args(["-sn", "uac", &s.sip.to_string(), "-s", "1000", "-i", "127.0.0.1", "-p", &p.uac.to_string()])
+        .args(["-m", &n.to_string(), "-d", &ms.to_string(), "-r", &rate.to_string(), "-nostdin", "-timeout", "60s"])
+        .args(["-trace_stat", "-stf"])
+        .arg(&stf);
+    let mut g = ChildGuard::spawn("uac", &mut cmd, dir.path());
+    let _ = g.wait_timeout(Duration::from_secs(90));
+    let text = std::fs::read_to_string(&stf).unwrap_or_default();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(';').collect()).collect();
+    let Some(h) = rows.first() else { return 0 };
+    let col = h.iter().position(|c| *c == "SuccessfulCall(C)").unwrap();
+    rows.last().unwrap()[col].parse().unwrap_or(0)
+}
+
+fn common_counter() -> u64 {
+    static C: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    C.fetch_add(1, Ordering::Relaxed)
+}
+
+fn targets(s: &Sbc) -> Vec<String> {
+    std::fs::read_to_string(&s.cdr)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["target"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn wait(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    assert!(common::wait_until(Duration::from_secs(secs), Duration::from_millis(100), f), "timed out waiting: {what}");
+}
+
+#[test]
+fn primary_failure_moves_calls_and_hysteresis_brings_it_back() {
+    let Some(sipp) = sipp() else { return };
+    let dir = TestDir::new("trunk-primary");
+    let p = ports();
+    let s = start_sbc(&dir, &p, "", "");
+    let mut a = trunk(&dir, &sipp, "carrier-a", p.a, 200, 200);
+    let _b = trunk(&dir, &sipp, "carrier-b", p.b, 200, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(calls(&dir, &sipp, &s, &p, 2, 100, 10), 2);
+    assert!(targets(&s).iter().all(|t| t == "carrier-a"), "the primary takes calls while it is up");
+
+    let _ = a.stop(Duration::ZERO);
+    let killed = Instant::now();
+    assert_eq!(calls(&dir, &sipp, &s, &p, 1, 100, 1), 1, "the next call completes via the secondary");
+    let switch = killed.elapsed();
+    eprintln!("first call completed via carrier-b {switch:?} after carrier-a died");
+    assert_eq!(targets(&s).last().map(String::as_str), Some("carrier-b"));
+    // Three probe misses at 500 ms, plus the INVITE timeout counted above.
+    wait("carrier-a DOWN", 5, || !trunk_up(&s, "carrier-a"));
+    let down_at = Instant::now();
+    let log = std::fs::read_to_string(s.guard.stderr_path()).unwrap();
+    assert!(log.contains("trunk carrier-a DOWN: 3 consecutive failures"), "the decision is logged with its reason");
+    // While DOWN, new calls skip it without waiting.
+    let before = metric(&s, "sbc_trunk_attempts_total", &[("trunk", "carrier-a"), ("outcome", "skipped_down")]);
+    let t0 = Instant::now();
+    assert_eq!(calls(&dir, &sipp, &s, &p, 1, 100, 1), 1);
+    assert!(metric(&s, "sbc_trunk_attempts_total", &[("trunk", "carrier-a"), ("outcome", "skipped_down")]) > before);
+    eprintln!("a call while carrier-a is DOWN took {:?} end to end", t0.elapsed());
+
+    // Back again: UP only after 3 good probes and the 3 s hold-down.
+    let _a2 = trunk(&dir, &sipp, "carrier-a2", p.a, 200, 200);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert!(!trunk_up(&s, "carrier-a") || down_at.elapsed() >= Duration::from_secs(3), "not UP inside the hold-down");
+    wait("carrier-a UP", 8, || trunk_up(&s, "carrier-a"));
+    let up_after = down_at.elapsed();
+    eprintln!("carrier-a UP again {up_after:?} after it went DOWN (hold-down 3 s)");
+    assert!(up_after >= Duration::from_millis(2900), "hold-down respected: {up_after:?}");
+    assert_eq!(metric(&s, "sbc_trunk_transitions_total", &[("trunk", "carrier-a")]), 2.0);
+    assert_eq!(calls(&dir, &sipp, &s, &p, 1, 100, 1), 1);
+    assert_eq!(targets(&s).last().map(String::as_str), Some("carrier-a"), "failback to the primary");
+}
+
+#[test]
+fn flapping_trunk_is_damped_by_the_hysteresis() {
+    let Some(sipp) = sipp() else { return };
+    let dir = TestDir::new("trunk-flap");
+    let p = ports();
+    let s = start_sbc(&dir, &p, "", "");
+    let _b = trunk(&dir, &sipp, "carrier-b", p.b, 200, 200);
+    // carrier-a flaps: 2 s up, 2 s down, for 30 s.
+    let start = Instant::now();
+    let mut k = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        let mut a = trunk(&dir, &sipp, &format!("flap-{k}"), p.a, 200, 200);
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = a.stop(Duration::ZERO);
+        std::thread::sleep(Duration::from_secs(2));
+        k += 1;
+    }
+    let transitions = metric(&s, "sbc_trunk_transitions_total", &[("trunk", "carrier-a")]);
+    // Each DOWN→UP cycle needs at least the 3 s hold-down.
+    let bound = 2.0 * (30.0_f64 / 3.0).ceil() + 1.0;
+    eprintln!("carrier-a flapped {k} times in 30 s; the sbc made {transitions} transitions (bound {bound})");
+    assert!(transitions >= 1.0, "the dead periods were noticed");
+    assert!(transitions <= bound, "{transitions} transitions");
+}
+
+#[test]
+fn a_503_from_the_primary_fails_over_and_counts_against_it() {
+    let Some(sipp) = sipp() else { return };
+    let dir = TestDir::new("trunk-503");
+    let p = ports();
+    // No probes: only real calls judge the trunk here.
+    let s = start_sbc(&dir, &p, "probe = false", "");
+    let _a = trunk(&dir, &sipp, "carrier-a", p.a, 200, 503);
+    let _b = trunk(&dir, &sipp, "carrier-b", p.b, 200, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(calls(&dir, &sipp, &s, &p, 4, 100, 2), 4, "every call completes via carrier-b");
+    assert!(targets(&s).iter().all(|t| t == "carrier-b"));
+    wait("carrier-a DOWN after three 503s", 3, || !trunk_up(&s, "carrier-a"));
+    assert_eq!(metric(&s, "sbc_trunk_attempts_total", &[("trunk", "carrier-a"), ("outcome", "failed")]), 3.0);
+    assert_eq!(metric(&s, "sbc_trunk_attempts_total", &[("trunk", "carrier-a"), ("outcome", "skipped_down")]), 1.0);
+}
+
+#[test]
+fn options_answered_404_is_alive_unless_configured_otherwise() {
+    let Some(sipp) = sipp() else { return };
+    let dir = TestDir::new("trunk-404");
+    let p = ports();
+    let s = start_sbc(&dir, &p, "", "");
+    let _a = trunk(&dir, &sipp, "carrier-a", p.a, 404, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(trunk_up(&s, "carrier-a"), "any answer to OPTIONS means alive by default");
+    drop(s);
+    let dir2 = TestDir::new("trunk-404-strict");
+    let p2 = ports();
+    let s2 = start_sbc(&dir2, &p2, "", "alive_codes = [200]");
+    let _a2 = trunk(&dir2, &sipp, "carrier-a", p2.a, 404, 200);
+    wait("carrier-a DOWN when only 200 counts", 5, || !trunk_up(&s2, "carrier-a"));
+    let log = std::fs::read_to_string(s2.guard.stderr_path()).unwrap();
+    assert!(log.contains("OPTIONS answered 404"), "the reason names the answer");
+}
+
+#[test]
+fn call_caps_overflow_to_the_next_trunk_then_503() {
+    let Some(sipp) = sipp() else { return };
+    let dir = TestDir::new("trunk-cap");
+    let p = ports();
+    let s = start_sbc(&dir, &p, "max_calls = 2", "");
+    let _a = trunk(&dir, &sipp, "carrier-a", p.a, 200, 200);
+    let _b = trunk(&dir, &sipp, "carrier-b", p.b, 200, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    // Three overlapping 3 s calls: the third overflows to carrier-b.
+    assert_eq!(calls(&dir, &sipp, &s, &p, 3, 3000, 10), 3);
+    let t = targets(&s);
+    assert_eq!(t.iter().filter(|x| *x == "carrier-a").count(), 2, "{t:?}");
+    assert_eq!(t.iter().filter(|x| *x == "carrier-b").count(), 1, "{t:?}");
+    assert!(metric(&s, "sbc_trunk_attempts_total", &[("trunk", "carrier-a"), ("outcome", "skipped_cap")]) >= 1.0);
+    // With carrier-b forced down, the capped primary leaves nothing: 503.
+    let out = common_ctl(&s, "trunk carrier-b down");
+    assert!(out.starts_with("ok"), "{out}");
+    let mut hold = Command::new(&sipp);
+    hold.current_dir(dir.path())
+        .args(["-sn", "uac", &s.sip.to_string(), "-s", "1000", "-i", "127.0.0.1", "-p", &p.uac.to_string()])
+        .args(["-m", "2", "-d", "4000", "-r", "10", "-nostdin", "-timeout", "30s"]);
+    let mut holder = ChildGuard::spawn("holder", &mut hold, dir.path());
+    std::thread::sleep(Duration::from_millis(800));
+    let busy = dir.write("uac_503.xml", std::fs::read_to_string(format!("{CALL_FIX}/uac_expect.xml")).unwrap().replace("@CODE@", "503"));
+    let mut one = Command::new(&sipp);
+    one.current_dir(dir.path())
+        .args(["-sf", busy.to_str().unwrap(), &s.sip.to_string(), "-s", "1000", "-i", "127.0.0.1", "-p", &(p.uac + 5).to_string()])
+        .args(["-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error", "-trace_msg", "-message_file"])
+        .arg(dir.join("msgs.log"));
+    let mut g = ChildGuard::spawn("uac-503", &mut one, dir.path());
+    assert!(g.wait_timeout(Duration::from_secs(30)).expect("done").success(), "the third call gets 503\n{}", g.log_tail(20));
+    let msgs = std::fs::read_to_string(dir.join("msgs.log")).unwrap_or_default();
+    assert!(msgs.contains("Retry-After:"), "503 carries Retry-After");
+    let _ = holder.wait_timeout(Duration::from_secs(20));
+}
+
+fn common_ctl(s: &Sbc, cmd: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sbc"))
+        .args(["ctl", "--socket"])
+        .arg(&s.ctl)
+        .args(cmd.split_whitespace())
+        .output()
+        .expect("sbc ctl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn operators_force_trunks_through_sbc_ctl() {
+    let Some(sipp) = sipp() else { return };
+    let dir = TestDir::new("trunk-ctl");
+    let p = ports();
+    let s = start_sbc(&dir, &p, "", "");
+    let _a = trunk(&dir, &sipp, "carrier-a", p.a, 200, 200);
+    let _b = trunk(&dir, &sipp, "carrier-b", p.b, 200, 200);
+    let table = common_ctl(&s, "trunks");
+    assert!(table.contains("carrier-a") && table.contains("carrier-b") && table.contains("UP"), "{table}");
+    assert!(common_ctl(&s, "trunk carrier-a down").starts_with("ok: trunk carrier-a is DOWN"));
+    assert!(common_ctl(&s, "trunks").lines().any(|l| l.starts_with("carrier-a") && l.contains("DOWN")));
+    assert_eq!(calls(&dir, &sipp, &s, &p, 1, 100, 1), 1);
+    assert_eq!(targets(&s).last().map(String::as_str), Some("carrier-b"), "forced DOWN is skipped");
+    let log = std::fs::read_to_string(s.guard.stderr_path()).unwrap();
+    assert!(log.contains("audit: operator forced trunk carrier-a down"), "the command is audited");
+    assert!(common_ctl(&s, "trunk carrier-a auto").starts_with("ok: trunk carrier-a is UP"));
+    assert_eq!(calls(&dir, &sipp, &s, &p, 1, 100, 1), 1);
+    assert_eq!(targets(&s).last().map(String::as_str), Some("carrier-a"));
+    assert!(common_ctl(&s, "trunk nope down").starts_with("error: no trunk named"));
+}
+
+/// The figure for the issue: calls lost when the primary dies under 20 CPS.
+/// Calls already answered on the dead trunk cannot be saved (their BYE has
+/// nowhere to go); every new attempt must complete via the secondary.
+#[test]
+fn calls_lost_when_the_primary_dies_under_20_cps() {
+    let Some(sipp) = sipp() else { return };
+    let dir = TestDir::new("trunk-load");
+    let p = ports();
+    let s = start_sbc(&dir, &p, "", "");
+    let mut a = trunk(&dir, &sipp, "carrier-a", p.a, 200, 200);
+    let _b = trunk(&dir, &sipp, "carrier-b", p.b, 200, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let stf = dir.join("load.csv");
+    let mut cmd = Command::new(&sipp);
+    cmd.current_dir(dir.path())
+        .args(["-sn", "uac", &s.sip.to_string(), "-s", "1000", "-i", "127.0.0.1", "-p", &p.uac.to_string()])
+        .args(["-m", "160", "-r", "20", "-d", "200", "-nostdin", "-timeout", "60s", "-trace_stat", "-stf"])
+        .arg(&stf);
+    let mut load = ChildGuard::spawn("uac-load", &mut cmd, dir.path());
+    std::thread::sleep(Duration::from_secs(3));
+    let in_progress_on_a = metric(&s, "sbc_trunk_calls_active", &[("trunk", "carrier-a")]);
+    let _ = a.stop(Duration::ZERO);
+    let _ = load.wait_timeout(Duration::from_secs(60));
+    let text = std::fs::read_to_string(&stf).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(';').collect()).collect();
+    let col = |n: &str| rows[0].iter().position(|c| *c == n).unwrap();
+    let last = rows.last().unwrap();
+    let ok: u32 = last[col("SuccessfulCall(C)")].parse().unwrap();
+    let failed: u32 = last[col("FailedCall(C)")].parse().unwrap();
+    eprintln!(
+        "160 calls at 20 CPS, carrier-a killed at 3 s with {in_progress_on_a} calls up on it: {ok} completed, {failed} failed"
+    );
+    assert_eq!(ok + failed, 160);
+    assert!(f64::from(failed) <= in_progress_on_a, "only calls already up on the dead trunk may fail");
+    assert!(targets(&s).iter().filter(|t| *t == "carrier-b").count() >= 60, "the rest went to carrier-b");
+}
