@@ -96,7 +96,14 @@ struct FlowRx {
 /// and reports what came back. `payload` is the RTP payload size (160 for
 /// G.711 20 ms: 214-byte frames on the wire). The caller pins the thread.
 #[must_use]
-pub fn run_step(socks: &[UdpSocket], flows: &[Flow], pps: u64, dur: Duration, payload: usize, drain: Duration) -> StepResult {
+pub fn run_step(
+    socks: &[UdpSocket],
+    flows: &[Flow],
+    pps: u64,
+    dur: Duration,
+    payload: usize,
+    drain: Duration,
+) -> StepResult {
     let payload = payload.max(16);
     let stop = AtomicBool::new(false);
     let sent_total = AtomicU64::new(0);
@@ -161,7 +168,11 @@ pub fn run_step(socks: &[UdpSocket], flows: &[Flow], pps: u64, dur: Duration, pa
     let per_flow_sent = sent / nflows.max(1) as u64;
     let flows_with_loss = flows_rx.iter().filter(|f| f.received + 1 < per_flow_sent).count();
     let with_rx: Vec<&FlowRx> = flows_rx.iter().filter(|f| f.received > 1).collect();
-    let jitter_us = if with_rx.is_empty() { 0.0 } else { with_rx.iter().map(|f| f.jitter).sum::<f64>() / with_rx.len() as f64 / 1000.0 };
+    let jitter_us = if with_rx.is_empty() {
+        0.0
+    } else {
+        with_rx.iter().map(|f| f.jitter).sum::<f64>() / with_rx.len() as f64 / 1000.0
+    };
     StepResult {
         offered_pps: pps,
         sent,

@@ -41,7 +41,8 @@ pub fn send_many(fd: RawFd, pkts: &[(&[u8], SocketAddrV4)]) -> usize {
 
 /// Waits up to `timeout_ms` until one of `fds` is readable.
 pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
-    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     // SAFETY: `p` is a valid array of pollfd for the duration of the call.
     let _ = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
 }

@@ -118,9 +118,7 @@ pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), DecodeError> {
                 Some(Frame::List(items)) => Value::List(items),
                 Some(Frame::Dict(entries, None)) => Value::Dict(entries),
                 // `e` where a value (or the top-level value) was expected.
-                Some(Frame::Dict(_, Some(_))) | None => {
-                    return Err(DecodeError::UnexpectedByte { pos })
-                }
+                Some(Frame::Dict(_, Some(_))) | None => return Err(DecodeError::UnexpectedByte { pos }),
             },
             b'i' => {
                 let (n, next) = parse_int(input, pos)?;
@@ -136,11 +134,7 @@ pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), DecodeError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(DecodeError::TooDeep);
                 }
-                stack.push(if byte == b'l' {
-                    Frame::List(Vec::new())
-                } else {
-                    Frame::Dict(Vec::new(), None)
-                });
+                stack.push(if byte == b'l' { Frame::List(Vec::new()) } else { Frame::Dict(Vec::new(), None) });
                 pos += 1;
                 continue;
             }
@@ -187,13 +181,7 @@ fn parse_int(input: &[u8], start: usize) -> Result<(i64, usize), DecodeError> {
                 // Accumulate towards the sign so that i64::MIN is reachable.
                 acc = acc
                     .checked_mul(10)
-                    .and_then(|a| {
-                        if negative {
-                            a.checked_sub(d)
-                        } else {
-                            a.checked_add(d)
-                        }
-                    })
+                    .and_then(|a| if negative { a.checked_sub(d) } else { a.checked_add(d) })
                     .ok_or(DecodeError::BadInteger)?;
                 digits += 1;
                 pos += 1;
@@ -239,9 +227,7 @@ fn parse_bytes(input: &[u8], start: usize) -> Result<(&[u8], usize), DecodeError
     }
     let data_start = pos + 1;
     let data_end = data_start.checked_add(len).ok_or(DecodeError::BadLength)?;
-    let bytes = input
-        .get(data_start..data_end)
-        .ok_or(DecodeError::Truncated)?;
+    let bytes = input.get(data_start..data_end).ok_or(DecodeError::Truncated)?;
     Ok((bytes, data_end))
 }
 
@@ -310,10 +296,7 @@ impl Value {
     /// `key`. `None` if there is no such key or `self` is not a dict.
     #[must_use]
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.as_dict()?
-            .iter()
-            .find(|(k, _)| k.as_slice() == key.as_bytes())
-            .map(|(_, v)| v)
+        self.as_dict()?.iter().find(|(k, _)| k.as_slice() == key.as_bytes()).map(|(_, v)| v)
     }
 
     /// The bytes of a [`Value::Bytes`].
@@ -375,10 +358,7 @@ impl Value {
     /// for chaining.
     pub fn insert(&mut self, key: &str, v: Value) -> &mut Self {
         if let Value::Dict(entries) = self {
-            match entries
-                .iter_mut()
-                .find(|(k, _)| k.as_slice() == key.as_bytes())
-            {
+            match entries.iter_mut().find(|(k, _)| k.as_slice() == key.as_bytes()) {
                 Some((_, slot)) => *slot = v,
                 None => entries.push((key.as_bytes().to_vec(), v)),
             }
@@ -503,14 +483,8 @@ mod tests {
 
     #[test]
     fn error_messages_are_readable() {
-        assert_eq!(
-            DecodeError::UnexpectedByte { pos: 7 }.to_string(),
-            "unexpected byte at offset 7 in bencode input"
-        );
-        assert_eq!(
-            DecodeError::Truncated.to_string(),
-            "truncated bencode input"
-        );
+        assert_eq!(DecodeError::UnexpectedByte { pos: 7 }.to_string(), "unexpected byte at offset 7 in bencode input");
+        assert_eq!(DecodeError::Truncated.to_string(), "truncated bencode input");
     }
 
     #[test]
@@ -560,26 +534,16 @@ mod tests {
             b("IP4"),
             b("203.0.113.5"),
         );
-        assert!(msg.starts_with(
-            "d7:command5:offer7:call-id24:a84b4c76e66710@pc33.atla8:from-tag9:192830174"
-        ));
+        assert!(msg.starts_with("d7:command5:offer7:call-id24:a84b4c76e66710@pc33.atla8:from-tag9:192830174"));
         let msg = msg.into_bytes();
         let v = decode(&msg).expect("valid offer");
         assert_eq!(v.get("command").and_then(Value::as_str), Some("offer"));
-        assert_eq!(
-            v.get("call-id").and_then(Value::as_str),
-            Some("a84b4c76e66710@pc33.atla")
-        );
+        assert_eq!(v.get("call-id").and_then(Value::as_str), Some("a84b4c76e66710@pc33.atla"));
         assert_eq!(v.get("from-tag").and_then(Value::as_str), Some("192830174"));
         assert_eq!(v.get("ICE").and_then(Value::as_str), Some("remove"));
         assert_eq!(v.get("sdp").and_then(Value::as_bytes), Some(sdp.as_bytes()));
-        let flags: Vec<&str> = v
-            .get("flags")
-            .and_then(Value::as_list)
-            .expect("flags list")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let flags: Vec<&str> =
+            v.get("flags").and_then(Value::as_list).expect("flags list").iter().filter_map(Value::as_str).collect();
         assert_eq!(flags, ["trust-address", "SIP-source-address"]);
         assert_eq!(v.get("missing"), None);
         // Unsorted keys re-encode byte for byte.
@@ -595,14 +559,8 @@ mod tests {
             .insert("result", Value::from("error"))
             .insert("count", 3u64.into())
             .insert("big", u64::MAX.into())
-            .insert(
-                "list",
-                vec![Value::from(-1i64), Value::from(String::from("x"))].into(),
-            );
-        assert_eq!(
-            reply.to_bytes(),
-            b"d6:result5:error3:sdp3:v=05:counti3e3:bigi9223372036854775807e4:listli-1e1:xee"
-        );
+            .insert("list", vec![Value::from(-1i64), Value::from(String::from("x"))].into());
+        assert_eq!(reply.to_bytes(), b"d6:result5:error3:sdp3:v=05:counti3e3:bigi9223372036854775807e4:listli-1e1:xee");
         assert_eq!(reply.get("count").and_then(Value::as_int), Some(3));
         let mut not_dict = Value::Int(1);
         not_dict.insert("k", Value::Int(2));
@@ -623,11 +581,8 @@ mod tests {
         leaf.prop_recursive(6, 64, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::List),
-                proptest::collection::vec(
-                    (proptest::collection::vec(any::<u8>(), 0..8), inner),
-                    0..6
-                )
-                .prop_map(Value::Dict),
+                proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..8), inner), 0..6)
+                    .prop_map(Value::Dict),
             ]
         })
     }

@@ -167,10 +167,8 @@ impl RelayConfig {
     /// # Errors
     /// Names the key and the problem.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::from_toml(&text)
     }
 
@@ -183,10 +181,9 @@ impl RelayConfig {
         let r = file.relay;
         let mut interfaces = Vec::with_capacity(r.interfaces.len());
         for spec in &r.interfaces {
-            interfaces.push(Interface::parse(spec).map_err(|problem| ConfigError::Invalid {
-                key: "relay.interfaces",
-                problem,
-            })?);
+            interfaces.push(
+                Interface::parse(spec).map_err(|problem| ConfigError::Invalid { key: "relay.interfaces", problem })?,
+            );
         }
         let workers = match r.workers {
             Workers::Word(w) if w == "auto" => 0,
@@ -269,10 +266,7 @@ impl RelayConfig {
             });
         }
         if self.timeout.is_zero() {
-            return Err(ConfigError::Invalid {
-                key: "relay.timeout",
-                problem: "must be at least 1 second".into(),
-            });
+            return Err(ConfigError::Invalid { key: "relay.timeout", problem: "must be at least 1 second".into() });
         }
         if self.ng_cache_size == 0 {
             return Err(ConfigError::Invalid {
@@ -303,10 +297,9 @@ pub fn parse_listen(key: &'static str, text: &str) -> Result<Option<SocketAddr>,
     if let Ok(port) = t.parse::<u16>() {
         return Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))));
     }
-    t.parse::<SocketAddr>().map(Some).map_err(|_| ConfigError::Invalid {
-        key,
-        problem: format!("`{t}` is not ADDR:PORT, a port, or \"off\""),
-    })
+    t.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| ConfigError::Invalid { key, problem: format!("`{t}` is not ADDR:PORT, a port, or \"off\"") })
 }
 
 /// Maps rtpengine's syslog-style numeric `--log-level` (0..7) or a name to a
@@ -365,10 +358,7 @@ mod tests {
 
     #[test]
     fn listen_forms() {
-        assert_eq!(
-            parse_listen("k", "2223").unwrap(),
-            Some("127.0.0.1:2223".parse().unwrap())
-        );
+        assert_eq!(parse_listen("k", "2223").unwrap(), Some("127.0.0.1:2223".parse().unwrap()));
         assert_eq!(parse_listen("k", "off").unwrap(), None);
         assert!(parse_listen("k", "[::1]:9").unwrap().is_some());
     }

@@ -128,7 +128,6 @@ fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
     Ok(cfg)
 }
 
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cfg = match build_config(&cli) {
@@ -171,7 +170,8 @@ fn run(cfg: &RelayConfig, cli: &Cli) -> Result<(), String> {
         None => None,
     };
     if let Some(p) = &cli.pidfile {
-        std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| format!("writing pidfile {}: {e}", p.display()))?;
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("writing pidfile {}: {e}", p.display()))?;
     }
     let relay = Relay::start(cfg.clone()).map_err(|e| e.to_string())?;
     let shutdown = Arc::new(AtomicBool::new(false));

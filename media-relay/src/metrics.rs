@@ -65,7 +65,10 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
         }
     }
 
-    let _ = writeln!(out, "# HELP media_relay_ng_commands_total ng commands executed.\n# TYPE media_relay_ng_commands_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP media_relay_ng_commands_total ng commands executed.\n# TYPE media_relay_ng_commands_total counter"
+    );
     for (i, c) in COMMANDS.iter().enumerate() {
         let _ = writeln!(out, "media_relay_ng_commands_total{{command=\"{c}\"}} {}", ng.commands[i].load(Relaxed));
     }

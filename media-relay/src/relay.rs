@@ -117,7 +117,8 @@ impl Relay {
         let mut counters = Vec::with_capacity(cfg.workers);
         let mut threads = Vec::with_capacity(cfg.workers + 1);
         for i in 0..cfg.workers {
-            let (poll, waker) = worker::make_poll().map_err(|source| RelayError::Io { op: "creating worker poll", source })?;
+            let (poll, waker) =
+                worker::make_poll().map_err(|source| RelayError::Io { op: "creating worker poll", source })?;
             let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(COMMAND_RING);
             let (ev_tx, ev_rx) = rtrb::RingBuffer::new(EVENT_RING);
             let ctr = Arc::new(PaddedCounters::default());
@@ -229,13 +230,8 @@ impl Relay {
                 }
                 continue;
             }
-            let last_media = call
-                .medias
-                .iter()
-                .flat_map(|m| m.shared.iter())
-                .map(|s| s.last_packet())
-                .max()
-                .unwrap_or(0);
+            let last_media =
+                call.medias.iter().flat_map(|m| m.shared.iter()).map(|s| s.last_packet()).max().unwrap_or(0);
             let last = last_media.max(call.last_signal_mono);
             if now.saturating_sub(last) >= timeout {
                 expired.push((Arc::clone(&call.id), true));
@@ -301,7 +297,13 @@ impl Relay {
         Ok(out)
     }
 
-    fn negotiate_in(&self, st: &mut State, req: &SdpRequest<'_>, parsed: &Sdp, answer: bool) -> Result<Vec<u8>, RelayError> {
+    fn negotiate_in(
+        &self,
+        st: &mut State,
+        req: &SdpRequest<'_>,
+        parsed: &Sdp,
+        answer: bool,
+    ) -> Result<Vec<u8>, RelayError> {
         let State { calls, ports, workers, next_worker, .. } = st;
         let call = calls.get_mut(req.call_id).ok_or(RelayError::UnknownCall)?;
         let side = if answer {
@@ -353,7 +355,8 @@ impl Relay {
                 if moved {
                     pair.latched[ch] = None;
                 }
-                let cmd = Command::SetPeer { slot: pair.slot, channel: ch as u8, peer, relatch: moved, clock: pair.clock };
+                let cmd =
+                    Command::SetPeer { slot: pair.slot, channel: ch as u8, peer, relatch: moved, clock: pair.clock };
                 if w.commands.push(cmd).is_err() {
                     return Err(RelayError::Busy);
                 }
@@ -361,7 +364,8 @@ impl Relay {
             // The other leg's channels learn the new clock table too.
             for ch in [other * 2, other * 2 + 1] {
                 let peer = if ch % 2 == 0 { pair.sdp_rtp[other] } else { pair.sdp_rtcp[other] };
-                let cmd = Command::SetPeer { slot: pair.slot, channel: ch as u8, peer, relatch: false, clock: pair.clock };
+                let cmd =
+                    Command::SetPeer { slot: pair.slot, channel: ch as u8, peer, relatch: false, clock: pair.clock };
                 if w.commands.push(cmd).is_err() {
                     return Err(RelayError::Busy);
                 }
@@ -433,11 +437,7 @@ impl Relay {
         let (Some((_, [a_rtp, a_rtcp])), Some((_, [b_rtp, b_rtcp]))) = (it.next(), it.next()) else {
             return Err(RelayError::NoPorts);
         };
-        let mk = |socket: UdpSocket, i: usize| ChannelSetup {
-            socket,
-            peer: None,
-            shared: Arc::clone(&shared[i]),
-        };
+        let mk = |socket: UdpSocket, i: usize| ChannelSetup { socket, peer: None, shared: Arc::clone(&shared[i]) };
         let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
         if w.commands.push(Command::Add(Box::new(setup))).is_err() {
             // The sockets were dropped with the command; the ports are free.
@@ -474,7 +474,8 @@ impl Relay {
 fn bind_pair(ip: IpAddr, port: u16, rcvbuf: usize) -> std::io::Result<[UdpSocket; 2]> {
     let one = |p: u16| -> std::io::Result<UdpSocket> {
         // SOCK_NONBLOCK at creation saves a syscall per socket.
-        let s = Socket::new(Domain::for_address(SocketAddr::new(ip, p)), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+        let s =
+            Socket::new(Domain::for_address(SocketAddr::new(ip, p)), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
         if rcvbuf > 0 {
             s.set_recv_buffer_size(rcvbuf)?;
         }
@@ -538,12 +539,7 @@ impl Call {
                     .collect(),
             })
             .collect();
-        CallReport {
-            call_id: self.id.to_string(),
-            created: self.created,
-            last_signal: self.last_signal,
-            legs,
-        }
+        CallReport { call_id: self.id.to_string(), created: self.created, last_signal: self.last_signal, legs }
     }
 }
 

@@ -256,10 +256,7 @@ impl<T: AsRef<[u8]>> RtpPacket<T> {
         if index >= usize::from(self.csrc_count()) {
             return None;
         }
-        get_be32(
-            self.buffer.as_ref(),
-            field::HEADER_LEN + field::CSRC_LEN * index,
-        )
+        get_be32(self.buffer.as_ref(), field::HEADER_LEN + field::CSRC_LEN * index)
     }
 
     /// The header extension as `(profile, data)` when X is set and the
@@ -337,8 +334,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> RtpPacket<T> {
     /// Rewrites the media timestamp.
     #[inline]
     pub fn set_timestamp(&mut self, value: u32) {
-        self.buffer.as_mut()[field::TIMESTAMP..field::TIMESTAMP + 4]
-            .copy_from_slice(&value.to_be_bytes());
+        self.buffer.as_mut()[field::TIMESTAMP..field::TIMESTAMP + 4].copy_from_slice(&value.to_be_bytes());
     }
 
     /// Rewrites the SSRC.
@@ -559,8 +555,7 @@ impl<T: AsRef<[u8]>> RtcpPacket<T> {
         if end > self.packet_len() {
             return None;
         }
-        let bytes: &[u8; rtcp_field::REPORT_BLOCK_LEN] =
-            self.buffer.as_ref().get(start..end)?.try_into().ok()?;
+        let bytes: &[u8; rtcp_field::REPORT_BLOCK_LEN] = self.buffer.as_ref().get(start..end)?.try_into().ok()?;
         Some(ReportBlock::parse(bytes))
     }
 }
@@ -578,9 +573,7 @@ mod tests {
 
     /// V=2, no flags, CC=0, M=1, PT=96, seq=0x1234, ts=0xdeadbeef,
     /// ssrc=0x01020304, payload "abc".
-    const BASIC: [u8; 15] = [
-        0x80, 0xe0, 0x12, 0x34, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, b'a', b'b', b'c',
-    ];
+    const BASIC: [u8; 15] = [0x80, 0xe0, 0x12, 0x34, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, b'a', b'b', b'c'];
 
     #[test]
     fn basic_header_accessors() {
@@ -665,42 +658,24 @@ mod tests {
 
     #[test]
     fn malformed_rtp() {
-        assert_eq!(
-            RtpPacket::new_checked(&[][..]).err(),
-            Some(Malformed::TooShort)
-        );
-        assert_eq!(
-            RtpPacket::new_checked(&BASIC[..11]).err(),
-            Some(Malformed::TooShort)
-        );
+        assert_eq!(RtpPacket::new_checked(&[][..]).err(), Some(Malformed::TooShort));
+        assert_eq!(RtpPacket::new_checked(&BASIC[..11]).err(), Some(Malformed::TooShort));
         let mut v1 = BASIC;
         v1[0] = 0x40;
-        assert_eq!(
-            RtpPacket::new_checked(&v1[..]).err(),
-            Some(Malformed::BadVersion)
-        );
+        assert_eq!(RtpPacket::new_checked(&v1[..]).err(), Some(Malformed::BadVersion));
         // CC=2 needs 20 bytes.
         let mut cc = BASIC;
         cc[0] = 0x82;
-        assert_eq!(
-            RtpPacket::new_checked(&cc[..]).err(),
-            Some(Malformed::TooShort)
-        );
+        assert_eq!(RtpPacket::new_checked(&cc[..]).err(), Some(Malformed::TooShort));
         // X set but no room for the preamble.
         let mut x = BASIC;
         x[0] = 0x90;
-        assert_eq!(
-            RtpPacket::new_checked(&x[..]).err(),
-            Some(Malformed::TooShort)
-        );
+        assert_eq!(RtpPacket::new_checked(&x[..]).err(), Some(Malformed::TooShort));
         // X set, preamble says 1 word of data, but none follows.
         let mut xs = BASIC[..12].to_vec();
         xs[0] = 0x90;
         xs.extend_from_slice(&[0xbe, 0xde, 0x00, 0x01]);
-        assert_eq!(
-            RtpPacket::new_checked(&xs[..]).err(),
-            Some(Malformed::BadLength)
-        );
+        assert_eq!(RtpPacket::new_checked(&xs[..]).err(), Some(Malformed::BadLength));
         xs.extend_from_slice(&[1, 2, 3, 4]);
         assert!(RtpPacket::new_checked(&xs[..]).is_ok());
     }
@@ -723,10 +698,7 @@ mod tests {
         assert_eq!(p.timestamp(), 0x0a0b_0c0d);
         assert_eq!(p.ssrc(), 0x5555_aaaa);
         assert_eq!(p.payload(), b"abc");
-        assert_eq!(
-            buf[..12],
-            [0x80, 0x88, 0xbe, 0xef, 0x0a, 0x0b, 0x0c, 0x0d, 0x55, 0x55, 0xaa, 0xaa]
-        );
+        assert_eq!(buf[..12], [0x80, 0x88, 0xbe, 0xef, 0x0a, 0x0b, 0x0c, 0x0d, 0x55, 0x55, 0xaa, 0xaa]);
     }
 
     #[test]
@@ -740,16 +712,8 @@ mod tests {
         for pt in 200u8..=204 {
             assert!(is_rtcp(&[0x80, pt, 0, 1]), "rtcp type {pt}");
             // The same byte read as RTP is PT pt-128 with the marker set.
-            assert!(
-                is_rtcp(&first_two(pt - 128, true)),
-                "pt {} with marker",
-                pt - 128
-            );
-            assert!(
-                !is_rtcp(&first_two(pt - 128, false)),
-                "pt {} no marker",
-                pt - 128
-            );
+            assert!(is_rtcp(&first_two(pt - 128, true)), "pt {} with marker", pt - 128);
+            assert!(!is_rtcp(&first_two(pt - 128, false)), "pt {} no marker", pt - 128);
         }
         // Edges of the range and non-RTP traffic.
         assert!(is_rtcp(&[0x80, 192]));
@@ -781,12 +745,7 @@ mod tests {
         buf.extend_from_slice(&123_456_u32.to_be_bytes()); // RTP ts
         buf.extend_from_slice(&1000_u32.to_be_bytes()); // packets
         buf.extend_from_slice(&160_000_u32.to_be_bytes()); // octets
-        buf.extend(report_block_bytes(
-            0xaabb_ccdd,
-            64,
-            [0x00, 0x01, 0x02],
-            [0x0001_fffe, 37, 0x1234_5678, 65536],
-        ));
+        buf.extend(report_block_bytes(0xaabb_ccdd, 64, [0x00, 0x01, 0x02], [0x0001_fffe, 37, 0x1234_5678, 65536]));
         // A trailing SDES packet of the compound must not confuse parsing.
         buf.extend_from_slice(&[0x81, 202, 0x00, 0x01, 0x11, 0x22, 0x33, 0x44]);
         let p = RtcpPacket::new_checked(&buf[..]).expect("valid");
@@ -833,12 +792,7 @@ mod tests {
         // -1 as 24-bit two's complement.
         buf.extend(report_block_bytes(1, 0, [0xff, 0xff, 0xff], [100, 0, 0, 0]));
         // -8388608 (most negative 24-bit value).
-        buf.extend(report_block_bytes(
-            2,
-            255,
-            [0x80, 0x00, 0x00],
-            [200, 1, 2, 3],
-        ));
+        buf.extend(report_block_bytes(2, 255, [0x80, 0x00, 0x00], [200, 1, 2, 3]));
         let p = RtcpPacket::new_checked(&buf[..]).expect("valid");
         assert_eq!(p.packet_type(), RTCP_RR);
         assert_eq!(p.count(), 2);
@@ -857,10 +811,7 @@ mod tests {
         let mut rr = vec![0x81, 201, 0x00, 7, 0, 0, 0, 0];
         rr.extend(max);
         let p = RtcpPacket::new_checked(&rr[..]).expect("valid");
-        assert_eq!(
-            p.report_block(0).map(|b| b.cumulative_lost),
-            Some(8_388_607)
-        );
+        assert_eq!(p.report_block(0).map(|b| b.cumulative_lost), Some(8_388_607));
     }
 
     #[test]
@@ -881,32 +832,14 @@ mod tests {
 
     #[test]
     fn malformed_rtcp() {
-        assert_eq!(
-            RtcpPacket::new_checked(&[][..]).err(),
-            Some(Malformed::TooShort)
-        );
-        assert_eq!(
-            RtcpPacket::new_checked(&[0x80, 201, 0][..]).err(),
-            Some(Malformed::TooShort)
-        );
-        assert_eq!(
-            RtcpPacket::new_checked(&[0x40, 201, 0, 1, 0, 0, 0, 0][..]).err(),
-            Some(Malformed::BadVersion)
-        );
-        assert_eq!(
-            RtcpPacket::new_checked(&[0x80, 201, 0, 1, 0, 0][..]).err(),
-            Some(Malformed::TooShort)
-        );
+        assert_eq!(RtcpPacket::new_checked(&[][..]).err(), Some(Malformed::TooShort));
+        assert_eq!(RtcpPacket::new_checked(&[0x80, 201, 0][..]).err(), Some(Malformed::TooShort));
+        assert_eq!(RtcpPacket::new_checked(&[0x40, 201, 0, 1, 0, 0, 0, 0][..]).err(), Some(Malformed::BadVersion));
+        assert_eq!(RtcpPacket::new_checked(&[0x80, 201, 0, 1, 0, 0][..]).err(), Some(Malformed::TooShort));
         // Length 0 = 4 bytes: no room for the sender SSRC.
-        assert_eq!(
-            RtcpPacket::new_checked(&[0x80, 203, 0, 0, 0, 0, 0, 0][..]).err(),
-            Some(Malformed::BadLength)
-        );
+        assert_eq!(RtcpPacket::new_checked(&[0x80, 203, 0, 0, 0, 0, 0, 0][..]).err(), Some(Malformed::BadLength));
         // Length 2 = 12 bytes but only 8 present.
-        assert_eq!(
-            RtcpPacket::new_checked(&[0x80, 201, 0, 2, 0, 0, 0, 0][..]).err(),
-            Some(Malformed::BadLength)
-        );
+        assert_eq!(RtcpPacket::new_checked(&[0x80, 201, 0, 2, 0, 0, 0, 0][..]).err(), Some(Malformed::BadLength));
         assert!(RtcpPacket::new_checked(&[0x80, 201, 0, 1, 0, 0, 0, 0][..]).is_ok());
     }
 
@@ -915,12 +848,7 @@ mod tests {
         if let Ok(p) = RtpPacket::new_checked(buf) {
             let _ = (p.version(), p.padding(), p.extension(), p.csrc_count());
             let _ = (p.marker(), p.payload_type(), p.sequence_number());
-            let _ = (
-                p.timestamp(),
-                p.ssrc(),
-                p.header_len(),
-                p.header_extension(),
-            );
+            let _ = (p.timestamp(), p.ssrc(), p.header_len(), p.header_extension());
             for i in 0..17 {
                 let _ = p.csrc(i);
             }

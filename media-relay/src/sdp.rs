@@ -114,11 +114,7 @@ impl Sdp {
     /// for a malformed line (or one before `v=`), [`SdpError::NotUtf8`] for
     /// an `m=`, `c=` or `a=rtcp` line that is not UTF-8.
     pub fn parse(text: &[u8]) -> Result<Sdp, SdpError> {
-        let mut sdp = Sdp {
-            origin_addr: None,
-            session_addr: None,
-            media: Vec::new(),
-        };
+        let mut sdp = Sdp { origin_addr: None, session_addr: None, media: Vec::new() };
         let mut seen_version = false;
         for line in lines(text) {
             let item = classify(&line)?;
@@ -368,9 +364,7 @@ struct Rewriter<'t, 'r> {
 
 impl<'t> Rewriter<'t, '_> {
     fn line(&mut self, line: &Line<'t>, item: Item<'t>, out: &mut Vec<u8>) -> Verdict {
-        let anchored_port = self
-            .section
-            .and_then(|i| self.anchored.get(i).copied().flatten());
+        let anchored_port = self.section.and_then(|i| self.anchored.get(i).copied().flatten());
         match item {
             Item::Origin(Some(Origin { span, .. })) if self.rw.replace_origin => {
                 // The span covers "<nettype> <addrtype> <address>".
@@ -409,9 +403,7 @@ impl<'t> Rewriter<'t, '_> {
                 }
                 Verdict::Written
             }
-            Item::Attr(Attr::Ice)
-                if self.rw.remove_ice && (self.section.is_none() || anchored_port.is_some()) =>
-            {
+            Item::Attr(Attr::Ice) if self.rw.remove_ice && (self.section.is_none() || anchored_port.is_some()) => {
                 Verdict::Drop
             }
             _ => Verdict::Keep,
@@ -424,12 +416,7 @@ impl<'t> Rewriter<'t, '_> {
         if let Some(port) = self.anchored.get(idx).copied().flatten() {
             let value = line.value_str().unwrap_or_default();
             out.extend_from_slice(b"m=");
-            out.extend_from_slice(
-                value
-                    .get(..ml.port_span.start)
-                    .unwrap_or_default()
-                    .as_bytes(),
-            );
+            out.extend_from_slice(value.get(..ml.port_span.start).unwrap_or_default().as_bytes());
             let _ = write!(ByteSink(out), "{port}");
             out.extend_from_slice(value.get(ml.port_span.end..).unwrap_or_default().as_bytes());
             return Verdict::Written;
@@ -485,10 +472,7 @@ impl<'a> Line<'a> {
     /// It is a prefix of [`Line::value`], so offsets into it hold for both.
     fn field(&self) -> &'a [u8] {
         let value = self.value();
-        let end = value
-            .iter()
-            .rposition(|b| !is_blank(*b))
-            .map_or(0, |i| i + 1);
+        let end = value.iter().rposition(|b| !is_blank(*b)).map_or(0, |i| i + 1);
         value.get(..end).unwrap_or_default()
     }
 
@@ -498,28 +482,15 @@ impl<'a> Line<'a> {
 }
 
 fn lines(text: &[u8]) -> impl Iterator<Item = Line<'_>> {
-    text.split_inclusive(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, raw)| {
-            let ending_len = if raw.ends_with(b"\r\n") {
-                2
-            } else {
-                usize::from(raw.ends_with(b"\n"))
-            };
-            let (content, ending) = raw.split_at(raw.len().saturating_sub(ending_len));
-            Line {
-                no: i + 1,
-                content,
-                ending,
-            }
-        })
+    text.split_inclusive(|&b| b == b'\n').enumerate().map(|(i, raw)| {
+        let ending_len = if raw.ends_with(b"\r\n") { 2 } else { usize::from(raw.ends_with(b"\n")) };
+        let (content, ending) = raw.split_at(raw.len().saturating_sub(ending_len));
+        Line { no: i + 1, content, ending }
+    })
 }
 
 fn bad(line: &Line<'_>, what: &'static str) -> SdpError {
-    SdpError::BadLine {
-        line: line.no,
-        what,
-    }
+    SdpError::BadLine { line: line.no, what }
 }
 
 /// What a line means to the relay.
@@ -569,17 +540,9 @@ fn classify<'a>(line: &Line<'a>) -> Result<Item<'a>, SdpError> {
     };
     match kind {
         b'v' => Ok(Item::Version),
-        b'o' => Ok(Item::Origin(
-            std::str::from_utf8(line.field())
-                .ok()
-                .and_then(parse_origin),
-        )),
-        b'c' => parse_connection(line.field_str()?)
-            .map(Item::Connection)
-            .map_err(|what| bad(line, what)),
-        b'm' => parse_media(line.field_str()?)
-            .map(Item::Media)
-            .map_err(|what| bad(line, what)),
+        b'o' => Ok(Item::Origin(std::str::from_utf8(line.field()).ok().and_then(parse_origin))),
+        b'c' => parse_connection(line.field_str()?).map(Item::Connection).map_err(|what| bad(line, what)),
+        b'm' => parse_media(line.field_str()?).map(Item::Media).map_err(|what| bad(line, what)),
         b'a' => parse_attr(line).map(Item::Attr),
         _ => Ok(Item::Other),
     }
@@ -612,13 +575,9 @@ fn parse_net_addr(nettype: &str, addrtype: &str, addr: &str) -> Result<IpAddr, &
     }
     let host = addr.split('/').next().unwrap_or(addr);
     if addrtype.eq_ignore_ascii_case("IP4") {
-        host.parse::<Ipv4Addr>()
-            .map(IpAddr::V4)
-            .map_err(|_| "address is not a valid IPv4 address")
+        host.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| "address is not a valid IPv4 address")
     } else if addrtype.eq_ignore_ascii_case("IP6") {
-        host.parse::<Ipv6Addr>()
-            .map(IpAddr::V6)
-            .map_err(|_| "address is not a valid IPv6 address")
+        host.parse::<Ipv6Addr>().map(IpAddr::V6).map_err(|_| "address is not a valid IPv6 address")
     } else {
         Err("address type is not IP4 or IP6")
     }
@@ -629,10 +588,7 @@ fn parse_origin(value: &str) -> Option<Origin> {
     let [_, _, _, (net_at, net), (_, atype), (addr_at, addr)] = toks.as_slice() else {
         return None;
     };
-    Some(Origin {
-        addr: parse_net_addr(net, atype, addr).ok(),
-        span: *net_at..addr_at + addr.len(),
-    })
+    Some(Origin { addr: parse_net_addr(net, atype, addr).ok(), span: *net_at..addr_at + addr.len() })
 }
 
 fn parse_connection(value: &str) -> Result<IpAddr, &'static str> {
@@ -645,8 +601,7 @@ fn parse_connection(value: &str) -> Result<IpAddr, &'static str> {
 
 fn parse_media(value: &str) -> Result<MediaLine<'_>, &'static str> {
     let mut toks = tokens(value);
-    let (Some((_, kind)), Some((port_at, port_field)), Some((_, proto))) =
-        (toks.next(), toks.next(), toks.next())
+    let (Some((_, kind)), Some((port_at, port_field)), Some((_, proto))) = (toks.next(), toks.next(), toks.next())
     else {
         return Err("m= needs <media> <port> <proto> <fmt>...");
     };
@@ -670,32 +625,21 @@ fn parse_media(value: &str) -> Result<MediaLine<'_>, &'static str> {
 fn parse_attr<'a>(line: &Line<'a>) -> Result<Attr<'a>, SdpError> {
     let value = line.field();
     let (name, rest) = match value.iter().position(|b| *b == b':') {
-        Some(i) => (
-            value.get(..i).unwrap_or_default(),
-            value.get(i + 1..).unwrap_or_default(),
-        ),
+        Some(i) => (value.get(..i).unwrap_or_default(), value.get(i + 1..).unwrap_or_default()),
         None => (value, &[][..]),
     };
     Ok(match name {
         b"rtcp" => {
-            let rest =
-                std::str::from_utf8(rest).map_err(|_| SdpError::NotUtf8 { line: line.no })?;
+            let rest = std::str::from_utf8(rest).map_err(|_| SdpError::NotUtf8 { line: line.no })?;
             let mut toks = tokens(rest).map(|(_, t)| t);
-            let port = toks
-                .next()
-                .and_then(digits::<u16>)
-                .ok_or_else(|| bad(line, "a=rtcp port is not a number 0-65535"))?;
+            let port =
+                toks.next().and_then(digits::<u16>).ok_or_else(|| bad(line, "a=rtcp port is not a number 0-65535"))?;
             let addr = match (toks.next(), toks.next(), toks.next()) {
                 (None, _, _) => None,
                 (Some(net), Some(atype), Some(addr)) => {
                     Some(parse_net_addr(net, atype, addr).map_err(|what| bad(line, what))?)
                 }
-                _ => {
-                    return Err(bad(
-                        line,
-                        "a=rtcp address needs <nettype> <addrtype> <address>",
-                    ))
-                }
+                _ => return Err(bad(line, "a=rtcp address needs <nettype> <addrtype> <address>")),
             };
             Attr::Rtcp { port, addr }
         }
@@ -708,8 +652,8 @@ fn parse_attr<'a>(line: &Line<'a>) -> Result<Attr<'a>, SdpError> {
             // ASCII by the match above.
             Attr::Direction(std::str::from_utf8(name).unwrap_or_default())
         }
-        b"candidate" | b"remote-candidates" | b"end-of-candidates" | b"ice-ufrag" | b"ice-pwd"
-        | b"ice-options" | b"ice-lite" | b"ice-mismatch" | b"ice-pacing" => Attr::Ice,
+        b"candidate" | b"remote-candidates" | b"end-of-candidates" | b"ice-ufrag" | b"ice-pwd" | b"ice-options"
+        | b"ice-lite" | b"ice-mismatch" | b"ice-pacing" => Attr::Ice,
         _ => Attr::Other,
     })
 }
@@ -746,13 +690,7 @@ a=sendrecv\r\n";
     }
 
     fn rw<'a>(addr: &str, ports: &'a [Option<u16>], rtcp: &'a [Option<u16>]) -> Rewrite<'a> {
-        Rewrite {
-            addr: ip(addr),
-            ports,
-            rtcp_ports: rtcp,
-            replace_origin: false,
-            remove_ice: false,
-        }
+        Rewrite { addr: ip(addr), ports, rtcp_ports: rtcp, replace_origin: false, remove_ice: false }
     }
 
     fn run(text: &str, rw: &Rewrite<'_>) -> String {
@@ -776,18 +714,14 @@ a=sendrecv\r\n";
         assert_eq!(m.direction.as_deref(), Some("sendrecv"));
         assert_eq!(m.rtcp, None);
         assert!(!m.rtcp_mux);
-        assert_eq!(
-            m.codec_names(),
-            ["PCMU/8000", "PCMA/8000", "telephone-event/8000"]
-        );
+        assert_eq!(m.codec_names(), ["PCMU/8000", "PCMA/8000", "telephone-event/8000"]);
     }
 
     #[test]
     fn rewrite_ipv4_audio() {
         let out = run(V4_AUDIO, &rw("203.0.113.1", &[Some(30000)], &[Some(30001)]));
-        let expected = V4_AUDIO
-            .replace("c=IN IP4 192.0.2.10", "c=IN IP4 203.0.113.1")
-            .replace("m=audio 49170", "m=audio 30000");
+        let expected =
+            V4_AUDIO.replace("c=IN IP4 192.0.2.10", "c=IN IP4 203.0.113.1").replace("m=audio 49170", "m=audio 30000");
         assert_eq!(out, expected);
 
         let mut r = rw("203.0.113.1", &[Some(30000)], &[]);
@@ -854,10 +788,7 @@ m=audio 5004 RTP/AVP 0\r\nm=video 0 RTP/AVP 31\r\nm=image 6000 udptl t38\r\ni=fa
 a=T38FaxVersion:0\r\nm=text 7000 RTP/AVP 98\r\nc=IN IP4 192.0.2.9\r\n";
         // Port-0 video stays 0 although a port is given; image and text are
         // beyond what is anchored / explicitly None.
-        let out = run(
-            text,
-            &rw("198.51.100.1", &[Some(8000), Some(8002), None], &[]),
-        );
+        let out = run(text, &rw("198.51.100.1", &[Some(8000), Some(8002), None], &[]));
         assert_eq!(
             out,
             "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
@@ -896,24 +827,14 @@ m=audio 5008 RTP/AVP 0\na=rtcp:5009 IN IP4 192.0.2.1\n";
         let sdp = Sdp::parse(text.as_bytes()).expect("parse");
         assert_eq!(sdp.media[0].rtcp, Some((5005, None)));
         assert_eq!(sdp.media[1].rtcp, Some((5009, Some(ip("192.0.2.1")))));
-        let out = run(
-            text,
-            &rw(
-                "198.51.100.1",
-                &[Some(1000), Some(2000)],
-                &[Some(1001), Some(2001)],
-            ),
-        );
+        let out = run(text, &rw("198.51.100.1", &[Some(1000), Some(2000)], &[Some(1001), Some(2001)]));
         assert_eq!(
             out,
             "v=0\nc=IN IP4 198.51.100.1\nm=audio 1000 RTP/AVP 0\na=rtcp:1001\n\
 m=audio 2000 RTP/AVP 0\na=rtcp:2001 IN IP4 198.51.100.1\n"
         );
         // No RTCP port given: the stale a=rtcp is dropped.
-        let out = run(
-            text,
-            &rw("198.51.100.1", &[Some(1000), Some(2000)], &[None]),
-        );
+        let out = run(text, &rw("198.51.100.1", &[Some(1000), Some(2000)], &[None]));
         assert_eq!(
             out,
             "v=0\nc=IN IP4 198.51.100.1\nm=audio 1000 RTP/AVP 0\n\
@@ -956,8 +877,7 @@ m=audio 1000 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 198.51.100.1\r\na=setup:actpass\r\n
         let kept = run(ICE, &r);
         assert_eq!(
             kept,
-            ICE.replace("m=audio 5004", "m=audio 1000")
-                .replace("c=IN IP4 192.0.2.1", "c=IN IP4 198.51.100.1")
+            ICE.replace("m=audio 5004", "m=audio 1000").replace("c=IN IP4 192.0.2.1", "c=IN IP4 198.51.100.1")
         );
         assert_eq!(kept.matches("a=candidate:").count(), 2);
     }
@@ -967,10 +887,7 @@ m=audio 1000 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 198.51.100.1\r\na=setup:actpass\r\n
         let text = "v=0\nc=IN IP4 192.0.2.1\nm=audio 5004 RTP/AVP 0\na=candidate:1 1 UDP 1 192.0.2.1 5004 typ host";
         let mut r = rw("198.51.100.1", &[Some(1000)], &[]);
         r.remove_ice = true;
-        assert_eq!(
-            run(text, &r),
-            "v=0\nc=IN IP4 198.51.100.1\nm=audio 1000 RTP/AVP 0"
-        );
+        assert_eq!(run(text, &r), "v=0\nc=IN IP4 198.51.100.1\nm=audio 1000 RTP/AVP 0");
     }
 
     #[test]
@@ -979,15 +896,10 @@ m=audio 1000 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 198.51.100.1\r\na=setup:actpass\r\n
 b=AS:64\nt=0 0\nm=audio   5004   RTP/AVP 0\nc=IN IP4 192.0.2.1\nk=prompt\n\
 a=x-custom:  spaced  value\na=rtpmap:bogus\n\n";
         let out = run(text, &rw("198.51.100.1", &[Some(1000)], &[]));
-        assert_eq!(
-            out,
-            text.replace("5004", "1000")
-                .replace("c=IN IP4 192.0.2.1", "c=IN IP4 198.51.100.1")
-        );
+        assert_eq!(out, text.replace("5004", "1000").replace("c=IN IP4 192.0.2.1", "c=IN IP4 198.51.100.1"));
         assert!(!out.contains('\r'));
         // Non-UTF-8 bytes in lines the relay does not interpret are copied.
-        let mut raw =
-            b"v=0\r\ns=\xff\xfe\r\nc=IN IP4 192.0.2.1\r\nm=audio 5004 RTP/AVP 0\r\n".to_vec();
+        let mut raw = b"v=0\r\ns=\xff\xfe\r\nc=IN IP4 192.0.2.1\r\nm=audio 5004 RTP/AVP 0\r\n".to_vec();
         let out = rewrite(&raw, &rw("198.51.100.1", &[Some(1000)], &[])).expect("rewrite");
         raw.truncate(9);
         assert!(out.starts_with(&raw));
@@ -997,10 +909,7 @@ a=x-custom:  spaced  value\na=rtpmap:bogus\n\n";
     fn crlf_and_mixed_endings_preserved() {
         let text = "v=0\r\ns=-\nc=IN IP4 192.0.2.1\r\nt=0 0\nm=audio 5004 RTP/AVP 0\r\na=sendonly";
         let out = run(text, &rw("198.51.100.1", &[Some(1000)], &[]));
-        assert_eq!(
-            out,
-            "v=0\r\ns=-\nc=IN IP4 198.51.100.1\r\nt=0 0\nm=audio 1000 RTP/AVP 0\r\na=sendonly"
-        );
+        assert_eq!(out, "v=0\r\ns=-\nc=IN IP4 198.51.100.1\r\nt=0 0\nm=audio 1000 RTP/AVP 0\r\na=sendonly");
         let sdp = Sdp::parse(text.as_bytes()).expect("parse");
         assert_eq!(sdp.media[0].direction.as_deref(), Some("sendonly"));
     }
@@ -1014,8 +923,7 @@ a=x-custom:  spaced  value\na=rtpmap:bogus\n\n";
         assert_eq!(run(text, &r), "v=0");
         // A lone CR is not a line ending; a line inserted at the end goes
         // after a real one.
-        let text =
-            "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 1 RTP/AVP 0\r\nm=video 2 RTP/AVP 96\rv=0\r";
+        let text = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 1 RTP/AVP 0\r\nm=video 2 RTP/AVP 96\rv=0\r";
         let out = run(text, &rw("198.51.100.1", &[Some(9)], &[]));
         assert_eq!(
             out,
@@ -1057,20 +965,8 @@ a=rtpmap:0 PCMU/8000\nm=video 5006 RTP/AVP 26 34 31 32 97\n";
         assert_eq!(v.clock_rate(26), Some(90000));
         assert_eq!(v.clock_rate(34), Some(90000));
         assert_eq!(v.clock_rate(96), None);
-        assert_eq!(
-            a.codec_names(),
-            [
-                "PCMU/8000",
-                "G722/8000",
-                "G729/8000",
-                "AMR-WB/16000",
-                "CN/8000"
-            ]
-        );
-        assert_eq!(
-            v.codec_names(),
-            ["JPEG/90000", "H263/90000", "H261/90000", "MPV/90000"]
-        );
+        assert_eq!(a.codec_names(), ["PCMU/8000", "G722/8000", "G729/8000", "AMR-WB/16000", "CN/8000"]);
+        assert_eq!(v.codec_names(), ["JPEG/90000", "H263/90000", "H261/90000", "MPV/90000"]);
         assert_eq!(a.remote_addr(&sdp), None);
     }
 
@@ -1085,71 +981,31 @@ a=rtpmap:0 PCMU/8000\nm=video 5006 RTP/AVP 26 34 31 32 97\n";
             (b"v=0\r\nm=audio 70000 RTP/AVP 0\r\n", 2, PORT),
             (b"v=0\nm=audio -1 RTP/AVP 0\n", 2, PORT),
             (b"v=0\nm=audio +5 RTP/AVP 0\n", 2, PORT),
-            (
-                b"v=0\nm=audio 5004/x RTP/AVP 0\n",
-                2,
-                "m= port count is not a number",
-            ),
-            (
-                b"v=0\nm=audio\n",
-                2,
-                "m= needs <media> <port> <proto> <fmt>...",
-            ),
+            (b"v=0\nm=audio 5004/x RTP/AVP 0\n", 2, "m= port count is not a number"),
+            (b"v=0\nm=audio\n", 2, "m= needs <media> <port> <proto> <fmt>..."),
             (b"v=0\n\nc=IN IP4 300.1.1.1\n", 3, IP4),
             (b"v=0\nc=IN IP4 2001:db8::1\n", 2, IP4),
             (b"v=0\nc=IN IP4 host.example.com\n", 2, IP4),
-            (
-                b"v=0\nc=IN IP6 192.0.2.1\n",
-                2,
-                "address is not a valid IPv6 address",
-            ),
-            (
-                b"v=0\nc=IN IPX 1.2.3.4\n",
-                2,
-                "address type is not IP4 or IP6",
-            ),
+            (b"v=0\nc=IN IP6 192.0.2.1\n", 2, "address is not a valid IPv6 address"),
+            (b"v=0\nc=IN IPX 1.2.3.4\n", 2, "address type is not IP4 or IP6"),
             (b"v=0\nc=ATM NSAP 47\n", 2, "network type is not IN"),
-            (
-                b"v=0\nc=IN IP4\n",
-                2,
-                "c= needs <nettype> <addrtype> <address>",
-            ),
-            (
-                b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:x\n",
-                3,
-                "a=rtcp port is not a number 0-65535",
-            ),
-            (
-                b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:5 IN IP4\n",
-                3,
-                "a=rtcp address needs <nettype> <addrtype> <address>",
-            ),
+            (b"v=0\nc=IN IP4\n", 2, "c= needs <nettype> <addrtype> <address>"),
+            (b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:x\n", 3, "a=rtcp port is not a number 0-65535"),
+            (b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:5 IN IP4\n", 3, "a=rtcp address needs <nettype> <addrtype> <address>"),
             (b"v=0\nm=audio 1 RTP/AVP 0\na=rtcp:5 IN IP4 ::1\n", 3, IP4),
         ];
         for &(input, line, what) in table {
             let want = Err(SdpError::BadLine { line, what });
-            assert_eq!(
-                Sdp::parse(input),
-                want,
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(Sdp::parse(input), want, "{:?}", String::from_utf8_lossy(input));
             // rewrite reports the same errors.
             let r = rw("192.0.2.1", &[Some(1)], &[]);
             assert_eq!(rewrite(input, &r).map(|_| ()), want.map(|_: Sdp| ()));
         }
         assert_eq!(Sdp::parse(b""), Err(SdpError::Empty));
         assert_eq!(Sdp::parse(b"\r\n\n"), Err(SdpError::Empty));
+        assert_eq!(Sdp::parse(b"v=0\nc=IN IP4 \xff\n"), Err(SdpError::NotUtf8 { line: 2 }));
         assert_eq!(
-            Sdp::parse(b"v=0\nc=IN IP4 \xff\n"),
-            Err(SdpError::NotUtf8 { line: 2 })
-        );
-        assert_eq!(
-            SdpError::BadLine {
-                line: 4,
-                what: PORT
-            }
-            .to_string(),
+            SdpError::BadLine { line: 4, what: PORT }.to_string(),
             "SDP line 4: m= port is not a number 0-65535"
         );
     }
@@ -1163,14 +1019,10 @@ a=rtpmap:300 X/8000\na=rtpmap:96\na=rtpmap:97 Y/abc\n";
         assert!(sdp.media[0].formats.is_empty());
         assert!(sdp.media[0].rtpmap.is_empty());
 
-        let text =
-            "v=0\no=- 1 1 IN IP4 host.example.com\nc=IN IP4 192.0.2.1\nm=audio 1 RTP/AVP 0\n";
+        let text = "v=0\no=- 1 1 IN IP4 host.example.com\nc=IN IP4 192.0.2.1\nm=audio 1 RTP/AVP 0\n";
         let mut r = rw("192.0.2.9", &[Some(2)], &[]);
         r.replace_origin = true;
-        assert_eq!(
-            run(text, &r),
-            "v=0\no=- 1 1 IN IP4 192.0.2.9\nc=IN IP4 192.0.2.9\nm=audio 2 RTP/AVP 0\n"
-        );
+        assert_eq!(run(text, &r), "v=0\no=- 1 1 IN IP4 192.0.2.9\nc=IN IP4 192.0.2.9\nm=audio 2 RTP/AVP 0\n");
     }
 
     fn sdp_line() -> impl Strategy<Value = String> {
@@ -1198,21 +1050,11 @@ a=rtpmap:300 X/8000\na=rtpmap:96\na=rtpmap:97 Y/abc\n";
 
     fn sdp_text() -> impl Strategy<Value = (Vec<u8>, bool)> {
         (
-            proptest::collection::vec(
-                (
-                    sdp_line(),
-                    prop_oneof![Just("\r\n"), Just("\n"), Just("\r"), Just("")],
-                ),
-                0..16,
-            ),
+            proptest::collection::vec((sdp_line(), prop_oneof![Just("\r\n"), Just("\n"), Just("\r"), Just("")]), 0..16),
             any::<bool>(),
         )
             .prop_map(|(lines, v_first)| {
-                let mut out = if v_first {
-                    b"v=0\r\n".to_vec()
-                } else {
-                    Vec::new()
-                };
+                let mut out = if v_first { b"v=0\r\n".to_vec() } else { Vec::new() };
                 for (l, e) in lines {
                     out.extend_from_slice(l.as_bytes());
                     out.extend_from_slice(e.as_bytes());

@@ -140,14 +140,7 @@ enum SeqVerdict {
 impl SeqState {
     const fn new(ssrc: u32, seq: u16) -> Self {
         let ext = EXT_OFFSET + seq as u64;
-        Self {
-            ssrc,
-            base_ext: ext,
-            max_ext: ext,
-            bad_seq: None,
-            received: 1,
-            window: 1,
-        }
+        Self { ssrc, base_ext: ext, max_ext: ext, bad_seq: None, received: 1, window: 1 }
     }
 
     /// RFC 3550 A.1 `update_seq`, plus the duplicate window.
@@ -210,11 +203,7 @@ struct JitterState {
 
 impl JitterState {
     const fn new() -> Self {
-        Self {
-            clock_rate: 0,
-            last_transit: None,
-            scaled: 0,
-        }
+        Self { clock_rate: 0, last_transit: None, scaled: 0 }
     }
 
     fn update(&mut self, rtp_ts: u32, clock_rate: u32, now: Nanos) {
@@ -274,15 +263,7 @@ impl RtpStats {
     /// Account one received RTP packet. `now` is monotonic ns of arrival;
     /// `clock_rate` Hz of its payload type (0 = unknown → skip the jitter
     /// update). `len` is the datagram length in bytes.
-    pub fn on_rtp(
-        &mut self,
-        seq: u16,
-        rtp_ts: u32,
-        ssrc: u32,
-        len: usize,
-        clock_rate: u32,
-        now: Nanos,
-    ) {
+    pub fn on_rtp(&mut self, seq: u16, rtp_ts: u32, ssrc: u32, len: usize, clock_rate: u32, now: Nanos) {
         self.count(len, now);
         self.rtp_packets += 1;
         let verdict = match self.seq.as_mut() {
@@ -320,17 +301,15 @@ impl RtpStats {
 
     /// A copy of the current counters.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let (cur_expected, cur_received, ssrc, max_seq_ext) =
-            self.seq.as_ref().map_or((0, 0, 0, 0), |s| {
-                // Truncation to 32 bits matches the RR field.
-                let ext = (s.max_ext - EXT_OFFSET) as u32;
-                (s.expected(), s.received, s.ssrc, ext)
-            });
+        let (cur_expected, cur_received, ssrc, max_seq_ext) = self.seq.as_ref().map_or((0, 0, 0, 0), |s| {
+            // Truncation to 32 bits matches the RR field.
+            let ext = (s.max_ext - EXT_OFFSET) as u32;
+            (s.expected(), s.received, s.ssrc, ext)
+        });
         let expected = self.prior_expected + cur_expected;
         let received = self.prior_received + cur_received;
-        let lost = i64::try_from(expected)
-            .unwrap_or(i64::MAX)
-            .saturating_sub(i64::try_from(received).unwrap_or(i64::MAX));
+        let lost =
+            i64::try_from(expected).unwrap_or(i64::MAX).saturating_sub(i64::try_from(received).unwrap_or(i64::MAX));
         StatsSnapshot {
             packets: self.packets,
             bytes: self.bytes,
@@ -466,11 +445,7 @@ mod tests {
         // base = 65530; after the wrap, ext max = 1 cycle + 3 = 65539.
         // expected = 65539 - 65530 + 1 = 10, received 9, lost 1.
         let mut s = RtpStats::new();
-        feed(
-            &mut s,
-            SSRC,
-            &[65530, 65531, 65532, 65533, 65534, 65535, 0, 2, 3],
-        );
+        feed(&mut s, SSRC, &[65530, 65531, 65532, 65533, 65534, 65535, 0, 2, 3]);
         let snap = s.snapshot();
         assert_eq!(snap.max_seq_ext, 0x0001_0003);
         assert_eq!(snap.expected, 10);
@@ -604,11 +579,7 @@ mod tests {
         // SSRC B: 5000..=5004 -> expected 5, received 5.
         // Totals: expected 15, lost 1; current ssrc B, max 5004.
         let mut s = RtpStats::new();
-        feed(
-            &mut s,
-            0xaaaa,
-            &[100, 101, 102, 103, 104, 106, 107, 108, 109],
-        );
+        feed(&mut s, 0xaaaa, &[100, 101, 102, 103, 104, 106, 107, 108, 109]);
         feed(&mut s, 0xbbbb, &[5000, 5001, 5002, 5003, 5004]);
         let snap = s.snapshot();
         assert_eq!(snap.packets, 14);
@@ -683,14 +654,7 @@ mod tests {
         let start = u64::MAX / 2;
         for i in 0..50u32 {
             let ts = (u32::MAX - 960 * 10).wrapping_add(960 * i);
-            s.on_rtp(
-                i as u16,
-                ts,
-                SSRC,
-                100,
-                48_000,
-                start + 20 * MS * u64::from(i),
-            );
+            s.on_rtp(i as u16, ts, SSRC, 100, 48_000, start + 20 * MS * u64::from(i));
         }
         assert_eq!(s.snapshot().jitter, 0);
     }
@@ -729,19 +693,11 @@ mod tests {
 
     #[test]
     fn loss_fraction() {
-        let snap = StatsSnapshot {
-            expected: 200,
-            lost: 50,
-            ..StatsSnapshot::default()
-        };
+        let snap = StatsSnapshot { expected: 200, lost: 50, ..StatsSnapshot::default() };
         assert_eq!(snap.loss_fraction(), 0.25);
         let none = StatsSnapshot::default();
         assert_eq!(none.loss_fraction(), 0.0);
-        let negative = StatsSnapshot {
-            expected: 10,
-            lost: -3,
-            ..StatsSnapshot::default()
-        };
+        let negative = StatsSnapshot { expected: 10, lost: -3, ..StatsSnapshot::default() };
         assert_eq!(negative.loss_fraction(), 0.0);
         // 3 lost of 20 from real traffic: 0..=19 without 4, 9, 14.
         let mut s = RtpStats::new();

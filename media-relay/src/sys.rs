@@ -123,13 +123,7 @@ impl RecvBatch {
         // SAFETY: every pointer in `hdrs` points into `self` or the local
         // `iov` array, all of which outlive the call; lengths match the buffers.
         let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+            libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -200,14 +194,8 @@ pub fn send_batch(fd: RawFd, batch: &RecvBatch, idx: &[u8], dest: SocketAddr) ->
     while sent < n {
         // SAFETY: hdrs[sent..n] point at live buffers in `batch`, the local
         // `iov` array and `addr`; the kernel only reads them.
-        let r = unsafe {
-            libc::sendmmsg(
-                fd,
-                hdrs.as_mut_ptr().add(sent),
-                (n - sent) as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
+        let r =
+            unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr().add(sent), (n - sent) as libc::c_uint, libc::MSG_DONTWAIT) };
         if r < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {

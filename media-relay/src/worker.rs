@@ -102,7 +102,12 @@ enum SourceVerdict {
 }
 
 /// Checks a packet's source against the leg's latched or expected address.
-fn check_source(nat: bool, latched: Option<SocketAddr>, expected: Option<SocketAddr>, src: SocketAddr) -> SourceVerdict {
+fn check_source(
+    nat: bool,
+    latched: Option<SocketAddr>,
+    expected: Option<SocketAddr>,
+    src: SocketAddr,
+) -> SourceVerdict {
     match latched {
         Some(l) if l == src => SourceVerdict::Accept,
         Some(_) => SourceVerdict::Foreign,

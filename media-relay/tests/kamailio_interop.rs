@@ -51,9 +51,8 @@ use std::time::{Duration, Instant};
 
 use common::bencode::Value;
 use common::{
-    find_binary, free_tcp_port, free_udp_port, free_udp_port_range, in_ci, metric_value, render,
-    scrape_metrics, udp_port_in_use, wait_for_sip, wait_for_udp_ng, wait_until, ChildGuard,
-    NgClient, NgExchange, NgTap, TestDir,
+    find_binary, free_tcp_port, free_udp_port, free_udp_port_range, in_ci, metric_value, render, scrape_metrics,
+    udp_port_in_use, wait_for_sip, wait_for_udp_ng, wait_until, ChildGuard, NgClient, NgExchange, NgTap, TestDir,
 };
 
 /// Number of SIP calls (each with RTP both ways).
@@ -118,9 +117,7 @@ impl RelayPlan {
             .arg("--log-level=6");
         match self.kind {
             RelayKind::MediaRelay => {
-                cmd.arg("--timeout=60")
-                    .arg(format!("--metrics={}", self.metrics))
-                    .arg("--num-threads=2");
+                cmd.arg("--timeout=60").arg(format!("--metrics={}", self.metrics)).arg("--num-threads=2");
             }
             RelayKind::Rtpengine => {
                 // No kernel forwarding table; log to stderr (captured).
@@ -144,27 +141,18 @@ fn list_calls(ng: &NgClient) -> Vec<String> {
     let mut cmd = Value::dict();
     cmd.insert("command", "list".into());
     let reply = ng.cmd(cmd);
-    assert_eq!(
-        reply.get("result").and_then(Value::as_str),
-        Some("ok"),
-        "ng list failed: {}",
-        render(&reply)
-    );
+    assert_eq!(reply.get("result").and_then(Value::as_str), Some("ok"), "ng list failed: {}", render(&reply));
     let calls = reply
         .get("calls")
         .and_then(Value::as_list)
         .unwrap_or_else(|| panic!("ng list reply without a `calls` list: {}", render(&reply)));
-    calls
-        .iter()
-        .filter_map(|c| c.as_str().map(str::to_string))
-        .collect()
+    calls.iter().filter_map(|c| c.as_str().map(str::to_string)).collect()
 }
 
 /// `query` for one call; `None` if the call is gone (or the query failed).
 fn query_call(ng: &NgClient, call_id: &str) -> Option<Value> {
     let mut cmd = Value::dict();
-    cmd.insert("command", "query".into())
-        .insert("call-id", call_id.into());
+    cmd.insert("command", "query".into()).insert("call-id", call_id.into());
     let reply = ng.try_cmd(&cmd).ok()?;
     (reply.get("result").and_then(Value::as_str) == Some("ok")).then_some(reply)
 }
@@ -253,16 +241,10 @@ fn fill(template: &str, vars: &[(&str, String)]) -> String {
     // Any `@NAME@` left over is a placeholder nobody filled in.
     let leftover = out.match_indices('@').find_map(|(i, _)| {
         let rest = &out[i + 1..];
-        let len = rest
-            .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
-            .unwrap_or(0);
+        let len = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap_or(0);
         (len > 0 && rest[len..].starts_with('@')).then(|| &rest[..len])
     });
-    assert!(
-        leftover.is_none(),
-        "unfilled placeholder @{}@",
-        leftover.unwrap_or_default()
-    );
+    assert!(leftover.is_none(), "unfilled placeholder @{}@", leftover.unwrap_or_default());
     out
 }
 
@@ -271,16 +253,11 @@ fn print_exchange(label: &str, x: &NgExchange) {
         "[ng] {label} from {} (cookie {}):\n  command: {}\n  reply:   {}",
         x.client,
         x.cookie,
-        x.command.as_ref().map(render).unwrap_or_else(|| {
-            format!(
-                "<undecodable> {:?}",
-                String::from_utf8_lossy(&x.raw_command)
-            )
-        }),
-        x.reply
+        x.command
             .as_ref()
             .map(render)
-            .unwrap_or_else(|| "<none>".to_string()),
+            .unwrap_or_else(|| { format!("<undecodable> {:?}", String::from_utf8_lossy(&x.raw_command)) }),
+        x.reply.as_ref().map(render).unwrap_or_else(|| "<none>".to_string()),
     );
 }
 
@@ -307,10 +284,7 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
             p
         }
     };
-    println!(
-        "[test] relay under test: {kind:?} ({})",
-        relay_binary.display()
-    );
+    println!("[test] relay under test: {kind:?} ({})", relay_binary.display());
 
     // --- 2. Ports and scratch dir ------------------------------------------
     let dir = TestDir::new("kamailio-interop");
@@ -335,30 +309,17 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
     );
 
     // --- 3. The relay ------------------------------------------------------
-    let plan = RelayPlan {
-        kind,
-        binary: relay_binary,
-        ng: relay_ng,
-        port_min: relay_min,
-        port_max: relay_max,
-        metrics,
-    };
+    let plan =
+        RelayPlan { kind, binary: relay_binary, ng: relay_ng, port_min: relay_min, port_max: relay_max, metrics };
     let mut relay = ChildGuard::spawn("relay", &mut plan.command(), dir.path());
     let up = wait_for_udp_ng(relay_ng, Duration::from_secs(10));
     relay.assert_running();
-    assert!(
-        up,
-        "relay did not answer ng ping on {relay_ng} within 10 s\n{}",
-        relay.log_tail(40)
-    );
+    assert!(up, "relay did not answer ng ping on {relay_ng} within 10 s\n{}", relay.log_tail(40));
 
     // Kamailio talks to the relay through a recording tap.
     let tap = NgTap::start(relay_ng);
     let ng = NgClient::new(relay_ng);
-    assert!(
-        list_calls(&ng).is_empty(),
-        "relay starts with calls already present"
-    );
+    assert!(list_calls(&ng).is_empty(), "relay starts with calls already present");
 
     // --- 4. Kamailio ---------------------------------------------------------
     let cfg = dir.write(
@@ -388,29 +349,16 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
     let kam_addr = SocketAddr::from(([127, 0, 0, 1], sip_port));
     let up = wait_for_sip(kam_addr, Duration::from_secs(15));
     kam.assert_running();
-    assert!(
-        up,
-        "kamailio did not answer OPTIONS on {kam_addr}\n{}",
-        kam.log_tail(40)
-    );
+    assert!(up, "kamailio did not answer OPTIONS on {kam_addr}\n{}", kam.log_tail(40));
 
     // --- 5. sipp UAS (echoes RTP back to the relay) -----------------------------
     // 3 s of A-law silence: sipp's rtp_stream sends 160 bytes per 20 ms.
     let audio = dir.write("pcma_3s.raw", vec![0xd5u8; RTP_PACKETS * 160]);
-    assert!(
-        !audio.display().to_string().contains(','),
-        "rtp_stream takes a comma list"
-    );
+    assert!(!audio.display().to_string().contains(','), "rtp_stream takes a comma list");
     let uas_xml = dir.write("uas_echo.xml", UAS_SCENARIO);
     let uac_xml = dir.write(
         "uac_rtp.xml",
-        fill(
-            UAC_SCENARIO,
-            &[
-                ("@AUDIO@", audio.display().to_string()),
-                ("@PAUSE_MS@", CALL_HOLD_MS.to_string()),
-            ],
-        ),
+        fill(UAC_SCENARIO, &[("@AUDIO@", audio.display().to_string()), ("@PAUSE_MS@", CALL_HOLD_MS.to_string())]),
     );
     let mut uas_cmd = Command::new(&sipp);
     uas_cmd
@@ -418,26 +366,12 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
         .arg("-sf")
         .arg(&uas_xml)
         .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
-        .args([
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &uas_media.to_string(),
-            "-rtp_echo",
-        ])
+        .args(["-mi", "127.0.0.1", "-mp", &uas_media.to_string(), "-rtp_echo"])
         .args(["-m", &CALLS.to_string()])
-        .args([
-            "-nostdin",
-            "-timeout",
-            "50s",
-            "-timeout_error",
-            "-trace_err",
-        ])
+        .args(["-nostdin", "-timeout", "50s", "-timeout_error", "-trace_err"])
         .args(["-trace_stat", "-stf", "uas_stats.csv"]);
     let mut uas = ChildGuard::spawn("sipp-uas", &mut uas_cmd, dir.path());
-    let up = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        udp_port_in_use(uas_port)
-    });
+    let up = wait_until(Duration::from_secs(5), Duration::from_millis(20), || udp_port_in_use(uas_port));
     uas.assert_running();
     assert!(up, "sipp UAS did not bind 127.0.0.1:{uas_port}");
 
@@ -450,21 +384,8 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
         .arg(&uac_xml)
         .args(["-i", "127.0.0.1", "-p", &uac_port.to_string()])
         .args(["-mi", "127.0.0.1", "-mp", &uac_media.to_string()])
-        .args([
-            "-m",
-            &CALLS.to_string(),
-            "-r",
-            "5",
-            "-l",
-            &CALLS.to_string(),
-        ])
-        .args([
-            "-nostdin",
-            "-timeout",
-            "45s",
-            "-timeout_error",
-            "-trace_err",
-        ])
+        .args(["-m", &CALLS.to_string(), "-r", "5", "-l", &CALLS.to_string()])
+        .args(["-nostdin", "-timeout", "45s", "-timeout_error", "-trace_err"])
         .args(["-trace_stat", "-stf", "uac_stats.csv"]);
     let mut uac = ChildGuard::spawn("sipp-uac", &mut uac_cmd, dir.path());
     let uac_pid = uac.pid();
@@ -477,11 +398,7 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
         if let Some(status) = uac.try_wait() {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "sipp UAC still running after 50 s\n{}",
-            uac.log_tail(30)
-        );
+        assert!(Instant::now() < deadline, "sipp UAC still running after 50 s\n{}", uac.log_tail(30));
         relay.assert_running();
         kam.assert_running();
         if let Some(q) = poll_relay(&ng, &mut seen) {
@@ -509,11 +426,7 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
         errors.chars().take(4000).collect::<String>(),
         uac.log_tail(30)
     );
-    assert_eq!(
-        ok_calls,
-        Some(u64::from(CALLS)),
-        "successful calls per sipp UAC stats"
-    );
+    assert_eq!(ok_calls, Some(u64::from(CALLS)), "successful calls per sipp UAC stats");
     assert_eq!(failed_calls, Some(0), "failed calls per sipp UAC stats");
     let uas_status = uas.wait_timeout(Duration::from_secs(10));
     assert!(
@@ -524,17 +437,13 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
     println!("[test] sipp: {CALLS} calls successful (UAC pid {uac_pid})");
 
     // --- 9. Kamailio drove offer / answer / delete for every call ---------------
-    let expected_calls: BTreeSet<String> = (1..=CALLS)
-        .map(|n| format!("{n}-{uac_pid}@127.0.0.1"))
-        .collect();
+    let expected_calls: BTreeSet<String> = (1..=CALLS).map(|n| format!("{n}-{uac_pid}@127.0.0.1")).collect();
     // Give a delete that crossed the BYE's 200 a moment to be answered.
     wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
         let x = tap.exchanges();
-        expected_calls.iter().all(|c| {
-            x.iter().any(|e| {
-                e.name() == Some("delete") && e.key("call-id") == Some(c) && e.reply.is_some()
-            })
-        })
+        expected_calls
+            .iter()
+            .all(|c| x.iter().any(|e| e.name() == Some("delete") && e.key("call-id") == Some(c) && e.reply.is_some()))
     });
     let exchanges = tap.exchanges();
     for name in ["offer", "answer", "delete"] {
@@ -548,60 +457,33 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
                 .iter()
                 .filter(|x| x.name() == Some(name) && x.key("call-id") == Some(call_id.as_str()))
                 .collect();
-            assert!(
-                !found.is_empty(),
-                "Kamailio sent no `{name}` for call {call_id}"
-            );
+            assert!(!found.is_empty(), "Kamailio sent no `{name}` for call {call_id}");
             assert!(
                 found.iter().all(|x| x.result() == Some("ok")),
                 "relay did not answer `{name}` for {call_id} with result ok: {}",
-                found
-                    .iter()
-                    .map(|x| x.reply.as_ref().map(render).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(" | ")
+                found.iter().map(|x| x.reply.as_ref().map(render).unwrap_or_default()).collect::<Vec<_>>().join(" | ")
             );
         }
     }
-    let other: BTreeSet<&str> = exchanges
-        .iter()
-        .filter_map(NgExchange::name)
-        .filter(|n| !["offer", "answer", "delete"].contains(n))
-        .collect();
-    println!(
-        "[ng] {} exchanges via the tap; other commands from Kamailio: {other:?}",
-        exchanges.len()
-    );
+    let other: BTreeSet<&str> =
+        exchanges.iter().filter_map(NgExchange::name).filter(|n| !["offer", "answer", "delete"].contains(n)).collect();
+    println!("[ng] {} exchanges via the tap; other commands from Kamailio: {other:?}", exchanges.len());
 
     // --- 10. RTP went through the relay both ways, for every call -----------------
     if let Some(q) = &sample_query {
-        println!(
-            "[ng] sample query reply during the RTP phase:\n  {}",
-            render(q)
-        );
+        println!("[ng] sample query reply during the RTP phase:\n  {}", render(q));
     }
     for (call_id, tags) in &seen {
         println!("[relay] {call_id}: {tags:?}");
     }
     let seen_ids: BTreeSet<String> = seen.keys().cloned().collect();
-    assert_eq!(
-        seen_ids, expected_calls,
-        "call-ids listed by the relay vs. sipp's calls"
-    );
+    assert_eq!(seen_ids, expected_calls, "call-ids listed by the relay vs. sipp's calls");
     for call_id in &expected_calls {
         let tags = &seen[call_id];
-        let call_no: u32 = call_id
-            .split('-')
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let call_no: u32 = call_id.split('-').next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let uac_tag = format!("{uac_pid}xsbcUac{call_no}");
         let uac_packets = tags.get(&uac_tag).copied();
-        let uas_packets = tags
-            .iter()
-            .filter(|(t, _)| t.contains("xsbcUas"))
-            .map(|(_, p)| *p)
-            .max();
+        let uas_packets = tags.iter().filter(|(t, _)| t.contains("xsbcUas")).map(|(_, p)| *p).max();
         assert!(
             uac_packets.is_some_and(|p| p > 0),
             "{call_id}: no RTP received from the UAC (tag {uac_tag}) by the relay: {tags:?}"
@@ -625,31 +507,23 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
         let mut last = Vec::new();
         let mut last_err = String::new();
         let released =
-            wait_until(
-                Duration::from_secs(5),
-                Duration::from_millis(100),
-                || match scrape_metrics(metrics) {
-                    Ok(m) => {
-                        last = m;
-                        metric_value(&last, "media_relay_ports_in_use", &[]) == Some(0.0)
-                    }
-                    Err(e) => {
-                        last_err = e;
-                        false
-                    }
-                },
-            );
+            wait_until(Duration::from_secs(5), Duration::from_millis(100), || match scrape_metrics(metrics) {
+                Ok(m) => {
+                    last = m;
+                    metric_value(&last, "media_relay_ports_in_use", &[]) == Some(0.0)
+                }
+                Err(e) => {
+                    last_err = e;
+                    false
+                }
+            });
         assert!(
             released,
             "media_relay_ports_in_use did not reach 0: {:?} {last_err}",
             metric_value(&last, "media_relay_ports_in_use", &[])
         );
         assert_eq!(
-            metric_value(
-                &last,
-                "media_relay_sessions_ended_total",
-                &[("media", "both")]
-            ),
+            metric_value(&last, "media_relay_sessions_ended_total", &[("media", "both")]),
             Some(f64::from(CALLS)),
             "media_relay_sessions_ended_total{{media=\"both\"}}"
         );

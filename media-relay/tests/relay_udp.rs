@@ -349,7 +349,9 @@ fn media_timeout_deletes_silent_calls() {
     assert_eq!(metric(&r, "media_relay_sessions_active"), 1.0);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(metric(&r, "media_relay_sessions_active"), 1.0, "not deleted before the timeout");
-    wait_until("timeout deletes the call", || metric(&r, "media_relay_sessions_deleted_total{reason=\"timeout\"}") == 1.0);
+    wait_until("timeout deletes the call", || {
+        metric(&r, "media_relay_sessions_deleted_total{reason=\"timeout\"}") == 1.0
+    });
     wait_until("ports freed after timeout", || metric(&r, "media_relay_ports_in_use") == 0.0);
     assert_eq!(metric(&r, "media_relay_sessions_active"), 0.0);
     assert_eq!(metric(&r, "media_relay_sessions_ended_total{media=\"oneway\"}"), 1.0);
@@ -523,7 +525,8 @@ fn ipv6_relay() {
     let r = start_relay(&["--interface=::1"]);
     let a = UdpSocket::bind("[::1]:0").unwrap();
     let b = UdpSocket::bind("[::1]:0").unwrap();
-    let sdp6 = |p: u16| format!("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {p} RTP/AVP 8\r\n");
+    let sdp6 =
+        |p: u16| format!("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {p} RTP/AVP 8\r\n");
     let offer = cmd(
         &r,
         &dict(&[

@@ -428,10 +428,7 @@ impl Config {
         }
         let r = f.registrar;
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
-            return Err(invalid(
-                "registrar.default_expires",
-                "need min_expires <= default_expires <= max_expires",
-            ));
+            return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
         }
         let mut trunks: Vec<Trunk> = Vec::new();
         for (i, t) in f.trunk.iter().enumerate() {
@@ -494,7 +491,9 @@ impl Config {
         if h.down_after == 0 || h.up_after == 0 {
             return Err(invalid("health.down_after", "down_after and up_after must be at least 1"));
         }
-        if let Some(c) = h.alive_codes.iter().chain(&h.failure_codes).chain(&f.sip.failover_codes).find(|c| !(100..700).contains(*c)) {
+        if let Some(c) =
+            h.alive_codes.iter().chain(&h.failure_codes).chain(&f.sip.failover_codes).find(|c| !(100..700).contains(*c))
+        {
             return Err(invalid("health.alive_codes", format!("{c} is not a SIP status code")));
         }
         let health = HealthSettings {
@@ -513,11 +512,15 @@ impl Config {
             return Err(invalid("alternate_path.backups", "list at least one backup when alternate_path is enabled"));
         }
         if let Some(b) = f.alternate_path.backups.iter().find(|b| b.contains(['"', ',', ' '])) {
-            return Err(invalid("alternate_path.backups", format!("`{b}`: want host[:port] without quotes, commas or spaces")));
+            return Err(invalid(
+                "alternate_path.backups",
+                format!("`{b}`: want host[:port] without quotes, commas or spaces"),
+            ));
         }
         let mut relay_doc = toml::Table::new();
         relay_doc.insert("relay".into(), toml::Value::Table(f.relay));
-        let relay = RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
+        let relay =
+            RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
         Ok(Self {
             listen,
             tcp: f.sip.tcp,
@@ -585,9 +588,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sip.listen"), "{e}");
-        let e = Config::from_toml(&DEFAULT_TOML.replace("port_min = 40000", "port_min = 1"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml(&DEFAULT_TOML.replace("port_min = 40000", "port_min = 1")).unwrap_err().to_string();
         assert!(e.contains("relay.port_min"), "{e}");
     }
 }

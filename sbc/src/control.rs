@@ -41,7 +41,9 @@ impl Server {
             while !shutdown.load(Ordering::Relaxed) {
                 match self.listener.accept() {
                     Ok((s, _)) => serve_one(s, &tx),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket accept failed");
                         std::thread::sleep(Duration::from_millis(50));

@@ -143,9 +143,9 @@ impl Health {
         if self.state == State::Down {
             return None;
         }
-        let probation = self
-            .up_since
-            .is_some_and(|t| !self.cfg.failback_window.is_zero() && now.saturating_duration_since(t) < self.cfg.failback_window);
+        let probation = self.up_since.is_some_and(|t| {
+            !self.cfg.failback_window.is_zero() && now.saturating_duration_since(t) < self.cfg.failback_window
+        });
         if probation {
             return self.go(State::Down, format!("failure within the failback window ({what})"), now);
         }
@@ -264,7 +264,8 @@ mod tests {
         let mut h = Health::new(HealthConfig::default());
         let mut at = Vec::new();
         for sec in 0..30u64 {
-            let t = if (sec / 3) % 2 == 1 { h.on_probe_ok("200", s(t0, sec)) } else { h.on_failure("timeout", s(t0, sec)) };
+            let t =
+                if (sec / 3) % 2 == 1 { h.on_probe_ok("200", s(t0, sec)) } else { h.on_failure("timeout", s(t0, sec)) };
             if let Some(t) = t {
                 at.push((sec, t.to));
             }

@@ -15,5 +15,5 @@ pub mod location;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;
-pub mod txn;
 pub mod transport;
+pub mod txn;

@@ -115,11 +115,8 @@ impl Location {
     /// Live bindings of an AOR, highest q first, then most recent.
     #[must_use]
     pub fn lookup(&self, aor: &str, now: Instant) -> Vec<Binding> {
-        let mut v: Vec<Binding> = self
-            .aors
-            .get(aor)
-            .map(|l| l.iter().filter(|b| b.expires_at > now).cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<Binding> =
+            self.aors.get(aor).map(|l| l.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default();
         v.sort_by(|a, b| b.q.cmp(&a.q).then(b.expires_at.cmp(&a.expires_at)));
         v
     }

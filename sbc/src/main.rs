@@ -140,7 +140,6 @@ fn main() -> ExitCode {
     }
 }
 
-
 fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     let mut transport = Transport::bind(cfg.listen, cfg.tcp, cfg.max_message_size)
@@ -158,7 +157,9 @@ fn run(cfg: Config) -> Result<(), String> {
     let names: Vec<String> = cfg.trunks.iter().map(|t| t.name.clone()).collect();
     let metrics = Arc::new(SbcMetrics::new(&names));
     let control = match &cfg.control_socket {
-        Some(p) => Some(sbc::control::Server::bind(p).map_err(|e| format!("binding control socket {}: {e}", p.display()))?),
+        Some(p) => {
+            Some(sbc::control::Server::bind(p).map_err(|e| format!("binding control socket {}: {e}", p.display()))?)
+        }
         None => None,
     };
     let ngc = Arc::new(NgCounters::default());

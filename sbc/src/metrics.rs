@@ -9,8 +9,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Methods with their own label; everything else counts as `other`.
 pub const METHODS: [&str; 14] = [
-    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER",
-    "MESSAGE", "other",
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "MESSAGE",
+    "other",
 ];
 
 /// Post-dial-delay histogram bucket bounds, seconds.
@@ -147,7 +159,10 @@ impl SbcMetrics {
     #[must_use]
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
-        let _ = writeln!(o, "# HELP sbc_sip_requests_total SIP requests received, by method.\n# TYPE sbc_sip_requests_total counter");
+        let _ = writeln!(
+            o,
+            "# HELP sbc_sip_requests_total SIP requests received, by method.\n# TYPE sbc_sip_requests_total counter"
+        );
         for (i, m) in METHODS.iter().enumerate() {
             let _ = writeln!(o, "sbc_sip_requests_total{{method=\"{m}\"}} {}", self.requests[i].load(Relaxed));
         }
@@ -164,13 +179,22 @@ impl SbcMetrics {
         one(&mut o, "sbc_dialogs_active", "gauge", "Dialogs alive (early and confirmed).", &self.dialogs);
         one(&mut o, "sbc_call_attempts_total", "counter", "Initial INVITEs routed.", &self.call_attempts);
         one(&mut o, "sbc_call_answers_total", "counter", "Calls answered (2xx).", &self.call_answers);
-        one(&mut o, "sbc_call_failures_total", "counter", "Calls that ended with a final error response.", &self.call_failures);
+        one(
+            &mut o,
+            "sbc_call_failures_total",
+            "counter",
+            "Calls that ended with a final error response.",
+            &self.call_failures,
+        );
         one(&mut o, "sbc_registrations_total", "counter", "REGISTERs accepted.", &self.registrations);
         one(&mut o, "sbc_registrar_bindings", "gauge", "Live registrar bindings.", &self.bindings);
         let attempts = self.call_attempts.load(Relaxed);
         let answers = self.call_answers.load(Relaxed);
         let asr = if attempts == 0 { 0.0 } else { answers as f64 / attempts as f64 };
-        let _ = writeln!(o, "# HELP sbc_asr Answer-seizure ratio: answers / attempts.\n# TYPE sbc_asr gauge\nsbc_asr {asr}");
+        let _ = writeln!(
+            o,
+            "# HELP sbc_asr Answer-seizure ratio: answers / attempts.\n# TYPE sbc_asr gauge\nsbc_asr {asr}"
+        );
         let _ = writeln!(
             o,
             "# HELP sbc_post_dial_delay_seconds INVITE to first ringing or answer.\n# TYPE sbc_post_dial_delay_seconds histogram"
@@ -185,13 +209,17 @@ impl SbcMetrics {
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_sum {}", self.pdd_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_count {}", self.pdd_count.load(Relaxed));
         if !self.trunks.is_empty() {
-            let _ = writeln!(o, "# HELP sbc_trunk_up Trunk state as routing sees it (1 UP, 0 DOWN).\n# TYPE sbc_trunk_up gauge");
+            let _ = writeln!(
+                o,
+                "# HELP sbc_trunk_up Trunk state as routing sees it (1 UP, 0 DOWN).\n# TYPE sbc_trunk_up gauge"
+            );
             for t in &self.trunks {
                 let _ = writeln!(o, "sbc_trunk_up{{trunk=\"{}\"}} {}", t.name, t.up.load(Relaxed));
             }
             let _ = writeln!(o, "# HELP sbc_trunk_transitions_total Measured UP/DOWN transitions.\n# TYPE sbc_trunk_transitions_total counter");
             for t in &self.trunks {
-                let _ = writeln!(o, "sbc_trunk_transitions_total{{trunk=\"{}\"}} {}", t.name, t.transitions.load(Relaxed));
+                let _ =
+                    writeln!(o, "sbc_trunk_transitions_total{{trunk=\"{}\"}} {}", t.name, t.transitions.load(Relaxed));
             }
             let _ = writeln!(o, "# HELP sbc_trunk_calls_active Calls routed to the trunk and not ended.\n# TYPE sbc_trunk_calls_active gauge");
             for t in &self.trunks {
@@ -200,7 +228,12 @@ impl SbcMetrics {
             let _ = writeln!(o, "# HELP sbc_trunk_attempts_total INVITE attempts by trunk and outcome.\n# TYPE sbc_trunk_attempts_total counter");
             for t in &self.trunks {
                 for (k, name) in OUTCOMES.iter().enumerate() {
-                    let _ = writeln!(o, "sbc_trunk_attempts_total{{trunk=\"{}\",outcome=\"{name}\"}} {}", t.name, t.attempts[k].load(Relaxed));
+                    let _ = writeln!(
+                        o,
+                        "sbc_trunk_attempts_total{{trunk=\"{}\",outcome=\"{name}\"}} {}",
+                        t.name,
+                        t.attempts[k].load(Relaxed)
+                    );
                 }
             }
         }

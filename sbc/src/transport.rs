@@ -235,7 +235,13 @@ impl Transport {
         }
     }
 
-    fn add_conn(&mut self, mut stream: TcpStream, peer: SocketAddr, connected: bool, now: Instant) -> io::Result<Token> {
+    fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        connected: bool,
+        now: Instant,
+    ) -> io::Result<Token> {
         let t = Token(self.next);
         self.next += 1;
         self.poll.registry().register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)?;

@@ -24,7 +24,14 @@ use std::time::{Duration, Instant};
 use common::{ChildGuard, TestDir};
 use sbc::sip::Message;
 
-fn sbc_config(dir: &TestDir, name: &str, ip: &str, trunk: &str, alternate: Option<&str>, relay_base: u16) -> std::path::PathBuf {
+fn sbc_config(
+    dir: &TestDir,
+    name: &str,
+    ip: &str,
+    trunk: &str,
+    alternate: Option<&str>,
+    relay_base: u16,
+) -> std::path::PathBuf {
     let alt = alternate.map_or_else(
         || "[alternate_path]\nenabled = false\n".to_owned(),
         |b| format!("[alternate_path]\nenabled = true\nbackups = [\"{b}\"]\n"),
@@ -51,11 +58,16 @@ fn start_sbc(dir: &TestDir, name: &str, cfg: &std::path::Path) -> ChildGuard {
 }
 
 /// Receives until a message satisfying `want` arrives (others are returned too).
-fn recv_until(sock: &UdpSocket, deadline: Duration, mut want: impl FnMut(&Message) -> bool) -> Option<(Message, SocketAddr)> {
+fn recv_until(
+    sock: &UdpSocket,
+    deadline: Duration,
+    mut want: impl FnMut(&Message) -> bool,
+) -> Option<(Message, SocketAddr)> {
     let end = Instant::now() + deadline;
     let mut buf = vec![0u8; 65536];
     while Instant::now() < end {
-        sock.set_read_timeout(Some(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).unwrap();
+        sock.set_read_timeout(Some(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .unwrap();
         let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
         let Ok(m) = Message::parse(&buf[..n]) else { continue };
         if want(&m) {
@@ -86,7 +98,20 @@ fn alternate_path_takes_over_a_dialog_when_the_primary_dies() {
     }
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/alt_fixtures/uas_slow_answer.xml");
     let mut uas_cmd = Command::new(sipp);
-    uas_cmd.current_dir(dir.path()).args(["-sf", scenario, "-i", uas_ip, "-p", "5070", "-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error"]);
+    uas_cmd.current_dir(dir.path()).args([
+        "-sf",
+        scenario,
+        "-i",
+        uas_ip,
+        "-p",
+        "5070",
+        "-m",
+        "1",
+        "-nostdin",
+        "-timeout",
+        "40s",
+        "-timeout_error",
+    ]);
     let mut uas = ChildGuard::spawn("uas", &mut uas_cmd, dir.path());
     std::thread::sleep(Duration::from_millis(300));
 
@@ -121,7 +146,8 @@ fn alternate_path_takes_over_a_dialog_when_the_primary_dies() {
 
     // The route set, reversed for the caller; ACK and BYE go to its first hop.
     let routes: Vec<String> = rr.iter().rev().map(|s| (*s).to_owned()).collect();
-    let contact = ok.contacts().into_iter().find_map(|c| c.addr().map(|a| a.uri.to_string())).expect("200 has a Contact");
+    let contact =
+        ok.contacts().into_iter().find_map(|c| c.addr().map(|a| a.uri.to_string())).expect("200 has a Contact");
     let to = ok.header("to").unwrap().to_owned();
     let route_lines: String = routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
     let first_hop: SocketAddr = format!("{b_ip}:5060").parse().unwrap();
@@ -136,7 +162,8 @@ fn alternate_path_takes_over_a_dialog_when_the_primary_dies() {
          From: <sip:uac@127.0.0.1>;tag=uac1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
     );
     ua.send_to(bye.as_bytes(), first_hop).unwrap();
-    let bye_ok = recv_until(&ua, Duration::from_secs(10), |m| m.code() == Some(200) && m.cseq().is_some_and(|c| c.0 == 2));
+    let bye_ok =
+        recv_until(&ua, Duration::from_secs(10), |m| m.code() == Some(200) && m.cseq().is_some_and(|c| c.0 == 2));
     let (bye_ok, from) = bye_ok.unwrap_or_else(|| panic!("no 200 for BYE\nUAS: {}", uas.log_tail(20)));
     assert_eq!(from.ip().to_string(), b_ip, "the BYE's answer came back through the backup");
     assert_eq!(bye_ok.vias().len(), 1);

@@ -33,7 +33,13 @@ struct Ports {
 fn ports() -> Ports {
     let k = NEXT.fetch_add(1, Ordering::Relaxed);
     let base = 17000 + (std::process::id() % 20) as u16 * 100 + k * 10;
-    Ports { sip: base, metrics: base + 1, uas: base + 2, uac: base + 3, relay: 30000 + (std::process::id() % 8) as u16 * 3500 + k * 400 }
+    Ports {
+        sip: base,
+        metrics: base + 1,
+        uas: base + 2,
+        uac: base + 3,
+        relay: 30000 + (std::process::id() % 8) as u16 * 3500 + k * 400,
+    }
 }
 
 fn sipp() -> Option<PathBuf> {
@@ -53,7 +59,11 @@ struct Sbc {
 }
 
 fn start_sbc(dir: &TestDir, p: &Ports, transport: &str, catch_all: bool) -> Sbc {
-    let route = if catch_all { "[[route]]\nprefix = \"\"\ntrunks = [\"uas\"]\n" } else { "[[route]]\nprefix = \"9\"\ntrunks = [\"uas\"]\n" };
+    let route = if catch_all {
+        "[[route]]\nprefix = \"\"\ntrunks = [\"uas\"]\n"
+    } else {
+        "[[route]]\nprefix = \"9\"\ntrunks = [\"uas\"]\n"
+    };
     let cdr = dir.join("cdr.jsonl");
     let cfg = format!(
         "[sip]\nlisten = \"127.0.0.1:{}\"\ndomains = [\"127.0.0.1\"]\n\
@@ -86,11 +96,7 @@ fn metric(s: &Sbc, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn cdrs(s: &Sbc) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(&s.cdr)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(&s.cdr).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Runs sipp to completion in `dir` and returns whether it exited 0.
@@ -136,14 +142,44 @@ fn fifty_calls_with_rtp_through_the_relay() {
         dir.path(),
         &sipp,
         "uas",
-        &["-sf", &format!("{RELAY_FIX}/uas_echo.xml"), "-i", "127.0.0.1", "-p", &uas_port, "-mi", "127.0.0.1", "-mp", &(p.relay + 350).to_string(), "-rtp_echo"],
+        &[
+            "-sf",
+            &format!("{RELAY_FIX}/uas_echo.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &(p.relay + 350).to_string(),
+            "-rtp_echo",
+        ],
     );
     std::thread::sleep(Duration::from_millis(300));
     let target = sbc.sip.to_string();
     assert!(run_sipp(
         dir.path(),
         &sipp,
-        &["-sf", uac.to_str().unwrap(), &target, "-s", "1000", "-i", "127.0.0.1", "-p", &uac_port, "-mi", "127.0.0.1", "-m", "50", "-r", "10", "-l", "30"]
+        &[
+            "-sf",
+            uac.to_str().unwrap(),
+            &target,
+            "-s",
+            "1000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-mi",
+            "127.0.0.1",
+            "-m",
+            "50",
+            "-r",
+            "10",
+            "-l",
+            "30"
+        ]
     ));
     wait_gauge_zero(&sbc, "sbc_dialogs_active");
     wait_gauge_zero(&sbc, "media_relay_ports_in_use");
@@ -197,17 +233,29 @@ fn registered_phone_is_reached_and_unknown_users_get_404() {
     }
     assert_eq!(metric(&sbc, "sbc_registrar_bindings", &[]), 1.0);
     let phone_port = p.uas.to_string();
-    let mut phone = spawn_sipp(dir.path(), &sipp, "phone", &["-sn", "uas", "-i", "127.0.0.1", "-p", &phone_port, "-m", "1"]);
+    let mut phone =
+        spawn_sipp(dir.path(), &sipp, "phone", &["-sn", "uas", "-i", "127.0.0.1", "-p", &phone_port, "-m", "1"]);
     std::thread::sleep(Duration::from_millis(300));
     let uac_port = p.uac.to_string();
-    assert!(run_sipp(dir.path(), &sipp, &["-sn", "uac", &target, "-s", "alice", "-i", "127.0.0.1", "-p", &uac_port, "-m", "1", "-d", "500"]));
+    assert!(run_sipp(
+        dir.path(),
+        &sipp,
+        &["-sn", "uac", &target, "-s", "alice", "-i", "127.0.0.1", "-p", &uac_port, "-m", "1", "-d", "500"]
+    ));
     let st = phone.wait_timeout(Duration::from_secs(20)).expect("phone done");
     assert!(st.success(), "the phone got the call\n{}", phone.log_tail(30));
     let r = cdrs(&sbc);
     assert_eq!(r[0]["target"].as_str(), Some("user:alice@127.0.0.1"), "{r:?}");
     // Nobody registered as bob and no route for him: 404.
-    let nf = dir.write("uac_404.xml", std::fs::read_to_string(format!("{FIX}/uac_expect.xml")).unwrap().replace("@CODE@", "404"));
-    assert!(run_sipp(dir.path(), &sipp, &["-sf", nf.to_str().unwrap(), &target, "-s", "bob", "-i", "127.0.0.1", "-p", &uac_port, "-m", "1"]));
+    let nf = dir.write(
+        "uac_404.xml",
+        std::fs::read_to_string(format!("{FIX}/uac_expect.xml")).unwrap().replace("@CODE@", "404"),
+    );
+    assert!(run_sipp(
+        dir.path(),
+        &sipp,
+        &["-sf", nf.to_str().unwrap(), &target, "-s", "bob", "-i", "127.0.0.1", "-p", &uac_port, "-m", "1"]
+    ));
 }
 
 #[test]
@@ -217,10 +265,31 @@ fn cancel_before_answer() {
     let p = ports();
     let sbc = start_sbc(&dir, &p, "udp", true);
     let uas_port = p.uas.to_string();
-    let mut uas = spawn_sipp(dir.path(), &sipp, "uas", &["-sf", &format!("{FIX}/uas_ring_forever.xml"), "-i", "127.0.0.1", "-p", &uas_port, "-m", "1"]);
+    let mut uas = spawn_sipp(
+        dir.path(),
+        &sipp,
+        "uas",
+        &["-sf", &format!("{FIX}/uas_ring_forever.xml"), "-i", "127.0.0.1", "-p", &uas_port, "-m", "1"],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let (target, uac_port) = (sbc.sip.to_string(), p.uac.to_string());
-    assert!(run_sipp(dir.path(), &sipp, &["-sf", &format!("{FIX}/uac_cancel.xml"), &target, "-s", "1000", "-i", "127.0.0.1", "-p", &uac_port, "-m", "1"]));
+    assert!(run_sipp(
+        dir.path(),
+        &sipp,
+        &[
+            "-sf",
+            &format!("{FIX}/uac_cancel.xml"),
+            &target,
+            "-s",
+            "1000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-m",
+            "1"
+        ]
+    ));
     assert!(uas.wait_timeout(Duration::from_secs(20)).expect("uas done").success(), "{}", uas.log_tail(30));
     wait_gauge_zero(&sbc, "media_relay_ports_in_use");
     let r = cdrs(&sbc);
@@ -235,11 +304,23 @@ fn busy_callee_reaches_the_caller_and_frees_media() {
     let p = ports();
     let sbc = start_sbc(&dir, &p, "udp", true);
     let uas_port = p.uas.to_string();
-    let mut uas = spawn_sipp(dir.path(), &sipp, "uas", &["-sf", &format!("{FIX}/uas_busy.xml"), "-i", "127.0.0.1", "-p", &uas_port, "-m", "1"]);
+    let mut uas = spawn_sipp(
+        dir.path(),
+        &sipp,
+        "uas",
+        &["-sf", &format!("{FIX}/uas_busy.xml"), "-i", "127.0.0.1", "-p", &uas_port, "-m", "1"],
+    );
     std::thread::sleep(Duration::from_millis(300));
-    let busy = dir.write("uac_486.xml", std::fs::read_to_string(format!("{FIX}/uac_expect.xml")).unwrap().replace("@CODE@", "486"));
+    let busy = dir.write(
+        "uac_486.xml",
+        std::fs::read_to_string(format!("{FIX}/uac_expect.xml")).unwrap().replace("@CODE@", "486"),
+    );
     let (target, uac_port) = (sbc.sip.to_string(), p.uac.to_string());
-    assert!(run_sipp(dir.path(), &sipp, &["-sf", busy.to_str().unwrap(), &target, "-s", "1000", "-i", "127.0.0.1", "-p", &uac_port, "-m", "1"]));
+    assert!(run_sipp(
+        dir.path(),
+        &sipp,
+        &["-sf", busy.to_str().unwrap(), &target, "-s", "1000", "-i", "127.0.0.1", "-p", &uac_port, "-m", "1"]
+    ));
     assert!(uas.wait_timeout(Duration::from_secs(20)).expect("uas done").success(), "the UAS got its hop-by-hop ACK");
     wait_gauge_zero(&sbc, "media_relay_ports_in_use");
     let r = cdrs(&sbc);
@@ -258,7 +339,26 @@ fn retransmissions_under_loss_complete_without_duplicate_dialogs() {
     std::thread::sleep(Duration::from_millis(300));
     let (target, uac_port) = (sbc.sip.to_string(), p.uac.to_string());
     let mut cmd = Command::new(&sipp);
-    cmd.current_dir(dir.path()).args(["-sn", "uac", &target, "-s", "1000", "-i", "127.0.0.1", "-p", &uac_port, "-m", "20", "-r", "5", "-d", "200", "-lost", "10"])
+    cmd.current_dir(dir.path())
+        .args([
+            "-sn",
+            "uac",
+            &target,
+            "-s",
+            "1000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-m",
+            "20",
+            "-r",
+            "5",
+            "-d",
+            "200",
+            "-lost",
+            "10",
+        ])
         .args(["-nostdin", "-timeout", "80s", "-trace_stat", "-stf"])
         .arg(dir.join("loss.csv"));
     let mut g = ChildGuard::spawn("uac-loss", &mut cmd, dir.path());
@@ -274,7 +374,11 @@ fn retransmissions_under_loss_complete_without_duplicate_dialogs() {
     let ids: BTreeSet<String> = records.iter().filter_map(|r| r["call_id"].as_str().map(str::to_owned)).collect();
     assert_eq!(ids.len(), records.len(), "no duplicate dialogs: one CDR per Call-ID");
     assert!(records.len() <= 20);
-    assert_eq!(metric(&sbc, "sbc_call_attempts_total", &[]), records.len() as f64, "one attempt per call, retransmissions absorbed");
+    assert_eq!(
+        metric(&sbc, "sbc_call_attempts_total", &[]),
+        records.len() as f64,
+        "one attempt per call, retransmissions absorbed"
+    );
 }
 
 #[test]
@@ -287,7 +391,11 @@ fn a_call_over_tcp() {
     let _uas = spawn_sipp(dir.path(), &sipp, "uas", &["-sn", "uas", "-t", "t1", "-i", "127.0.0.1", "-p", &uas_port]);
     std::thread::sleep(Duration::from_millis(300));
     let (target, uac_port) = (sbc.sip.to_string(), p.uac.to_string());
-    assert!(run_sipp(dir.path(), &sipp, &["-sn", "uac", "-t", "t1", &target, "-s", "1000", "-i", "127.0.0.1", "-p", &uac_port, "-m", "3", "-d", "300"]));
+    assert!(run_sipp(
+        dir.path(),
+        &sipp,
+        &["-sn", "uac", "-t", "t1", &target, "-s", "1000", "-i", "127.0.0.1", "-p", &uac_port, "-m", "3", "-d", "300"]
+    ));
     wait_gauge_zero(&sbc, "sbc_dialogs_active");
     assert_eq!(cdrs(&sbc).len(), 3);
 }
@@ -299,19 +407,47 @@ fn hold_and_resume_keep_the_relay_ports() {
     let p = ports();
     let sbc = start_sbc(&dir, &p, "udp", true);
     let uas_port = p.uas.to_string();
-    let (uas_log, uac_log) = (dir.join("uas_log.txt").display().to_string(), dir.join("uac_log.txt").display().to_string());
+    let (uas_log, uac_log) =
+        (dir.join("uas_log.txt").display().to_string(), dir.join("uac_log.txt").display().to_string());
     let mut uas = spawn_sipp(
         dir.path(),
         &sipp,
         "uas",
-        &["-sf", &format!("{FIX}/uas_reinvite.xml"), "-i", "127.0.0.1", "-p", &uas_port, "-m", "1", "-trace_logs", "-log_file", &uas_log],
+        &[
+            "-sf",
+            &format!("{FIX}/uas_reinvite.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port,
+            "-m",
+            "1",
+            "-trace_logs",
+            "-log_file",
+            &uas_log,
+        ],
     );
     std::thread::sleep(Duration::from_millis(300));
     let (target, uac_port) = (sbc.sip.to_string(), p.uac.to_string());
     assert!(run_sipp(
         dir.path(),
         &sipp,
-        &["-sf", &format!("{FIX}/uac_hold.xml"), &target, "-s", "1000", "-i", "127.0.0.1", "-p", &uac_port, "-m", "1", "-trace_logs", "-log_file", &uac_log]
+        &[
+            "-sf",
+            &format!("{FIX}/uac_hold.xml"),
+            &target,
+            "-s",
+            "1000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-m",
+            "1",
+            "-trace_logs",
+            "-log_file",
+            &uac_log
+        ]
     ));
     assert!(uas.wait_timeout(Duration::from_secs(20)).expect("uas done").success(), "{}", uas.log_tail(30));
     let grab = |file: &str, tag: &str| -> Vec<String> {

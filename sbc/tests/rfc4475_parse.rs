@@ -80,16 +80,9 @@ const TABLE: &[(&str, Outcome)] = &[
 /// The `*.dat` files by name, or `None` (test skipped) when the folder is
 /// absent outside CI.
 fn load() -> Option<BTreeMap<String, Vec<u8>>> {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/rfc4475"
-    ));
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/rfc4475"));
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "missing {}",
-            dir.display()
-        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "missing {}", dir.display());
         println!("SKIPPED: {} not found", dir.display());
         return None;
     };
@@ -97,11 +90,7 @@ fn load() -> Option<BTreeMap<String, Vec<u8>>> {
     for e in entries {
         let path = e.expect("readable directory entry").path();
         if path.extension().is_some_and(|x| x == "dat") {
-            let name = path
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
+            let name = path.file_name().expect("file name").to_string_lossy().into_owned();
             files.insert(name, std::fs::read(&path).expect("readable .dat file"));
         }
     }
@@ -156,8 +145,7 @@ fn rfc4475_outcome_table() {
             Err(e) => {
                 if let Some(code) = e.response_code() {
                     match reject_response(bytes, &e, Some("sbc-tag")) {
-                        Some(r)
-                            if r.code() == Some(code) && Message::parse(&r.to_bytes()).is_ok() => {}
+                        Some(r) if r.code() == Some(code) && Message::parse(&r.to_bytes()).is_ok() => {}
                         other => mismatches.push(format!("{name}: no {code} answer: {other:?}")),
                     }
                 }
@@ -169,11 +157,7 @@ fn rfc4475_outcome_table() {
             mismatches.push(format!("{name}: not in the table"));
         }
     }
-    assert!(
-        mismatches.is_empty(),
-        "RFC 4475 mismatches:\n{}",
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "RFC 4475 mismatches:\n{}", mismatches.join("\n"));
 }
 
 #[test]
@@ -182,20 +166,10 @@ fn rfc4475_details() {
     let get = |n: &str| parse_and_validate(&files[n]).unwrap();
 
     let m = get("dblreq.dat");
-    assert_eq!(
-        m.method().map(ToString::to_string).as_deref(),
-        Some("REGISTER")
-    );
-    let (_, used) = Message::parse_stream(&files["dblreq.dat"])
-        .unwrap()
-        .unwrap();
-    let (second, _) = Message::parse_stream(&files["dblreq.dat"][used..])
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        second.method().map(ToString::to_string).as_deref(),
-        Some("INVITE")
-    );
+    assert_eq!(m.method().map(ToString::to_string).as_deref(), Some("REGISTER"));
+    let (_, used) = Message::parse_stream(&files["dblreq.dat"]).unwrap().unwrap();
+    let (second, _) = Message::parse_stream(&files["dblreq.dat"][used..]).unwrap().unwrap();
+    assert_eq!(second.method().map(ToString::to_string).as_deref(), Some("INVITE"));
 
     let m = get("wsinv.dat");
     assert_eq!(m.max_forwards(), Some(68));
@@ -205,14 +179,8 @@ fn rfc4475_details() {
     assert_eq!(m.to_tag().as_deref(), Some("1918181833n"));
     assert_eq!(m.from_tag().as_deref(), Some("98asjd8"));
     assert_eq!(m.header("subject"), Some(""));
-    assert_eq!(
-        m.header("NewFangledHeader"),
-        Some("newfangled value continued newfangled value")
-    );
-    assert_eq!(
-        m.contacts()[0].addr().unwrap().param("q"),
-        Some(Some("0.33"))
-    );
+    assert_eq!(m.header("NewFangledHeader"), Some("newfangled value continued newfangled value"));
+    assert_eq!(m.contacts()[0].addr().unwrap().param("q"), Some(Some("0.33")));
     assert_eq!(m.routes()[0].uri.param("unknown-no-value"), Some(None));
 
     let m = get("longreq.dat");
@@ -225,30 +193,17 @@ fn rfc4475_details() {
     let t: Vec<String> = m.vias().into_iter().map(|v| v.transport).collect();
     assert_eq!(t, ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"]);
     let m = get("inv2543.dat");
-    assert_eq!(
-        m.to_bytes(),
-        files["inv2543.dat"],
-        "no Content-Length: the body is the rest"
-    );
+    assert_eq!(m.to_bytes(), files["inv2543.dat"], "no Content-Length: the body is the rest");
     assert!(!m.top_via().unwrap().has_rfc3261_branch());
     let m = get("zeromf.dat");
     assert_eq!(m.max_forwards(), Some(0));
     let m = get("escnull.dat");
     assert_eq!(m.contacts().len(), 2);
     let m = get("intmeth.dat");
-    assert_eq!(
-        m.cseq().map(|c| c.1.to_string()).as_deref(),
-        Some("!interesting-Method0123456789_*+`.%indeed'~")
-    );
+    assert_eq!(m.cseq().map(|c| c.1.to_string()).as_deref(), Some("!interesting-Method0123456789_*+`.%indeed'~"));
     assert!(m.to().unwrap().display.unwrap().contains('\0'));
     let m = get("unkscm.dat");
-    assert_eq!(
-        sbc::sip::Uri::parse(m.request_uri().unwrap())
-            .unwrap()
-            .opaque
-            .as_deref(),
-        Some("totallyopaquecontent")
-    );
+    assert_eq!(sbc::sip::Uri::parse(m.request_uri().unwrap()).unwrap().opaque.as_deref(), Some("totallyopaquecontent"));
 }
 
 /// Tiny deterministic PRNG for the fuzz-ish loop.
@@ -267,22 +222,8 @@ impl XorShift {
 fn exercise(bytes: &[u8]) {
     if let Ok(m) = Message::parse(bytes) {
         let _ = m.validate();
-        let _ = (
-            m.call_id(),
-            m.cseq(),
-            m.max_forwards(),
-            m.from(),
-            m.to(),
-            m.from_tag(),
-            m.to_tag(),
-        );
-        let _ = (
-            m.vias(),
-            m.top_via(),
-            m.contacts(),
-            m.routes(),
-            m.record_routes(),
-        );
+        let _ = (m.call_id(), m.cseq(), m.max_forwards(), m.from(), m.to(), m.from_tag(), m.to_tag());
+        let _ = (m.vias(), m.top_via(), m.contacts(), m.routes(), m.record_routes());
         let _ = m.header_values("accept");
         let mut m2 = m.clone();
         let _ = m2.remove_first_value("via");

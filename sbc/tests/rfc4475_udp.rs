@@ -152,7 +152,8 @@ fn codes_for(sock: &UdpSocket, wait: Duration, call_id: Option<&str>, cseq: Opti
             .unwrap();
         let Ok(n) = sock.recv(&mut buf) else { break };
         let data = &buf[..n];
-        if raw_header(data, "call-id", "i").as_deref() != call_id || raw_header(data, "cseq", "cseq").as_deref() != cseq {
+        if raw_header(data, "call-id", "i").as_deref() != call_id || raw_header(data, "cseq", "cseq").as_deref() != cseq
+        {
             continue;
         }
         let t = String::from_utf8_lossy(data);

@@ -31,7 +31,14 @@ struct Ports {
 fn ports() -> Ports {
     let k = NEXT.fetch_add(1, Ordering::Relaxed);
     let base = 14000 + (std::process::id() % 20) as u16 * 100 + k * 10;
-    Ports { sip: base, metrics: base + 1, a: base + 2, b: base + 3, uac: base + 4, relay: 22000 + (std::process::id() % 10) as u16 * 3000 + k * 400 }
+    Ports {
+        sip: base,
+        metrics: base + 1,
+        a: base + 2,
+        b: base + 3,
+        uac: base + 4,
+        relay: 22000 + (std::process::id() % 10) as u16 * 3000 + k * 400,
+    }
 }
 
 fn sipp() -> Option<PathBuf> {
@@ -271,14 +278,31 @@ fn call_caps_overflow_to_the_next_trunk_then_503() {
         .args(["-m", "2", "-d", "4000", "-r", "10", "-nostdin", "-timeout", "30s"]);
     let mut holder = ChildGuard::spawn("holder", &mut hold, dir.path());
     std::thread::sleep(Duration::from_millis(800));
-    let busy = dir.write("uac_503.xml", std::fs::read_to_string(format!("{CALL_FIX}/uac_expect.xml")).unwrap().replace("@CODE@", "503"));
+    let busy = dir.write(
+        "uac_503.xml",
+        std::fs::read_to_string(format!("{CALL_FIX}/uac_expect.xml")).unwrap().replace("@CODE@", "503"),
+    );
     let mut one = Command::new(&sipp);
     one.current_dir(dir.path())
-        .args(["-sf", busy.to_str().unwrap(), &s.sip.to_string(), "-s", "1000", "-i", "127.0.0.1", "-p", &(p.uac + 5).to_string()])
+        .args([
+            "-sf",
+            busy.to_str().unwrap(),
+            &s.sip.to_string(),
+            "-s",
+            "1000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &(p.uac + 5).to_string(),
+        ])
         .args(["-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error", "-trace_msg", "-message_file"])
         .arg(dir.join("msgs.log"));
     let mut g = ChildGuard::spawn("uac-503", &mut one, dir.path());
-    assert!(g.wait_timeout(Duration::from_secs(30)).expect("done").success(), "the third call gets 503\n{}", g.log_tail(20));
+    assert!(
+        g.wait_timeout(Duration::from_secs(30)).expect("done").success(),
+        "the third call gets 503\n{}",
+        g.log_tail(20)
+    );
     let msgs = std::fs::read_to_string(dir.join("msgs.log")).unwrap_or_default();
     assert!(msgs.contains("Retry-After:"), "503 carries Retry-After");
     let _ = holder.wait_timeout(Duration::from_secs(20));

@@ -81,7 +81,8 @@ fn start(kind: Kind, bin: &PathBuf, ng_port: u16) -> Result<Relay, String> {
     } else {
         cmd.args(["--table=-1", "--log-stderr"]);
     }
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let child =
+        cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
     let ng = SocketAddr::from(([127, 0, 0, 1], ng_port));
     let relay = Relay { child, ng };
     let mut c = NgClient::new(ng).map_err(|e| e.to_string())?;
@@ -101,13 +102,18 @@ fn proc_cpu_ticks(pid: u32) -> u64 {
     // Fields after the ")" of the command name: utime is 14th, stime 15th overall.
     let rest = s.rsplit_once(')').map_or("", |x| x.1);
     let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// The relay process itself (taskset execs it, so the pid is the relay's).
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -192,7 +198,11 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
     let (flows, _ids) = flows_for(&relay, &socks, a.flows)?;
     let step = Duration::from_secs(if a.quick { 2 } else { 4 });
     let drain = Duration::from_millis(400);
-    let rates: &[u64] = if a.quick { &[50_000, 100_000, 150_000, 200_000] } else { &[25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000] };
+    let rates: &[u64] = if a.quick {
+        &[50_000, 100_000, 150_000, 200_000]
+    } else {
+        &[25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000]
+    };
     // Warm-up latches every leg.
     let _ = run_step(&socks, &flows, 10_000, Duration::from_millis(500), 160, drain);
     let mut best: Option<StepResult> = None;
@@ -261,21 +271,32 @@ fn baseline_latency(quick: bool) -> Result<(f64, f64), String> {
     let socks = sockets(4).map_err(|e| e.to_string())?;
     let flows: Vec<Flow> = (0..100)
         .map(|k| {
-            let dest = socks[(k + 1) % 4].local_addr().map_or(SocketAddrV4::new([127, 0, 0, 1].into(), 9), |a| match a {
-                SocketAddr::V4(v) => v,
-                SocketAddr::V6(_) => SocketAddrV4::new([127, 0, 0, 1].into(), 9),
-            });
+            let dest =
+                socks[(k + 1) % 4].local_addr().map_or(SocketAddrV4::new([127, 0, 0, 1].into(), 9), |a| match a {
+                    SocketAddr::V4(v) => v,
+                    SocketAddr::V6(_) => SocketAddrV4::new([127, 0, 0, 1].into(), 9),
+                });
             Flow { sock: k % 4, dest }
         })
         .collect();
-    let r = run_step(&socks, &flows, 100_000, Duration::from_secs(if quick { 2 } else { 4 }), 160, Duration::from_millis(300));
+    let r = run_step(
+        &socks,
+        &flows,
+        100_000,
+        Duration::from_secs(if quick { 2 } else { 4 }),
+        160,
+        Duration::from_millis(300),
+    );
     Ok((r.p50_us, r.p99_us))
 }
 
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
     let ours = a.media_relay.clone().unwrap_or_else(|| {
-        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("media-relay"))).unwrap_or_else(|| PathBuf::from("media-relay"))
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("media-relay")))
+            .unwrap_or_else(|| PathBuf::from("media-relay"))
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     if let Some(c) = cores.get(1).or(cores.first()) {
@@ -333,6 +354,9 @@ fn main() -> std::process::ExitCode {
     row("overload 2x: flows with loss", &|f| f.overload_flows_with_loss as f64, false);
     row("overload 2x: silenced flows", &|f| f.overload_silenced as f64, false);
     row("after overload: silenced flows", &|f| f.recovery_silenced as f64, false);
-    println!("{:<44} {base50:>12.1} (p99 {base99:.1}) without any relay, at 100k pps", "baseline latency p50 us, same generator");
+    println!(
+        "{:<44} {base50:>12.1} (p99 {base99:.1}) without any relay, at 100k pps",
+        "baseline latency p50 us, same generator"
+    );
     std::process::ExitCode::SUCCESS
 }

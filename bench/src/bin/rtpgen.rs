@@ -97,7 +97,13 @@ fn main() -> ExitCode {
         }
     }
     let pps = a.total_pps.unwrap_or(a.rate * flows.len() as u64);
-    println!("{} calls, {} flows, {pps} pps offered for {} s, payload {} B", ids.len(), flows.len(), a.duration, a.payload);
+    println!(
+        "{} calls, {} flows, {pps} pps offered for {} s, payload {} B",
+        ids.len(),
+        flows.len(),
+        a.duration,
+        a.payload
+    );
     let r = run_step(&socks, &flows, pps, Duration::from_secs(a.duration), a.payload, Duration::from_millis(500));
     println!(
         "sent {} received {} ({:.0} pps) loss {:.4}%  latency p50 {} us p99 {} us max {} us  jitter {:.1} us  flows with loss {}  silenced {}",

@@ -55,24 +55,13 @@ pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
 
 fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{}",
-        std::process::id(),
-        nanos,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{}-{}", std::process::id(), nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// `CI=true` (or `1`) in the environment: required tools must be present.
 pub fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI").as_deref(),
-        Ok("true") | Ok("1") | Ok("TRUE") | Ok("True")
-    )
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1") | Ok("TRUE") | Ok("True"))
 }
 
 // ---------------------------------------------------------------------------
@@ -91,8 +80,7 @@ impl TestDir {
     /// Creates `<tmp>/xsbc-<label>-<pid>-<nanos>-<n>`.
     pub fn new(label: &str) -> TestDir {
         let path = std::env::temp_dir().join(format!("xsbc-{label}-{}", unique_suffix()));
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create scratch dir {}: {e}", path.display()));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create scratch dir {}: {e}", path.display()));
         TestDir { path }
     }
 
@@ -169,26 +157,15 @@ impl ChildGuard {
     fn spawn_inner(name: &str, cmd: &mut Command, dir: &Path, group: bool) -> ChildGuard {
         let stdout_path = dir.join(format!("{name}.stdout"));
         let stderr_path = dir.join(format!("{name}.stderr"));
-        let out = File::create(&stdout_path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", stdout_path.display()));
-        let err = File::create(&stderr_path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", stderr_path.display()));
+        let out = File::create(&stdout_path).unwrap_or_else(|e| panic!("create {}: {e}", stdout_path.display()));
+        let err = File::create(&stderr_path).unwrap_or_else(|e| panic!("create {}: {e}", stderr_path.display()));
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         if group {
             cmd.process_group(0);
         }
         eprintln!("[test] starting {name}: {cmd:?}");
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        ChildGuard {
-            name: name.to_string(),
-            child,
-            group,
-            stdout_path,
-            stderr_path,
-            status: None,
-        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        ChildGuard { name: name.to_string(), child, group, stdout_path, stderr_path, status: None }
     }
 
     /// The child's pid.
@@ -221,20 +198,14 @@ impl ChildGuard {
 
     /// Waits up to `timeout` for the child to exit on its own.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_until(timeout, Duration::from_millis(20), || {
-            self.try_wait().is_some()
-        });
+        wait_until(timeout, Duration::from_millis(20), || self.try_wait().is_some());
         self.status
     }
 
     /// Panics (with the log tail) if the child has already exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.try_wait() {
-            panic!(
-                "{} exited early with {status}\n{}",
-                self.name,
-                self.log_tail(40)
-            );
+            panic!("{} exited early with {status}\n{}", self.name, self.log_tail(40));
         }
     }
 
@@ -247,17 +218,10 @@ impl ChildGuard {
             }
             return self.status;
         }
-        let target = if self.group {
-            -(self.pid() as i32)
-        } else {
-            self.pid() as i32
-        };
+        let target = if self.group { -(self.pid() as i32) } else { self.pid() as i32 };
         send_signal(target, libc::SIGTERM);
         if self.wait_timeout(grace).is_none() {
-            eprintln!(
-                "[test] {} ignored SIGTERM for {grace:?}; killing",
-                self.name
-            );
+            eprintln!("[test] {} ignored SIGTERM for {grace:?}; killing", self.name);
             send_signal(target, libc::SIGKILL);
             self.status = self.child.wait().ok();
         } else if self.group {
@@ -275,12 +239,7 @@ impl ChildGuard {
             let text = text.unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
-            let _ = writeln!(
-                out,
-                "----- {} {label} (last {} lines) -----",
-                self.name,
-                tail.len()
-            );
+            let _ = writeln!(out, "----- {} {label} (last {} lines) -----", self.name, tail.len());
             for l in tail {
                 let _ = writeln!(out, "{l}");
             }
@@ -301,24 +260,14 @@ impl Drop for ChildGuard {
 /// Finds an executable by name in `$PATH` and the usual sbin directories
 /// (Kamailio lives in /usr/sbin, often not in a non-root `$PATH`).
 pub fn find_binary(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    for extra in [
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ] {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    for extra in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
         dirs.push(PathBuf::from(extra));
     }
     dirs.into_iter().map(|d| d.join(name)).find(|p| {
         use std::os::unix::fs::PermissionsExt;
-        fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
+        fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
     })
 }
 
@@ -353,10 +302,7 @@ pub fn free_udp_port_range(len: u16) -> u16 {
     const LOW: u32 = 20_000;
     const HIGH: u32 = 32_000;
     assert!(u32::from(len) < (HIGH - LOW) / 4, "port range too long");
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let mut seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
     let span = HIGH - LOW - u32::from(len);
     for _ in 0..200 {
@@ -395,16 +341,8 @@ pub struct NgClient {
 impl NgClient {
     /// A client for the ng listener at `server` (e.g. `127.0.0.1:2223`).
     pub fn new(server: impl ToSocketAddrs) -> NgClient {
-        let server = server
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .expect("ng server address must resolve");
-        let bind = if server.is_ipv4() {
-            "127.0.0.1:0"
-        } else {
-            "[::1]:0"
-        };
+        let server = server.to_socket_addrs().ok().and_then(|mut a| a.next()).expect("ng server address must resolve");
+        let bind = if server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
         let sock = UdpSocket::bind(bind).expect("bind ng client socket");
         NgClient {
             sock,
@@ -424,40 +362,25 @@ impl NgClient {
     /// Sends `dict` and returns the decoded reply dictionary, or an error
     /// after all attempts timed out (or the reply did not parse).
     pub fn try_cmd(&self, dict: &Value) -> Result<Value, String> {
-        let cookie = format!(
-            "{}_{}",
-            self.prefix,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let cookie = format!("{}_{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed));
         let mut msg = Vec::with_capacity(256);
         msg.extend_from_slice(cookie.as_bytes());
         msg.push(b' ');
         msg.extend_from_slice(&dict.to_bytes());
         let mut buf = vec![0u8; 65_536];
         for _ in 0..self.attempts.max(1) {
-            self.sock
-                .send_to(&msg, self.server)
-                .map_err(|e| format!("ng send: {e}"))?;
+            self.sock.send_to(&msg, self.server).map_err(|e| format!("ng send: {e}"))?;
             let deadline = Instant::now() + self.timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                self.sock
-                    .set_read_timeout(Some(left))
-                    .map_err(|e| e.to_string())?;
+                self.sock.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
                 let n = match self.sock.recv_from(&mut buf) {
                     Ok((n, from)) if from == self.server => n,
                     Ok(_) => continue,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break
-                    }
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
                     // ECONNREFUSED from an earlier send: nobody listening (yet).
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                         std::thread::sleep(left.min(Duration::from_millis(50)));
@@ -472,24 +395,16 @@ impl NgClient {
                 if &reply[..space] != cookie.as_bytes() {
                     continue; // a late reply to an earlier command or attempt
                 }
-                return bencode::decode(&reply[space + 1..]).map_err(|e| {
-                    format!(
-                        "ng reply does not decode ({e}): {:?}",
-                        String::from_utf8_lossy(reply)
-                    )
-                });
+                return bencode::decode(&reply[space + 1..])
+                    .map_err(|e| format!("ng reply does not decode ({e}): {:?}", String::from_utf8_lossy(reply)));
             }
         }
-        Err(format!(
-            "no ng reply from {} after {} attempts",
-            self.server, self.attempts
-        ))
+        Err(format!("no ng reply from {} after {} attempts", self.server, self.attempts))
     }
 
     /// Like [`NgClient::try_cmd`] but panics on failure.
     pub fn cmd(&self, dict: Value) -> Value {
-        self.try_cmd(&dict)
-            .unwrap_or_else(|e| panic!("ng {}: {e}", describe_cmd(&dict)))
+        self.try_cmd(&dict).unwrap_or_else(|e| panic!("ng {}: {e}", describe_cmd(&dict)))
     }
 
     /// `{command: ping}` answered with `{result: pong}`.
@@ -501,10 +416,7 @@ impl NgClient {
 }
 
 fn describe_cmd(dict: &Value) -> String {
-    dict.get("command")
-        .and_then(Value::as_str)
-        .unwrap_or("<no command>")
-        .to_string()
+    dict.get("command").and_then(Value::as_str).unwrap_or("<no command>").to_string()
 }
 
 /// Waits until the ng listener at `addr` answers `ping` with `pong`.
@@ -625,10 +537,7 @@ impl NgTap {
         let stop = Arc::new(AtomicBool::new(false));
 
         let forward = {
-            let (front, back) = (
-                front.try_clone().expect("clone"),
-                back.try_clone().expect("clone"),
-            );
+            let (front, back) = (front.try_clone().expect("clone"), back.try_clone().expect("clone"));
             let (log, clients, stop) = (log.clone(), clients.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65_536];
@@ -667,11 +576,7 @@ impl NgTap {
                     let Some((cookie, body)) = split_cookie(datagram) else {
                         continue;
                     };
-                    let client = clients
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&cookie)
-                        .copied();
+                    let client = clients.lock().unwrap_or_else(|e| e.into_inner()).get(&cookie).copied();
                     if let Some(client) = client {
                         let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
                         if let Some(x) = log.iter_mut().rev().find(|x| x.cookie == cookie) {
@@ -683,12 +588,7 @@ impl NgTap {
                 }
             })
         };
-        NgTap {
-            addr,
-            log,
-            stop,
-            threads: vec![forward, reverse],
-        }
+        NgTap { addr, log, stop, threads: vec![forward, reverse] }
     }
 
     /// Where ng clients should send.
@@ -778,20 +678,14 @@ pub fn scrape_metrics(addr: SocketAddr) -> Result<Vec<MetricSample>, String> {
 
 /// A minimal HTTP/1.0 GET; returns the body of a 200 response.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
+    s.read_to_end(&mut raw).map_err(|e| format!("read from {addr}: {e}"))?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -859,11 +753,7 @@ fn parse_metric_line(line: &str) -> Option<MetricSample> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(MetricSample {
-        name,
-        labels,
-        value,
-    })
+    Some(MetricSample { name, labels, value })
 }
 
 /// The value of the sample named `name` whose labels include all of
@@ -871,12 +761,7 @@ fn parse_metric_line(line: &str) -> Option<MetricSample> {
 pub fn metric_value(samples: &[MetricSample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
-        .find(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
         .map(|s| s.value)
 }
 
@@ -890,14 +775,7 @@ pub fn metric_value(samples: &[MetricSample], name: &str, labels: &[(&str, &str)
 /// RTP timestamp advancing by `payload_len` (right for 8 kHz G.711).
 /// Addresses and ports inside are placeholders: sipp's `play_pcap_audio`
 /// replaces them with the call's media addresses.
-pub fn write_rtp_pcap(
-    path: &Path,
-    count: u32,
-    ptime_ms: u32,
-    pt: u8,
-    payload_len: usize,
-    fill: u8,
-) -> io::Result<()> {
+pub fn write_rtp_pcap(path: &Path, count: u32, ptime_ms: u32, pt: u8, payload_len: usize, fill: u8) -> io::Result<()> {
     let mut out = Vec::new();
     // Global header: magic, v2.4, thiszone, sigfigs, snaplen, LINKTYPE_ETHERNET.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
@@ -956,10 +834,7 @@ pub fn write_rtp_pcap(
 }
 
 fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 = header.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

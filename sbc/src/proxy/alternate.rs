@@ -128,8 +128,10 @@ mod tests {
 
     #[test]
     fn params_and_identity() {
-        let v = Via::parse("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1;alternatePath=\"127.0.0.2:5060,backup.example.net\"")
-            .unwrap();
+        let v = Via::parse(
+            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1;alternatePath=\"127.0.0.2:5060,backup.example.net\"",
+        )
+        .unwrap();
         assert_eq!(addresses(&v.params), vec!["127.0.0.2:5060".parse().unwrap()]);
         assert!(via_is_ours(&me("127.0.0.1"), &v), "the primary itself");
         assert!(via_is_ours(&me("127.0.0.2"), &v), "the backup finds itself in the list");

@@ -255,7 +255,12 @@ mod tests {
         let me = Me { alternate: Some(super::super::alternate::param_value(&["127.0.0.2:5060".into()])), ..me };
         let out = branch_request(&m, &me, "z9hG4bKxs2", None, Proto::Udp, Proto::Udp, true);
         let text = String::from_utf8(out.to_bytes()).unwrap();
-        assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKxs2;rport;alternatePath=\"127.0.0.2:5060\"\r\n"), "{text}");
+        assert!(
+            text.contains(
+                "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKxs2;rport;alternatePath=\"127.0.0.2:5060\"\r\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("Record-Route: <sip:127.0.0.1:5060;lr>;alternatePath=\"127.0.0.2:5060\"\r\n"), "{text}");
     }
 

@@ -129,7 +129,9 @@ impl Proxy {
         let seed = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
             h.finish()
         };
         let timer_cfg = TimerConfig { t1: cfg.t1, t2: cfg.t2, t4: cfg.t4 };
@@ -206,9 +208,8 @@ impl Proxy {
             Err(e) => {
                 use std::sync::atomic::Ordering::Relaxed;
                 self.metrics.parse_errors.fetch_add(1, Relaxed);
-                let reply = e
-                    .response_code()
-                    .and_then(|code| forward::raw_error_response(&inbound.data, code, &e.to_string()));
+                let reply =
+                    e.response_code().and_then(|code| forward::raw_error_response(&inbound.data, code, &e.to_string()));
                 match reply {
                     Some(r) => {
                         tracing::debug!(src = %inbound.src, error = %e, "unparseable request answered");
@@ -392,7 +393,8 @@ impl Proxy {
             f.current.clone()
         });
         if let Some(ck) = current {
-            let cancel = self.clients.get(&ck).and_then(|c| forward::cancel_for(&c.request).map(|b| (b, c.dest, c.proto)));
+            let cancel =
+                self.clients.get(&ck).and_then(|c| forward::cancel_for(&c.request).map(|b| (b, c.dest, c.proto)));
             if let Some((bytes, dest, proto)) = cancel {
                 let Ok(cmsg) = Message::parse(&bytes) else { return };
                 let branch = cmsg.top_via().and_then(|v| v.branch().map(str::to_owned)).unwrap_or_default();

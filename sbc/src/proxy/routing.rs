@@ -215,8 +215,14 @@ mod tests {
         let c = Config::from_toml(&toml).unwrap();
         let mut first_heavy = 0;
         for seed in 0..4000u64 {
-            let t = route(&c, &Location::new(), &uri("sip:1@127.0.0.1"), seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), Instant::now())
-                .unwrap();
+            let t = route(
+                &c,
+                &Location::new(),
+                &uri("sip:1@127.0.0.1"),
+                seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                Instant::now(),
+            )
+            .unwrap();
             assert_eq!(t.len(), 2, "both members of the group are tried");
             if t[0].label == "heavy" {
                 first_heavy += 1;

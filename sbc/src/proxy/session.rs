@@ -37,7 +37,13 @@ impl Proxy {
             self.media.offer(&SdpRequest { call_id: &call_id, from_tag: owner, to_tag: other, sdp: &msg.body, opts })
         } else {
             let from = other.unwrap_or_default();
-            self.media.answer(&SdpRequest { call_id: &call_id, from_tag: from, to_tag: Some(owner), sdp: &msg.body, opts })
+            self.media.answer(&SdpRequest {
+                call_id: &call_id,
+                from_tag: from,
+                to_tag: Some(owner),
+                sdp: &msg.body,
+                opts,
+            })
         };
         match out {
             Ok(sdp) => {
@@ -279,7 +285,14 @@ impl Proxy {
                 (f.last_code, "No Route Available")
             } else if !f.attempted {
                 extra.push(crate::sip::Header::new("Retry-After", if f.skipped_cap { "1" } else { "5" }));
-                (503, if f.skipped_cap { "Service Unavailable - Trunk Capacity" } else { "Service Unavailable - No Trunk Up" })
+                (
+                    503,
+                    if f.skipped_cap {
+                        "Service Unavailable - Trunk Capacity"
+                    } else {
+                        "Service Unavailable - No Trunk Up"
+                    },
+                )
             } else {
                 (408, "Request Timeout")
             };
@@ -299,7 +312,8 @@ impl Proxy {
         let Some(f) = self.forwards.get_mut(&id) else { return };
         f.attempted = true;
         let ruri = if target.uri.is_empty() { None } else { Some(target.uri.as_str()) };
-        let out = forward::branch_request(&f.request, &self.me, &branch, ruri, f.in_proto, target.proto, f.record_route);
+        let out =
+            forward::branch_request(&f.request, &self.me, &branch, ruri, f.in_proto, target.proto, f.record_route);
         let method = out.method().cloned().unwrap_or(Method::Other(String::new()));
         let key = client_key(&branch, &method);
         f.current = Some(key.clone());
@@ -348,7 +362,8 @@ impl Proxy {
             return; // hop by hop
         }
         resp.remove_first_value("via");
-        let (server, is_invite, initial, offer_in_request) = (f.server.clone(), f.is_invite, f.initial, f.offer_in_request);
+        let (server, is_invite, initial, offer_in_request) =
+            (f.server.clone(), f.is_invite, f.initial, f.offer_in_request);
         let req_from = f.request.from_tag().unwrap_or_default();
         let call_id = resp.call_id().unwrap_or_default().to_owned();
         let trunk = f.current_trunk;
@@ -455,7 +470,8 @@ impl Proxy {
         }
         let (relay, codecs) = match self.media.delete(call_id, Some(&d.caller_tag)) {
             Ok(report) => {
-                let mut codecs: Vec<String> = report.legs.iter().flat_map(|l| l.medias.iter().flat_map(|m| m.codecs.clone())).collect();
+                let mut codecs: Vec<String> =
+                    report.legs.iter().flat_map(|l| l.medias.iter().flat_map(|m| m.codecs.clone())).collect();
                 codecs.dedup();
                 (crate::cdr::relay_stats(&report), codecs)
             }
@@ -482,9 +498,7 @@ impl Proxy {
                 d.late_offer = false;
                 (dest, late)
             }
-            None if on_route => {
-                (super::alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto }), false)
-            }
+            None if on_route => (super::alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto }), false),
             None => (None, false),
         };
         let Some(dest) = dest else {

@@ -24,7 +24,15 @@ pub(super) struct TrunkRuntime {
 
 impl TrunkRuntime {
     pub(super) fn new(h: crate::health::HealthConfig) -> Self {
-        Self { health: Health::new(h), calls: 0, cps_window: None, cps_count: 0, next_probe: None, probing: false, probe_seq: 0 }
+        Self {
+            health: Health::new(h),
+            calls: 0,
+            cps_window: None,
+            cps_count: 0,
+            next_probe: None,
+            probing: false,
+            probe_seq: 0,
+        }
     }
 }
 
@@ -120,11 +128,14 @@ impl Proxy {
             rt.probing = true;
             rt.probe_seq += 1;
             let seq = rt.probe_seq;
-            let (dest, proto) = (t.address, if t.transport == crate::config::TrunkTransport::Tcp {
-                crate::transport::Proto::Tcp
-            } else {
-                crate::transport::Proto::Udp
-            });
+            let (dest, proto) = (
+                t.address,
+                if t.transport == crate::config::TrunkTransport::Tcp {
+                    crate::transport::Proto::Tcp
+                } else {
+                    crate::transport::Proto::Udp
+                },
+            );
             let branch = self.new_branch();
             let tag = self.unique();
             let me = self.me.hostport();
@@ -145,7 +156,8 @@ impl Proxy {
     /// The result of a probe of trunk `i`: `Some(code)` or `None` for no answer.
     pub(super) fn probe_result(&mut self, i: usize, code: Option<u16>, now: Instant) {
         let interval = self.cfg.health.interval;
-        let alive = code.is_some_and(|c| self.cfg.health.alive_codes.is_empty() || self.cfg.health.alive_codes.contains(&c));
+        let alive =
+            code.is_some_and(|c| self.cfg.health.alive_codes.is_empty() || self.cfg.health.alive_codes.contains(&c));
         let Some(rt) = self.trunks.get_mut(i) else { return };
         rt.probing = false;
         rt.next_probe = Some(now + interval);
@@ -186,7 +198,8 @@ impl Proxy {
     }
 
     fn trunk_table(&self) -> String {
-        let mut out = String::from("TRUNK                ADDRESS                STATE  FORCED  CALLS  FAILS  OKS  TRANSITIONS\n");
+        let mut out =
+            String::from("TRUNK                ADDRESS                STATE  FORCED  CALLS  FAILS  OKS  TRANSITIONS\n");
         for (i, t) in self.cfg.trunks.iter().enumerate() {
             let rt = &self.trunks[i];
             let (f, o) = rt.health.counts();

@@ -140,19 +140,10 @@ mod tests {
     fn codes_and_phrases() {
         let e = ParseError::Request(Defect::ContentLengthTooLarge);
         assert_eq!(e.response_code(), Some(400));
-        assert_eq!(
-            e.reason_phrase().as_deref(),
-            Some("Bad Request - Content-Length larger than message")
-        );
+        assert_eq!(e.reason_phrase().as_deref(), Some("Bad Request - Content-Length larger than message"));
         assert_eq!(ParseError::Version.response_code(), Some(505));
-        assert_eq!(
-            ParseError::Response(Defect::StatusLine).response_code(),
-            None
-        );
+        assert_eq!(ParseError::Response(Defect::StatusLine).response_code(), None);
         assert_eq!(ParseError::StartLine.reason_phrase(), None);
-        assert_eq!(
-            ParseError::Request(Defect::Missing("Call-ID")).to_string(),
-            "bad request: missing Call-ID"
-        );
+        assert_eq!(ParseError::Request(Defect::Missing("Call-ID")).to_string(), "bad request: missing Call-ID");
     }
 }

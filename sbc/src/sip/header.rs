@@ -63,27 +63,16 @@ impl Header {
     pub fn new(name: &str, value: &str) -> Header {
         let value = trim_wsp(value).replace(['\r', '\n'], " ");
         let raw = format!("{name}: {value}\r\n").into_bytes();
-        Header {
-            raw,
-            name: canonical_name(name).into_owned(),
-            raw_name: name.to_owned(),
-            value,
-        }
+        Header { raw, name: canonical_name(name).into_owned(), raw_name: name.to_owned(), value }
     }
 
     /// Builds a header from its raw bytes (`name: value` and any folded lines,
     /// with the final line break). The caller has checked line breaks and NUL
     /// bytes; this checks the name.
     pub(crate) fn from_raw(raw: &[u8]) -> Result<Header, Defect> {
-        let colon = raw
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(Defect::HeaderLine)?;
+        let colon = raw.iter().position(|&b| b == b':').ok_or(Defect::HeaderLine)?;
         let name_bytes = raw.get(..colon).ok_or(Defect::HeaderLine)?;
-        let name_len = name_bytes
-            .iter()
-            .rposition(|&b| !is_wsp(b))
-            .map_or(0, |p| p + 1);
+        let name_len = name_bytes.iter().rposition(|&b| !is_wsp(b)).map_or(0, |p| p + 1);
         let name_bytes = name_bytes.get(..name_len).ok_or(Defect::HeaderLine)?;
         if name_bytes.is_empty() || !name_bytes.iter().all(|&b| is_token_byte(b)) {
             return Err(Defect::HeaderLine);
@@ -91,12 +80,7 @@ impl Header {
         // Token bytes are ASCII.
         let raw_name = String::from_utf8_lossy(name_bytes).into_owned();
         let value = unfold(raw.get(colon + 1..).unwrap_or_default());
-        Ok(Header {
-            raw: raw.to_vec(),
-            name: canonical_name(&raw_name).into_owned(),
-            raw_name,
-            value,
-        })
+        Ok(Header { raw: raw.to_vec(), name: canonical_name(&raw_name).into_owned(), raw_name, value })
     }
 
     /// Canonical name: lowercase, compact forms expanded.
@@ -149,10 +133,7 @@ fn unfold(bytes: &[u8]) -> String {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'\r' || b == b'\n' {
-            while bytes
-                .get(i)
-                .is_some_and(|&c| c == b'\r' || c == b'\n' || is_wsp(c))
-            {
+            while bytes.get(i).is_some_and(|&c| c == b'\r' || c == b'\n' || is_wsp(c)) {
                 i += 1;
             }
             if i < bytes.len() {
@@ -173,21 +154,13 @@ mod tests {
 
     #[test]
     fn compact_and_case() {
-        for (short, full) in [
-            ("i", "call-id"),
-            ("M", "contact"),
-            ("l", "content-length"),
-            ("n", "identity-info"),
-        ] {
+        for (short, full) in [("i", "call-id"), ("M", "contact"), ("l", "content-length"), ("n", "identity-info")] {
             assert_eq!(canonical_name(short), full);
         }
         assert_eq!(canonical_name("MaX-fOrWaRdS"), "max-forwards");
         assert_eq!(canonical_name("q"), "q");
         let h = Header::from_raw(b"V :  SIP/2.0/TCP sip22.example.com\r\n").unwrap();
-        assert_eq!(
-            (h.name(), h.raw_name(), h.value()),
-            ("via", "V", "SIP/2.0/TCP sip22.example.com")
-        );
+        assert_eq!((h.name(), h.raw_name(), h.value()), ("via", "V", "SIP/2.0/TCP sip22.example.com"));
     }
 
     #[test]
@@ -204,18 +177,9 @@ mod tests {
 
     #[test]
     fn values_split() {
-        let h = Header::from_raw(
-            b"Accept: application/sdp, application/pkcs7-mime,\r\n        multipart/mixed\r\n",
-        )
-        .unwrap();
-        assert_eq!(
-            h.values(),
-            vec![
-                "application/sdp",
-                "application/pkcs7-mime",
-                "multipart/mixed"
-            ]
-        );
+        let h = Header::from_raw(b"Accept: application/sdp, application/pkcs7-mime,\r\n        multipart/mixed\r\n")
+            .unwrap();
+        assert_eq!(h.values(), vec!["application/sdp", "application/pkcs7-mime", "multipart/mixed"]);
         let h = Header::new("Contact", r#""Bell, A" <sip:a@b>, <sip:c@d>"#);
         assert_eq!(h.values(), vec![r#""Bell, A" <sip:a@b>"#, "<sip:c@d>"]);
     }
@@ -231,12 +195,7 @@ mod tests {
 
     #[test]
     fn bad_names() {
-        for raw in [
-            &b"no colon\r\n"[..],
-            b": empty\r\n",
-            b"Bad Name: x\r\n",
-            b"Na\xffme: x\r\n",
-        ] {
+        for raw in [&b"no colon\r\n"[..], b": empty\r\n", b"Bad Name: x\r\n", b"Na\xffme: x\r\n"] {
             assert_eq!(Header::from_raw(raw), Err(Defect::HeaderLine));
         }
     }

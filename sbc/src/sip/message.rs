@@ -171,28 +171,20 @@ impl Message {
     /// Every Via value, top first (values that do not parse are skipped).
     #[must_use]
     pub fn vias(&self) -> Vec<Via> {
-        self.header_values("via")
-            .into_iter()
-            .filter_map(|v| Via::parse(v).ok())
-            .collect()
+        self.header_values("via").into_iter().filter_map(|v| Via::parse(v).ok()).collect()
     }
 
     /// The topmost Via, if it parses.
     #[must_use]
     pub fn top_via(&self) -> Option<Via> {
-        self.header_values("via")
-            .first()
-            .and_then(|v| Via::parse(v).ok())
+        self.header_values("via").first().and_then(|v| Via::parse(v).ok())
     }
 
     /// Every Contact value in order; `*` gives [`Contact::Star`] (values that
     /// do not parse are skipped).
     #[must_use]
     pub fn contacts(&self) -> Vec<Contact> {
-        self.header_values("contact")
-            .into_iter()
-            .filter_map(|v| Contact::parse(v).ok())
-            .collect()
+        self.header_values("contact").into_iter().filter_map(|v| Contact::parse(v).ok()).collect()
     }
 
     /// Route values, top first.
@@ -208,10 +200,7 @@ impl Message {
     }
 
     fn name_addrs(&self, name: &str) -> Vec<NameAddr> {
-        self.header_values(name)
-            .into_iter()
-            .filter_map(|v| NameAddr::parse(v).ok())
-            .collect()
+        self.header_values(name).into_iter().filter_map(|v| NameAddr::parse(v).ok()).collect()
     }
 
     // ---- editing ----------------------------------------------------------
@@ -245,10 +234,7 @@ impl Message {
                 continue;
             };
             let value = h.value();
-            let elems: Vec<(usize, usize)> = split_list(value)
-                .into_iter()
-                .filter(|(a, b)| a < b)
-                .collect();
+            let elems: Vec<(usize, usize)> = split_list(value).into_iter().filter(|(a, b)| a < b).collect();
             let Some(&(a, b)) = elems.first() else {
                 continue;
             };
@@ -324,10 +310,7 @@ impl Message {
                 "timestamp" if code == 100 => headers.push(h.clone()),
                 "to" => match to_tag {
                     Some(tag) if code > 100 && !has_tag(h.value()) => {
-                        headers.push(Header::new(
-                            h.raw_name(),
-                            &format!("{};tag={tag}", h.value()),
-                        ));
+                        headers.push(Header::new(h.raw_name(), &format!("{};tag={tag}", h.value())));
                     }
                     _ => headers.push(h.clone()),
                 },
@@ -336,11 +319,7 @@ impl Message {
         }
         headers.push(Header::new("Content-Length", "0"));
         let reason = reason.replace(['\r', '\n'], " ");
-        Message {
-            start: StartLine::Response { code, reason },
-            headers,
-            body: Vec::new(),
-        }
+        Message { start: StartLine::Response { code, reason }, headers, body: Vec::new() }
     }
 }
 
@@ -405,10 +384,7 @@ l: 4\r\n\r\nbody";
         assert_eq!(vias.len(), 3);
         assert_eq!(vias[2].transport, "TCP");
         assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK1"));
-        assert_eq!(
-            m.header_values("route"),
-            vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
-        );
+        assert_eq!(m.header_values("route"), vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
         assert_eq!(m.routes()[1].uri.host, "p2.example");
         assert_eq!(m.contacts(), vec![Contact::Star]);
         assert_eq!(m.body, b"body");
@@ -423,12 +399,7 @@ m: sip:c@z;expires=5 ,\r\n \"x\\\",y\" <sip:d@w>\r\n\r\n";
         let m = Message::parse(raw.as_bytes()).unwrap();
         assert_eq!(
             m.header_values("CONTACT"),
-            vec![
-                r#""Bell, A" <sip:a@x;p=1,2>;q=0.5"#,
-                "<sip:b@y>",
-                "sip:c@z;expires=5",
-                r#""x\",y" <sip:d@w>"#
-            ]
+            vec![r#""Bell, A" <sip:a@x;p=1,2>;q=0.5"#, "<sip:b@y>", "sip:c@z;expires=5", r#""x\",y" <sip:d@w>"#]
         );
         let c = m.contacts();
         assert_eq!(c.len(), 4);
@@ -445,29 +416,18 @@ m: sip:c@z;expires=5 ,\r\n \"x\\\",y\" <sip:d@w>\r\n\r\n";
     #[test]
     fn remove_first_value_rewrites_one_line() {
         let mut m = req();
-        assert_eq!(
-            m.remove_first_value("Via").as_deref(),
-            Some("SIP/2.0/UDP p1.example;branch=z9hG4bK1")
-        );
+        assert_eq!(m.remove_first_value("Via").as_deref(), Some("SIP/2.0/UDP p1.example;branch=z9hG4bK1"));
         let expect = REQ.replace(
             "Via: SIP/2.0/UDP p1.example;branch=z9hG4bK1, SIP/2.0/UDP p2.example;branch=z9hG4bK2\r\n",
             "Via: SIP/2.0/UDP p2.example;branch=z9hG4bK2\r\n",
         );
         assert_eq!(String::from_utf8(m.to_bytes()).unwrap(), expect);
-        assert_eq!(
-            m.remove_first_value("v").as_deref(),
-            Some("SIP/2.0/UDP p2.example;branch=z9hG4bK2")
-        );
+        assert_eq!(m.remove_first_value("v").as_deref(), Some("SIP/2.0/UDP p2.example;branch=z9hG4bK2"));
         let expect = expect.replace("Via: SIP/2.0/UDP p2.example;branch=z9hG4bK2\r\n", "");
         assert_eq!(String::from_utf8(m.to_bytes()).unwrap(), expect);
-        assert_eq!(
-            m.remove_first_value("route").as_deref(),
-            Some("<sip:p1.example;lr>")
-        );
-        let expect = expect.replace(
-            "Route: <sip:p1.example;lr>,\r\n <sip:p2.example;lr>\r\n",
-            "Route: <sip:p2.example;lr>\r\n",
-        );
+        assert_eq!(m.remove_first_value("route").as_deref(), Some("<sip:p1.example;lr>"));
+        let expect =
+            expect.replace("Route: <sip:p1.example;lr>,\r\n <sip:p2.example;lr>\r\n", "Route: <sip:p2.example;lr>\r\n");
         assert_eq!(String::from_utf8(m.to_bytes()).unwrap(), expect);
         assert_eq!(m.remove_first_value("nope"), None);
     }
@@ -475,20 +435,14 @@ m: sip:c@z;expires=5 ,\r\n \"x\\\",y\" <sip:d@w>\r\n\r\n";
     #[test]
     fn insert_set_remove() {
         let mut m = req();
-        m.insert_before_first(
-            "via",
-            Header::new("Via", "SIP/2.0/UDP sbc.example;branch=z9hG4bKs"),
-        );
+        m.insert_before_first("via", Header::new("Via", "SIP/2.0/UDP sbc.example;branch=z9hG4bKs"));
         m.set_header("max-forwards", "69");
         m.set_header("X-New", "1");
         m.remove_all("x-odd");
         m.set_request_uri("sip:bob@10.0.0.2:5060");
         let expect = REQ
             .replace("INVITE sip:bob@b.example ", "INVITE sip:bob@10.0.0.2:5060 ")
-            .replace(
-                "Via: SIP/2.0/UDP p1",
-                "Via: SIP/2.0/UDP sbc.example;branch=z9hG4bKs\r\nVia: SIP/2.0/UDP p1",
-            )
+            .replace("Via: SIP/2.0/UDP p1", "Via: SIP/2.0/UDP sbc.example;branch=z9hG4bKs\r\nVia: SIP/2.0/UDP p1")
             .replace("X-Odd:   keep   this  \r\n", "")
             .replace("Max-Forwards: 70", "Max-Forwards: 69")
             .replace("l: 4\r\n", "l: 4\r\nX-New: 1\r\n");
@@ -533,21 +487,14 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(trying.header("timestamp"), Some("54"));
         let again = r.response_with_tag(200, "OK", "t2");
         assert_eq!(m.response_to(404, "Not Found").to_tag(), None);
-        assert_eq!(
-            again.to_tag().as_deref(),
-            Some("t1"),
-            "an existing tag is kept"
-        );
+        assert_eq!(again.to_tag().as_deref(), Some("t1"), "an existing tag is kept");
         assert_eq!(Message::parse(&r.to_bytes()).unwrap(), r);
     }
 
     #[test]
     fn cseq_forms() {
         assert_eq!(parse_cseq("0009 INVITE"), Some((9, Method::Invite)));
-        assert_eq!(
-            parse_cseq("1 RE%47IST%45R"),
-            Some((1, Method::Other("RE%47IST%45R".into())))
-        );
+        assert_eq!(parse_cseq("1 RE%47IST%45R"), Some((1, Method::Other("RE%47IST%45R".into()))));
         assert_eq!(parse_cseq("36893488147419103232 REGISTER"), None);
         assert_eq!(parse_cseq("1"), None);
         assert_eq!(parse_cseq("1 INVITE x"), None);

@@ -109,10 +109,7 @@ mod tests {
             let parsed: Method = m.parse().unwrap();
             assert_eq!(parsed.to_string(), m);
         }
-        assert_eq!(
-            "invite".parse::<Method>().unwrap(),
-            Method::Other("invite".into())
-        );
+        assert_eq!("invite".parse::<Method>().unwrap(), Method::Other("invite".into()));
         assert!("IN VITE".parse::<Method>().is_err());
         assert!("".parse::<Method>().is_err());
     }

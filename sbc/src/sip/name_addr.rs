@@ -35,11 +35,7 @@ impl NameAddr {
     /// A bare address without display name or parameters.
     #[must_use]
     pub fn new(uri: Uri) -> NameAddr {
-        NameAddr {
-            display: None,
-            uri,
-            params: Params::new(),
-        }
+        NameAddr { display: None, uri, params: Params::new() }
     }
 
     /// Parses one name-addr or addr-spec (one element of a list header).
@@ -93,11 +89,7 @@ impl NameAddr {
             }
         };
         let params = params::parse_header_params(s, rest).ok_or(BAD)?;
-        Ok(NameAddr {
-            display,
-            uri,
-            params,
-        })
+        Ok(NameAddr { display, uri, params })
     }
 
     /// The value of header parameter `name` (case-insensitive): `Some(None)`
@@ -145,10 +137,7 @@ impl std::str::FromStr for NameAddr {
 
 /// One Contact value: `*` (REGISTER remove-all) or an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "Star is rare; boxing every address costs more"
-)]
+#[expect(clippy::large_enum_variant, reason = "Star is rare; boxing every address costs more")]
 pub enum Contact {
     /// `Contact: *`.
     Star,
@@ -209,17 +198,11 @@ mod tests {
         assert_eq!(a.uri.param("transport"), Some(Some("tcp")));
         assert_eq!(a.tag(), Some("x"));
         assert_eq!(a.param("LR"), Some(None));
-        assert_eq!(
-            a.to_string(),
-            r#""Bob" <sip:bob@b.example;transport=tcp>;tag=x;lr"#
-        );
+        assert_eq!(a.to_string(), r#""Bob" <sip:bob@b.example;transport=tcp>;tag=x;lr"#);
 
         let a = NameAddr::parse("sip:bob@b.example;tag=x").unwrap();
         assert_eq!(a.display, None);
-        assert!(
-            a.uri.params.is_empty(),
-            "addr-spec params belong to the header"
-        );
+        assert!(a.uri.params.is_empty(), "addr-spec params belong to the header");
         assert_eq!(a.tag(), Some("x"));
         assert_eq!(a.to_string(), "<sip:bob@b.example>;tag=x");
     }
@@ -227,19 +210,12 @@ mod tests {
     #[test]
     fn rfc4475_shapes() {
         // wsinv
-        let a =
-            NameAddr::parse("sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
+        let a = NameAddr::parse("sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
         assert_eq!(a.tag(), Some("1918181833n"));
-        let a = NameAddr::parse(
-            r#""J Rosenberg \\\""       <sip:jdrosen@example.com> ; tag = 98asjd8"#,
-        )
-        .unwrap();
+        let a = NameAddr::parse(r#""J Rosenberg \\\""       <sip:jdrosen@example.com> ; tag = 98asjd8"#).unwrap();
         assert_eq!(a.display.as_deref(), Some(r#"J Rosenberg \""#));
         assert_eq!(a.tag(), Some("98asjd8"));
-        assert_eq!(
-            a.to_string(),
-            r#""J Rosenberg \\\"" <sip:jdrosen@example.com>;tag=98asjd8"#
-        );
+        assert_eq!(a.to_string(), r#""J Rosenberg \\\"" <sip:jdrosen@example.com>;tag=98asjd8"#);
         // lwsdisp
         let a = NameAddr::parse("caller<sip:caller@example.com>;tag=323").unwrap();
         assert_eq!(a.display.as_deref(), Some("caller"));
@@ -254,25 +230,19 @@ mod tests {
         let a = NameAddr::parse(r#""Watson, Thomas" < sip:t.watson@example.org >"#).unwrap();
         assert_eq!(a.uri.host, "example.org");
         let a = NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E").unwrap();
-        assert_eq!(
-            a.uri.headers.as_deref(),
-            Some("Route=%3Csip:sip.example.com%3E")
-        );
+        assert_eq!(a.uri.headers.as_deref(), Some("Route=%3Csip:sip.example.com%3E"));
         // unksm2
         let a = NameAddr::parse("<http://www.example.com>;tag=3234233").unwrap();
         assert_eq!(a.uri.opaque.as_deref(), Some("//www.example.com"));
-        assert_eq!(
-            NameAddr::parse("isbn:2983792873").unwrap().uri.scheme,
-            "isbn"
-        );
+        assert_eq!(NameAddr::parse("isbn:2983792873").unwrap().uri.scheme, "isbn");
     }
 
     #[test]
     fn rejects() {
         for s in [
-            r#""Mr. J. User <sip:j.user@example.com>"#, // quotbal
+            r#""Mr. J. User <sip:j.user@example.com>"#,          // quotbal
             "Bell, Alexander <sip:a.g.bell@example.com>;tag=43", // baddn
-            r#""Joe" <sip:joe@example.org>;;;;"#,       // badinv01
+            r#""Joe" <sip:joe@example.org>;;;;"#,                // badinv01
             "<sip:a@b",
             "<sip:a@b> junk",
             r#"x "Bob" <sip:a@b>"#,

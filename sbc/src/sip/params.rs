@@ -13,20 +13,14 @@ pub type Params = Vec<(String, Option<String>)>;
 /// The value of parameter `name` (case-insensitive): `Some(None)` for a
 /// parameter without value, `None` when absent.
 pub(crate) fn find<'a>(params: &'a Params, name: &str) -> Option<Option<&'a str>> {
-    params
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_deref())
+    params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref())
 }
 
 /// Sets parameter `name`, replacing its first occurrence in place or
 /// appending it.
 pub(crate) fn set(params: &mut Params, name: &str, value: Option<&str>) {
     let value = value.map(str::to_owned);
-    match params
-        .iter_mut()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-    {
+    match params.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
         Some(slot) => slot.1 = value,
         None => params.push((name.to_owned(), value)),
     }
@@ -73,11 +67,7 @@ pub(crate) fn parse_header_params(s: &str, mut i: usize) -> Option<Params> {
         i = skip_wsp(b, name_end);
         if b.get(i) == Some(&b'=') {
             i = skip_wsp(b, i + 1);
-            let end = if b.get(i) == Some(&b'"') {
-                quoted(s, i)?.1
-            } else {
-                take_while(b, i, is_value_byte)
-            };
+            let end = if b.get(i) == Some(&b'"') { quoted(s, i)?.1 } else { take_while(b, i, is_value_byte) };
             let value = s.get(i..end).filter(|v| !v.is_empty())?;
             out.push((name.to_owned(), Some(value.to_owned())));
             i = end;
@@ -96,25 +86,15 @@ mod tests {
     use super::*;
 
     fn p(pairs: &[(&str, Option<&str>)]) -> Params {
-        pairs
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), v.map(str::to_owned)))
-            .collect()
+        pairs.iter().map(|(n, v)| ((*n).to_owned(), v.map(str::to_owned))).collect()
     }
 
     #[test]
     fn parses_with_whitespace_and_quotes() {
-        assert_eq!(
-            parse_header_params(" ;   tag    = 1918181833n", 0),
-            Some(p(&[("tag", Some("1918181833n"))]))
-        );
+        assert_eq!(parse_header_params(" ;   tag    = 1918181833n", 0), Some(p(&[("tag", Some("1918181833n"))])));
         assert_eq!(
             parse_header_params(r#";x="a;b\"c";lr ; received=2001:db8::1"#, 0),
-            Some(p(&[
-                ("x", Some(r#""a;b\"c""#)),
-                ("lr", None),
-                ("received", Some("2001:db8::1"))
-            ]))
+            Some(p(&[("x", Some(r#""a;b\"c""#)), ("lr", None), ("received", Some("2001:db8::1"))]))
         );
         assert_eq!(parse_header_params("", 0), Some(Params::new()));
     }

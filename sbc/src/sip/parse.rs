@@ -37,9 +37,7 @@ impl Kind {
 /// a stream reader may drain, and answer, before the next message.
 #[must_use]
 pub fn keepalive_len(buf: &[u8]) -> usize {
-    buf.iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count()
+    buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
 }
 
 /// Whether `buf` starts with a request or a response, for errors found
@@ -48,9 +46,7 @@ fn kind_of(buf: &[u8]) -> Result<Kind, ParseError> {
     let first = buf.get(..buf.len().min(MAX_LINE + 2)).unwrap_or_default();
     let end = line_end(first, 0).map_or(first.len(), |(end, _)| end);
     match parse_start_line(first.get(..end).unwrap_or_default()) {
-        Ok(StartLine::Request { .. }) | Err(ParseError::Request(_) | ParseError::Version) => {
-            Ok(Kind(true))
-        }
+        Ok(StartLine::Request { .. }) | Err(ParseError::Request(_) | ParseError::Version) => Ok(Kind(true)),
         Ok(StartLine::Response { .. }) | Err(ParseError::Response(_)) => Ok(Kind(false)),
         Err(e) => Err(e),
     }
@@ -60,27 +56,16 @@ fn kind_of(buf: &[u8]) -> Result<Kind, ParseError> {
 /// the line break (CRLF or a bare LF) excluded from the content.
 fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let lf = buf.get(from..)?.iter().position(|&b| b == b'\n')? + from;
-    let end = if lf > from && buf.get(lf - 1) == Some(&b'\r') {
-        lf - 1
-    } else {
-        lf
-    };
+    let end = if lf > from && buf.get(lf - 1) == Some(&b'\r') { lf - 1 } else { lf };
     Some((end, lf + 1))
 }
 
 /// Parses the start line text (no line break).
 fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
-    if line.len() >= 4
-        && line
-            .get(..4)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
-    {
+    if line.len() >= 4 && line.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) {
         return parse_status_line(line);
     }
-    let sp = line
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or(ParseError::StartLine)?;
+    let sp = line.iter().position(|&b| b == b' ').ok_or(ParseError::StartLine)?;
     let method = std::str::from_utf8(line.get(..sp).unwrap_or_default())
         .ok()
         .filter(|m| is_token(m))
@@ -90,8 +75,7 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
     if line.contains(&0) {
         return Err(ParseError::Request(Defect::NulByte));
     }
-    let rest =
-        std::str::from_utf8(line.get(sp + 1..).unwrap_or_default()).map_err(|_| bad.clone())?;
+    let rest = std::str::from_utf8(line.get(sp + 1..).unwrap_or_default()).map_err(|_| bad.clone())?;
     let mut parts = rest.split(' ');
     let (Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad);
@@ -101,10 +85,7 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
     }
     check_version(version, true)?;
     let method: Method = method.parse().map_err(|_| bad)?;
-    Ok(StartLine::Request {
-        method,
-        uri: uri.to_owned(),
-    })
+    Ok(StartLine::Request { method, uri: uri.to_owned() })
 }
 
 /// Checks `SIP/2.0`; another `SIP/x.y` is 505 for a request.
@@ -135,14 +116,8 @@ fn parse_status_line(line: &[u8]) -> Result<StartLine, ParseError> {
     if code.len() != 3 {
         return Err(bad);
     }
-    let code = std::str::from_utf8(code)
-        .ok()
-        .and_then(parse_digits)
-        .ok_or(bad.clone())?;
-    let code = u16::try_from(code)
-        .ok()
-        .filter(|c| (100..=699).contains(c))
-        .ok_or(bad)?;
+    let code = std::str::from_utf8(code).ok().and_then(parse_digits).ok_or(bad.clone())?;
+    let code = u16::try_from(code).ok().filter(|c| (100..=699).contains(c)).ok_or(bad)?;
     let reason = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
     Ok(StartLine::Response { code, reason })
 }
@@ -179,27 +154,15 @@ fn parse_head(buf: &[u8], lenient: bool) -> Result<Head, ParseError> {
         return Err(kind.err(Defect::LineTooLong));
     }
     if buf.get(..first_end).is_some_and(|l| l.contains(&b'\r')) {
-        return Err(kind.err(if kind.0 {
-            Defect::RequestLine
-        } else {
-            Defect::StatusLine
-        }));
+        return Err(kind.err(if kind.0 { Defect::RequestLine } else { Defect::StatusLine }));
     }
     if !terminated {
         return Err(kind.err(Defect::Unterminated));
     }
     let mut headers = Vec::new();
     match scan_headers(buf, pos, kind, &mut headers) {
-        Ok(body_start) => Ok(Head {
-            start,
-            headers,
-            body_start,
-        }),
-        Err(_) if lenient => Ok(Head {
-            start,
-            headers,
-            body_start: buf.len(),
-        }),
+        Ok(body_start) => Ok(Head { start, headers, body_start }),
+        Err(_) if lenient => Ok(Head { start, headers, body_start: buf.len() }),
         Err(e) => Err(e),
     }
 }
@@ -207,12 +170,7 @@ fn parse_head(buf: &[u8], lenient: bool) -> Result<Head, ParseError> {
 /// Collects the header fields from `pos` into `headers` (a field being a line
 /// plus its continuation lines) and returns the offset of the body: after
 /// the empty line, or the end of `buf` when the last field ends there.
-fn scan_headers(
-    buf: &[u8],
-    mut pos: usize,
-    kind: Kind,
-    headers: &mut Vec<Header>,
-) -> Result<usize, ParseError> {
+fn scan_headers(buf: &[u8], mut pos: usize, kind: Kind, headers: &mut Vec<Header>) -> Result<usize, ParseError> {
     let mut current: Option<usize> = None;
     let mut finish = |current: Option<usize>, to: usize| -> Result<(), ParseError> {
         if let Some(from) = current {
@@ -260,11 +218,7 @@ fn content_length(headers: &[Header], kind: Kind) -> Result<Option<usize>, Parse
     }
     let n = parse_digits(h.value()).ok_or(kind.err(Defect::ContentLength))?;
     // Anything above the message limit cannot be satisfied.
-    Ok(Some(
-        usize::try_from(n)
-            .unwrap_or(usize::MAX)
-            .min(MAX_MESSAGE + 1),
-    ))
+    Ok(Some(usize::try_from(n).unwrap_or(usize::MAX).min(MAX_MESSAGE + 1)))
 }
 
 impl Message {
@@ -290,16 +244,10 @@ impl Message {
         let kind = Kind(matches!(head.start, StartLine::Request { .. }));
         let rest = buf.get(head.body_start..).unwrap_or_default();
         let body = match content_length(&head.headers, kind)? {
-            Some(n) => rest
-                .get(..n)
-                .ok_or(kind.err(Defect::ContentLengthTooLarge))?,
+            Some(n) => rest.get(..n).ok_or(kind.err(Defect::ContentLengthTooLarge))?,
             None => rest,
         };
-        Ok(Message {
-            start: head.start,
-            headers: head.headers,
-            body: body.to_vec(),
-        })
+        Ok(Message { start: head.start, headers: head.headers, body: body.to_vec() })
     }
 
     /// Frames one message from the front of a stream buffer.
@@ -333,8 +281,7 @@ impl Message {
         };
         let head = parse_head(data.get(..head_len).unwrap_or_default(), false)?;
         let kind = Kind(matches!(head.start, StartLine::Request { .. }));
-        let cl =
-            content_length(&head.headers, kind)?.ok_or(kind.err(Defect::ContentLengthMissing))?;
+        let cl = content_length(&head.headers, kind)?.ok_or(kind.err(Defect::ContentLengthMissing))?;
         let total = head.body_start.saturating_add(cl);
         if total > MAX_MESSAGE {
             return Err(kind.err(Defect::TooLarge));
@@ -342,11 +289,7 @@ impl Message {
         let Some(body) = data.get(head.body_start..total) else {
             return Ok(None);
         };
-        let msg = Message {
-            start: head.start,
-            headers: head.headers,
-            body: body.to_vec(),
-        };
+        let msg = Message { start: head.start, headers: head.headers, body: body.to_vec() };
         Ok(Some((msg, skip + total)))
     }
 }
@@ -381,11 +324,7 @@ pub fn reject_response(datagram: &[u8], err: &ParseError, to_tag: Option<&str>) 
         Ok(h) => h,
         Err(_) => lenient_request_head(buf.get(..cut).unwrap_or_default())?,
     };
-    let req = Message {
-        start: head.start,
-        headers: head.headers,
-        body: Vec::new(),
-    };
+    let req = Message { start: head.start, headers: head.headers, body: Vec::new() };
     if !req.is_request() || req.method() == Some(&Method::Ack) || req.header("via").is_none() {
         return None;
     }
@@ -441,58 +380,23 @@ mod tests {
     #[test]
     fn start_line_errors() {
         let cases: &[(&[u8], ParseError)] = &[
-            (
-                b"INVITE  sip:a@b SIP/2.0\r\n\r\n",
-                ParseError::Request(Defect::RequestLine),
-            ),
-            (
-                b"INVITE sip:a@b SIP/2.0 \r\n\r\n",
-                ParseError::Request(Defect::RequestLine),
-            ),
-            (
-                b"INVITE sip:a@b; lr SIP/2.0\r\n\r\n",
-                ParseError::Request(Defect::RequestLine),
-            ),
+            (b"INVITE  sip:a@b SIP/2.0\r\n\r\n", ParseError::Request(Defect::RequestLine)),
+            (b"INVITE sip:a@b SIP/2.0 \r\n\r\n", ParseError::Request(Defect::RequestLine)),
+            (b"INVITE sip:a@b; lr SIP/2.0\r\n\r\n", ParseError::Request(Defect::RequestLine)),
             (b"INVITE sip:a@b SIP/7.0\r\n\r\n", ParseError::Version),
-            (
-                b"INVITE sip:a@b HTTP/1.1\r\n\r\n",
-                ParseError::Request(Defect::RequestLine),
-            ),
-            (
-                b"INVITE sip:a@b SIP/2.0",
-                ParseError::Request(Defect::Unterminated),
-            ),
+            (b"INVITE sip:a@b HTTP/1.1\r\n\r\n", ParseError::Request(Defect::RequestLine)),
+            (b"INVITE sip:a@b SIP/2.0", ParseError::Request(Defect::Unterminated)),
             (b"\x16\x03\x01garbage\r\n\r\n", ParseError::StartLine),
             (b"GARBAGE\r\n", ParseError::StartLine),
-            (
-                b"SIP/2.0 4294967301 big\r\n\r\n",
-                ParseError::Response(Defect::StatusLine),
-            ),
-            (
-                b"SIP/2.0 099 low\r\n\r\n",
-                ParseError::Response(Defect::StatusLine),
-            ),
-            (
-                b"SIP/3.0 200 OK\r\n\r\n",
-                ParseError::Response(Defect::StatusLine),
-            ),
+            (b"SIP/2.0 4294967301 big\r\n\r\n", ParseError::Response(Defect::StatusLine)),
+            (b"SIP/2.0 099 low\r\n\r\n", ParseError::Response(Defect::StatusLine)),
+            (b"SIP/3.0 200 OK\r\n\r\n", ParseError::Response(Defect::StatusLine)),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                Message::parse(input).as_ref().err(),
-                Some(want),
-                "{}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(Message::parse(input).as_ref().err(), Some(want), "{}", String::from_utf8_lossy(input));
         }
         let m = Message::parse(b"SIP/2.0 100 \r\n\r\n").unwrap();
-        assert_eq!(
-            m.start,
-            StartLine::Response {
-                code: 100,
-                reason: String::new()
-            }
-        );
+        assert_eq!(m.start, StartLine::Response { code: 100, reason: String::new() });
     }
 
     #[test]
@@ -506,23 +410,14 @@ mod tests {
             ("A: b\r\nB: c", Defect::Unterminated),
             ("l: 10\r\n\r\nabc", Defect::ContentLengthTooLarge),
             ("l: -999\r\n\r\nabc", Defect::ContentLength),
-            (
-                "l: 1\r\nContent-Length: 1\r\n\r\nabc",
-                Defect::MultipleContentLength,
-            ),
+            ("l: 1\r\nContent-Length: 1\r\n\r\nabc", Defect::MultipleContentLength),
         ];
         for (rest, want) in cases {
             let input = format!("{base}{rest}");
-            assert_eq!(
-                Message::parse(input.as_bytes()),
-                Err(ParseError::Request(*want)),
-                "{rest:?}"
-            );
+            assert_eq!(Message::parse(input.as_bytes()), Err(ParseError::Request(*want)), "{rest:?}");
         }
         // NUL as a quoted-pair is allowed.
-        assert!(
-            Message::parse(b"OPTIONS sip:a@b SIP/2.0\r\nTo: \"a\\\0\" <sip:a@b>\r\n\r\n").is_ok()
-        );
+        assert!(Message::parse(b"OPTIONS sip:a@b SIP/2.0\r\nTo: \"a\\\0\" <sip:a@b>\r\n\r\n").is_ok());
     }
 
     #[test]
@@ -533,29 +428,14 @@ mod tests {
         }
         assert!(Message::parse(format!("{many}\r\n").as_bytes()).is_ok());
         many.push_str("X-last: v\r\n\r\n");
-        assert_eq!(
-            Message::parse(many.as_bytes()),
-            Err(ParseError::Request(Defect::TooManyHeaders))
-        );
+        assert_eq!(Message::parse(many.as_bytes()), Err(ParseError::Request(Defect::TooManyHeaders)));
 
-        let long = format!(
-            "OPTIONS sip:a@b SIP/2.0\r\nX: {}\r\n\r\n",
-            "a".repeat(MAX_LINE)
-        );
-        assert_eq!(
-            Message::parse(long.as_bytes()),
-            Err(ParseError::Request(Defect::LineTooLong))
-        );
+        let long = format!("OPTIONS sip:a@b SIP/2.0\r\nX: {}\r\n\r\n", "a".repeat(MAX_LINE));
+        assert_eq!(Message::parse(long.as_bytes()), Err(ParseError::Request(Defect::LineTooLong)));
         let big = format!("OPTIONS sip:a@b SIP/2.0\r\n\r\n{}", "a".repeat(MAX_MESSAGE));
-        assert_eq!(
-            Message::parse(big.as_bytes()),
-            Err(ParseError::Request(Defect::TooLarge))
-        );
+        assert_eq!(Message::parse(big.as_bytes()), Err(ParseError::Request(Defect::TooLarge)));
         let resp = format!("SIP/2.0 200 OK\r\n\r\n{}", "a".repeat(MAX_MESSAGE));
-        assert_eq!(
-            Message::parse(resp.as_bytes()),
-            Err(ParseError::Response(Defect::TooLarge))
-        );
+        assert_eq!(Message::parse(resp.as_bytes()), Err(ParseError::Response(Defect::TooLarge)));
     }
 
     #[test]
@@ -572,26 +452,14 @@ mod tests {
         assert_eq!(Message::parse_stream(&buf[used..]), Ok(None));
 
         let no_cl = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n";
-        assert_eq!(
-            Message::parse_stream(no_cl),
-            Err(ParseError::Request(Defect::ContentLengthMissing))
-        );
+        assert_eq!(Message::parse_stream(no_cl), Err(ParseError::Request(Defect::ContentLengthMissing)));
         let mut endless = b"OPTIONS ".to_vec();
         endless.resize(MAX_MESSAGE + 1, b'a');
         assert_eq!(Message::parse_stream(&endless[..MAX_MESSAGE]), Ok(None));
-        assert_eq!(
-            Message::parse_stream(&endless),
-            Err(ParseError::Request(Defect::TooLarge))
-        );
-        assert_eq!(
-            Message::parse_stream(b"\x16\x03\x01 junk\r\n"),
-            Err(ParseError::StartLine)
-        );
+        assert_eq!(Message::parse_stream(&endless), Err(ParseError::Request(Defect::TooLarge)));
+        assert_eq!(Message::parse_stream(b"\x16\x03\x01 junk\r\n"), Err(ParseError::StartLine));
         let huge_cl = b"OPTIONS sip:a@b SIP/2.0\r\nl: 99999999999999999999\r\n\r\n";
-        assert_eq!(
-            Message::parse_stream(huge_cl),
-            Err(ParseError::Request(Defect::TooLarge))
-        );
+        assert_eq!(Message::parse_stream(huge_cl), Err(ParseError::Request(Defect::TooLarge)));
         assert_eq!(keepalive_len(b"\r\n\r\nX"), 4);
     }
 
@@ -601,13 +469,7 @@ mod tests {
         let err = Message::parse(d).unwrap_err();
         let r = reject_response(d, &err, Some("sbc1")).unwrap();
         assert_eq!(r.code(), Some(400));
-        assert_eq!(
-            r.start,
-            StartLine::Response {
-                code: 400,
-                reason: "Bad Request - malformed Request-Line".into()
-            }
-        );
+        assert_eq!(r.start, StartLine::Response { code: 400, reason: "Bad Request - malformed Request-Line".into() });
         assert_eq!(r.to_tag().as_deref(), Some("sbc1"));
         assert_eq!(r.header("cseq"), Some("1 INVITE"));
 
@@ -619,9 +481,6 @@ mod tests {
         let err = Message::parse(ack).unwrap_err();
         assert_eq!(reject_response(ack, &err, None), None);
         let resp = b"SIP/2.0 999 x\r\n\r\n";
-        assert_eq!(
-            reject_response(resp, &Message::parse(resp).unwrap_err(), None),
-            None
-        );
+        assert_eq!(reject_response(resp, &Message::parse(resp).unwrap_err(), None), None);
     }
 }

@@ -48,9 +48,7 @@ impl Uri {
     /// # Errors
     /// [`ParseError::Syntax`] when `s` is not a URI.
     pub fn parse(s: &str) -> Result<Uri, ParseError> {
-        if s.bytes()
-            .any(|b| b <= b' ' || b == 0x7f || b"<>\"".contains(&b))
-        {
+        if s.bytes().any(|b| b <= b' ' || b == 0x7f || b"<>\"".contains(&b)) {
             return Err(BAD);
         }
         let (scheme, rest) = s.split_once(':').ok_or(BAD)?;
@@ -60,10 +58,7 @@ impl Uri {
         {
             return Err(BAD);
         }
-        let mut uri = Uri {
-            scheme: scheme.to_owned(),
-            ..Uri::default()
-        };
+        let mut uri = Uri { scheme: scheme.to_owned(), ..Uri::default() };
         if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
             uri.parse_sip(rest)?;
         } else if scheme.eq_ignore_ascii_case("tel") {
@@ -165,11 +160,7 @@ pub(crate) fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
     let host_end = if b.first() == Some(&b'[') {
         let close = s.find(']')?;
         let inner = s.get(1..close)?;
-        if inner.is_empty()
-            || !inner
-                .bytes()
-                .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
-        {
+        if inner.is_empty() || !inner.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
             return None;
         }
         close + 1
@@ -282,10 +273,7 @@ mod tests {
         assert_eq!(u.user.as_deref(), Some("null-%00-null"));
         let u = rt("sip:cal%6Cer@host5.example.net;%6C%72;n%61me=v%61lue%25%34%31");
         assert_eq!(u.param("%6C%72"), Some(None));
-        assert_ne!(
-            Uri::parse("sip:%61lice@a").unwrap(),
-            Uri::parse("sip:alice@a").unwrap()
-        );
+        assert_ne!(Uri::parse("sip:%61lice@a").unwrap(), Uri::parse("sip:alice@a").unwrap());
     }
 
     #[test]
@@ -294,14 +282,8 @@ mod tests {
         assert_eq!(u.user.as_deref(), Some("user;par=u%40example.net"));
         assert_eq!(u.host, "example.com");
         let u = rt("sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com");
-        assert_eq!(
-            u.user.as_deref(),
-            Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*")
-        );
-        assert_eq!(
-            u.password.as_deref(),
-            Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)")
-        );
+        assert_eq!(u.user.as_deref(), Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"));
+        assert_eq!(u.password.as_deref(), Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"));
         assert_eq!(u.host, "example.com");
     }
 

@@ -29,13 +29,8 @@ const SINGLE: [(&str, &str); 9] = [
 ];
 
 /// Headers every request and response must carry.
-const REQUIRED: [(&str, &str); 5] = [
-    ("to", "To"),
-    ("from", "From"),
-    ("call-id", "Call-ID"),
-    ("cseq", "CSeq"),
-    ("via", "Via"),
-];
+const REQUIRED: [(&str, &str); 5] =
+    [("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq"), ("via", "Via")];
 
 /// Same as [`Message::validate`], for callers that prefer a function.
 ///
@@ -89,11 +84,7 @@ impl Message {
             }
         }
         for (name, shown) in REQUIRED {
-            let present = if name == "via" {
-                vias > 0
-            } else {
-                self.header(name).is_some()
-            };
+            let present = if name == "via" { vias > 0 } else { self.header(name).is_some() };
             if !present {
                 return Err(bad(Defect::Missing(shown)));
             }
@@ -103,26 +94,22 @@ impl Message {
         if call_id.is_empty() || call_id.contains([' ', '\t']) {
             return Err(bad(Defect::Malformed("Call-ID")));
         }
-        let (_, cseq_method) = parse_cseq(self.header("cseq").unwrap_or_default())
-            .ok_or(bad(Defect::Malformed("CSeq")))?;
+        let (_, cseq_method) =
+            parse_cseq(self.header("cseq").unwrap_or_default()).ok_or(bad(Defect::Malformed("CSeq")))?;
         if let StartLine::Request { method, .. } = &self.start {
             if *method != cseq_method {
                 return Err(bad(Defect::CSeqMismatch));
             }
         }
         for (name, shown) in [("from", "From"), ("to", "To")] {
-            NameAddr::parse(self.header(name).unwrap_or_default())
-                .map_err(|_| bad(Defect::Malformed(shown)))?;
+            NameAddr::parse(self.header(name).unwrap_or_default()).map_err(|_| bad(Defect::Malformed(shown)))?;
         }
 
-        self.each_value("via", |v| Via::parse(v).is_ok())
-            .map_err(|()| bad(Defect::Malformed("Via")))?;
+        self.each_value("via", |v| Via::parse(v).is_ok()).map_err(|()| bad(Defect::Malformed("Via")))?;
         for (name, shown) in [("route", "Route"), ("record-route", "Record-Route")] {
-            self.each_value(name, |v| NameAddr::parse(v).is_ok())
-                .map_err(|()| bad(Defect::Malformed(shown)))?;
+            self.each_value(name, |v| NameAddr::parse(v).is_ok()).map_err(|()| bad(Defect::Malformed(shown)))?;
         }
-        self.check_contacts()
-            .map_err(|()| bad(Defect::Malformed("Contact")))?;
+        self.check_contacts().map_err(|()| bad(Defect::Malformed("Contact")))?;
 
         if let Some(v) = self.header("max-forwards") {
             if parse_u32(v).is_none_or(|n| n > 255) {
@@ -170,10 +157,7 @@ impl Message {
             if v == "*" {
                 return true;
             }
-            NameAddr::parse(v).is_ok_and(|a| {
-                a.param("expires")
-                    .is_none_or(|e| e.and_then(parse_u32).is_some())
-            })
+            NameAddr::parse(v).is_ok_and(|a| a.param("expires").is_none_or(|e| e.and_then(parse_u32).is_some()))
         })?;
         for v in self.header_values("contact") {
             count += 1;
@@ -208,79 +192,34 @@ Content-Length: 0\r\n\r\n";
     fn accepts_good_request() {
         assert_eq!(check(str::to_owned), Ok(()));
         assert_eq!(check(|s| s.replace("Max-Forwards: 70\r\n", "")), Ok(()));
-        assert_eq!(
-            check(|s| s.replace("<sip:a@10.0.0.1>;expires=60", "*")),
-            Ok(())
-        );
+        assert_eq!(check(|s| s.replace("<sip:a@10.0.0.1>;expires=60", "*")), Ok(()));
     }
 
     #[test]
     fn rejects() {
         let req = ParseError::Request;
         let cases: Vec<(String, ParseError)> = vec![
+            (OK.replace("Call-ID: c1\r\n", ""), req(Defect::Missing("Call-ID"))),
+            (OK.replace("Via: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\n", ""), req(Defect::Missing("Via"))),
+            (OK.replace("CSeq: 1 INVITE", "CSeq: 1 BYE"), req(Defect::CSeqMismatch)),
+            (OK.replace("CSeq: 1 INVITE", "CSeq: 4294967296 INVITE"), req(Defect::Malformed("CSeq"))),
+            (OK.replace("Call-ID: c1\r\n", "Call-ID: c1\r\ni: c2\r\n"), req(Defect::Duplicate("Call-ID"))),
+            (OK.replace("Max-Forwards: 70", "Max-Forwards: 256"), req(Defect::Malformed("Max-Forwards"))),
+            (OK.replace("expires=60", "expires=4294967296"), req(Defect::Malformed("Contact"))),
+            (OK.replace(">;expires=60", ">, *"), req(Defect::Malformed("Contact"))),
+            (OK.replace("branch=z9hG4bK1", "branch=z9hG4bK1,"), req(Defect::Malformed("Via"))),
+            (OK.replace("sip:bob@b.example SIP", "sip:bob@b.example?Route=x SIP"), req(Defect::RequestUri)),
+            (OK.replace("sip:bob@b.example SIP", "<sip:bob@b.example> SIP"), req(Defect::RequestUri)),
             (
-                OK.replace("Call-ID: c1\r\n", ""),
-                req(Defect::Missing("Call-ID")),
-            ),
-            (
-                OK.replace("Via: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\n", ""),
-                req(Defect::Missing("Via")),
-            ),
-            (
-                OK.replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
-                req(Defect::CSeqMismatch),
-            ),
-            (
-                OK.replace("CSeq: 1 INVITE", "CSeq: 4294967296 INVITE"),
-                req(Defect::Malformed("CSeq")),
-            ),
-            (
-                OK.replace("Call-ID: c1\r\n", "Call-ID: c1\r\ni: c2\r\n"),
-                req(Defect::Duplicate("Call-ID")),
-            ),
-            (
-                OK.replace("Max-Forwards: 70", "Max-Forwards: 256"),
-                req(Defect::Malformed("Max-Forwards")),
-            ),
-            (
-                OK.replace("expires=60", "expires=4294967296"),
-                req(Defect::Malformed("Contact")),
-            ),
-            (
-                OK.replace(">;expires=60", ">, *"),
-                req(Defect::Malformed("Contact")),
-            ),
-            (
-                OK.replace("branch=z9hG4bK1", "branch=z9hG4bK1,"),
-                req(Defect::Malformed("Via")),
-            ),
-            (
-                OK.replace("sip:bob@b.example SIP", "sip:bob@b.example?Route=x SIP"),
-                req(Defect::RequestUri),
-            ),
-            (
-                OK.replace("sip:bob@b.example SIP", "<sip:bob@b.example> SIP"),
-                req(Defect::RequestUri),
-            ),
-            (
-                OK.replace(
-                    "Content-Length: 0",
-                    "Date: Fri, 01 Jan 2010 16:00:00 EST\r\nContent-Length: 0",
-                ),
+                OK.replace("Content-Length: 0", "Date: Fri, 01 Jan 2010 16:00:00 EST\r\nContent-Length: 0"),
                 req(Defect::Malformed("Date")),
             ),
             (
-                OK.replace(
-                    "Content-Length: 0",
-                    "Expires: 99999999999\r\nContent-Length: 0",
-                ),
+                OK.replace("Content-Length: 0", "Expires: 99999999999\r\nContent-Length: 0"),
                 req(Defect::Malformed("Expires")),
             ),
             (
-                OK.replace(
-                    "Content-Length: 0",
-                    "Route: <sip:p;lr>,,<sip:q>\r\nContent-Length: 0",
-                ),
+                OK.replace("Content-Length: 0", "Route: <sip:p;lr>,,<sip:q>\r\nContent-Length: 0"),
                 req(Defect::Malformed("Route")),
             ),
         ];
@@ -292,10 +231,7 @@ Content-Length: 0\r\n\r\n";
 
     #[test]
     fn response_errors_have_no_code() {
-        let m = Message::parse(
-            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nCSeq: 99999999999 OPTIONS\r\n\r\n",
-        )
-        .unwrap();
+        let m = Message::parse(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nCSeq: 99999999999 OPTIONS\r\n\r\n").unwrap();
         let e = m.validate().unwrap_err();
         assert!(matches!(e, ParseError::Response(_)));
         assert_eq!(e.response_code(), None);

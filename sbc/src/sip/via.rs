@@ -85,12 +85,7 @@ impl Via {
         };
         let (host, port) = split_host_port(&sent_by).ok_or(BAD)?;
         let params = params::parse_header_params(s, i).ok_or(BAD)?;
-        Ok(Via {
-            transport: transport.to_ascii_uppercase(),
-            host: host.to_owned(),
-            port,
-            params,
-        })
+        Ok(Via { transport: transport.to_ascii_uppercase(), host: host.to_owned(), port, params })
     }
 
     /// The value of parameter `name` (case-insensitive): `Some(None)` for a
@@ -162,16 +157,12 @@ mod tests {
         assert_eq!(v.branch(), Some("z9hG4bK-d87543"));
         assert_eq!(v.rport(), Some(None));
         assert!(v.has_rfc3261_branch());
-        assert_eq!(
-            v.to_string(),
-            "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-d87543;rport"
-        );
+        assert_eq!(v.to_string(), "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-d87543;rport");
     }
 
     #[test]
     fn ipv6_received_rport() {
-        let v =
-            Via::parse("SIP/2.0/tls [2001:db8::9]:5061;received=2001:db8::1;rport=1234").unwrap();
+        let v = Via::parse("SIP/2.0/tls [2001:db8::9]:5061;received=2001:db8::1;rport=1234").unwrap();
         assert_eq!(v.transport, "TLS");
         assert_eq!(v.host, "[2001:db8::9]");
         assert_eq!(v.port, Some(5061));
@@ -179,38 +170,22 @@ mod tests {
         assert_eq!(v.rport(), Some(Some(1234)));
         let mut v = Via::new("udp", "[::1]", None, "z9hG4bK1");
         v.set_param("received", Some("192.0.2.1"));
-        assert_eq!(
-            v.to_string(),
-            "SIP/2.0/UDP [::1];branch=z9hG4bK1;received=192.0.2.1"
-        );
+        assert_eq!(v.to_string(), "SIP/2.0/UDP [::1];branch=z9hG4bK1;received=192.0.2.1");
     }
 
     #[test]
     fn odd_whitespace() {
         let v = Via::parse("SIP  /   2.0 /UDP 192.0.2.2;branch=390skdjuw").unwrap();
-        assert_eq!(
-            (v.host.as_str(), v.branch()),
-            ("192.0.2.2", Some("390skdjuw"))
-        );
+        assert_eq!((v.host.as_str(), v.branch()), ("192.0.2.2", Some("390skdjuw")));
         assert!(!v.has_rfc3261_branch());
-        let v =
-            Via::parse("SIP  / 2.0  / TCP     spindle.example.com   ; branch  =   z9hG4bK9ikj8")
-                .unwrap();
-        assert_eq!(
-            (v.transport.as_str(), v.host.as_str()),
-            ("TCP", "spindle.example.com")
-        );
+        let v = Via::parse("SIP  / 2.0  / TCP     spindle.example.com   ; branch  =   z9hG4bK9ikj8").unwrap();
+        assert_eq!((v.transport.as_str(), v.host.as_str()), ("TCP", "spindle.example.com"));
         assert_eq!(v.branch(), Some("z9hG4bK9ikj8"));
         let v = Via::parse("SIP/2.0/UDP host : 5060 ;branch= z9hG4bK30239").unwrap();
         assert_eq!((v.port, v.branch()), (Some(5060), Some("z9hG4bK30239")));
         let v = Via::parse("SIP/2.0/UNKNOWN t4.example.com;branch=z9hG4bKasd0f3en").unwrap();
         assert_eq!(v.transport, "UNKNOWN");
-        assert_eq!(
-            Via::parse("SIP/2.0/UDP iftgw.example.com")
-                .unwrap()
-                .branch(),
-            None
-        );
+        assert_eq!(Via::parse("SIP/2.0/UDP iftgw.example.com").unwrap().branch(), None);
     }
 
     #[test]
