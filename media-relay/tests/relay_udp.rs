@@ -202,12 +202,7 @@ fn metric(r: &Relay, spec: &str) -> f64 {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k, v.trim_matches('"')))
         .collect();
-    common::scrape_metrics(r.metrics)
-        .unwrap()
-        .iter()
-        .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
-        .map(|s| s.value)
-        .sum()
+    common::metric_sum(r.metrics, name, &want)
 }
 
 fn wait_until(what: &str, f: impl FnMut() -> bool) {

@@ -42,12 +42,7 @@ fn ports() -> Ports {
 }
 
 fn sipp() -> Option<PathBuf> {
-    let s = common::find_binary("sipp");
-    if s.is_none() {
-        assert!(!common::in_ci(), "sipp must be installed under CI=true");
-        eprintln!("SKIPPED: sipp is not installed");
-    }
-    s
+    common::require_binary("sipp")
 }
 
 struct Sbc {
@@ -89,12 +84,7 @@ fn start_sbc(dir: &TestDir, p: &Ports, trunk_a_extra: &str, health: &str) -> Sbc
 }
 
 fn metric(s: &Sbc, name: &str, labels: &[(&str, &str)]) -> f64 {
-    common::scrape_metrics(s.metrics)
-        .unwrap()
-        .iter()
-        .filter(|m| m.name == name && labels.iter().all(|(k, v)| m.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
-        .map(|m| m.value)
-        .sum()
+    common::metric_sum(s.metrics, name, labels)
 }
 
 fn trunk_up(s: &Sbc, t: &str) -> bool {

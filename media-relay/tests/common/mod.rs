@@ -841,6 +841,28 @@ fn ipv4_checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// The sum over all series of `name` whose labels include `labels` (e.g.
+/// per-worker counters), scraped from `addr`. Panics if scraping fails.
+pub fn metric_sum(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape_metrics(addr)
+        .unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
+        .iter()
+        .filter(|m| m.name == name && labels.iter().all(|(k, v)| m.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .map(|m| m.value)
+        .sum()
+}
+
+/// A binary the test needs: `None` (with a SKIPPED line) when it is missing,
+/// and a panic instead under `CI=true`, where every test must run.
+pub fn require_binary(name: &str) -> Option<PathBuf> {
+    let found = find_binary(name);
+    if found.is_none() {
+        assert!(!in_ci(), "{name} must be installed under CI=true");
+        eprintln!("SKIPPED: {name} is not installed");
+    }
+    found
+}
+
 #[cfg(test)]
 mod self_tests {
     use super::*;
