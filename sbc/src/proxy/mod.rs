@@ -106,6 +106,10 @@ pub struct Proxy {
     trunks: Vec<trunks::TrunkRuntime>,
     /// Client transaction key of each outstanding OPTIONS probe → trunk.
     probes: HashMap<String, usize>,
+    /// INVITE server transactions ended by a 2xx, kept for 64*T1 so that
+    /// retransmitted INVITEs are absorbed (RFC 6026 "Accepted") instead of
+    /// starting a second call.
+    accepted: HashMap<String, Instant>,
 }
 
 fn server_key(branch: &str, sent_by: &str, method: &Method) -> String {
@@ -160,6 +164,7 @@ impl Proxy {
             timer_cfg,
             trunks: (0..cfg_trunks).map(|_| trunks::TrunkRuntime::new(health)).collect(),
             probes: HashMap::new(),
+            accepted: HashMap::new(),
         }
     }
 
@@ -300,6 +305,9 @@ impl Proxy {
     fn respond_via(&mut self, key: &str, resp: &Message, now: Instant) {
         let Some(code) = resp.code() else { return };
         let Some(e) = self.servers.get_mut(key) else { return };
+        if (200..300).contains(&code) && e.request.method() == Some(&Method::Invite) {
+            self.accepted.insert(key.to_owned(), now + self.timer_cfg.t1x64());
+        }
         let actions = e.txn.send_response(code, resp.to_bytes(), now);
         self.metrics.response(code);
         self.run_server_actions(key, actions, now);
@@ -347,6 +355,7 @@ impl Proxy {
         let Some(via) = msg.top_via() else { return };
         let branch = via.branch().unwrap_or("").to_owned();
         let key = server_key(&branch, &sent_by(&via), &method);
+        tracing::debug!(%method, call_id = ?msg.call_id(), %key, src = %inb.src, "request");
 
         if method == Method::Ack {
             if let Some(e) = self.servers.get_mut(&key) {
@@ -360,6 +369,11 @@ impl Proxy {
         if let Some(e) = self.servers.get_mut(&key) {
             let actions = e.txn.on_request_retransmission(now);
             self.run_server_actions(&key, actions, now);
+            return;
+        }
+        if self.accepted.get(&key).is_some_and(|until| *until > now) {
+            // A retransmitted INVITE after its 2xx went up: the 2xx itself is
+            // retransmitted end to end, so there is nothing to do.
             return;
         }
         let kind = if method == Method::Invite { crate::txn::Kind::Invite } else { crate::txn::Kind::NonInvite };

@@ -182,6 +182,12 @@ impl Proxy {
             self.reply(key, 481, "Call/Transaction Does Not Exist", Vec::new(), now);
             return;
         };
+        if method == Method::Bye {
+            // The call ends when either side says so. Ending it here, not on
+            // the BYE's answer, means a lost or missing answer downstream
+            // (the far end already gone, say) cannot leave it open.
+            self.end_bye(&call_id, &from_tag, now);
+        }
         if matches!(method, Method::Invite | Method::Update | Method::Prack) {
             if let Err(e) = self.anchor(&mut msg, true, &from_tag, to_tag.as_deref()) {
                 tracing::warn!(error = %e, "media relay refused a re-offer");
@@ -568,6 +574,7 @@ impl Proxy {
     /// Once a second: expire bindings and end dialogs idle past the timeout.
     pub(super) fn sweep(&mut self, now: Instant) {
         self.location.expire(now);
+        self.accepted.retain(|_, until| *until > now);
         for call_id in self.dialogs.idle(now, self.cfg.dialog_timeout) {
             tracing::info!(call_id, "dialog timed out");
             self.end_call(&call_id, EndReason::Timeout, 0, now);
