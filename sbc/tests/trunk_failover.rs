@@ -363,6 +363,8 @@ fn calls_lost_when_the_primary_dies_under_20_cps() {
         "160 calls at 20 CPS, carrier-a killed at 3 s with {in_progress_on_a} calls up on it: {ok} completed, {failed} failed"
     );
     assert_eq!(ok + failed, 160);
-    assert!(f64::from(failed) <= in_progress_on_a, "only calls already up on the dead trunk may fail");
+    // The count was read just before the kill; at 20 CPS a call or two more
+    // can be answered on carrier-a in between.
+    assert!(f64::from(failed) <= in_progress_on_a + 2.0, "only calls already up on the dead trunk may fail");
     assert!(targets(&s).iter().filter(|t| *t == "carrier-b").count() >= 60, "the rest went to carrier-b");
 }
