@@ -129,6 +129,9 @@ pub struct Config {
     pub invite_timeout: Duration,
     /// Dialogs that see no BYE end after this long.
     pub dialog_timeout: Duration,
+    /// RFC 3261 timer C: a ringing branch with no final answer after this
+    /// long is cancelled and the next target tried.
+    pub timer_c: Duration,
     /// Registrar: Expires used when the REGISTER gives none.
     pub default_expires: u32,
     /// Registrar: shortest accepted expiry (423 below it).
@@ -272,6 +275,8 @@ struct RawSip {
     invite_timeout_ms: u64,
     #[serde(default = "dialog_timeout")]
     dialog_timeout_s: u64,
+    #[serde(default = "timer_c")]
+    timer_c_s: u64,
     #[serde(default = "info")]
     log_level: String,
     #[serde(default = "failover_codes")]
@@ -357,6 +362,9 @@ fn t4() -> u64 {
 }
 fn invite_timeout() -> u64 {
     2000
+}
+fn timer_c() -> u64 {
+    181
 }
 fn dialog_timeout() -> u64 {
     4 * 3600
@@ -532,6 +540,7 @@ impl Config {
             t4: Duration::from_millis(f.sip.t4_ms),
             invite_timeout: Duration::from_millis(f.sip.invite_timeout_ms),
             dialog_timeout: Duration::from_secs(f.sip.dialog_timeout_s),
+            timer_c: Duration::from_secs(f.sip.timer_c_s.max(1)),
             default_expires: r.default_expires,
             min_expires: r.min_expires,
             max_expires: r.max_expires,

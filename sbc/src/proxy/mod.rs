@@ -75,6 +75,8 @@ struct Forward {
     attempted: bool,
     /// Whether a trunk was passed over for a cap.
     skipped_cap: bool,
+    /// Timer C of the INVITE branch in progress (reset by provisionals).
+    timer_c: Option<Instant>,
 }
 
 /// Which transaction a timer belongs to.
@@ -82,6 +84,7 @@ struct Forward {
 enum TimerRef {
     Server(String),
     Client(String),
+    C(u64),
 }
 
 /// The proxy core.
@@ -241,6 +244,7 @@ impl Proxy {
             match r {
                 TimerRef::Server(k) => self.server_timer(&k, now),
                 TimerRef::Client(k) => self.client_timer(&k, now),
+                TimerRef::C(id) => self.timer_c(id, now),
             }
         }
         self.probe_trunks(now);
@@ -407,14 +411,36 @@ impl Proxy {
             f.current.clone()
         });
         if let Some(ck) = current {
-            let cancel =
-                self.clients.get(&ck).and_then(|c| forward::cancel_for(&c.request).map(|b| (b, c.dest, c.proto)));
-            if let Some((bytes, dest, proto)) = cancel {
-                let Ok(cmsg) = Message::parse(&bytes) else { return };
-                let branch = cmsg.top_via().and_then(|v| v.branch().map(str::to_owned)).unwrap_or_default();
-                self.start_client(client_key(&branch, &Method::Cancel), cmsg, bytes, dest, proto, None, None, now);
-            }
+            self.cancel_branch(&ck, now);
         }
+    }
+
+    /// Sends a CANCEL for the INVITE of client transaction `ck`.
+    fn cancel_branch(&mut self, ck: &str, now: Instant) {
+        let cancel = self.clients.get(ck).and_then(|c| forward::cancel_for(&c.request).map(|b| (b, c.dest, c.proto)));
+        if let Some((bytes, dest, proto)) = cancel {
+            let Ok(cmsg) = Message::parse(&bytes) else { return };
+            let branch = cmsg.top_via().and_then(|v| v.branch().map(str::to_owned)).unwrap_or_default();
+            self.start_client(client_key(&branch, &Method::Cancel), cmsg, bytes, dest, proto, None, None, now);
+        }
+    }
+
+    /// Timer C (RFC 3261 16.6 step 11): a branch that rang for 3 minutes
+    /// without a final answer is cancelled and the next target is tried.
+    fn timer_c(&mut self, id: u64, now: Instant) {
+        tracing::debug!(id, "timer C due");
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        if f.final_sent || f.timer_c.is_none_or(|t| t > now) {
+            return;
+        }
+        f.timer_c = None;
+        let Some(ck) = f.current.take() else { return };
+        if f.last_code == 0 {
+            f.last_code = 408;
+        }
+        tracing::info!(call_id = ?f.request.call_id(), "timer C: no final answer after ringing; cancelling the branch");
+        self.cancel_branch(&ck, now);
+        self.on_branch_failure_after_cancel(id, now);
     }
 
     #[expect(clippy::too_many_arguments, reason = "a client transaction is made of these")]

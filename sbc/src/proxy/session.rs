@@ -15,6 +15,10 @@ use super::{client_key, forward, register, Forward, Proxy};
 use crate::sip::{Header, Message, Method, Uri};
 use crate::transport::{Inbound, Proto};
 
+fn is_timer_c_branch(f: &super::Forward, code: u16) -> bool {
+    f.is_invite && (101..200).contains(&code)
+}
+
 fn has_sdp(m: &Message) -> bool {
     !m.body.is_empty()
         && m.header("content-type").is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/sdp"))
@@ -236,6 +240,7 @@ impl Proxy {
             current_trunk: None,
             attempted: false,
             skipped_cap: false,
+            timer_c: None,
         };
         self.forwards.insert(id, forward);
         if let Some(e) = self.servers.get_mut(key) {
@@ -343,6 +348,14 @@ impl Proxy {
         self.start_client(key, out, bytes, target.dest, target.proto, Some(id), timeout, now);
     }
 
+    /// The current branch was cancelled by timer C: try the next target.
+    pub(super) fn on_branch_failure_after_cancel(&mut self, id: u64, now: Instant) {
+        if let Some(i) = self.forwards.get(&id).and_then(|f| f.current_trunk) {
+            self.trunk_outcome(i, crate::metrics::TrunkOutcome::Timeout);
+        }
+        self.next_branch(id, now);
+    }
+
     pub(super) fn on_branch_failure(&mut self, id: u64, branch_key: &str, now: Instant) {
         let Some(f) = self.forwards.get_mut(&id) else { return };
         if f.current.as_deref() != Some(branch_key) || f.final_sent {
@@ -367,6 +380,13 @@ impl Proxy {
         if code == 100 {
             return; // hop by hop
         }
+        if is_timer_c_branch(f, code) {
+            let at = now + self.cfg.timer_c;
+            f.timer_c = Some(at);
+            tracing::debug!(id, "timer C armed");
+            self.timers.push(std::cmp::Reverse((at, super::TimerRef::C(id))));
+        }
+        let Some(f) = self.forwards.get_mut(&id) else { return };
         resp.remove_first_value("via");
         let (server, is_invite, initial, offer_in_request) =
             (f.server.clone(), f.is_invite, f.initial, f.offer_in_request);

@@ -55,10 +55,15 @@ struct Sbc {
 
 /// An sbc with trunks `carrier-a` (primary) and `carrier-b` in one route.
 fn start_sbc(dir: &TestDir, p: &Ports, trunk_a_extra: &str, health: &str) -> Sbc {
+    start_sbc_with(dir, p, "", trunk_a_extra, health)
+}
+
+/// The same, with extra `[sip]` keys.
+fn start_sbc_with(dir: &TestDir, p: &Ports, sip_extra: &str, trunk_a_extra: &str, health: &str) -> Sbc {
     let ctl = dir.join("ctl.sock");
     let cdr = dir.join("cdr.jsonl");
     let cfg = format!(
-        "[sip]\nlisten = \"127.0.0.1:{sip}\"\ndomains = [\"127.0.0.1\"]\ninvite_timeout_ms = 1000\n\
+        "[sip]\nlisten = \"127.0.0.1:{sip}\"\ndomains = [\"127.0.0.1\"]\ninvite_timeout_ms = 1000\n{sip_extra}\n\
          [[trunk]]\nname = \"carrier-a\"\naddress = \"127.0.0.1:{a}\"\n{trunk_a_extra}\n\
          [[trunk]]\nname = \"carrier-b\"\naddress = \"127.0.0.1:{b}\"\n\
          [[route]]\nprefix = \"\"\ntrunks = [\"carrier-a\", \"carrier-b\"]\n\
@@ -367,4 +372,31 @@ fn calls_lost_when_the_primary_dies_under_20_cps() {
     // can be answered on carrier-a in between.
     assert!(f64::from(failed) <= in_progress_on_a + 2.0, "only calls already up on the dead trunk may fail");
     assert!(targets(&s).iter().filter(|t| *t == "carrier-b").count() >= 60, "the rest went to carrier-b");
+}
+
+/// Timer C: a primary that rings and never answers is cancelled after
+/// `timer_c_s` and the call completes on the next trunk.
+#[test]
+fn timer_c_cancels_a_branch_that_rings_forever() {
+    let Some(sipp) = sipp() else { return };
+    let dir = TestDir::new("trunk-timer-c");
+    let p = ports();
+    let s = start_sbc_with(&dir, &p, "timer_c_s = 2", "probe = false", "");
+    let mut cmd = Command::new(&sipp);
+    cmd.current_dir(dir.path())
+        .args(["-sf", &format!("{CALL_FIX}/uas_ring_forever.xml"), "-i", "127.0.0.1", "-p", &p.a.to_string()])
+        .args(["-m", "1", "-nostdin", "-timeout", "30s"]);
+    let mut a = ChildGuard::spawn("ringer", &mut cmd, dir.path());
+    let _b = trunk(&dir, &sipp, "carrier-b", p.b, 200, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    assert_eq!(calls(&dir, &sipp, &s, &p, 1, 100, 1), 1, "the call completes on carrier-b");
+    let took = t0.elapsed();
+    eprintln!("call completed via carrier-b {took:?} after a 2 s timer C on the ringing primary");
+    assert!(took >= Duration::from_secs(2), "not before timer C");
+    assert!(
+        a.wait_timeout(Duration::from_secs(10)).expect("ringer done").success(),
+        "the ringing branch got its CANCEL"
+    );
+    assert_eq!(targets(&s).last().map(String::as_str), Some("carrier-b"));
 }
