@@ -19,6 +19,10 @@ check_pkg sip-tester sipp
 check_pkg kamailio kamailio
 check_pkg rtpengine-daemon rtpengine
 check_pkg iproute2 ip
+# The XDP program is compiled from source when clang and libbpf's headers are
+# there; otherwise the checked-in object (verified by a test) is used.
+check_pkg clang clang
+[ -f /usr/include/bpf/bpf_helpers.h ] || need_pkgs+=(libbpf-dev)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
