@@ -171,6 +171,17 @@ impl Health {
         None
     }
 
+    /// For a trunk that is not probed: with no probes to confirm recovery,
+    /// it comes back UP once the hold-down has passed (the failback window,
+    /// if set, then sends it DOWN again at the first failure).
+    pub fn on_unprobed_tick(&mut self, now: Instant) -> Option<Transition> {
+        let held = self.down_since.is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.hold_down);
+        if self.state == State::Down && held {
+            return self.go(State::Up, "hold-down elapsed (trunk is not probed)".to_owned(), now);
+        }
+        None
+    }
+
     /// A call through the trunk succeeded: it breaks a run of failures, but
     /// never brings a DOWN trunk back.
     pub fn on_call_ok(&mut self) {
@@ -271,6 +282,19 @@ mod tests {
             }
         }
         assert_eq!(at, vec![(2, State::Down), (17, State::Up), (20, State::Down)]);
+    }
+
+    #[test]
+    fn an_unprobed_trunk_returns_after_the_hold_down() {
+        let t0 = Instant::now();
+        let mut h = Health::new(HealthConfig::default());
+        for _ in 0..3 {
+            h.on_failure("503 on INVITE", t0);
+        }
+        assert_eq!(h.on_unprobed_tick(s(t0, 9)), None, "inside the 10 s hold-down");
+        let t = h.on_unprobed_tick(s(t0, 10)).unwrap();
+        assert_eq!(t.to, State::Up);
+        assert_eq!(h.on_unprobed_tick(s(t0, 11)), None, "already UP");
     }
 
     #[test]

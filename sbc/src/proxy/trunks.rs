@@ -113,9 +113,18 @@ impl Proxy {
         self.metrics.trunk_attempt(i, o);
     }
 
-    /// Sends due OPTIONS probes.
+    /// Sends due OPTIONS probes; trunks that are not probed come back after
+    /// their hold-down.
     pub(super) fn probe_trunks(&mut self, now: Instant) {
         let interval = self.cfg.health.interval;
+        for i in 0..self.trunks.len() {
+            let probed = !interval.is_zero() && self.cfg.trunks.get(i).is_some_and(|t| t.probe);
+            if !probed {
+                if let Some(t) = self.trunks[i].health.on_unprobed_tick(now) {
+                    self.log_transition(i, &t);
+                }
+            }
+        }
         if interval.is_zero() {
             return;
         }
