@@ -41,33 +41,43 @@ fn port_block() -> (u16, u16, u16, u16) {
 }
 
 fn start_relay(extra: &[&str]) -> Relay {
-    let (ng, metrics, pmin, pmax) = port_block();
-    let mut args = vec![
-        "--config-file=none".to_owned(),
-        format!("--listen-ng=127.0.0.1:{ng}"),
-        format!("--metrics=127.0.0.1:{metrics}"),
-        format!("--port-min={pmin}"),
-        format!("--port-max={pmax}"),
-        "--num-threads=2".to_owned(),
-        format!("--log-level={}", std::env::var("XSBC_TEST_RELAY_LOG").unwrap_or_else(|_| "4".into())),
-    ];
-    if !extra.iter().any(|a| a.starts_with("--interface")) {
-        args.push("--interface=127.0.0.1".to_owned());
+    // A port may be taken by another process on a shared machine: the relay
+    // then exits at once (it names the port), and the next block is tried.
+    for _ in 0..5 {
+        let (ng, metrics, pmin, pmax) = port_block();
+        let mut args = vec![
+            "--config-file=none".to_owned(),
+            format!("--listen-ng=127.0.0.1:{ng}"),
+            format!("--metrics=127.0.0.1:{metrics}"),
+            format!("--port-min={pmin}"),
+            format!("--port-max={pmax}"),
+            "--num-threads=2".to_owned(),
+            format!("--log-level={}", std::env::var("XSBC_TEST_RELAY_LOG").unwrap_or_else(|_| "4".into())),
+        ];
+        if !extra.iter().any(|a| a.starts_with("--interface")) {
+            args.push("--interface=127.0.0.1".to_owned());
+        }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let child = Command::new(env!("CARGO_BIN_EXE_media-relay"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn media-relay");
+        let mut r = Relay {
+            child,
+            ng: SocketAddr::from(([127, 0, 0, 1], ng)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
+            ports: (pmin, pmax),
+        };
+        let up = common::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            common::wait_for_udp_ng(r.ng, Duration::from_millis(100)) || r.child.try_wait().ok().flatten().is_some()
+        });
+        if up && r.child.try_wait().ok().flatten().is_none() {
+            return r;
+        }
+        eprintln!("media-relay could not start on ports {ng}/{metrics}; trying another block");
     }
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
-    let child = Command::new(env!("CARGO_BIN_EXE_media-relay"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn media-relay");
-    let r = Relay {
-        child,
-        ng: SocketAddr::from(([127, 0, 0, 1], ng)),
-        metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
-        ports: (pmin, pmax),
-    };
-    assert!(common::wait_for_udp_ng(r.ng, Duration::from_secs(10)), "media-relay did not answer ping");
-    r
+    panic!("media-relay did not answer ping on any port block");
 }
 
 static COOKIE: AtomicU64 = AtomicU64::new(1);
