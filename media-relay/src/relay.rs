@@ -410,13 +410,24 @@ impl Relay {
         for leg in 0..2 {
             let ip = self.cfg.interfaces[call.iface[leg]].local;
             let rcvbuf = self.cfg.socket_rcvbuf;
-            match ports.allocate(|p| bind_pair(ip, p, rcvbuf)) {
+            let mut last_err: Option<std::io::Error> = None;
+            let got = ports.allocate(|p| {
+                bind_pair(ip, p, rcvbuf).inspect_err(|e| last_err = Some(std::io::Error::new(e.kind(), e.to_string())))
+            });
+            match got {
                 Some(s) => socks.push(s),
                 None => {
                     for (p, _) in &socks {
                         ports.free(*p);
                     }
-                    tracing::warn!(in_use = ports.in_use(), capacity = ports.capacity(), "port range exhausted");
+                    // Either every pair is allocated, or binding failed on the
+                    // free ones (another process holds them): say which.
+                    tracing::warn!(
+                        in_use = ports.in_use(),
+                        capacity = ports.capacity(),
+                        last_bind_error = ?last_err.map(|e| e.to_string()),
+                        "no media port pair available"
+                    );
                     return Err(RelayError::NoPorts);
                 }
             }

@@ -281,6 +281,19 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("local addr").port()
 }
 
+/// A port free for both UDP and TCP on 127.0.0.1 a moment ago (a SIP
+/// listener binds both), chosen by the kernel so that concurrent test runs
+/// on a shared machine do not collide.
+pub fn free_sip_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+        let port = u.local_addr().expect("local addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Whether something is bound to UDP `127.0.0.1:port` (a bind attempt fails).
 pub fn udp_port_in_use(port: u16) -> bool {
     UdpSocket::bind(("127.0.0.1", port)).is_err()

@@ -292,6 +292,8 @@ impl Proxy {
             let mut extra = Vec::new();
             let (code, reason) = if f.canceled {
                 (487, "Request Terminated")
+            } else if f.last_code == 408 {
+                (408, "Request Timeout")
             } else if f.last_code >= 300 {
                 (f.last_code, "No Route Available")
             } else if !f.attempted {
@@ -496,9 +498,12 @@ impl Proxy {
         }
         let (relay, codecs) = match self.media.delete(call_id, Some(&d.caller_tag)) {
             Ok(report) => {
-                let mut codecs: Vec<String> =
-                    report.legs.iter().flat_map(|l| l.medias.iter().flat_map(|m| m.codecs.clone())).collect();
-                codecs.dedup();
+                let mut codecs: Vec<String> = Vec::new();
+                for c in report.legs.iter().flat_map(|l| l.medias.iter().flat_map(|m| m.codecs.iter())) {
+                    if !codecs.contains(c) {
+                        codecs.push(c.clone());
+                    }
+                }
                 (crate::cdr::relay_stats(&report), codecs)
             }
             Err(_) => (serde_json::Value::Null, Vec::new()),
