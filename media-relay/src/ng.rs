@@ -359,7 +359,14 @@ pub fn serve(
                 return Err(e);
             }
         }
+        let mut handled = 0u32;
         loop {
+            // Under a steady stream of commands the socket is never drained:
+            // hand the queued changes to the workers every few commands too,
+            // so their rings never fill.
+            if handled % 16 == 15 {
+                ctl.flush();
+            }
             let (n, src) = match socket.recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -370,6 +377,7 @@ pub fn serve(
                 }
             };
             let Some(datagram) = buf.get(..n) else { continue };
+            handled = handled.wrapping_add(1);
             if let Some(reply) = handle_datagram(ctl, &mut cache, counters, src, datagram, Instant::now()) {
                 if let Err(e) = socket.send_to(&reply, src) {
                     tracing::warn!(error = %e, %src, "ng reply could not be sent");

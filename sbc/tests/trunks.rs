@@ -189,9 +189,7 @@ fn primary_failure_moves_calls_and_hysteresis_brings_it_back() {
 
     // Back again: UP only after 3 good probes and the 3 s hold-down.
     let _a2 = trunk(&dir, &sipp, "carrier-a2", p.a, 200, 200);
-    std::thread::sleep(Duration::from_millis(1600));
-    assert!(!trunk_up(&s, "carrier-a") || down_at.elapsed() >= Duration::from_secs(3), "not UP inside the hold-down");
-    wait("carrier-a UP", 8, || trunk_up(&s, "carrier-a"));
+    wait("carrier-a UP", 10, || trunk_up(&s, "carrier-a"));
     // Measure the hold-down on the sbc's own clock: the times of its DOWN and
     // UP decisions in its log (the test only sees them when it polls).
     let log = std::fs::read_to_string(s.guard.stderr_path()).unwrap();
@@ -396,7 +394,9 @@ fn calls_lost_when_the_primary_dies_under_20_cps() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|r| {
             r["target"] == "carrier-a"
-                && r["answer"].as_f64().is_some_and(|a| a <= killed_at)
+                // (a 200 already on its way when carrier-a died is answered
+                // a moment after the kill)
+                && r["answer"].as_f64().is_some_and(|a| a <= killed_at + 0.5)
                 && r["end"].as_f64().is_some_and(|e| e >= killed_at)
         })
         .count();

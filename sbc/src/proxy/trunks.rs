@@ -135,6 +135,12 @@ impl Proxy {
                 continue;
             }
             rt.probing = true;
+            // Probes run on a fixed cadence from when each was sent, so a
+            // miss (judged after probe_timeout) does not stretch the interval.
+            rt.next_probe = Some(match rt.next_probe {
+                Some(n) if now.saturating_duration_since(n) < interval => n + interval,
+                _ => now + interval,
+            });
             rt.probe_seq += 1;
             let seq = rt.probe_seq;
             let (dest, proto) = (
@@ -169,13 +175,13 @@ impl Proxy {
             code.is_some_and(|c| self.cfg.health.alive_codes.is_empty() || self.cfg.health.alive_codes.contains(&c));
         let Some(rt) = self.trunks.get_mut(i) else { return };
         rt.probing = false;
-        rt.next_probe = Some(now + interval);
+        let next = rt.next_probe.unwrap_or(now + interval);
         let t = match code {
             Some(c) if alive => rt.health.on_probe_ok(&format!("OPTIONS answered {c}"), now),
             Some(c) => rt.health.on_failure(&format!("OPTIONS answered {c}"), now),
             None => rt.health.on_failure("OPTIONS timeout", now),
         };
-        self.timers.push(std::cmp::Reverse((now + interval, super::TimerRef::Client(String::new()))));
+        self.timers.push(std::cmp::Reverse((next.max(now), super::TimerRef::Client(String::new()))));
         if let Some(t) = t {
             self.log_transition(i, &t);
         }
