@@ -53,15 +53,15 @@ impl Me {
 /// that came from `src`, and returns where responses go.
 pub fn stamp_top_via(msg: &mut Message, src: SocketAddr, proto: Proto) -> Option<SocketAddr> {
     let mut via = msg.top_via()?;
-    let has_rport = via.params.iter().any(|(k, _)| k.eq_ignore_ascii_case("rport"));
+    let has_rport = via.rport().is_some();
     let sent_by_ip = via.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
     let mut changed = false;
     if sent_by_ip != Some(src.ip()) || has_rport {
-        set_param(&mut via.params, "received", Some(src.ip().to_string()));
+        via.set_param("received", Some(&src.ip().to_string()));
         changed = true;
     }
     if has_rport {
-        set_param(&mut via.params, "rport", Some(src.port().to_string()));
+        via.set_param("rport", Some(&src.port().to_string()));
         changed = true;
     }
     if changed {
@@ -78,28 +78,11 @@ pub fn response_dest(via: &Via, src: SocketAddr, proto: Proto) -> SocketAddr {
         return src;
     }
     let ip = via
-        .params
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("received"))
-        .and_then(|(_, v)| v.as_deref())
-        .and_then(|v| v.parse::<IpAddr>().ok())
+        .received()
+        .and_then(|v| v.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok())
         .or_else(|| via.host.trim_start_matches('[').trim_end_matches(']').parse().ok())
         .unwrap_or(src.ip());
-    let rport = via
-        .params
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("rport"))
-        .and_then(|(_, v)| v.as_deref())
-        .and_then(|v| v.parse::<u16>().ok());
-    SocketAddr::new(ip, rport.or(via.port).unwrap_or(5060))
-}
-
-fn set_param(params: &mut Vec<(String, Option<String>)>, name: &str, value: Option<String>) {
-    if let Some(p) = params.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
-        p.1 = value;
-    } else {
-        params.push((name.to_owned(), value));
-    }
+    SocketAddr::new(ip, via.rport().flatten().or(via.port).unwrap_or(5060))
 }
 
 /// Prepares a request for one branch: new Request-URI, Max-Forwards
@@ -231,8 +214,8 @@ mod tests {
         let dest = stamp_top_via(&mut m, src, Proto::Udp).unwrap();
         assert_eq!(dest, src, "rport: answer to the source port");
         let v = m.top_via().unwrap();
-        assert_eq!(v.params.iter().find(|p| p.0 == "received").and_then(|p| p.1.as_deref()), Some("192.0.2.7"));
-        assert_eq!(v.params.iter().find(|p| p.0 == "rport").and_then(|p| p.1.as_deref()), Some("40000"));
+        assert_eq!(v.received(), Some("192.0.2.7"));
+        assert_eq!(v.rport(), Some(Some(40000)));
         assert!(String::from_utf8(m.to_bytes()).unwrap().contains("X-Unknown:   keep  me \r\n"));
     }
 
