@@ -107,6 +107,10 @@ pub struct RelayConfig {
     pub ng_cache_age: Duration,
     /// Maximum number of concurrent calls (0 = limited only by ports).
     pub max_sessions: usize,
+    /// Bind media sockets with `IP_FREEBIND`, so they can be bound to an
+    /// address this host does not hold yet (an HA pair's virtual IP). Not a
+    /// file key: the sbc sets it when `[ha]` is configured.
+    pub freebind: bool,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +220,7 @@ impl RelayConfig {
             ng_cache_size: r.ng_cache_size,
             ng_cache_age: Duration::from_secs(r.ng_cache_age),
             max_sessions: r.max_sessions,
+            freebind: false,
         };
         cfg.resolve_workers();
         cfg.validate()?;

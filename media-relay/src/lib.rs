@@ -11,6 +11,7 @@
 //! - [`sdp`]: SDP parsing and the anchoring rewrite.
 //! - [`rtp`], [`stats`]: zero-copy RTP/RTCP views, RFC 3550 statistics.
 //! - [`metrics`], [`counters`]: Prometheus exposition of every counter.
+//! - [`ha`]: session records exported to and imported from an HA peer.
 //! - [`ports`]: the port allocator. [`sys`]: the only `unsafe` code.
 //! - [`logging`]: the tracing setup both binaries use.
 
@@ -18,6 +19,7 @@ pub mod bencode;
 pub mod config;
 pub mod control;
 pub mod counters;
+pub mod ha;
 pub mod logging;
 pub mod metrics;
 pub mod ng;

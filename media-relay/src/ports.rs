@@ -60,6 +60,23 @@ impl PortAllocator {
         None
     }
 
+    /// Takes a given pair (a session taken over from another node keeps its
+    /// ports). False when the port is outside the range, odd, or taken.
+    pub fn claim(&mut self, rtp_port: u16) -> bool {
+        if rtp_port < self.base || !(rtp_port - self.base).is_multiple_of(2) {
+            return false;
+        }
+        let i = usize::from(rtp_port - self.base) / 2;
+        match self.used.get_mut(i) {
+            Some(slot) if !*slot => {
+                *slot = true;
+                self.in_use += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Returns a pair to the pool. Unknown or already free ports are ignored.
     pub fn free(&mut self, rtp_port: u16) {
         if rtp_port < self.base || !(rtp_port - self.base).is_multiple_of(2) {
@@ -123,6 +140,18 @@ mod tests {
         let (p, ()) = a.allocate(|p| if p == 30000 { Err(()) } else { Ok(()) }).unwrap();
         assert_eq!(p, 30002);
         assert_eq!(a.in_use(), 1);
+    }
+
+    #[test]
+    fn claim_takes_exact_pairs() {
+        let mut a = PortAllocator::new(30000, 30007);
+        assert!(a.claim(30002));
+        assert!(!a.claim(30002), "a taken pair cannot be claimed twice");
+        assert!(!a.claim(30003), "odd ports are not pair starts");
+        assert!(!a.claim(31000), "outside the range");
+        assert_eq!(a.in_use(), 1);
+        let got: Vec<u16> = std::iter::from_fn(|| a.allocate(ok).map(|(p, ())| p)).collect();
+        assert_eq!(got, vec![30000, 30004, 30006], "allocation skips the claimed pair");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! workers never take it; they are reached through their command rings and
 //! answer through their event rings (see [`crate::stream`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -20,6 +20,7 @@ use crate::control::{
     CallReport, LegReport, MediaControl, MediaReport, RelayError, RelayTotals, SdpRequest, StreamReport,
 };
 use crate::counters::PaddedCounters;
+use crate::ha::{MediaRecord, SessionRecord, StreamState};
 use crate::ports::PortAllocator;
 use crate::sdp::{self, Sdp};
 use crate::stream::{ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup};
@@ -94,6 +95,9 @@ struct State {
     workers: Vec<WorkerLink>,
     next_worker: usize,
     totals: RelayTotals,
+    /// Calls changed since the last [`Relay::export_changes`]; `None` when
+    /// nobody replicates (a single node).
+    changed: Option<HashSet<Arc<str>>>,
 }
 
 fn unix_now() -> u64 {
@@ -159,6 +163,7 @@ impl Relay {
             workers: links,
             next_worker: 0,
             totals: RelayTotals::default(),
+            changed: None,
         };
         let relay = Arc::new(Self {
             cfg,
@@ -283,6 +288,8 @@ impl Relay {
         let result = self.negotiate_in(st, req, &parsed, answer);
         if result.is_err() && created {
             st.destroy(req.call_id);
+        } else {
+            st.mark_changed(req.call_id);
         }
         result
     }
@@ -412,7 +419,8 @@ impl Relay {
             let rcvbuf = self.cfg.socket_rcvbuf;
             let mut last_err: Option<std::io::Error> = None;
             let got = ports.allocate(|p| {
-                bind_pair(ip, p, rcvbuf).inspect_err(|e| last_err = Some(std::io::Error::new(e.kind(), e.to_string())))
+                bind_pair(ip, p, rcvbuf, self.cfg.freebind)
+                    .inspect_err(|e| last_err = Some(std::io::Error::new(e.kind(), e.to_string())))
             });
             match got {
                 Some(s) => socks.push(s),
@@ -448,7 +456,13 @@ impl Relay {
         let (Some((_, [a_rtp, a_rtcp])), Some((_, [b_rtp, b_rtcp]))) = (it.next(), it.next()) else {
             return Err(RelayError::NoPorts);
         };
-        let mk = |socket: UdpSocket, i: usize| ChannelSetup { socket, peer: None, shared: Arc::clone(&shared[i]) };
+        let mk = |socket: UdpSocket, i: usize| ChannelSetup {
+            socket,
+            peer: None,
+            latched: None,
+            resume: None,
+            shared: Arc::clone(&shared[i]),
+        };
         let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
         if w.commands.push(Command::Add(Box::new(setup))).is_err() {
             // The sockets were dropped with the command; the ports are free.
@@ -482,13 +496,20 @@ impl Relay {
 }
 
 /// Binds the RTP socket on `port` and the RTCP socket on `port + 1`.
-fn bind_pair(ip: IpAddr, port: u16, rcvbuf: usize) -> std::io::Result<[UdpSocket; 2]> {
+fn bind_pair(ip: IpAddr, port: u16, rcvbuf: usize, freebind: bool) -> std::io::Result<[UdpSocket; 2]> {
     let one = |p: u16| -> std::io::Result<UdpSocket> {
         // SOCK_NONBLOCK at creation saves a syscall per socket.
         let s =
             Socket::new(Domain::for_address(SocketAddr::new(ip, p)), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
         if rcvbuf > 0 {
             s.set_recv_buffer_size(rcvbuf)?;
+        }
+        if freebind {
+            if ip.is_ipv4() {
+                s.set_freebind(true)?;
+            } else {
+                s.set_freebind_ipv6(true)?;
+            }
         }
         s.bind(&SocketAddr::new(ip, p).into())?;
         Ok(s.into())
@@ -555,6 +576,12 @@ impl Call {
 }
 
 impl State {
+    fn mark_changed(&mut self, call_id: &str) {
+        if let (Some(c), Some(call)) = (self.changed.as_mut(), self.calls.get(call_id)) {
+            c.insert(Arc::clone(&call.id));
+        }
+    }
+
     /// Wakes the workers that were sent commands and are asleep. Called
     /// once at the end of every control operation: a busy worker picks the
     /// commands up on its next loop without a wakeup syscall.
@@ -567,7 +594,7 @@ impl State {
     }
 
     fn drain_events(&mut self) {
-        let State { workers, ports, calls, .. } = self;
+        let State { workers, ports, calls, changed, .. } = self;
         for w in workers.iter_mut() {
             while let Ok(ev) = w.events.pop() {
                 match ev {
@@ -586,6 +613,9 @@ impl State {
                                 if m.slot == slot {
                                     if let Some(l) = m.latched.get_mut(usize::from(channel)) {
                                         *l = Some(addr);
+                                    }
+                                    if let Some(c) = changed.as_mut() {
+                                        c.insert(Arc::clone(id));
                                     }
                                 }
                             }
@@ -612,6 +642,9 @@ impl State {
     /// sockets; ports are freed when they confirm.
     fn destroy(&mut self, call_id: &str) -> Option<CallReport> {
         let call = self.calls.remove(call_id)?;
+        if let Some(c) = self.changed.as_mut() {
+            c.insert(Arc::clone(&call.id));
+        }
         let report = call.report();
         let from_a = call.medias.iter().any(|m| m.shared[0].read().stats.packets > 0);
         let from_b = call.medias.iter().any(|m| m.shared[2].read().stats.packets > 0);
@@ -684,6 +717,213 @@ impl MediaControl for Relay {
         t.port_pairs_in_use = st.ports.in_use();
         t.port_pairs_total = st.ports.capacity();
         t
+    }
+}
+
+/// High availability: export sessions as they change, import them on the
+/// node that takes over. The import binds the same ports (with
+/// `freebind` configured, before this host holds the address), restores the
+/// latched sources and continues the statistics.
+impl Relay {
+    /// Starts recording which calls change, for [`export_changes`](Self::export_changes).
+    pub fn track_changes(&self) {
+        let mut st = self.lock();
+        if st.changed.is_none() {
+            st.changed = Some(HashSet::new());
+        }
+    }
+
+    /// The calls changed since the last call: `Some(record)` for a live
+    /// call, `None` for one that ended. Empty unless
+    /// [`track_changes`](Self::track_changes) was called.
+    pub fn export_changes(&self) -> Vec<(String, Option<SessionRecord>)> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.drain_events();
+        let Some(changed) = st.changed.as_mut() else { return Vec::new() };
+        let ids: Vec<Arc<str>> = changed.drain().collect();
+        ids.into_iter()
+            .map(|id| {
+                let rec = st.calls.get(&id).filter(|c| c.delete_at.is_none()).map(Call::record);
+                (id.to_string(), rec)
+            })
+            .collect()
+    }
+
+    /// Every live call.
+    pub fn export_all(&self) -> Vec<SessionRecord> {
+        let mut st = self.lock();
+        st.drain_events();
+        st.calls.values().filter(|c| c.delete_at.is_none()).map(Call::record).collect()
+    }
+
+    /// Installs a call exported by another node on the same ports. Returns
+    /// `Ok(false)` when the call is already here.
+    ///
+    /// # Errors
+    /// When a port is outside the range or taken, or binding fails; nothing
+    /// of the call is left installed then.
+    pub fn import(&self, rec: &SessionRecord) -> Result<bool, RelayError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.drain_events();
+        if st.calls.contains_key(rec.call_id.as_str()) {
+            return Ok(false);
+        }
+        let n_if = self.cfg.interfaces.len();
+        let id: Arc<str> = Arc::from(rec.call_id.as_str());
+        let mut call = Call {
+            id: Arc::clone(&id),
+            created: rec.created,
+            last_signal: unix_now(),
+            last_signal_mono: monotonic_ns(),
+            tags: rec.tags.clone(),
+            iface: rec.iface.map(|i| if i < n_if { i } else { 0 }),
+            medias: Vec::with_capacity(rec.medias.len()),
+            delete_at: None,
+        };
+        let mut failed = None;
+        for (i, m) in rec.medias.iter().enumerate() {
+            match self.install_pair(st, &call, i, m) {
+                Ok(p) => call.medias.push(p),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        st.calls.insert(Arc::clone(&id), call);
+        if let Some(e) = failed {
+            st.destroy(&id);
+            st.wake_workers();
+            return Err(e);
+        }
+        st.totals.created += 1;
+        st.mark_changed(&id);
+        st.wake_workers();
+        Ok(true)
+    }
+
+    /// Drops every call (a node that stopped being active).
+    pub fn clear(&self) {
+        let mut st = self.lock();
+        st.drain_events();
+        let ids: Vec<Arc<str>> = st.calls.keys().cloned().collect();
+        for id in ids {
+            st.destroy(&id);
+        }
+        st.wake_workers();
+    }
+
+    fn install_pair(
+        &self,
+        st: &mut State,
+        call: &Call,
+        index: usize,
+        m: &MediaRecord,
+    ) -> Result<MediaPair, RelayError> {
+        let mut socks: Vec<[UdpSocket; 2]> = Vec::with_capacity(2);
+        for leg in 0..2 {
+            let port = m.ports[leg];
+            let ip = self.cfg.interfaces[call.iface[leg]].local;
+            let bound = if st.ports.claim(port) {
+                bind_pair(ip, port, self.cfg.socket_rcvbuf, self.cfg.freebind).inspect_err(|_| st.ports.free(port))
+            } else {
+                Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("port {port} is taken or out of range")))
+            };
+            match bound {
+                Ok(s) => socks.push(s),
+                Err(source) => {
+                    if leg == 1 {
+                        st.ports.free(m.ports[0]);
+                    }
+                    return Err(RelayError::Io { op: "binding a taken-over session's ports", source });
+                }
+            }
+        }
+        let n = st.workers.len();
+        let start = st.next_worker % n;
+        st.next_worker = st.next_worker.wrapping_add(1);
+        let wi = (0..n).map(|k| (start + k) % n).min_by_key(|&i| st.workers[i].pairs).unwrap_or(0);
+        let w = &mut st.workers[wi];
+        let slot = w.free_slots.pop().unwrap_or_else(|| {
+            w.next_slot += 1;
+            w.next_slot - 1
+        });
+        let shared: [Arc<DirShared>; 4] = std::array::from_fn(|_| Arc::new(DirShared::default()));
+        let mut clock = ClockTable::default();
+        for &(pt, rate) in &m.clock {
+            clock.insert(pt, rate);
+        }
+        let peer_of = |c: usize| if c.is_multiple_of(2) { m.sdp_rtp[c / 2] } else { m.sdp_rtcp[c / 2] };
+        let mut it = socks.into_iter();
+        let (Some([a_rtp, a_rtcp]), Some([b_rtp, b_rtcp])) = (it.next(), it.next()) else {
+            return Err(RelayError::NoPorts);
+        };
+        let mk = |socket: UdpSocket, c: usize| ChannelSetup {
+            socket,
+            peer: peer_of(c),
+            latched: m.latched[c],
+            resume: Some(m.streams[c].snapshot()),
+            shared: Arc::clone(&shared[c]),
+        };
+        let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
+        if w.commands.push(Command::Add(Box::new(setup))).is_err() {
+            st.ports.free(m.ports[0]);
+            st.ports.free(m.ports[1]);
+            w.free_slots.push(slot);
+            return Err(RelayError::Busy);
+        }
+        // The pair's clock table travels with a SetPeer (same peer, no relatch).
+        let _ = w.commands.push(Command::SetPeer { slot, channel: 0, peer: peer_of(0), relatch: false, clock });
+        w.pending_wake = true;
+        let si = slot as usize;
+        if w.owners.len() <= si {
+            w.owners.resize(si + 1, None);
+        }
+        w.owners[si] = Some((Arc::clone(&call.id), index));
+        w.pairs += 1;
+        Ok(MediaPair {
+            worker: wi,
+            slot,
+            kind: m.kind.clone(),
+            protocol: m.protocol.clone(),
+            codecs: m.codecs.clone(),
+            ports: m.ports,
+            sdp_rtp: m.sdp_rtp,
+            sdp_rtcp: m.sdp_rtcp,
+            mux: m.mux,
+            latched: m.latched,
+            shared,
+            clock,
+        })
+    }
+}
+
+impl Call {
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            call_id: self.id.to_string(),
+            created: self.created,
+            tags: self.tags.clone(),
+            iface: self.iface,
+            medias: self
+                .medias
+                .iter()
+                .map(|m| MediaRecord {
+                    kind: m.kind.clone(),
+                    protocol: m.protocol.clone(),
+                    codecs: m.codecs.clone(),
+                    ports: m.ports,
+                    sdp_rtp: m.sdp_rtp,
+                    sdp_rtcp: m.sdp_rtcp,
+                    mux: m.mux,
+                    latched: m.latched,
+                    clock: m.clock.entries().collect(),
+                    streams: std::array::from_fn(|c| StreamState::from(&m.shared[c].read().stats)),
+                })
+                .collect(),
+        }
     }
 }
 

@@ -260,6 +260,29 @@ impl RtpStats {
         }
     }
 
+    /// Statistics that continue from a snapshot taken on another node (HA
+    /// takeover). The counters carry over; the sequence check starts a new
+    /// epoch at the first packet here. The snapshot may be up to one sync
+    /// interval old, and packets the old node received after it were not
+    /// lost, so counting the gap from its `max_seq_ext` would report false
+    /// loss.
+    #[must_use]
+    pub fn resume(s: &StatsSnapshot) -> Self {
+        let received = i64::try_from(s.expected).unwrap_or(i64::MAX).saturating_sub(s.lost).max(0).cast_unsigned();
+        Self {
+            packets: s.packets,
+            bytes: s.bytes,
+            rtp_packets: s.rtp_packets,
+            duplicates: s.duplicates,
+            reordered: s.reordered,
+            last_packet: 0,
+            prior_expected: s.expected,
+            prior_received: received,
+            seq: None,
+            jitter: JitterState::new(),
+        }
+    }
+
     /// Account one received RTP packet. `now` is monotonic ns of arrival;
     /// `clock_rate` Hz of its payload type (0 = unknown → skip the jitter
     /// update). `len` is the datagram length in bytes.
@@ -398,6 +421,27 @@ mod tests {
             let i = i as u64;
             stats.on_rtp(seq, 160 * i as u32, ssrc, 172, 8000, T0 + 20 * MS * i);
         }
+    }
+
+    #[test]
+    fn resume_carries_counters_without_false_loss() {
+        // 100 packets with 10 lost on node A; node B resumes from its
+        // snapshot and sees the stream continue 50 sequence numbers later.
+        let mut a = RtpStats::new();
+        let seqs: Vec<u16> = (0..110).filter(|s| s % 11 != 5).collect();
+        feed(&mut a, SSRC, &seqs);
+        let snap = a.snapshot();
+        assert_eq!(snap.lost, 10);
+        let mut b = RtpStats::resume(&snap);
+        assert_eq!(b.snapshot().packets, snap.packets);
+        assert_eq!(b.snapshot().lost, 10);
+        let later: Vec<u16> = (160..170).collect();
+        feed(&mut b, SSRC, &later);
+        let s = b.snapshot();
+        assert_eq!(s.packets, snap.packets + 10);
+        assert_eq!(s.expected, snap.expected + 10);
+        assert_eq!(s.lost, 10, "the takeover gap is not counted as loss");
+        assert_eq!(s.ssrc, SSRC);
     }
 
     #[test]

@@ -54,6 +54,11 @@ impl ClockTable {
         self.get(pt).unwrap_or(0)
     }
 
+    /// The (payload type, clock rate) entries.
+    pub fn entries(&self) -> impl Iterator<Item = (u8, u32)> + '_ {
+        self.entries.iter().take(usize::from(self.len)).copied()
+    }
+
     fn get(&self, pt: u8) -> Option<u32> {
         self.entries.iter().take(usize::from(self.len)).find(|e| e.0 == pt).map(|e| e.1)
     }
@@ -74,6 +79,7 @@ pub struct DirShared {
     jitter_us: AtomicU32,
     last_packet: AtomicU64,
     ssrc: AtomicU32,
+    max_seq_ext: AtomicU32,
     foreign: AtomicU64,
 }
 
@@ -100,6 +106,7 @@ impl DirShared {
         self.jitter_us.store(s.jitter_us, Relaxed);
         self.last_packet.store(s.last_packet, Relaxed);
         self.ssrc.store(s.ssrc, Relaxed);
+        self.max_seq_ext.store(s.max_seq_ext, Relaxed);
         self.foreign.store(foreign, Relaxed);
     }
 
@@ -119,7 +126,7 @@ impl DirShared {
                 jitter_us: self.jitter_us.load(Relaxed),
                 last_packet: self.last_packet.load(Relaxed),
                 ssrc: self.ssrc.load(Relaxed),
-                ..StatsSnapshot::default()
+                max_seq_ext: self.max_seq_ext.load(Relaxed),
             },
             foreign_drops: self.foreign.load(Relaxed),
         }
@@ -139,6 +146,10 @@ pub struct ChannelSetup {
     pub socket: UdpSocket,
     /// Where this leg said it receives (from SDP); `None` until known.
     pub peer: Option<SocketAddr>,
+    /// A source already latched (a session taken over from another node).
+    pub latched: Option<SocketAddr>,
+    /// Statistics to continue from (a session taken over from another node).
+    pub resume: Option<StatsSnapshot>,
     /// Published statistics.
     pub shared: Arc<DirShared>,
 }
