@@ -158,6 +158,8 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// The embedded media relay.
     pub relay: RelayConfig,
+    /// The active/standby pair, when `[ha]` is present.
+    pub ha: Option<crate::ha::HaConfig>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +183,94 @@ struct File {
     #[serde(default)]
     control: RawControl,
     relay: toml::Table,
+    #[serde(default)]
+    ha: Option<RawHa>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    node_id: String,
+    redis: String,
+    #[serde(default = "key_prefix")]
+    key_prefix: String,
+    vip: String,
+    interface: String,
+    heartbeat: String,
+    peer: String,
+    #[serde(default = "lease_ms")]
+    lease_ms: u64,
+    #[serde(default = "check_interval_ms")]
+    check_interval_ms: u64,
+    #[serde(default = "stats_sync_ms")]
+    stats_sync_ms: u64,
+}
+
+fn key_prefix() -> String {
+    "xsbc".into()
+}
+fn lease_ms() -> u64 {
+    600
+}
+fn check_interval_ms() -> u64 {
+    100
+}
+fn stats_sync_ms() -> u64 {
+    1000
+}
+
+fn parse_ha(h: RawHa, listen: SocketAddr, relay: &mut RelayConfig) -> Result<crate::ha::HaConfig, ConfigError> {
+    if h.node_id.is_empty() || h.node_id.contains([' ', ':']) {
+        return Err(invalid("ha.node_id", "must be a non-empty name without spaces or colons"));
+    }
+    let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+        v.parse().map_err(|_| invalid(key, format!("`{v}` is not ADDR:PORT")))
+    };
+    let redis = addr("ha.redis", &h.redis)?;
+    let heartbeat = addr("ha.heartbeat", &h.heartbeat)?;
+    let peer = addr("ha.peer", &h.peer)?;
+    let (ip, prefix) =
+        h.vip.split_once('/').ok_or_else(|| invalid("ha.vip", format!("`{}`: want ADDR/PREFIX", h.vip)))?;
+    let vip_ip: IpAddr = ip.parse().map_err(|_| invalid("ha.vip", format!("`{ip}` is not an IP address")))?;
+    let max = if vip_ip.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| invalid("ha.vip", format!("`{prefix}` is not a prefix length (0..={max})")))?;
+    if h.interface.is_empty() || h.interface.contains('/') {
+        return Err(invalid("ha.interface", "name the interface the virtual IP goes on"));
+    }
+    if h.check_interval_ms < 10 {
+        return Err(invalid("ha.check_interval_ms", "must be at least 10"));
+    }
+    if h.lease_ms < 3 * h.check_interval_ms {
+        return Err(invalid("ha.lease_ms", "must be at least 3 times ha.check_interval_ms"));
+    }
+    if h.stats_sync_ms < h.check_interval_ms {
+        return Err(invalid("ha.stats_sync_ms", "must be at least ha.check_interval_ms"));
+    }
+    if listen.ip() != vip_ip && !listen.ip().is_unspecified() {
+        return Err(invalid("sip.listen", format!("with [ha], SIP must listen on the virtual IP {vip_ip}")));
+    }
+    if let Some(i) = relay.interfaces.iter().find(|i| i.local != vip_ip && !i.local.is_unspecified()) {
+        return Err(invalid(
+            "relay.interfaces",
+            format!("with [ha], media must be bound to the virtual IP {vip_ip} (not {})", i.local),
+        ));
+    }
+    relay.freebind = true;
+    Ok(crate::ha::HaConfig {
+        node_id: h.node_id,
+        redis,
+        key_prefix: h.key_prefix,
+        vip: crate::ha::vip::Vip { addr: vip_ip, prefix, dev: h.interface },
+        heartbeat,
+        peer,
+        lease: Duration::from_millis(h.lease_ms),
+        interval: Duration::from_millis(h.check_interval_ms),
+        stats_sync: Duration::from_millis(h.stats_sync_ms),
+    })
 }
 
 #[derive(Deserialize)]
@@ -527,8 +617,12 @@ impl Config {
         }
         let mut relay_doc = toml::Table::new();
         relay_doc.insert("relay".into(), toml::Value::Table(f.relay));
-        let relay =
+        let mut relay =
             RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
+        let ha = match f.ha {
+            Some(h) => Some(parse_ha(h, listen, &mut relay)?),
+            None => None,
+        };
         Ok(Self {
             listen,
             tcp: f.sip.tcp,
@@ -560,6 +654,7 @@ impl Config {
                 p => Some(PathBuf::from(p)),
             },
             relay,
+            ha,
         })
     }
 
@@ -585,6 +680,47 @@ mod tests {
         assert!(c.metrics.is_some_and(|m| m.ip().is_loopback()));
         assert!(c.is_local_host("127.0.0.1", Some(c.listen.port())));
         assert!(!c.is_local_host("example.com", None));
+    }
+
+    fn with_ha(extra: &str) -> String {
+        let base = DEFAULT_TOML
+            .replace("listen = \"127.0.0.1:5060\"", "listen = \"10.9.0.100:5060\"")
+            .replace("\"127.0.0.1\", \"localhost\"", "\"10.9.0.100\"");
+        let relay_if = base.find("interfaces = [").unwrap();
+        let end = base[relay_if..].find(']').unwrap() + relay_if + 1;
+        let base = format!("{}interfaces = [\"10.9.0.100\"]{}", &base[..relay_if], &base[end..]);
+        format!(
+            "{base}\n[ha]\nnode_id = \"a\"\nredis = \"10.9.0.1:6379\"\nvip = \"10.9.0.100/24\"\ninterface = \"eth0\"\nheartbeat = \"10.9.0.11:7010\"\npeer = \"10.9.0.12:7010\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn ha_section_parses_and_sets_freebind() {
+        let c = Config::from_toml(&with_ha("")).unwrap();
+        let ha = c.ha.unwrap();
+        assert_eq!(ha.vip.prefix, 24);
+        assert_eq!(ha.lease, Duration::from_millis(600));
+        assert!(c.relay.freebind);
+        assert!(Config::embedded_default().unwrap().ha.is_none());
+        assert!(!Config::embedded_default().unwrap().relay.freebind);
+    }
+
+    #[test]
+    fn ha_errors_name_the_key() {
+        for (extra, key) in [("lease_ms = 100", "ha.lease_ms"), ("check_interval_ms = 1", "ha.check_interval_ms")] {
+            let e = Config::from_toml(&with_ha(extra)).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = Config::from_toml(&with_ha("").replace("10.9.0.100/24", "10.9.0.100/40")).unwrap_err().to_string();
+        assert!(e.contains("ha.vip"), "{e}");
+        let e = Config::from_toml(&with_ha("").replace("listen = \"10.9.0.100:5060\"", "listen = \"10.9.0.5:5060\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sip.listen"), "{e}");
+        let e = Config::from_toml(&with_ha("").replace("redis = \"10.9.0.1:6379\"", "redis = \"nowhere\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ha.redis"), "{e}");
     }
 
     #[test]

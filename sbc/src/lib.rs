@@ -5,11 +5,13 @@
 //! - [`txn`]: RFC 3261 transactions, sans I/O, time passed in.
 //! - [`proxy`]: the stateful proxy core, registrar, routing and dialogs.
 //! - [`transport`]: UDP and TCP sockets and stream framing.
+//! - [`ha`]: the active/standby pair (Redis lease, replication, virtual IP).
 //! - [`location`]: registered bindings. [`config`], [`cdr`], [`metrics`].
 
 pub mod cdr;
 pub mod config;
 pub mod control;
+pub mod ha;
 pub mod health;
 pub mod location;
 pub mod metrics;

@@ -15,6 +15,7 @@ use media_relay::ng::NgCounters;
 use media_relay::relay::Relay;
 use sbc::cdr::CdrWriter;
 use sbc::config::Config;
+use sbc::ha::{ToHa, ToProxy};
 use sbc::metrics::SbcMetrics;
 use sbc::proxy::Proxy;
 use sbc::transport::Transport;
@@ -142,7 +143,7 @@ fn main() -> ExitCode {
 
 fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
-    let mut transport = Transport::bind(cfg.listen, cfg.tcp, cfg.max_message_size)
+    let mut transport = Transport::bind_with(cfg.listen, cfg.tcp, cfg.max_message_size, cfg.ha.is_some())
         .map_err(|e| format!("binding SIP on {}: {e}", cfg.listen))?;
     let metrics_sock = match cfg.metrics {
         Some(a) => Some(TcpListener::bind(a).map_err(|e| format!("binding metrics listener {a}: {e}"))?),
@@ -165,13 +166,19 @@ fn run(cfg: Config) -> Result<(), String> {
     let ngc = Arc::new(NgCounters::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
+    let ha_status = cfg.ha.as_ref().map(|_| Arc::new(sbc::ha::HaStatus::default()));
     if let Some(l) = metrics_sock {
         let (m, r, n, s) = (Arc::clone(&metrics), Arc::clone(&relay), Arc::clone(&ngc), Arc::clone(&shutdown));
+        let hs = ha_status.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("sbc-metrics".into())
                 .spawn(move || {
-                    let render = || m.render() + &media_relay::metrics::render(&r, &n);
+                    let render = || {
+                        m.render()
+                            + &media_relay::metrics::render(&r, &n)
+                            + &hs.as_ref().map(|h| h.render()).unwrap_or_default()
+                    };
                     media_relay::metrics::serve_with(&l, &render, &s);
                 })
                 .map_err(|e| e.to_string())?,
@@ -209,7 +216,31 @@ fn run(cfg: Config) -> Result<(), String> {
     }
     let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
-    tracing::info!(listen = %cfg.listen, tcp = cfg.tcp, "sbc started");
+    // High availability: a thread that replicates state and owns the lease.
+    let mut ha_link: Option<(std::sync::mpsc::Sender<ToHa>, std::sync::mpsc::Receiver<ToProxy>)> = None;
+    if let (Some(hc), Some(status)) = (&cfg.ha, &ha_status) {
+        proxy.track_changes();
+        let (to_ha, from_proxy) = std::sync::mpsc::channel();
+        let (to_proxy, from_ha) = std::sync::mpsc::channel();
+        let waker = transport.waker().map_err(|e| format!("creating the signaling waker: {e}"))?;
+        let links = sbc::ha::Links {
+            relay: Arc::clone(&relay),
+            to_proxy,
+            wake_proxy: Arc::new(move || {
+                let _ = waker.wake();
+            }),
+            from_proxy,
+            shutdown: Arc::clone(&shutdown),
+        };
+        let node = sbc::ha::Node::new(hc.clone(), links, Arc::clone(status))
+            .map_err(|e| format!("binding the HA heartbeat socket {}: {e}", hc.heartbeat))?;
+        threads.push(
+            std::thread::Builder::new().name("sbc-ha".into()).spawn(move || node.run()).map_err(|e| e.to_string())?,
+        );
+        proxy.set_active(false);
+        ha_link = Some((to_ha, from_ha));
+    }
+    tracing::info!(listen = %cfg.listen, tcp = cfg.tcp, ha = cfg.ha.is_some(), "sbc started");
     let control_rx = control.map(|c| c.spawn(Arc::clone(&shutdown)));
     let mut inbound = Vec::new();
     let mut dropped_seen = 0u64;
@@ -230,7 +261,42 @@ fn run(cfg: Config) -> Result<(), String> {
         media_relay::control::MediaControl::flush(relay.as_ref());
         if let Some(rx) = &control_rx {
             while let Ok((line, reply)) = rx.try_recv() {
-                let _ = reply.send(proxy.control(&line));
+                match (line.split_whitespace().next(), &ha_link) {
+                    (Some("failover"), Some((to_ha, _))) => {
+                        let _ = to_ha.send(ToHa::Failover(reply));
+                    }
+                    (Some("ha"), Some((to_ha, _))) => {
+                        let _ = to_ha.send(ToHa::Status(reply));
+                    }
+                    (Some("failover" | "ha"), None) => {
+                        let _ = reply.send("error: no [ha] section in the configuration\n".into());
+                    }
+                    _ => {
+                        let _ = reply.send(proxy.control(&line));
+                    }
+                }
+            }
+        }
+        if let Some((to_ha, from_ha)) = &ha_link {
+            while let Ok(m) = from_ha.try_recv() {
+                match m {
+                    ToProxy::Import(records, reply) => {
+                        let _ = reply.send(proxy.import_dialogs(&records, Instant::now()));
+                    }
+                    ToProxy::SetActive(active) => {
+                        if !active {
+                            proxy.stand_down();
+                        }
+                        proxy.set_active(active);
+                    }
+                    ToProxy::DumpAll(reply) => {
+                        let _ = reply.send(proxy.dump_dialogs());
+                    }
+                }
+            }
+            let changes = proxy.take_dialog_changes();
+            if !changes.is_empty() {
+                let _ = to_ha.send(ToHa::Dialogs(changes));
             }
         }
         let now = Instant::now();

@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 const UDP: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: usize = 2;
+const WAKER: Token = Token(usize::MAX);
 /// TCP connections idle this long are closed.
 const TCP_IDLE: Duration = Duration::from_secs(300);
 
@@ -136,11 +137,38 @@ impl Transport {
     /// # Errors
     /// The bind error.
     pub fn bind(listen: SocketAddr, tcp: bool, max_msg: usize) -> io::Result<Self> {
+        Self::bind_with(listen, tcp, max_msg, false)
+    }
+
+    /// [`bind`](Self::bind), optionally with `IP_FREEBIND` so the address
+    /// may be one this host does not hold yet (an HA pair's virtual IP).
+    ///
+    /// # Errors
+    /// The bind error.
+    pub fn bind_with(listen: SocketAddr, tcp: bool, max_msg: usize, freebind: bool) -> io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
         let poll = Poll::new()?;
-        let mut udp = UdpSocket::bind(listen)?;
+        let sock = |ty: Type, proto: Protocol| -> io::Result<Socket> {
+            let s = Socket::new(Domain::for_address(listen), ty.nonblocking(), Some(proto))?;
+            if freebind {
+                if listen.is_ipv4() {
+                    s.set_freebind(true)?;
+                } else {
+                    s.set_freebind_ipv6(true)?;
+                }
+            }
+            if ty == Type::STREAM {
+                s.set_reuse_address(true)?;
+            }
+            s.bind(&listen.into())?;
+            Ok(s)
+        };
+        let mut udp = UdpSocket::from_std(sock(Type::DGRAM, Protocol::UDP)?.into());
         poll.registry().register(&mut udp, UDP, Interest::READABLE)?;
         let listener = if tcp {
-            let mut l = TcpListener::bind(listen)?;
+            let s = sock(Type::STREAM, Protocol::TCP)?;
+            s.listen(1024)?;
+            let mut l = TcpListener::from_std(s.into());
             poll.registry().register(&mut l, LISTENER, Interest::READABLE)?;
             Some(l)
         } else {
@@ -158,6 +186,14 @@ impl Transport {
             rbuf: vec![0; max_msg + 1],
             drops: Drops::default(),
         })
+    }
+
+    /// A waker that makes a blocked [`poll`](Self::poll) return.
+    ///
+    /// # Errors
+    /// When the waker cannot be created (call it once).
+    pub fn waker(&self) -> io::Result<std::sync::Arc<mio::Waker>> {
+        Ok(std::sync::Arc::new(mio::Waker::new(self.poll.registry(), WAKER)?))
     }
 
     /// The bound UDP address.
@@ -184,6 +220,7 @@ impl Transport {
             match t {
                 UDP => self.read_udp(out),
                 LISTENER => self.accept(now),
+                WAKER => {}
                 t => {
                     if writable {
                         self.flush(t);

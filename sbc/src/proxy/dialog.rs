@@ -2,10 +2,11 @@
 //! to the end (BYE, failure, CANCEL or timeout). This is the state a backup
 //! node will replicate, so everything a call needs lives here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::transport::Proto;
@@ -138,11 +139,127 @@ impl Dialog {
     }
 }
 
+/// A dialog as it is replicated to an HA peer: wall-clock times instead of
+/// this process's monotonic ones, trunks by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DialogRecord {
+    /// Call-ID.
+    pub call_id: String,
+    /// Caller's From-tag.
+    pub caller_tag: String,
+    /// Callee's To-tag.
+    pub callee_tag: Option<String>,
+    /// `true` once a 2xx was seen.
+    pub confirmed: bool,
+    /// Caller address and transport (`udp`/`tcp`).
+    pub caller: (SocketAddr, String),
+    /// Callee address and transport.
+    pub callee: Option<(SocketAddr, String)>,
+    /// From URI.
+    pub from_uri: String,
+    /// To URI.
+    pub to_uri: String,
+    /// Target label.
+    pub target: String,
+    /// Trunk name of the current branch.
+    pub trunk: Option<String>,
+    /// Media anchored.
+    pub media: bool,
+    /// Start, Unix seconds.
+    pub started: f64,
+    /// Answer, Unix seconds.
+    pub answered: Option<f64>,
+    /// Post-dial delay recorded.
+    pub pdd_done: bool,
+    /// Last final code.
+    pub final_code: u16,
+    /// Late offer pending in the ACK.
+    pub late_offer: bool,
+    /// ACK seen.
+    pub acked: bool,
+}
+
+fn proto_name(p: Proto) -> String {
+    p.via_name().to_ascii_lowercase()
+}
+
+fn proto_of(s: &str) -> Proto {
+    if s.eq_ignore_ascii_case("tcp") {
+        Proto::Tcp
+    } else {
+        Proto::Udp
+    }
+}
+
+impl Dialog {
+    /// The record replicated for this dialog.
+    #[must_use]
+    pub fn record(&self, trunk_name: Option<&str>) -> DialogRecord {
+        DialogRecord {
+            call_id: self.call_id.clone(),
+            caller_tag: self.caller_tag.clone(),
+            callee_tag: self.callee_tag.clone(),
+            confirmed: self.state == DialogState::Confirmed,
+            caller: (self.caller.addr, proto_name(self.caller.proto)),
+            callee: self.callee.map(|c| (c.addr, proto_name(c.proto))),
+            from_uri: self.from_uri.clone(),
+            to_uri: self.to_uri.clone(),
+            target: self.target.clone(),
+            trunk: trunk_name.map(str::to_owned),
+            media: self.media,
+            started: unix(self.started_wall),
+            answered: self.answered_wall.map(unix),
+            pdd_done: self.pdd_done,
+            final_code: self.final_code,
+            late_offer: self.late_offer,
+            acked: self.acked,
+        }
+    }
+
+    /// A dialog taken over from another node, with monotonic times rebuilt
+    /// from the wall clock. `trunk` is the index of the record's trunk name.
+    #[must_use]
+    pub fn from_record(r: &DialogRecord, trunk: Option<usize>, now: Instant, wall_now: SystemTime) -> Self {
+        let wall = |t: f64| UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
+        let mono = |t: f64| {
+            let ago = wall_now.duration_since(wall(t)).unwrap_or_default();
+            now.checked_sub(ago).unwrap_or(now)
+        };
+        Self {
+            call_id: r.call_id.clone(),
+            caller_tag: r.caller_tag.clone(),
+            callee_tag: r.callee_tag.clone(),
+            state: if r.confirmed { DialogState::Confirmed } else { DialogState::Early },
+            caller: Peer { addr: r.caller.0, proto: proto_of(&r.caller.1) },
+            callee: r.callee.as_ref().map(|(a, p)| Peer { addr: *a, proto: proto_of(p) }),
+            from_uri: r.from_uri.clone(),
+            to_uri: r.to_uri.clone(),
+            target: r.target.clone(),
+            trunk,
+            media: r.media,
+            started: mono(r.started),
+            started_wall: wall(r.started),
+            answered: r.answered.map(mono),
+            answered_wall: r.answered.map(wall),
+            pdd_done: r.pdd_done,
+            final_code: r.final_code,
+            last_activity: now,
+            late_offer: r.late_offer,
+            codecs: Vec::new(),
+            acked: r.acked,
+            ok_sent: u32::from(r.confirmed),
+        }
+    }
+}
+
 /// Dialogs keyed by Call-ID (one dialog per Call-ID: the sbc does not fork
 /// in parallel, so a call has one confirmed dialog).
 #[derive(Debug, Default)]
 pub struct Dialogs {
     map: HashMap<String, Dialog>,
+    /// Call-IDs touched since the last [`take_changed`](Self::take_changed);
+    /// `None` unless an HA peer replicates them.
+    changed: Option<HashSet<String>>,
 }
 
 impl Dialogs {
@@ -152,15 +269,50 @@ impl Dialogs {
         Self::default()
     }
 
+    /// Starts recording which dialogs change.
+    pub fn track_changes(&mut self) {
+        if self.changed.is_none() {
+            self.changed = Some(HashSet::new());
+        }
+    }
+
+    /// The Call-IDs changed (inserted, modified or removed) since the last call.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        self.changed.as_mut().map(|c| c.drain().collect()).unwrap_or_default()
+    }
+
+    fn touch(&mut self, call_id: &str) {
+        if let Some(c) = self.changed.as_mut() {
+            if !c.contains(call_id) {
+                c.insert(call_id.to_owned());
+            }
+        }
+    }
+
+    /// Every dialog.
+    pub fn iter(&self) -> impl Iterator<Item = &Dialog> {
+        self.map.values()
+    }
+
+    /// Forgets every dialog without recording the removals (a node that
+    /// stopped being active: the new active owns them).
+    pub fn clear(&mut self) {
+        self.map.clear();
+        if let Some(c) = self.changed.as_mut() {
+            c.clear();
+        }
+    }
+
     /// Inserts (or replaces) a dialog.
     pub fn insert(&mut self, d: Dialog) {
+        self.touch(&d.call_id);
         self.map.insert(d.call_id.clone(), d);
     }
 
     /// The dialog of a Call-ID whose tags match (either direction). A
     /// request without a To-tag matches while the callee tag is unknown.
     pub fn find_mut(&mut self, call_id: &str, from_tag: &str, to_tag: Option<&str>) -> Option<&mut Dialog> {
-        let d = self.map.get_mut(call_id)?;
+        let d = self.map.get(call_id)?;
         let ok = match to_tag {
             Some(t) => {
                 (d.caller_tag == from_tag && d.callee_tag.as_deref().is_none_or(|c| c == t))
@@ -169,7 +321,8 @@ impl Dialogs {
             None => d.caller_tag == from_tag,
         };
         if ok {
-            Some(d)
+            self.touch(call_id);
+            self.map.get_mut(call_id)
         } else {
             None
         }
@@ -177,7 +330,9 @@ impl Dialogs {
 
     /// Removes a dialog.
     pub fn remove(&mut self, call_id: &str) -> Option<Dialog> {
-        self.map.remove(call_id)
+        let d = self.map.remove(call_id)?;
+        self.touch(call_id);
+        Some(d)
     }
 
     /// Read access.
@@ -188,6 +343,9 @@ impl Dialogs {
 
     /// Mutable access by Call-ID alone.
     pub fn get_mut(&mut self, call_id: &str) -> Option<&mut Dialog> {
+        if self.map.contains_key(call_id) {
+            self.touch(call_id);
+        }
         self.map.get_mut(call_id)
     }
 

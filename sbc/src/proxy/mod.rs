@@ -11,6 +11,7 @@ pub mod alternate;
 pub mod dialog;
 pub mod forward;
 pub mod register;
+mod replica;
 pub mod routing;
 mod session;
 mod trunks;
@@ -113,6 +114,8 @@ pub struct Proxy {
     /// retransmitted INVITEs are absorbed (RFC 6026 "Accepted") instead of
     /// starting a second call.
     accepted: HashMap<String, Instant>,
+    /// False on an HA standby: no trunk probes.
+    active: bool,
 }
 
 fn server_key(branch: &str, sent_by: &str, method: &Method) -> String {
@@ -168,6 +171,7 @@ impl Proxy {
             trunks: (0..cfg_trunks).map(|_| trunks::TrunkRuntime::new(health)).collect(),
             probes: HashMap::new(),
             accepted: HashMap::new(),
+            active: true,
         }
     }
 
@@ -247,7 +251,9 @@ impl Proxy {
                 TimerRef::C(id) => self.timer_c(id, now),
             }
         }
-        self.probe_trunks(now);
+        if self.active {
+            self.probe_trunks(now);
+        }
         let sweep_due = self.last_sweep.is_none_or(|l| now.duration_since(l).as_secs() >= 1);
         if sweep_due {
             self.last_sweep = Some(now);

@@ -581,6 +581,17 @@ impl Proxy {
         let host_ip: Option<IpAddr> = next.host.trim_start_matches('[').trim_end_matches(']').parse().ok();
         let fallback = SocketAddr::new(host_ip.unwrap_or(self.me.addr), next.port.unwrap_or(5060));
         let mut dest = forward::response_dest(&next, fallback, proto);
+        // An early dialog taken over from the HA peer is answered here.
+        if let Some(d) = self.dialogs.get_mut(&call_id).filter(|d| d.state == DialogState::Early) {
+            d.state = DialogState::Confirmed;
+            d.callee_tag = msg.to_tag();
+            d.answered = Some(_now);
+            d.answered_wall = Some(SystemTime::now());
+            d.final_code = msg.code().unwrap_or(200);
+            d.ok_sent = 0;
+            self.metrics.call_answers.fetch_add(1, Relaxed);
+            tracing::info!(call_id, "2xx for a taken-over early dialog: call answered");
+        }
         // The 2xx is being retransmitted and no ACK has come back: the hop we
         // sent it to may be gone. If it advertised alternates, try them in turn.
         let alts = super::alternate::addresses(&next.params);

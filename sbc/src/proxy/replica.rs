@@ -1,0 +1,93 @@
+//! The proxy's side of high availability: exporting dialog changes,
+//! importing dialogs on takeover, and standing down.
+
+use std::time::{Instant, SystemTime};
+
+use super::dialog::{Dialog, DialogRecord};
+use super::Proxy;
+
+impl Proxy {
+    /// Starts recording dialog changes for replication.
+    pub fn track_changes(&mut self) {
+        self.dialogs.track_changes();
+    }
+
+    /// Dialogs changed since the last call: `(call_id, Some(json))` for a
+    /// live dialog, `(call_id, None)` for one that ended.
+    pub fn take_dialog_changes(&mut self) -> Vec<(String, Option<String>)> {
+        let ids = self.dialogs.take_changed();
+        ids.into_iter()
+            .map(|id| {
+                let json = self.dialogs.get(&id).and_then(|d| serde_json::to_string(&self.dialog_record(d)).ok());
+                (id, json)
+            })
+            .collect()
+    }
+
+    /// Every live dialog as `(call_id, json)`.
+    #[must_use]
+    pub fn dump_dialogs(&self) -> Vec<(String, String)> {
+        self.dialogs
+            .iter()
+            .filter_map(|d| serde_json::to_string(&self.dialog_record(d)).ok().map(|j| (d.call_id.clone(), j)))
+            .collect()
+    }
+
+    fn dialog_record(&self, d: &Dialog) -> DialogRecord {
+        let trunk = d.trunk.and_then(|i| self.cfg.trunks.get(i)).map(|t| t.name.as_str());
+        d.record(trunk)
+    }
+
+    /// Installs dialogs taken over from the peer (JSON records). Dialogs
+    /// already here are kept. Returns how many were installed; records that
+    /// do not parse are logged and skipped.
+    pub fn import_dialogs(&mut self, records: &[String], now: Instant) -> usize {
+        let wall = SystemTime::now();
+        let mut n = 0;
+        for text in records {
+            let r: DialogRecord = match serde_json::from_str(text) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HA: skipping a dialog record that does not parse");
+                    continue;
+                }
+            };
+            if self.dialogs.get(&r.call_id).is_some() {
+                continue;
+            }
+            let trunk = r.trunk.as_deref().and_then(|name| self.cfg.trunks.iter().position(|t| t.name == name));
+            if let Some(i) = trunk {
+                self.trunk_take(i, now);
+            }
+            self.dialogs.insert(Dialog::from_record(&r, trunk, now, wall));
+            n += 1;
+        }
+        self.update_gauges();
+        n
+    }
+
+    /// Forgets every call and transaction without ending them (no CDR, no
+    /// media delete): the node is no longer active and the new active owns
+    /// them.
+    pub fn stand_down(&mut self) {
+        let trunks: Vec<usize> = self.dialogs.iter().filter_map(|d| d.trunk).collect();
+        for i in trunks {
+            self.trunk_release(i);
+        }
+        self.dialogs.clear();
+        self.servers.clear();
+        self.clients.clear();
+        self.forwards.clear();
+        self.accepted.clear();
+        self.probes.clear();
+        self.out.clear();
+        self.update_gauges();
+    }
+
+    /// Whether this node serves (sends trunk probes). A standby keeps quiet:
+    /// answers to its probes would reach the active node, which holds the
+    /// address they are sent from.
+    pub fn set_active(&mut self, active: bool) {
+        self.active = active;
+    }
+}
