@@ -396,6 +396,10 @@ impl Node {
                 self.send_heartbeat();
                 self.next_hb = now + self.cfg.interval;
             }
+            if self.role != Role::Active {
+                // Never announce an address this node gave up.
+                self.reannounce.clear();
+            }
             self.reannounce.retain(|t| {
                 if *t <= now {
                     if let Err(e) = self.announcer.announce() {
@@ -727,6 +731,7 @@ impl Node {
         self.status.degraded.store(false, Relaxed);
         self.status.releases.fetch_add(1, Relaxed);
         self.pending.clear();
+        self.reannounce.clear();
         self.resync = false;
         self.renewed_at = None;
         self.stream_pos = None;
@@ -788,6 +793,7 @@ impl Node {
         self.status.active.store(false, Relaxed);
         self.status.releases.fetch_add(1, Relaxed);
         self.pending.clear();
+        self.reannounce.clear();
         self.stream_pos = None;
         let _ = self.links.to_proxy.send(ToProxy::SetActive(false));
         (self.links.wake_proxy)();
@@ -953,6 +959,16 @@ impl Node {
         (sessions, dialogs)
     }
 
+    /// Adds the virtual IP and announces it.
+    fn claim_address(&mut self) {
+        if let Err(e) = self.cfg.vip.add() {
+            tracing::error!("HA: {e}");
+        }
+        if let Err(e) = self.announcer.announce() {
+            tracing::warn!(error = %e, "HA: announcing the virtual IP failed");
+        }
+    }
+
     /// Planned handover, standby side: install everything, say ready.
     fn prepare(&mut self, now: Instant) {
         if let Err(e) = self.read_stream() {
@@ -966,6 +982,12 @@ impl Node {
 
     fn take_over(&mut self, _now: Instant) {
         let t0 = Instant::now();
+        // A planned handover installed the sessions already ("prepare"):
+        // claim the address first, then pick up what changed since.
+        let planned = self.prepared_at.take().is_some();
+        if planned {
+            self.claim_address();
+        }
         // The last changes the old active wrote.
         if self.stream_pos.is_none() {
             if let Err(e) = self.load_warm() {
@@ -978,23 +1000,18 @@ impl Node {
         let t_caught_up = Instant::now();
         let (sessions, dialogs) = self.install_warm();
         let t_installed = Instant::now();
-        self.prepared_at = None;
         let _ = self.links.to_proxy.send(ToProxy::SetActive(true));
         (self.links.wake_proxy)();
-        if let Err(e) = self.cfg.vip.add() {
-            tracing::error!("HA: {e}");
-        }
-        let t_added = Instant::now();
-        if let Err(e) = self.announcer.announce() {
-            tracing::warn!(error = %e, "HA: announcing the virtual IP failed");
+        if !planned {
+            self.claim_address();
         }
         let done = Instant::now();
         let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
         tracing::info!(
+            planned,
             catch_up_ms = ms(t0, t_caught_up),
             install_ms = ms(t_caught_up, t_installed),
-            add_address_ms = ms(t_installed, t_added),
-            announce_ms = ms(t_added, done),
+            total_ms = ms(t0, done),
             "HA: takeover steps"
         );
         self.reannounce =
@@ -1015,5 +1032,24 @@ impl Node {
         let _ = self.links.relay.export_changes();
         tracing::warn!(token = self.token, sessions, dialogs, takeover_ms = ms, vip = %self.cfg.vip.addr, "HA: took over; now active");
         self.send_heartbeat();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_renders_every_series() {
+        let s = HaStatus::default();
+        s.active.store(true, Relaxed);
+        s.takeovers.fetch_add(2, Relaxed);
+        let text = s.render();
+        assert!(text.contains("sbc_ha_active 1\n"));
+        assert!(text.contains("sbc_ha_takeovers_total 2\n"));
+        assert!(text.contains("sbc_ha_redis_up 0\n"));
+        for name in ["sbc_ha_degraded", "sbc_ha_lease_token", "sbc_ha_pending_records", "sbc_ha_warm_sessions"] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        }
     }
 }
