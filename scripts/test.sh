@@ -5,7 +5,7 @@
 #   scripts/test.sh            # all tests
 #   scripts/test.sh -- NAME    # pass a filter through to cargo test
 #
-# Tests that need external peers (Kamailio, sipp, rtpengine) skip with a
+# Tests that need external peers (Kamailio, sipp, rtpengine, Redis) skip with a
 # message when those are absent, except under CI=true, where they must run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ check_pkg sip-tester sipp
 check_pkg kamailio kamailio
 check_pkg rtpengine-daemon rtpengine
 check_pkg iproute2 ip
+check_pkg redis-server redis-server
+check_pkg redis-tools redis-cli
 # The XDP program is compiled from source when clang and libbpf's headers are
 # there; otherwise the checked-in object (verified by a test) is used.
 check_pkg clang clang
