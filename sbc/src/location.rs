@@ -3,9 +3,11 @@
 //!
 //! Owned by the signaling thread; nothing else touches it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 /// Transport a binding was registered over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,9 @@ pub struct Location {
     /// AORs that have ever registered, so a call to one with no live binding
     /// gets 480 rather than 404.
     known: HashMap<String, Instant>,
+    /// AORs changed since the last [`Location::take_changed`]; `None`
+    /// unless an HA peer replicates them.
+    changed: Option<HashSet<String>>,
 }
 
 /// Normalises an AOR: the user part as is, the host lowercased.
@@ -82,6 +87,7 @@ impl Location {
     /// # Errors
     /// [`UpdateError::OutOfOrder`] for a stale CSeq from the same Call-ID.
     pub fn update(&mut self, aor: &str, mut b: Binding, expires: Duration, now: Instant) -> Result<(), UpdateError> {
+        self.touch(aor);
         let list = self.aors.entry(aor.to_owned()).or_default();
         list.retain(|x| x.expires_at > now);
         if let Some(pos) = list.iter().position(|x| x.contact == b.contact) {
@@ -108,6 +114,7 @@ impl Location {
 
     /// Removes every binding of an AOR (`Contact: *` with `Expires: 0`).
     pub fn remove_all(&mut self, aor: &str, now: Instant) {
+        self.touch(aor);
         self.aors.remove(aor);
         self.known.insert(aor.to_owned(), now);
     }
@@ -152,6 +159,110 @@ impl Location {
     }
 }
 
+/// One binding as replicated to an HA peer (wall-clock expiry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingRecord {
+    /// Contact URI.
+    pub contact: String,
+    /// Source address of the REGISTER.
+    pub source: SocketAddr,
+    /// `tcp` or `udp`.
+    pub transport: String,
+    /// Call-ID of the REGISTER.
+    pub call_id: String,
+    /// CSeq of the REGISTER.
+    pub cseq: u32,
+    /// Expiry, Unix seconds.
+    pub expires: f64,
+    /// q × 1000.
+    pub q: u16,
+}
+
+/// Replication (HA): which AORs changed, their bindings as records, and
+/// installing records taken over from the peer.
+impl Location {
+    /// Starts recording which AORs change.
+    pub fn track_changes(&mut self) {
+        if self.changed.is_none() {
+            self.changed = Some(HashSet::new());
+        }
+    }
+
+    fn touch(&mut self, aor: &str) {
+        if let Some(c) = self.changed.as_mut() {
+            if !c.contains(aor) {
+                c.insert(aor.to_owned());
+            }
+        }
+    }
+
+    /// The AORs changed since the last call.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        self.changed.as_mut().map(|c| c.drain().collect()).unwrap_or_default()
+    }
+
+    /// The live bindings of `aor` as records (`None`: none left).
+    #[must_use]
+    pub fn export(&self, aor: &str, now: Instant, wall: SystemTime) -> Option<Vec<BindingRecord>> {
+        let base = wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let list: Vec<BindingRecord> = self
+            .aors
+            .get(aor)?
+            .iter()
+            .filter(|b| b.expires_at > now)
+            .map(|b| BindingRecord {
+                contact: b.contact.clone(),
+                source: b.source,
+                transport: if b.transport == Transport::Tcp { "tcp".into() } else { "udp".into() },
+                call_id: b.call_id.clone(),
+                cseq: b.cseq,
+                expires: base + b.expires_at.saturating_duration_since(now).as_secs_f64(),
+                q: b.q,
+            })
+            .collect();
+        (!list.is_empty()).then_some(list)
+    }
+
+    /// Every AOR with live bindings.
+    #[must_use]
+    pub fn aors(&self) -> Vec<String> {
+        self.aors.keys().cloned().collect()
+    }
+
+    /// Replaces the bindings of `aor` with records from the peer; expired
+    /// ones are dropped.
+    pub fn import(&mut self, aor: &str, records: &[BindingRecord], now: Instant, wall: SystemTime) {
+        let base = wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let list: Vec<Binding> = records
+            .iter()
+            .filter(|r| r.expires > base)
+            .map(|r| Binding {
+                contact: r.contact.clone(),
+                source: r.source,
+                transport: if r.transport == "tcp" { Transport::Tcp } else { Transport::Udp },
+                call_id: r.call_id.clone(),
+                cseq: r.cseq,
+                expires_at: now + Duration::from_secs_f64((r.expires - base).min(86_400.0)),
+                q: r.q,
+            })
+            .collect();
+        self.known.insert(aor.to_owned(), now);
+        if list.is_empty() {
+            self.aors.remove(aor);
+        } else {
+            self.aors.insert(aor.to_owned(), list);
+        }
+    }
+
+    /// Forgets every binding (a node that stopped being active).
+    pub fn clear(&mut self) {
+        self.aors.clear();
+        if let Some(c) = self.changed.as_mut() {
+            c.clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +277,33 @@ mod tests {
             expires_at: Instant::now(),
             q: 1000,
         }
+    }
+
+    #[test]
+    fn export_import_round_trip() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let mut a = Location::new();
+        a.track_changes();
+        a.update("bob@x", b("sip:bob@10.0.0.9:5064", "c1", 1), Duration::from_secs(300), t0).unwrap();
+        assert_eq!(a.take_changed(), vec!["bob@x".to_owned()]);
+        let recs = a.export("bob@x", t0, wall).unwrap();
+        let mut b2 = Location::new();
+        // The peer imports 10 s later by its own clocks.
+        let t1 = t0 + Duration::from_secs(10);
+        b2.import("bob@x", &recs, t1, wall);
+        let got = b2.lookup("bob@x", t1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].contact, "sip:bob@10.0.0.9:5064");
+        assert!((299..=300).contains(&got[0].remaining(t1)), "{}", got[0].remaining(t1));
+        // An expired record is not installed.
+        let mut old = recs.clone();
+        old[0].expires -= 400.0;
+        b2.import("bob@x", &old, t1, wall);
+        assert!(b2.lookup("bob@x", t1).is_empty());
+        assert!(b2.is_known("bob@x"));
+        a.remove_all("bob@x", t0);
+        assert!(a.export("bob@x", t0, wall).is_none());
     }
 
     #[test]

@@ -280,8 +280,9 @@ fn run(cfg: Config) -> Result<(), String> {
         if let Some((to_ha, from_ha)) = &ha_link {
             while let Ok(m) = from_ha.try_recv() {
                 match m {
-                    ToProxy::Import(records, reply) => {
-                        let _ = reply.send(proxy.import_dialogs(&records, Instant::now()));
+                    ToProxy::Import { dialogs, bindings, reply } => {
+                        proxy.import_bindings(&bindings, Instant::now());
+                        let _ = reply.send(proxy.import_dialogs(&dialogs, Instant::now()));
                     }
                     ToProxy::SetActive(active) => {
                         if !active {
@@ -290,13 +291,16 @@ fn run(cfg: Config) -> Result<(), String> {
                         proxy.set_active(active);
                     }
                     ToProxy::DumpAll(reply) => {
-                        let _ = reply.send(proxy.dump_dialogs());
+                        let now = Instant::now();
+                        let _ = reply
+                            .send(sbc::ha::Dump { dialogs: proxy.dump_dialogs(), bindings: proxy.dump_bindings(now) });
                     }
                 }
             }
-            let changes = proxy.take_dialog_changes();
-            if !changes.is_empty() {
-                let _ = to_ha.send(ToHa::Dialogs(changes));
+            let dialogs = proxy.take_dialog_changes();
+            let bindings = proxy.take_binding_changes(Instant::now());
+            if !dialogs.is_empty() || !bindings.is_empty() {
+                let _ = to_ha.send(ToHa::Changes { dialogs, bindings });
             }
         }
         let now = Instant::now();

@@ -283,7 +283,9 @@ check_interval_ms = {interval_ms}
         // A second UA on the same host ("probe") takes other ports.
         let (sip_port, base) = match (host, name) {
             ("caller", "probe") => ("5062", "24000"),
+            ("caller", "bobcall") => ("5063", "26000"),
             ("caller", _) => ("5060", "20000"),
+            (_, "callee2") => ("5064", "34000"),
             _ => ("5060", "30000"),
         };
         let local = format!("{ip}:{sip_port}");
@@ -445,6 +447,15 @@ fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64) {
     lab.start_pair(lease_ms, interval_ms);
     let n = 20;
     lab.ua("callee", "callee", &["--run-ms", "60000", "--duration-ms", "12000"]);
+    // A registered phone (bob, on the callee host at port 5064): it
+    // registers, then answers there.
+    let reg = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("callee"), env!("CARGO_BIN_EXE_xsbc-ua"), "register"])
+        .args(["--local", &format!("{NET}.22:5064"), "--proxy", &format!("{VIP}:5060"), "--user", "bob"])
+        .output()
+        .unwrap();
+    assert!(reg.status.success(), "REGISTER failed: {}", String::from_utf8_lossy(&reg.stderr));
+    lab.ua("callee", "callee2", &["--run-ms", "60000"]);
     let caller = lab.ua(
         "caller",
         "caller",
@@ -468,8 +479,22 @@ fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64) {
         lab.ua("caller", "probe", &["--calls", "20", "--rate", "20", "--duration-ms", "200", "--max-ms", "30000"]);
     assert!(wait(Duration::from_secs(5), || lab.holds_vip("b")), "b did not take the VIP: {}", lab.ctl("b", &["ha"]));
     let vip_moved_ms = killed.elapsed().as_millis();
+    // bob's registration was replicated: a call to bob reaches port 5064
+    // (without it, the route to the trunk would send it to port 5060).
+    let bobcall = lab.ua(
+        "caller",
+        "bobcall",
+        &["--to", "bob", "--calls", "1", "--rate", "0", "--duration-ms", "500", "--max-ms", "20000"],
+    );
     assert!(lab.procs[caller].wait_exit(Duration::from_secs(60)), "caller did not finish");
     assert!(lab.procs[probe].wait_exit(Duration::from_secs(30)), "probe caller did not finish");
+    assert!(lab.procs[bobcall].wait_exit(Duration::from_secs(30)), "call to bob did not finish");
+    assert_eq!(lab.report("bobcall")[0]["ended"], "bye-sent", "call to bob: {:?}", lab.report("bobcall"));
+    assert!(
+        wait(Duration::from_secs(3), || lab.report("callee2").len() == 1),
+        "the call to the registered user did not reach its contact: {:?}",
+        lab.report("callee2")
+    );
     settle(&lab);
     let text = check_calls("kill -9 takeover", &lab.report("caller"), &lab.report("callee"), n);
     let probe = lab.report("probe");
@@ -482,7 +507,7 @@ fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64) {
     // The standby ended every call and wrote the CDRs.
     let cdrs = lab.cdrs("b");
     let taken: Vec<_> = cdrs.iter().collect();
-    assert_eq!(taken.len(), n + 20, "standby CDRs (20 taken over, 20 new): {cdrs:?}");
+    assert_eq!(taken.len(), n + 21, "standby CDRs (20 taken over, 20 new, 1 to bob): {cdrs:?}");
     for c in &taken {
         let r = c["end_reason"].as_str().unwrap_or("");
         assert!(r == "caller-bye" || r == "callee-bye", "CDR: {c}");

@@ -58,6 +58,21 @@ enum Mode {
         #[arg(long, default_value_t = 120_000)]
         max_ms: u64,
     },
+    /// Register a user (the contact is `--local`), then exit.
+    Register {
+        /// Address to bind and to register as the contact.
+        #[arg(long)]
+        local: SocketAddr,
+        /// The sbc.
+        #[arg(long)]
+        proxy: SocketAddr,
+        /// User part of the address-of-record.
+        #[arg(long)]
+        user: String,
+        /// Seconds.
+        #[arg(long, default_value_t = 300)]
+        expires: u32,
+    },
     /// Answer calls.
     Callee {
         #[command(flatten)]
@@ -72,6 +87,30 @@ enum Mode {
         #[arg(long, default_value_t = 60_000)]
         run_ms: u64,
     },
+}
+
+/// `register`: one REGISTER, retransmitted until a final answer.
+fn register(local: SocketAddr, proxy: SocketAddr, user: &str, expires: u32) -> Result<(), String> {
+    let sock = UdpSocket::bind(local).map_err(|e| format!("binding {local}: {e}"))?;
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
+    let pid = std::process::id();
+    let text = format!(
+        "REGISTER sip:{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKreg{pid};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@{ip}>;tag=r{pid}\r\nTo: <sip:{user}@{ip}>\r\nCall-ID: reg-{pid}@{local}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@{local}>\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n",
+        ip = proxy.ip()
+    );
+    let mut buf = [0u8; 4096];
+    for _ in 0..10 {
+        sock.send_to(text.as_bytes(), proxy).map_err(|e| e.to_string())?;
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let Ok(m) = Message::parse(&buf[..n]) else { continue };
+            match m.code() {
+                Some(200) => return Ok(()),
+                Some(c) if c >= 300 => return Err(format!("REGISTER answered {c}")),
+                _ => {}
+            }
+        }
+    }
+    Err("no answer to REGISTER".into())
 }
 
 #[derive(clap::Args, Debug)]
@@ -556,6 +595,16 @@ fn main() {
     let (common, ring, duration) = match &cli.mode {
         Mode::Caller { common, duration_ms, .. } => (common, 0, *duration_ms),
         Mode::Callee { common, ring_ms, duration_ms, .. } => (common, *ring_ms, *duration_ms),
+        Mode::Register { local, proxy, user, expires } => match register(*local, *proxy, user, *expires) {
+            Ok(()) => {
+                println!("xsbc-ua: {user} registered at {local}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("xsbc-ua: {e}");
+                std::process::exit(1);
+            }
+        },
     };
     let sip = match UdpSocket::bind(common.local) {
         Ok(s) => s,
@@ -606,6 +655,7 @@ fn main() {
                     return;
                 }
             }
+            Mode::Register { .. } => return,
             Mode::Callee { run_ms, .. } => {
                 if now.duration_since(start) > Duration::from_millis(*run_ms) {
                     ua.write_report(&report);

@@ -8,7 +8,8 @@
 //!   value, so a node that lost the lease cannot overwrite the new active's
 //!   state (fencing).
 //! - **State.** Dialogs (`<prefix>:dialogs`) and media sessions
-//!   (`<prefix>:media`) are hashes of JSON records keyed by Call-ID. Each
+//!   (`<prefix>:media`) are hashes of JSON records keyed by Call-ID, and
+//!   registrations (`<prefix>:bindings`) keyed by address-of-record. Each
 //!   change is also appended to the stream `<prefix>:log`, which the standby
 //!   reads to keep a warm copy. Writes are coalesced per call and sent in
 //!   batches from this thread, never from the packet or signaling path.
@@ -70,8 +71,13 @@ pub struct HaConfig {
 /// Signaling thread → HA thread.
 #[derive(Debug)]
 pub enum ToHa {
-    /// Dialog changes: `Some(json)` live, `None` ended.
-    Dialogs(Vec<(String, Option<String>)>),
+    /// Dialog and registration changes: `Some(json)` live, `None` ended.
+    Changes {
+        /// By Call-ID.
+        dialogs: Vec<(String, Option<String>)>,
+        /// By address-of-record.
+        bindings: Vec<(String, Option<String>)>,
+    },
     /// `sbc ctl failover`: the reply goes to the sender.
     Failover(Sender<String>),
     /// `sbc ctl ha`: status text.
@@ -81,12 +87,30 @@ pub enum ToHa {
 /// HA thread → signaling thread.
 #[derive(Debug)]
 pub enum ToProxy {
-    /// Install these dialog records; answer with the count.
-    Import(Vec<String>, Sender<usize>),
+    /// Install these dialog and registration records; answer with the
+    /// number of dialogs.
+    Import {
+        /// Dialog records.
+        dialogs: Vec<String>,
+        /// `(aor, bindings)` records.
+        bindings: Vec<(String, String)>,
+        /// Where the count goes.
+        reply: Sender<usize>,
+    },
     /// Serve (true) or stand by (false). Standing down forgets every call.
     SetActive(bool),
-    /// Every live dialog, for a full write after Redis comes back.
-    DumpAll(Sender<Vec<(String, String)>>),
+    /// Every live dialog and registration, for a full write after Redis
+    /// comes back.
+    DumpAll(Sender<Dump>),
+}
+
+/// Everything the signaling thread replicates: `(key, json)` pairs.
+#[derive(Debug, Default)]
+pub struct Dump {
+    /// Dialogs by Call-ID.
+    pub dialogs: Vec<(String, String)>,
+    /// Registrations by AOR.
+    pub bindings: Vec<(String, String)>,
 }
 
 /// Role of a node.
@@ -217,12 +241,12 @@ const WRITE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if ARGV[3] == '1' then
-  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '100000', '*', 'k', 'reset', 'id', '', 'v', '')
 end
 for i = 4, #ARGV, 3 do
   local h = KEYS[2]
-  if ARGV[i] == 'm' then h = KEYS[3] end
+  if ARGV[i] == 'm' then h = KEYS[3] elseif ARGV[i] == 'b' then h = KEYS[5] end
   if ARGV[i + 2] == '' then redis.call('HDEL', h, ARGV[i + 1]) else redis.call('HSET', h, ARGV[i + 1], ARGV[i + 2]) end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '100000', '*', 'k', ARGV[i], 'id', ARGV[i + 1], 'v', ARGV[i + 2])
 end
@@ -251,6 +275,7 @@ struct PeerView {
 enum Kind {
     Dialog,
     Media,
+    Binding,
 }
 
 impl Kind {
@@ -258,6 +283,7 @@ impl Kind {
         match self {
             Self::Dialog => b"d",
             Self::Media => b"m",
+            Self::Binding => b"b",
         }
     }
 }
@@ -302,6 +328,7 @@ pub struct Node {
     /// Standby: the warm copy and the stream position it reflects.
     warm_dialogs: HashMap<String, String>,
     warm_media: HashMap<String, String>,
+    warm_bindings: HashMap<String, String>,
     stream_pos: Option<String>,
     /// Standby: sessions installed for a planned handover ("prepare").
     prepared_at: Option<Instant>,
@@ -349,6 +376,7 @@ impl Node {
             peer: None,
             warm_dialogs: HashMap::new(),
             warm_media: HashMap::new(),
+            warm_bindings: HashMap::new(),
             stream_pos: None,
             prepared_at: None,
             reannounce: Vec::new(),
@@ -474,10 +502,13 @@ impl Node {
     fn read_proxy(&mut self, now: Instant) {
         while let Ok(m) = self.links.from_proxy.try_recv() {
             match m {
-                ToHa::Dialogs(changes) => {
+                ToHa::Changes { dialogs, bindings } => {
                     if self.role == Role::Active {
-                        for (id, v) in changes {
+                        for (id, v) in dialogs {
                             self.pending.insert((Kind::Dialog, id), v);
+                        }
+                        for (aor, v) in bindings {
+                            self.pending.insert((Kind::Binding, aor), v);
                         }
                     }
                 }
@@ -566,7 +597,7 @@ impl Node {
     fn flush(&mut self, now: Instant, reset: bool) -> std::io::Result<bool> {
         let mut ops: Vec<((Kind, String), Option<String>)> = self.pending.drain().collect();
         // Dialog records before media records does not matter; keep batches bounded.
-        let keys = [self.key("lease"), self.key("dialogs"), self.key("media"), self.key("log")];
+        let keys = [self.key("lease"), self.key("dialogs"), self.key("media"), self.key("log"), self.key("bindings")];
         let lease = self.lease_value();
         let ms = self.cfg.lease.as_millis().to_string().into_bytes();
         let mut first = true;
@@ -575,7 +606,7 @@ impl Node {
         loop {
             let take = ops.len().min(BATCH);
             let chunk: Vec<_> = ops.drain(..take).collect();
-            let mut cmd: Vec<Vec<u8>> = args(&[b"EVAL", WRITE.as_bytes(), b"4"]);
+            let mut cmd: Vec<Vec<u8>> = args(&[b"EVAL", WRITE.as_bytes(), b"5"]);
             cmd.extend(keys.iter().cloned());
             cmd.push(lease.clone());
             cmd.push(ms.clone());
@@ -664,10 +695,13 @@ impl Node {
                 let (tx, rx) = std::sync::mpsc::channel();
                 let _ = self.links.to_proxy.send(ToProxy::DumpAll(tx));
                 (self.links.wake_proxy)();
-                let dialogs = rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+                let dump: Dump = rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
                 self.pending.clear();
-                for (id, v) in dialogs {
+                for (id, v) in dump.dialogs {
                     self.pending.insert((Kind::Dialog, id), Some(v));
+                }
+                for (aor, v) in dump.bindings {
+                    self.pending.insert((Kind::Binding, aor), Some(v));
                 }
                 let _ = self.links.relay.export_changes();
                 for r in self.links.relay.export_all() {
@@ -864,6 +898,7 @@ impl Node {
             args(&[b"XREVRANGE", &self.key("log"), b"+", b"-", b"COUNT", b"1"]),
             args(&[b"HGETALL", &self.key("dialogs")]),
             args(&[b"HGETALL", &self.key("media")]),
+            args(&[b"HGETALL", &self.key("bindings")]),
         ])?;
         let pos = r[0].items().first().and_then(|e| e.items().first()).and_then(Reply::as_text);
         let pairs = |rep: &Reply| -> HashMap<String, String> {
@@ -871,6 +906,7 @@ impl Node {
         };
         self.warm_dialogs = pairs(&r[1]);
         self.warm_media = pairs(&r[2]);
+        self.warm_bindings = pairs(&r[3]);
         self.stream_pos = Some(pos.unwrap_or_else(|| "0-0".into()));
         self.update_warm_gauges();
         tracing::info!(dialogs = self.warm_dialogs.len(), sessions = self.warm_media.len(), "HA: warm copy loaded");
@@ -910,9 +946,11 @@ impl Node {
                 let map = match k {
                     "d" => Some(&mut self.warm_dialogs),
                     "m" => Some(&mut self.warm_media),
+                    "b" => Some(&mut self.warm_bindings),
                     "reset" => {
                         self.warm_dialogs.clear();
                         self.warm_media.clear();
+                        self.warm_bindings.clear();
                         None
                     }
                     _ => None,
@@ -952,8 +990,9 @@ impl Node {
             }
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        let records: Vec<String> = self.warm_dialogs.values().cloned().collect();
-        let _ = self.links.to_proxy.send(ToProxy::Import(records, tx));
+        let dialogs: Vec<String> = self.warm_dialogs.values().cloned().collect();
+        let bindings: Vec<(String, String)> = self.warm_bindings.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let _ = self.links.to_proxy.send(ToProxy::Import { dialogs, bindings, reply: tx });
         (self.links.wake_proxy)();
         let dialogs = rx.recv_timeout(Duration::from_secs(2)).unwrap_or(0);
         (sessions, dialogs)
@@ -1026,6 +1065,7 @@ impl Node {
         self.status.last_takeover_ms.store(ms, Relaxed);
         self.warm_dialogs.clear();
         self.warm_media.clear();
+        self.warm_bindings.clear();
         self.stream_pos = None;
         self.update_warm_gauges();
         // The imported sessions are in Redis already.

@@ -10,6 +10,54 @@ impl Proxy {
     /// Starts recording dialog changes for replication.
     pub fn track_changes(&mut self) {
         self.dialogs.track_changes();
+        self.location.track_changes();
+    }
+
+    /// Registrations changed since the last call: `(aor, Some(json))` with
+    /// the live bindings, `(aor, None)` when none are left.
+    pub fn take_binding_changes(&mut self, now: Instant) -> Vec<(String, Option<String>)> {
+        let wall = SystemTime::now();
+        self.location
+            .take_changed()
+            .into_iter()
+            .map(|aor| {
+                let json = self.location.export(&aor, now, wall).and_then(|r| serde_json::to_string(&r).ok());
+                (aor, json)
+            })
+            .collect()
+    }
+
+    /// Every AOR with live bindings, as `(aor, json)`.
+    #[must_use]
+    pub fn dump_bindings(&self, now: Instant) -> Vec<(String, String)> {
+        let wall = SystemTime::now();
+        self.location
+            .aors()
+            .into_iter()
+            .filter_map(|aor| {
+                let r = self.location.export(&aor, now, wall)?;
+                serde_json::to_string(&r).ok().map(|j| (aor, j))
+            })
+            .collect()
+    }
+
+    /// Installs registrations taken over from the peer. Returns how many AORs.
+    pub fn import_bindings(&mut self, records: &[(String, String)], now: Instant) -> usize {
+        let wall = SystemTime::now();
+        let mut n = 0;
+        for (aor, text) in records {
+            match serde_json::from_str::<Vec<crate::location::BindingRecord>>(text) {
+                Ok(r) => {
+                    self.location.import(aor, &r, now, wall);
+                    n += 1;
+                }
+                Err(e) => tracing::warn!(%aor, error = %e, "HA: skipping a registration record that does not parse"),
+            }
+        }
+        // Installing is not a change to replicate back.
+        let _ = self.location.take_changed();
+        self.update_gauges();
+        n
     }
 
     /// Dialogs changed since the last call: `(call_id, Some(json))` for a
@@ -75,6 +123,7 @@ impl Proxy {
             self.trunk_release(i);
         }
         self.dialogs.clear();
+        self.location.clear();
         self.servers.clear();
         self.clients.clear();
         self.forwards.clear();
