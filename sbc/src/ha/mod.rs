@@ -268,6 +268,7 @@ struct PeerView {
     at: Instant,
     active: bool,
     redis_ok: bool,
+    token: u64,
 }
 
 /// Kind of a replicated record.
@@ -480,8 +481,13 @@ impl Node {
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             let w: Vec<&str> = text.split_whitespace().collect();
             match w.as_slice() {
-                ["xsbc-ha", "hb", _node, role, redis, _token] => {
-                    self.peer = Some(PeerView { at: now, active: *role == "active", redis_ok: *redis == "1" });
+                ["xsbc-ha", "hb", _node, role, redis, token] => {
+                    let token = token.parse().unwrap_or(0);
+                    self.peer = Some(PeerView { at: now, active: *role == "active", redis_ok: *redis == "1", token });
+                    if self.role == Role::Active && *role == "active" && token > self.token {
+                        // Never two active nodes: the newer lease wins.
+                        self.release("the peer holds a newer lease");
+                    }
                 }
                 ["xsbc-ha", "prepare"] if self.role == Role::Standby => self.prepare(now),
                 ["xsbc-ha", "go"] if self.role == Role::Standby => {
@@ -526,8 +532,9 @@ impl Node {
     fn status_text(&self, now: Instant) -> String {
         let peer = match self.peer {
             Some(p) => format!(
-                "{} ({} ms ago, redis {})",
+                "{} (token {}, {} ms ago, redis {})",
                 if p.active { "active" } else { "standby" },
+                p.token,
                 now.saturating_duration_since(p.at).as_millis(),
                 if p.redis_ok { "up" } else { "down" }
             ),
@@ -1010,7 +1017,8 @@ impl Node {
 
     /// Planned handover, standby side: install everything, say ready.
     fn prepare(&mut self, now: Instant) {
-        if let Err(e) = self.read_stream() {
+        let caught_up = if self.stream_pos.is_none() { self.load_warm() } else { self.read_stream().map(|_| ()) };
+        if let Err(e) = caught_up {
             tracing::warn!(error = %e, "HA: prepare: reading the change stream failed");
         }
         let (s, d) = self.install_warm();
