@@ -6,6 +6,7 @@
 //! - [`relay`]: the control plane (call table, ports, workers), implementing
 //!   [`control::MediaControl`].
 //! - [`worker`]: a pinned worker thread relaying packets in batches.
+//! - [`afxdp`]: pieces of the `AF_XDP` datapath (header rewrite, UMEM, neighbours).
 //! - [`stream`]: what control and workers share, and the ring messages.
 //! - [`ng`]: the ng protocol codec and server; [`bencode`] its encoding.
 //! - [`sdp`]: SDP parsing and the anchoring rewrite.
@@ -14,6 +15,7 @@
 //! - [`ports`]: the port allocator. [`sys`]: the only `unsafe` code.
 //! - [`logging`]: the tracing setup both binaries use.
 
+pub mod afxdp;
 pub mod bencode;
 pub mod config;
 pub mod control;
