@@ -20,6 +20,7 @@ use crate::control::{
     CallReport, LegReport, MediaControl, MediaReport, RelayError, RelayTotals, SdpRequest, StreamReport,
 };
 use crate::counters::PaddedCounters;
+use crate::datapath::Datapath;
 use crate::ports::PortAllocator;
 use crate::sdp::{self, Sdp};
 use crate::stream::{ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup};
@@ -34,6 +35,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(200);
 /// The running relay.
 pub struct Relay {
     cfg: RelayConfig,
+    datapath: Arc<dyn Datapath>,
     state: Mutex<State>,
     counters: Vec<Arc<PaddedCounters>>,
     shutdown: Arc<AtomicBool>,
@@ -74,6 +76,8 @@ struct MediaPair {
     latched: [Option<SocketAddr>; 4],
     shared: [Arc<DirShared>; 4],
     clock: ClockTable,
+    /// Local addresses steered to the datapath (RTP and RTCP of both legs).
+    steered: Vec<SocketAddr>,
 }
 
 struct Call {
@@ -94,6 +98,8 @@ struct State {
     workers: Vec<WorkerLink>,
     next_worker: usize,
     totals: RelayTotals,
+    /// Told which local addresses carry media (the XDP media-port map).
+    datapath: Arc<dyn Datapath>,
 }
 
 fn unix_now() -> u64 {
@@ -111,6 +117,10 @@ impl Relay {
     /// When a worker's poll cannot be created.
     pub fn start(mut cfg: RelayConfig) -> Result<Arc<Self>, RelayError> {
         cfg.resolve_workers();
+        let datapath = crate::datapath::open(&cfg)?;
+        if let Some(n) = datapath.workers() {
+            cfg.workers = n;
+        }
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut links = Vec::with_capacity(cfg.workers);
@@ -133,10 +143,7 @@ impl Relay {
                 counters: Arc::clone(&ctr),
                 shutdown: Arc::clone(&shutdown),
             };
-            let t = std::thread::Builder::new()
-                .name(format!("mr-worker-{i}"))
-                .spawn(move || worker::run(ctx, poll))
-                .map_err(|source| RelayError::Io { op: "spawning worker thread", source })?;
+            let t = datapath.spawn_worker(ctx, poll)?;
             threads.push(t);
             counters.push(ctr);
             links.push(WorkerLink {
@@ -159,9 +166,11 @@ impl Relay {
             workers: links,
             next_worker: 0,
             totals: RelayTotals::default(),
+            datapath: Arc::clone(&datapath),
         };
         let relay = Arc::new(Self {
             cfg,
+            datapath,
             state: Mutex::new(state),
             counters,
             shutdown: Arc::clone(&shutdown),
@@ -178,7 +187,8 @@ impl Relay {
             workers = relay.cfg.workers,
             ports = %format!("{}-{}", relay.cfg.port_min, relay.cfg.port_max),
             interfaces = ?relay.cfg.interfaces.iter().map(|i| i.local).collect::<Vec<_>>(),
-            "media relay started (socket datapath)"
+            datapath = relay.datapath.name(),
+            "media relay started"
         );
         Ok(relay)
     }
@@ -187,6 +197,12 @@ impl Relay {
     #[must_use]
     pub fn config(&self) -> &RelayConfig {
         &self.cfg
+    }
+
+    /// The datapath moving the packets.
+    #[must_use]
+    pub fn datapath(&self) -> &dyn Datapath {
+        &*self.datapath
     }
 
     /// The per-worker counter blocks (for the metrics exporter).
@@ -432,6 +448,24 @@ impl Relay {
                 }
             }
         }
+        // Steer the ports to the datapath before the SDP advertising them is sent.
+        let mut steered = Vec::with_capacity(4);
+        for (_, pair) in &socks {
+            for s in pair {
+                let Ok(local) = s.local_addr() else { continue };
+                if let Err(e) = self.datapath.steer(local) {
+                    for l in &steered {
+                        self.datapath.unsteer(*l);
+                    }
+                    for (p, _) in &socks {
+                        ports.free(*p);
+                    }
+                    tracing::warn!(error = %e, "steering a media port failed");
+                    return Err(e);
+                }
+                steered.push(local);
+            }
+        }
         // Least-loaded worker, ties broken round robin.
         let n = workers.len();
         let start = *next_worker % n;
@@ -452,6 +486,9 @@ impl Relay {
         let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
         if w.commands.push(Command::Add(Box::new(setup))).is_err() {
             // The sockets were dropped with the command; the ports are free.
+            for l in &steered {
+                self.datapath.unsteer(*l);
+            }
             ports.free(port_of[0]);
             ports.free(port_of[1]);
             w.free_slots.push(slot);
@@ -477,6 +514,7 @@ impl Relay {
             latched: [None; 4],
             shared,
             clock: ClockTable::default(),
+            steered,
         })
     }
 }
@@ -621,6 +659,9 @@ impl State {
             _ => self.totals.ended_oneway += 1,
         }
         for m in &call.medias {
+            for l in &m.steered {
+                self.datapath.unsteer(*l);
+            }
             let w = &mut self.workers[m.worker];
             if let Some(o) = w.owners.get_mut(m.slot as usize) {
                 *o = None;
