@@ -11,7 +11,8 @@
 //!
 //! A call is set up over ng with `direction: [a, b]`; RTP flows both ways
 //! through the AF_XDP workers (checked with the XDP program's and the
-//! relay's counters), latching and statistics match the socket datapath, an
+//! relay's counters), latching and statistics match the socket datapath, a
+//! stale copy of the program left attached is replaced, an
 //! intruder is dropped, a banned source never reaches the worker, and
 //! deleting the call stops forwarding. A second test runs the relay without
 //! privileges: with `datapath = "auto"` it says why and relays on sockets;
@@ -361,10 +362,18 @@ fn xdp_call() {
     let banned = Lab::bind(&lab.caller, &format!("{BANNED}:4000"), &lab.relay);
     let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:5000"), &lab.relay);
     let intruder = Lab::bind(&lab.callee, &format!("{INTRUDER}:5000"), &lab.relay);
+    // A copy of our program attached by other means (as a crashed run or an
+    // operator could leave it): the relay must remove it and attach its own.
+    let object = concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp-prog/bpf/xsbc.bpf.o");
+    ip(&["-n", &lab.relay.0, "link", "set", "dev", "ra", "xdpgeneric", "obj", object, "sec", "xdp"]).unwrap();
     // The thread stays in the relay namespace: ng and metrics are on its loopback.
     let mut relay = start_relay(&lab, &dir, "xdp", false);
     let ng = wait_ng(&mut relay);
     assert_eq!(metric("media_relay_datapath{datapath=\"xdp\"}"), 1.0, "{}", relay.log_tail(20));
+    assert!(relay.log_tail(40).contains("detached a stale xsbc XDP program"), "{}", relay.log_tail(40));
+    let link = Command::new("ip").args(["-n", &lab.relay.0, "link", "show", "dev", "ra"]).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains(" xdp ") && link.contains("name xsbc_xdp"), "ours, natively attached: {link}");
 
     let (to_a, to_b) = setup_call(&ng, "xdp-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
     let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
