@@ -111,6 +111,23 @@ pub struct RelayConfig {
     /// address this host does not hold yet (an HA pair's virtual IP). Not a
     /// file key: the sbc sets it when `[ha]` is configured.
     pub freebind: bool,
+    /// Which datapath moves media: sockets, `AF_XDP`, or `AF_XDP` when possible.
+    pub datapath: DatapathMode,
+    /// Interfaces the XDP program is attached to (`AF_XDP` datapath).
+    pub xdp_interfaces: Vec<String>,
+    /// `AF_XDP` rx queues (one worker each); 0 = every rx queue of the interfaces.
+    pub xdp_queues: usize,
+}
+
+/// `relay.datapath`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatapathMode {
+    /// UDP sockets with `recvmmsg`/`sendmmsg`.
+    Socket,
+    /// `AF_XDP`; the relay exits with the reason if it cannot run.
+    Xdp,
+    /// `AF_XDP` when it can run, else sockets (the reason is logged).
+    Auto,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +160,16 @@ struct RawRelay {
     ng_cache_age: u64,
     #[serde(default)]
     max_sessions: usize,
+    #[serde(default = "datapath_auto")]
+    datapath: String,
+    #[serde(default)]
+    xdp_interfaces: Vec<String>,
+    #[serde(default)]
+    xdp_queues: usize,
+}
+
+fn datapath_auto() -> String {
+    "auto".to_owned()
 }
 
 fn yes() -> bool {
@@ -205,6 +232,17 @@ impl RelayConfig {
                 })
             }
         };
+        let datapath = match r.datapath.as_str() {
+            "socket" => DatapathMode::Socket,
+            "xdp" => DatapathMode::Xdp,
+            "auto" => DatapathMode::Auto,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "relay.datapath",
+                    problem: format!("`{other}` is not \"socket\", \"xdp\" or \"auto\""),
+                })
+            }
+        };
         let mut cfg = Self {
             interfaces,
             listen_ng: parse_listen("relay.listen_ng", &r.listen_ng)?,
@@ -221,6 +259,9 @@ impl RelayConfig {
             ng_cache_age: Duration::from_secs(r.ng_cache_age),
             max_sessions: r.max_sessions,
             freebind: false,
+            datapath,
+            xdp_interfaces: r.xdp_interfaces,
+            xdp_queues: r.xdp_queues,
         };
         cfg.resolve_workers();
         cfg.validate()?;
@@ -272,6 +313,24 @@ impl RelayConfig {
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::Invalid { key: "relay.timeout", problem: "must be at least 1 second".into() });
+        }
+        if self.datapath == DatapathMode::Xdp && self.xdp_interfaces.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "relay.xdp_interfaces",
+                problem: "datapath = \"xdp\" needs at least one interface name".into(),
+            });
+        }
+        if self.xdp_interfaces.iter().any(|i| i.is_empty() || i.len() > 15 || i.contains('/')) {
+            return Err(ConfigError::Invalid {
+                key: "relay.xdp_interfaces",
+                problem: "interface names are 1 to 15 characters, without `/`".into(),
+            });
+        }
+        if self.xdp_queues > 64 {
+            return Err(ConfigError::Invalid {
+                key: "relay.xdp_queues",
+                problem: format!("{} is more than the 64 queues the XSKMAP holds", self.xdp_queues),
+            });
         }
         if self.ng_cache_size == 0 {
             return Err(ConfigError::Invalid {
@@ -359,6 +418,26 @@ mod tests {
         let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nbogus = 1");
         let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn datapath_keys() {
+        let c = RelayConfig::embedded_default();
+        assert_eq!(c.datapath, DatapathMode::Auto);
+        assert!(c.xdp_interfaces.is_empty());
+        let xdp = DEFAULT_TOML
+            .replace("[relay]", "[relay]\ndatapath = \"xdp\"\nxdp_interfaces = [\"veth0\", \"veth1\"]\nxdp_queues = 2");
+        let c = RelayConfig::from_toml(&xdp).unwrap();
+        assert_eq!((c.datapath, c.xdp_interfaces.len(), c.xdp_queues), (DatapathMode::Xdp, 2, 2));
+        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\ndatapath = \"dpdk\"");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("relay.datapath"), "{e}");
+        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\ndatapath = \"xdp\"");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("relay.xdp_interfaces"), "{e}");
+        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nxdp_queues = 65");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("relay.xdp_queues"), "{e}");
     }
 
     #[test]

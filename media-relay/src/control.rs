@@ -34,6 +34,9 @@ pub enum RelayError {
     /// A required key is missing (ng layer).
     #[error("Missing key `{0}`")]
     MissingKey(&'static str),
+    /// The datapath could not start or steer a port.
+    #[error("{0}")]
+    Datapath(String),
     /// A socket operation failed.
     #[error("{op}: {source}")]
     Io {

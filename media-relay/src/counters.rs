@@ -56,6 +56,9 @@ worker_counters! {
     drop_send => "media_relay_drops_total", "reason=\"send_buffer_full\"", "Datagrams dropped, by reason.";
     drop_oversize => "media_relay_drops_total", "reason=\"oversize\"", "Datagrams dropped, by reason.";
     drop_rx_overflow => "media_relay_drops_total", "reason=\"rx_queue_overflow\"", "Datagrams dropped, by reason.";
+    drop_no_session => "media_relay_drops_total", "reason=\"no_session\"", "Datagrams dropped, by reason.";
+    drop_malformed => "media_relay_drops_total", "reason=\"malformed\"", "Datagrams dropped, by reason.";
+    kernel_path => "media_relay_xdp_kernel_path_total", "", "AF_XDP datapath: datagrams sent through the kernel because the next hop's MAC was unknown (or the headers could not be rewritten in place).";
     batches => "media_relay_worker_batches_total", "", "recvmmsg batches processed.";
     events_lost => "media_relay_worker_events_lost_total", "", "Worker-to-control notifications lost to a full ring (latch reports only).";
 }

@@ -5,7 +5,9 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`relay`]: the control plane (call table, ports, workers), implementing
 //!   [`control::MediaControl`].
+//! - [`datapath`]: the I/O trait both datapaths implement, and the choice.
 //! - [`worker`]: a pinned worker thread relaying packets in batches.
+//! - [`afxdp`]: the `AF_XDP` datapath (XDP program, UMEM, header rewrite).
 //! - [`stream`]: what control and workers share, and the ring messages.
 //! - [`ng`]: the ng protocol codec and server; [`bencode`] its encoding.
 //! - [`sdp`]: SDP parsing and the anchoring rewrite.
@@ -15,10 +17,12 @@
 //! - [`ports`]: the port allocator. [`sys`]: the only `unsafe` code.
 //! - [`logging`]: the tracing setup both binaries use.
 
+pub mod afxdp;
 pub mod bencode;
 pub mod config;
 pub mod control;
 pub mod counters;
+pub mod datapath;
 pub mod ha;
 pub mod logging;
 pub mod metrics;

@@ -26,6 +26,21 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
     gauge(&mut out, "media_relay_ports_in_use", "Media ports bound (RTP and RTCP).", (t.port_pairs_in_use * 2) as u64);
     gauge(&mut out, "media_relay_ports_total", "Media ports in the configured range.", (t.port_pairs_total * 2) as u64);
     gauge(&mut out, "media_relay_workers", "Worker threads.", relay.worker_counters().len() as u64);
+    let dp = relay.datapath();
+    let _ = writeln!(
+        out,
+        "# HELP media_relay_datapath The datapath in use (socket or xdp).\n# TYPE media_relay_datapath gauge\nmedia_relay_datapath{{datapath=\"{}\"}} 1",
+        dp.name()
+    );
+    if let Some(x) = dp.xdp_counters() {
+        let _ = writeln!(
+            out,
+            "# HELP media_relay_xdp_packets_total Packets seen by the XDP program, by verdict (summed over CPUs and interfaces).\n# TYPE media_relay_xdp_packets_total counter"
+        );
+        for (c, v) in x.iter() {
+            let _ = writeln!(out, "media_relay_xdp_packets_total{{verdict=\"{}\"}} {v}", c.name());
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP media_relay_sessions_created_total Calls created.\n# TYPE media_relay_sessions_created_total counter\nmedia_relay_sessions_created_total {}",

@@ -21,6 +21,7 @@ use crate::control::{
 };
 use crate::counters::PaddedCounters;
 use crate::ha::{MediaRecord, SessionRecord, StreamState};
+use crate::datapath::Datapath;
 use crate::ports::PortAllocator;
 use crate::sdp::{self, Sdp};
 use crate::stream::{ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup};
@@ -35,6 +36,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(200);
 /// The running relay.
 pub struct Relay {
     cfg: RelayConfig,
+    datapath: Arc<dyn Datapath>,
     state: Mutex<State>,
     counters: Vec<Arc<PaddedCounters>>,
     shutdown: Arc<AtomicBool>,
@@ -75,6 +77,8 @@ struct MediaPair {
     latched: [Option<SocketAddr>; 4],
     shared: [Arc<DirShared>; 4],
     clock: ClockTable,
+    /// Local addresses steered to the datapath (RTP and RTCP of both legs).
+    steered: Vec<SocketAddr>,
 }
 
 struct Call {
@@ -98,6 +102,8 @@ struct State {
     /// Calls changed since the last [`Relay::export_changes`]; `None` when
     /// nobody replicates (a single node).
     changed: Option<HashSet<Arc<str>>>,
+    /// Told which local addresses carry media (the XDP media-port map).
+    datapath: Arc<dyn Datapath>,
 }
 
 fn unix_now() -> u64 {
@@ -115,6 +121,10 @@ impl Relay {
     /// When a worker's poll cannot be created.
     pub fn start(mut cfg: RelayConfig) -> Result<Arc<Self>, RelayError> {
         cfg.resolve_workers();
+        let datapath = crate::datapath::open(&cfg)?;
+        if let Some(n) = datapath.workers() {
+            cfg.workers = n;
+        }
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut links = Vec::with_capacity(cfg.workers);
@@ -137,10 +147,7 @@ impl Relay {
                 counters: Arc::clone(&ctr),
                 shutdown: Arc::clone(&shutdown),
             };
-            let t = std::thread::Builder::new()
-                .name(format!("mr-worker-{i}"))
-                .spawn(move || worker::run(ctx, poll))
-                .map_err(|source| RelayError::Io { op: "spawning worker thread", source })?;
+            let t = datapath.spawn_worker(ctx, poll)?;
             threads.push(t);
             counters.push(ctr);
             links.push(WorkerLink {
@@ -164,9 +171,11 @@ impl Relay {
             next_worker: 0,
             totals: RelayTotals::default(),
             changed: None,
+            datapath: Arc::clone(&datapath),
         };
         let relay = Arc::new(Self {
             cfg,
+            datapath,
             state: Mutex::new(state),
             counters,
             shutdown: Arc::clone(&shutdown),
@@ -183,7 +192,8 @@ impl Relay {
             workers = relay.cfg.workers,
             ports = %format!("{}-{}", relay.cfg.port_min, relay.cfg.port_max),
             interfaces = ?relay.cfg.interfaces.iter().map(|i| i.local).collect::<Vec<_>>(),
-            "media relay started (socket datapath)"
+            datapath = relay.datapath.name(),
+            "media relay started"
         );
         Ok(relay)
     }
@@ -192,6 +202,12 @@ impl Relay {
     #[must_use]
     pub fn config(&self) -> &RelayConfig {
         &self.cfg
+    }
+
+    /// The datapath moving the packets.
+    #[must_use]
+    pub fn datapath(&self) -> &dyn Datapath {
+        &*self.datapath
     }
 
     /// The per-worker counter blocks (for the metrics exporter).
@@ -440,6 +456,24 @@ impl Relay {
                 }
             }
         }
+        // Steer the ports to the datapath before the SDP advertising them is sent.
+        let mut steered = Vec::with_capacity(4);
+        for (_, pair) in &socks {
+            for s in pair {
+                let Ok(local) = s.local_addr() else { continue };
+                if let Err(e) = self.datapath.steer(local) {
+                    for l in &steered {
+                        self.datapath.unsteer(*l);
+                    }
+                    for (p, _) in &socks {
+                        ports.free(*p);
+                    }
+                    tracing::warn!(error = %e, "steering a media port failed");
+                    return Err(e);
+                }
+                steered.push(local);
+            }
+        }
         // Least-loaded worker, ties broken round robin.
         let n = workers.len();
         let start = *next_worker % n;
@@ -466,6 +500,9 @@ impl Relay {
         let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
         if w.commands.push(Command::Add(Box::new(setup))).is_err() {
             // The sockets were dropped with the command; the ports are free.
+            for l in &steered {
+                self.datapath.unsteer(*l);
+            }
             ports.free(port_of[0]);
             ports.free(port_of[1]);
             w.free_slots.push(slot);
@@ -491,6 +528,7 @@ impl Relay {
             latched: [None; 4],
             shared,
             clock: ClockTable::default(),
+            steered,
         })
     }
 }
@@ -654,6 +692,9 @@ impl State {
             _ => self.totals.ended_oneway += 1,
         }
         for m in &call.medias {
+            for l in &m.steered {
+                self.datapath.unsteer(*l);
+            }
             let w = &mut self.workers[m.worker];
             if let Some(o) = w.owners.get_mut(m.slot as usize) {
                 *o = None;
@@ -841,6 +882,21 @@ impl Relay {
                 }
             }
         }
+        // Steer the ports to the datapath (the XDP media-port map) before the
+        // session can receive anything.
+        let mut steered = Vec::with_capacity(4);
+        for s in socks.iter().flatten() {
+            let Ok(local) = s.local_addr() else { continue };
+            if let Err(e) = self.datapath.steer(local) {
+                for l in &steered {
+                    self.datapath.unsteer(*l);
+                }
+                st.ports.free(m.ports[0]);
+                st.ports.free(m.ports[1]);
+                return Err(e);
+            }
+            steered.push(local);
+        }
         let n = st.workers.len();
         let start = st.next_worker % n;
         st.next_worker = st.next_worker.wrapping_add(1);
@@ -869,6 +925,9 @@ impl Relay {
         };
         let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
         if w.commands.push(Command::Add(Box::new(setup))).is_err() {
+            for l in &steered {
+                self.datapath.unsteer(*l);
+            }
             st.ports.free(m.ports[0]);
             st.ports.free(m.ports[1]);
             w.free_slots.push(slot);
@@ -896,6 +955,7 @@ impl Relay {
             latched: m.latched,
             shared,
             clock,
+            steered,
         })
     }
 }

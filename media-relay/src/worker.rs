@@ -95,14 +95,15 @@ struct Pair {
 
 /// Verdict of the source check for one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SourceVerdict {
+pub(crate) enum SourceVerdict {
     Accept,
     Latch,
     Foreign,
 }
 
 /// Checks a packet's source against the leg's latched or expected address.
-fn check_source(
+/// Shared with the `AF_XDP` worker, so both datapaths latch alike.
+pub(crate) fn check_source(
     nat: bool,
     latched: Option<SocketAddr>,
     expected: Option<SocketAddr>,
@@ -396,16 +397,23 @@ impl Worker {
 
 /// Accounts one accepted packet in the channel's statistics.
 fn account(ch: &mut Channel, clock: &ClockTable, pkt: &[u8], now: crate::Nanos) {
-    if ch.rtcp_port || is_rtcp(pkt) {
-        ch.stats.on_other(pkt.len(), now);
+    account_packet(&mut ch.stats, ch.rtcp_port, clock, pkt, now);
+}
+
+/// Accounts one accepted UDP payload in a direction's statistics (RTP by
+/// its header, anything else as other traffic). Shared with the `AF_XDP`
+/// worker.
+pub(crate) fn account_packet(stats: &mut RtpStats, rtcp_port: bool, clock: &ClockTable, pkt: &[u8], now: crate::Nanos) {
+    if rtcp_port || is_rtcp(pkt) {
+        stats.on_other(pkt.len(), now);
         return;
     }
     match RtpPacket::new_checked(pkt) {
         Ok(rtp) if rtp.version() == 2 => {
             let rate = clock.rate(rtp.payload_type());
-            ch.stats.on_rtp(rtp.sequence_number(), rtp.timestamp(), rtp.ssrc(), pkt.len(), rate, now);
+            stats.on_rtp(rtp.sequence_number(), rtp.timestamp(), rtp.ssrc(), pkt.len(), rate, now);
         }
-        _ => ch.stats.on_other(pkt.len(), now),
+        _ => stats.on_other(pkt.len(), now),
     }
 }
 

@@ -1,0 +1,305 @@
+//! The `AF_XDP` datapath: the XDP program of `xdp_prog` attached to the
+//! media interfaces steers packets for our media ports to one `AF_XDP`
+//! socket per rx queue, and one pinned worker per queue relays them by
+//! rewriting the headers in place (see [`worker`]).
+//!
+//! - [`AfXdp::open`] loads the program once per interface (each interface
+//!   has its own XSKMAP, indexed by rx queue), removes a stale copy of our
+//!   program that a crashed run left attached, attaches in native mode
+//!   (generic mode with a warning when the driver refuses), checks that
+//!   `AF_XDP` sockets can be bound, and starts the neighbour monitor.
+//! - [`umem`]: per-worker UMEM shared by the worker's sockets, and frame
+//!   ownership. [`rewrite`]: header views, rewrite and checksums.
+//!   [`neigh`]: routes and neighbours over rtnetlink. [`sys`]: the unsafe.
+//!
+//! Ownership: the maps are written only by the control plane (through
+//! [`crate::datapath::Datapath::steer`]) and by each worker once at start
+//! (its XSKMAP entries), all under the one mutex here; the packet path
+//! never takes it.
+
+pub mod neigh;
+pub mod rewrite;
+pub mod sys;
+pub mod umem;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aya::maps::MapData;
+use aya::programs::XdpMode;
+use aya::Ebpf;
+use xdp_prog::{CounterSnapshot, Counters, MediaPorts, MediaValue, Xsks, PROGRAM_NAME};
+
+use crate::config::RelayConfig;
+use crate::control::RelayError;
+use crate::datapath::Datapath;
+use crate::worker::WorkerContext;
+use neigh::NeighTable;
+use umem::Xsk;
+
+/// Why the `AF_XDP` datapath cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No interface is configured.
+    #[error("no `relay.xdp_interfaces` configured")]
+    NoInterfaces,
+    /// Reading the kernel's link table failed.
+    #[error("reading the interfaces over rtnetlink: {0}")]
+    Netlink(#[source] std::io::Error),
+    /// A configured interface does not exist.
+    #[error("interface `{0}` (relay.xdp_interfaces) does not exist")]
+    NoSuchInterface(String),
+    /// Loading the XDP program failed.
+    #[error("loading the XDP program{}: {}", if *.denied { " (no privileges: needs root or CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW)" } else { "" }, chain(.source))]
+    Load {
+        /// EPERM from the kernel.
+        denied: bool,
+        /// What `xdp_prog` said.
+        #[source]
+        source: xdp_prog::Error,
+    },
+    /// Another program is attached to the interface.
+    #[error("interface `{interface}` already has XDP program `{name}` (id {id}) attached; not replacing it")]
+    Occupied {
+        /// Interface.
+        interface: String,
+        /// That program's name.
+        name: String,
+        /// Its id.
+        id: u32,
+    },
+    /// Removing a stale copy of our program failed.
+    #[error("detaching the stale XDP program from `{interface}`: {source}")]
+    Detach {
+        /// Interface.
+        interface: String,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither native nor generic attach worked.
+    #[error("attaching XDP to `{interface}` (native: {native}; generic: {generic})")]
+    Attach {
+        /// Interface.
+        interface: String,
+        /// Why native mode failed.
+        native: String,
+        /// Why generic mode failed.
+        generic: String,
+    },
+    /// A map operation failed.
+    #[error("{0}")]
+    Map(String),
+    /// An `AF_XDP` socket could not be set up.
+    #[error("{0}")]
+    Xsk(#[from] umem::XskError),
+}
+
+/// An error with its sources, e.g. a verifier log.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
+/// One interface's program instance and its maps.
+struct Attached {
+    name: String,
+    media: MediaPorts<MapData>,
+    xsks: Xsks<MapData>,
+    counters: Counters<MapData>,
+    /// Holds the program and its link: dropping it detaches.
+    _ebpf: Ebpf,
+}
+
+/// The `AF_XDP` datapath.
+pub struct AfXdp {
+    queues: usize,
+    attached: Arc<Mutex<Vec<Attached>>>,
+    /// Each queue's sockets, until its worker takes them.
+    sockets: Mutex<Vec<Option<sys::SendXsk>>>,
+    neigh: Arc<NeighTable>,
+    shutdown: Arc<AtomicBool>,
+    monitor: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Number of rx queues of `interface` (from sysfs), at least 1.
+fn rx_queues(interface: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{interface}/queues"))
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+        .unwrap_or(1)
+        .max(1)
+}
+
+impl AfXdp {
+    /// Loads and attaches the program on every `relay.xdp_interfaces`
+    /// entry and checks that `AF_XDP` sockets bind there.
+    ///
+    /// # Errors
+    /// [`Error`], saying which step failed and why.
+    pub fn open(cfg: &RelayConfig) -> Result<Self, Error> {
+        if cfg.xdp_interfaces.is_empty() {
+            return Err(Error::NoInterfaces);
+        }
+        let snap = neigh::read_snapshot().map_err(Error::Netlink)?;
+        let mut ifindexes = Vec::new();
+        for name in &cfg.xdp_interfaces {
+            let link = snap.link_by_name(name).ok_or_else(|| Error::NoSuchInterface(name.clone()))?;
+            ifindexes.push(link.index);
+        }
+        let queues = if cfg.xdp_queues > 0 {
+            cfg.xdp_queues
+        } else {
+            cfg.xdp_interfaces.iter().map(|i| rx_queues(i)).min().unwrap_or(1)
+        };
+        let mut attached = Vec::new();
+        for name in &cfg.xdp_interfaces {
+            attached.push(attach_one(name, &snap)?);
+        }
+        // Every socket is bound here, so any failure (no AF_XDP support, a
+        // queue that does not exist, ...) happens before a worker starts
+        // and `auto` can still fall back.
+        let mut sockets = Vec::with_capacity(queues);
+        for q in 0..queues {
+            let queue = u32::try_from(q).unwrap_or(u32::MAX);
+            let xsk = Xsk::open(&ifindexes, queue)?;
+            for (port, a) in xsk.ports.iter().zip(attached.iter_mut()) {
+                a.xsks.set(queue, port.fd()).map_err(|e| {
+                    Error::Map(format!("registering the socket of `{}` queue {queue}: {}", a.name, chain(&e)))
+                })?;
+            }
+            sockets.push(Some(sys::SendXsk(xsk)));
+        }
+        let neigh = Arc::new(NeighTable::new(snap));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let monitor = neigh.monitor(Arc::clone(&shutdown), Duration::from_secs(5)).map_err(Error::Netlink)?;
+        tracing::info!(interfaces = ?cfg.xdp_interfaces, queues, "AF_XDP datapath ready");
+        Ok(Self {
+            queues,
+            attached: Arc::new(Mutex::new(attached)),
+            sockets: Mutex::new(sockets),
+            neigh,
+            shutdown,
+            monitor: Mutex::new(Some(monitor)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Attached>> {
+        self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Loads the program for `name`, removes a stale copy of ours, attaches.
+fn attach_one(name: &str, snap: &neigh::Snapshot) -> Result<Attached, Error> {
+    if let Some(link) = snap.link_by_name(name).filter(|l| l.xdp_prog_id != 0) {
+        let id = link.xdp_prog_id;
+        let prog_name = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)
+            .and_then(|p| p.name_as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if prog_name != PROGRAM_NAME {
+            return Err(Error::Occupied { interface: name.to_owned(), name: prog_name, id });
+        }
+        neigh::detach_xdp(link.index, link.xdp_mode)
+            .map_err(|source| Error::Detach { interface: name.to_owned(), source })?;
+        tracing::warn!(interface = name, id, "detached a stale xsbc XDP program left attached by an earlier run");
+    }
+    let mut ebpf = xdp_prog::load().map_err(|source| Error::Load { denied: source.is_permission_denied(), source })?;
+    let media = MediaPorts::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
+    let xsks = Xsks::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
+    let counters = Counters::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
+    if let Err(native) = xdp_prog::attach(&mut ebpf, name, XdpMode::Driver) {
+        let native = chain(&native);
+        match xdp_prog::attach(&mut ebpf, name, XdpMode::Skb) {
+            Ok(()) => tracing::warn!(
+                interface = name,
+                reason = %native,
+                "native XDP attach failed; using generic (skb) mode, which is slower"
+            ),
+            Err(generic) => {
+                return Err(Error::Attach { interface: name.to_owned(), native, generic: chain(&generic) });
+            }
+        }
+    }
+    Ok(Attached { name: name.to_owned(), media, xsks, counters, _ebpf: ebpf })
+}
+
+impl Drop for AfXdp {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        if let Some(t) = self.monitor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Datapath for AfXdp {
+    fn name(&self) -> &'static str {
+        "xdp"
+    }
+
+    fn workers(&self) -> Option<usize> {
+        Some(self.queues)
+    }
+
+    fn spawn_worker(&self, ctx: WorkerContext, poll: mio::Poll) -> Result<JoinHandle<()>, RelayError> {
+        let queue = ctx.index;
+        let xsk = self
+            .sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(queue)
+            .and_then(Option::take)
+            .ok_or_else(|| RelayError::Datapath(format!("no AF_XDP sockets for queue {queue}")))?;
+        let neigh = Arc::clone(&self.neigh);
+        std::thread::Builder::new()
+            .name(format!("mr-xdp-{queue}"))
+            .spawn(move || {
+                // A method call moves the whole wrapper into the closure.
+                worker::run(ctx, poll, xsk.into_inner(), neigh);
+            })
+            .map_err(|source| RelayError::Io { op: "spawning worker thread", source })
+    }
+
+    fn steer(&self, local: SocketAddr) -> Result<(), RelayError> {
+        let mut maps = self.lock();
+        for a in maps.iter_mut() {
+            a.media
+                .insert(local, MediaValue::new(u32::from(local.port())))
+                .map_err(|e| RelayError::Datapath(format!("steering {local} on `{}`: {}", a.name, chain(&e))))?;
+        }
+        Ok(())
+    }
+
+    fn unsteer(&self, local: SocketAddr) {
+        let mut maps = self.lock();
+        for a in maps.iter_mut() {
+            if let Err(e) = a.media.remove(local) {
+                tracing::warn!(%local, interface = %a.name, error = %chain(&e), "removing a media-port entry failed");
+            }
+        }
+    }
+
+    fn xdp_counters(&self) -> Option<CounterSnapshot> {
+        let maps = self.lock();
+        let mut sum = CounterSnapshot::default();
+        for a in maps.iter() {
+            if let Ok(s) = a.counters.read() {
+                for (i, v) in s.0.iter().enumerate() {
+                    sum.0[i] = sum.0[i].wrapping_add(*v);
+                }
+            }
+        }
+        Some(sum)
+    }
+}

@@ -1,0 +1,493 @@
+//! Parsing a received Ethernet frame down to its UDP payload, and rewriting
+//! its Ethernet, IP and UDP headers in place so it leaves towards the other
+//! leg: new MACs, new addresses and ports, the IPv4 header checksum, and the
+//! UDP checksum updated incrementally (RFC 1624). A zero IPv4 UDP checksum
+//! ("none computed") stays zero.
+//!
+//! Contract: [`parse`] checks every length it relies on, so after it returns
+//! `Ok`, [`rewrite`] and the payload range never index out of bounds. Bad
+//! input gives a `Copy` error, never a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+
+const ETH_LEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_VLAN: u16 = 0x8100;
+const ETH_P_QINQ: u16 = 0x88a8;
+const IPV4_MIN: usize = 20;
+const IPV6_LEN: usize = 40;
+const UDP_LEN: usize = 8;
+const PROTO_UDP: u8 = 17;
+/// TTL / hop limit of a relayed packet: it leaves the relay as a new
+/// datagram, as it would from a socket.
+pub const TTL: u8 = 64;
+
+/// Why a frame cannot be relayed on the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// A header is cut short, or the IP/UDP lengths disagree with the frame.
+    Truncated,
+    /// Not IPv4/IPv6 over plain Ethernet (VLAN-tagged frames, ARP, ...).
+    NotIp,
+    /// IP but not UDP (or IPv6 with extension headers), or an IPv4 fragment.
+    NotUdp,
+}
+
+/// Why a parsed frame cannot be rewritten in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewriteError {
+    /// The new addresses are of another family than the frame's (the
+    /// headers would change size).
+    FamilyMismatch,
+}
+
+/// Where the headers of a parsed frame are, and what they say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the UDP header.
+    pub l4: usize,
+    /// The datagram's source (the sender).
+    pub src: SocketAddr,
+    /// The datagram's destination (one of our ports).
+    pub dst: SocketAddr,
+    /// The UDP payload, by the UDP length (Ethernet padding excluded).
+    pub payload: Range<usize>,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Parses `frame` (Ethernet II, IPv4 or IPv6, UDP).
+///
+/// # Errors
+/// [`ParseError`] for anything that is not a complete, unfragmented UDP
+/// datagram over IPv4/IPv6 without a VLAN tag.
+pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    let ethertype = be16(frame, 12).ok_or(ParseError::Truncated)?;
+    let l3 = ETH_LEN;
+    let (src_ip, dst_ip, l4, ip_end) = match ethertype {
+        ETH_P_IPV4 => {
+            let ip = frame.get(l3..l3 + IPV4_MIN).ok_or(ParseError::Truncated)?;
+            if ip[0] >> 4 != 4 {
+                return Err(ParseError::NotIp);
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            if ihl < IPV4_MIN || total < ihl + UDP_LEN || frame.len() < l3 + total {
+                return Err(ParseError::Truncated);
+            }
+            if ip[9] != PROTO_UDP {
+                return Err(ParseError::NotUdp);
+            }
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return Err(ParseError::NotUdp);
+            }
+            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            (IpAddr::V4(src), IpAddr::V4(dst), l3 + ihl, l3 + total)
+        }
+        ETH_P_IPV6 => {
+            let ip = frame.get(l3..l3 + IPV6_LEN).ok_or(ParseError::Truncated)?;
+            if ip[0] >> 4 != 6 {
+                return Err(ParseError::NotIp);
+            }
+            if ip[6] != PROTO_UDP {
+                return Err(ParseError::NotUdp);
+            }
+            let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if plen < UDP_LEN || frame.len() < l3 + IPV6_LEN + plen {
+                return Err(ParseError::Truncated);
+            }
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s.copy_from_slice(&ip[8..24]);
+            d.copy_from_slice(&ip[24..40]);
+            (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)), l3 + IPV6_LEN, l3 + IPV6_LEN + plen)
+        }
+        ETH_P_VLAN | ETH_P_QINQ => return Err(ParseError::NotIp),
+        _ => return Err(ParseError::NotIp),
+    };
+    let udp = frame.get(l4..l4 + UDP_LEN).ok_or(ParseError::Truncated)?;
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if ulen < UDP_LEN || l4 + ulen > ip_end {
+        return Err(ParseError::Truncated);
+    }
+    Ok(Parsed {
+        l3,
+        l4,
+        src: SocketAddr::new(src_ip, sport),
+        dst: SocketAddr::new(dst_ip, dport),
+        payload: l4 + UDP_LEN..l4 + ulen,
+    })
+}
+
+/// The link-layer addresses a rewritten frame leaves with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct L2 {
+    /// Our egress interface's MAC.
+    pub src: [u8; 6],
+    /// The next hop's MAC.
+    pub dst: [u8; 6],
+}
+
+/// One's-complement sum of `bytes` (an odd last byte is padded with zero),
+/// added to `sum`, not folded.
+fn sum16(mut sum: u32, bytes: &[u8]) -> u32 {
+    let mut chunks = bytes.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(u16::from_be_bytes([*last, 0]));
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    // The loop leaves at most 16 bits.
+    u16::try_from(sum).unwrap_or(0xffff)
+}
+
+/// The Internet checksum (RFC 1071) of `bytes`.
+#[must_use]
+pub fn checksum(bytes: &[u8]) -> u16 {
+    !fold(sum16(0, bytes))
+}
+
+/// Incremental update (RFC 1624, eqn. 3): the checksum `check` of some data
+/// in which the bytes `old` were replaced by `new` (equal, even lengths).
+#[must_use]
+pub fn checksum_replace(check: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut sum = u32::from(!check);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
+        // Keep room: fold now and then so the sum never overflows.
+        if sum > 0xffff_0000 {
+            sum = u32::from(fold(sum));
+        }
+    }
+    !fold(sum)
+}
+
+/// The full UDP checksum of the datagram at `l4` (for tests and for
+/// checking rewrites), from the pseudo-header and the bytes.
+#[must_use]
+pub fn udp_checksum(src: IpAddr, dst: IpAddr, udp: &[u8]) -> u16 {
+    let mut sum = 0;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            sum = sum16(sum, &s.octets());
+            sum = sum16(sum, &d.octets());
+        }
+        (s, d) => {
+            sum = sum16(sum, &v6_octets(s));
+            sum = sum16(sum, &v6_octets(d));
+        }
+    }
+    sum += u32::from(PROTO_UDP);
+    sum += u32::try_from(udp.len()).unwrap_or(0);
+    // The checksum field itself counts as zero.
+    sum = sum16(sum, udp.get(..6).unwrap_or(udp));
+    sum = sum16(sum, udp.get(8..).unwrap_or(&[]));
+    match !fold(sum) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+fn v6_octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Rewrites the parsed frame in place so that it goes from `src` to `dst`
+/// over the link `l2`: MACs, IP addresses, TTL/hop limit, ports, the IPv4
+/// header checksum (recomputed) and the UDP checksum (updated
+/// incrementally; zero stays zero over IPv4).
+///
+/// # Errors
+/// [`RewriteError::FamilyMismatch`] when `src`/`dst` are not of the frame's
+/// family; the frame is then unchanged.
+pub fn rewrite(frame: &mut [u8], p: &Parsed, l2: &L2, src: SocketAddr, dst: SocketAddr) -> Result<(), RewriteError> {
+    let Some(old_udp) = frame.get(p.l4..p.l4 + UDP_LEN) else { return Err(RewriteError::FamilyMismatch) };
+    let mut old_ports = [0u8; 4];
+    old_ports.copy_from_slice(&old_udp[..4]);
+    let old_check = u16::from_be_bytes([old_udp[6], old_udp[7]]);
+    let mut new_ports = [0u8; 4];
+    new_ports[..2].copy_from_slice(&src.port().to_be_bytes());
+    new_ports[2..].copy_from_slice(&dst.port().to_be_bytes());
+
+    let check = match (p.src.ip(), src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ip = frame.get_mut(p.l3..p.l4).ok_or(RewriteError::FamilyMismatch)?;
+            let mut old_addrs = [0u8; 8];
+            old_addrs.copy_from_slice(&ip[12..20]);
+            let mut new_addrs = [0u8; 8];
+            new_addrs[..4].copy_from_slice(&s.octets());
+            new_addrs[4..].copy_from_slice(&d.octets());
+            ip[8] = TTL;
+            ip[12..20].copy_from_slice(&new_addrs);
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let hc = checksum(ip);
+            ip[10..12].copy_from_slice(&hc.to_be_bytes());
+            if old_check == 0 {
+                0
+            } else {
+                let c = checksum_replace(old_check, &old_addrs, &new_addrs);
+                checksum_replace(c, &old_ports, &new_ports)
+            }
+        }
+        (IpAddr::V6(_), IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = frame.get_mut(p.l3..p.l4).ok_or(RewriteError::FamilyMismatch)?;
+            let mut old_addrs = [0u8; 32];
+            old_addrs.copy_from_slice(&ip[8..40]);
+            let mut new_addrs = [0u8; 32];
+            new_addrs[..16].copy_from_slice(&s.octets());
+            new_addrs[16..].copy_from_slice(&d.octets());
+            ip[7] = TTL;
+            ip[8..40].copy_from_slice(&new_addrs);
+            // Mandatory over IPv6: a zero received checksum is invalid, so
+            // compute one from scratch rather than carry the zero over.
+            if old_check == 0 {
+                u16::MAX // placeholder, recomputed below
+            } else {
+                let c = checksum_replace(old_check, &old_addrs, &new_addrs);
+                checksum_replace(c, &old_ports, &new_ports)
+            }
+        }
+        _ => return Err(RewriteError::FamilyMismatch),
+    };
+    let udp_end = p.payload.end;
+    let Some(udp) = frame.get_mut(p.l4..udp_end) else { return Err(RewriteError::FamilyMismatch) };
+    udp[..4].copy_from_slice(&new_ports);
+    let check = if p.src.is_ipv6() && old_check == 0 {
+        udp[6..8].copy_from_slice(&[0, 0]);
+        udp_checksum(src.ip(), dst.ip(), udp)
+    } else if check == 0 && old_check != 0 {
+        // 0 means "no checksum": the one's-complement equivalent is 0xffff.
+        0xffff
+    } else {
+        check
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    if let Some(eth) = frame.get_mut(..12) {
+        eth[..6].copy_from_slice(&l2.dst);
+        eth[6..].copy_from_slice(&l2.src);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Builds an Ethernet + IP + UDP frame with a correct IP header checksum
+    /// and UDP checksum (or a zero UDP checksum when `zero_csum`).
+    pub(crate) fn frame(src: SocketAddr, dst: SocketAddr, payload: &[u8], zero_csum: bool) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        let ulen = u16::try_from(UDP_LEN + payload.len()).unwrap();
+        let mut udp = Vec::new();
+        udp.extend_from_slice(&src.port().to_be_bytes());
+        udp.extend_from_slice(&dst.port().to_be_bytes());
+        udp.extend_from_slice(&ulen.to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        if !zero_csum {
+            let c = udp_checksum(src.ip(), dst.ip(), &udp);
+            udp[6..8].copy_from_slice(&c.to_be_bytes());
+        }
+        match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+                let total = 20 + ulen;
+                let mut ip = vec![0x45, 0xb8];
+                ip.extend_from_slice(&total.to_be_bytes());
+                ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 17, 17, 0, 0]);
+                ip.extend_from_slice(&s.octets());
+                ip.extend_from_slice(&d.octets());
+                let c = checksum(&ip);
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                f.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&ulen.to_be_bytes());
+                f.extend_from_slice(&[17, 9]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+            }
+            _ => panic!("mixed families"),
+        }
+        f.extend_from_slice(&udp);
+        f
+    }
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const L2X: L2 = L2 { src: [0x02, 0xaa, 0, 0, 0, 1], dst: [0x02, 0xbb, 0, 0, 0, 2] };
+
+    /// What a frame built from scratch for the new addresses looks like,
+    /// apart from the MACs and TTL/DSCP that `frame` fixes.
+    fn expect_same_as_fresh(out: &[u8], src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+        let p = parse(out).unwrap();
+        assert_eq!((p.src, p.dst), (src, dst));
+        assert_eq!(&out[p.payload.clone()], payload);
+        assert_eq!(&out[..6], &L2X.dst);
+        assert_eq!(&out[6..12], &L2X.src);
+        let udp = &out[p.l4..p.payload.end];
+        let got = u16::from_be_bytes([udp[6], udp[7]]);
+        assert_eq!(got, udp_checksum(src.ip(), dst.ip(), udp), "UDP checksum");
+        if src.is_ipv4() {
+            assert_eq!(checksum(&out[p.l3..p.l4]), 0, "IPv4 header checksum verifies");
+            assert_eq!(out[p.l3 + 8], TTL);
+        } else {
+            assert_eq!(out[p.l3 + 7], TTL);
+        }
+    }
+
+    #[test]
+    fn rfc1071_known_ipv4_header() {
+        // A well-known worked example: header checksum 0xb861.
+        let hdr = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&hdr), 0xb861);
+        let mut with = hdr;
+        with[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
+        assert_eq!(checksum(&with), 0);
+    }
+
+    #[test]
+    fn incremental_equals_recomputed() {
+        let data = [0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
+        let c = checksum(&data);
+        let mut new = data;
+        new[2..6].copy_from_slice(&[0xff, 0xff, 0x00, 0x01]);
+        assert_eq!(checksum_replace(c, &data[2..6], &new[2..6]), checksum(&new));
+    }
+
+    #[test]
+    fn rewrites_ipv4_with_checksums() {
+        let payload = [0x80u8, 0, 0, 1, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3];
+        let mut f = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), &payload, false);
+        let p = parse(&f).unwrap();
+        assert_eq!(p.src, a("10.1.0.2:4000"));
+        assert_eq!(p.dst, a("10.1.0.1:30000"));
+        assert_eq!(&f[p.payload.clone()], &payload);
+        rewrite(&mut f, &p, &L2X, a("10.2.0.1:30002"), a("10.2.0.2:5000")).unwrap();
+        expect_same_as_fresh(&f, a("10.2.0.1:30002"), a("10.2.0.2:5000"), &payload);
+    }
+
+    #[test]
+    fn zero_udp_checksum_stays_zero_over_ipv4() {
+        let mut f = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), b"hello", true);
+        let p = parse(&f).unwrap();
+        rewrite(&mut f, &p, &L2X, a("10.2.0.1:30002"), a("10.2.0.2:5000")).unwrap();
+        let p = parse(&f).unwrap();
+        assert_eq!(&f[p.l4 + 6..p.l4 + 8], &[0, 0]);
+        assert_eq!(checksum(&f[p.l3..p.l4]), 0);
+        assert_eq!((p.src, p.dst), (a("10.2.0.1:30002"), a("10.2.0.2:5000")));
+    }
+
+    #[test]
+    fn rewrites_ipv6_and_fills_a_zero_checksum() {
+        let payload = [0x80u8, 8, 0, 9, 0, 0, 1, 0, 1, 2, 3, 4];
+        let (s, d) = (a("[2001:db8:1::2]:4000"), a("[2001:db8:1::1]:30000"));
+        let (ns, nd) = (a("[2001:db8:2::1]:30002"), a("[2001:db8:2::2]:5000"));
+        let mut f = frame(s, d, &payload, false);
+        let p = parse(&f).unwrap();
+        rewrite(&mut f, &p, &L2X, ns, nd).unwrap();
+        expect_same_as_fresh(&f, ns, nd, &payload);
+        // An (invalid) zero IPv6 UDP checksum is replaced by a real one.
+        let mut f = frame(s, d, &payload, true);
+        let p = parse(&f).unwrap();
+        rewrite(&mut f, &p, &L2X, ns, nd).unwrap();
+        expect_same_as_fresh(&f, ns, nd, &payload);
+    }
+
+    #[test]
+    fn family_change_is_refused_and_leaves_the_frame() {
+        let mut f = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), b"x", false);
+        let before = f.clone();
+        let p = parse(&f).unwrap();
+        assert_eq!(
+            rewrite(&mut f, &p, &L2X, a("[2001:db8::1]:30002"), a("[2001:db8::2]:5000")),
+            Err(RewriteError::FamilyMismatch)
+        );
+        assert_eq!(f, before);
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        let good = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), b"abcdef", false);
+        for n in 0..good.len() {
+            assert!(parse(&good[..n]).is_err(), "truncated to {n}");
+        }
+        // Ethernet padding after the datagram is fine and excluded.
+        let mut padded = good.clone();
+        padded.extend_from_slice(&[0; 10]);
+        assert_eq!(parse(&padded).unwrap().payload, parse(&good).unwrap().payload);
+        let mut tcp = good.clone();
+        tcp[14 + 9] = 6;
+        assert_eq!(parse(&tcp), Err(ParseError::NotUdp));
+        let mut frag = good.clone();
+        frag[14 + 6] = 0x20; // MF
+        assert_eq!(parse(&frag), Err(ParseError::NotUdp));
+        let mut vlan = good.clone();
+        vlan[12..14].copy_from_slice(&ETH_P_VLAN.to_be_bytes());
+        assert_eq!(parse(&vlan), Err(ParseError::NotIp));
+        let mut short_udp = good;
+        short_udp[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&4u16.to_be_bytes());
+        assert_eq!(parse(&short_udp), Err(ParseError::Truncated));
+    }
+
+    proptest! {
+        #[test]
+        fn incremental_matches_full_v4(
+            sa in any::<[u8; 4]>(), da in any::<[u8; 4]>(), nsa in any::<[u8; 4]>(), nda in any::<[u8; 4]>(),
+            ports in any::<[u16; 4]>(), payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let s = SocketAddr::new(IpAddr::from(sa), ports[0]);
+            let d = SocketAddr::new(IpAddr::from(da), ports[1]);
+            let ns = SocketAddr::new(IpAddr::from(nsa), ports[2]);
+            let nd = SocketAddr::new(IpAddr::from(nda), ports[3]);
+            let mut f = frame(s, d, &payload, false);
+            let p = parse(&f).unwrap();
+            rewrite(&mut f, &p, &L2X, ns, nd).unwrap();
+            expect_same_as_fresh(&f, ns, nd, &payload);
+        }
+
+        #[test]
+        fn incremental_matches_full_v6(
+            sa in any::<[u8; 16]>(), nsa in any::<[u8; 16]>(),
+            ports in any::<[u16; 4]>(), payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let s = SocketAddr::new(IpAddr::from(sa), ports[0]);
+            let d = SocketAddr::new("2001:db8::1".parse().unwrap(), ports[1]);
+            let ns = SocketAddr::new(IpAddr::from(nsa), ports[2]);
+            let nd = SocketAddr::new("2001:db8::2".parse().unwrap(), ports[3]);
+            let mut f = frame(s, d, &payload, false);
+            let p = parse(&f).unwrap();
+            rewrite(&mut f, &p, &L2X, ns, nd).unwrap();
+            expect_same_as_fresh(&f, ns, nd, &payload);
+        }
+    }
+}

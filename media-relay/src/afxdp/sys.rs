@@ -1,0 +1,212 @@
+//! The `unsafe` of the `AF_XDP` datapath, in one place: the UMEM mapping
+//! and access to its frames, and the raw `NETLINK_ROUTE` socket.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+/// An anonymous, page-aligned, populated memory mapping: the UMEM area.
+/// Owned by one worker; unmapped on drop (after the sockets using it,
+/// which the worker drops first).
+pub struct Mmap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; moving it to
+// another thread moves the ownership with it.
+unsafe impl Send for Mmap {}
+
+impl Mmap {
+    /// Maps `len` bytes of zeroed anonymous memory.
+    ///
+    /// # Errors
+    /// The `mmap` error.
+    pub fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choosing touches no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// The whole area, for registering it as UMEM.
+    #[must_use]
+    pub fn area(&self) -> NonNull<[u8]> {
+        NonNull::slice_from_raw_parts(self.ptr, self.len)
+    }
+
+    /// The bytes `[offset, offset + len)`, or `None` when out of the area.
+    ///
+    /// Callers only ask for frames they own: received from an RX ring and
+    /// not yet handed back to a fill or TX ring, so the kernel does not
+    /// touch them meanwhile. `&mut self` makes the borrow exclusive on our
+    /// side.
+    pub fn slice_mut(&mut self, offset: u64, len: usize) -> Option<&mut [u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: [start, end) lies inside the mapping (checked above), the
+        // mapping lives as long as `self`, and the exclusive borrow of
+        // `self` keeps any other Rust reference into it from coexisting.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), len) })
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region mapped in `new`; no slice
+        // borrowed from it can outlive `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Registers `mem` as the UMEM of a new `AF_XDP` socket.
+///
+/// # Errors
+/// The kernel's errno.
+pub fn register_umem(cfg: xdpilone::UmemConfig, mem: &Mmap) -> Result<xdpilone::Umem, xdpilone::Errno> {
+    // SAFETY: the area is a page-aligned mapping; the caller (`Xsk`) keeps
+    // `mem` alive, and drops it only after the UMEM and its sockets.
+    unsafe { xdpilone::Umem::new(cfg, mem.area()) }
+}
+
+/// The descriptor of an `AF_XDP` socket, borrowed from its RX ring.
+#[must_use]
+pub fn ring_fd(rx: &xdpilone::RingRx) -> BorrowedFd<'_> {
+    // SAFETY: the ring holds a reference-counted owner of the descriptor,
+    // so it stays open for as long as `rx` is borrowed.
+    unsafe { BorrowedFd::borrow_raw(rx.as_raw_fd()) }
+}
+
+/// A `NETLINK_ROUTE` socket.
+pub struct Netlink {
+    fd: OwnedFd,
+}
+
+impl Netlink {
+    /// Opens a socket subscribed to the multicast `groups` (0: none), with
+    /// a receive timeout so a reader can check for shutdown.
+    ///
+    /// # Errors
+    /// The `socket`/`bind`/`setsockopt` error.
+    pub fn open(groups: u32, timeout_ms: u32) -> io::Result<Self> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain old data; all-zero is valid.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        sa.nl_groups = groups;
+        // SAFETY: `sa` is a valid sockaddr_nl of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::from_ref(&sa).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::from(timeout_ms / 1000),
+            tv_usec: libc::suseconds_t::from((timeout_ms % 1000) * 1000),
+        };
+        // SAFETY: SO_RCVTIMEO takes a timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let big: libc::c_int = 1 << 20;
+        // SAFETY: SO_RCVBUF takes an int. Failure only means a smaller buffer.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                std::ptr::from_ref(&big).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        Ok(Self { fd })
+    }
+
+    /// Sends one request to the kernel.
+    ///
+    /// # Errors
+    /// The `send` error.
+    pub fn send(&self, msg: &[u8]) -> io::Result<()> {
+        // SAFETY: `msg` is valid for reads of its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram (several netlink messages) into `buf`;
+    /// `nonblocking` returns `WouldBlock` instead of waiting.
+    ///
+    /// # Errors
+    /// The `recv` error (`WouldBlock` on timeout).
+    pub fn recv(&self, buf: &mut [u8], nonblocking: bool) -> io::Result<usize> {
+        let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// The descriptor (for logging).
+    #[must_use]
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// An [`super::umem::Xsk`] on its way from the thread that opened it to the
+/// worker that will own it.
+pub struct SendXsk(pub super::umem::Xsk);
+
+impl SendXsk {
+    /// The sockets, on the thread that will own them.
+    #[must_use]
+    pub fn into_inner(self) -> super::umem::Xsk {
+        self.0
+    }
+}
+
+// SAFETY: an `Xsk` owns everything it points into: its memory mapping and
+// the rings mapped from its own sockets (kept open by the reference-counted
+// descriptors inside). Nothing in it is tied to the creating thread, and it
+// is moved whole, so exactly one thread uses it at a time.
+unsafe impl Send for SendXsk {}

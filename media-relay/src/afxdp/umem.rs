@@ -1,0 +1,257 @@
+//! One worker's `AF_XDP` memory and sockets: a UMEM shared by one socket per
+//! interface (all on the worker's queue), each with its own fill,
+//! completion, RX and TX rings, and the pool of frames the worker owns.
+//!
+//! Frame ownership: a frame is in exactly one place at a time: the free
+//! pool, a fill ring, an RX ring (kernel side), the worker's hands (between
+//! RX and TX or release), a TX ring, or a completion ring. Every path moves
+//! it on; a drop puts it back in the pool.
+
+use std::num::NonZeroU32;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{CompletionQueue, FillQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
+
+use super::sys::{self, Mmap};
+
+/// Bytes per frame (one packet each).
+pub const FRAME_SIZE: u32 = 2048;
+/// Frames per worker (16 MiB of UMEM).
+pub const FRAMES: u32 = 8192;
+/// Entries of every ring.
+pub const RING_SIZE: u32 = 2048;
+/// Descriptors handled per ring operation.
+pub const BATCH: usize = 64;
+
+/// What went wrong creating a socket, with the step.
+#[derive(Debug, thiserror::Error)]
+#[error("AF_XDP {step} (ifindex {ifindex}, queue {queue}): errno {errno}")]
+pub struct XskError {
+    /// Which step failed.
+    pub step: &'static str,
+    /// Interface.
+    pub ifindex: u32,
+    /// Queue.
+    pub queue: u32,
+    /// The kernel's errno.
+    pub errno: i32,
+}
+
+/// One `AF_XDP` socket: one interface, the worker's queue.
+pub struct XskPort {
+    /// Interface index it is bound to.
+    pub ifindex: u32,
+    fill: FillQueue,
+    comp: CompletionQueue,
+    /// RX ring.
+    pub rx: RingRx,
+    /// TX ring.
+    pub tx: RingTx,
+    /// Frames waiting to be queued on `tx` at the end of the batch.
+    pub stage: Vec<XdpDesc>,
+}
+
+impl XskPort {
+    /// The socket's descriptor, for the XSKMAP and for polling.
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        sys::ring_fd(&self.rx)
+    }
+}
+
+/// The worker's UMEM, its sockets, and the free-frame pool. Field order is
+/// drop order: sockets, then the UMEM registration, then the memory.
+pub struct Xsk {
+    /// One socket per interface, in the order given to [`Xsk::open`].
+    pub ports: Vec<XskPort>,
+    _umem: Umem,
+    /// The frames' memory.
+    pub mem: Mmap,
+    /// Addresses of free frames (capacity [`FRAMES`]: never reallocates).
+    pub free: Vec<u64>,
+}
+
+fn step(step: &'static str, ifindex: u32, queue: u32) -> impl FnOnce(xdpilone::Errno) -> XskError {
+    move |e| XskError { step, ifindex, queue, errno: e.get_raw() }
+}
+
+impl Xsk {
+    /// Creates the UMEM and binds one socket per interface to `queue`. The
+    /// first socket owns the UMEM; the others share it, each with its own
+    /// fill and completion rings, bound with no flags of their own.
+    ///
+    /// # Errors
+    /// The step that failed and the kernel's errno.
+    pub fn open(ifindexes: &[u32], queue: u32) -> Result<Self, XskError> {
+        let first = ifindexes.first().copied().unwrap_or(0);
+        let mem = Mmap::new((FRAMES * FRAME_SIZE) as usize).map_err(|e| XskError {
+            step: "mmap",
+            ifindex: first,
+            queue,
+            errno: e.raw_os_error().unwrap_or(0),
+        })?;
+        let cfg = UmemConfig {
+            fill_size: RING_SIZE,
+            complete_size: RING_SIZE,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let umem = sys::register_umem(cfg, &mem).map_err(step("UMEM registration", first, queue))?;
+        let ring = NonZeroU32::new(RING_SIZE);
+        let mut ports = Vec::with_capacity(ifindexes.len());
+        for (i, &ifindex) in ifindexes.iter().enumerate() {
+            let mut info = IfInfo::invalid();
+            info.from_ifindex(ifindex).map_err(step("interface lookup", ifindex, queue))?;
+            info.set_queue(queue);
+            let sock = if i == 0 { Socket::with_shared(&info, &umem) } else { Socket::new(&info) }
+                .map_err(step("socket", ifindex, queue))?;
+            let device = umem.fq_cq(&sock).map_err(step("fill/completion rings", ifindex, queue))?;
+            let sc = SocketConfig { rx_size: ring, tx_size: ring, bind_flags: 0 };
+            let user = umem.rx_tx(&sock, &sc).map_err(step("rx/tx rings", ifindex, queue))?;
+            umem.bind(&user).map_err(step("bind", ifindex, queue))?;
+            let rx = user.map_rx().map_err(step("mapping the RX ring", ifindex, queue))?;
+            let tx = user.map_tx().map_err(step("mapping the TX ring", ifindex, queue))?;
+            let (fill, comp) = device.into_parts();
+            ports.push(XskPort { ifindex, fill, comp, rx, tx, stage: Vec::with_capacity(BATCH * 2) });
+        }
+        let free = (0..u64::from(FRAMES)).rev().map(|i| i * u64::from(FRAME_SIZE)).collect();
+        let mut xsk = Self { ports, _umem: umem, mem, free };
+        // Split the frames over the fill rings, keeping the rest for TX.
+        for p in 0..xsk.ports.len() {
+            xsk.refill(p, RING_SIZE as usize / 2 + RING_SIZE as usize / 4);
+        }
+        Ok(xsk)
+    }
+
+    /// Puts up to `max` free frames on port `p`'s fill ring (looping: a
+    /// reservation may get fewer slots than are free).
+    pub fn refill(&mut self, p: usize, max: usize) {
+        let Some(port) = self.ports.get_mut(p) else { return };
+        let mut left = max.min(self.free.len());
+        while left > 0 {
+            let want = u32::try_from(left).unwrap_or(u32::MAX);
+            let mut w = port.fill.fill(want);
+            let cap = w.capacity() as usize;
+            if cap == 0 {
+                break;
+            }
+            let free = &mut self.free;
+            // Never take more frames than there are slots: an item taken
+            // from the pool but not inserted would be lost.
+            let n = w.insert((0..cap).map_while(|_| free.pop())) as usize;
+            w.commit();
+            left = left.saturating_sub(n);
+            if n < cap {
+                break;
+            }
+        }
+    }
+
+    /// How many frames port `p`'s fill ring holds.
+    #[must_use]
+    pub fn fill_level(&self, p: usize) -> u32 {
+        self.ports.get(p).map_or(0, |port| port.fill.pending())
+    }
+
+    /// Takes completed TX frames of port `p` back into the pool.
+    pub fn reap(&mut self, p: usize) -> usize {
+        let Some(port) = self.ports.get_mut(p) else { return 0 };
+        let mut total = 0;
+        loop {
+            let mut r = port.comp.complete(RING_SIZE);
+            let mut n = 0;
+            while let Some(addr) = r.read() {
+                self.free.push(addr & !u64::from(FRAME_SIZE - 1));
+                n += 1;
+            }
+            r.release();
+            total += n;
+            if n == 0 {
+                return total;
+            }
+        }
+    }
+
+    /// Receives up to `out.len()` descriptors from port `p`'s RX ring into
+    /// `out`; the frames are the caller's until handed on.
+    pub fn receive(&mut self, p: usize, out: &mut [XdpDesc]) -> usize {
+        let Some(port) = self.ports.get_mut(p) else { return 0 };
+        let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let mut r = port.rx.receive(want);
+        let mut n = 0;
+        while n < out.len() {
+            let Some(d) = r.read() else { break };
+            out[n] = d;
+            n += 1;
+        }
+        r.release();
+        n
+    }
+
+    /// Returns a frame the worker is done with to the pool.
+    pub fn release(&mut self, addr: u64) {
+        self.free.push(addr & !u64::from(FRAME_SIZE - 1));
+    }
+
+    /// Queues port `p`'s staged frames on its TX ring and kicks the kernel
+    /// until it has taken them (copy mode sends at most 32 per kick). Frames
+    /// that find no room after a few kicks are dropped back to the pool;
+    /// returns `(sent, dropped)`.
+    pub fn flush(&mut self, p: usize) -> (usize, usize) {
+        let Some(port) = self.ports.get_mut(p) else { return (0, 0) };
+        let total = port.stage.len();
+        if total == 0 {
+            return (0, 0);
+        }
+        let mut off = 0;
+        let mut stalls = 0;
+        while off < total {
+            let want = u32::try_from(total - off).unwrap_or(u32::MAX);
+            let n = {
+                let mut w = port.tx.transmit(want);
+                let cap = w.capacity() as usize;
+                let n = w.insert(port.stage[off..].iter().copied().take(cap)) as usize;
+                w.commit();
+                n
+            };
+            off += n;
+            if off < total {
+                kick(&port.tx);
+                stalls += 1;
+                if stalls > 16 {
+                    break;
+                }
+            }
+        }
+        for _ in 0..64 {
+            if port.tx.pending() == 0 {
+                break;
+            }
+            kick(&port.tx);
+        }
+        let dropped = total - off;
+        let mut staged = std::mem::take(&mut port.stage);
+        for d in staged.drain(off..) {
+            self.free.push(d.addr & !u64::from(FRAME_SIZE - 1));
+        }
+        staged.clear();
+        if let Some(port) = self.ports.get_mut(p) {
+            port.stage = staged;
+        }
+        self.reap(p);
+        (off, dropped)
+    }
+}
+
+/// One TX wakeup (`sendto(fd, NULL, 0, MSG_DONTWAIT)`).
+fn kick(tx: &RingTx) {
+    tx.wake();
+}
+
+impl AsFd for XskPort {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}

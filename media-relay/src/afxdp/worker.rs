@@ -1,0 +1,420 @@
+//! An `AF_XDP` media worker: one thread, pinned, owning one socket per
+//! interface on its queue (sharing one UMEM). It receives frames in
+//! batches, checks and latches the source and accounts the packet exactly
+//! as the socket worker does, rewrites the headers in place and queues the
+//! same frame on the egress interface's TX ring: no copy in userspace.
+//!
+//! Hot path: no allocation, no lock, no syscall per packet. The clock is
+//! read once per batch; TX wakeups are per batch. The one exception is the
+//! kernel path: a packet whose next hop's MAC is not known yet (or that
+//! cannot be rewritten in place) is sent with `sendto` on the leg's UDP
+//! socket, so the kernel resolves the neighbour and nothing is lost; it is
+//! counted in `media_relay_xdp_kernel_path_total`.
+//!
+//! The control plane drives it with the same [`Command`]s as the socket
+//! worker. The UDP sockets it receives keep the ports reserved and carry
+//! the kernel path; steered packets never reach them.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use xdpilone::xdp::XdpDesc;
+
+use super::neigh::NeighTable;
+use super::rewrite::{self, L2};
+use super::umem::{Xsk, BATCH};
+use crate::counters::LocalCounters;
+use crate::stats::RtpStats;
+use crate::stream::{peer_channel, ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup, A_RTCP, B_RTCP};
+use crate::sys::monotonic_ns;
+use crate::worker::{account_packet, check_source, SourceVerdict, WorkerContext};
+
+/// Empty polls before the worker sleeps in `epoll_wait`.
+const SPIN: u32 = 256;
+/// Longest sleep (a missed wakeup costs at most this).
+const SLEEP: Duration = Duration::from_millis(20);
+/// No port in a [`Hop`].
+const NO_PORT: u8 = u8::MAX;
+
+/// A channel's cached answer to "how do frames reach the destination".
+#[derive(Clone, Copy)]
+struct Hop {
+    /// Neighbour-table generation it was computed at (0: never).
+    generation: u64,
+    dest: Option<SocketAddr>,
+    /// Index of the egress socket, or [`NO_PORT`]: kernel path.
+    port: u8,
+    l2: L2,
+}
+
+struct Channel {
+    socket: UdpSocket,
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    latched: Option<SocketAddr>,
+    stats: RtpStats,
+    foreign: u64,
+    shared: Arc<DirShared>,
+    rtcp_port: bool,
+    hop: Hop,
+    dirty: bool,
+}
+
+impl Channel {
+    fn destination(&self) -> Option<SocketAddr> {
+        self.latched.or(self.peer)
+    }
+}
+
+struct Pair {
+    channels: [Channel; 4],
+    clock: ClockTable,
+}
+
+/// What the worker does with one received frame.
+enum Verdict {
+    /// Queue on the TX ring of this port.
+    Transmit(usize),
+    /// Send the payload through the kernel from this channel.
+    Kernel { token: usize, dest: SocketAddr },
+    /// Drop (already counted).
+    Drop,
+}
+
+/// Runs until shutdown. `xsk` was opened by the caller on this thread;
+/// `ports_ifindex[i]` is the interface of `xsk.ports[i]`.
+pub fn run(ctx: WorkerContext, poll: Poll, xsk: Xsk, neigh: Arc<NeighTable>) {
+    if let Some(core) = ctx.core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(worker = ctx.index, core = core.id, "could not pin worker to its core");
+        }
+    }
+    let mut w = Worker {
+        ifindexes: xsk.ports.iter().map(|p| p.ifindex).collect(),
+        pairs: Vec::new(),
+        by_port: vec![0u32; 65536].into_boxed_slice(),
+        local: LocalCounters::default(),
+        descs: [XdpDesc::default(); BATCH],
+        touched: Vec::with_capacity(BATCH * 2),
+        pending_events: std::collections::VecDeque::new(),
+        ctx,
+        poll,
+        xsk,
+        neigh,
+    };
+    for p in 0..w.xsk.ports.len() {
+        let fd = w.xsk.ports[p].fd();
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        if let Err(e) = w.poll.registry().register(&mut SourceFd(&raw), Token(p), Interest::READABLE) {
+            tracing::warn!(error = %e, "registering an AF_XDP socket with epoll failed; the worker will poll it");
+        }
+    }
+    w.main_loop();
+}
+
+struct Worker {
+    ctx: WorkerContext,
+    poll: Poll,
+    xsk: Xsk,
+    neigh: Arc<NeighTable>,
+    /// Interface of each socket of `xsk`, by index.
+    ifindexes: Vec<u32>,
+    pairs: Vec<Option<Box<Pair>>>,
+    /// Local UDP port -> channel token + 1 (0: not ours).
+    by_port: Box<[u32]>,
+    local: LocalCounters,
+    descs: [XdpDesc; BATCH],
+    touched: Vec<u32>,
+    pending_events: std::collections::VecDeque<Event>,
+}
+
+impl Worker {
+    fn main_loop(&mut self) {
+        let mut events = Events::with_capacity(16);
+        let mut idle = 0u32;
+        while !self.ctx.shutdown.load(Ordering::Relaxed) {
+            self.drain_commands();
+            self.flush_events();
+            let got = self.round();
+            if got > 0 {
+                idle = 0;
+                self.local.publish(&self.ctx.counters);
+                continue;
+            }
+            idle += 1;
+            if idle < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Sleep until a socket has frames or the control plane wakes us.
+            self.ctx.sleeping.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let ready = (0..self.xsk.ports.len()).any(|p| self.xsk.ports[p].rx.available() > 0);
+            if self.ctx.commands.is_empty() && !ready {
+                let _ = self.poll.poll(&mut events, Some(SLEEP));
+            }
+            self.ctx.sleeping.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// One pass over every socket: reap TX completions, refill, receive one
+    /// batch each, then transmit. Returns the frames received.
+    fn round(&mut self) -> usize {
+        let nports = self.xsk.ports.len();
+        for p in 0..nports {
+            self.xsk.reap(p);
+            let level = self.xsk.fill_level(p) as usize;
+            let target = super::umem::RING_SIZE as usize * 3 / 4;
+            if level < target {
+                self.xsk.refill(p, target - level);
+            }
+        }
+        let mut total = 0;
+        let now = monotonic_ns();
+        for p in 0..nports {
+            let mut descs = self.descs;
+            let n = self.xsk.receive(p, &mut descs);
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            self.local.batches += 1;
+            self.local.received += n as u64;
+            for d in &descs[..n] {
+                self.handle(*d, now);
+            }
+        }
+        for p in 0..nports {
+            let (_, dropped) = self.xsk.flush(p);
+            self.local.drop_send += dropped as u64;
+            self.local.relayed = self.local.relayed.saturating_sub(dropped as u64);
+        }
+        // Taken out and put back: the vector keeps its capacity.
+        let mut touched = std::mem::take(&mut self.touched);
+        for &t in &touched {
+            if let Some(ch) = self.channel_mut(t as usize) {
+                ch.dirty = false;
+                ch.shared.publish(&ch.stats.snapshot(), ch.foreign);
+            }
+        }
+        touched.clear();
+        self.touched = touched;
+        total
+    }
+
+    fn channel_mut(&mut self, token: usize) -> Option<&mut Channel> {
+        self.pairs.get_mut(token / 4)?.as_mut().map(|p| &mut p.channels[token % 4])
+    }
+
+    fn handle(&mut self, d: XdpDesc, now: crate::Nanos) {
+        let verdict = self.decide(d, now);
+        match verdict {
+            Verdict::Transmit(port) => {
+                if let Some(p) = self.xsk.ports.get_mut(port) {
+                    p.stage.push(XdpDesc { addr: d.addr, len: d.len, options: 0 });
+                    self.local.relayed += 1;
+                    if p.stage.len() >= p.stage.capacity() {
+                        let (_, dropped) = self.xsk.flush(port);
+                        self.local.drop_send += dropped as u64;
+                        self.local.relayed = self.local.relayed.saturating_sub(dropped as u64);
+                    }
+                } else {
+                    self.xsk.release(d.addr);
+                }
+            }
+            Verdict::Kernel { token, dest } => {
+                let len = d.len as usize;
+                let sent = match (self.xsk.mem.slice_mut(d.addr, len), self.pairs.get(token / 4)) {
+                    (Some(frame), Some(Some(pair))) => match rewrite::parse(frame) {
+                        Ok(p) => {
+                            let payload = &frame[p.payload.clone()];
+                            pair.channels[token % 4].socket.send_to(payload, dest).ok().map(|_| payload.len())
+                        }
+                        Err(_) => None,
+                    },
+                    _ => None,
+                };
+                match sent {
+                    Some(bytes) => {
+                        self.local.kernel_path += 1;
+                        self.local.relayed += 1;
+                        self.local.relayed_bytes += bytes as u64;
+                    }
+                    None => self.local.drop_send += 1,
+                }
+                self.xsk.release(d.addr);
+            }
+            Verdict::Drop => self.xsk.release(d.addr),
+        }
+    }
+
+    /// Parse, look up, check the source, account, rewrite. Side effects on
+    /// statistics and latching happen here; the frame's fate is returned.
+    fn decide(&mut self, d: XdpDesc, now: crate::Nanos) -> Verdict {
+        let generation = self.neigh.generation();
+        let Some(frame) = self.xsk.mem.slice_mut(d.addr, d.len as usize) else {
+            self.local.drop_malformed += 1;
+            return Verdict::Drop;
+        };
+        let Ok(parsed) = rewrite::parse(frame) else {
+            self.local.drop_malformed += 1;
+            return Verdict::Drop;
+        };
+        let token = match self.by_port.get(usize::from(parsed.dst.port())) {
+            Some(&t) if t > 0 => (t - 1) as usize,
+            _ => {
+                self.local.drop_no_session += 1;
+                return Verdict::Drop;
+            }
+        };
+        let (slot, c) = (token / 4, token % 4);
+        let Some(Some(pair)) = self.pairs.get_mut(slot) else {
+            self.local.drop_no_session += 1;
+            return Verdict::Drop;
+        };
+        let clock = pair.clock;
+        let ch = &mut pair.channels[c];
+        match check_source(self.ctx.nat, ch.latched, ch.peer, parsed.src) {
+            SourceVerdict::Accept => {}
+            SourceVerdict::Latch => {
+                ch.latched = Some(parsed.src);
+                let ev = Event::Latched { slot: slot as u32, channel: c as u8, addr: parsed.src };
+                if self.ctx.events.push(ev).is_err() {
+                    self.local.events_lost += 1;
+                }
+            }
+            SourceVerdict::Foreign => {
+                ch.foreign += 1;
+                self.local.drop_foreign += 1;
+                if !ch.dirty {
+                    ch.dirty = true;
+                    self.touched.push(token as u32);
+                }
+                return Verdict::Drop;
+            }
+        }
+        let payload = &frame[parsed.payload.clone()];
+        account_packet(&mut ch.stats, ch.rtcp_port, &clock, payload, now);
+        let bytes = payload.len() as u64;
+        if !ch.dirty {
+            ch.dirty = true;
+            self.touched.push(token as u32);
+        }
+        let out_token = slot * 4 + peer_channel(c);
+        let out = &mut pair.channels[peer_channel(c)];
+        let Some(dest) = out.destination() else {
+            self.local.drop_no_destination += 1;
+            return Verdict::Drop;
+        };
+        if out.hop.generation != generation || out.hop.dest != Some(dest) {
+            out.hop = resolve(&self.neigh, &self.ifindexes, dest, generation);
+        }
+        let hop = out.hop;
+        if hop.port == NO_PORT || out.local.ip().is_unspecified() {
+            return Verdict::Kernel { token: out_token, dest };
+        }
+        if rewrite::rewrite(frame, &parsed, &hop.l2, out.local, dest).is_err() {
+            return Verdict::Kernel { token: out_token, dest };
+        }
+        self.local.relayed_bytes += bytes;
+        Verdict::Transmit(usize::from(hop.port))
+    }
+
+    fn drain_commands(&mut self) {
+        while let Ok(cmd) = self.ctx.commands.pop() {
+            match cmd {
+                Command::Add(setup) => self.add(*setup),
+                Command::SetPeer { slot, channel, peer, relatch, clock } => {
+                    if let Some(Some(pair)) = self.pairs.get_mut(slot as usize) {
+                        pair.clock = clock;
+                        if let Some(ch) = pair.channels.get_mut(usize::from(channel)) {
+                            ch.peer = peer;
+                            if relatch {
+                                ch.latched = None;
+                            }
+                        }
+                    }
+                }
+                Command::Remove { slot } => self.remove(slot),
+            }
+        }
+    }
+
+    fn add(&mut self, setup: PairSetup) {
+        let slot = setup.slot as usize;
+        if self.pairs.len() <= slot {
+            self.pairs.resize_with(slot + 1, || None);
+        }
+        if self.pairs[slot].is_some() {
+            self.remove(setup.slot);
+        }
+        let mut chans = setup.channels.into_iter().enumerate().map(|(c, s)| make_channel(c, s));
+        let (Some(a), Some(b), Some(c), Some(d)) = (chans.next(), chans.next(), chans.next(), chans.next()) else {
+            return;
+        };
+        let channels = [a, b, c, d];
+        for (c, ch) in channels.iter().enumerate() {
+            if let Some(e) = self.by_port.get_mut(usize::from(ch.local.port())) {
+                *e = u32::try_from(slot * 4 + c + 1).unwrap_or(0);
+            }
+        }
+        self.pairs[slot] = Some(Box::new(Pair { channels, clock: ClockTable::default() }));
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if let Some(p) = self.pairs.get_mut(slot as usize).and_then(Option::take) {
+            for ch in &p.channels {
+                if let Some(e) = self.by_port.get_mut(usize::from(ch.local.port())) {
+                    *e = 0;
+                }
+            }
+            self.touched.retain(|&t| t as usize / 4 != slot as usize);
+            drop(p);
+        }
+        self.pending_events.push_back(Event::Removed { slot });
+    }
+
+    fn flush_events(&mut self) {
+        while let Some(ev) = self.pending_events.front().copied() {
+            if self.ctx.events.push(ev).is_err() {
+                break;
+            }
+            self.pending_events.pop_front();
+        }
+    }
+}
+
+fn make_channel(c: usize, s: ChannelSetup) -> Channel {
+    let local = s.socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    Channel {
+        socket: s.socket,
+        local,
+        peer: s.peer,
+        latched: None,
+        stats: RtpStats::new(),
+        foreign: 0,
+        shared: s.shared,
+        rtcp_port: c == A_RTCP || c == B_RTCP,
+        hop: Hop { generation: 0, dest: None, port: NO_PORT, l2: L2::default() },
+        dirty: false,
+    }
+}
+
+/// Where frames to `dest` go: the egress socket and MACs, or the kernel
+/// path when the route leaves through an interface we have no socket on,
+/// or the neighbour is unknown.
+fn resolve(neigh: &NeighTable, ifindexes: &[u32], dest: SocketAddr, generation: u64) -> Hop {
+    let snap = neigh.load();
+    let found = snap.resolve(dest.ip()).and_then(|hop| {
+        let port = ifindexes.iter().position(|&i| i == hop.ifindex)?;
+        Some((u8::try_from(port).ok()?, L2 { src: hop.src_mac, dst: hop.dst_mac }))
+    });
+    match found {
+        Some((port, l2)) => Hop { generation, dest: Some(dest), port, l2 },
+        None => Hop { generation, dest: Some(dest), port: NO_PORT, l2: L2::default() },
+    }
+}

@@ -1,0 +1,507 @@
+//! The relay on the `AF_XDP` datapath, end to end, in network namespaces
+//! this test creates and removes:
+//!
+//! ```text
+//! netns caller: ca 10.1.0.2/24 (+ 10.1.0.3, banned)
+//!    | veth
+//! netns relay:  ra 10.1.0.1/24, rb 10.2.0.1/24, XDP + AF_XDP on both
+//!    | veth
+//! netns callee: eb 10.2.0.2/24 (+ 10.2.0.3, an intruder)
+//! ```
+//!
+//! A call is set up over ng with `direction: [a, b]`; RTP flows both ways
+//! through the AF_XDP workers (checked with the XDP program's and the
+//! relay's counters), latching and statistics match the socket datapath, a
+//! stale copy of the program left attached is replaced, an
+//! intruder is dropped, a banned source never reaches the worker, and
+//! deleting the call stops forwarding. A second test runs the relay without
+//! privileges: with `datapath = "auto"` it says why and relays on sockets;
+//! with `datapath = "xdp"` it exits with the reason.
+//!
+//! Needs root, `ip` and `ethtool`; prints `SKIPPED: ...` otherwise, and fails instead
+//! under `CI=true`.
+#![allow(clippy::unwrap_used, reason = "test code: a failed setup step should panic")]
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{ChildGuard, NgClient, TestDir};
+use media_relay::bencode::Value;
+
+mod netns_sys {
+    //! The test's only `unsafe`: entering a network namespace.
+    #![allow(unsafe_code, reason = "setns(2) has no safe wrapper in std")]
+
+    use std::os::fd::AsRawFd;
+
+    /// Moves the calling thread (only) into the namespace at `path`.
+    pub fn enter(path: &str) -> std::io::Result<()> {
+        let ns = std::fs::File::open(path)?;
+        // SAFETY: setns(2) takes an fd that `ns` keeps open for the call and
+        // a flag; it changes this thread's namespace and touches no memory.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Prints `SKIPPED: {why}`, or fails under `CI=true`.
+fn skip(why: &str) {
+    assert!(!common::in_ci(), "CI=true but {why}");
+    eprintln!("SKIPPED: {why}");
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Result<Self, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("xsbc-x{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        ip(&["netns", "add", &name])?;
+        Ok(Self(name))
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    fn enter(&self) {
+        netns_sys::enter(&self.path()).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
+
+const CALLER: &str = "10.1.0.2";
+const BANNED: &str = "10.1.0.3";
+const RELAY_A: &str = "10.1.0.1";
+const RELAY_B: &str = "10.2.0.1";
+const CALLEE: &str = "10.2.0.2";
+const INTRUDER: &str = "10.2.0.3";
+
+struct Lab {
+    caller: Netns,
+    relay: Netns,
+    callee: Netns,
+}
+
+impl Lab {
+    /// Builds the three namespaces, or says why it cannot.
+    fn new() -> Result<Self, String> {
+        let lab = Self { caller: Netns::new("c")?, relay: Netns::new("r")?, callee: Netns::new("e")? };
+        let (c, r, e) = (lab.caller.0.as_str(), lab.relay.0.as_str(), lab.callee.0.as_str());
+        ip(&["-n", r, "link", "add", "ra", "type", "veth", "peer", "name", "ca", "netns", c])?;
+        ip(&["-n", r, "link", "add", "rb", "type", "veth", "peer", "name", "eb", "netns", e])?;
+        ip(&["-n", r, "addr", "add", &format!("{RELAY_A}/24"), "dev", "ra"])?;
+        ip(&["-n", r, "addr", "add", &format!("{RELAY_B}/24"), "dev", "rb"])?;
+        ip(&["-n", c, "addr", "add", &format!("{CALLER}/24"), "dev", "ca"])?;
+        ip(&["-n", c, "addr", "add", &format!("{BANNED}/24"), "dev", "ca"])?;
+        ip(&["-n", e, "addr", "add", &format!("{CALLEE}/24"), "dev", "eb"])?;
+        ip(&["-n", e, "addr", "add", &format!("{INTRUDER}/24"), "dev", "eb"])?;
+        for (ns, dev) in [(r, "ra"), (r, "rb"), (r, "lo"), (c, "ca"), (c, "lo"), (e, "eb"), (e, "lo")] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        ip(&["-n", c, "route", "add", "default", "via", RELAY_A])?;
+        ip(&["-n", e, "route", "add", "default", "via", RELAY_B])?;
+        // A veth hands its peer frames whose UDP checksum holds only the
+        // pseudo-header sum (checksum offload, CHECKSUM_PARTIAL); a wire
+        // never carries those. The endpoints compute full checksums, as a
+        // NIC would, so the relay's incremental update is checked for real.
+        for (ns, dev) in [(c, "ca"), (e, "eb")] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"])
+                .output()
+                .map_err(|e| format!("ethtool: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("ethtool -K {dev} tx off: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+        Ok(lab)
+    }
+
+    /// A UDP socket bound in `ns` (the thread returns to `back`).
+    fn bind(ns: &Netns, addr: &str, back: &Netns) -> UdpSocket {
+        ns.enter();
+        let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        back.enter();
+        s
+    }
+}
+
+fn config(dir: &TestDir, datapath: &str) -> std::path::PathBuf {
+    dir.write(
+        "relay.toml",
+        format!(
+            "[relay]\ninterfaces = [\"a/{RELAY_A}\", \"b/{RELAY_B}\"]\nlisten_ng = \"127.0.0.1:22222\"\n\
+             port_min = 30000\nport_max = 30099\nworkers = 1\ntimeout = 60\nmetrics = \"127.0.0.1:9101\"\n\
+             log_level = \"info\"\ndatapath = \"{datapath}\"\nxdp_interfaces = [\"ra\", \"rb\"]\nxdp_queues = 1\n"
+        ),
+    )
+}
+
+/// Starts the relay in the relay namespace, optionally as `nobody`.
+fn start_relay(lab: &Lab, dir: &TestDir, datapath: &str, unprivileged: bool) -> ChildGuard {
+    let cfg = config(dir, datapath);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.relay.0]);
+    if unprivileged {
+        cmd.args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]);
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_media-relay")).arg("--config").arg(&cfg);
+    ChildGuard::spawn("media-relay", &mut cmd, dir.path())
+}
+
+fn s(v: &str) -> Value {
+    Value::str(v)
+}
+
+fn dict(pairs: &[(&str, Value)]) -> Value {
+    let mut d = Value::dict();
+    for (k, v) in pairs {
+        d.insert(k, v.clone());
+    }
+    d
+}
+
+fn sdp(addr: &str, port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n"
+    )
+}
+
+fn media_port(v: &Value) -> u16 {
+    let sdp = std::str::from_utf8(v.get("sdp").and_then(Value::as_bytes).unwrap()).unwrap();
+    let m = sdp.lines().find(|l| l.starts_with("m=")).expect("m= line");
+    m.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Offer from the caller (SDP at `a`), answer from the callee (`b`), with
+/// the legs on interfaces a and b. Returns (port the caller sends to, port
+/// the callee sends to).
+fn setup_call(ng: &NgClient, call: &str, a: SocketAddr, b: SocketAddr) -> (u16, u16) {
+    let dir = Value::List(vec![s("a"), s("b")]);
+    let offer = ng.cmd(dict(&[
+        ("command", s("offer")),
+        ("call-id", s(call)),
+        ("from-tag", s("alice")),
+        ("sdp", s(&sdp(&a.ip().to_string(), a.port()))),
+        ("direction", dir),
+    ]));
+    assert_eq!(offer.get("result").and_then(Value::as_str), Some("ok"), "{offer:?}");
+    let to_b = media_port(&offer);
+    let answer = ng.cmd(dict(&[
+        ("command", s("answer")),
+        ("call-id", s(call)),
+        ("from-tag", s("alice")),
+        ("to-tag", s("bob")),
+        ("sdp", s(&sdp(&b.ip().to_string(), b.port()))),
+    ]));
+    assert_eq!(answer.get("result").and_then(Value::as_str), Some("ok"), "{answer:?}");
+    (media_port(&answer), to_b)
+}
+
+/// An RTP packet with a 172-byte payload: a 214-byte Ethernet frame.
+fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}
+
+fn recv_n(sock: &UdpSocket, n: usize, wait: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while out.len() < n {
+        match sock.recv_from(&mut buf) {
+            Ok((len, from)) => out.push((buf[..len].to_vec(), from)),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Sends `n` packets (a few at a time, as a phone would) and returns what
+/// arrived at `to`.
+fn relay_burst(
+    from: &UdpSocket,
+    dest: SocketAddr,
+    to: &UdpSocket,
+    first_seq: u16,
+    n: u16,
+    ssrc: u32,
+) -> Vec<(Vec<u8>, SocketAddr)> {
+    let mut got = Vec::new();
+    for seq in first_seq..first_seq + n {
+        from.send_to(&rtp(seq, ssrc), dest).unwrap();
+        if seq % 8 == 7 {
+            got.extend(recv_n(to, 8, Duration::from_millis(500)));
+        }
+    }
+    let left = usize::from(n).saturating_sub(got.len());
+    got.extend(recv_n(to, left, Duration::from_secs(2)));
+    got
+}
+
+fn metric(spec: &str) -> f64 {
+    let addr: SocketAddr = "127.0.0.1:9101".parse().unwrap();
+    let (name, labels) = spec.split_once('{').unwrap_or((spec, ""));
+    let want: Vec<(&str, &str)> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k, v.trim_matches('"')))
+        .collect();
+    common::metric_sum(addr, name, &want)
+}
+
+/// The relay's counters that say where packets went, for failure messages.
+fn counters() -> String {
+    let body = common::http_get("127.0.0.1:9101".parse().unwrap(), "/metrics").unwrap_or_default();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && (l.contains("xdp") || l.contains("drops") || l.contains("packets_")))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn stream_stats(q: &Value, tag: &str) -> Value {
+    q.get("tags")
+        .and_then(|t| t.get(tag))
+        .and_then(|t| t.get("medias"))
+        .and_then(|m| m.as_list()?.first().cloned())
+        .and_then(|m| m.get("streams").and_then(|s| s.as_list()?.first().cloned()))
+        .unwrap_or_else(|| panic!("no RTP stream for tag {tag} in {q:?}"))
+}
+
+fn stat(v: &Value, key: &str) -> i64 {
+    v.get("stats").and_then(|s| s.get(key)).and_then(Value::as_int).unwrap_or(-999)
+}
+
+fn wait_ng(relay: &mut ChildGuard) -> NgClient {
+    let ng = NgClient::new("127.0.0.1:22222");
+    let up = common::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        relay.try_wait().is_some() || ng.ping()
+    });
+    assert!(up && relay.try_wait().is_none(), "relay did not come up:\n{}", relay.log_tail(30));
+    ng
+}
+
+/// The relay's `bans` map on interface `dev` of the relay namespace: found
+/// through the program attached there, as an operator tool would.
+fn relay_bans(lab: &Lab, dev: &str) -> xdp_prog::Bans<aya::maps::MapData> {
+    let out = Command::new("ip").args(["-n", &lab.relay.0, "-j", "link", "show", "dev", dev]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // ... "xdp":{"mode":1,"prog":{"id":123, ...
+    let at = text.find("\"prog\":{\"id\":").unwrap_or_else(|| panic!("no XDP program on {dev}: {text}"));
+    let rest = &text[at + "\"prog\":{\"id\":".len()..];
+    let id: u32 = rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()].parse().unwrap();
+    let prog = aya::programs::loaded_programs().filter_map(Result::ok).find(|p| p.id() == id).unwrap();
+    for map_id in prog.map_ids().unwrap().unwrap_or_default() {
+        let map = aya::maps::MapData::from_id(map_id).unwrap();
+        if map.info().unwrap().name_as_str() == Some(xdp_prog::MAP_BANS) {
+            let trie = aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(map)).unwrap();
+            return xdp_prog::Bans::new(trie);
+        }
+    }
+    panic!("program {id} on {dev} has no `bans` map");
+}
+
+fn run_in_thread(f: fn()) {
+    // Namespaces are per thread: a thread of our own, so the harness's
+    // threads never move.
+    std::thread::spawn(f).join().unwrap();
+}
+
+#[test]
+fn xdp_relays_both_ways_latches_counts_bans_and_stops_on_delete() {
+    run_in_thread(xdp_call);
+}
+
+fn lab_or_skip(test: &str) -> Option<Lab> {
+    for tool in ["ip", "ethtool"] {
+        if common::find_binary(tool).is_none() {
+            skip(&format!("{test}: `{tool}` is not installed"));
+            return None;
+        }
+    }
+    match Lab::new() {
+        Ok(lab) => Some(lab),
+        Err(e) => {
+            skip(&format!("{test}: cannot build the namespace lab (needs root): {e}"));
+            None
+        }
+    }
+}
+
+fn xdp_call() {
+    let Some(lab) = lab_or_skip("xdp_relays_both_ways") else { return };
+    let dir = TestDir::new("afxdp-call");
+    let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4000"), &lab.relay);
+    let banned = Lab::bind(&lab.caller, &format!("{BANNED}:4000"), &lab.relay);
+    let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:5000"), &lab.relay);
+    let intruder = Lab::bind(&lab.callee, &format!("{INTRUDER}:5000"), &lab.relay);
+    // A copy of our program attached by other means (as a crashed run or an
+    // operator could leave it): the relay must remove it and attach its own.
+    let object = concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp-prog/bpf/xsbc.bpf.o");
+    ip(&["-n", &lab.relay.0, "link", "set", "dev", "ra", "xdpgeneric", "obj", object, "sec", "xdp"]).unwrap();
+    // The thread stays in the relay namespace: ng and metrics are on its loopback.
+    let mut relay = start_relay(&lab, &dir, "xdp", false);
+    let ng = wait_ng(&mut relay);
+    assert_eq!(metric("media_relay_datapath{datapath=\"xdp\"}"), 1.0, "{}", relay.log_tail(20));
+    assert!(relay.log_tail(40).contains("detached a stale xsbc XDP program"), "{}", relay.log_tail(40));
+    let link = Command::new("ip").args(["-n", &lab.relay.0, "link", "show", "dev", "ra"]).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains(" xdp ") && link.contains("name xsbc_xdp"), "ours, natively attached: {link}");
+
+    let (to_a, to_b) = setup_call(&ng, "xdp-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
+    let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
+    let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
+    let steered_before = metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}");
+
+    // Caller -> callee: every packet arrives, unchanged, from the relay's B side.
+    let got = relay_burst(&caller, relay_a, &callee, 1, 50, 0x1111);
+    assert_eq!(got.len(), 50, "callee got {} of 50\n{}\n{}", got.len(), counters(), relay.log_tail(20));
+    assert!(got.iter().all(|(_, from)| *from == relay_b), "source is the relay's B-side port: {:?}", got[0].1);
+    assert_eq!(got[9].0, rtp(10, 0x1111), "payload unchanged");
+    // Callee -> caller, with one gap (seq 105 missing).
+    let mut back = Vec::new();
+    for seq in (100..131u16).filter(|s| *s != 105) {
+        callee.send_to(&rtp(seq, 0x2222), relay_b).unwrap();
+        if seq % 8 == 0 {
+            back.extend(recv_n(&caller, 8, Duration::from_millis(300)));
+        }
+    }
+    back.extend(recv_n(&caller, 30 - back.len(), Duration::from_secs(2)));
+    assert_eq!(back.len(), 30, "caller got {} of 30\n{}\n{}", back.len(), counters(), relay.log_tail(20));
+    assert!(back.iter().all(|(_, from)| *from == relay_a));
+
+    // Packets sent before the relay learned a next hop's MAC took the
+    // kernel path (and were not lost). Once the neighbours are known, the
+    // AF_XDP workers send everything from their TX rings.
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel_before = metric("media_relay_xdp_kernel_path_total");
+    let relayed_before = metric("media_relay_packets_relayed_total");
+    assert!(kernel_before <= 16.0, "{kernel_before} packets took the kernel path\n{}", counters());
+    assert_eq!(relay_burst(&caller, relay_a, &callee, 51, 40, 0x1111).len(), 40, "{}", counters());
+    assert_eq!(relay_burst(&callee, relay_b, &caller, 131, 40, 0x2222).len(), 40, "{}", counters());
+    assert_eq!(metric("media_relay_xdp_kernel_path_total"), kernel_before, "{}", counters());
+    assert_eq!(metric("media_relay_packets_relayed_total") - relayed_before, 80.0, "{}", counters());
+    let steered = metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}") - steered_before;
+    assert_eq!(steered, 160.0, "the XDP program steered every packet to AF_XDP\n{}", counters());
+    assert_eq!(metric("media_relay_xdp_packets_total{verdict=\"redirect_failed\"}"), 0.0);
+
+    // Statistics and latching, as on the socket datapath.
+    let q = ng.cmd(dict(&[("command", s("query")), ("call-id", s("xdp-call"))]));
+    let from_a = stream_stats(&q, "alice");
+    let from_b = stream_stats(&q, "bob");
+    assert_eq!(stat(&from_a, "packets"), 90, "{from_a:?}");
+    assert_eq!(stat(&from_a, "lost"), 0);
+    assert_eq!(stat(&from_a, "bytes"), 90 * 172);
+    assert_eq!(stat(&from_b, "packets"), 70);
+    assert_eq!(stat(&from_b, "expected"), 71);
+    assert_eq!(stat(&from_b, "lost"), 1, "one gap in the callee's sequence numbers");
+    let ep = from_b.get("endpoint").and_then(|e| e.get("address")).and_then(Value::as_str).map(str::to_owned);
+    assert_eq!(ep.as_deref(), Some(CALLEE), "callee's leg latched to its address: {from_b:?}");
+
+    // An intruder sending to the callee's relay port is dropped and counted.
+    for seq in 0..5u16 {
+        intruder.send_to(&rtp(seq, 0x3333), relay_b).unwrap();
+    }
+    assert!(recv_n(&caller, 1, Duration::from_millis(400)).is_empty(), "intruder's packets were relayed");
+    assert!(
+        common::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            metric("media_relay_drops_total{reason=\"foreign_source\"}") >= 5.0
+        }),
+        "foreign drops not counted"
+    );
+    let q = ng.cmd(dict(&[("command", s("query")), ("call-id", s("xdp-call"))]));
+    assert_eq!(stat(&stream_stats(&q, "bob"), "errors"), 5);
+
+    // A banned source is dropped by the XDP program: its counter rises and
+    // the worker never sees the packets (no new foreign-source drops).
+    let mut bans = relay_bans(&lab, "ra");
+    bans.ban(BANNED.parse().unwrap(), 32, xdp_prog::BanValue { reason: 7 }).unwrap();
+    let banned_before = metric("media_relay_xdp_packets_total{verdict=\"dropped_banned\"}");
+    let foreign_before = metric("media_relay_drops_total{reason=\"foreign_source\"}");
+    for seq in 0..10u16 {
+        banned.send_to(&rtp(seq, 0x4444), relay_a).unwrap();
+    }
+    assert!(recv_n(&callee, 1, Duration::from_millis(400)).is_empty(), "banned packets were relayed");
+    let banned_now = metric("media_relay_xdp_packets_total{verdict=\"dropped_banned\"}");
+    assert!(banned_now - banned_before >= 10.0, "dropped_banned {banned_before} -> {banned_now}");
+    assert_eq!(metric("media_relay_drops_total{reason=\"foreign_source\"}"), foreign_before);
+
+    // Deleting the call removes the steering entries and stops forwarding.
+    let del = ng.cmd(dict(&[("command", s("delete")), ("call-id", s("xdp-call"))]));
+    assert_eq!(del.get("result").and_then(Value::as_str), Some("ok"), "{del:?}");
+    let steered_before = metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}");
+    for seq in 300..310u16 {
+        caller.send_to(&rtp(seq, 0x1111), relay_a).unwrap();
+    }
+    assert!(recv_n(&callee, 1, Duration::from_millis(500)).is_empty(), "forwarding continued after delete");
+    assert_eq!(
+        metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}"),
+        steered_before,
+        "a deleted call's port is still steered"
+    );
+    relay.assert_running();
+    drop(relay);
+}
+
+#[test]
+fn without_privileges_auto_falls_back_to_sockets_and_xdp_refuses() {
+    run_in_thread(fallback);
+}
+
+fn fallback() {
+    let Some(lab) = lab_or_skip("without_privileges_auto_falls_back") else { return };
+    if common::find_binary("setpriv").is_none() {
+        return skip("setpriv (util-linux) is not installed");
+    }
+    let dir = TestDir::new("afxdp-fallback");
+    let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4000"), &lab.relay);
+    let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:5000"), &lab.relay);
+
+    // datapath = "xdp" without privileges: exits, saying why.
+    let mut strict = start_relay(&lab, &dir, "xdp", true);
+    let status = strict.wait_timeout(Duration::from_secs(15)).expect("relay with datapath = xdp kept running");
+    assert!(!status.success());
+    let log = strict.log_tail(20);
+    assert!(log.contains("AF_XDP datapath cannot run") && log.contains("no privileges"), "{log}");
+    drop(strict);
+
+    // datapath = "auto": logs the reason, relays on the socket datapath.
+    let mut relay = start_relay(&lab, &dir, "auto", true);
+    let ng = wait_ng(&mut relay);
+    assert_eq!(metric("media_relay_datapath{datapath=\"socket\"}"), 1.0);
+    let log = relay.log_tail(40);
+    assert!(log.contains("falling back to the socket datapath") && log.contains("no privileges"), "{log}");
+    let (to_a, to_b) = setup_call(&ng, "fallback-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
+    let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
+    let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
+    assert_eq!(relay_burst(&caller, relay_a, &callee, 1, 20, 1).len(), 20);
+    assert_eq!(relay_burst(&callee, relay_b, &caller, 1, 20, 2).len(), 20);
+    relay.assert_running();
+}
