@@ -20,8 +20,8 @@ use crate::control::{
     CallReport, LegReport, MediaControl, MediaReport, RelayError, RelayTotals, SdpRequest, StreamReport,
 };
 use crate::counters::PaddedCounters;
-use crate::ha::{MediaRecord, SessionRecord, StreamState};
 use crate::datapath::Datapath;
+use crate::ha::{MediaRecord, SessionRecord, StreamState};
 use crate::ports::PortAllocator;
 use crate::sdp::{self, Sdp};
 use crate::stream::{ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup};
