@@ -420,15 +420,19 @@ mod tests {
         let c = RelayConfig::embedded_default();
         assert_eq!(c.datapath, DatapathMode::Auto);
         assert!(c.xdp_interfaces.is_empty());
-        let xdp = DEFAULT_TOML
-            .replace("[relay]", "[relay]\ndatapath = \"xdp\"\nxdp_interfaces = [\"veth0\", \"veth1\"]\nxdp_queues = 2");
+        let set = |datapath: &str, ifaces: &str| {
+            DEFAULT_TOML
+                .replace("datapath = \"auto\"", &format!("datapath = \"{datapath}\""))
+                .replace("xdp_interfaces = []", &format!("xdp_interfaces = {ifaces}"))
+        };
+        let xdp = set("xdp", "[\"veth0\", \"veth1\"]").replace("[relay]", "[relay]\nxdp_queues = 2");
         let c = RelayConfig::from_toml(&xdp).unwrap();
         assert_eq!((c.datapath, c.xdp_interfaces.len(), c.xdp_queues), (DatapathMode::Xdp, 2, 2));
-        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\ndatapath = \"dpdk\"");
-        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        let e = RelayConfig::from_toml(&set("dpdk", "[]")).unwrap_err().to_string();
         assert!(e.contains("relay.datapath"), "{e}");
-        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\ndatapath = \"xdp\"");
-        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        let e = RelayConfig::from_toml(&set("xdp", "[]")).unwrap_err().to_string();
+        assert!(e.contains("relay.xdp_interfaces"), "{e}");
+        let e = RelayConfig::from_toml(&set("auto", "[\"a/b\"]")).unwrap_err().to_string();
         assert!(e.contains("relay.xdp_interfaces"), "{e}");
         let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nxdp_queues = 65");
         let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
