@@ -113,6 +113,9 @@ pub struct RelayConfig {
     pub xdp_interfaces: Vec<String>,
     /// `AF_XDP` rx queues (one worker each); 0 = every rx queue of the interfaces.
     pub xdp_queues: usize,
+    /// Recompute UDP checksums instead of updating them (senders on the same
+    /// host, over veth or loopback, hand over partial checksums).
+    pub xdp_full_checksum: bool,
 }
 
 /// `relay.datapath`.
@@ -162,6 +165,8 @@ struct RawRelay {
     xdp_interfaces: Vec<String>,
     #[serde(default)]
     xdp_queues: usize,
+    #[serde(default)]
+    xdp_full_checksum: bool,
 }
 
 fn datapath_auto() -> String {
@@ -257,6 +262,7 @@ impl RelayConfig {
             datapath,
             xdp_interfaces: r.xdp_interfaces,
             xdp_queues: r.xdp_queues,
+            xdp_full_checksum: r.xdp_full_checksum,
         };
         cfg.resolve_workers();
         cfg.validate()?;

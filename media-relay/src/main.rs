@@ -80,6 +80,9 @@ struct Cli {
     /// Interface to attach the XDP program to (AF_XDP datapath); repeat for several.
     #[arg(long = "xdp-interface")]
     xdp_interface: Vec<String>,
+    /// AF_XDP: recompute UDP checksums (senders on this host via veth or loopback).
+    #[arg(long = "xdp-full-checksum")]
+    xdp_full_checksum: bool,
 }
 
 fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
@@ -140,6 +143,9 @@ fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
     }
     if !cli.xdp_interface.is_empty() {
         cfg.xdp_interfaces.clone_from(&cli.xdp_interface);
+    }
+    if cli.xdp_full_checksum {
+        cfg.xdp_full_checksum = true;
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)

@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token};
 use xdpilone::xdp::XdpDesc;
 
 use super::neigh::NeighTable;
-use super::rewrite::{self, L2};
+use super::rewrite::{self, Checksum, L2};
 use super::umem::{Xsk, BATCH};
 use crate::counters::LocalCounters;
 use crate::stats::RtpStats;
@@ -87,15 +87,15 @@ enum Verdict {
     Drop,
 }
 
-/// Runs until shutdown. `xsk` was opened by the caller on this thread;
-/// `ports_ifindex[i]` is the interface of `xsk.ports[i]`.
-pub fn run(ctx: WorkerContext, poll: Poll, xsk: Xsk, neigh: Arc<NeighTable>) {
+/// Runs until shutdown, on the sockets of `xsk`.
+pub fn run(ctx: WorkerContext, poll: Poll, xsk: Xsk, neigh: Arc<NeighTable>, checksum: Checksum) {
     if let Some(core) = ctx.core {
         if !core_affinity::set_for_current(core) {
             tracing::warn!(worker = ctx.index, core = core.id, "could not pin worker to its core");
         }
     }
     let mut w = Worker {
+        checksum,
         ifindexes: xsk.ports.iter().map(|p| p.ifindex).collect(),
         pairs: Vec::new(),
         by_port: vec![0u32; 65536].into_boxed_slice(),
@@ -123,6 +123,7 @@ struct Worker {
     poll: Poll,
     xsk: Xsk,
     neigh: Arc<NeighTable>,
+    checksum: Checksum,
     /// Interface of each socket of `xsk`, by index.
     ifindexes: Vec<u32>,
     pairs: Vec<Option<Box<Pair>>>,
@@ -349,7 +350,7 @@ impl Worker {
         if hop.port == NO_PORT || out.local.ip().is_unspecified() {
             return Verdict::Kernel { token: out_token, dest };
         }
-        if rewrite::rewrite(frame, &parsed, &hop.l2, out.local, dest).is_err() {
+        if rewrite::rewrite(frame, &parsed, &hop.l2, out.local, dest, self.checksum).is_err() {
             return Verdict::Kernel { token: out_token, dest };
         }
         self.local.relayed_bytes += bytes;
