@@ -12,6 +12,8 @@ pub mod gen;
 pub mod ng;
 mod sys;
 
+pub use sys::enter_netns;
+
 /// Monotonic nanoseconds.
 #[must_use]
 pub fn now_ns() -> u64 {

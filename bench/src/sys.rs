@@ -1,5 +1,6 @@
-//! `sendmmsg` to many IPv4 destinations at once (the one unsafe block of the
-//! bench). Receiving uses the relay's own batched receiver.
+//! `sendmmsg` to many IPv4 destinations at once, and entering a network
+//! namespace (the bench's only unsafe code). Receiving uses the relay's own
+//! batched receiver.
 #![allow(unsafe_code)]
 
 use std::mem::zeroed;
@@ -45,4 +46,20 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     // SAFETY: `p` is a valid array of pollfd for the duration of the call.
     let _ = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+}
+
+/// Moves the calling thread (only) into the network namespace at `path`
+/// (e.g. `/run/netns/NAME`): sockets it creates afterwards live there.
+///
+/// # Errors
+/// Opening the namespace or `setns`.
+pub fn enter_netns(path: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(path)?;
+    // SAFETY: setns(2) takes an fd that `ns` keeps open for the call and a
+    // flag; it changes this thread's namespace and touches no memory.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -117,6 +117,9 @@ pub struct RelayConfig {
     pub xdp_interfaces: Vec<String>,
     /// `AF_XDP` rx queues (one worker each); 0 = every rx queue of the interfaces.
     pub xdp_queues: usize,
+    /// Recompute UDP checksums instead of updating them (senders on the same
+    /// host, over veth or loopback, hand over partial checksums).
+    pub xdp_full_checksum: bool,
 }
 
 /// `relay.datapath`.
@@ -166,6 +169,8 @@ struct RawRelay {
     xdp_interfaces: Vec<String>,
     #[serde(default)]
     xdp_queues: usize,
+    #[serde(default)]
+    xdp_full_checksum: bool,
 }
 
 fn datapath_auto() -> String {
@@ -262,6 +267,7 @@ impl RelayConfig {
             datapath,
             xdp_interfaces: r.xdp_interfaces,
             xdp_queues: r.xdp_queues,
+            xdp_full_checksum: r.xdp_full_checksum,
         };
         cfg.resolve_workers();
         cfg.validate()?;
@@ -425,15 +431,19 @@ mod tests {
         let c = RelayConfig::embedded_default();
         assert_eq!(c.datapath, DatapathMode::Auto);
         assert!(c.xdp_interfaces.is_empty());
-        let xdp = DEFAULT_TOML
-            .replace("[relay]", "[relay]\ndatapath = \"xdp\"\nxdp_interfaces = [\"veth0\", \"veth1\"]\nxdp_queues = 2");
+        let set = |datapath: &str, ifaces: &str| {
+            DEFAULT_TOML
+                .replace("datapath = \"auto\"", &format!("datapath = \"{datapath}\""))
+                .replace("xdp_interfaces = []", &format!("xdp_interfaces = {ifaces}"))
+        };
+        let xdp = set("xdp", "[\"veth0\", \"veth1\"]").replace("[relay]", "[relay]\nxdp_queues = 2");
         let c = RelayConfig::from_toml(&xdp).unwrap();
         assert_eq!((c.datapath, c.xdp_interfaces.len(), c.xdp_queues), (DatapathMode::Xdp, 2, 2));
-        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\ndatapath = \"dpdk\"");
-        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        let e = RelayConfig::from_toml(&set("dpdk", "[]")).unwrap_err().to_string();
         assert!(e.contains("relay.datapath"), "{e}");
-        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\ndatapath = \"xdp\"");
-        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        let e = RelayConfig::from_toml(&set("xdp", "[]")).unwrap_err().to_string();
+        assert!(e.contains("relay.xdp_interfaces"), "{e}");
+        let e = RelayConfig::from_toml(&set("auto", "[\"a/b\"]")).unwrap_err().to_string();
         assert!(e.contains("relay.xdp_interfaces"), "{e}");
         let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nxdp_queues = 65");
         let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();

@@ -59,6 +59,10 @@ worker_counters! {
     drop_no_session => "media_relay_drops_total", "reason=\"no_session\"", "Datagrams dropped, by reason.";
     drop_malformed => "media_relay_drops_total", "reason=\"malformed\"", "Datagrams dropped, by reason.";
     kernel_path => "media_relay_xdp_kernel_path_total", "", "AF_XDP datapath: datagrams sent through the kernel because the next hop's MAC was unknown (or the headers could not be rewritten in place).";
+    xsk_rx_dropped => "media_relay_xsk_kernel_drops_total", "reason=\"rx_dropped\"", "AF_XDP datapath: packets the kernel dropped at the worker's sockets, by reason (XDP_STATISTICS).";
+    xsk_rx_ring_full => "media_relay_xsk_kernel_drops_total", "reason=\"rx_ring_full\"", "AF_XDP datapath: packets the kernel dropped at the worker's sockets, by reason (XDP_STATISTICS).";
+    xsk_fill_ring_empty => "media_relay_xsk_kernel_drops_total", "reason=\"fill_ring_empty\"", "AF_XDP datapath: packets the kernel dropped at the worker's sockets, by reason (XDP_STATISTICS).";
+    xsk_tx_invalid => "media_relay_xsk_kernel_drops_total", "reason=\"tx_invalid\"", "AF_XDP datapath: packets the kernel dropped at the worker's sockets, by reason (XDP_STATISTICS).";
     batches => "media_relay_worker_batches_total", "", "recvmmsg batches processed.";
     events_lost => "media_relay_worker_events_lost_total", "", "Worker-to-control notifications lost to a full ring (latch reports only).";
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use media_relay::config::{log_filter, parse_listen, Interface, RelayConfig};
+use media_relay::config::{log_filter, parse_listen, DatapathMode, Interface, RelayConfig};
 use media_relay::ng::NgCounters;
 use media_relay::relay::Relay;
 use media_relay::{metrics, ng, sys};
@@ -74,6 +74,15 @@ struct Cli {
     /// any other value is ignored with a warning.
     #[arg(long, allow_negative_numbers = true)]
     table: Option<i64>,
+    /// Datapath: `socket`, `xdp` (AF_XDP; exit if it cannot run) or `auto`.
+    #[arg(long)]
+    datapath: Option<String>,
+    /// Interface to attach the XDP program to (AF_XDP datapath); repeat for several.
+    #[arg(long = "xdp-interface")]
+    xdp_interface: Vec<String>,
+    /// AF_XDP: recompute UDP checksums (senders on this host via veth or loopback).
+    #[arg(long = "xdp-full-checksum")]
+    xdp_full_checksum: bool,
 }
 
 fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
@@ -123,6 +132,20 @@ fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
     }
     if cli.strict_source {
         cfg.nat = false;
+    }
+    if let Some(d) = &cli.datapath {
+        cfg.datapath = match d.as_str() {
+            "socket" => DatapathMode::Socket,
+            "xdp" => DatapathMode::Xdp,
+            "auto" => DatapathMode::Auto,
+            other => return Err(format!("--datapath: `{other}` is not \"socket\", \"xdp\" or \"auto\"")),
+        };
+    }
+    if !cli.xdp_interface.is_empty() {
+        cfg.xdp_interfaces.clone_from(&cli.xdp_interface);
+    }
+    if cli.xdp_full_checksum {
+        cfg.xdp_full_checksum = true;
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)

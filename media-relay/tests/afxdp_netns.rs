@@ -32,24 +32,6 @@ use std::time::Duration;
 use common::{ChildGuard, NgClient, TestDir};
 use media_relay::bencode::Value;
 
-mod netns_sys {
-    //! The test's only `unsafe`: entering a network namespace.
-    #![allow(unsafe_code, reason = "setns(2) has no safe wrapper in std")]
-
-    use std::os::fd::AsRawFd;
-
-    /// Moves the calling thread (only) into the namespace at `path`.
-    pub fn enter(path: &str) -> std::io::Result<()> {
-        let ns = std::fs::File::open(path)?;
-        // SAFETY: setns(2) takes an fd that `ns` keeps open for the call and
-        // a flag; it changes this thread's namespace and touches no memory.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
 /// Prints `SKIPPED: {why}`, or fails under `CI=true`.
 fn skip(why: &str) {
     assert!(!common::in_ci(), "CI=true but {why}");
@@ -81,7 +63,7 @@ impl Netns {
     }
 
     fn enter(&self) {
-        netns_sys::enter(&self.path()).unwrap();
+        common::enter_netns(&self.path()).unwrap();
     }
 }
 

@@ -125,6 +125,7 @@ struct Attached {
 pub struct AfXdp {
     queues: usize,
     attached: Arc<Mutex<Vec<Attached>>>,
+    checksum: rewrite::Checksum,
     /// Each queue's sockets, until its worker takes them.
     sockets: Mutex<Vec<Option<sys::SendXsk>>>,
     neigh: Arc<NeighTable>,
@@ -187,6 +188,7 @@ impl AfXdp {
             queues,
             attached: Arc::new(Mutex::new(attached)),
             sockets: Mutex::new(sockets),
+            checksum: if cfg.xdp_full_checksum { rewrite::Checksum::Full } else { rewrite::Checksum::Incremental },
             neigh,
             shutdown,
             monitor: Mutex::new(Some(monitor)),
@@ -262,11 +264,12 @@ impl Datapath for AfXdp {
             .and_then(Option::take)
             .ok_or_else(|| RelayError::Datapath(format!("no AF_XDP sockets for queue {queue}")))?;
         let neigh = Arc::clone(&self.neigh);
+        let checksum = self.checksum;
         std::thread::Builder::new()
             .name(format!("mr-xdp-{queue}"))
             .spawn(move || {
                 // A method call moves the whole wrapper into the closure.
-                worker::run(ctx, poll, xsk.into_inner(), neigh);
+                worker::run(ctx, poll, xsk.into_inner(), neigh, checksum);
             })
             .map_err(|source| RelayError::Io { op: "spawning worker thread", source })
     }

@@ -49,6 +49,7 @@ const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u32 = 254;
 const RTN_UNICAST: u8 = 1;
 const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
+const IFF_LOOPBACK: u32 = 0x8;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// `RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE`.
@@ -70,6 +71,8 @@ pub struct Link {
     pub xdp_prog_id: u32,
     /// How it is attached (`IFLA_XDP_ATTACHED`: 1 driver, 2 generic, 3 offload).
     pub xdp_mode: u8,
+    /// `IFF_LOOPBACK`.
+    pub loopback: bool,
 }
 
 /// One neighbour (ARP/NDP) entry in a usable state.
@@ -158,9 +161,16 @@ impl Snapshot {
     }
 
     /// Route lookup, then the next hop's neighbour entry. `None` when there
-    /// is no route or the neighbour is not (yet) known.
+    /// is no route or the neighbour is not (yet) known. A loopback
+    /// destination (in the local table, not the main one) goes out of the
+    /// loopback interface, whose MAC is all zero.
     #[must_use]
     pub fn resolve(&self, dst: IpAddr) -> Option<NextHop> {
+        if dst.is_loopback() {
+            // The local table wins over every main-table route, the default included.
+            let lo = self.links.iter().find(|l| l.loopback)?;
+            return Some(NextHop { ifindex: lo.index, src_mac: lo.mac, dst_mac: lo.mac });
+        }
         let route = self.route(dst)?;
         let hop = route.gateway.unwrap_or(dst);
         let neigh = self.neighs.iter().find(|n| n.ifindex == route.oif && n.ip == hop)?;
@@ -205,7 +215,9 @@ fn mac_of(b: &[u8]) -> Option<[u8; 6]> {
 /// Parses one `RTM_NEWLINK` body (after the netlink header).
 fn parse_link(body: &[u8]) -> Option<Link> {
     let index = ne_u32(body.get(4..8)?)?;
-    let mut link = Link { index, name: String::new(), mac: [0; 6], xdp_prog_id: 0, xdp_mode: 0 };
+    let flags = ne_u32(body.get(8..12)?)?;
+    let loopback = flags & IFF_LOOPBACK != 0;
+    let mut link = Link { index, name: String::new(), mac: [0; 6], xdp_prog_id: 0, xdp_mode: 0, loopback };
     for (kind, v) in attrs(body.get(16..)?) {
         match kind {
             IFLA_ADDRESS => link.mac = mac_of(v).unwrap_or([0; 6]),
@@ -452,8 +464,23 @@ mod tests {
     fn snap() -> Snapshot {
         Snapshot {
             links: vec![
-                Link { index: 2, name: "eth0".into(), mac: [2, 0, 0, 0, 0, 2], xdp_prog_id: 0, xdp_mode: 0 },
-                Link { index: 3, name: "eth1".into(), mac: [2, 0, 0, 0, 0, 3], xdp_prog_id: 0, xdp_mode: 0 },
+                Link { index: 1, name: "lo".into(), mac: [0; 6], xdp_prog_id: 0, xdp_mode: 0, loopback: true },
+                Link {
+                    index: 2,
+                    name: "eth0".into(),
+                    mac: [2, 0, 0, 0, 0, 2],
+                    xdp_prog_id: 0,
+                    xdp_mode: 0,
+                    loopback: false,
+                },
+                Link {
+                    index: 3,
+                    name: "eth1".into(),
+                    mac: [2, 0, 0, 0, 0, 3],
+                    xdp_prog_id: 0,
+                    xdp_mode: 0,
+                    loopback: false,
+                },
             ],
             neighs: vec![
                 Neigh { ifindex: 2, ip: ip("10.0.0.1"), mac: [0xaa; 6] },
@@ -484,6 +511,16 @@ mod tests {
         assert_eq!(hop, NextHop { ifindex: 2, src_mac: [2, 0, 0, 0, 0, 2], dst_mac: [0xaa; 6] });
         // The longest prefix wins over a lower metric.
         assert_eq!(snap().route(ip("10.1.0.200")).unwrap().len, 24);
+    }
+
+    #[test]
+    fn loopback_destinations_leave_through_lo() {
+        for dst in ["127.0.0.1", "::1"] {
+            assert_eq!(snap().resolve(ip(dst)), Some(NextHop { ifindex: 1, src_mac: [0; 6], dst_mac: [0; 6] }));
+        }
+        let mut s = snap();
+        s.links.retain(|l| !l.loopback);
+        assert_eq!(s.resolve(ip("127.0.0.1")), None);
     }
 
     #[test]

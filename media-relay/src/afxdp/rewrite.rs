@@ -213,15 +213,36 @@ fn v6_octets(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// How the UDP checksum of a rewritten frame is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checksum {
+    /// Updated from the received one (RFC 1624): cheap, and a datagram
+    /// corrupted on the way in stays detectably corrupt.
+    #[default]
+    Incremental,
+    /// Computed from scratch over the datagram: for senders on the same
+    /// host (veth, loopback) whose frames carry only the pseudo-header sum
+    /// (checksum offload), which an incremental update cannot fix.
+    Full,
+}
+
 /// Rewrites the parsed frame in place so that it goes from `src` to `dst`
 /// over the link `l2`: MACs, IP addresses, TTL/hop limit, ports, the IPv4
 /// header checksum (recomputed) and the UDP checksum (updated
-/// incrementally; zero stays zero over IPv4).
+/// incrementally, or recomputed with [`Checksum::Full`]; a zero IPv4 UDP
+/// checksum stays zero either way).
 ///
 /// # Errors
 /// [`RewriteError::FamilyMismatch`] when `src`/`dst` are not of the frame's
 /// family; the frame is then unchanged.
-pub fn rewrite(frame: &mut [u8], p: &Parsed, l2: &L2, src: SocketAddr, dst: SocketAddr) -> Result<(), RewriteError> {
+pub fn rewrite(
+    frame: &mut [u8],
+    p: &Parsed,
+    l2: &L2,
+    src: SocketAddr,
+    dst: SocketAddr,
+    mode: Checksum,
+) -> Result<(), RewriteError> {
     let Some(old_udp) = frame.get(p.l4..p.l4 + UDP_LEN) else { return Err(RewriteError::FamilyMismatch) };
     let mut old_ports = [0u8; 4];
     old_ports.copy_from_slice(&old_udp[..4]);
@@ -273,7 +294,8 @@ pub fn rewrite(frame: &mut [u8], p: &Parsed, l2: &L2, src: SocketAddr, dst: Sock
     let udp_end = p.payload.end;
     let Some(udp) = frame.get_mut(p.l4..udp_end) else { return Err(RewriteError::FamilyMismatch) };
     udp[..4].copy_from_slice(&new_ports);
-    let check = if p.src.is_ipv6() && old_check == 0 {
+    let recompute = (p.src.is_ipv6() && old_check == 0) || (mode == Checksum::Full && old_check != 0);
+    let check = if recompute {
         udp[6..8].copy_from_slice(&[0, 0]);
         udp_checksum(src.ip(), dst.ip(), udp)
     } else if check == 0 && old_check != 0 {
@@ -392,7 +414,7 @@ pub(crate) mod tests {
         assert_eq!(p.src, a("10.1.0.2:4000"));
         assert_eq!(p.dst, a("10.1.0.1:30000"));
         assert_eq!(&f[p.payload.clone()], &payload);
-        rewrite(&mut f, &p, &L2X, a("10.2.0.1:30002"), a("10.2.0.2:5000")).unwrap();
+        rewrite(&mut f, &p, &L2X, a("10.2.0.1:30002"), a("10.2.0.2:5000"), Checksum::Incremental).unwrap();
         expect_same_as_fresh(&f, a("10.2.0.1:30002"), a("10.2.0.2:5000"), &payload);
     }
 
@@ -400,7 +422,7 @@ pub(crate) mod tests {
     fn zero_udp_checksum_stays_zero_over_ipv4() {
         let mut f = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), b"hello", true);
         let p = parse(&f).unwrap();
-        rewrite(&mut f, &p, &L2X, a("10.2.0.1:30002"), a("10.2.0.2:5000")).unwrap();
+        rewrite(&mut f, &p, &L2X, a("10.2.0.1:30002"), a("10.2.0.2:5000"), Checksum::Incremental).unwrap();
         let p = parse(&f).unwrap();
         assert_eq!(&f[p.l4 + 6..p.l4 + 8], &[0, 0]);
         assert_eq!(checksum(&f[p.l3..p.l4]), 0);
@@ -414,13 +436,37 @@ pub(crate) mod tests {
         let (ns, nd) = (a("[2001:db8:2::1]:30002"), a("[2001:db8:2::2]:5000"));
         let mut f = frame(s, d, &payload, false);
         let p = parse(&f).unwrap();
-        rewrite(&mut f, &p, &L2X, ns, nd).unwrap();
+        rewrite(&mut f, &p, &L2X, ns, nd, Checksum::Incremental).unwrap();
         expect_same_as_fresh(&f, ns, nd, &payload);
         // An (invalid) zero IPv6 UDP checksum is replaced by a real one.
         let mut f = frame(s, d, &payload, true);
         let p = parse(&f).unwrap();
-        rewrite(&mut f, &p, &L2X, ns, nd).unwrap();
+        rewrite(&mut f, &p, &L2X, ns, nd, Checksum::Incremental).unwrap();
         expect_same_as_fresh(&f, ns, nd, &payload);
+    }
+
+    #[test]
+    fn full_mode_repairs_a_partial_checksum_and_keeps_a_zero_one() {
+        // A locally sent frame carries only the pseudo-header sum: any
+        // value that is not the real checksum stands for it here.
+        for (s, d, ns, nd) in [
+            ("10.1.0.2:4000", "10.1.0.1:30000", "10.2.0.1:30002", "10.2.0.2:5000"),
+            ("[2001:db8:1::2]:4000", "[2001:db8:1::1]:30000", "[2001:db8:2::1]:30002", "[2001:db8:2::2]:5000"),
+        ] {
+            let mut f = frame(a(s), a(d), b"payload!", false);
+            let p = parse(&f).unwrap();
+            f[p.l4 + 6] ^= 0x5a;
+            let mut inc = f.clone();
+            rewrite(&mut f, &p, &L2X, a(ns), a(nd), Checksum::Full).unwrap();
+            expect_same_as_fresh(&f, a(ns), a(nd), b"payload!");
+            rewrite(&mut inc, &p, &L2X, a(ns), a(nd), Checksum::Incremental).unwrap();
+            let udp = &inc[p.l4..p.payload.end];
+            assert_ne!(u16::from_be_bytes([udp[6], udp[7]]), udp_checksum(a(ns).ip(), a(nd).ip(), udp));
+        }
+        let mut f = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), b"x", true);
+        let p = parse(&f).unwrap();
+        rewrite(&mut f, &p, &L2X, a("10.2.0.1:30002"), a("10.2.0.2:5000"), Checksum::Full).unwrap();
+        assert_eq!(&f[p.l4 + 6..p.l4 + 8], &[0, 0]);
     }
 
     #[test]
@@ -429,7 +475,7 @@ pub(crate) mod tests {
         let before = f.clone();
         let p = parse(&f).unwrap();
         assert_eq!(
-            rewrite(&mut f, &p, &L2X, a("[2001:db8::1]:30002"), a("[2001:db8::2]:5000")),
+            rewrite(&mut f, &p, &L2X, a("[2001:db8::1]:30002"), a("[2001:db8::2]:5000"), Checksum::Full),
             Err(RewriteError::FamilyMismatch)
         );
         assert_eq!(f, before);
@@ -471,7 +517,7 @@ pub(crate) mod tests {
             let nd = SocketAddr::new(IpAddr::from(nda), ports[3]);
             let mut f = frame(s, d, &payload, false);
             let p = parse(&f).unwrap();
-            rewrite(&mut f, &p, &L2X, ns, nd).unwrap();
+            rewrite(&mut f, &p, &L2X, ns, nd, Checksum::Incremental).unwrap();
             expect_same_as_fresh(&f, ns, nd, &payload);
         }
 
@@ -486,7 +532,7 @@ pub(crate) mod tests {
             let nd = SocketAddr::new("2001:db8::2".parse().unwrap(), ports[3]);
             let mut f = frame(s, d, &payload, false);
             let p = parse(&f).unwrap();
-            rewrite(&mut f, &p, &L2X, ns, nd).unwrap();
+            rewrite(&mut f, &p, &L2X, ns, nd, Checksum::Incremental).unwrap();
             expect_same_as_fresh(&f, ns, nd, &payload);
         }
     }

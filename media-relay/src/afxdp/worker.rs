@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token};
 use xdpilone::xdp::XdpDesc;
 
 use super::neigh::NeighTable;
-use super::rewrite::{self, L2};
+use super::rewrite::{self, Checksum, L2};
 use super::umem::{Xsk, BATCH};
 use crate::counters::LocalCounters;
 use crate::stats::RtpStats;
@@ -33,12 +33,14 @@ use crate::stream::{peer_channel, ChannelSetup, ClockTable, Command, DirShared, 
 use crate::sys::monotonic_ns;
 use crate::worker::{account_packet, check_source, SourceVerdict, WorkerContext};
 
-/// Empty polls before the worker sleeps in `epoll_wait`.
-const SPIN: u32 = 256;
+/// Empty polls (about 20 ns each) before the worker sleeps in `epoll_wait`.
+const SPIN: u32 = 512;
 /// Longest sleep (a missed wakeup costs at most this).
 const SLEEP: Duration = Duration::from_millis(20);
 /// No port in a [`Hop`].
 const NO_PORT: u8 = u8::MAX;
+/// How often the sockets' kernel drop counters are read (one syscall each).
+const KERNEL_STATS_EVERY: u64 = 1_000_000_000;
 
 /// A channel's cached answer to "how do frames reach the destination".
 #[derive(Clone, Copy)]
@@ -85,15 +87,15 @@ enum Verdict {
     Drop,
 }
 
-/// Runs until shutdown. `xsk` was opened by the caller on this thread;
-/// `ports_ifindex[i]` is the interface of `xsk.ports[i]`.
-pub fn run(ctx: WorkerContext, poll: Poll, xsk: Xsk, neigh: Arc<NeighTable>) {
+/// Runs until shutdown, on the sockets of `xsk`.
+pub fn run(ctx: WorkerContext, poll: Poll, xsk: Xsk, neigh: Arc<NeighTable>, checksum: Checksum) {
     if let Some(core) = ctx.core {
         if !core_affinity::set_for_current(core) {
             tracing::warn!(worker = ctx.index, core = core.id, "could not pin worker to its core");
         }
     }
     let mut w = Worker {
+        checksum,
         ifindexes: xsk.ports.iter().map(|p| p.ifindex).collect(),
         pairs: Vec::new(),
         by_port: vec![0u32; 65536].into_boxed_slice(),
@@ -121,6 +123,7 @@ struct Worker {
     poll: Poll,
     xsk: Xsk,
     neigh: Arc<NeighTable>,
+    checksum: Checksum,
     /// Interface of each socket of `xsk`, by index.
     ifindexes: Vec<u32>,
     pairs: Vec<Option<Box<Pair>>>,
@@ -136,9 +139,20 @@ impl Worker {
     fn main_loop(&mut self) {
         let mut events = Events::with_capacity(16);
         let mut idle = 0u32;
+        let mut stats_at = 0;
+        let mut rounds = 0u32;
         while !self.ctx.shutdown.load(Ordering::Relaxed) {
             self.drain_commands();
             self.flush_events();
+            rounds = rounds.wrapping_add(1);
+            if rounds.is_multiple_of(1024) || idle >= SPIN {
+                let now = monotonic_ns();
+                if now.saturating_sub(stats_at) >= KERNEL_STATS_EVERY {
+                    stats_at = now;
+                    self.kernel_drops();
+                    self.local.publish(&self.ctx.counters);
+                }
+            }
             let got = self.round();
             if got > 0 {
                 idle = 0;
@@ -173,6 +187,9 @@ impl Worker {
                 self.xsk.refill(p, target - level);
             }
         }
+        if !self.xsk.ports.iter().any(|p| p.rx.available() > 0) {
+            return 0;
+        }
         let mut total = 0;
         let now = monotonic_ns();
         for p in 0..nports {
@@ -204,6 +221,22 @@ impl Worker {
         touched.clear();
         self.touched = touched;
         total
+    }
+
+    /// Reads the sockets' kernel drop counters into the local counters.
+    fn kernel_drops(&mut self) {
+        let mut sum = [0u64; 4];
+        for p in &self.xsk.ports {
+            if let Some(d) = p.kernel_drops() {
+                for (s, v) in sum.iter_mut().zip(d) {
+                    *s += v;
+                }
+            }
+        }
+        self.local.xsk_rx_dropped = sum[0];
+        self.local.xsk_rx_ring_full = sum[1];
+        self.local.xsk_fill_ring_empty = sum[2];
+        self.local.xsk_tx_invalid = sum[3];
     }
 
     fn channel_mut(&mut self, token: usize) -> Option<&mut Channel> {
@@ -317,7 +350,7 @@ impl Worker {
         if hop.port == NO_PORT || out.local.ip().is_unspecified() {
             return Verdict::Kernel { token: out_token, dest };
         }
-        if rewrite::rewrite(frame, &parsed, &hop.l2, out.local, dest).is_err() {
+        if rewrite::rewrite(frame, &parsed, &hop.l2, out.local, dest, self.checksum).is_err() {
             return Verdict::Kernel { token: out_token, dest };
         }
         self.local.relayed_bytes += bytes;
@@ -394,8 +427,9 @@ fn make_channel(c: usize, s: ChannelSetup) -> Channel {
         socket: s.socket,
         local,
         peer: s.peer,
-        latched: None,
-        stats: RtpStats::new(),
+        // A session taken over from an HA peer keeps its latch and counters.
+        latched: s.latched,
+        stats: s.resume.as_ref().map_or_else(RtpStats::new, RtpStats::resume),
         foreign: 0,
         shared: s.shared,
         rtcp_port: c == A_RTCP || c == B_RTCP,

@@ -876,6 +876,32 @@ pub fn require_binary(name: &str) -> Option<PathBuf> {
     found
 }
 
+// ---------------------------------------------------------------------------
+// Network namespaces
+// ---------------------------------------------------------------------------
+
+/// The helpers' only `unsafe`: entering a network namespace.
+#[allow(unsafe_code, reason = "setns(2) has no safe wrapper in std")]
+mod netns_sys {
+    use std::os::fd::AsRawFd;
+
+    pub fn enter(path: &str) -> std::io::Result<()> {
+        let ns = std::fs::File::open(path)?;
+        // SAFETY: setns(2) takes an fd that `ns` keeps open for the call and
+        // a flag; it changes this thread's namespace and touches no memory.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Moves the calling thread (only) into the network namespace at `path`
+/// (e.g. `/run/netns/NAME`): sockets it creates afterwards live there.
+pub fn enter_netns(path: &str) -> io::Result<()> {
+    netns_sys::enter(path)
+}
+
 #[cfg(test)]
 mod self_tests {
     use super::*;

@@ -1,0 +1,550 @@
+//! `xdp-bench`: four ways of relaying the same RTP in one run, in a network
+//! namespace lab this program builds and removes:
+//!
+//! ```text
+//! netns gen:   ga 10.1.0.2 (senders)          gb 10.2.0.2 (sinks)
+//!                 | veth                          | veth
+//! netns relay: ra 10.1.0.1 ----- relay ----- rb 10.2.0.1
+//! ```
+//!
+//! 1. `media-relay` on the `AF_XDP` datapath (one worker, core 0),
+//! 2. `media-relay` on the socket datapath (one worker, core 0),
+//! 3. rtpengine in userspace (`--table=-1`, one thread, core 0),
+//! 4. an in-kernel XDP forwarder (`bench/bpf/fwd.bpf.c`: rewrite and
+//!    redirect, no latching, no statistics), the floor.
+//!
+//! The generator and sink run on core 1 in `gen`: 100 one-way flows of
+//! 214-byte frames (172-byte RTP), rates rising in steps; the highest step
+//! with under 0.1 % loss is the path's figure. The relay side's kernel work
+//! runs on core 0 too: `ra` receives through threaded NAPI pinned there
+//! (GRO on), so the XDP programs, the kernel's receive path of the socket
+//! relays and the whole in-kernel forwarder count against the relay core,
+//! not the generator's. CPU per packet is given two ways: the relay
+//! process's own CPU time (utime + stime: its syscalls, the copy-mode
+//! AF_XDP transmit and the veth delivery run in its context), and the busy
+//! time of core 0 (all of the relay side, and anything else that ran
+//! there). Runs repeat; medians are printed. Needs root, `ip`, `ethtool`, `taskset`, clang (for the baseline)
+//! and rtpengine (apt `rtpengine-daemon`); a missing one drops its column.
+
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bench::gen::{run_step, Flow, StepResult};
+use bench::ng::{reply_port, NgClient};
+use clap::Parser;
+use media_relay::bencode::Value;
+
+#[derive(Parser, Debug)]
+#[command(about = "AF_XDP vs socket datapath vs rtpengine vs in-kernel XDP, in a namespace lab")]
+struct Args {
+    /// The media-relay binary (default: next to this one).
+    #[arg(long)]
+    media_relay: Option<PathBuf>,
+    /// rtpengine binary.
+    #[arg(long, default_value = "/usr/bin/rtpengine")]
+    rtpengine: PathBuf,
+    /// Repetitions of the whole comparison (medians are printed).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per rate step.
+    #[arg(long, default_value_t = 3.0)]
+    step: f64,
+    /// Flows (one call each, one direction).
+    #[arg(long, default_value_t = 100)]
+    flows: usize,
+    /// Offered rates, packets per second.
+    #[arg(long, value_delimiter = ',', default_value = "50000,100000,150000,200000,250000,300000,400000,500000")]
+    rates: Vec<u64>,
+    /// Keep the scratch directory (configs, relay logs).
+    #[arg(long)]
+    keep: bool,
+    /// Paths to measure: afxdp, socket, rtpengine, kernel.
+    #[arg(long, value_delimiter = ',', default_value = "afxdp,socket,rtpengine,kernel")]
+    paths: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path4 {
+    AfXdp,
+    Socket,
+    Rtpengine,
+    KernelXdp,
+}
+
+impl Path4 {
+    const ALL: [Self; 4] = [Self::AfXdp, Self::Socket, Self::Rtpengine, Self::KernelXdp];
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::AfXdp => "afxdp",
+            Self::Socket => "socket",
+            Self::Rtpengine => "rtpengine",
+            Self::KernelXdp => "kernel",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::AfXdp => "media-relay AF_XDP",
+            Self::Socket => "media-relay socket",
+            Self::Rtpengine => "rtpengine --table=-1",
+            Self::KernelXdp => "in-kernel XDP fwd",
+        }
+    }
+}
+
+const GEN_A: [u8; 4] = [10, 1, 0, 2];
+const GEN_B: [u8; 4] = [10, 2, 0, 2];
+const RELAY_A: [u8; 4] = [10, 1, 0, 1];
+const RELAY_B: [u8; 4] = [10, 2, 0, 1];
+/// RTP payload: 172 bytes make 214-byte Ethernet frames.
+const PAYLOAD: usize = 160;
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The two namespaces, removed on drop.
+struct Lab {
+    gen: String,
+    relay: String,
+}
+
+impl Lab {
+    fn new() -> Result<Self, String> {
+        let id = std::process::id();
+        let lab = Self { gen: format!("xbench-gen-{id}"), relay: format!("xbench-relay-{id}") };
+        ip(&["netns", "add", &lab.gen])?;
+        ip(&["netns", "add", &lab.relay])?;
+        let (g, r) = (lab.gen.as_str(), lab.relay.as_str());
+        ip(&["-n", r, "link", "add", "ra", "type", "veth", "peer", "name", "ga", "netns", g])?;
+        ip(&["-n", r, "link", "add", "rb", "type", "veth", "peer", "name", "gb", "netns", g])?;
+        ip(&["-n", r, "addr", "add", "10.1.0.1/24", "dev", "ra"])?;
+        ip(&["-n", r, "addr", "add", "10.2.0.1/24", "dev", "rb"])?;
+        ip(&["-n", g, "addr", "add", "10.1.0.2/24", "dev", "ga"])?;
+        ip(&["-n", g, "addr", "add", "10.2.0.2/24", "dev", "gb"])?;
+        for (ns, dev) in [(r, "ra"), (r, "rb"), (r, "lo"), (g, "ga"), (g, "gb"), (g, "lo")] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        // Full UDP checksums from the generator, as from a NIC (a veth would
+        // otherwise hand over CHECKSUM_PARTIAL frames).
+        for dev in ["ga", "gb"] {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", g, "ethtool", "-K", dev, "tx", "off"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!("ethtool -K {dev} tx off failed (is ethtool installed?)"));
+            }
+        }
+        // The relay core carries the relay side's kernel work for every path:
+        // with GRO on, `ra` receives through NAPI, and threaded NAPI puts
+        // that in a kthread pinned to core 0 (see `pin_napi`) instead of
+        // the generator's core, where a veth would otherwise run it.
+        let ok = Command::new("ip")
+            .args(["netns", "exec", r, "ethtool", "-K", "ra", "gro", "on"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("ip")
+                .args(["netns", "exec", r, "sh", "-c", "echo 1 > /sys/class/net/ra/threaded"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("threaded NAPI on ra (ethtool -K ra gro on; /sys/class/net/ra/threaded) failed".into());
+        }
+        Ok(lab)
+    }
+
+    fn enter(&self, ns: &str) -> Result<(), String> {
+        bench::enter_netns(&format!("/run/netns/{ns}")).map_err(|e| format!("entering {ns}: {e}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.gen]);
+        let _ = ip(&["netns", "del", &self.relay]);
+    }
+}
+
+fn udp(addr: [u8; 4]) -> Result<UdpSocket, String> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).map_err(|e| e.to_string())?;
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    s.bind(&SocketAddr::from((addr, 0)).into()).map_err(|e| e.to_string())?;
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(s.into())
+}
+
+fn port(s: &UdpSocket) -> u16 {
+    s.local_addr().map(|a| a.port()).unwrap_or(0)
+}
+
+/// A relay process, killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_relay(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<Proc, String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.relay, "taskset", "-c", "0"]);
+    match path {
+        Path4::AfXdp | Path4::Socket => {
+            let datapath = if path == Path4::AfXdp { "xdp" } else { "socket" };
+            let cfg = dir.join(format!("relay-{datapath}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[relay]\ninterfaces = [\"a/10.1.0.1\", \"b/10.2.0.1\"]\nlisten_ng = \"127.0.0.1:22222\"\n\
+                     port_min = 30000\nport_max = 40000\nworkers = 1\ntimeout = 600\nmetrics = \"127.0.0.1:9101\"\n\
+                     log_level = \"warn\"\nsocket_rcvbuf = 4194304\ndatapath = \"{datapath}\"\n\
+                     xdp_interfaces = [\"ra\", \"rb\"]\nxdp_queues = 1\n"
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let bin = a.media_relay.clone().unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("media-relay")))
+                    .unwrap_or_else(|| PathBuf::from("media-relay"))
+            });
+            cmd.arg(bin).arg("--config").arg(cfg);
+        }
+        Path4::Rtpengine => {
+            cmd.arg(&a.rtpengine).args([
+                "--config-file=none",
+                "--interface=a/10.1.0.1",
+                "--interface=b/10.2.0.1",
+                "--listen-ng=127.0.0.1:22222",
+                "--port-min=30000",
+                "--port-max=40000",
+                "--num-threads=1",
+                "--timeout=600",
+                "--delete-delay=0",
+                "--table=-1",
+                "--foreground",
+                "--log-stderr",
+                "--log-level=3",
+            ]);
+        }
+        Path4::KernelXdp => return Err("no process".into()),
+    }
+    let log = std::fs::File::create(dir.join(format!("{}.log", path.key()))).map_err(|e| e.to_string())?;
+    let child = cmd.stdout(Stdio::null()).stderr(log).spawn().map_err(|e| e.to_string())?;
+    Ok(Proc(child))
+}
+
+fn ng_cmd(cmd: &str, call: &str, to: Option<&str>, sdp: Option<(&str, u16)>) -> Value {
+    let mut d = Value::dict();
+    d.insert("command", Value::str(cmd)).insert("call-id", Value::str(call)).insert("from-tag", Value::str("a"));
+    if let Some(t) = to {
+        d.insert("to-tag", Value::str(t));
+    }
+    if let Some((addr, port)) = sdp {
+        let body = format!(
+            "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        );
+        d.insert("sdp", Value::str(&body))
+            .insert("ICE", Value::str("remove"))
+            .insert("flags", Value::List(vec![Value::str("trust-address")]));
+        // The caller is on interface a, the callee on b. Only the offer says
+        // so: rtpengine reads an answer's direction the other way round.
+        if cmd == "offer" {
+            d.insert("direction", Value::List(vec![Value::str("a"), Value::str("b")]));
+        }
+    }
+    d
+}
+
+/// Sets up one call per flow on the relay in `lab.relay`; returns the flows
+/// (sender socket index, relay address to send to).
+fn calls(lab: &Lab, senders: &[UdpSocket], sinks: &[UdpSocket], n: usize) -> Result<Vec<Flow>, String> {
+    lab.enter(&lab.relay)?;
+    let mut ng = NgClient::new(SocketAddr::from(([127, 0, 0, 1], 22222))).map_err(|e| e.to_string())?;
+    let mut ping = Value::dict();
+    ping.insert("command", Value::str("ping"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ng.cmd(&ping).is_err() {
+        if Instant::now() > deadline {
+            return Err("the relay did not answer ng ping".into());
+        }
+    }
+    let mut flows = Vec::with_capacity(n);
+    for k in 0..n {
+        let (s, t) = (k % senders.len(), k % sinks.len());
+        let id = format!("xb-{k}");
+        let offer = ng.cmd(&ng_cmd("offer", &id, None, Some(("10.1.0.2", port(&senders[s])))))?;
+        reply_port(&offer).ok_or_else(|| format!("offer failed: {offer:?}"))?;
+        let answer = ng.cmd(&ng_cmd("answer", &id, Some("b"), Some(("10.2.0.2", port(&sinks[t])))))?;
+        let to_a = reply_port(&answer).ok_or_else(|| format!("answer failed: {answer:?}"))?;
+        flows.push(Flow { sock: s, dest: SocketAddrV4::new(RELAY_A.into(), to_a) });
+    }
+    lab.enter(&lab.gen)?;
+    Ok(flows)
+}
+
+/// The in-kernel forwarder: compiles and attaches `fwd.bpf.c` on `ra`, the
+/// do-nothing program on `gb`, and installs one entry per flow.
+fn kernel_fwd(lab: &Lab, dir: &Path, sinks: &[UdpSocket], n: usize) -> Result<(Vec<aya::Ebpf>, Vec<Flow>), String> {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/fwd.bpf.c");
+    let obj = dir.join("fwd.bpf.o");
+    let mut clang = Command::new("clang");
+    clang.args(["-O2", "-g", "-Wall", "-target", "bpf"]);
+    for inc in ["/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu"] {
+        if Path::new(inc).exists() {
+            clang.arg(format!("-I{inc}"));
+        }
+    }
+    let out = clang.args(["-c", src, "-o"]).arg(&obj).output().map_err(|e| format!("clang: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("clang: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let load = |prog: &str, ns: &str, dev: &str| -> Result<aya::Ebpf, String> {
+        lab.enter(ns)?;
+        let mut ebpf = aya::Ebpf::load_file(&obj).map_err(|e| format!("loading {}: {e}", obj.display()))?;
+        let p: &mut aya::programs::Xdp =
+            ebpf.program_mut(prog).ok_or("no program")?.try_into().map_err(|e| format!("{e}"))?;
+        p.load().map_err(|e| format!("loading {prog}: {e}"))?;
+        p.attach(dev, aya::programs::XdpMode::Driver).map_err(|e| format!("attaching {prog} to {dev}: {e}"))?;
+        Ok(ebpf)
+    };
+    let pass = load("pass", &lab.gen, "gb")?;
+    let mut fwd = load("fwd_xdp", &lab.relay, "ra")?;
+    let snap = media_relay::afxdp::neigh::read_snapshot().map_err(|e| e.to_string())?;
+    let rb = snap.link_by_name("rb").ok_or("no rb")?.clone();
+    lab.enter(&lab.gen)?;
+    let snap_gen = media_relay::afxdp::neigh::read_snapshot().map_err(|e| e.to_string())?;
+    let gb_mac = snap_gen.link_by_name("gb").ok_or("no gb")?.mac;
+    let mut map: aya::maps::HashMap<_, u32, [u8; 28]> =
+        aya::maps::HashMap::try_from(fwd.map_mut("fwd").ok_or("no fwd map")?).map_err(|e| e.to_string())?;
+    let mut flows = Vec::with_capacity(n);
+    for k in 0..n {
+        let relay_port = 30000 + 2 * u16::try_from(k).unwrap_or(0);
+        let sink = port(&sinks[k % sinks.len()]);
+        let mut v = [0u8; 28];
+        v[0..4].copy_from_slice(&rb.index.to_ne_bytes());
+        v[4..10].copy_from_slice(&rb.mac);
+        v[10..16].copy_from_slice(&gb_mac);
+        v[16..20].copy_from_slice(&RELAY_B);
+        v[20..24].copy_from_slice(&GEN_B);
+        v[24..26].copy_from_slice(&(relay_port + 1).to_be_bytes());
+        v[26..28].copy_from_slice(&sink.to_be_bytes());
+        map.insert(u32::from(relay_port), v, 0).map_err(|e| e.to_string())?;
+        flows.push(Flow { sock: k % 4, dest: SocketAddrV4::new(RELAY_A.into(), relay_port) });
+    }
+    Ok((vec![fwd, pass], flows))
+}
+
+/// Pins the NAPI kthreads of `ra` (re-created when an XDP program is
+/// attached) to core 0, the relay's core.
+fn pin_napi() {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    for e in dir.filter_map(Result::ok) {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim().starts_with("napi/ra-") {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let _ = Command::new("taskset").args(["-pc", "0", &pid]).stdout(Stdio::null()).status();
+            // Like a NIC interrupt on the relay core: it preempts the worker.
+            let _ = Command::new("chrt").args(["-f", "-p", "50", &pid]).stdout(Stdio::null()).status();
+        }
+    }
+}
+
+/// Busy ticks of core 0 (everything but idle and iowait).
+fn core0_ticks() -> u64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = s.lines().find(|l| l.starts_with("cpu0 ")) else { return 0 };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
+}
+
+fn proc_ticks(pid: u32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let rest = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[derive(Clone, Debug, Default)]
+struct Figures {
+    max_pps: f64,
+    generator_limited: bool,
+    relay_cpu_us: f64,
+    system_cpu_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, label: &str) -> Figures {
+    let step = Duration::from_secs_f64(a.step);
+    let drain = Duration::from_millis(300);
+    // Warm-up: latches every leg, resolves the neighbours.
+    let _ = run_step(socks, flows, 5_000, Duration::from_millis(800), PAYLOAD, drain);
+    let mut fig = Figures::default();
+    for &pps in &a.rates {
+        pin_napi();
+        let (p0, s0) = (pid.map_or(0, proc_ticks), core0_ticks());
+        let r: StepResult = run_step(socks, flows, pps, step, PAYLOAD, drain);
+        let (p1, s1) = (pid.map_or(0, proc_ticks), core0_ticks());
+        let got = r.received.max(1) as f64;
+        let relay_cpu = (p1 - p0) as f64 * 10_000.0 / got;
+        let system_cpu = (s1 - s0) as f64 * 10_000.0 / got;
+        eprintln!(
+            "  {label:<22} {pps:>7} offered, {:>8.0} sent/s: {:>8.0} relayed/s, loss {:.4}%, p50 {} us, p99 {} us, \
+             relay cpu {relay_cpu:.2} us/pkt, core 0 {system_cpu:.2} us/pkt",
+            r.sent_pps,
+            r.received_pps,
+            r.loss * 100.0,
+            r.p50_us,
+            r.p99_us,
+        );
+        if r.loss >= 0.001 {
+            break;
+        }
+        fig = Figures {
+            max_pps: r.received_pps,
+            generator_limited: false,
+            relay_cpu_us: relay_cpu,
+            system_cpu_us: system_cpu,
+            p50_us: r.p50_us,
+            p99_us: r.p99_us,
+        };
+        if r.sent_pps < 0.95 * pps as f64 {
+            fig.generator_limited = true;
+            break;
+        }
+    }
+    fig
+}
+
+fn run_path(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<Figures, String> {
+    lab.enter(&lab.gen)?;
+    let senders: Vec<UdpSocket> = (0..4).map(|_| udp(GEN_A)).collect::<Result<_, _>>()?;
+    let sinks: Vec<UdpSocket> = (0..4).map(|_| udp(GEN_B)).collect::<Result<_, _>>()?;
+    let mut socks = senders;
+    let sink_start = socks.len();
+    socks.extend(sinks);
+    let (sender_socks, sink_socks) = socks.split_at(sink_start);
+    let fig = if path == Path4::KernelXdp {
+        let (progs, flows) = kernel_fwd(lab, dir, sink_socks, a.flows)?;
+        let f = measure(&flows, &socks, None, a, path.label());
+        drop(progs);
+        f
+    } else {
+        if path == Path4::Rtpengine && !a.rtpengine.exists() {
+            return Err(format!("{} not found", a.rtpengine.display()));
+        }
+        let relay = start_relay(lab, path, a, dir)?;
+        let flows = calls(lab, sender_socks, sink_socks, a.flows)?;
+        let f = measure(&flows, &socks, Some(relay.0.id()), a, path.label());
+        drop(relay);
+        f
+    };
+    // Let the relay's ports and XDP attachments go before the next path.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(fig)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> std::process::ExitCode {
+    let a = Args::parse();
+    if let Some(c) = core_affinity::get_core_ids().and_then(|c| c.get(1).copied()) {
+        core_affinity::set_for_current(c);
+    }
+    let lab = match Lab::new() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("xdp-bench: cannot build the namespace lab (needs root, ip, ethtool): {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("xdp-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 4];
+    for run in 0..a.runs {
+        eprintln!("run {}/{}", run + 1, a.runs);
+        for (i, path) in Path4::ALL.iter().enumerate() {
+            if !a.paths.iter().any(|p| p == path.key()) {
+                continue;
+            }
+            match run_path(&lab, *path, &a, &dir) {
+                Ok(f) => results[i].push(f),
+                Err(e) => eprintln!("  {}: {e}", path.label()),
+            }
+        }
+    }
+    drop(lab);
+    if a.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    println!(
+        "\n{} runs, {} flows, 214-byte frames, relay on core 0, generator+sink on core 1 (medians)\n",
+        a.runs, a.flows
+    );
+    println!(
+        "{:<22} {:>16} {:>16} {:>16} {:>12} {:>12}",
+        "path", "max pps <0.1%", "relay CPU us/pkt", "core 0 us/pkt", "p50 us", "p99 us"
+    );
+    let med = |i: usize, f: fn(&Figures) -> f64| median(results[i].iter().map(f).collect());
+    for (i, path) in Path4::ALL.iter().enumerate() {
+        if results[i].is_empty() {
+            println!("{:<22} {:>16}", path.label(), "n/a");
+            continue;
+        }
+        let limited = results[i].iter().filter(|f| f.generator_limited).count() * 2 > results[i].len();
+        let pps = med(i, |f| f.max_pps);
+        let relay_cpu =
+            if *path == Path4::KernelXdp { "-".to_owned() } else { format!("{:.2}", med(i, |f| f.relay_cpu_us)) };
+        println!(
+            "{:<22} {:>16} {:>16} {:>16.2} {:>12.0} {:>12.0}",
+            path.label(),
+            format!("{}{:.0}k", if limited { ">=" } else { "" }, pps / 1000.0),
+            relay_cpu,
+            med(i, |f| f.system_cpu_us),
+            med(i, |f| f.p50_us),
+            med(i, |f| f.p99_us),
+        );
+    }
+    let base = med(1, |f| f.max_pps);
+    let base_cpu = med(1, |f| f.relay_cpu_us);
+    println!("\nratios against the socket datapath (pps, relay CPU per packet):");
+    for (i, path) in Path4::ALL.iter().enumerate() {
+        if results[i].is_empty() || i == 1 {
+            continue;
+        }
+        let cpu = if *path == Path4::KernelXdp {
+            "-".to_owned()
+        } else {
+            format!("{:.2}x", med(i, |f| f.relay_cpu_us) / base_cpu)
+        };
+        println!("  {:<22} pps {:.2}x, CPU {cpu}", path.label(), med(i, |f| f.max_pps) / base);
+    }
+    println!("\n'>=' marks a figure where the generator's core, not the relay, was the limit.");
+    std::process::ExitCode::SUCCESS
+}
