@@ -125,6 +125,8 @@ struct Lab {
     tag: String,
     dir: PathBuf,
     procs: Vec<Proc>,
+    /// `relay.datapath` of both nodes ("socket" or "xdp").
+    datapath: &'static str,
 }
 
 impl Lab {
@@ -136,7 +138,7 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("xsbc-ha-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let lab = Self { tag: tag.to_owned(), dir, procs: Vec::new() };
+        let lab = Self { tag: tag.to_owned(), dir, procs: Vec::new(), datapath: "socket" };
         lab.teardown_ns();
         let lan = lab.ns("lan");
         assert!(sh(&["ip", "netns", "add", &lan]));
@@ -242,6 +244,10 @@ port_max = 40999
 workers = 1
 timeout = 60
 metrics = "off"
+datapath = "{datapath}"
+xdp_interfaces = ["eth0"]
+# The UAs send over veth with partial (offloaded) UDP checksums.
+xdp_full_checksum = true
 
 [ha]
 node_id = "{node}"
@@ -253,7 +259,8 @@ peer = "{NET}.{peer}:7010"
 lease_ms = {lease_ms}
 check_interval_ms = {interval_ms}
 "#,
-            dir = self.dir.display()
+            dir = self.dir.display(),
+            datapath = self.datapath
         );
         let p = self.dir.join(format!("sbc-{node}.toml"));
         std::fs::write(&p, text).unwrap();
@@ -438,12 +445,13 @@ fn check_calls(label: &str, caller: &[serde_json::Value], callee: &[serde_json::
 
 /// `kill -9` of the active node with 20 calls up (half hung up by the
 /// callee afterwards), and new calls started right after the kill.
-fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64) {
+fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64, datapath: &'static str) {
     let _g = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !can_run() {
         return;
     }
     let mut lab = Lab::new(tag);
+    lab.datapath = datapath;
     lab.start_pair(lease_ms, interval_ms);
     let n = 20;
     lab.ua("callee", "callee", &["--run-ms", "60000", "--duration-ms", "12000"]);
@@ -515,7 +523,7 @@ fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64) {
     let callee_byes = taken.iter().filter(|c| c["end_reason"] == "callee-bye").count();
     assert!(callee_byes >= n / 2, "callee BYEs through the standby: {callee_byes}");
     eprintln!(
-        "HA kill -9 (lease {lease_ms} ms, check every {interval_ms} ms): VIP on the standby {vip_moved_ms} ms after the kill; first new call answered via the standby {first_new_ms} ms after the kill\n{text}"
+        "HA kill -9 ({datapath} datapath, lease {lease_ms} ms, check every {interval_ms} ms): VIP on the standby {vip_moved_ms} ms after the kill; first new call answered via the standby {first_new_ms} ms after the kill\n{text}"
     );
     // The media gap target: under 1 s.
     for c in lab.report("caller").iter().chain(lab.report("callee").iter()) {
@@ -526,13 +534,20 @@ fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64) {
 #[test]
 fn takeover_after_kill_keeps_calls_and_media() {
     // The default lease and check interval.
-    kill_scenario("k", 600, 100);
+    kill_scenario("k", 600, 100, "socket");
 }
 
 #[test]
 fn takeover_after_kill_with_a_short_lease() {
     // An operator tuning for a shorter gap.
-    kill_scenario("f", 200, 40);
+    kill_scenario("f", 200, 40, "socket");
+}
+
+#[test]
+fn takeover_after_kill_on_the_af_xdp_datapath() {
+    // Both nodes relay media over AF_XDP on their eth0; the standby enters
+    // the taken-over sessions' ports in its XDP media-port map.
+    kill_scenario("x", 600, 100, "xdp");
 }
 
 #[test]
