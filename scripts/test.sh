@@ -20,6 +20,7 @@ check_pkg kamailio kamailio
 check_pkg rtpengine-daemon rtpengine
 check_pkg iproute2 ip
 check_pkg ethtool ethtool
+check_pkg procps sysctl
 # The XDP program is compiled from source when clang and libbpf's headers are
 # there; otherwise the checked-in object (verified by a test) is used.
 check_pkg clang clang
