@@ -22,6 +22,7 @@ check_pkg iproute2 ip
 check_pkg redis-server redis-server
 check_pkg redis-tools redis-cli
 check_pkg ethtool ethtool
+check_pkg procps sysctl
 # The XDP program is compiled from source when clang and libbpf's headers are
 # there; otherwise the checked-in object (verified by a test) is used.
 check_pkg clang clang

@@ -1,5 +1,5 @@
-//! xsbc media relay: anchored RTP sessions on a socket datapath, driven by
-//! the rtpengine-compatible ng control protocol.
+//! xsbc media relay: anchored RTP sessions on a socket or `AF_XDP`
+//! datapath, driven by the rtpengine-compatible ng control protocol.
 //!
 //! Layout (one concern per module):
 //! - [`config`]: the TOML configuration and its validation.

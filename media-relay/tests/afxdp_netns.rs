@@ -2,14 +2,16 @@
 //! this test creates and removes:
 //!
 //! ```text
-//! netns caller: ca 10.1.0.2/24 (+ 10.1.0.3, banned)
+//! netns caller: ca 10.1.0.2/24 (+ 10.1.0.3, banned), fd00:1::2/64
 //!    | veth
-//! netns relay:  ra 10.1.0.1/24, rb 10.2.0.1/24, XDP + AF_XDP on both
+//! netns relay:  ra 10.1.0.1/24 fd00:1::1/64, rb 10.2.0.1/24 fd00:2::1/64,
+//!               XDP + AF_XDP on both
 //!    | veth
-//! netns callee: eb 10.2.0.2/24 (+ 10.2.0.3, an intruder)
+//! netns callee: eb 10.2.0.2/24 (+ 10.2.0.3, an intruder), fd00:2::2/64
 //! ```
 //!
-//! A call is set up over ng with `direction: [a, b]`; RTP flows both ways
+//! A call is set up over ng with `direction: [a, b]` (and an IPv6 one over
+//! `[a6, b6]`); RTP flows both ways
 //! through the AF_XDP workers (checked with the XDP program's and the
 //! relay's counters), latching and statistics match the socket datapath, a
 //! stale copy of the program left attached is replaced, an
@@ -79,6 +81,10 @@ const RELAY_A: &str = "10.1.0.1";
 const RELAY_B: &str = "10.2.0.1";
 const CALLEE: &str = "10.2.0.2";
 const INTRUDER: &str = "10.2.0.3";
+const CALLER6: &str = "fd00:1::2";
+const RELAY_A6: &str = "fd00:1::1";
+const RELAY_B6: &str = "fd00:2::1";
+const CALLEE6: &str = "fd00:2::2";
 
 struct Lab {
     caller: Netns,
@@ -104,6 +110,11 @@ impl Lab {
         }
         ip(&["-n", c, "route", "add", "default", "via", RELAY_A])?;
         ip(&["-n", e, "route", "add", "default", "via", RELAY_B])?;
+        for (ns, addr, dev) in [(r, RELAY_A6, "ra"), (r, RELAY_B6, "rb"), (c, CALLER6, "ca"), (e, CALLEE6, "eb")] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])?;
+        }
+        ip(&["-n", c, "-6", "route", "add", "default", "via", RELAY_A6])?;
+        ip(&["-n", e, "-6", "route", "add", "default", "via", RELAY_B6])?;
         // A veth hands its peer frames whose UDP checksum holds only the
         // pseudo-header sum (checksum offload, CHECKSUM_PARTIAL); a wire
         // never carries those. The endpoints compute full checksums, as a
@@ -133,7 +144,7 @@ fn config(dir: &TestDir, datapath: &str) -> std::path::PathBuf {
     dir.write(
         "relay.toml",
         format!(
-            "[relay]\ninterfaces = [\"a/{RELAY_A}\", \"b/{RELAY_B}\"]\nlisten_ng = \"127.0.0.1:22222\"\n\
+            "[relay]\ninterfaces = [\"a/{RELAY_A}\", \"b/{RELAY_B}\", \"a6/{RELAY_A6}\", \"b6/{RELAY_B6}\"]\nlisten_ng = \"127.0.0.1:22222\"\n\
              port_min = 30000\nport_max = 30099\nworkers = 1\ntimeout = 60\nmetrics = \"127.0.0.1:9101\"\n\
              log_level = \"info\"\ndatapath = \"{datapath}\"\nxdp_interfaces = [\"ra\", \"rb\"]\nxdp_queues = 1\n"
         ),
@@ -165,8 +176,9 @@ fn dict(pairs: &[(&str, Value)]) -> Value {
 }
 
 fn sdp(addr: &str, port: u16) -> String {
+    let family = if addr.contains(':') { "IP6" } else { "IP4" };
     format!(
-        "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n"
+        "v=0\r\no=- 1 1 IN {family} {addr}\r\ns=-\r\nc=IN {family} {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n"
     )
 }
 
@@ -180,7 +192,7 @@ fn media_port(v: &Value) -> u16 {
 /// the legs on interfaces a and b. Returns (port the caller sends to, port
 /// the callee sends to).
 fn setup_call(ng: &NgClient, call: &str, a: SocketAddr, b: SocketAddr) -> (u16, u16) {
-    let dir = Value::List(vec![s("a"), s("b")]);
+    let dir = if a.is_ipv6() { Value::List(vec![s("a6"), s("b6")]) } else { Value::List(vec![s("a"), s("b")]) };
     let offer = ng.cmd(dict(&[
         ("command", s("offer")),
         ("call-id", s(call)),
@@ -434,6 +446,36 @@ fn xdp_call() {
     let banned_now = metric("media_relay_xdp_packets_total{verdict=\"dropped_banned\"}");
     assert!(banned_now - banned_before >= 10.0, "dropped_banned {banned_before} -> {banned_now}");
     assert_eq!(metric("media_relay_drops_total{reason=\"foreign_source\"}"), foreign_before);
+
+    // IPv6: the same relaying over the IPv6 addresses of the same links
+    // (neighbours learned over NDP; the incremental checksum update of
+    // IPv6 headers checked by the callee's kernel).
+    let caller6 = Lab::bind(&lab.caller, &format!("[{CALLER6}]:4002"), &lab.relay);
+    let callee6 = Lab::bind(&lab.callee, &format!("[{CALLEE6}]:5002"), &lab.relay);
+    let (to_a6, to_b6) = setup_call(&ng, "xdp-call6", caller6.local_addr().unwrap(), callee6.local_addr().unwrap());
+    let relay_a6: SocketAddr = format!("[{RELAY_A6}]:{to_a6}").parse().unwrap();
+    let relay_b6: SocketAddr = format!("[{RELAY_B6}]:{to_b6}").parse().unwrap();
+    let steered6 = metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}");
+    let kernel6 = metric("media_relay_xdp_kernel_path_total");
+    let got = relay_burst(&caller6, relay_a6, &callee6, 1, 30, 0x6666);
+    assert_eq!(got.len(), 30, "IPv6 callee got {} of 30\n{}", got.len(), counters());
+    assert!(got.iter().all(|(_, from)| *from == relay_b6), "IPv6 source is the relay's B side");
+    assert_eq!(got[3].0, rtp(4, 0x6666));
+    let back = relay_burst(&callee6, relay_b6, &caller6, 1, 30, 0x7777);
+    assert_eq!(back.len(), 30, "IPv6 caller got {} of 30\n{}", back.len(), counters());
+    assert!(back.iter().all(|(_, from)| *from == relay_a6));
+    // Once NDP has run, nothing takes the kernel path any more.
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel6_after_learning = metric("media_relay_xdp_kernel_path_total");
+    assert!(kernel6_after_learning - kernel6 <= 16.0, "IPv6 kernel path: {}", counters());
+    assert_eq!(relay_burst(&caller6, relay_a6, &callee6, 31, 20, 0x6666).len(), 20, "{}", counters());
+    assert_eq!(relay_burst(&callee6, relay_b6, &caller6, 31, 20, 0x7777).len(), 20, "{}", counters());
+    assert_eq!(metric("media_relay_xdp_kernel_path_total"), kernel6_after_learning, "{}", counters());
+    let steered6 = metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}") - steered6;
+    assert_eq!(steered6, 100.0, "the XDP program steered every IPv6 packet\n{}", counters());
+    let q = ng.cmd(dict(&[("command", s("query")), ("call-id", s("xdp-call6"))]));
+    assert_eq!(stat(&stream_stats(&q, "alice"), "packets"), 50);
+    assert_eq!(stat(&stream_stats(&q, "bob"), "lost"), 0);
 
     // Deleting the call removes the steering entries and stops forwarding.
     let del = ng.cmd(dict(&[("command", s("delete")), ("call-id", s("xdp-call"))]));

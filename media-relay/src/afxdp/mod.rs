@@ -183,7 +183,21 @@ impl AfXdp {
         let neigh = Arc::new(NeighTable::new(snap));
         let shutdown = Arc::new(AtomicBool::new(false));
         let monitor = neigh.monitor(Arc::clone(&shutdown), Duration::from_secs(5)).map_err(Error::Netlink)?;
-        tracing::info!(interfaces = ?cfg.xdp_interfaces, queues, "AF_XDP datapath ready");
+        tracing::info!(
+            interfaces = ?cfg.xdp_interfaces,
+            queues,
+            umem_mib = (queues * (umem::FRAMES * umem::FRAME_SIZE) as usize) >> 20,
+            "AF_XDP datapath ready"
+        );
+        if queues > 1 {
+            // A session lives in one worker; RSS may deliver its packets to
+            // another queue, whose worker drops them (drops{reason="no_session"}).
+            tracing::warn!(
+                queues,
+                "several AF_XDP queues: steer each session's ports to one queue (e.g. ethtool ntuple rules); \
+                 packets arriving on another queue are dropped as no_session"
+            );
+        }
         Ok(Self {
             queues,
             attached: Arc::new(Mutex::new(attached)),

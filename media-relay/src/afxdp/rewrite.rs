@@ -56,20 +56,28 @@ pub struct Parsed {
     pub dst: SocketAddr,
     /// The UDP payload, by the UDP length (Ethernet padding excluded).
     pub payload: Range<usize>,
+    /// The frame carries one 802.1Q/802.1ad tag (which [`rewrite`] does
+    /// not handle: the worker sends such packets through the kernel).
+    pub vlan: bool,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-/// Parses `frame` (Ethernet II, IPv4 or IPv6, UDP).
+/// Parses `frame` (Ethernet II, at most one VLAN tag, IPv4 or IPv6, UDP).
 ///
 /// # Errors
 /// [`ParseError`] for anything that is not a complete, unfragmented UDP
-/// datagram over IPv4/IPv6 without a VLAN tag.
+/// datagram over IPv4/IPv6.
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
-    let ethertype = be16(frame, 12).ok_or(ParseError::Truncated)?;
-    let l3 = ETH_LEN;
+    let mut ethertype = be16(frame, 12).ok_or(ParseError::Truncated)?;
+    let mut l3 = ETH_LEN;
+    let vlan = matches!(ethertype, ETH_P_VLAN | ETH_P_QINQ);
+    if vlan {
+        ethertype = be16(frame, ETH_LEN + 2).ok_or(ParseError::Truncated)?;
+        l3 += 4;
+    }
     let (src_ip, dst_ip, l4, ip_end) = match ethertype {
         ETH_P_IPV4 => {
             let ip = frame.get(l3..l3 + IPV4_MIN).ok_or(ParseError::Truncated)?;
@@ -109,7 +117,6 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
             d.copy_from_slice(&ip[24..40]);
             (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)), l3 + IPV6_LEN, l3 + IPV6_LEN + plen)
         }
-        ETH_P_VLAN | ETH_P_QINQ => return Err(ParseError::NotIp),
         _ => return Err(ParseError::NotIp),
     };
     let udp = frame.get(l4..l4 + UDP_LEN).ok_or(ParseError::Truncated)?;
@@ -125,6 +132,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
         src: SocketAddr::new(src_ip, sport),
         dst: SocketAddr::new(dst_ip, dport),
         payload: l4 + UDP_LEN..l4 + ulen,
+        vlan,
     })
 }
 
@@ -497,9 +505,21 @@ pub(crate) mod tests {
         let mut frag = good.clone();
         frag[14 + 6] = 0x20; // MF
         assert_eq!(parse(&frag), Err(ParseError::NotUdp));
-        let mut vlan = good.clone();
-        vlan[12..14].copy_from_slice(&ETH_P_VLAN.to_be_bytes());
-        assert_eq!(parse(&vlan), Err(ParseError::NotIp));
+        // One VLAN tag: parsed (for the kernel path), flagged.
+        let mut vlan = good[..12].to_vec();
+        vlan.extend_from_slice(&ETH_P_VLAN.to_be_bytes());
+        vlan.extend_from_slice(&[0x00, 0x64]);
+        vlan.extend_from_slice(&good[12..]);
+        let p = parse(&vlan).unwrap();
+        assert!(p.vlan && !parse(&good).unwrap().vlan);
+        assert_eq!((p.l3, p.src, p.dst), (18, a("10.1.0.2:4000"), a("10.1.0.1:30000")));
+        assert_eq!(&vlan[p.payload.clone()], b"abcdef");
+        // Two tags (QinQ) are not ours.
+        let mut qinq = vlan[..12].to_vec();
+        qinq.extend_from_slice(&ETH_P_QINQ.to_be_bytes());
+        qinq.extend_from_slice(&[0x00, 0x01]);
+        qinq.extend_from_slice(&vlan[12..]);
+        assert_eq!(parse(&qinq), Err(ParseError::NotIp));
         let mut short_udp = good;
         short_udp[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&4u16.to_be_bytes());
         assert_eq!(parse(&short_udp), Err(ParseError::Truncated));

@@ -347,7 +347,7 @@ impl Worker {
             out.hop = resolve(&self.neigh, &self.ifindexes, dest, generation);
         }
         let hop = out.hop;
-        if hop.port == NO_PORT || out.local.ip().is_unspecified() {
+        if hop.port == NO_PORT || out.local.ip().is_unspecified() || parsed.vlan {
             return Verdict::Kernel { token: out_token, dest };
         }
         if rewrite::rewrite(frame, &parsed, &hop.l2, out.local, dest, self.checksum).is_err() {
