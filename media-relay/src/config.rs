@@ -111,6 +111,10 @@ pub struct RelayConfig {
     /// address this host does not hold yet (an HA pair's virtual IP). Not a
     /// file key: the sbc sets it when `[ha]` is configured.
     pub freebind: bool,
+    /// UDP ports whose datagrams the `AF_XDP` datapath steers to its workers
+    /// and hands to the signaling plane (see [`crate::sip_handoff`]). Not a
+    /// file key: the sbc sets its SIP port.
+    pub sip_ports: Vec<u16>,
     /// Which datapath moves media: sockets, `AF_XDP`, or `AF_XDP` when possible.
     pub datapath: DatapathMode,
     /// Interfaces the XDP program is attached to (`AF_XDP` datapath).
@@ -264,6 +268,7 @@ impl RelayConfig {
             ng_cache_age: Duration::from_secs(r.ng_cache_age),
             max_sessions: r.max_sessions,
             freebind: false,
+            sip_ports: Vec::new(),
             datapath,
             xdp_interfaces: r.xdp_interfaces,
             xdp_queues: r.xdp_queues,

@@ -31,6 +31,7 @@ pub mod ports;
 pub mod relay;
 pub mod rtp;
 pub mod sdp;
+pub mod sip_handoff;
 pub mod stats;
 pub mod stream;
 pub mod sys;

@@ -37,6 +37,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(200);
 pub struct Relay {
     cfg: RelayConfig,
     datapath: Arc<dyn Datapath>,
+    sip: Arc<crate::sip_handoff::SipHandoff>,
     state: Mutex<State>,
     counters: Vec<Arc<PaddedCounters>>,
     shutdown: Arc<AtomicBool>,
@@ -126,6 +127,8 @@ impl Relay {
             cfg.workers = n;
         }
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let sip = Arc::new(crate::sip_handoff::SipHandoff::default());
+        let hand_sip = datapath.name() == "xdp" && !cfg.sip_ports.is_empty();
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut links = Vec::with_capacity(cfg.workers);
         let mut counters = Vec::with_capacity(cfg.workers);
@@ -146,6 +149,8 @@ impl Relay {
                 nat: cfg.nat,
                 counters: Arc::clone(&ctr),
                 shutdown: Arc::clone(&shutdown),
+                sip: hand_sip
+                    .then(|| crate::sip_handoff::SipSender::new(sip.ring(), Arc::clone(&sip), cfg.sip_ports.clone())),
             };
             let t = datapath.spawn_worker(ctx, poll)?;
             threads.push(t);
@@ -176,6 +181,7 @@ impl Relay {
         let relay = Arc::new(Self {
             cfg,
             datapath,
+            sip,
             state: Mutex::new(state),
             counters,
             shutdown: Arc::clone(&shutdown),
@@ -202,6 +208,13 @@ impl Relay {
     #[must_use]
     pub fn config(&self) -> &RelayConfig {
         &self.cfg
+    }
+
+    /// SIP datagrams the datapath steered to its workers (the signaling
+    /// plane takes the rings and sets the waker).
+    #[must_use]
+    pub fn sip_handoff(&self) -> &Arc<crate::sip_handoff::SipHandoff> {
+        &self.sip
     }
 
     /// The datapath moving the packets.

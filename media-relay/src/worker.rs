@@ -49,6 +49,8 @@ pub struct WorkerContext {
     /// True while the worker is about to block in poll: the control plane
     /// wakes it only then (see [`Sleep`]).
     pub sleeping: Arc<AtomicBool>,
+    /// SIP handoff to the signaling plane (`AF_XDP` datapath with SIP ports).
+    pub sip: Option<crate::sip_handoff::SipSender>,
 }
 
 /// The handshake that lets the control plane skip wakeups while a worker is

@@ -619,6 +619,9 @@ impl Config {
         relay_doc.insert("relay".into(), toml::Value::Table(f.relay));
         let mut relay =
             RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
+        // With the AF_XDP datapath, SIP to our UDP port is steered to the
+        // relay's workers and handed to the signaling plane.
+        relay.sip_ports = vec![listen.port()];
         let ha = match f.ha {
             Some(h) => Some(parse_ha(h, listen, &mut relay)?),
             None => None,

@@ -18,7 +18,7 @@ use sbc::config::Config;
 use sbc::ha::{ToHa, ToProxy};
 use sbc::metrics::SbcMetrics;
 use sbc::proxy::Proxy;
-use sbc::transport::Transport;
+use sbc::transport::{Proto, Transport};
 
 /// xsbc session border controller.
 #[derive(Parser, Debug)]
@@ -216,13 +216,29 @@ fn run(cfg: Config) -> Result<(), String> {
     }
     let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
+    // One waker for the signaling thread's poll, shared by the HA thread and
+    // the AF_XDP workers' SIP handoff (mio allows one per poll).
+    let sip_rings = relay.sip_handoff().take_consumers();
+    let waker = if cfg.ha.is_some() || !sip_rings.is_empty() {
+        Some(transport.waker().map_err(|e| format!("creating the signaling waker: {e}"))?)
+    } else {
+        None
+    };
+    if let (Some(w), false) = (&waker, sip_rings.is_empty()) {
+        let w = Arc::clone(w);
+        relay.sip_handoff().set_waker(Box::new(move || {
+            let _ = w.wake();
+        }));
+        tracing::info!(workers = sip_rings.len(), "SIP on the AF_XDP datapath is handed over from the media workers");
+    }
+    let mut sip_rings = sip_rings;
     // High availability: a thread that replicates state and owns the lease.
     let mut ha_link: Option<(std::sync::mpsc::Sender<ToHa>, std::sync::mpsc::Receiver<ToProxy>)> = None;
     if let (Some(hc), Some(status)) = (&cfg.ha, &ha_status) {
         proxy.track_changes();
         let (to_ha, from_proxy) = std::sync::mpsc::channel();
         let (to_proxy, from_ha) = std::sync::mpsc::channel();
-        let waker = transport.waker().map_err(|e| format!("creating the signaling waker: {e}"))?;
+        let waker = waker.clone().ok_or("no signaling waker")?;
         let links = sbc::ha::Links {
             relay: Arc::clone(&relay),
             to_proxy,
@@ -253,6 +269,11 @@ fn run(cfg: Config) -> Result<(), String> {
         if let Err(e) = transport.poll(Some(wait), &mut inbound, now) {
             tracing::error!(error = %e, "SIP transport poll failed");
             std::thread::sleep(Duration::from_millis(10));
+        }
+        for ring in &mut sip_rings {
+            while let Ok(d) = ring.pop() {
+                inbound.push(sbc::transport::Inbound { data: d.payload().to_vec(), src: d.src, proto: Proto::Udp });
+            }
         }
         for m in inbound.drain(..) {
             proxy.handle(m, Instant::now());

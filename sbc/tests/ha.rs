@@ -280,6 +280,23 @@ check_interval_ms = {interval_ms}
         sh_out(&cmd)
     }
 
+    /// The node's Prometheus text (fetched inside its namespace).
+    fn metrics(&self, node: &str) -> String {
+        let ip = if node == "a" { 11 } else { 12 };
+        let script = format!(
+            "exec 3<>/dev/tcp/{NET}.{ip}/9100 && printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        sh_out(&["ip", "netns", "exec", &self.ns(node), "bash", "-c", &script])
+    }
+
+    /// Sum of a metric's samples in `text` (any labels).
+    fn metric_sum(text: &str, name: &str) -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     fn holds_vip(&self, node: &str) -> bool {
         sh_out(&["ip", "-n", &self.ns(node), "-o", "addr", "show", "dev", "eth0"]).contains(&format!("{VIP}/"))
     }
@@ -479,6 +496,12 @@ fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64, datapath: &'static 
         lab.report("caller")
     );
     assert!(lab.holds_vip("a"));
+    if datapath == "xdp" {
+        // SIP itself came through the AF_XDP workers' handoff.
+        let m = lab.metrics("a");
+        let handed = Lab::metric_sum(&m, "media_relay_sip_handoff_total");
+        assert!(handed >= 40.0, "SIP datagrams handed over on node a: {handed}\n{m}");
+    }
     let killed_at = unix_ms();
     lab.procs[1].kill9(); // sbc-a
     let killed = Instant::now();
@@ -519,6 +542,12 @@ fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64, datapath: &'static 
     for c in &taken {
         let r = c["end_reason"].as_str().unwrap_or("");
         assert!(r == "caller-bye" || r == "callee-bye", "CDR: {c}");
+    }
+    if datapath == "xdp" {
+        let m = lab.metrics("b");
+        let handed = Lab::metric_sum(&m, "media_relay_sip_handoff_total");
+        assert!(handed >= 40.0, "SIP datagrams handed over on node b: {handed}");
+        eprintln!("SIP via the AF_XDP handoff on node b: {handed} datagrams");
     }
     let callee_byes = taken.iter().filter(|c| c["end_reason"] == "callee-bye").count();
     assert!(callee_byes >= n / 2, "callee BYEs through the standby: {callee_byes}");

@@ -32,7 +32,7 @@ use std::time::Duration;
 use aya::maps::MapData;
 use aya::programs::XdpMode;
 use aya::Ebpf;
-use xdp_prog::{CounterSnapshot, Counters, MediaPorts, MediaValue, Xsks, PROGRAM_NAME};
+use xdp_prog::{CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks, PROGRAM_NAME};
 
 use crate::config::RelayConfig;
 use crate::control::RelayError;
@@ -164,7 +164,7 @@ impl AfXdp {
         };
         let mut attached = Vec::new();
         for name in &cfg.xdp_interfaces {
-            attached.push(attach_one(name, &snap)?);
+            attached.push(attach_one(name, &snap, &cfg.sip_ports)?);
         }
         // Every socket is bound here, so any failure (no AF_XDP support, a
         // queue that does not exist, ...) happens before a worker starts
@@ -215,7 +215,7 @@ impl AfXdp {
 }
 
 /// Loads the program for `name`, removes a stale copy of ours, attaches.
-fn attach_one(name: &str, snap: &neigh::Snapshot) -> Result<Attached, Error> {
+fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16]) -> Result<Attached, Error> {
     if let Some(link) = snap.link_by_name(name).filter(|l| l.xdp_prog_id != 0) {
         let id = link.xdp_prog_id;
         let prog_name = aya::programs::loaded_programs()
@@ -234,6 +234,12 @@ fn attach_one(name: &str, snap: &neigh::Snapshot) -> Result<Attached, Error> {
     let media = MediaPorts::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
     let xsks = Xsks::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
     let counters = Counters::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
+    // SIP to these ports is steered to the workers too and handed to the
+    // signaling plane (crate::sip_handoff).
+    let mut sip = SipPorts::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
+    for &p in sip_ports {
+        sip.add(p).map_err(|e| Error::Map(format!("adding SIP port {p} on `{name}`: {}", chain(&e))))?;
+    }
     if let Err(native) = xdp_prog::attach(&mut ebpf, name, XdpMode::Driver) {
         let native = chain(&native);
         match xdp_prog::attach(&mut ebpf, name, XdpMode::Skb) {

@@ -205,6 +205,12 @@ impl Worker {
                 self.handle(*d, now);
             }
         }
+        if let Some(sip) = self.ctx.sip.as_mut() {
+            // One wakeup of the signaling plane per batch.
+            sip.flush();
+            self.local.sip_handoff = sip.delivered;
+            self.local.drop_sip = sip.dropped;
+        }
         for p in 0..nports {
             let (_, dropped) = self.xsk.flush(p);
             self.local.drop_send += dropped as u64;
@@ -297,6 +303,11 @@ impl Worker {
             self.local.drop_malformed += 1;
             return Verdict::Drop;
         };
+        if let Some(sip) = self.ctx.sip.as_mut().filter(|s| s.is_sip(parsed.dst.port())) {
+            // SIP for the signaling plane: one copy into its ring.
+            sip.send(parsed.src, parsed.dst, &frame[parsed.payload.clone()]);
+            return Verdict::Drop;
+        }
         let token = match self.by_port.get(usize::from(parsed.dst.port())) {
             Some(&t) if t > 0 => (t - 1) as usize,
             _ => {
