@@ -72,13 +72,17 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { config } => match load(config.as_ref()) {
             Ok(c) => {
                 println!(
-                    "configuration OK: SIP on {} ({}), {} trunk(s), {} route(s), media ports {}-{}",
+                    "configuration OK: SIP on {} ({}), {} trunk(s), {} route(s), media ports {}-{}{}",
                     c.listen,
                     if c.tcp { "UDP+TCP" } else { "UDP" },
                     c.trunks.len(),
                     c.routes.len(),
                     c.relay.port_min,
-                    c.relay.port_max
+                    c.relay.port_max,
+                    c.ha.as_ref().map_or(String::new(), |h| format!(
+                        ", HA node `{}` (VIP {}/{} on {}, Redis {}, peer {})",
+                        h.node_id, h.vip.addr, h.vip.prefix, h.vip.dev, h.redis, h.peer
+                    ))
                 );
                 ExitCode::SUCCESS
             }
