@@ -48,64 +48,7 @@ pub struct MediaRecord {
     pub latched: [Option<SocketAddr>; 4],
     /// Payload type → clock rate.
     pub clock: Vec<(u8, u32)>,
-    /// Statistics of each channel when exported.
-    pub streams: [StreamState; 4],
-}
-
-/// The statistics state of one receiving channel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamState {
-    /// Packets received.
-    pub packets: u64,
-    /// Bytes received.
-    pub bytes: u64,
-    /// RTP packets received.
-    pub rtp_packets: u64,
-    /// Packets expected from the sequence numbers.
-    pub expected: u64,
-    /// Packets lost.
-    pub lost: i64,
-    /// Duplicates.
-    pub duplicates: u64,
-    /// Reordered packets.
-    pub reordered: u64,
-    /// SSRC of the current epoch.
-    pub ssrc: u32,
-    /// Extended highest sequence number of the current epoch.
-    pub max_seq_ext: u32,
-}
-
-impl From<&StatsSnapshot> for StreamState {
-    fn from(s: &StatsSnapshot) -> Self {
-        Self {
-            packets: s.packets,
-            bytes: s.bytes,
-            rtp_packets: s.rtp_packets,
-            expected: s.expected,
-            lost: s.lost,
-            duplicates: s.duplicates,
-            reordered: s.reordered,
-            ssrc: s.ssrc,
-            max_seq_ext: s.max_seq_ext,
-        }
-    }
-}
-
-impl StreamState {
-    /// The snapshot a resumed channel continues from.
-    #[must_use]
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            packets: self.packets,
-            bytes: self.bytes,
-            rtp_packets: self.rtp_packets,
-            expected: self.expected,
-            lost: self.lost,
-            duplicates: self.duplicates,
-            reordered: self.reordered,
-            ssrc: self.ssrc,
-            max_seq_ext: self.max_seq_ext,
-            ..StatsSnapshot::default()
-        }
-    }
+    /// Statistics of each channel when exported (`last_packet` is zero: a
+    /// monotonic time means nothing on another host).
+    pub streams: [StatsSnapshot; 4],
 }

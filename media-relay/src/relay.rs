@@ -21,9 +21,10 @@ use crate::control::{
 };
 use crate::counters::PaddedCounters;
 use crate::datapath::Datapath;
-use crate::ha::{MediaRecord, SessionRecord, StreamState};
+use crate::ha::{MediaRecord, SessionRecord};
 use crate::ports::PortAllocator;
 use crate::sdp::{self, Sdp};
+use crate::stats::StatsSnapshot;
 use crate::stream::{ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup};
 use crate::sys::monotonic_ns;
 use crate::worker::{self, WorkerContext};
@@ -469,46 +470,79 @@ impl Relay {
                 }
             }
         }
-        // Steer the ports to the datapath before the SDP advertising them is sent.
+        let mut it = socks.into_iter();
+        let (Some(a), Some(b)) = (it.next(), it.next()) else {
+            return Err(RelayError::NoPorts);
+        };
+        let placed = self.place_pair(ports, workers, next_worker, &call.id, index, [a, b], &PairStart::default())?;
+        Ok(MediaPair {
+            worker: placed.worker,
+            slot: placed.slot,
+            kind,
+            protocol,
+            codecs: [Vec::new(), Vec::new()],
+            ports: placed.ports,
+            sdp_rtp: [None, None],
+            sdp_rtcp: [None, None],
+            mux: [false, false],
+            latched: [None; 4],
+            shared: placed.shared,
+            clock: ClockTable::default(),
+            steered: placed.steered,
+        })
+    }
+
+    /// The step a new pair and a taken-over one share: steer the bound ports
+    /// to the datapath (before any SDP advertises them), hand the sockets to
+    /// the least-loaded worker, and record the slot's owner. On failure the
+    /// ports are freed and nothing is left steered.
+    #[expect(clippy::too_many_arguments, reason = "disjoint borrows of State fields")]
+    fn place_pair(
+        &self,
+        ports: &mut PortAllocator,
+        workers: &mut [WorkerLink],
+        next_worker: &mut usize,
+        call_id: &Arc<str>,
+        index: usize,
+        socks: [(u16, [UdpSocket; 2]); 2],
+        start: &PairStart,
+    ) -> Result<Placed, RelayError> {
+        let port_of = [socks[0].0, socks[1].0];
+        let free_ports = |ports: &mut PortAllocator| {
+            ports.free(port_of[0]);
+            ports.free(port_of[1]);
+        };
         let mut steered = Vec::with_capacity(4);
-        for (_, pair) in &socks {
-            for s in pair {
-                let Ok(local) = s.local_addr() else { continue };
-                if let Err(e) = self.datapath.steer(local) {
-                    for l in &steered {
-                        self.datapath.unsteer(*l);
-                    }
-                    for (p, _) in &socks {
-                        ports.free(*p);
-                    }
-                    tracing::warn!(error = %e, "steering a media port failed");
-                    return Err(e);
+        for s in socks.iter().flat_map(|(_, pair)| pair.iter()) {
+            let Ok(local) = s.local_addr() else { continue };
+            if let Err(e) = self.datapath.steer(local) {
+                for l in &steered {
+                    self.datapath.unsteer(*l);
                 }
-                steered.push(local);
+                free_ports(ports);
+                tracing::warn!(error = %e, "steering a media port failed");
+                return Err(e);
             }
+            steered.push(local);
         }
         // Least-loaded worker, ties broken round robin.
         let n = workers.len();
-        let start = *next_worker % n;
+        let first = *next_worker % n;
         *next_worker = next_worker.wrapping_add(1);
-        let wi = (0..n).map(|k| (start + k) % n).min_by_key(|&i| workers[i].pairs).unwrap_or(0);
+        let wi = (0..n).map(|k| (first + k) % n).min_by_key(|&i| workers[i].pairs).unwrap_or(0);
         let w = &mut workers[wi];
         let slot = w.free_slots.pop().unwrap_or_else(|| {
             w.next_slot += 1;
             w.next_slot - 1
         });
         let shared: [Arc<DirShared>; 4] = std::array::from_fn(|_| Arc::new(DirShared::default()));
-        let port_of = [socks[0].0, socks[1].0];
-        let mut it = socks.into_iter();
-        let (Some((_, [a_rtp, a_rtcp])), Some((_, [b_rtp, b_rtcp]))) = (it.next(), it.next()) else {
-            return Err(RelayError::NoPorts);
-        };
-        let mk = |socket: UdpSocket, i: usize| ChannelSetup {
+        let [(_, [a_rtp, a_rtcp]), (_, [b_rtp, b_rtcp])] = socks;
+        let mk = |socket: UdpSocket, c: usize| ChannelSetup {
             socket,
-            peer: None,
-            latched: None,
-            resume: None,
-            shared: Arc::clone(&shared[i]),
+            peer: start.peers[c],
+            latched: start.latched[c],
+            resume: start.resume[c],
+            shared: Arc::clone(&shared[c]),
         };
         let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
         if w.commands.push(Command::Add(Box::new(setup))).is_err() {
@@ -516,34 +550,42 @@ impl Relay {
             for l in &steered {
                 self.datapath.unsteer(*l);
             }
-            ports.free(port_of[0]);
-            ports.free(port_of[1]);
+            free_ports(ports);
             w.free_slots.push(slot);
             return Err(RelayError::Busy);
+        }
+        if let Some(clock) = start.clock {
+            // The pair's clock table travels with a SetPeer (same peer, no relatch).
+            let _ = w.commands.push(Command::SetPeer { slot, channel: 0, peer: start.peers[0], relatch: false, clock });
         }
         w.pending_wake = true;
         let si = slot as usize;
         if w.owners.len() <= si {
             w.owners.resize(si + 1, None);
         }
-        w.owners[si] = Some((Arc::clone(&call.id), index));
+        w.owners[si] = Some((Arc::clone(call_id), index));
         w.pairs += 1;
-        Ok(MediaPair {
-            worker: wi,
-            slot,
-            kind,
-            protocol,
-            codecs: [Vec::new(), Vec::new()],
-            ports: port_of,
-            sdp_rtp: [None, None],
-            sdp_rtcp: [None, None],
-            mux: [false, false],
-            latched: [None; 4],
-            shared,
-            clock: ClockTable::default(),
-            steered,
-        })
+        Ok(Placed { worker: wi, slot, ports: port_of, shared, steered })
     }
+}
+
+/// How the channels of a pair start: empty for a new pair, the exported
+/// state for one taken over from an HA peer.
+#[derive(Default)]
+struct PairStart {
+    peers: [Option<SocketAddr>; 4],
+    latched: [Option<SocketAddr>; 4],
+    resume: [Option<StatsSnapshot>; 4],
+    clock: Option<ClockTable>,
+}
+
+/// Where [`Relay::place_pair`] put a pair.
+struct Placed {
+    worker: usize,
+    slot: u32,
+    ports: [u16; 2],
+    shared: [Arc<DirShared>; 4],
+    steered: Vec<SocketAddr>,
 }
 
 /// Binds the RTP socket on `port` and the RTCP socket on `port + 1`.
@@ -895,80 +937,34 @@ impl Relay {
                 }
             }
         }
-        // Steer the ports to the datapath (the XDP media-port map) before the
-        // session can receive anything.
-        let mut steered = Vec::with_capacity(4);
-        for s in socks.iter().flatten() {
-            let Ok(local) = s.local_addr() else { continue };
-            if let Err(e) = self.datapath.steer(local) {
-                for l in &steered {
-                    self.datapath.unsteer(*l);
-                }
-                st.ports.free(m.ports[0]);
-                st.ports.free(m.ports[1]);
-                return Err(e);
-            }
-            steered.push(local);
-        }
-        let n = st.workers.len();
-        let start = st.next_worker % n;
-        st.next_worker = st.next_worker.wrapping_add(1);
-        let wi = (0..n).map(|k| (start + k) % n).min_by_key(|&i| st.workers[i].pairs).unwrap_or(0);
-        let w = &mut st.workers[wi];
-        let slot = w.free_slots.pop().unwrap_or_else(|| {
-            w.next_slot += 1;
-            w.next_slot - 1
-        });
-        let shared: [Arc<DirShared>; 4] = std::array::from_fn(|_| Arc::new(DirShared::default()));
+        let [a, b]: [[UdpSocket; 2]; 2] = socks.try_into().map_err(|_| RelayError::NoPorts)?;
         let mut clock = ClockTable::default();
         for &(pt, rate) in &m.clock {
             clock.insert(pt, rate);
         }
-        let peer_of = |c: usize| if c.is_multiple_of(2) { m.sdp_rtp[c / 2] } else { m.sdp_rtcp[c / 2] };
-        let mut it = socks.into_iter();
-        let (Some([a_rtp, a_rtcp]), Some([b_rtp, b_rtcp])) = (it.next(), it.next()) else {
-            return Err(RelayError::NoPorts);
+        let start = PairStart {
+            peers: std::array::from_fn(|c| if c.is_multiple_of(2) { m.sdp_rtp[c / 2] } else { m.sdp_rtcp[c / 2] }),
+            latched: m.latched,
+            resume: std::array::from_fn(|c| Some(m.streams[c])),
+            clock: Some(clock),
         };
-        let mk = |socket: UdpSocket, c: usize| ChannelSetup {
-            socket,
-            peer: peer_of(c),
-            latched: m.latched[c],
-            resume: Some(m.streams[c].snapshot()),
-            shared: Arc::clone(&shared[c]),
-        };
-        let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
-        if w.commands.push(Command::Add(Box::new(setup))).is_err() {
-            for l in &steered {
-                self.datapath.unsteer(*l);
-            }
-            st.ports.free(m.ports[0]);
-            st.ports.free(m.ports[1]);
-            w.free_slots.push(slot);
-            return Err(RelayError::Busy);
-        }
-        // The pair's clock table travels with a SetPeer (same peer, no relatch).
-        let _ = w.commands.push(Command::SetPeer { slot, channel: 0, peer: peer_of(0), relatch: false, clock });
-        w.pending_wake = true;
-        let si = slot as usize;
-        if w.owners.len() <= si {
-            w.owners.resize(si + 1, None);
-        }
-        w.owners[si] = Some((Arc::clone(&call.id), index));
-        w.pairs += 1;
+        let State { ports, workers, next_worker, .. } = st;
+        let placed =
+            self.place_pair(ports, workers, next_worker, &call.id, index, [(m.ports[0], a), (m.ports[1], b)], &start)?;
         Ok(MediaPair {
-            worker: wi,
-            slot,
+            worker: placed.worker,
+            slot: placed.slot,
             kind: m.kind.clone(),
             protocol: m.protocol.clone(),
             codecs: m.codecs.clone(),
-            ports: m.ports,
+            ports: placed.ports,
             sdp_rtp: m.sdp_rtp,
             sdp_rtcp: m.sdp_rtcp,
             mux: m.mux,
             latched: m.latched,
-            shared,
+            shared: placed.shared,
             clock,
-            steered,
+            steered: placed.steered,
         })
     }
 }
@@ -993,7 +989,7 @@ impl Call {
                     mux: m.mux,
                     latched: m.latched,
                     clock: m.clock.entries().collect(),
-                    streams: std::array::from_fn(|c| StreamState::from(&m.shared[c].read().stats)),
+                    streams: std::array::from_fn(|c| StatsSnapshot { last_packet: 0, ..m.shared[c].read().stats }),
                 })
                 .collect(),
         }

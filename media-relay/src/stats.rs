@@ -364,8 +364,9 @@ impl RtpStats {
     }
 }
 
-/// A point-in-time copy of one direction's statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// A point-in-time copy of one direction's statistics. Serializable: an HA
+/// peer continues from it (see [`RtpStats::resume`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     /// All packets seen, RTP and other.
     pub packets: u64,

@@ -31,7 +31,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{ChildGuard, NgClient, TestDir};
+use common::{recv_n, ChildGuard, NgClient, TestDir};
 use media_relay::bencode::Value;
 
 /// Prints `SKIPPED: {why}`, or fails under `CI=true`.
@@ -221,19 +221,6 @@ fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
     p.extend_from_slice(&ssrc.to_be_bytes());
     p.extend_from_slice(&[0xd5; 160]);
     p
-}
-
-fn recv_n(sock: &UdpSocket, n: usize, wait: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
-    sock.set_read_timeout(Some(wait)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 2048];
-    while out.len() < n {
-        match sock.recv_from(&mut buf) {
-            Ok((len, from)) => out.push((buf[..len].to_vec(), from)),
-            Err(_) => break,
-        }
-    }
-    out
 }
 
 /// Sends `n` packets (a few at a time, as a phone would) and returns what

@@ -237,17 +237,9 @@ fn rtp(seq: u16) -> Vec<u8> {
     p
 }
 
+/// Up to `n` datagrams, each within 2 s.
 fn recv_n(sock: &UdpSocket, n: usize) -> Vec<(Vec<u8>, SocketAddr)> {
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 2048];
-    while out.len() < n {
-        match sock.recv_from(&mut buf) {
-            Ok((len, from)) => out.push((buf[..len].to_vec(), from)),
-            Err(_) => break,
-        }
-    }
-    out
+    common::recv_n(sock, n, Duration::from_secs(2))
 }
 
 fn stream_stats(q: &Value, tag: &str, idx: usize) -> Value {

@@ -222,7 +222,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
     // One waker for the signaling thread's poll, shared by the HA thread and
     // the AF_XDP workers' SIP handoff (mio allows one per poll).
-    let sip_rings = relay.sip_handoff().take_consumers();
+    let mut sip_rings = relay.sip_handoff().take_consumers();
     let waker = if cfg.ha.is_some() || !sip_rings.is_empty() {
         Some(transport.waker().map_err(|e| format!("creating the signaling waker: {e}"))?)
     } else {
@@ -235,7 +235,6 @@ fn run(cfg: Config) -> Result<(), String> {
         }));
         tracing::info!(workers = sip_rings.len(), "SIP on the AF_XDP datapath is handed over from the media workers");
     }
-    let mut sip_rings = sip_rings;
     // High availability: a thread that replicates state and owns the lease.
     let mut ha_link: Option<(std::sync::mpsc::Sender<ToHa>, std::sync::mpsc::Receiver<ToProxy>)> = None;
     if let (Some(hc), Some(status)) = (&cfg.ha, &ha_status) {

@@ -344,6 +344,25 @@ check_interval_ms = {interval_ms}
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
+    /// One scenario's lab: serialized with the others (they share names and
+    /// cores), skipped (or failed under CI) when it cannot run, with Redis
+    /// and both nodes started. The guard must outlive the lab.
+    fn pair(
+        tag: &str,
+        lease_ms: u64,
+        interval_ms: u64,
+        datapath: &'static str,
+    ) -> Option<(std::sync::MutexGuard<'static, ()>, Self)> {
+        let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !can_run() {
+            return None;
+        }
+        let mut lab = Self::new(tag);
+        lab.datapath = datapath;
+        lab.start_pair(lease_ms, interval_ms);
+        Some((serial, lab))
+    }
+
     /// Starts Redis and both nodes; returns once `a` is active and `b` standby.
     fn start_pair(&mut self, lease_ms: u64, interval_ms: u64) {
         self.start_redis();
@@ -463,13 +482,7 @@ fn check_calls(label: &str, caller: &[serde_json::Value], callee: &[serde_json::
 /// `kill -9` of the active node with 20 calls up (half hung up by the
 /// callee afterwards), and new calls started right after the kill.
 fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64, datapath: &'static str) {
-    let _g = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new(tag);
-    lab.datapath = datapath;
-    lab.start_pair(lease_ms, interval_ms);
+    let Some((_serial, mut lab)) = Lab::pair(tag, lease_ms, interval_ms, datapath) else { return };
     let n = 20;
     lab.ua("callee", "callee", &["--run-ms", "60000", "--duration-ms", "12000"]);
     // A registered phone (bob, on the callee host at port 5064): it
@@ -581,12 +594,7 @@ fn takeover_after_kill_on_the_af_xdp_datapath() {
 
 #[test]
 fn takeover_while_ringing_then_answer_works() {
-    let _g = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new("r");
-    lab.start_pair(600, 100);
+    let Some((_serial, mut lab)) = Lab::pair("r", 600, 100, "socket") else { return };
     lab.ua("callee", "callee", &["--run-ms", "30000", "--ring-ms", "3000"]);
     let caller =
         lab.ua("caller", "caller", &["--calls", "2", "--rate", "10", "--duration-ms", "3000", "--max-ms", "25000"]);
@@ -610,12 +618,7 @@ fn takeover_while_ringing_then_answer_works() {
 
 #[test]
 fn planned_handover_with_ctl_failover() {
-    let _g = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new("p");
-    lab.start_pair(600, 100);
+    let Some((_serial, mut lab)) = Lab::pair("p", 600, 100, "socket") else { return };
     let n = 10;
     lab.ua("callee", "callee", &["--run-ms", "40000", "--duration-ms", "8000"]);
     let caller = lab.ua(
@@ -647,12 +650,7 @@ fn planned_handover_with_ctl_failover() {
 
 #[test]
 fn split_brain_active_drops_vip_before_standby_claims_it() {
-    let _g = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new("s");
-    lab.start_pair(600, 100);
+    let Some((_serial, lab)) = Lab::pair("s", 600, 100, "socket") else { return };
     // Cut a's path to Redis only (the peers still hear each other).
     assert!(sh(&["ip", "-n", &lab.ns("a"), "route", "add", "blackhole", &format!("{NET}.1/32")]));
     let t0 = Instant::now();
@@ -691,12 +689,7 @@ fn split_brain_active_drops_vip_before_standby_claims_it() {
 
 #[test]
 fn redis_restart_keeps_calls_and_resumes_replication() {
-    let _g = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new("d");
-    lab.start_pair(600, 100);
+    let Some((_serial, mut lab)) = Lab::pair("d", 600, 100, "socket") else { return };
     let n = 6;
     lab.ua("callee", "callee", &["--run-ms", "40000"]);
     let caller =

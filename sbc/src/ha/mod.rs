@@ -143,82 +143,55 @@ impl HaStatus {
     /// Prometheus text.
     #[must_use]
     pub fn render(&self) -> String {
+        let flag = |b: &AtomicBool| u64::from(b.load(Relaxed));
+        let rows: [(&str, &str, &str, u64); 12] = [
+            ("sbc_ha_active", "gauge", "1 when this node holds the lease and the virtual IP.", flag(&self.active)),
+            ("sbc_ha_redis_up", "gauge", "1 when the last Redis operation succeeded.", flag(&self.redis_up)),
+            (
+                "sbc_ha_degraded",
+                "gauge",
+                "1 when active without replication (Redis down for both nodes).",
+                flag(&self.degraded),
+            ),
+            (
+                "sbc_ha_lease_token",
+                "gauge",
+                "Fencing token of the lease this node holds (0: none).",
+                self.token.load(Relaxed),
+            ),
+            ("sbc_ha_takeovers_total", "counter", "Times this node became active.", self.takeovers.load(Relaxed)),
+            (
+                "sbc_ha_releases_total",
+                "counter",
+                "Times this node gave up the virtual IP.",
+                self.releases.load(Relaxed),
+            ),
+            ("sbc_ha_replicated_writes_total", "counter", "Records written to Redis.", self.writes.load(Relaxed)),
+            (
+                "sbc_ha_write_errors_total",
+                "counter",
+                "Batches that could not be written to Redis.",
+                self.write_errors.load(Relaxed),
+            ),
+            ("sbc_ha_pending_records", "gauge", "Changes waiting to be written to Redis.", self.pending.load(Relaxed)),
+            ("sbc_ha_warm_dialogs", "gauge", "Dialogs in the standby's warm copy.", self.warm_dialogs.load(Relaxed)),
+            (
+                "sbc_ha_warm_sessions",
+                "gauge",
+                "Media sessions in the standby's warm copy.",
+                self.warm_sessions.load(Relaxed),
+            ),
+            (
+                "sbc_ha_last_takeover_ms",
+                "gauge",
+                "Milliseconds the last takeover took, from taking the lease to announcing the address.",
+                self.last_takeover_ms.load(Relaxed),
+            ),
+        ];
         let mut o = String::new();
-        let g = |o: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+        for (name, kind, help, v) in rows {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        g(
-            &mut o,
-            "sbc_ha_active",
-            "1 when this node holds the lease and the virtual IP.",
-            "gauge",
-            u64::from(self.active.load(Relaxed)),
-        );
-        g(
-            &mut o,
-            "sbc_ha_redis_up",
-            "1 when the last Redis operation succeeded.",
-            "gauge",
-            u64::from(self.redis_up.load(Relaxed)),
-        );
-        g(
-            &mut o,
-            "sbc_ha_degraded",
-            "1 when active without replication (Redis down for both nodes).",
-            "gauge",
-            u64::from(self.degraded.load(Relaxed)),
-        );
-        g(
-            &mut o,
-            "sbc_ha_lease_token",
-            "Fencing token of the lease this node holds (0: none).",
-            "gauge",
-            self.token.load(Relaxed),
-        );
-        g(&mut o, "sbc_ha_takeovers_total", "Times this node became active.", "counter", self.takeovers.load(Relaxed));
-        g(
-            &mut o,
-            "sbc_ha_releases_total",
-            "Times this node gave up the virtual IP.",
-            "counter",
-            self.releases.load(Relaxed),
-        );
-        g(&mut o, "sbc_ha_replicated_writes_total", "Records written to Redis.", "counter", self.writes.load(Relaxed));
-        g(
-            &mut o,
-            "sbc_ha_write_errors_total",
-            "Batches that could not be written to Redis.",
-            "counter",
-            self.write_errors.load(Relaxed),
-        );
-        g(
-            &mut o,
-            "sbc_ha_pending_records",
-            "Changes waiting to be written to Redis.",
-            "gauge",
-            self.pending.load(Relaxed),
-        );
-        g(
-            &mut o,
-            "sbc_ha_warm_dialogs",
-            "Dialogs in the standby's warm copy.",
-            "gauge",
-            self.warm_dialogs.load(Relaxed),
-        );
-        g(
-            &mut o,
-            "sbc_ha_warm_sessions",
-            "Media sessions in the standby's warm copy.",
-            "gauge",
-            self.warm_sessions.load(Relaxed),
-        );
-        g(
-            &mut o,
-            "sbc_ha_last_takeover_ms",
-            "Milliseconds the last takeover took, from taking the lease to announcing the address.",
-            "gauge",
-            self.last_takeover_ms.load(Relaxed),
-        );
+        }
         o
     }
 }

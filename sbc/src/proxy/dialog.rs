@@ -132,6 +132,15 @@ impl Dialog {
         })
     }
 
+    /// A 2xx to the INVITE: the dialog is confirmed with the callee's tag.
+    pub fn confirm(&mut self, callee_tag: String, code: u16, now: Instant) {
+        self.state = DialogState::Confirmed;
+        self.callee_tag = Some(callee_tag);
+        self.answered = Some(now);
+        self.answered_wall = Some(SystemTime::now());
+        self.final_code = code;
+    }
+
     /// Which side sent a request with this From-tag: `true` = caller.
     #[must_use]
     pub fn from_caller(&self, from_tag: &str) -> bool {

@@ -442,11 +442,7 @@ impl Proxy {
                         self.metrics.post_dial_delay(now.saturating_duration_since(d.started).as_secs_f64());
                     }
                     if (200..300).contains(&code) {
-                        d.state = DialogState::Confirmed;
-                        d.callee_tag = Some(to_tag.clone());
-                        d.answered = Some(now);
-                        d.answered_wall = Some(SystemTime::now());
-                        d.final_code = code;
+                        d.confirm(to_tag.clone(), code, now);
                         d.ok_sent = 1;
                         // A late offer in the 2xx is answered in the ACK.
                         d.late_offer = d.late_offer && has_sdp(&resp);
@@ -567,7 +563,7 @@ impl Proxy {
 
     /// A 2xx retransmission for an INVITE whose client transaction is gone:
     /// re-anchor (same ports) and send it up the Via path.
-    pub(super) fn stateless_2xx(&mut self, mut msg: Message, _now: Instant) {
+    pub(super) fn stateless_2xx(&mut self, mut msg: Message, now: Instant) {
         msg.remove_first_value("via");
         let Some(next) = msg.top_via() else { return };
         let call_id = msg.call_id().unwrap_or_default().to_owned();
@@ -583,11 +579,7 @@ impl Proxy {
         let mut dest = forward::response_dest(&next, fallback, proto);
         // An early dialog taken over from the HA peer is answered here.
         if let Some(d) = self.dialogs.get_mut(&call_id).filter(|d| d.state == DialogState::Early) {
-            d.state = DialogState::Confirmed;
-            d.callee_tag = msg.to_tag();
-            d.answered = Some(_now);
-            d.answered_wall = Some(SystemTime::now());
-            d.final_code = msg.code().unwrap_or(200);
+            d.confirm(msg.to_tag().unwrap_or_default(), msg.code().unwrap_or(200), now);
             d.ok_sent = 0;
             self.metrics.call_answers.fetch_add(1, Relaxed);
             tracing::info!(call_id, "2xx for a taken-over early dialog: call answered");
