@@ -63,6 +63,8 @@ worker_counters! {
     xsk_rx_ring_full => "media_relay_xsk_kernel_drops_total", "reason=\"rx_ring_full\"", "AF_XDP datapath: packets the kernel dropped at the worker's sockets, by reason (XDP_STATISTICS).";
     xsk_fill_ring_empty => "media_relay_xsk_kernel_drops_total", "reason=\"fill_ring_empty\"", "AF_XDP datapath: packets the kernel dropped at the worker's sockets, by reason (XDP_STATISTICS).";
     xsk_tx_invalid => "media_relay_xsk_kernel_drops_total", "reason=\"tx_invalid\"", "AF_XDP datapath: packets the kernel dropped at the worker's sockets, by reason (XDP_STATISTICS).";
+    queue_handoff => "media_relay_xdp_queue_handoff_total", "", "AF_XDP datapath: datagrams that arrived on a queue whose worker does not own their session, handed to the owning worker.";
+    drop_handoff => "media_relay_drops_total", "reason=\"queue_handoff_full\"", "Datagrams dropped, by reason.";
     sip_handoff => "media_relay_sip_handoff_total", "", "AF_XDP datapath: SIP datagrams steered to a worker and handed to the signaling plane.";
     drop_sip => "media_relay_drops_total", "reason=\"sip_ring_full\"", "Datagrams dropped, by reason.";
     batches => "media_relay_worker_batches_total", "", "recvmmsg batches processed.";

@@ -16,7 +16,9 @@
 //! relay's counters), latching and statistics match the socket datapath, a
 //! stale copy of the program left attached is replaced, an
 //! intruder is dropped, a banned source never reaches the worker, and
-//! deleting the call stops forwarding. A second test runs the relay without
+//! deleting the call stops forwarding. Another test gives every veth two
+//! queues: the senders spread flows over them by hash, as RSS does, and
+//! every packet must still be relayed by its session's worker. A last test runs the relay without
 //! privileges: with `datapath = "auto"` it says why and relays on sockets;
 //! with `datapath = "xdp"` it exits with the reason.
 //!
@@ -93,12 +95,22 @@ struct Lab {
 }
 
 impl Lab {
-    /// Builds the three namespaces, or says why it cannot.
-    fn new() -> Result<Self, String> {
+    /// Builds the three namespaces, or says why it cannot. Each veth end
+    /// has `queues` rx and tx queues: the sending end picks a queue by a
+    /// hash of each flow's addresses and ports, as RSS does on a NIC.
+    fn new(queues: u32) -> Result<Self, String> {
         let lab = Self { caller: Netns::new("c")?, relay: Netns::new("r")?, callee: Netns::new("e")? };
         let (c, r, e) = (lab.caller.0.as_str(), lab.relay.0.as_str(), lab.callee.0.as_str());
-        ip(&["-n", r, "link", "add", "ra", "type", "veth", "peer", "name", "ca", "netns", c])?;
-        ip(&["-n", r, "link", "add", "rb", "type", "veth", "peer", "name", "eb", "netns", e])?;
+        let q = queues.to_string();
+        let qs = ["numtxqueues", q.as_str(), "numrxqueues", q.as_str()];
+        for (dev, peer, ns) in [("ra", "ca", c), ("rb", "eb", e)] {
+            let mut args = vec!["-n", r, "link", "add", dev];
+            args.extend(qs);
+            args.extend(["type", "veth", "peer", "name", peer]);
+            args.extend(qs);
+            args.extend(["netns", ns]);
+            ip(&args)?;
+        }
         ip(&["-n", r, "addr", "add", &format!("{RELAY_A}/24"), "dev", "ra"])?;
         ip(&["-n", r, "addr", "add", &format!("{RELAY_B}/24"), "dev", "rb"])?;
         ip(&["-n", c, "addr", "add", &format!("{CALLER}/24"), "dev", "ca"])?;
@@ -140,20 +152,25 @@ impl Lab {
     }
 }
 
-fn config(dir: &TestDir, datapath: &str) -> std::path::PathBuf {
+fn config(dir: &TestDir, datapath: &str, queues: u32) -> std::path::PathBuf {
     dir.write(
         "relay.toml",
         format!(
             "[relay]\ninterfaces = [\"a/{RELAY_A}\", \"b/{RELAY_B}\", \"a6/{RELAY_A6}\", \"b6/{RELAY_B6}\"]\nlisten_ng = \"127.0.0.1:22222\"\n\
              port_min = 30000\nport_max = 30099\nworkers = 1\ntimeout = 60\nmetrics = \"127.0.0.1:9101\"\n\
-             log_level = \"info\"\ndatapath = \"{datapath}\"\nxdp_interfaces = [\"ra\", \"rb\"]\nxdp_queues = 1\n"
+             log_level = \"info\"\ndatapath = \"{datapath}\"\nxdp_interfaces = [\"ra\", \"rb\"]\nxdp_queues = {queues}\n"
         ),
     )
 }
 
 /// Starts the relay in the relay namespace, optionally as `nobody`.
 fn start_relay(lab: &Lab, dir: &TestDir, datapath: &str, unprivileged: bool) -> ChildGuard {
-    let cfg = config(dir, datapath);
+    start_relay_on(lab, dir, datapath, unprivileged, 1)
+}
+
+/// `queues`: the relay's `xdp_queues` (0: every rx queue of the interfaces).
+fn start_relay_on(lab: &Lab, dir: &TestDir, datapath: &str, unprivileged: bool, queues: u32) -> ChildGuard {
+    let cfg = config(dir, datapath, queues);
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.relay.0]);
     if unprivileged {
@@ -321,13 +338,17 @@ fn xdp_relays_both_ways_latches_counts_bans_and_stops_on_delete() {
 }
 
 fn lab_or_skip(test: &str) -> Option<Lab> {
+    lab_with_queues_or_skip(test, 1)
+}
+
+fn lab_with_queues_or_skip(test: &str, queues: u32) -> Option<Lab> {
     for tool in ["ip", "ethtool"] {
         if common::find_binary(tool).is_none() {
             skip(&format!("{test}: `{tool}` is not installed"));
             return None;
         }
     }
-    match Lab::new() {
+    match Lab::new(queues) {
         Ok(lab) => Some(lab),
         Err(e) => {
             skip(&format!("{test}: cannot build the namespace lab (needs root): {e}"));
@@ -514,5 +535,69 @@ fn fallback() {
     let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
     assert_eq!(relay_burst(&caller, relay_a, &callee, 1, 20, 1).len(), 20);
     assert_eq!(relay_burst(&callee, relay_b, &caller, 1, 20, 2).len(), 20);
+    relay.assert_running();
+}
+
+#[test]
+fn xdp_relays_every_call_when_rss_spreads_flows_over_queues() {
+    run_in_thread(multi_queue);
+}
+
+/// Two rx queues on each relay interface, one worker per queue: each
+/// session lives in one worker, but the senders' hash puts about half the
+/// flows on the other queue. Those frames must be handed to the owner and
+/// relayed, with the owner's latching and statistics, and none dropped.
+fn multi_queue() {
+    const CALLS: u16 = 12;
+    const PACKETS: u16 = 20;
+    let Some(lab) = lab_with_queues_or_skip("xdp_relays_every_call_on_two_queues", 2) else { return };
+    let dir = TestDir::new("afxdp-mq");
+    // The thread lives in the relay namespace: ng and metrics are on its loopback.
+    lab.relay.enter();
+    // xdp_queues = 0: one worker per rx queue found on the interfaces.
+    let mut relay = start_relay_on(&lab, &dir, "xdp", false, 0);
+    let ng = wait_ng(&mut relay);
+    assert!(relay.log_tail(40).contains("queues=2"), "two queues detected:\n{}", relay.log_tail(40));
+    let mut calls = Vec::new();
+    for i in 0..CALLS {
+        let caller = Lab::bind(&lab.caller, &format!("{CALLER}:{}", 4100 + i), &lab.relay);
+        let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:{}", 5100 + i), &lab.relay);
+        let id = format!("mq-{i}");
+        let (to_a, to_b) = setup_call(&ng, &id, caller.local_addr().unwrap(), callee.local_addr().unwrap());
+        let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
+        let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
+        calls.push((id, caller, callee, relay_a, relay_b));
+    }
+    for (id, caller, callee, relay_a, relay_b) in &calls {
+        let ssrc = 0x5000 + u32::from(relay_a.port());
+        let got = relay_burst(caller, *relay_a, callee, 1, PACKETS, ssrc);
+        assert_eq!(got.len(), usize::from(PACKETS), "{id}: callee got {}\n{}", got.len(), counters());
+        assert!(got.iter().all(|(_, from)| from == relay_b), "{id}: from the relay's B side");
+        let back = relay_burst(callee, *relay_b, caller, 1, PACKETS, ssrc + 1);
+        assert_eq!(back.len(), usize::from(PACKETS), "{id}: caller got {}\n{}", back.len(), counters());
+        assert!(back.iter().all(|(_, from)| from == relay_a), "{id}: from the relay's A side");
+    }
+    let total = f64::from(CALLS * PACKETS * 2);
+    // Both queues carried media, some of it for sessions owned by the other
+    // worker, and nothing was lost on the way.
+    for w in ["0", "1"] {
+        let got = metric(&format!("media_relay_packets_received_total{{worker=\"{w}\"}}"));
+        assert!(got > 0.0, "queue {w} received nothing: the lab did not spread flows\n{}", counters());
+    }
+    let handed = metric("media_relay_xdp_queue_handoff_total");
+    assert!(handed >= f64::from(PACKETS), "frames handed between workers: {handed}\n{}", counters());
+    assert_eq!(metric("media_relay_drops_total{reason=\"no_session\"}"), 0.0, "{}", counters());
+    assert_eq!(metric("media_relay_drops_total{reason=\"queue_handoff_full\"}"), 0.0, "{}", counters());
+    assert_eq!(metric("media_relay_packets_received_total"), total, "{}", counters());
+    assert_eq!(metric("media_relay_packets_relayed_total"), total, "{}", counters());
+    // The owner accounted every packet, wherever it arrived.
+    for (id, ..) in &calls {
+        let q = ng.cmd(dict(&[("command", s("query")), ("call-id", s(id))]));
+        for tag in ["alice", "bob"] {
+            let st = stream_stats(&q, tag);
+            assert_eq!(stat(&st, "packets"), i64::from(PACKETS), "{id} {tag}: {st:?}");
+            assert_eq!(stat(&st, "lost"), 0, "{id} {tag}: {st:?}");
+        }
+    }
     relay.assert_running();
 }

@@ -9,7 +9,8 @@
 //!   (generic mode with a warning when the driver refuses), checks that
 //!   `AF_XDP` sockets can be bound, and starts the neighbour monitor.
 //! - [`umem`]: per-worker UMEM shared by the worker's sockets, and frame
-//!   ownership. [`rewrite`]: header views, rewrite and checksums.
+//!   ownership. [`handoff`]: frames that RSS put on another queue than
+//!   their session's worker's. [`rewrite`]: header views, rewrite and checksums.
 //!   [`neigh`]: routes and neighbours over rtnetlink. [`sys`]: the unsafe.
 //!
 //! Ownership: the maps are written only by the control plane (through
@@ -17,6 +18,7 @@
 //! (its XSKMAP entries), all under the one mutex here; the packet path
 //! never takes it.
 
+pub mod handoff;
 pub mod neigh;
 pub mod rewrite;
 pub mod sys;
@@ -128,10 +130,16 @@ pub struct AfXdp {
     checksum: rewrite::Checksum,
     /// Each queue's sockets, until its worker takes them.
     sockets: Mutex<Vec<Option<sys::SendXsk>>>,
+    /// Each queue's end of the cross-queue handoff (several queues only),
+    /// until its worker takes it.
+    mesh: Mutex<Vec<Option<handoff::MeshPort>>>,
     neigh: Arc<NeighTable>,
     shutdown: Arc<AtomicBool>,
     monitor: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// Most queues (the XSKMAP's size, and `relay.xdp_queues`' limit).
+const MAX_QUEUES: usize = 64;
 
 /// Number of rx queues of `interface` (from sysfs), at least 1.
 fn rx_queues(interface: &str) -> usize {
@@ -160,7 +168,16 @@ impl AfXdp {
         let queues = if cfg.xdp_queues > 0 {
             cfg.xdp_queues
         } else {
-            cfg.xdp_interfaces.iter().map(|i| rx_queues(i)).min().unwrap_or(1)
+            let found = cfg.xdp_interfaces.iter().map(|i| rx_queues(i)).min().unwrap_or(1);
+            if found > MAX_QUEUES {
+                tracing::warn!(
+                    found,
+                    used = MAX_QUEUES,
+                    "more rx queues than the XSKMAP holds: set relay.xdp_queues and reduce the NIC's channels \
+                     (ethtool -L IF combined N) to match, or media arriving on the other queues is not relayed"
+                );
+            }
+            found.min(MAX_QUEUES)
         };
         let mut attached = Vec::new();
         for name in &cfg.xdp_interfaces {
@@ -189,19 +206,22 @@ impl AfXdp {
             umem_mib = (queues * (umem::FRAMES * umem::FRAME_SIZE) as usize) >> 20,
             "AF_XDP datapath ready"
         );
-        if queues > 1 {
-            // A session lives in one worker; RSS may deliver its packets to
-            // another queue, whose worker drops them (drops{reason="no_session"}).
-            tracing::warn!(
-                queues,
-                "several AF_XDP queues: steer each session's ports to one queue (e.g. ethtool ntuple rules); \
-                 packets arriving on another queue are dropped as no_session"
-            );
-        }
+        // A session lives in one worker; RSS may deliver its packets to any
+        // queue, whose worker hands them to the owner (see `handoff`).
+        let mesh = if queues > 1 {
+            handoff::Mesh::build(queues)
+                .map_err(|e| Error::Map(format!("setting up the handoff between {queues} AF_XDP queues: {e}")))?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             queues,
             attached: Arc::new(Mutex::new(attached)),
             sockets: Mutex::new(sockets),
+            mesh: Mutex::new(mesh),
             checksum: if cfg.xdp_full_checksum { rewrite::Checksum::Full } else { rewrite::Checksum::Incremental },
             neigh,
             shutdown,
@@ -285,11 +305,13 @@ impl Datapath for AfXdp {
             .ok_or_else(|| RelayError::Datapath(format!("no AF_XDP sockets for queue {queue}")))?;
         let neigh = Arc::clone(&self.neigh);
         let checksum = self.checksum;
+        let mesh =
+            self.mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(queue).and_then(Option::take);
         std::thread::Builder::new()
             .name(format!("mr-xdp-{queue}"))
             .spawn(move || {
                 // A method call moves the whole wrapper into the closure.
-                worker::run(ctx, poll, xsk.into_inner(), neigh, checksum);
+                worker::run(ctx, poll, xsk.into_inner(), neigh, checksum, mesh);
             })
             .map_err(|source| RelayError::Io { op: "spawning worker thread", source })
     }

@@ -24,9 +24,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use xdpilone::xdp::XdpDesc;
 
+use super::handoff::MeshPort;
 use super::neigh::NeighTable;
 use super::rewrite::{self, Checksum, L2};
-use super::umem::{Xsk, BATCH};
+use super::umem::{Xsk, BATCH, FRAME_SIZE};
 use crate::counters::LocalCounters;
 use crate::stats::RtpStats;
 use crate::stream::{peer_channel, ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup, A_RTCP, B_RTCP};
@@ -87,8 +88,19 @@ enum Verdict {
     Drop,
 }
 
-/// Runs until shutdown, on the sockets of `xsk`.
-pub fn run(ctx: WorkerContext, poll: Poll, xsk: Xsk, neigh: Arc<NeighTable>, checksum: Checksum) {
+/// Token of the queue-handoff eventfd (see [`super::handoff`]).
+const HANDOFF: Token = Token(usize::MAX - 1);
+
+/// Runs until shutdown, on the sockets of `xsk`. With several queues,
+/// `mesh` connects it to the other queues' workers.
+pub fn run(
+    ctx: WorkerContext,
+    poll: Poll,
+    xsk: Xsk,
+    neigh: Arc<NeighTable>,
+    checksum: Checksum,
+    mesh: Option<MeshPort>,
+) {
     if let Some(core) = ctx.core {
         if !core_affinity::set_for_current(core) {
             tracing::warn!(worker = ctx.index, core = core.id, "could not pin worker to its core");
@@ -103,6 +115,7 @@ pub fn run(ctx: WorkerContext, poll: Poll, xsk: Xsk, neigh: Arc<NeighTable>, che
         descs: [XdpDesc::default(); BATCH],
         touched: Vec::with_capacity(BATCH * 2),
         pending_events: std::collections::VecDeque::new(),
+        mesh,
         ctx,
         poll,
         xsk,
@@ -113,6 +126,12 @@ pub fn run(ctx: WorkerContext, poll: Poll, xsk: Xsk, neigh: Arc<NeighTable>, che
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         if let Err(e) = w.poll.registry().register(&mut SourceFd(&raw), Token(p), Interest::READABLE) {
             tracing::warn!(error = %e, "registering an AF_XDP socket with epoll failed; the worker will poll it");
+        }
+    }
+    if let Some(m) = &w.mesh {
+        let fd = m.wake_fd();
+        if let Err(e) = w.poll.registry().register(&mut SourceFd(&fd), HANDOFF, Interest::READABLE) {
+            tracing::warn!(error = %e, "registering the queue-handoff eventfd failed; handed-over frames wait for the next poll timeout");
         }
     }
     w.main_loop();
@@ -133,6 +152,8 @@ struct Worker {
     descs: [XdpDesc; BATCH],
     touched: Vec<u32>,
     pending_events: std::collections::VecDeque<Event>,
+    /// Rings to and from the other queues' workers (several queues only).
+    mesh: Option<MeshPort>,
 }
 
 impl Worker {
@@ -168,10 +189,14 @@ impl Worker {
             self.ctx.sleeping.store(true, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
             let ready = (0..self.xsk.ports.len()).any(|p| self.xsk.ports[p].rx.available() > 0);
-            if self.ctx.commands.is_empty() && !ready {
+            let handed = self.mesh.as_ref().is_some_and(|m| !m.sleep());
+            if self.ctx.commands.is_empty() && !ready && !handed {
                 let _ = self.poll.poll(&mut events, Some(SLEEP));
             }
             self.ctx.sleeping.store(false, Ordering::Relaxed);
+            if let Some(m) = &self.mesh {
+                m.woke();
+            }
         }
     }
 
@@ -187,7 +212,8 @@ impl Worker {
                 self.xsk.refill(p, target - level);
             }
         }
-        if !self.xsk.ports.iter().any(|p| p.rx.available() > 0) {
+        let handed = self.mesh.as_ref().is_some_and(MeshPort::has_inbound);
+        if !handed && !self.xsk.ports.iter().any(|p| p.rx.available() > 0) {
             return 0;
         }
         let mut total = 0;
@@ -202,8 +228,21 @@ impl Worker {
             self.local.batches += 1;
             self.local.received += n as u64;
             for d in &descs[..n] {
-                self.handle(*d, now);
+                self.handle(*d, now, false);
             }
+        }
+        if handed {
+            // Frames of our sessions that arrived on other queues.
+            let mut descs = self.descs;
+            let n = self.take_handed(&mut descs);
+            total += n;
+            for d in &descs[..n] {
+                self.handle(*d, now, true);
+            }
+        }
+        if let Some(m) = self.mesh.as_mut() {
+            // One wakeup per batch of each sleeping worker we handed frames.
+            m.flush();
         }
         if let Some(sip) = self.ctx.sip.as_mut() {
             // One wakeup of the signaling plane per batch.
@@ -249,8 +288,39 @@ impl Worker {
         self.pairs.get_mut(token / 4)?.as_mut().map(|p| &mut p.channels[token % 4])
     }
 
-    fn handle(&mut self, d: XdpDesc, now: crate::Nanos) {
-        let verdict = self.decide(d, now);
+    /// Copies up to a batch of frames other workers handed over into free
+    /// frames of our UMEM; frames stay in their rings while none is free.
+    fn take_handed(&mut self, out: &mut [XdpDesc; BATCH]) -> usize {
+        let Some(mesh) = self.mesh.as_mut() else { return 0 };
+        let xsk = &mut self.xsk;
+        let mut n = 0;
+        mesh.receive(|rx| {
+            while n < BATCH && !rx.is_empty() {
+                let Some(addr) = xsk.free.pop() else { return false };
+                let Some(buf) = xsk.mem.slice_mut(addr, FRAME_SIZE as usize) else {
+                    xsk.release(addr);
+                    return false;
+                };
+                match rx.pop_into(buf) {
+                    Some(len) => {
+                        out[n] = XdpDesc { addr, len: u32::try_from(len).unwrap_or(0), options: 0 };
+                        n += 1;
+                    }
+                    None => {
+                        xsk.release(addr);
+                        break;
+                    }
+                }
+            }
+            n < BATCH
+        });
+        n
+    }
+
+    /// `handed`: the frame came from another queue's worker (it is never
+    /// handed on again).
+    fn handle(&mut self, d: XdpDesc, now: crate::Nanos, handed: bool) {
+        let verdict = self.decide(d, now, handed);
         match verdict {
             Verdict::Transmit(port) => {
                 if let Some(p) = self.xsk.ports.get_mut(port) {
@@ -293,7 +363,7 @@ impl Worker {
 
     /// Parse, look up, check the source, account, rewrite. Side effects on
     /// statistics and latching happen here; the frame's fate is returned.
-    fn decide(&mut self, d: XdpDesc, now: crate::Nanos) -> Verdict {
+    fn decide(&mut self, d: XdpDesc, now: crate::Nanos, handed: bool) -> Verdict {
         let generation = self.neigh.generation();
         let Some(frame) = self.xsk.mem.slice_mut(d.addr, d.len as usize) else {
             self.local.drop_malformed += 1;
@@ -311,7 +381,20 @@ impl Worker {
         let token = match self.by_port.get(usize::from(parsed.dst.port())) {
             Some(&t) if t > 0 => (t - 1) as usize,
             _ => {
-                self.local.drop_no_session += 1;
+                // Another queue's worker may own the session (RSS put the
+                // flow on our queue): hand the frame over.
+                let owner =
+                    if handed { None } else { self.mesh.as_ref().and_then(|m| m.other_owner(parsed.dst.port())) };
+                match (owner, self.mesh.as_mut()) {
+                    (Some(to), Some(m)) => {
+                        if m.forward(to, frame) {
+                            self.local.queue_handoff += 1;
+                        } else {
+                            self.local.drop_handoff += 1;
+                        }
+                    }
+                    _ => self.local.drop_no_session += 1,
+                }
                 return Verdict::Drop;
             }
         };
@@ -405,6 +488,10 @@ impl Worker {
             if let Some(e) = self.by_port.get_mut(usize::from(ch.local.port())) {
                 *e = u32::try_from(slot * 4 + c + 1).unwrap_or(0);
             }
+            // After our own table: a frame handed to us finds the session.
+            if let Some(m) = &self.mesh {
+                m.claim(ch.local.port());
+            }
         }
         self.pairs[slot] = Some(Box::new(Pair { channels, clock: ClockTable::default() }));
     }
@@ -412,6 +499,9 @@ impl Worker {
     fn remove(&mut self, slot: u32) {
         if let Some(p) = self.pairs.get_mut(slot as usize).and_then(Option::take) {
             for ch in &p.channels {
+                if let Some(m) = &self.mesh {
+                    m.release(ch.local.port());
+                }
                 if let Some(e) = self.by_port.get_mut(usize::from(ch.local.port())) {
                     *e = 0;
                 }
