@@ -124,6 +124,63 @@ pub struct RelayConfig {
     /// Recompute UDP checksums instead of updating them (senders on the same
     /// host, over veth or loopback, hand over partial checksums).
     pub xdp_full_checksum: bool,
+    /// Scheduling policy of the media workers.
+    pub worker_scheduling: Scheduling,
+}
+
+/// `relay.worker_scheduling` and `relay.worker_priority`: how the kernel
+/// schedules the media workers. A real-time policy keeps ordinary
+/// processes on the workers' cores from delaying packets (the scheduler
+/// can otherwise hold a runnable worker back for milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduling {
+    /// The default time-sharing policy (`SCHED_OTHER`).
+    #[default]
+    Other,
+    /// `SCHED_FIFO` at this priority (1 to 99).
+    Fifo(u8),
+    /// `SCHED_RR` at this priority (1 to 99).
+    RoundRobin(u8),
+}
+
+/// Why a policy and priority pair was refused.
+#[derive(Debug)]
+pub struct SchedulingError {
+    /// The priority (not the policy) is wrong.
+    pub priority: bool,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Scheduling {
+    /// A policy name (`other`, `fifo`, `rr`; rtpengine's `default` and
+    /// `none` mean `other`) and an optional priority (default 10).
+    ///
+    /// # Errors
+    /// An unknown policy, a priority outside 1..=99, or a priority without a
+    /// real-time policy.
+    pub fn parse(policy: &str, priority: Option<i64>) -> Result<Self, SchedulingError> {
+        let prio = match priority {
+            None => 10,
+            Some(p) => u8::try_from(p)
+                .ok()
+                .filter(|p| (1..=99).contains(p))
+                .ok_or_else(|| SchedulingError { priority: true, problem: format!("{p} is out of range (1..=99)") })?,
+        };
+        match policy {
+            "other" | "default" | "none" if priority.is_some() => Err(SchedulingError {
+                priority: true,
+                problem: "a priority only applies to the \"fifo\" and \"rr\" policies".into(),
+            }),
+            "other" | "default" | "none" => Ok(Self::Other),
+            "fifo" => Ok(Self::Fifo(prio)),
+            "rr" => Ok(Self::RoundRobin(prio)),
+            other => Err(SchedulingError {
+                priority: false,
+                problem: format!("`{other}` is not \"other\", \"fifo\" or \"rr\""),
+            }),
+        }
+    }
 }
 
 /// `relay.datapath`.
@@ -175,6 +232,14 @@ struct RawRelay {
     xdp_queues: usize,
     #[serde(default)]
     xdp_full_checksum: bool,
+    #[serde(default = "scheduling_other")]
+    worker_scheduling: String,
+    #[serde(default)]
+    worker_priority: Option<i64>,
+}
+
+fn scheduling_other() -> String {
+    "other".into()
 }
 
 fn datapath_auto() -> String {
@@ -252,6 +317,11 @@ impl RelayConfig {
                 })
             }
         };
+        let worker_scheduling =
+            Scheduling::parse(&r.worker_scheduling, r.worker_priority).map_err(|e| ConfigError::Invalid {
+                key: if e.priority { "relay.worker_priority" } else { "relay.worker_scheduling" },
+                problem: e.problem,
+            })?;
         let mut cfg = Self {
             interfaces,
             listen_ng: parse_listen("relay.listen_ng", &r.listen_ng)?,
@@ -273,6 +343,7 @@ impl RelayConfig {
             xdp_interfaces: r.xdp_interfaces,
             xdp_queues: r.xdp_queues,
             xdp_full_checksum: r.xdp_full_checksum,
+            worker_scheduling,
         };
         cfg.resolve_workers();
         cfg.validate()?;
@@ -450,6 +521,20 @@ mod tests {
         assert!(e.contains("relay.xdp_interfaces"), "{e}");
         let e = RelayConfig::from_toml(&set("auto", "[\"a/b\"]")).unwrap_err().to_string();
         assert!(e.contains("relay.xdp_interfaces"), "{e}");
+        let rt = DEFAULT_TOML.replace("[relay]", "[relay]\nworker_scheduling = \"fifo\"\nworker_priority = 40");
+        assert_eq!(RelayConfig::from_toml(&rt).unwrap().worker_scheduling, Scheduling::Fifo(40));
+        let rr = DEFAULT_TOML.replace("[relay]", "[relay]\nworker_scheduling = \"rr\"");
+        assert_eq!(RelayConfig::from_toml(&rr).unwrap().worker_scheduling, Scheduling::RoundRobin(10));
+        assert_eq!(RelayConfig::embedded_default().worker_scheduling, Scheduling::Other);
+        for (bad, key) in [
+            ("worker_scheduling = \"deadline\"", "relay.worker_scheduling"),
+            ("worker_scheduling = \"fifo\"\nworker_priority = 100", "relay.worker_priority"),
+            ("worker_scheduling = \"fifo\"\nworker_priority = 0", "relay.worker_priority"),
+            ("worker_priority = 5", "relay.worker_priority"),
+        ] {
+            let e = RelayConfig::from_toml(&DEFAULT_TOML.replace("[relay]", &format!("[relay]\n{bad}"))).unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
         let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nxdp_queues = 65");
         let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("relay.xdp_queues"), "{e}");

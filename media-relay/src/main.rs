@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use media_relay::config::{log_filter, parse_listen, DatapathMode, Interface, RelayConfig};
+use media_relay::config::{log_filter, parse_listen, DatapathMode, Interface, RelayConfig, Scheduling};
 use media_relay::ng::NgCounters;
 use media_relay::relay::Relay;
 use media_relay::{metrics, ng, sys};
@@ -83,6 +83,12 @@ struct Cli {
     /// AF_XDP: recompute UDP checksums (senders on this host via veth or loopback).
     #[arg(long = "xdp-full-checksum")]
     xdp_full_checksum: bool,
+    /// Media workers' scheduling policy: `other`, `fifo` or `rr` (rtpengine's option name).
+    #[arg(long)]
+    scheduling: Option<String>,
+    /// Real-time priority of the media workers, 1 to 99 (with `fifo` or `rr`).
+    #[arg(long)]
+    priority: Option<i64>,
 }
 
 fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
@@ -146,6 +152,12 @@ fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
     }
     if cli.xdp_full_checksum {
         cfg.xdp_full_checksum = true;
+    }
+    if let Some(policy) = &cli.scheduling {
+        cfg.worker_scheduling = Scheduling::parse(policy, cli.priority)
+            .map_err(|e| format!("{}: {}", if e.priority { "--priority" } else { "--scheduling" }, e.problem))?;
+    } else if cli.priority.is_some() {
+        return Err("--priority: needs --scheduling=fifo or --scheduling=rr".into());
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)

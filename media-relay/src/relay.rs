@@ -150,6 +150,7 @@ impl Relay {
                 nat: cfg.nat,
                 counters: Arc::clone(&ctr),
                 shutdown: Arc::clone(&shutdown),
+                scheduling: cfg.worker_scheduling,
                 sip: hand_sip
                     .then(|| crate::sip_handoff::SipSender::new(sip.ring(), Arc::clone(&sip), cfg.sip_ports.clone())),
             };

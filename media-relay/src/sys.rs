@@ -251,6 +251,27 @@ pub fn thread_cpu_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// Sets the calling thread's scheduling policy (`SCHED_FIFO` or
+/// `SCHED_RR` with `priority`, or back to `SCHED_OTHER`).
+///
+/// # Errors
+/// The `sched_setscheduler` error: `EPERM` without `CAP_SYS_NICE` (or an
+/// `RLIMIT_RTPRIO` allowing it).
+pub fn set_thread_scheduling(policy: crate::config::Scheduling) -> io::Result<()> {
+    use crate::config::Scheduling;
+    let (policy, priority) = match policy {
+        Scheduling::Other => (libc::SCHED_OTHER, 0),
+        Scheduling::Fifo(p) => (libc::SCHED_FIFO, libc::c_int::from(p)),
+        Scheduling::RoundRobin(p) => (libc::SCHED_RR, libc::c_int::from(p)),
+    };
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param.
+    if unsafe { libc::sched_setscheduler(0, policy, &raw const param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Monotonic clock in nanoseconds (vDSO, no syscall). Read once per batch
 /// and passed into the packet path.
 #[must_use]

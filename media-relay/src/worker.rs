@@ -51,6 +51,28 @@ pub struct WorkerContext {
     pub sleeping: Arc<AtomicBool>,
     /// SIP handoff to the signaling plane (`AF_XDP` datapath with SIP ports).
     pub sip: Option<crate::sip_handoff::SipSender>,
+    /// Scheduling policy (`relay.worker_scheduling`).
+    pub scheduling: crate::config::Scheduling,
+}
+
+/// What every worker does first on its own thread: pin itself to its
+/// core and take its scheduling policy. Failures are logged, not fatal.
+pub fn settle(ctx: &WorkerContext) {
+    if let Some(core) = ctx.core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(worker = ctx.index, core = core.id, "could not pin worker to its core");
+        }
+    }
+    if ctx.scheduling != crate::config::Scheduling::Other {
+        if let Err(e) = sys::set_thread_scheduling(ctx.scheduling) {
+            tracing::warn!(
+                worker = ctx.index,
+                policy = ?ctx.scheduling,
+                error = %e,
+                "relay.worker_scheduling could not be applied (needs CAP_SYS_NICE); the worker runs with the default policy"
+            );
+        }
+    }
 }
 
 /// The handshake that lets the control plane skip wakeups while a worker is
@@ -145,11 +167,7 @@ pub fn make_poll() -> std::io::Result<(Poll, Arc<Waker>)> {
 
 /// Runs a worker until `ctx.shutdown` is set.
 pub fn run(ctx: WorkerContext, poll: Poll) {
-    if let Some(core) = ctx.core {
-        if !core_affinity::set_for_current(core) {
-            tracing::warn!(worker = ctx.index, core = core.id, "could not pin worker to its core");
-        }
-    }
+    settle(&ctx);
     let mut w = Worker {
         ctx,
         poll,

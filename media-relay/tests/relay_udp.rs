@@ -688,3 +688,41 @@ fn overflowing_stream_is_counted_and_recovers() {
     assert_eq!(recv_n(&b2, 10).len(), 10, "the other call is unaffected");
     let _ = std::fs::remove_file(&path);
 }
+
+/// `--scheduling=fifo --priority=7` (rtpengine's options): the media
+/// workers run `SCHED_FIFO` at priority 7, the other threads keep the
+/// default policy. Without root the relay says so and keeps running.
+#[test]
+fn workers_take_the_real_time_policy() {
+    let r = start_relay(&["--scheduling=fifo", "--priority=7"]);
+    let pid = r.child.id();
+    let mut workers = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().filter_map(Result::ok) {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command: 40 is rt_priority, 41 the policy (1 = FIFO).
+        let f: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
+        let (prio, policy) = (f.get(37).copied().unwrap_or("?"), f.get(38).copied().unwrap_or("?"));
+        if comm.starts_with("mr-worker") || comm.starts_with("mr-xdp") {
+            workers += 1;
+            if common::in_ci() || is_root() {
+                assert_eq!((policy, prio), ("1", "7"), "{} runs SCHED_FIFO at 7", comm.trim());
+            }
+        } else {
+            assert_eq!(policy, "0", "{} keeps SCHED_OTHER", comm.trim());
+        }
+    }
+    // The AF_XDP datapath runs one worker per queue of the loopback: one.
+    let expected = if crate::DATAPATH == "xdp" { 1 } else { 2 };
+    assert_eq!(workers, expected, "every worker found");
+    let q = cmd(&r, &dict(&[("command", s("ping"))]));
+    assert_eq!(result(&q), "pong");
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+}

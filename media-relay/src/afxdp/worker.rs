@@ -101,11 +101,7 @@ pub fn run(
     checksum: Checksum,
     mesh: Option<MeshPort>,
 ) {
-    if let Some(core) = ctx.core {
-        if !core_affinity::set_for_current(core) {
-            tracing::warn!(worker = ctx.index, core = core.id, "could not pin worker to its core");
-        }
-    }
+    crate::worker::settle(&ctx);
     let mut w = Worker {
         checksum,
         ifindexes: xsk.ports.iter().map(|p| p.ifindex).collect(),
