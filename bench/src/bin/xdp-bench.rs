@@ -61,10 +61,12 @@ struct Args {
     /// pass it; CPU per packet falls as the rate rises).
     #[arg(long, default_value_t = 50_000)]
     cpu_at: u64,
-    /// Scheduling policy of the relays' media threads (`fifo` at priority
-    /// 40, below the NAPI thread's 50, or `other`): media-relay's
-    /// `relay.worker_scheduling`, rtpengine's `--scheduling`.
-    #[arg(long, default_value = "fifo")]
+    /// Scheduling policy of the relays' media threads (`other`, or `fifo`
+    /// at priority 40, below the NAPI thread's 50): media-relay's
+    /// `relay.worker_scheduling`, rtpengine's `--scheduling`. The default
+    /// is `other`: in this lab `fifo` starves the kernel's deferred receive
+    /// work on the relay core, which costs the socket datapath packets.
+    #[arg(long, default_value = "other")]
     scheduling: String,
     /// Keep the scratch directory (configs, relay logs).
     #[arg(long)]
