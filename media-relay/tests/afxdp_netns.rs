@@ -263,15 +263,7 @@ fn relay_burst(
 }
 
 fn metric(spec: &str) -> f64 {
-    let addr: SocketAddr = "127.0.0.1:9101".parse().unwrap();
-    let (name, labels) = spec.split_once('{').unwrap_or((spec, ""));
-    let want: Vec<(&str, &str)> = labels
-        .trim_end_matches('}')
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k, v.trim_matches('"')))
-        .collect();
-    common::metric_sum(addr, name, &want)
+    common::metric_spec("127.0.0.1:9101".parse().unwrap(), spec)
 }
 
 /// The relay's counters that say where packets went, for failure messages.

@@ -257,14 +257,7 @@ fn stat(v: &Value, key: &str) -> i64 {
 
 /// Sum over workers of the series `name{k="v",...}` (labels may be a subset).
 fn metric(r: &Relay, spec: &str) -> f64 {
-    let (name, labels) = spec.split_once('{').unwrap_or((spec, ""));
-    let want: Vec<(&str, &str)> = labels
-        .trim_end_matches('}')
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k, v.trim_matches('"')))
-        .collect();
-    common::metric_sum(r.metrics, name, &want)
+    common::metric_spec(r.metrics, spec)
 }
 
 fn wait_until(what: &str, f: impl FnMut() -> bool) {

@@ -291,7 +291,9 @@ impl Worker {
         let xsk = &mut self.xsk;
         let mut n = 0;
         mesh.receive(|rx| {
-            while n < BATCH && !rx.is_empty() {
+            // `pop_into` reads the sender's position only when its cached
+            // copy runs out; an empty ring gives the frame straight back.
+            while n < BATCH {
                 let Some(addr) = xsk.free.pop() else { return false };
                 let Some(buf) = xsk.mem.slice_mut(addr, FRAME_SIZE as usize) else {
                     xsk.release(addr);

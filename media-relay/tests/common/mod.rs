@@ -865,6 +865,19 @@ pub fn metric_sum(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 
         .sum()
 }
 
+/// [`metric_sum`] for a spec written as Prometheus shows it:
+/// `name{k="v",...}` (the labels may be a subset of the series' labels).
+pub fn metric_spec(addr: SocketAddr, spec: &str) -> f64 {
+    let (name, labels) = spec.split_once('{').unwrap_or((spec, ""));
+    let want: Vec<(&str, &str)> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k, v.trim_matches('"')))
+        .collect();
+    metric_sum(addr, name, &want)
+}
+
 /// A binary the test needs: `None` (with a SKIPPED line) when it is missing,
 /// and a panic instead under `CI=true`, where every test must run.
 pub fn require_binary(name: &str) -> Option<PathBuf> {

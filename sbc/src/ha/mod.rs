@@ -738,6 +738,13 @@ impl Node {
             tracing::error!("HA: {e}");
         }
         tracing::warn!(reason = why, vip = %self.cfg.vip.addr, "HA: released the virtual IP; now standby");
+        self.become_standby();
+    }
+
+    /// The standby's state, after the address is gone: no token, nothing
+    /// pending, the proxy and the relay emptied (their calls belong to the
+    /// new active), a heartbeat saying so.
+    fn become_standby(&mut self) {
         self.role = Role::Standby;
         self.token = 0;
         self.status.token.store(0, Relaxed);
@@ -801,20 +808,7 @@ impl Node {
         for _ in 0..3 {
             self.send_peer("xsbc-ha go");
         }
-        self.role = Role::Standby;
-        self.token = 0;
-        self.status.token.store(0, Relaxed);
-        self.status.active.store(false, Relaxed);
-        self.status.releases.fetch_add(1, Relaxed);
-        self.pending.clear();
-        self.reannounce.clear();
-        self.stream_pos = None;
-        let _ = self.links.to_proxy.send(ToProxy::SetActive(false));
-        (self.links.wake_proxy)();
-        self.links.relay.clear();
-        let _ = self.links.relay.export_changes();
-        self.next_acquire = Instant::now() + self.cfg.lease;
-        self.send_heartbeat();
+        self.become_standby();
         tracing::info!(prepare_ms = prepared.as_millis() as u64, "HA: handed over to the peer (planned)");
         format!(
             "ok: handed over to {} (peer ready after {} ms, address released {} ms later)\n",
