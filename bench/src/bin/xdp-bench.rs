@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::gen::{run_step, Flow, StepResult};
+use bench::gen::{run_step, run_step_with, Flow, SinkMode, StepResult};
 use bench::ng::{reply_port, NgClient};
 use clap::Parser;
 use media_relay::bencode::Value;
@@ -68,12 +68,37 @@ struct Args {
     /// work on the relay core, which costs the socket datapath packets.
     #[arg(long, default_value = "other")]
     scheduling: String,
+    /// Where the sink receives. `thread`: its own thread on core 1, which
+    /// sleeps in `poll`, so deliveries wake it (the wakeup is sent from the
+    /// relay's core, where a veth delivers) and its wakeup delay is part of
+    /// every latency figure. `inline`: the generator's thread receives
+    /// whenever it is ahead of schedule and never sleeps while sending, so
+    /// nothing is woken and the latency floor is lower; one thread then
+    /// sends and receives, which caps the harness near 200k pps.
+    #[arg(long, default_value = "thread", value_parser = ["inline", "thread"])]
+    sink: String,
+    /// Interrupt moderation on the relay's receiving veth `ra`, in
+    /// microseconds (`gro_flush_timeout`, with `napi_defer_hard_irqs` 2).
+    /// 0, the default, leaves it off: every packet that finds NAPI idle
+    /// wakes the NAPI thread.
+    #[arg(long, default_value_t = 0)]
+    coalesce_us: u64,
     /// Keep the scratch directory (configs, relay logs).
     #[arg(long)]
     keep: bool,
     /// Paths to measure: afxdp, socket, rtpengine, kernel.
     #[arg(long, value_delimiter = ',', default_value = "afxdp,socket,rtpengine,kernel")]
     paths: Vec<String>,
+}
+
+impl Args {
+    fn sink_mode(&self) -> SinkMode {
+        if self.sink == "thread" {
+            SinkMode::Thread
+        } else {
+            SinkMode::Inline
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +154,7 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Result<Self, String> {
+    fn new(coalesce_us: u64) -> Result<Self, String> {
         let id = std::process::id();
         let lab = Self { gen: format!("xbench-gen-{id}"), relay: format!("xbench-relay-{id}") };
         ip(&["netns", "add", &lab.gen])?;
@@ -171,6 +196,21 @@ impl Lab {
                 .is_ok_and(|s| s.success());
         if !ok {
             return Err("threaded NAPI on ra (ethtool -K ra gro on; /sys/class/net/ra/threaded) failed".into());
+        }
+        if coalesce_us > 0 {
+            // Interrupt moderation, as a NIC does it: after a poll that found
+            // packets, `ra`'s NAPI is not re-armed by each new packet but
+            // polled again when the timer fires. Without it, every packet
+            // that finds NAPI idle wakes the NAPI thread.
+            let set = format!(
+                "echo {} > /sys/class/net/ra/gro_flush_timeout && echo 2 > /sys/class/net/ra/napi_defer_hard_irqs",
+                coalesce_us * 1000
+            );
+            let ok =
+                Command::new("ip").args(["netns", "exec", r, "sh", "-c", &set]).status().is_ok_and(|s| s.success());
+            if !ok {
+                return Err("interrupt moderation on ra (/sys/class/net/ra/gro_flush_timeout) failed".into());
+            }
         }
         Ok(lab)
     }
@@ -426,7 +466,7 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, labe
         let pps = rates[i];
         pin_napi();
         let (p0, s0) = (pid.map_or(0, proc_ticks), core0_ticks());
-        let r: StepResult = run_step(socks, flows, pps, step, PAYLOAD, drain);
+        let r: StepResult = run_step_with(socks, flows, pps, step, PAYLOAD, drain, a.sink_mode());
         let (p1, s1) = (pid.map_or(0, proc_ticks), core0_ticks());
         let got = r.received.max(1) as f64;
         let relay_cpu = (p1 - p0) as f64 * 10_000.0 / got;
@@ -518,7 +558,7 @@ fn main() -> std::process::ExitCode {
     if let Some(c) = core_affinity::get_core_ids().and_then(|c| c.get(1).copied()) {
         core_affinity::set_for_current(c);
     }
-    let lab = match Lab::new() {
+    let lab = match Lab::new(a.coalesce_us) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("xdp-bench: cannot build the namespace lab (needs root, ip, ethtool): {e}");
