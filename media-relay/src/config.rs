@@ -124,8 +124,26 @@ pub struct RelayConfig {
     /// Recompute UDP checksums instead of updating them (senders on the same
     /// host, over veth or loopback, hand over partial checksums).
     pub xdp_full_checksum: bool,
+    /// Whether the `AF_XDP` sockets use the driver's zero-copy mode.
+    pub xdp_zero_copy: ZeroCopy,
     /// Scheduling policy of the media workers.
     pub worker_scheduling: Scheduling,
+}
+
+/// `relay.xdp_zero_copy`: how the `AF_XDP` sockets move frames between the
+/// NIC and the relay's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZeroCopy {
+    /// Zero-copy where every interface's driver supports it, copy mode
+    /// otherwise.
+    #[default]
+    Auto,
+    /// Zero-copy or nothing: a driver without it is an error (so `datapath =
+    /// "auto"` falls back to sockets, and `"xdp"` exits).
+    On,
+    /// Copy mode even where the driver supports zero-copy (a way around
+    /// driver bugs).
+    Off,
 }
 
 /// `relay.worker_scheduling` and `relay.worker_priority`: how the kernel
@@ -224,7 +242,7 @@ struct RawRelay {
     ng_cache_age: u64,
     #[serde(default)]
     max_sessions: usize,
-    #[serde(default = "datapath_auto")]
+    #[serde(default = "auto")]
     datapath: String,
     #[serde(default)]
     xdp_interfaces: Vec<String>,
@@ -232,6 +250,8 @@ struct RawRelay {
     xdp_queues: usize,
     #[serde(default)]
     xdp_full_checksum: bool,
+    #[serde(default = "auto")]
+    xdp_zero_copy: String,
     #[serde(default = "scheduling_other")]
     worker_scheduling: String,
     #[serde(default)]
@@ -242,7 +262,8 @@ fn scheduling_other() -> String {
     "other".into()
 }
 
-fn datapath_auto() -> String {
+/// `"auto"`: the default of `relay.datapath` and `relay.xdp_zero_copy`.
+fn auto() -> String {
     "auto".to_owned()
 }
 
@@ -317,6 +338,17 @@ impl RelayConfig {
                 })
             }
         };
+        let xdp_zero_copy = match r.xdp_zero_copy.as_str() {
+            "auto" => ZeroCopy::Auto,
+            "on" => ZeroCopy::On,
+            "off" => ZeroCopy::Off,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "relay.xdp_zero_copy",
+                    problem: format!("`{other}` is not \"auto\", \"on\" or \"off\""),
+                })
+            }
+        };
         let worker_scheduling =
             Scheduling::parse(&r.worker_scheduling, r.worker_priority).map_err(|e| ConfigError::Invalid {
                 key: if e.priority { "relay.worker_priority" } else { "relay.worker_scheduling" },
@@ -343,6 +375,7 @@ impl RelayConfig {
             xdp_interfaces: r.xdp_interfaces,
             xdp_queues: r.xdp_queues,
             xdp_full_checksum: r.xdp_full_checksum,
+            xdp_zero_copy,
             worker_scheduling,
         };
         cfg.resolve_workers();
@@ -538,6 +571,15 @@ mod tests {
         let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nxdp_queues = 65");
         let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("relay.xdp_queues"), "{e}");
+
+        assert_eq!(RelayConfig::embedded_default().xdp_zero_copy, ZeroCopy::Auto);
+        for (v, want) in [("auto", ZeroCopy::Auto), ("on", ZeroCopy::On), ("off", ZeroCopy::Off)] {
+            let c = DEFAULT_TOML.replace("xdp_zero_copy = \"auto\"", &format!("xdp_zero_copy = \"{v}\""));
+            assert_eq!(RelayConfig::from_toml(&c).unwrap().xdp_zero_copy, want);
+        }
+        let bad = DEFAULT_TOML.replace("xdp_zero_copy = \"auto\"", "xdp_zero_copy = \"yes\"");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("relay.xdp_zero_copy") && e.contains("`yes`"), "{e}");
     }
 
     #[test]

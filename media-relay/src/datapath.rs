@@ -55,6 +55,12 @@ pub trait Datapath: Send + Sync {
     fn xdp_counters(&self) -> Option<xdp_prog::CounterSnapshot> {
         None
     }
+
+    /// `AF_XDP` queues in copy mode and in zero-copy mode; `None` for a
+    /// datapath without `AF_XDP` sockets.
+    fn xdp_queue_modes(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// UDP sockets polled with mio, `recvmmsg`/`sendmmsg` in batches.

@@ -32,6 +32,13 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
         "# HELP media_relay_datapath The datapath in use (socket or xdp).\n# TYPE media_relay_datapath gauge\nmedia_relay_datapath{{datapath=\"{}\"}} 1",
         dp.name()
     );
+    if let Some((copy, zero_copy)) = dp.xdp_queue_modes() {
+        let _ = writeln!(
+            out,
+            "# HELP media_relay_xdp_queues AF_XDP queues by how frames reach the relay's memory: copied by the kernel, or zero-copy by the driver.\n\
+             # TYPE media_relay_xdp_queues gauge\nmedia_relay_xdp_queues{{mode=\"copy\"}} {copy}\nmedia_relay_xdp_queues{{mode=\"zero_copy\"}} {zero_copy}"
+        );
+    }
     if let Some(x) = dp.xdp_counters() {
         let _ = writeln!(
             out,

@@ -152,25 +152,33 @@ impl Lab {
     }
 }
 
-fn config(dir: &TestDir, datapath: &str, queues: u32) -> std::path::PathBuf {
+/// `extra`: more `[relay]` lines.
+fn config(dir: &TestDir, datapath: &str, queues: u32, extra: &str) -> std::path::PathBuf {
     dir.write(
         "relay.toml",
         format!(
             "[relay]\ninterfaces = [\"a/{RELAY_A}\", \"b/{RELAY_B}\", \"a6/{RELAY_A6}\", \"b6/{RELAY_B6}\"]\nlisten_ng = \"127.0.0.1:22222\"\n\
              port_min = 30000\nport_max = 30099\nworkers = 1\ntimeout = 60\nmetrics = \"127.0.0.1:9101\"\n\
-             log_level = \"info\"\ndatapath = \"{datapath}\"\nxdp_interfaces = [\"ra\", \"rb\"]\nxdp_queues = {queues}\n"
+             log_level = \"info\"\ndatapath = \"{datapath}\"\nxdp_interfaces = [\"ra\", \"rb\"]\nxdp_queues = {queues}\n{extra}"
         ),
     )
 }
 
 /// Starts the relay in the relay namespace, optionally as `nobody`.
 fn start_relay(lab: &Lab, dir: &TestDir, datapath: &str, unprivileged: bool) -> ChildGuard {
-    start_relay_on(lab, dir, datapath, unprivileged, 1)
+    start_relay_on(lab, dir, datapath, unprivileged, 1, "")
 }
 
 /// `queues`: the relay's `xdp_queues` (0: every rx queue of the interfaces).
-fn start_relay_on(lab: &Lab, dir: &TestDir, datapath: &str, unprivileged: bool, queues: u32) -> ChildGuard {
-    let cfg = config(dir, datapath, queues);
+fn start_relay_on(
+    lab: &Lab,
+    dir: &TestDir,
+    datapath: &str,
+    unprivileged: bool,
+    queues: u32,
+    extra: &str,
+) -> ChildGuard {
+    let cfg = config(dir, datapath, queues, extra);
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.relay.0]);
     if unprivileged {
@@ -365,6 +373,9 @@ fn xdp_call() {
     let ng = wait_ng(&mut relay);
     assert_eq!(metric("media_relay_datapath{datapath=\"xdp\"}"), 1.0, "{}", relay.log_tail(20));
     assert!(relay.log_tail(40).contains("detached a stale xsbc XDP program"), "{}", relay.log_tail(40));
+    // veth has no AF_XDP zero-copy: the one queue runs in copy mode.
+    assert_eq!(metric("media_relay_xdp_queues{mode=\"copy\"}"), 1.0);
+    assert_eq!(metric("media_relay_xdp_queues{mode=\"zero_copy\"}"), 0.0);
     let link = Command::new("ip").args(["-n", &lab.relay.0, "link", "show", "dev", "ra"]).output().unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(link.contains(" xdp ") && link.contains("name xsbc_xdp"), "ours, natively attached: {link}");
@@ -494,6 +505,15 @@ fn xdp_call() {
     drop(relay);
 }
 
+/// Sets up `call` and checks that 20 packets get through each way.
+fn relays_a_call_both_ways(ng: &NgClient, call: &str, caller: &UdpSocket, callee: &UdpSocket) {
+    let (to_a, to_b) = setup_call(ng, call, caller.local_addr().unwrap(), callee.local_addr().unwrap());
+    let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
+    let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
+    assert_eq!(relay_burst(caller, relay_a, callee, 1, 20, 1).len(), 20, "{call}: caller to callee");
+    assert_eq!(relay_burst(callee, relay_b, caller, 1, 20, 2).len(), 20, "{call}: callee to caller");
+}
+
 #[test]
 fn without_privileges_auto_falls_back_to_sockets_and_xdp_refuses() {
     run_in_thread(fallback);
@@ -522,12 +542,48 @@ fn fallback() {
     assert_eq!(metric("media_relay_datapath{datapath=\"socket\"}"), 1.0);
     let log = relay.log_tail(40);
     assert!(log.contains("falling back to the socket datapath") && log.contains("no privileges"), "{log}");
-    let (to_a, to_b) = setup_call(&ng, "fallback-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
-    let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
-    let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
-    assert_eq!(relay_burst(&caller, relay_a, &callee, 1, 20, 1).len(), 20);
-    assert_eq!(relay_burst(&callee, relay_b, &caller, 1, 20, 2).len(), 20);
+    relays_a_call_both_ways(&ng, "fallback-call", &caller, &callee);
     relay.assert_running();
+}
+
+#[test]
+fn zero_copy_demanded_on_veth_exits_or_falls_back_naming_the_key() {
+    run_in_thread(zero_copy_on_veth);
+}
+
+fn zero_copy_on_veth() {
+    let Some(lab) = lab_or_skip("zero_copy_demanded_on_veth") else { return };
+    let dir = TestDir::new("afxdp-zero-copy");
+    let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4000"), &lab.relay);
+    let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:5000"), &lab.relay);
+    let on = "xdp_zero_copy = \"on\"\n";
+
+    // datapath = "xdp": the bind fails, and the relay exits saying why.
+    let mut strict = start_relay_on(&lab, &dir, "xdp", false, 1, on);
+    let status = strict.wait_timeout(Duration::from_secs(15)).expect("relay with xdp_zero_copy = on kept running");
+    assert!(!status.success());
+    let log = strict.log_tail(20);
+    assert!(
+        log.contains("AF_XDP datapath cannot run")
+            && log.contains("no AF_XDP zero-copy support, which relay.xdp_zero_copy"),
+        "{log}"
+    );
+    drop(strict);
+
+    // datapath = "auto": the same reason, and media flows over sockets.
+    let mut relay = start_relay_on(&lab, &dir, "auto", false, 1, on);
+    let ng = wait_ng(&mut relay);
+    assert_eq!(metric("media_relay_datapath{datapath=\"socket\"}"), 1.0);
+    let log = relay.log_tail(40);
+    assert!(log.contains("falling back to the socket datapath") && log.contains("relay.xdp_zero_copy"), "{log}");
+    relays_a_call_both_ways(&ng, "zero-copy-call", &caller, &callee);
+    drop(relay);
+
+    // "off" (copy mode, asked for) runs the AF_XDP datapath.
+    let mut copy = start_relay_on(&lab, &dir, "xdp", false, 1, "xdp_zero_copy = \"off\"\n");
+    let _ng = wait_ng(&mut copy);
+    assert_eq!(metric("media_relay_datapath{datapath=\"xdp\"}"), 1.0, "{}", copy.log_tail(20));
+    assert_eq!(metric("media_relay_xdp_queues{mode=\"copy\"}"), 1.0);
 }
 
 #[test]
@@ -547,9 +603,10 @@ fn multi_queue() {
     // The thread lives in the relay namespace: ng and metrics are on its loopback.
     lab.relay.enter();
     // xdp_queues = 0: one worker per rx queue found on the interfaces.
-    let mut relay = start_relay_on(&lab, &dir, "xdp", false, 0);
+    let mut relay = start_relay_on(&lab, &dir, "xdp", false, 0, "");
     let ng = wait_ng(&mut relay);
     assert!(relay.log_tail(40).contains("queues=2"), "two queues detected:\n{}", relay.log_tail(40));
+    assert_eq!(metric("media_relay_xdp_queues{mode=\"copy\"}"), 2.0);
     let mut calls = Vec::new();
     for i in 0..CALLS {
         let caller = Lab::bind(&lab.caller, &format!("{CALLER}:{}", 4100 + i), &lab.relay);

@@ -126,6 +126,8 @@ struct Attached {
 /// The `AF_XDP` datapath.
 pub struct AfXdp {
     queues: usize,
+    /// Queues whose sockets run in the driver's zero-copy mode.
+    zero_copy_queues: usize,
     attached: Arc<Mutex<Vec<Attached>>>,
     checksum: rewrite::Checksum,
     /// Each queue's sockets, until its worker takes them.
@@ -187,9 +189,11 @@ impl AfXdp {
         // queue that does not exist, ...) happens before a worker starts
         // and `auto` can still fall back.
         let mut sockets = Vec::with_capacity(queues);
+        let mut zero_copy_queues = 0;
         for q in 0..queues {
             let queue = u32::try_from(q).unwrap_or(u32::MAX);
-            let xsk = Xsk::open(&ifindexes, queue)?;
+            let xsk = Xsk::open(&ifindexes, queue, cfg.xdp_zero_copy)?;
+            zero_copy_queues += usize::from(xsk.zero_copy);
             for (port, a) in xsk.ports.iter().zip(attached.iter_mut()) {
                 a.xsks.set(queue, port.fd()).map_err(|e| {
                     Error::Map(format!("registering the socket of `{}` queue {queue}: {}", a.name, chain(&e)))
@@ -203,6 +207,7 @@ impl AfXdp {
         tracing::info!(
             interfaces = ?cfg.xdp_interfaces,
             queues,
+            zero_copy_queues,
             umem_mib = (queues * (umem::FRAMES * umem::FRAME_SIZE) as usize) >> 20,
             "AF_XDP datapath ready"
         );
@@ -217,8 +222,16 @@ impl AfXdp {
         } else {
             Vec::new()
         };
+        if zero_copy_queues < queues {
+            tracing::info!(
+                copy_mode_queues = queues - zero_copy_queues,
+                "AF_XDP copy mode: the kernel copies each frame between the NIC's buffers and the UMEM (no driver \
+                 zero-copy support on these interfaces, or relay.xdp_zero_copy = \"off\")"
+            );
+        }
         Ok(Self {
             queues,
+            zero_copy_queues,
             attached: Arc::new(Mutex::new(attached)),
             sockets: Mutex::new(sockets),
             mesh: Mutex::new(mesh),
@@ -346,5 +359,9 @@ impl Datapath for AfXdp {
             }
         }
         Some(sum)
+    }
+
+    fn xdp_queue_modes(&self) -> Option<(usize, usize)> {
+        Some((self.queues - self.zero_copy_queues, self.zero_copy_queues))
     }
 }

@@ -96,6 +96,26 @@ pub fn ring_fd(rx: &xdpilone::RingRx) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(rx.as_raw_fd()) }
 }
 
+/// Whether a bound `AF_XDP` socket runs in the driver's zero-copy mode
+/// (`XDP_OPTIONS`); `None` when the kernel does not say.
+#[must_use]
+pub fn xsk_zero_copy(fd: BorrowedFd<'_>) -> Option<bool> {
+    let mut opts = libc::xdp_options { flags: 0 };
+    let mut len = std::mem::size_of::<libc::xdp_options>() as libc::socklen_t;
+    // SAFETY: `opts` and `len` are valid for writes of the sizes given, and
+    // `fd` is open for the duration of the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            libc::XDP_OPTIONS,
+            std::ptr::addr_of_mut!(opts).cast(),
+            std::ptr::addr_of_mut!(len),
+        )
+    };
+    (r == 0).then_some(opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0)
+}
+
 /// A `NETLINK_ROUTE` socket.
 pub struct Netlink {
     fd: OwnedFd,

@@ -14,6 +14,7 @@ use xdpilone::xdp::XdpDesc;
 use xdpilone::{CompletionQueue, FillQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 use super::sys::{self, Mmap};
+use crate::config::ZeroCopy;
 
 /// Bytes per frame (one packet each).
 pub const FRAME_SIZE: u32 = 2048;
@@ -29,7 +30,7 @@ pub const BATCH: usize = 64;
 
 /// What went wrong creating a socket, with the step.
 #[derive(Debug, thiserror::Error)]
-#[error("AF_XDP {step} (ifindex {ifindex}, queue {queue}): errno {errno}")]
+#[error("AF_XDP {step} (ifindex {ifindex}, queue {queue}): errno {errno}{}", hint(*.errno, *.zero_copy))]
 pub struct XskError {
     /// Which step failed.
     pub step: &'static str,
@@ -39,6 +40,16 @@ pub struct XskError {
     pub queue: u32,
     /// The kernel's errno.
     pub errno: i32,
+    /// Zero-copy was demanded (`relay.xdp_zero_copy = "on"`).
+    pub zero_copy: bool,
+}
+
+fn hint(errno: i32, zero_copy: bool) -> &'static str {
+    if zero_copy && errno == libc::EOPNOTSUPP {
+        " (the driver has no AF_XDP zero-copy support, which relay.xdp_zero_copy = \"on\" requires)"
+    } else {
+        ""
+    }
 }
 
 /// One `AF_XDP` socket: one interface, the worker's queue.
@@ -81,28 +92,60 @@ pub struct Xsk {
     _umem: Umem,
     /// The frames' memory.
     pub mem: Mmap,
+    /// The sockets run in the driver's zero-copy mode (all of them: the
+    /// others inherit the first one's mode).
+    pub zero_copy: bool,
     /// Addresses of free frames (capacity [`FRAMES`]: never reallocates).
     pub free: Vec<u64>,
 }
 
 fn step(step: &'static str, ifindex: u32, queue: u32) -> impl FnOnce(xdpilone::Errno) -> XskError {
-    move |e| XskError { step, ifindex, queue, errno: e.get_raw() }
+    move |e| XskError { step, ifindex, queue, errno: e.get_raw(), zero_copy: false }
 }
 
 impl Xsk {
     /// Creates the UMEM and binds one socket per interface to `queue`. The
     /// first socket owns the UMEM; the others share it, each with its own
-    /// fill and completion rings, bound with no flags of their own.
+    /// fill and completion rings, bound with no flags of their own (they
+    /// inherit the first one's mode).
+    ///
+    /// With [`ZeroCopy::Auto`] the kernel picks zero-copy for the first
+    /// socket when its driver supports it, and the others must follow; if
+    /// one of them cannot, everything is bound again in copy mode.
     ///
     /// # Errors
     /// The step that failed and the kernel's errno.
-    pub fn open(ifindexes: &[u32], queue: u32) -> Result<Self, XskError> {
+    pub fn open(ifindexes: &[u32], queue: u32, mode: ZeroCopy) -> Result<Self, XskError> {
+        let flags = match mode {
+            ZeroCopy::Auto => 0,
+            ZeroCopy::On => SocketConfig::XDP_BIND_ZEROCOPY,
+            ZeroCopy::Off => SocketConfig::XDP_BIND_COPY,
+        };
+        match Self::open_with(ifindexes, queue, flags) {
+            Err(e) if mode == ZeroCopy::Auto && e.step == "bind" && e.errno == libc::EOPNOTSUPP => {
+                tracing::info!(
+                    queue,
+                    ifindex = e.ifindex,
+                    "an interface has no AF_XDP zero-copy support while another has; using copy mode on all"
+                );
+                Self::open_with(ifindexes, queue, SocketConfig::XDP_BIND_COPY)
+            }
+            Err(mut e) => {
+                e.zero_copy = mode == ZeroCopy::On;
+                Err(e)
+            }
+            ok => ok,
+        }
+    }
+
+    fn open_with(ifindexes: &[u32], queue: u32, bind_flags: u16) -> Result<Self, XskError> {
         let first = ifindexes.first().copied().unwrap_or(0);
         let mem = Mmap::new((FRAMES * FRAME_SIZE) as usize).map_err(|e| XskError {
             step: "mmap",
             ifindex: first,
             queue,
             errno: e.raw_os_error().unwrap_or(0),
+            zero_copy: false,
         })?;
         let cfg = UmemConfig {
             fill_size: RING_SIZE,
@@ -121,7 +164,7 @@ impl Xsk {
             let sock = if i == 0 { Socket::with_shared(&info, &umem) } else { Socket::new(&info) }
                 .map_err(step("socket", ifindex, queue))?;
             let device = umem.fq_cq(&sock).map_err(step("fill/completion rings", ifindex, queue))?;
-            let sc = SocketConfig { rx_size: ring, tx_size: ring, bind_flags: 0 };
+            let sc = SocketConfig { rx_size: ring, tx_size: ring, bind_flags: if i == 0 { bind_flags } else { 0 } };
             let user = umem.rx_tx(&sock, &sc).map_err(step("rx/tx rings", ifindex, queue))?;
             umem.bind(&user).map_err(step("bind", ifindex, queue))?;
             let rx = user.map_rx().map_err(step("mapping the RX ring", ifindex, queue))?;
@@ -130,7 +173,8 @@ impl Xsk {
             ports.push(XskPort { ifindex, fill, comp, rx, tx, stage: Vec::with_capacity(BATCH * 2), user });
         }
         let free = (0..u64::from(FRAMES)).rev().map(|i| i * u64::from(FRAME_SIZE)).collect();
-        let mut xsk = Self { ports, _umem: umem, mem, free };
+        let zero_copy = ports.first().and_then(|p| sys::xsk_zero_copy(p.fd())).unwrap_or(false);
+        let mut xsk = Self { ports, _umem: umem, mem, free, zero_copy };
         // Split the frames over the fill rings, keeping the rest for TX.
         for p in 0..xsk.ports.len() {
             xsk.refill(p, RING_SIZE as usize / 2 + RING_SIZE as usize / 4);
