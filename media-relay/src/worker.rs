@@ -57,20 +57,26 @@ pub struct WorkerContext {
 
 /// What every worker does first on its own thread: pin itself to its
 /// core and take its scheduling policy. Failures are logged, not fatal.
-pub fn settle(ctx: &WorkerContext) {
+/// Returns whether the worker now runs at a real-time policy.
+pub fn settle(ctx: &WorkerContext) -> bool {
     if let Some(core) = ctx.core {
         if !core_affinity::set_for_current(core) {
             tracing::warn!(worker = ctx.index, core = core.id, "could not pin worker to its core");
         }
     }
-    if ctx.scheduling != crate::config::Scheduling::Other {
-        if let Err(e) = sys::set_thread_scheduling(ctx.scheduling) {
+    if ctx.scheduling == crate::config::Scheduling::Other {
+        return false;
+    }
+    match sys::set_thread_scheduling(ctx.scheduling) {
+        Ok(()) => true,
+        Err(e) => {
             tracing::warn!(
                 worker = ctx.index,
                 policy = ?ctx.scheduling,
                 error = %e,
                 "relay.worker_scheduling could not be applied (needs CAP_SYS_NICE); the worker runs with the default policy"
             );
+            false
         }
     }
 }
@@ -167,7 +173,7 @@ pub fn make_poll() -> std::io::Result<(Poll, Arc<Waker>)> {
 
 /// Runs a worker until `ctx.shutdown` is set.
 pub fn run(ctx: WorkerContext, poll: Poll) {
-    settle(&ctx);
+    let _ = settle(&ctx);
     let mut w = Worker {
         ctx,
         poll,

@@ -710,6 +710,16 @@ fn workers_take_the_real_time_policy() {
     assert_eq!(workers, expected, "every worker found");
     let q = cmd(&r, &dict(&[("command", s("ping"))]));
     assert_eq!(result(&q), "pong");
+    // A real-time AF_XDP worker sleeps as soon as it is idle: each packet of
+    // a slow stream has to wake it, and each gets through.
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (to_a, _) = setup_call(&r, "call-rt", &a, &b);
+    for seq in 0..10u16 {
+        a.send_to(&rtp(seq), ("127.0.0.1", to_a)).unwrap();
+        assert_eq!(recv_n(&b, 1).len(), 1, "packet {seq} relayed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn is_root() -> bool {
