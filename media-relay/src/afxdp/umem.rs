@@ -122,7 +122,14 @@ impl Xsk {
             ZeroCopy::Off => SocketConfig::XDP_BIND_COPY,
         };
         match Self::open_with(ifindexes, queue, flags) {
-            Err(e) if mode == ZeroCopy::Auto && e.step == "bind" && e.errno == libc::EOPNOTSUPP => {
+            // Only a later interface can refuse in `Auto`: the kernel falls
+            // back to copy mode by itself for the first.
+            Err(e)
+                if mode == ZeroCopy::Auto
+                    && e.step == "bind"
+                    && e.errno == libc::EOPNOTSUPP
+                    && ifindexes.first() != Some(&e.ifindex) =>
+            {
                 tracing::info!(
                     queue,
                     ifindex = e.ifindex,

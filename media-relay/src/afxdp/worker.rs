@@ -43,7 +43,7 @@ const SPIN: u32 = 512;
 /// at 100k pps in the bench lab (`xdp-bench --scheduling fifo --sink
 /// inline`): spinning, 2.2-2.9 % loss and p99 0.8-2.5 ms (median 2.6 %,
 /// 1.2 ms, 8 steps); without, 0.03-2.8 % and 0.13-1.6 ms (median 0.8 %,
-/// 0.56 ms, 9 steps).
+/// 0.9 ms, 15 steps).
 const SPIN_REAL_TIME: u32 = 1;
 /// Longest sleep (a missed wakeup costs at most this).
 const SLEEP: Duration = Duration::from_millis(20);
