@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::gen::{run_step, run_step_with, Flow, SinkMode, StepResult};
+use bench::gen::{run_step_with, Flow, SinkMode, StepResult};
 use bench::ng::{reply_port, NgClient};
 use clap::Parser;
 use media_relay::bencode::Value;
@@ -453,7 +453,7 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, labe
     let step = Duration::from_secs_f64(a.step);
     let drain = Duration::from_millis(300);
     // Warm-up: latches every leg, resolves the neighbours.
-    let _ = run_step(socks, flows, 5_000, Duration::from_millis(800), PAYLOAD, drain);
+    let _ = run_step_with(socks, flows, 5_000, Duration::from_millis(800), PAYLOAD, drain, a.sink_mode());
     let mut fig = Figures::default();
     let mut rates: Vec<u64> = a.rates.clone();
     if !rates.contains(&a.cpu_at) {

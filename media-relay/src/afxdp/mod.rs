@@ -36,7 +36,7 @@ use aya::programs::XdpMode;
 use aya::Ebpf;
 use xdp_prog::{CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks, PROGRAM_NAME};
 
-use crate::config::RelayConfig;
+use crate::config::{RelayConfig, ZeroCopy};
 use crate::control::RelayError;
 use crate::datapath::Datapath;
 use crate::worker::WorkerContext;
@@ -190,10 +190,15 @@ impl AfXdp {
         // and `auto` can still fall back.
         let mut sockets = Vec::with_capacity(queues);
         let mut zero_copy_queues = 0;
+        let mut mode = cfg.xdp_zero_copy;
         for q in 0..queues {
             let queue = u32::try_from(q).unwrap_or(u32::MAX);
-            let xsk = Xsk::open(&ifindexes, queue, cfg.xdp_zero_copy)?;
+            let xsk = Xsk::open(&ifindexes, queue, mode)?;
             zero_copy_queues += usize::from(xsk.zero_copy);
+            if mode == ZeroCopy::Auto && !xsk.zero_copy {
+                // The other queues would end the same way: skip the attempt.
+                mode = ZeroCopy::Off;
+            }
             for (port, a) in xsk.ports.iter().zip(attached.iter_mut()) {
                 a.xsks.set(queue, port.fd()).map_err(|e| {
                     Error::Map(format!("registering the socket of `{}` queue {queue}: {}", a.name, chain(&e)))

@@ -122,20 +122,29 @@ impl Xsk {
             ZeroCopy::Off => SocketConfig::XDP_BIND_COPY,
         };
         match Self::open_with(ifindexes, queue, flags) {
-            // Only a later interface can refuse in `Auto`: the kernel falls
-            // back to copy mode by itself for the first.
-            Err(e)
-                if mode == ZeroCopy::Auto
-                    && e.step == "bind"
-                    && e.errno == libc::EOPNOTSUPP
-                    && ifindexes.first() != Some(&e.ifindex) =>
-            {
+            // A later interface inherits the first one's zero-copy mode as a
+            // requirement; copy mode may still work there. (The kernel falls
+            // back to copy mode by itself for the first.)
+            Err(e) if mode == ZeroCopy::Auto && e.step == "bind" && ifindexes.first() != Some(&e.ifindex) => {
                 tracing::info!(
                     queue,
                     ifindex = e.ifindex,
-                    "an interface has no AF_XDP zero-copy support while another has; using copy mode on all"
+                    errno = e.errno,
+                    "a later interface could not follow the first one's AF_XDP zero-copy mode; binding the queue again \
+                     in copy mode"
                 );
-                Self::open_with(ifindexes, queue, SocketConfig::XDP_BIND_COPY)
+                // The kernel releases the closed sockets' hold on the queue
+                // asynchronously: until then a new bind there gets EBUSY.
+                let mut tries = 0;
+                loop {
+                    match Self::open_with(ifindexes, queue, SocketConfig::XDP_BIND_COPY) {
+                        Err(e) if e.errno == libc::EBUSY && tries < 50 => {
+                            tries += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                        }
+                        done => break done,
+                    }
+                }
             }
             Err(mut e) => {
                 e.zero_copy = mode == ZeroCopy::On;
@@ -289,7 +298,11 @@ impl Xsk {
                 }
             }
         }
-        for _ in 0..64 {
+        // In copy mode each kick sends up to 32 frames in the call, so kick
+        // until the ring is empty. In zero-copy mode a kick only schedules
+        // the driver, which drains the ring afterwards: one is enough.
+        let kicks = if self.zero_copy { 1 } else { 64 };
+        for _ in 0..kicks {
             if port.tx.pending() == 0 {
                 break;
             }
