@@ -54,6 +54,7 @@ worker_counters! {
     drop_foreign => "media_relay_drops_total", "reason=\"foreign_source\"", "Datagrams dropped, by reason.";
     drop_no_destination => "media_relay_drops_total", "reason=\"no_destination\"", "Datagrams dropped, by reason.";
     drop_send => "media_relay_drops_total", "reason=\"send_buffer_full\"", "Datagrams dropped, by reason.";
+    drop_unreachable => "media_relay_drops_total", "reason=\"unreachable\"", "Datagrams dropped, by reason.";
     drop_oversize => "media_relay_drops_total", "reason=\"oversize\"", "Datagrams dropped, by reason.";
     drop_rx_overflow => "media_relay_drops_total", "reason=\"rx_queue_overflow\"", "Datagrams dropped, by reason.";
     drop_no_session => "media_relay_drops_total", "reason=\"no_session\"", "Datagrams dropped, by reason.";

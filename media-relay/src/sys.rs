@@ -164,6 +164,13 @@ fn read_ovfl(h: &libc::msghdr) -> Option<u32> {
     None
 }
 
+/// Whether a send error means the destination cannot be reached now (the
+/// egress link is down, or there is no route), rather than a full buffer.
+#[must_use]
+pub fn unreachable(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::ENETDOWN | libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENXIO))
+}
+
 /// Sends the packets `idx` of `batch` to `dest` through `fd`, in as few
 /// `sendmmsg` calls as the kernel allows. Returns how many were sent; the
 /// rest could not be queued (socket buffer full) and are the caller's to count.

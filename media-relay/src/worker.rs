@@ -313,15 +313,19 @@ impl Worker {
         }
         ch.shared.publish(&ch.stats.snapshot(), ch.foreign);
         if let (Some(dest), true) = (dest, nfwd > 0) {
-            let sent = match sys::send_batch(out_fd, &self.batch, &self.fwd[..nfwd], dest) {
-                Ok(s) => s,
+            let (sent, unreachable) = match sys::send_batch(out_fd, &self.batch, &self.fwd[..nfwd], dest) {
+                Ok(s) => (s, false),
                 Err(e) => {
                     tracing::debug!(error = %e, %dest, "sendmmsg failed");
-                    0
+                    (0, sys::unreachable(e.raw_os_error()))
                 }
             };
             self.local.relayed += sent as u64;
-            self.local.drop_send += (nfwd - sent) as u64;
+            if unreachable {
+                self.local.drop_unreachable += (nfwd - sent) as u64;
+            } else {
+                self.local.drop_send += (nfwd - sent) as u64;
+            }
             if sent == nfwd {
                 self.local.relayed_bytes += fwd_bytes;
             } else {

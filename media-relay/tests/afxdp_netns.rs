@@ -587,6 +587,60 @@ fn zero_copy_on_veth() {
 }
 
 #[test]
+fn media_resumes_after_the_egress_link_flaps() {
+    run_in_thread(|| link_flap("xdp"));
+}
+
+#[test]
+fn media_resumes_after_the_egress_link_flaps_on_the_socket_datapath() {
+    run_in_thread(|| link_flap("socket"));
+}
+
+fn link_flap(datapath: &str) {
+    let Some(lab) = lab_or_skip("media_resumes_after_the_egress_link_flaps") else { return };
+    let dir = TestDir::new(&format!("afxdp-flap-{datapath}"));
+    let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4000"), &lab.relay);
+    let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:5000"), &lab.relay);
+    let mut relay = start_relay(&lab, &dir, datapath, false);
+    let ng = wait_ng(&mut relay);
+    let (to_a, _) = setup_call(&ng, "flap-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
+    let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
+    assert_eq!(relay_burst(&caller, relay_a, &callee, 1, 20, 7).len(), 20, "before the flap");
+
+    // The callee-side link goes down: nothing can leave towards the callee,
+    // the relay keeps running, and it says why the packets were dropped.
+    ip(&["-n", &lab.relay.0, "link", "set", "rb", "down"]).unwrap();
+    let lost = relay_burst(&caller, relay_a, &callee, 21, 20, 7);
+    assert!(lost.len() < 20, "link down, yet {} of 20 arrived", lost.len());
+    relay.assert_running();
+    // Every packet it could not send is counted, under the right reason.
+    let want = (20 - lost.len()) as f64;
+    let counted = common::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        metric("media_relay_drops_total{reason=\"unreachable\"}") >= want
+    });
+    assert!(counted, "{want} drops counted as unreachable\n{}", counters());
+    assert_eq!(metric("media_relay_drops_total{reason=\"send_buffer_full\"}"), 0.0, "{}", counters());
+
+    // Back up: the kernel has flushed rb's neighbours, so on AF_XDP the
+    // first packets take the kernel path, which resolves the callee again;
+    // then media flows as before.
+    ip(&["-n", &lab.relay.0, "link", "set", "rb", "up"]).unwrap();
+    let mut seq = 41;
+    let resumed = common::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        seq += 1;
+        caller.send_to(&rtp(seq, 7), relay_a).unwrap();
+        !recv_n(&callee, 1, Duration::from_millis(100)).is_empty()
+    });
+    assert!(resumed, "no media after the link came back\n{}\n{}", counters(), relay.log_tail(30));
+    let after = relay_burst(&caller, relay_a, &callee, seq + 1, 40, 7);
+    assert_eq!(after.len(), 40, "after the flap\n{}", counters());
+    if datapath == "xdp" {
+        assert!(metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}") >= 80.0, "{}", counters());
+    }
+    relay.assert_running();
+}
+
+#[test]
 fn xdp_relays_every_call_when_rss_spreads_flows_over_queues() {
     run_in_thread(multi_queue);
 }

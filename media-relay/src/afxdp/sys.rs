@@ -96,6 +96,21 @@ pub fn ring_fd(rx: &xdpilone::RingRx) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(rx.as_raw_fd()) }
 }
 
+/// A zero-length `sendto` on a TX ring's socket, which makes the kernel
+/// send what the ring holds (copy mode: up to 32 frames in the call).
+/// Returns the errno on failure.
+#[must_use]
+pub fn kick_tx(tx: &xdpilone::RingTx) -> Option<i32> {
+    // SAFETY: no buffer or address is passed; the ring holds the socket
+    // open while `tx` is borrowed.
+    let r = unsafe { libc::sendto(tx.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+    if r < 0 {
+        io::Error::last_os_error().raw_os_error()
+    } else {
+        None
+    }
+}
+
 /// Whether a bound `AF_XDP` socket runs in the driver's zero-copy mode
 /// (`XDP_OPTIONS`); `None` when the kernel does not say.
 #[must_use]

@@ -272,14 +272,15 @@ impl Xsk {
     /// until it has taken them (copy mode sends at most 32 per kick). Frames
     /// that find no room after a few kicks are dropped back to the pool;
     /// returns `(sent, dropped)`.
-    pub fn flush(&mut self, p: usize) -> (usize, usize) {
-        let Some(port) = self.ports.get_mut(p) else { return (0, 0) };
+    pub fn flush(&mut self, p: usize) -> Flushed {
+        let Some(port) = self.ports.get_mut(p) else { return Flushed::default() };
         let total = port.stage.len();
         if total == 0 {
-            return (0, 0);
+            return Flushed::default();
         }
         let mut off = 0;
         let mut stalls = 0;
+        let mut error = None;
         while off < total {
             let want = u32::try_from(total - off).unwrap_or(u32::MAX);
             let n = {
@@ -291,7 +292,7 @@ impl Xsk {
             };
             off += n;
             if off < total {
-                kick(&port.tx);
+                error = kick(&port.tx).or(error);
                 stalls += 1;
                 if stalls > 16 {
                     break;
@@ -306,7 +307,7 @@ impl Xsk {
             if port.tx.pending() == 0 {
                 break;
             }
-            kick(&port.tx);
+            error = kick(&port.tx).or(error);
         }
         let dropped = total - off;
         let mut staged = std::mem::take(&mut port.stage);
@@ -318,13 +319,31 @@ impl Xsk {
             port.stage = staged;
         }
         self.reap(p);
-        (off, dropped)
+        Flushed { sent: off, dropped, unreachable: crate::sys::unreachable(error) }
     }
 }
 
 /// One TX wakeup (`sendto(fd, NULL, 0, MSG_DONTWAIT)`).
-fn kick(tx: &RingTx) {
-    tx.wake();
+/// Asks the kernel to send what the TX ring holds. Returns the errno of a
+/// failure other than back-pressure.
+fn kick(tx: &RingTx) -> Option<i32> {
+    match sys::kick_tx(tx) {
+        Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::EINTR) | None => None,
+        e => e,
+    }
+}
+
+/// What [`Xsk::flush`] did with the staged frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Frames queued on the TX ring.
+    pub sent: usize,
+    /// Frames that did not fit and went back to the pool.
+    pub dropped: usize,
+    /// The kernel refused to send because the destination cannot be
+    /// reached now (for example the interface is down): see
+    /// [`crate::sys::unreachable`].
+    pub unreachable: bool,
 }
 
 impl AsFd for XskPort {

@@ -259,9 +259,8 @@ impl Worker {
             self.local.drop_sip = sip.dropped;
         }
         for p in 0..nports {
-            let (_, dropped) = self.xsk.flush(p);
-            self.local.drop_send += dropped as u64;
-            self.local.relayed = self.local.relayed.saturating_sub(dropped as u64);
+            let f = self.xsk.flush(p);
+            self.count_flush(f);
         }
         // Taken out and put back: the vector keeps its capacity.
         let mut touched = std::mem::take(&mut self.touched);
@@ -327,6 +326,17 @@ impl Worker {
         n
     }
 
+    /// Counts what a TX flush could not send: frames it gave back were
+    /// counted as relayed when they were staged.
+    fn count_flush(&mut self, f: super::umem::Flushed) {
+        if f.unreachable {
+            self.local.drop_unreachable += f.dropped as u64;
+        } else {
+            self.local.drop_send += f.dropped as u64;
+        }
+        self.local.relayed = self.local.relayed.saturating_sub(f.dropped as u64);
+    }
+
     /// `handed`: the frame came from another queue's worker (it is never
     /// handed on again).
     fn handle(&mut self, d: XdpDesc, now: crate::Nanos, handed: bool) {
@@ -337,9 +347,8 @@ impl Worker {
                     p.stage.push(XdpDesc { addr: d.addr, len: d.len, options: 0 });
                     self.local.relayed += 1;
                     if p.stage.len() >= p.stage.capacity() {
-                        let (_, dropped) = self.xsk.flush(port);
-                        self.local.drop_send += dropped as u64;
-                        self.local.relayed = self.local.relayed.saturating_sub(dropped as u64);
+                        let f = self.xsk.flush(port);
+                        self.count_flush(f);
                     }
                 } else {
                     self.xsk.release(d.addr);
@@ -351,19 +360,20 @@ impl Worker {
                     (Some(frame), Some(Some(pair))) => match rewrite::parse(frame) {
                         Ok(p) => {
                             let payload = &frame[p.payload.clone()];
-                            pair.channels[token % 4].socket.send_to(payload, dest).ok().map(|_| payload.len())
+                            pair.channels[token % 4].socket.send_to(payload, dest).map_err(|e| e.raw_os_error())
                         }
-                        Err(_) => None,
+                        Err(_) => Err(None),
                     },
-                    _ => None,
+                    _ => Err(None),
                 };
                 match sent {
-                    Some(bytes) => {
+                    Ok(bytes) => {
                         self.local.kernel_path += 1;
                         self.local.relayed += 1;
                         self.local.relayed_bytes += bytes as u64;
                     }
-                    None => self.local.drop_send += 1,
+                    Err(errno) if crate::sys::unreachable(errno) => self.local.drop_unreachable += 1,
+                    Err(_) => self.local.drop_send += 1,
                 }
                 self.xsk.release(d.addr);
             }
