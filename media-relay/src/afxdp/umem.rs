@@ -130,8 +130,8 @@ impl Xsk {
                     queue,
                     ifindex = e.ifindex,
                     errno = e.errno,
-                    "a later interface could not follow the first one's AF_XDP zero-copy mode; binding the queue again \
-                     in copy mode"
+                    "binding AF_XDP on a later interface failed (it takes the first one's mode, zero copy where that \
+                     driver has it); binding the queue again in copy mode"
                 );
                 // The kernel releases the closed sockets' hold on the queue
                 // asynchronously: until then a new bind there gets EBUSY.
