@@ -629,6 +629,19 @@ fn main() -> std::process::ExitCode {
             med(i, |f| f.cpu_at.map_or(f64::NAN, |c| c.1)),
         );
     }
+    // The spread: on a shared machine one run's maximum can differ from the
+    // next by a whole rate step.
+    println!("\nmax pps <0.1% in each run:");
+    for (i, path) in Path4::ALL.iter().enumerate() {
+        if results[i].is_empty() {
+            continue;
+        }
+        let runs: Vec<String> = results[i]
+            .iter()
+            .map(|f| format!("{}{:.0}k", if f.generator_limited { ">=" } else { "" }, f.max_pps / 1000.0))
+            .collect();
+        println!("  {:<22} {}", path.label(), runs.join("  "));
+    }
     let base = med(1, |f| f.max_pps);
     let base_cpu = med(1, |f| f.cpu_at.map_or(f64::NAN, |c| c.0));
     let base_core = med(1, |f| f.cpu_at.map_or(f64::NAN, |c| c.1));
