@@ -178,6 +178,19 @@ struct Call {
     failed_code: u16,
 }
 
+impl Call {
+    /// Records how and when the call ended, unless it already had; returns
+    /// whether this was the end.
+    fn end(&mut self, how: &'static str, now: Instant) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
+        self.ended = Some(how);
+        self.end_time = Some(now);
+        true
+    }
+}
+
 struct Ua {
     common: Common,
     sip: UdpSocket,
@@ -377,9 +390,7 @@ impl Ua {
                     self.send(&ok);
                     if let Some(&k) = self.by_id.get(&call_id) {
                         let c = &mut self.calls[k];
-                        if c.ended.is_none() {
-                            c.ended = Some("bye-received");
-                            c.end_time = Some(now);
+                        if c.end("bye-received", now) {
                             c.rtp.next_tx = None;
                             c.retransmit_at = None;
                             c.hangup_at = None;
@@ -401,10 +412,7 @@ impl Ua {
                 let c = &mut self.calls[k];
                 c.bye_code = code;
                 c.retransmit_at = None;
-                if c.ended.is_none() {
-                    c.ended = Some("bye-sent");
-                    c.end_time = Some(now);
-                }
+                c.end("bye-sent", now);
             }
             return;
         }
@@ -422,10 +430,7 @@ impl Ua {
             let c = &mut self.calls[k];
             c.failed_code = code;
             c.retransmit_at = None;
-            if c.ended.is_none() {
-                c.ended = Some("failed");
-                c.end_time = Some(now);
-            }
+            c.end("failed", now);
             // ACK for a non-2xx goes hop by hop; the proxy absorbs it.
             return;
         }
@@ -535,10 +540,8 @@ impl Ua {
                     let data = if c.bye.is_some() { c.bye.clone() } else { c.last_response.clone() };
                     if c.retransmits > 10 {
                         c.retransmit_at = None;
-                        if c.ended.is_none() {
-                            c.ended = Some(if c.bye.is_some() { "bye-timeout" } else { "setup-timeout" });
-                            c.end_time = Some(now);
-                        }
+                        let how = if c.bye.is_some() { "bye-timeout" } else { "setup-timeout" };
+                        c.end(how, now);
                     } else {
                         c.retransmit_at = Some(now + c.retransmit_gap);
                         if let Some(d) = data {
