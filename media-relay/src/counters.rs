@@ -72,6 +72,19 @@ worker_counters! {
     events_lost => "media_relay_worker_events_lost_total", "", "Worker-to-control notifications lost to a full ring (latch reports only).";
 }
 
+impl LocalCounters {
+    /// Counts `n` datagrams that could not be sent: `unreachable` when the
+    /// kernel said the destination cannot be reached now (see
+    /// [`crate::sys::unreachable`]), otherwise a full send buffer.
+    pub fn send_failed(&mut self, n: u64, unreachable: bool) {
+        if unreachable {
+            self.drop_unreachable += n;
+        } else {
+            self.drop_send += n;
+        }
+    }
+}
+
 /// A cache-line padded counter block, one per worker, so workers never share
 /// a line.
 pub type PaddedCounters = CachePadded<WorkerCounters>;

@@ -321,11 +321,7 @@ impl Worker {
                 }
             };
             self.local.relayed += sent as u64;
-            if unreachable {
-                self.local.drop_unreachable += (nfwd - sent) as u64;
-            } else {
-                self.local.drop_send += (nfwd - sent) as u64;
-            }
+            self.local.send_failed((nfwd - sent) as u64, unreachable);
             if sent == nfwd {
                 self.local.relayed_bytes += fwd_bytes;
             } else {

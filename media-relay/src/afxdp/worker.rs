@@ -329,11 +329,7 @@ impl Worker {
     /// Counts what a TX flush could not send: frames it gave back were
     /// counted as relayed when they were staged.
     fn count_flush(&mut self, f: super::umem::Flushed) {
-        if f.unreachable {
-            self.local.drop_unreachable += f.dropped as u64;
-        } else {
-            self.local.drop_send += f.dropped as u64;
-        }
+        self.local.send_failed(f.dropped as u64, f.unreachable);
         self.local.relayed = self.local.relayed.saturating_sub(f.dropped as u64);
     }
 
@@ -372,8 +368,7 @@ impl Worker {
                         self.local.relayed += 1;
                         self.local.relayed_bytes += bytes as u64;
                     }
-                    Err(errno) if crate::sys::unreachable(errno) => self.local.drop_unreachable += 1,
-                    Err(_) => self.local.drop_send += 1,
+                    Err(errno) => self.local.send_failed(1, crate::sys::unreachable(errno)),
                 }
                 self.xsk.release(d.addr);
             }
