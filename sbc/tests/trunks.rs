@@ -369,10 +369,13 @@ fn calls_lost_when_the_primary_dies_under_20_cps() {
     cmd.current_dir(dir.path())
         .args(["-sn", "uac", &s.sip.to_string(), "-s", "1000", "-i", "127.0.0.1", "-p", &p.uac.to_string()])
         .args(["-m", "160", "-r", "20", "-d", "200", "-nostdin", "-timeout", "60s", "-trace_stat", "-stf"])
-        .arg(&stf);
+        .arg(&stf)
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("errors.log"));
     let mut load = ChildGuard::spawn("uac-load", &mut cmd, dir.path());
     std::thread::sleep(Duration::from_secs(3));
     let in_progress_on_a = metric(&s, "sbc_trunk_calls_active", &[("trunk", "carrier-a")]);
+    let kill_started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let _ = a.stop(Duration::ZERO);
     let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let _ = load.wait_timeout(Duration::from_secs(60));
@@ -386,22 +389,43 @@ fn calls_lost_when_the_primary_dies_under_20_cps() {
         "160 calls at 20 CPS, carrier-a killed at 3 s with {in_progress_on_a} calls up on it: {ok} completed, {failed} failed"
     );
     assert_eq!(ok + failed, 160);
-    // The calls that were up on carrier-a when it died, from the CDRs:
-    // answered there before the kill and ended (BYE received) after it.
-    let up_at_kill = std::fs::read_to_string(&s.cdr)
+    // Which calls failed, by Call-ID, from sipp's error log.
+    let errors = std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default();
+    let mut lost: Vec<&str> = errors
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("for Call-ID '").or_else(|| l.split_once("Aborted call with Call-ID '"))?;
+            rest.split_once('\'').map(|(id, _)| id)
+        })
+        .collect();
+    lost.sort_unstable();
+    lost.dedup();
+    assert_eq!(lost.len(), failed as usize, "every failed call is named in sipp's error log:\n{errors}");
+    // Each of them must have been up on carrier-a when it died: answered
+    // there before the kill (a 200 already on its way is answered a moment
+    // after it) and torn down no earlier than just before it (a BYE the sbc
+    // forwarded a moment before the kill may never have been answered).
+    let cdrs: Vec<serde_json::Value> = std::fs::read_to_string(&s.cdr)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|r| {
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for id in &lost {
+        let r = cdrs.iter().find(|r| r["call_id"] == *id);
+        if let Some(r) = r {
+            let at = |k: &str| r[k].as_f64().map(|t| format!("{:+.3} s", t - kill_started));
+            eprintln!("lost {id}: answered {:?}, ended {:?} from the kill", at("answer"), at("end"));
+        }
+        let up = r.is_some_and(|r| {
             r["target"] == "carrier-a"
-                // (a 200 already on its way when carrier-a died is answered
-                // a moment after the kill)
                 && r["answer"].as_f64().is_some_and(|a| a <= killed_at + 0.5)
-                && r["end"].as_f64().is_some_and(|e| e >= killed_at)
-        })
-        .count();
-    eprintln!("{up_at_kill} calls were up on carrier-a at the kill (CDRs)");
-    assert!(failed as usize <= up_at_kill, "only calls already up on the dead trunk may fail");
+                && r["end"].as_f64().is_some_and(|e| e >= kill_started - 0.5)
+        });
+        assert!(
+            up,
+            "only calls already up on the dead trunk may fail; {id} was not (kill at {kill_started:.3}): {r:?}"
+        );
+    }
     assert!(targets(&s).iter().filter(|t| *t == "carrier-b").count() >= 60, "the rest went to carrier-b");
 }
 
