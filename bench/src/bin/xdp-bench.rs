@@ -61,13 +61,23 @@ struct Args {
     /// pass it; CPU per packet falls as the rate rises).
     #[arg(long, default_value_t = 50_000)]
     cpu_at: u64,
+    /// The rate at which latency is compared, each path against the
+    /// in-kernel forwarder's (the harness's floor).
+    #[arg(long, default_value_t = 100_000)]
+    latency_at: u64,
     /// Scheduling policy of the relays' media threads (`other`, or `fifo`
-    /// at priority 40, below the NAPI thread's 50): media-relay's
+    /// at `--priority`): media-relay's
     /// `relay.worker_scheduling`, rtpengine's `--scheduling`. The default
     /// is `other`: in this lab `fifo` starves the kernel's deferred receive
     /// work on the relay core, which costs the socket datapath packets.
     #[arg(long, default_value = "other")]
     scheduling: String,
+    /// Real-time priority of the media threads with `--scheduling fifo`.
+    /// The NAPI thread that feeds them runs at 50: below it, every arrival
+    /// preempts the worker; above it, NAPI runs only while the worker
+    /// sleeps, so it delivers in batches.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u8).range(1..=99))]
+    priority: u8,
     /// Where the sink receives. `thread`: its own thread on core 1, which
     /// sleeps in `poll`, so deliveries wake it (the wakeup is sent from the
     /// relay's core, where a veth delivers) and its wakeup delay is part of
@@ -265,7 +275,7 @@ fn start_relay(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<Proc, Str
                      log_level = \"warn\"\nsocket_rcvbuf = 4194304\ndatapath = \"{datapath}\"\n\
                      xdp_interfaces = [\"ra\", \"rb\"]\nxdp_queues = 1\nworker_scheduling = \"{}\"\n{}",
                     a.scheduling,
-                    if a.scheduling == "other" { "" } else { "worker_priority = 40\n" }
+                    if a.scheduling == "other" { String::new() } else { format!("worker_priority = {}\n", a.priority) }
                 ),
             )
             .map_err(|e| e.to_string())?;
@@ -295,7 +305,7 @@ fn start_relay(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<Proc, Str
                 &format!("--scheduling={}", a.scheduling),
             ]);
             if a.scheduling != "other" {
-                cmd.arg("--priority=40");
+                cmd.arg(format!("--priority={}", a.priority));
             }
         }
         Path4::KernelXdp => return Err("no process".into()),
@@ -441,6 +451,9 @@ fn proc_ticks(pid: u32) -> u64 {
 struct Figures {
     /// Relay process and core 0 CPU per packet at `--cpu-at`.
     cpu_at: Option<(f64, f64)>,
+    /// p50 and p99 latency (µs) and loss at `--latency-at` (the step that
+    /// counted: a retried step's second attempt).
+    lat_at: Option<(f64, f64, f64)>,
     max_pps: f64,
     generator_limited: bool,
     relay_cpu_us: f64,
@@ -456,10 +469,12 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, labe
     let _ = run_step_with(socks, flows, 5_000, Duration::from_millis(800), PAYLOAD, drain, a.sink_mode());
     let mut fig = Figures::default();
     let mut rates: Vec<u64> = a.rates.clone();
-    if !rates.contains(&a.cpu_at) {
-        rates.push(a.cpu_at);
-        rates.sort_unstable();
+    for extra in [a.cpu_at, a.latency_at] {
+        if !rates.contains(&extra) {
+            rates.push(extra);
+        }
     }
+    rates.sort_unstable();
     let mut retried = false;
     let mut i = 0;
     while i < rates.len() {
@@ -473,6 +488,9 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, labe
         let system_cpu = (s1 - s0) as f64 * 10_000.0 / got;
         if pps == a.cpu_at && r.loss < 0.001 {
             fig.cpu_at = Some((relay_cpu, system_cpu));
+        }
+        if pps == a.latency_at {
+            fig.lat_at = Some((r.p50_us, r.p99_us, r.loss));
         }
         eprintln!(
             "  {label:<22} {pps:>7} offered, {:>8.0} sent/s: {:>8.0} relayed/s, loss {:.4}%, p50 {} us, p99 {} us, \
@@ -501,6 +519,7 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, labe
         i += 1;
         fig = Figures {
             cpu_at: fig.cpu_at,
+            lat_at: fig.lat_at,
             max_pps: r.received_pps,
             generator_limited: false,
             relay_cpu_us: relay_cpu,
@@ -592,7 +611,7 @@ fn main() -> std::process::ExitCode {
          (medians)\n",
         a.runs,
         a.flows,
-        if a.scheduling == "other" { "SCHED_OTHER".to_owned() } else { format!("{} 40", a.scheduling) }
+        if a.scheduling == "other" { "SCHED_OTHER".to_owned() } else { format!("{} {}", a.scheduling, a.priority) }
     );
     println!(
         "{:<22} {:>14} {:>12} {:>12} {:>9} {:>9} {:>18} {:>18}",
@@ -663,6 +682,33 @@ fn main() -> std::process::ExitCode {
             "  {:<22} pps {:.2}x, relay CPU {cpu}, core 0 CPU {core:.2}x",
             path.label(),
             med(i, |f| f.max_pps) / base
+        );
+    }
+    // Latency at one rate, against the floor: the in-kernel forwarder
+    // crosses the same veths and generator, so what a path adds is its
+    // figure minus the floor's.
+    let lat = |i: usize, k: fn(&(f64, f64, f64)) -> f64| {
+        median(results[i].iter().map(|f| f.lat_at.as_ref().map_or(f64::NAN, k)).collect())
+    };
+    let floor = (lat(3, |l| l.0), lat(3, |l| l.1));
+    println!("\nlatency at {}k pps (medians; above the in-kernel floor):", a.latency_at / 1000);
+    for (i, path) in Path4::ALL.iter().enumerate() {
+        if results[i].is_empty() {
+            continue;
+        }
+        let (p50, p99, loss) = (lat(i, |l| l.0), lat(i, |l| l.1), lat(i, |l| l.2));
+        let each: Vec<String> =
+            results[i].iter().map(|f| f.lat_at.map_or("-".to_owned(), |l| format!("{:.0}", l.1))).collect();
+        let above = if *path == Path4::KernelXdp || floor.1.is_nan() {
+            String::new()
+        } else {
+            format!(", above the floor p50 {:+.0} us, p99 {:+.0} us", p50 - floor.0, p99 - floor.1)
+        };
+        println!(
+            "  {:<22} p50 {p50:.0} us, p99 {p99:.0} us{above}; loss {:.3} %; p99 in each run: {}",
+            path.label(),
+            loss * 100.0,
+            each.join(" ")
         );
     }
     println!(
