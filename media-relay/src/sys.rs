@@ -279,6 +279,25 @@ pub fn set_thread_scheduling(policy: crate::config::Scheduling) -> io::Result<()
     Ok(())
 }
 
+/// Scheduling policy (`SCHED_*`, without the reset-on-fork flag) and
+/// real-time priority of thread `tid` (0: the calling thread).
+///
+/// # Errors
+/// The thread does not exist (ESRCH), or the caller may not see it.
+pub fn thread_scheduling(tid: i32) -> io::Result<(i32, i32)> {
+    // SAFETY: a plain syscall on a thread id.
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a live sched_param the kernel writes.
+    if unsafe { libc::sched_getparam(tid, &raw mut param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((policy & !libc::SCHED_RESET_ON_FORK, param.sched_priority))
+}
+
 /// Monotonic clock in nanoseconds (vDSO, no syscall). Read once per batch
 /// and passed into the packet path.
 #[must_use]

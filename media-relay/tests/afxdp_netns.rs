@@ -704,3 +704,79 @@ fn multi_queue() {
     }
     relay.assert_running();
 }
+
+#[test]
+fn a_napi_thread_that_outranks_real_time_workers_is_reported() {
+    run_in_thread(napi_ranking);
+}
+
+/// Threads whose name marks them as NAPI threads of `dev` (any namespace).
+fn napi_threads(dev: &str) -> Vec<String> {
+    let prefix = format!("napi/{dev}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim().starts_with(&prefix)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn napi_ranking() {
+    let Some(lab) = lab_or_skip("a_napi_thread_that_outranks_real_time_workers_is_reported") else { return };
+    if common::find_binary("chrt").is_none() {
+        skip("a_napi_thread_that_outranks_real_time_workers_is_reported: `chrt` is not installed");
+        return;
+    }
+    let dir = TestDir::new("afxdp-napi");
+    // The ng and metrics ports are the relay namespace's loopback.
+    lab.relay.enter();
+    let before = napi_threads("ra");
+    let rt = "worker_scheduling = \"fifo\"\nworker_priority = 40\n";
+    let mut relay = start_relay_on(&lab, &dir, "xdp", false, 1, rt);
+    let _ng = wait_ng(&mut relay);
+    assert_eq!(metric("media_relay_datapath{datapath=\"xdp\"}"), 1.0, "{}", relay.log_tail(20));
+    // Threaded NAPI on the relay's `ra`: the kernel starts its threads.
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &lab.relay.0, "sh", "-c", "echo 1 > /sys/class/net/ra/threaded"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "threaded NAPI on ra");
+    let mut ours = Vec::new();
+    assert!(
+        common::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            ours = napi_threads("ra").into_iter().filter(|t| !before.contains(t)).collect();
+            !ours.is_empty()
+        }),
+        "no napi/ra-* thread appeared"
+    );
+    let log = || std::fs::read_to_string(relay.stderr_path()).unwrap_or_default();
+    let names_ours = |l: &str| ours.iter().any(|pid| l.contains(&format!("pid={pid}")));
+    // At the default policy the thread runs below the workers: said once.
+    assert!(
+        common::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            log().lines().any(|l| l.contains("below the real-time media workers") && names_ours(l))
+        }),
+        "{}",
+        relay.log_tail(20)
+    );
+    assert!(!log().contains("outranks the real-time media workers"), "{}", relay.log_tail(20));
+    // Raised above the workers, as an interrupt would be: a warning that
+    // names the setting to change.
+    for pid in &ours {
+        let ok = Command::new("chrt").args(["-f", "-p", "50", pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "chrt -f -p 50 {pid}");
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            log().lines().any(|l| {
+                l.contains("outranks the real-time media workers")
+                    && l.contains("relay.worker_priority above 50")
+                    && l.contains("napi=fifo 50")
+                    && names_ours(l)
+            })
+        }),
+        "{}",
+        relay.log_tail(20)
+    );
+    relay.assert_running();
+}

@@ -19,6 +19,7 @@
 //! never takes it.
 
 pub mod handoff;
+pub mod napi;
 pub mod neigh;
 pub mod rewrite;
 pub mod sys;
@@ -208,7 +209,19 @@ impl AfXdp {
         }
         let neigh = Arc::new(NeighTable::new(snap));
         let shutdown = Arc::new(AtomicBool::new(false));
-        let monitor = neigh.monitor(Arc::clone(&shutdown), Duration::from_secs(5)).map_err(Error::Netlink)?;
+        // Also looks, every few seconds, at how threaded NAPI ranks against
+        // real-time workers (NAPI threads come and go with `threaded`).
+        let mut napi = napi::NapiWatch::new(&cfg.xdp_interfaces, cfg.worker_scheduling);
+        if let Some(w) = napi.as_mut() {
+            w.check();
+        }
+        let monitor = neigh
+            .monitor(Arc::clone(&shutdown), Duration::from_secs(5), move || {
+                if let Some(w) = napi.as_mut() {
+                    w.check();
+                }
+            })
+            .map_err(Error::Netlink)?;
         tracing::info!(
             interfaces = ?cfg.xdp_interfaces,
             queues,

@@ -423,6 +423,7 @@ impl NeighTable {
         self: &Arc<Self>,
         shutdown: Arc<AtomicBool>,
         refresh: Duration,
+        mut on_refresh: impl FnMut() + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let nl = Netlink::open(GROUPS, 100)?;
         let table = Arc::clone(self);
@@ -447,6 +448,7 @@ impl NeighTable {
                     Ok(s) => table.publish(s),
                     Err(e) => tracing::warn!(error = %e, "re-reading the neighbour table failed"),
                 }
+                on_refresh();
             }
             tracing::debug!(fd = nl.raw(), "neighbour monitor stopped");
         })
