@@ -78,6 +78,11 @@ struct Args {
     /// sleeps, so it delivers in batches.
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u8).range(1..=99))]
     priority: u8,
+    /// `SCHED_FIFO` priority of `ra`'s NAPI thread, as an interrupt would
+    /// preempt the relay; 0 leaves it at the normal policy, as the kernel
+    /// starts threaded NAPI.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=99))]
+    napi_priority: u8,
     /// Where the sink receives. `thread`: its own thread on core 1, which
     /// sleeps in `poll`, so deliveries wake it (the wakeup is sent from the
     /// relay's core, where a veth delivers) and its wakeup delay is part of
@@ -417,8 +422,9 @@ fn kernel_fwd(lab: &Lab, dir: &Path, sinks: &[UdpSocket], n: usize) -> Result<(V
 }
 
 /// Pins the NAPI kthreads of `ra` (re-created when an XDP program is
-/// attached) to core 0, the relay's core.
-fn pin_napi() {
+/// attached) to core 0, the relay's core, at `SCHED_FIFO` `priority` (0:
+/// the normal policy).
+fn pin_napi(priority: u8) {
     let Ok(dir) = std::fs::read_dir("/proc") else { return };
     for e in dir.filter_map(Result::ok) {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
@@ -426,7 +432,11 @@ fn pin_napi() {
             let pid = e.file_name().to_string_lossy().into_owned();
             let _ = Command::new("taskset").args(["-pc", "0", &pid]).stdout(Stdio::null()).status();
             // Like a NIC interrupt on the relay core: it preempts the worker.
-            let _ = Command::new("chrt").args(["-f", "-p", "50", &pid]).stdout(Stdio::null()).status();
+            let policy = if priority == 0 { "-o" } else { "-f" };
+            let _ = Command::new("chrt")
+                .args([policy, "-p", &priority.to_string(), &pid])
+                .stdout(Stdio::null())
+                .status();
         }
     }
 }
@@ -479,7 +489,7 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, labe
     let mut i = 0;
     while i < rates.len() {
         let pps = rates[i];
-        pin_napi();
+        pin_napi(a.napi_priority);
         let (p0, s0) = (pid.map_or(0, proc_ticks), core0_ticks());
         let r: StepResult = run_step_with(socks, flows, pps, step, PAYLOAD, drain, a.sink_mode());
         let (p1, s1) = (pid.map_or(0, proc_ticks), core0_ticks());
@@ -607,11 +617,12 @@ fn main() -> std::process::ExitCode {
     }
 
     println!(
-        "\n{} runs, {} flows, 214-byte frames, relay on core 0 (media threads: {}), generator+sink on core 1 \
-         (medians)\n",
+        "\n{} runs, {} flows, 214-byte frames, relay on core 0 (media threads: {}; ra's NAPI thread: {}), \
+         generator+sink on core 1 (medians)\n",
         a.runs,
         a.flows,
-        if a.scheduling == "other" { "SCHED_OTHER".to_owned() } else { format!("{} {}", a.scheduling, a.priority) }
+        if a.scheduling == "other" { "SCHED_OTHER".to_owned() } else { format!("{} {}", a.scheduling, a.priority) },
+        if a.napi_priority == 0 { "SCHED_OTHER".to_owned() } else { format!("fifo {}", a.napi_priority) }
     );
     println!(
         "{:<22} {:>14} {:>12} {:>12} {:>9} {:>9} {:>18} {:>18}",
