@@ -750,7 +750,7 @@ fn napi_ranking() {
         "no napi/ra-* thread appeared"
     );
     let log = || std::fs::read_to_string(relay.stderr_path()).unwrap_or_default();
-    let names_ours = |l: &str| ours.iter().any(|pid| l.contains(&format!("pid={pid}")));
+    let names_ours = |l: &str| ours.iter().any(|pid| l.contains(&format!(" pid={pid} ")));
     // At the default policy the thread runs below the workers: said once.
     assert!(
         common::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {

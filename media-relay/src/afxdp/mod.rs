@@ -213,12 +213,12 @@ impl AfXdp {
         // real-time workers (NAPI threads come and go with `threaded`).
         let mut napi = napi::NapiWatch::new(&cfg.xdp_interfaces, cfg.worker_scheduling);
         if let Some(w) = napi.as_mut() {
-            w.check();
+            w.check(std::time::Instant::now());
         }
         let monitor = neigh
             .monitor(Arc::clone(&shutdown), Duration::from_secs(5), move || {
                 if let Some(w) = napi.as_mut() {
-                    w.check();
+                    w.check(std::time::Instant::now());
                 }
             })
             .map_err(Error::Netlink)?;

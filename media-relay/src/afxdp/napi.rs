@@ -2,22 +2,26 @@
 //!
 //! With threaded NAPI (`/sys/class/net/IF/threaded` = 1) each of an
 //! interface's NAPI contexts runs in a kernel thread named `napi/IF-ID`,
-//! which feeds the `AF_XDP` worker on its core. When that thread runs at a
-//! higher real-time priority than a real-time worker, every packet that
-//! finds it idle wakes it and it preempts the worker, one switch per
-//! packet. When it runs below the worker, it gets the core only while the
-//! worker sleeps, so it delivers in batches. In `xdp-bench` at 100k pps
+//! which feeds the `AF_XDP` worker of its queue. When that thread shares a
+//! core with a real-time worker and runs at a higher real-time priority,
+//! each time it wakes (with no interrupt coalescing, nearly every packet)
+//! it preempts the worker. When it runs below the worker, it gets the core
+//! only while the worker sleeps, so it delivers in batches. In `xdp-bench` at 100k pps
 //! (NAPI thread at FIFO 50, workers at FIFO 40 against 60) that took the
 //! `AF_XDP` p99 from 0.08–10 ms with up to 2.2 % loss to a median 11 µs
 //! above the in-kernel forwarder's, with at most 0.08 % loss. Operators set these
 //! priorities, so the relay reports what it finds (once per thread and
 //! priority) instead of changing kernel threads itself.
 //!
-//! Threads are matched by name, as the kernel names them; the name carries
-//! no namespace, so only interfaces with threaded NAPI in the relay's own
-//! namespace are looked at.
+//! Threads are matched by name, as the kernel names them, among kernel
+//! threads only. The name carries no namespace: the interfaces looked at
+//! are those with threaded NAPI in the relay's own namespace, but a
+//! same-named interface in another namespace would be reported too. The
+//! workers' policy is the configured one; a worker that could not take it
+//! (no `CAP_SYS_NICE`) has already said so.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::config::Scheduling;
 
@@ -37,6 +41,7 @@ impl Policy {
             libc::SCHED_RR => "rr",
             libc::SCHED_BATCH => "batch",
             libc::SCHED_IDLE => "idle",
+            SCHED_DEADLINE => "deadline",
             _ => "other",
         }
     }
@@ -50,21 +55,46 @@ fn worker_priority(workers: Scheduling) -> Option<i32> {
     }
 }
 
+/// `SCHED_DEADLINE` (linux/sched.h), above every real-time priority.
+const SCHED_DEADLINE: i32 = 6;
+
+/// The `PF_KTHREAD` bit of a task's flags (field 9 of `/proc/PID/stat`).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// How often the threads are looked at, at most.
+const EVERY: Duration = Duration::from_secs(5);
+
 /// Whether a thread with `napi`'s policy preempts a worker at real-time
 /// `worker` priority when it wakes. Equal priorities do not preempt.
 #[must_use]
 pub fn outranks(napi: Policy, worker: i32) -> bool {
-    matches!(napi.policy, libc::SCHED_FIFO | libc::SCHED_RR) && napi.priority > worker
+    match napi.policy {
+        libc::SCHED_FIFO | libc::SCHED_RR => napi.priority > worker,
+        SCHED_DEADLINE => true,
+        _ => false,
+    }
 }
 
-/// Whether `comm` names a NAPI thread of `interface` (`napi/IF-ID`). A
-/// thread's name may be cut to 15 bytes, as the kernel cuts task names.
+/// Whether `comm` names a NAPI thread of `interface` (`napi/IF-ID`, ID in
+/// digits). A thread's name may be cut to 15 bytes, as the kernel cuts
+/// task names.
 fn is_napi_thread_of(comm: &str, interface: &str) -> bool {
     let full = format!("napi/{interface}-");
-    if comm.len() > 15 || full.len() <= 15 {
-        return comm.starts_with(&full);
+    if let Some(id) = comm.strip_prefix(&full) {
+        return comm.len() == 15 && id.bytes().all(|b| b.is_ascii_digit())
+            || !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
     }
-    full.as_bytes().get(..15).is_some_and(|cut| comm.as_bytes() == cut)
+    full.len() > 15 && comm.len() == 15 && full.as_bytes().get(..15).is_some_and(|cut| comm.as_bytes() == cut)
+}
+
+/// Whether `/proc/PID/stat` says the task is a kernel thread.
+fn is_kernel_thread(stat: &str) -> bool {
+    // The fields after the name, which is in parentheses: state is the
+    // first (field 3), flags the seventh (field 9).
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// The policy of thread `pid`, if it still exists.
@@ -77,8 +107,10 @@ fn policy_of(pid: i32) -> Option<Policy> {
 pub struct NapiWatch {
     interfaces: Vec<String>,
     workers: Scheduling,
-    /// What was last reported per thread.
-    seen: HashMap<i32, Policy>,
+    /// What was last reported per thread (pid, and its name: pids are
+    /// reused).
+    seen: HashMap<(i32, String), Policy>,
+    last: Option<Instant>,
 }
 
 impl NapiWatch {
@@ -87,12 +119,16 @@ impl NapiWatch {
     #[must_use]
     pub fn new(interfaces: &[String], workers: Scheduling) -> Option<Self> {
         worker_priority(workers)?;
-        Some(Self { interfaces: interfaces.to_vec(), workers, seen: HashMap::new() })
+        Some(Self { interfaces: interfaces.to_vec(), workers, seen: HashMap::new(), last: None })
     }
 
-    /// Looks at the threads again; logs each new thread, and each change of
-    /// a thread's policy.
-    pub fn check(&mut self) {
+    /// Looks at the threads again, unless it did less than 5 s before
+    /// `now`; logs each new thread, and each change of a thread's policy.
+    pub fn check(&mut self, now: Instant) {
+        if self.last.is_some_and(|t| now.saturating_duration_since(t) < EVERY) {
+            return;
+        }
+        self.last = Some(now);
         let Some(worker) = worker_priority(self.workers) else { return };
         let threaded: Vec<&String> = self
             .interfaces
@@ -110,11 +146,16 @@ impl NapiWatch {
             let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else { continue };
             let comm = comm.trim();
             let Some(interface) = threaded.iter().find(|i| is_napi_thread_of(comm, i)) else { continue };
-            let Some(now) = policy_of(pid) else { continue };
-            alive.push(pid);
-            if self.seen.insert(pid, now) == Some(now) {
+            if !std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| is_kernel_thread(&s)) {
                 continue;
             }
+            let Some(now) = policy_of(pid) else { continue };
+            let key = (pid, comm.to_owned());
+            if self.seen.insert(key.clone(), now) == Some(now) {
+                alive.push(key);
+                continue;
+            }
+            alive.push(key);
             let workers = format!("{} {worker}", Policy { policy: self.policy(), priority: worker }.name());
             let napi = format!("{} {}", now.name(), now.priority);
             if outranks(now, worker) {
@@ -124,10 +165,14 @@ impl NapiWatch {
                     pid,
                     napi = %napi,
                     workers = %workers,
-                    "a threaded NAPI thread of an AF_XDP interface outranks the real-time media workers: it \
-                     preempts a worker for every packet it delivers, which costs CPU and adds latency; set \
-                     relay.worker_priority above {}, or lower the thread (chrt -f -p PRIORITY {pid})",
-                    now.priority
+                    "a threaded NAPI thread of an AF_XDP interface outranks the real-time media workers: each \
+                     time it wakes it preempts a worker on its core, which costs CPU and adds latency; {}lower the \
+                     thread (chrt -f -p PRIORITY {pid}, or chrt -o -p 0 {pid})",
+                    if now.policy == SCHED_DEADLINE || now.priority >= 99 {
+                        String::new()
+                    } else {
+                        format!("set relay.worker_priority above {}, or ", now.priority)
+                    }
                 );
             } else {
                 tracing::info!(
@@ -140,7 +185,7 @@ impl NapiWatch {
                 );
             }
         }
-        self.seen.retain(|pid, _| alive.contains(pid));
+        self.seen.retain(|key, _| alive.contains(key));
     }
 
     fn policy(&self) -> i32 {
@@ -160,6 +205,15 @@ mod tests {
     }
 
     #[test]
+    fn kernel_threads_are_told_by_their_flags() {
+        // A kthread (flags 0x208040) and a user process (0x400100); the
+        // name may hold spaces and parentheses.
+        assert!(is_kernel_thread("1063 (napi/ra-1063) S 2 0 0 0 -1 2129984 0 0 0 0 0 3 0 0 -51 0 1 0"));
+        assert!(!is_kernel_thread("77 (napi/ra-1 (x)) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0"));
+        assert!(!is_kernel_thread("garbage"));
+    }
+
+    #[test]
     fn only_a_higher_real_time_priority_outranks() {
         assert!(outranks(p(libc::SCHED_FIFO, 50), 40));
         assert!(outranks(p(libc::SCHED_RR, 41), 40));
@@ -167,6 +221,7 @@ mod tests {
         assert!(!outranks(p(libc::SCHED_FIFO, 50), 60));
         assert!(!outranks(p(libc::SCHED_OTHER, 0), 1));
         assert!(!outranks(p(libc::SCHED_BATCH, 0), 1));
+        assert!(outranks(p(SCHED_DEADLINE, 0), 99), "deadline tasks run before every real-time one");
     }
 
     #[test]
@@ -175,6 +230,8 @@ mod tests {
         assert!(!is_napi_thread_of("napi/rb-8195", "ra"));
         assert!(!is_napi_thread_of("napi/ra2-8195", "ra"));
         assert!(!is_napi_thread_of("napi/ra", "ra"));
+        assert!(!is_napi_thread_of("napi/ra-x-12", "ra"), "interface ra-x");
+        assert!(!is_napi_thread_of("napi/ra-", "ra"));
         // "napi/enp1s0f0np0-12" is cut to its first 15 bytes.
         assert!(is_napi_thread_of("napi/enp1s0f0np", "enp1s0f0np0"));
         assert!(is_napi_thread_of("napi/enp1s0f0np0-12", "enp1s0f0np0"));
