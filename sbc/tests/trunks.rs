@@ -352,6 +352,40 @@ fn operators_force_trunks_through_sbc_ctl() {
     assert!(common_ctl(&s, "trunk nope down").starts_with("error: no trunk named"));
 }
 
+/// The Call-ID in one of sipp's "aborting call" error lines: `... Call-ID
+/// 'ID'` (any case), `Call-Id: ID, ... aborting call`, or `... for call: ID`.
+fn aborted_call_id(line: &str) -> Option<&str> {
+    let lower = line.to_ascii_lowercase();
+    if !lower.contains("abort") {
+        return None;
+    }
+    if let Some(i) = lower.find("call-id '") {
+        let rest = &line[i + "call-id '".len()..];
+        return rest.split_once('\'').map(|(id, _)| id);
+    }
+    if let Some(i) = lower.find("call-id: ") {
+        let rest = &line[i + "call-id: ".len()..];
+        return rest.split([',', ' ']).next().filter(|id| !id.is_empty());
+    }
+    let i = lower.find("for call: ")?;
+    line[i + "for call: ".len()..].split_whitespace().next()
+}
+
+#[test]
+fn sipp_abort_lines_name_their_call() {
+    let cases = [
+        ("2026-11-23\t19:22:50.04: Aborting call on UDP retransmission timeout for Call-ID '57-1@127.0.0.1'", "57-1@127.0.0.1"),
+        ("Aborting call on unexpected message for Call-Id '8-2@h': while expecting '200'", "8-2@h"),
+        ("Call-Id: 9-3@h, receive timeout on message sip:5 without label to jump to (ontimeout attribute): aborting call", "9-3@h"),
+        ("Aborting call on an unexpected BYE for call: 10-4@h", "10-4@h"),
+        ("Aborted call with Call-ID '11-5@h'", "11-5@h"),
+    ];
+    for (line, id) in cases {
+        assert_eq!(aborted_call_id(line), Some(id), "{line}");
+    }
+    assert_eq!(aborted_call_id("Dead call 60-1@h (aborted at index 8), received 'SIP/2.0 481'"), None);
+}
+
 /// The figure for the issue: calls lost when the primary dies under 20 CPS.
 /// Calls already answered on the dead trunk cannot be saved (their BYE has
 /// nowhere to go); every new attempt must complete via the secondary.
@@ -391,13 +425,7 @@ fn calls_lost_when_the_primary_dies_under_20_cps() {
     assert_eq!(ok + failed, 160);
     // Which calls failed, by Call-ID, from sipp's error log.
     let errors = std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default();
-    let mut lost: Vec<&str> = errors
-        .lines()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once("for Call-ID '").or_else(|| l.split_once("Aborted call with Call-ID '"))?;
-            rest.split_once('\'').map(|(id, _)| id)
-        })
-        .collect();
+    let mut lost: Vec<&str> = errors.lines().filter_map(aborted_call_id).collect();
     lost.sort_unstable();
     lost.dedup();
     assert_eq!(lost.len(), failed as usize, "every failed call is named in sipp's error log:\n{errors}");
