@@ -211,7 +211,8 @@ impl AfXdp {
         let shutdown = Arc::new(AtomicBool::new(false));
         // Also looks, every few seconds, at how threaded NAPI ranks against
         // real-time workers (NAPI threads come and go with `threaded`).
-        let mut napi = napi::NapiWatch::new(&cfg.xdp_interfaces, cfg.worker_scheduling);
+        let named: Vec<(String, u32)> = cfg.xdp_interfaces.iter().cloned().zip(ifindexes.iter().copied()).collect();
+        let mut napi = napi::NapiWatch::new(&named, cfg.worker_scheduling);
         if let Some(w) = napi.as_mut() {
             w.check(std::time::Instant::now());
         }

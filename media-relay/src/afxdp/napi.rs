@@ -13,12 +13,14 @@
 //! priorities, so the relay reports what it finds (once per thread and
 //! priority) instead of changing kernel threads itself.
 //!
-//! Threads are matched by name, as the kernel names them, among kernel
-//! threads only. The name carries no namespace: the interfaces looked at
-//! are those with threaded NAPI in the relay's own namespace, but a
-//! same-named interface in another namespace would be reported too. The
-//! workers' policy is the configured one; a worker that could not take it
-//! (no `CAP_SYS_NICE`) has already said so.
+//! The threads come from the kernel's generic netlink `netdev` family
+//! (NAPI contexts per interface index, with their thread's pid; Linux 6.8
+//! and later), asked in the relay's own namespace. On older kernels they
+//! are matched by name among kernel threads, for interfaces with
+//! `threaded` set; a name carries no namespace, so a same-named interface
+//! in another namespace would be reported too. The workers' policy is the
+//! configured one; a worker that could not take it (no `CAP_SYS_NICE`)
+//! has already said so.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -103,9 +105,48 @@ fn policy_of(pid: i32) -> Option<Policy> {
     Some(Policy { policy, priority })
 }
 
+/// The NAPI threads of `interface` found by name among kernel threads
+/// (kernels without the netdev family's NAPI dump), if it runs threaded.
+fn threads_by_name(interface: &str) -> Vec<(i32, String)> {
+    let threaded = std::fs::read_to_string(format!("/sys/class/net/{interface}/threaded"));
+    if !threaded.is_ok_and(|t| t.trim() != "0") {
+        return Vec::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in dir.filter_map(Result::ok) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else { continue };
+        let comm = comm.trim();
+        if is_napi_thread_of(comm, interface)
+            && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| is_kernel_thread(&s))
+        {
+            out.push((pid, comm.to_owned()));
+        }
+    }
+    out
+}
+
+/// The NAPI threads of `interface` (index `ifindex` in this namespace):
+/// from the kernel's netdev family, exactly, or else by name.
+fn threads_of(interface: &str, ifindex: u32) -> Vec<(i32, String)> {
+    match super::neigh::napi_contexts(ifindex) {
+        Ok(napis) => napis
+            .iter()
+            .filter_map(|n| n.pid)
+            .map(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                (pid, comm.trim().to_owned())
+            })
+            .collect(),
+        Err(_) => threads_by_name(interface),
+    }
+}
+
 /// Watches the NAPI threads of the `AF_XDP` interfaces (see the module).
 pub struct NapiWatch {
-    interfaces: Vec<String>,
+    /// Name and index of each interface.
+    interfaces: Vec<(String, u32)>,
     workers: Scheduling,
     /// What was last reported per thread (pid, and its name: pids are
     /// reused).
@@ -117,7 +158,7 @@ impl NapiWatch {
     /// `None` when the workers use the time-sharing policy: then any
     /// real-time NAPI thread preempts them, as an interrupt would.
     #[must_use]
-    pub fn new(interfaces: &[String], workers: Scheduling) -> Option<Self> {
+    pub fn new(interfaces: &[(String, u32)], workers: Scheduling) -> Option<Self> {
         worker_priority(workers)?;
         Some(Self { interfaces: interfaces.to_vec(), workers, seen: HashMap::new(), last: None })
     }
@@ -130,62 +171,48 @@ impl NapiWatch {
         }
         self.last = Some(now);
         let Some(worker) = worker_priority(self.workers) else { return };
-        let threaded: Vec<&String> = self
-            .interfaces
-            .iter()
-            .filter(|i| std::fs::read_to_string(format!("/sys/class/net/{i}/threaded")).is_ok_and(|t| t.trim() != "0"))
-            .collect();
-        if threaded.is_empty() {
-            self.seen.clear();
-            return;
-        }
-        let Ok(dir) = std::fs::read_dir("/proc") else { return };
         let mut alive = Vec::new();
-        for e in dir.filter_map(Result::ok) {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else { continue };
-            let comm = comm.trim();
-            let Some(interface) = threaded.iter().find(|i| is_napi_thread_of(comm, i)) else { continue };
-            if !std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| is_kernel_thread(&s)) {
-                continue;
-            }
-            let Some(now) = policy_of(pid) else { continue };
-            let key = (pid, comm.to_owned());
-            if self.seen.insert(key.clone(), now) == Some(now) {
-                alive.push(key);
-                continue;
-            }
-            alive.push(key);
-            let workers = format!("{} {worker}", Policy { policy: self.policy(), priority: worker }.name());
-            let napi = format!("{} {}", now.name(), now.priority);
-            if outranks(now, worker) {
-                tracing::warn!(
-                    interface = %interface,
-                    thread = comm,
-                    pid,
-                    napi = %napi,
-                    workers = %workers,
-                    "a threaded NAPI thread of an AF_XDP interface outranks the real-time media workers: each \
-                     time it wakes it preempts a worker on its core, which costs CPU and adds latency; {}lower the \
-                     thread (chrt -f -p PRIORITY {pid}, or chrt -o -p 0 {pid})",
-                    if now.policy == SCHED_DEADLINE || now.priority >= 99 {
-                        String::new()
-                    } else {
-                        format!("set relay.worker_priority above {}, or ", now.priority)
-                    }
-                );
-            } else {
-                tracing::info!(
-                    interface = %interface,
-                    thread = comm,
-                    pid,
-                    napi = %napi,
-                    workers = %workers,
-                    "threaded NAPI thread below the real-time media workers: it delivers while they sleep"
-                );
+        for (interface, ifindex) in &self.interfaces {
+            for (pid, comm) in threads_of(interface, *ifindex) {
+                let Some(now) = policy_of(pid) else { continue };
+                if self.seen.insert((pid, comm.clone()), now) != Some(now) {
+                    self.report(interface, pid, &comm, now, worker);
+                }
+                alive.push((pid, comm));
             }
         }
         self.seen.retain(|key, _| alive.contains(key));
+    }
+
+    fn report(&self, interface: &str, pid: i32, comm: &str, now: Policy, worker: i32) {
+        let workers = format!("{} {worker}", Policy { policy: self.policy(), priority: worker }.name());
+        let napi = format!("{} {}", now.name(), now.priority);
+        if outranks(now, worker) {
+            tracing::warn!(
+                interface,
+                thread = comm,
+                pid,
+                napi = %napi,
+                workers = %workers,
+                "a threaded NAPI thread of an AF_XDP interface outranks the real-time media workers: each \
+                 time it wakes it preempts a worker on its core, which costs CPU and adds latency; {}lower the \
+                 thread (chrt -f -p PRIORITY {pid}, or chrt -o -p 0 {pid})",
+                if now.policy == SCHED_DEADLINE || now.priority >= 99 {
+                    String::new()
+                } else {
+                    format!("set relay.worker_priority above {}, or ", now.priority)
+                }
+            );
+        } else {
+            tracing::info!(
+                interface,
+                thread = comm,
+                pid,
+                napi = %napi,
+                workers = %workers,
+                "threaded NAPI thread below the real-time media workers: it delivers while they sleep"
+            );
+        }
     }
 
     fn policy(&self) -> i32 {
@@ -241,8 +268,8 @@ mod tests {
 
     #[test]
     fn time_sharing_workers_are_not_watched() {
-        assert!(NapiWatch::new(&["ra".into()], Scheduling::Other).is_none());
-        assert!(NapiWatch::new(&["ra".into()], Scheduling::Fifo(10)).is_some());
+        assert!(NapiWatch::new(&[("ra".into(), 2)], Scheduling::Other).is_none());
+        assert!(NapiWatch::new(&[("ra".into(), 2)], Scheduling::Fifo(10)).is_some());
     }
 
     #[test]

@@ -313,8 +313,23 @@ fn request(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
 }
 
 /// Dumps one table; calls `each` with every message body of type `want`.
-fn dump(nl: &Netlink, kind: u16, header_len: usize, want: u16, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
-    nl.send(&request(kind, NLM_F_REQUEST | NLM_F_DUMP, u32::from(kind), &vec![0u8; header_len]))?;
+fn dump(nl: &Netlink, kind: u16, header_len: usize, want: u16, each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    dump_with(nl, kind, NLM_F_DUMP, &vec![0u8; header_len], want, each)
+}
+
+/// Sends one request with `body` and `flags` (besides `NLM_F_REQUEST`);
+/// calls `each` with every answer of type `want`, until the kernel says
+/// it is done (for a request that is not a dump: after the first answer).
+fn dump_with(
+    nl: &Netlink,
+    kind: u16,
+    flags: u16,
+    body: &[u8],
+    want: u16,
+    mut each: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    nl.send(&request(kind, NLM_F_REQUEST | flags, u32::from(kind), body))?;
+    let single = flags & NLM_F_DUMP == 0;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = nl.recv(&mut buf, false)?;
@@ -325,11 +340,92 @@ fn dump(nl: &Netlink, kind: u16, header_len: usize, want: u16, mut each: impl Fn
                     let code = body.get(..4).and_then(ne_u32).map_or(0, u32::cast_signed);
                     return Err(std::io::Error::from_raw_os_error(-code));
                 }
-                t if t == want => each(body),
+                t if t == want => {
+                    each(body);
+                    if single {
+                        return Ok(());
+                    }
+                }
                 _ => {}
             }
         }
     }
+}
+
+const GENL_ID_CTRL: u16 = 0x10;
+const CTRL_CMD_GETFAMILY: u8 = 3;
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+const NETDEV_CMD_NAPI_GET: u8 = 11;
+const NETDEV_A_NAPI_IFINDEX: u16 = 1;
+const NETDEV_A_NAPI_ID: u16 = 2;
+const NETDEV_A_NAPI_PID: u16 = 4;
+
+/// A generic netlink message body: the genl header (command, version 1),
+/// then one attribute.
+fn genl_body(cmd: u8, attr: u16, value: &[u8]) -> Vec<u8> {
+    let mut b = vec![cmd, 1, 0, 0];
+    let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
+    b.extend_from_slice(&len.to_ne_bytes());
+    b.extend_from_slice(&attr.to_ne_bytes());
+    b.extend_from_slice(value);
+    b.resize(b.len().next_multiple_of(4), 0);
+    b
+}
+
+/// One NAPI context of an interface, from the kernel's netdev family:
+/// its id, and its thread's pid when it runs threaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Napi {
+    /// NAPI id (the `N` of the thread name `napi/IF-N`).
+    pub id: u32,
+    /// The thread, when this NAPI context is threaded.
+    pub pid: Option<i32>,
+}
+
+/// Parses one `NETDEV_CMD_NAPI_GET` answer (genl header, then attributes).
+fn parse_napi(body: &[u8]) -> Option<(u32, Napi)> {
+    let mut ifindex = None;
+    let mut napi = Napi { id: 0, pid: None };
+    for (kind, v) in attrs(body.get(4..)?) {
+        match kind {
+            NETDEV_A_NAPI_IFINDEX => ifindex = ne_u32(v),
+            NETDEV_A_NAPI_ID => napi.id = ne_u32(v)?,
+            NETDEV_A_NAPI_PID => napi.pid = ne_u32(v).map(u32::cast_signed).filter(|p| *p > 0),
+            _ => {}
+        }
+    }
+    Some((ifindex?, napi))
+}
+
+/// The NAPI contexts of interface `ifindex` in this network namespace,
+/// from the generic netlink `netdev` family (Linux 6.8 and later report
+/// the thread).
+///
+/// # Errors
+/// A socket error, or the kernel has no `netdev` family or no NAPI dump.
+pub fn napi_contexts(ifindex: u32) -> std::io::Result<Vec<Napi>> {
+    let nl = Netlink::open_protocol(libc::NETLINK_GENERIC, 0, 2000)?;
+    let mut family = None;
+    let body = genl_body(CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_NAME, b"netdev\0");
+    dump_with(&nl, GENL_ID_CTRL, 0, &body, GENL_ID_CTRL, |b| {
+        family = b.get(4..).and_then(|a| {
+            attrs(a)
+                .find(|(k, _)| *k == CTRL_ATTR_FAMILY_ID)
+                .and_then(|(_, v)| Some(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?)))
+        });
+    })?;
+    let family = family.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+    let mut out = Vec::new();
+    let body = genl_body(NETDEV_CMD_NAPI_GET, NETDEV_A_NAPI_IFINDEX, &ifindex.to_ne_bytes());
+    dump_with(&nl, family, NLM_F_DUMP, &body, family, |b| {
+        if let Some((i, n)) = parse_napi(b) {
+            if i == ifindex {
+                out.push(n);
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 /// Reads the three tables from the kernel.
@@ -458,6 +554,37 @@ impl NeighTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn attr(kind: u16, v: &[u8]) -> Vec<u8> {
+        let mut b = u16::try_from(4 + v.len()).unwrap().to_ne_bytes().to_vec();
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(v);
+        b.resize(b.len().next_multiple_of(4), 0);
+        b
+    }
+
+    #[test]
+    fn genl_requests_and_napi_answers() {
+        // CTRL_CMD_GETFAMILY v1, then the name attribute, padded to 4.
+        let b = genl_body(CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_NAME, b"netdev\0");
+        assert_eq!(&b[..4], &[3, 1, 0, 0]);
+        assert_eq!(attrs(&b[4..]).collect::<Vec<_>>(), vec![(CTRL_ATTR_FAMILY_NAME, &b"netdev\0"[..])]);
+        // An answer: genl header, ifindex 7, id 8195, irq 0, pid 4242.
+        let mut ans = vec![NETDEV_CMD_NAPI_GET, 1, 0, 0];
+        ans.extend(attr(NETDEV_A_NAPI_IFINDEX, &7u32.to_ne_bytes()));
+        ans.extend(attr(NETDEV_A_NAPI_ID, &8195u32.to_ne_bytes()));
+        ans.extend(attr(3, &0u32.to_ne_bytes()));
+        ans.extend(attr(NETDEV_A_NAPI_PID, &4242u32.to_ne_bytes()));
+        assert_eq!(parse_napi(&ans), Some((7, Napi { id: 8195, pid: Some(4242) })));
+        // Not threaded: no pid attribute.
+        let mut plain = vec![NETDEV_CMD_NAPI_GET, 1, 0, 0];
+        plain.extend(attr(NETDEV_A_NAPI_IFINDEX, &7u32.to_ne_bytes()));
+        plain.extend(attr(NETDEV_A_NAPI_ID, &8196u32.to_ne_bytes()));
+        assert_eq!(parse_napi(&plain), Some((7, Napi { id: 8196, pid: None })));
+        // No interface index, or a cut message: nothing.
+        assert_eq!(parse_napi(&[NETDEV_CMD_NAPI_GET, 1, 0, 0]), None);
+        assert_eq!(parse_napi(&[1, 2]), None);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

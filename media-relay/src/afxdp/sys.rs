@@ -143,8 +143,16 @@ impl Netlink {
     /// # Errors
     /// The `socket`/`bind`/`setsockopt` error.
     pub fn open(groups: u32, timeout_ms: u32) -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_ROUTE, groups, timeout_ms)
+    }
+
+    /// [`Netlink::open`] for another netlink `protocol` (`NETLINK_GENERIC`).
+    ///
+    /// # Errors
+    /// The `socket`/`bind`/`setsockopt` error.
+    pub fn open_protocol(protocol: libc::c_int, groups: u32, timeout_ms: u32) -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the result is checked.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
