@@ -433,10 +433,8 @@ fn pin_napi(priority: u8) {
             let _ = Command::new("taskset").args(["-pc", "0", &pid]).stdout(Stdio::null()).status();
             // Like a NIC interrupt on the relay core: it preempts the worker.
             let policy = if priority == 0 { "-o" } else { "-f" };
-            let _ = Command::new("chrt")
-                .args([policy, "-p", &priority.to_string(), &pid])
-                .stdout(Stdio::null())
-                .status();
+            let _ =
+                Command::new("chrt").args([policy, "-p", &priority.to_string(), &pid]).stdout(Stdio::null()).status();
         }
     }
 }
