@@ -61,6 +61,13 @@ pub trait Datapath: Send + Sync {
     fn xdp_queue_modes(&self) -> Option<(usize, usize)> {
         None
     }
+
+    /// Threaded NAPI threads of the `AF_XDP` interfaces that outrank the
+    /// real-time workers, and those below them; `None` without `AF_XDP` or
+    /// without real-time workers.
+    fn xdp_napi_ranks(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// UDP sockets polled with mio, `recvmmsg`/`sendmmsg` in batches.

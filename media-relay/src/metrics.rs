@@ -39,6 +39,14 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
              # TYPE media_relay_xdp_queues gauge\nmedia_relay_xdp_queues{{mode=\"copy\"}} {copy}\nmedia_relay_xdp_queues{{mode=\"zero_copy\"}} {zero_copy}"
         );
     }
+    if let Some((above, below)) = dp.xdp_napi_ranks() {
+        let _ = writeln!(
+            out,
+            "# HELP media_relay_xdp_napi_threads Threaded NAPI threads of the AF_XDP interfaces, by rank against the real-time workers (above: each wakeup preempts a worker).\n\
+             # TYPE media_relay_xdp_napi_threads gauge\nmedia_relay_xdp_napi_threads{{rank=\"above_workers\"}} {above}\n\
+             media_relay_xdp_napi_threads{{rank=\"below_workers\"}} {below}"
+        );
+    }
     if let Some(x) = dp.xdp_counters() {
         let _ = writeln!(
             out,

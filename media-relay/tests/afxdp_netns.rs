@@ -781,6 +781,15 @@ fn napi_ranking() {
         relay.log_tail(20)
     );
     assert!(!log().contains("outranks the real-time media workers"), "{}", relay.log_tail(20));
+    // The gauges follow the log line within the same look.
+    let rank = |r: &str| metric(&format!("media_relay_xdp_napi_threads{{rank=\"{r}\"}}"));
+    let ranks_are = |want: (f64, f64)| {
+        common::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            (rank("above_workers"), rank("below_workers")) == want
+        })
+    };
+    let n = ours.len() as f64;
+    assert!(ranks_are((0.0, n)), "{} {}", rank("above_workers"), rank("below_workers"));
     // Raised above the workers, as an interrupt would be: a warning that
     // names the setting to change.
     for pid in &ours {
@@ -799,5 +808,6 @@ fn napi_ranking() {
         "{}",
         relay.log_tail(20)
     );
+    assert!(ranks_are((n, 0.0)), "{} {}", rank("above_workers"), rank("below_workers"));
     relay.assert_running();
 }

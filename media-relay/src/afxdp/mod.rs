@@ -139,6 +139,8 @@ pub struct AfXdp {
     neigh: Arc<NeighTable>,
     shutdown: Arc<AtomicBool>,
     monitor: Mutex<Option<JoinHandle<()>>>,
+    /// How the NAPI threads rank against real-time workers (see [`napi`]).
+    napi_ranks: Option<Arc<napi::Ranks>>,
 }
 
 /// Most queues (the XSKMAP's size, and `relay.xdp_queues`' limit).
@@ -213,6 +215,7 @@ impl AfXdp {
         // real-time workers (NAPI threads come and go with `threaded`).
         let named: Vec<(String, u32)> = cfg.xdp_interfaces.iter().cloned().zip(ifindexes.iter().copied()).collect();
         let mut napi = napi::NapiWatch::new(&named, cfg.worker_scheduling);
+        let napi_ranks = napi.as_ref().map(napi::NapiWatch::ranks);
         if let Some(w) = napi.as_mut() {
             w.check(std::time::Instant::now());
         }
@@ -258,6 +261,7 @@ impl AfXdp {
             neigh,
             shutdown,
             monitor: Mutex::new(Some(monitor)),
+            napi_ranks,
         })
     }
 
@@ -382,5 +386,9 @@ impl Datapath for AfXdp {
 
     fn xdp_queue_modes(&self) -> Option<(usize, usize)> {
         Some((self.queues - self.zero_copy_queues, self.zero_copy_queues))
+    }
+
+    fn xdp_napi_ranks(&self) -> Option<(usize, usize)> {
+        self.napi_ranks.as_ref().map(|r| r.get())
     }
 }

@@ -23,6 +23,8 @@
 //! has already said so.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Scheduling;
@@ -143,6 +145,22 @@ fn threads_of(interface: &str, ifindex: u32) -> Vec<(i32, String)> {
     }
 }
 
+/// How many NAPI threads outrank the real-time workers and how many run
+/// below them, as of the last look (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct Ranks {
+    above: AtomicUsize,
+    below: AtomicUsize,
+}
+
+impl Ranks {
+    /// (above the workers, below them).
+    #[must_use]
+    pub fn get(&self) -> (usize, usize) {
+        (self.above.load(Relaxed), self.below.load(Relaxed))
+    }
+}
+
 /// Watches the NAPI threads of the `AF_XDP` interfaces (see the module).
 pub struct NapiWatch {
     /// Name and index of each interface.
@@ -152,6 +170,7 @@ pub struct NapiWatch {
     /// reused).
     seen: HashMap<(i32, String), Policy>,
     last: Option<Instant>,
+    ranks: Arc<Ranks>,
 }
 
 impl NapiWatch {
@@ -160,7 +179,19 @@ impl NapiWatch {
     #[must_use]
     pub fn new(interfaces: &[(String, u32)], workers: Scheduling) -> Option<Self> {
         worker_priority(workers)?;
-        Some(Self { interfaces: interfaces.to_vec(), workers, seen: HashMap::new(), last: None })
+        Some(Self {
+            interfaces: interfaces.to_vec(),
+            workers,
+            seen: HashMap::new(),
+            last: None,
+            ranks: Arc::new(Ranks::default()),
+        })
+    }
+
+    /// The counts this watch keeps current.
+    #[must_use]
+    pub fn ranks(&self) -> Arc<Ranks> {
+        Arc::clone(&self.ranks)
     }
 
     /// Looks at the threads again, unless it did less than 5 s before
@@ -182,6 +213,9 @@ impl NapiWatch {
             }
         }
         self.seen.retain(|key, _| alive.contains(key));
+        let above = self.seen.values().filter(|p| outranks(**p, worker)).count();
+        self.ranks.above.store(above, Relaxed);
+        self.ranks.below.store(self.seen.len() - above, Relaxed);
     }
 
     fn report(&self, interface: &str, pid: i32, comm: &str, now: Policy, worker: i32) {
