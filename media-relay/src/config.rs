@@ -146,6 +146,11 @@ pub enum ZeroCopy {
     Off,
 }
 
+impl ZeroCopy {
+    /// The config names of the modes.
+    pub const NAMES: [(&'static str, Self); 3] = [("auto", Self::Auto), ("on", Self::On), ("off", Self::Off)];
+}
+
 /// `relay.worker_scheduling` and `relay.worker_priority`: how the kernel
 /// schedules the media workers. A real-time policy keeps ordinary
 /// processes on the workers' cores from delaying packets (the scheduler
@@ -212,6 +217,11 @@ pub enum DatapathMode {
     Auto,
 }
 
+impl DatapathMode {
+    /// The config names of the modes.
+    pub const NAMES: [(&'static str, Self); 3] = [("socket", Self::Socket), ("xdp", Self::Xdp), ("auto", Self::Auto)];
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -260,6 +270,22 @@ struct RawRelay {
 
 fn scheduling_other() -> String {
     "other".into()
+}
+
+/// The option named `value`, or what is wrong with it (naming every option).
+///
+/// # Errors
+/// `value` names none of `options`.
+pub fn choice<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, v)) = options.iter().find(|(name, _)| *name == value) {
+        return Ok(*v);
+    }
+    let names: Vec<String> = options.iter().map(|(name, _)| format!("\"{name}\"")).collect();
+    let list = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    Err(format!("`{value}` is not {list}"))
 }
 
 /// `"auto"`: the default of `relay.datapath` and `relay.xdp_zero_copy`.
@@ -327,28 +353,10 @@ impl RelayConfig {
                 })
             }
         };
-        let datapath = match r.datapath.as_str() {
-            "socket" => DatapathMode::Socket,
-            "xdp" => DatapathMode::Xdp,
-            "auto" => DatapathMode::Auto,
-            other => {
-                return Err(ConfigError::Invalid {
-                    key: "relay.datapath",
-                    problem: format!("`{other}` is not \"socket\", \"xdp\" or \"auto\""),
-                })
-            }
-        };
-        let xdp_zero_copy = match r.xdp_zero_copy.as_str() {
-            "auto" => ZeroCopy::Auto,
-            "on" => ZeroCopy::On,
-            "off" => ZeroCopy::Off,
-            other => {
-                return Err(ConfigError::Invalid {
-                    key: "relay.xdp_zero_copy",
-                    problem: format!("`{other}` is not \"auto\", \"on\" or \"off\""),
-                })
-            }
-        };
+        let datapath = choice(&r.datapath, &DatapathMode::NAMES)
+            .map_err(|problem| ConfigError::Invalid { key: "relay.datapath", problem })?;
+        let xdp_zero_copy = choice(&r.xdp_zero_copy, &ZeroCopy::NAMES)
+            .map_err(|problem| ConfigError::Invalid { key: "relay.xdp_zero_copy", problem })?;
         let worker_scheduling =
             Scheduling::parse(&r.worker_scheduling, r.worker_priority).map_err(|e| ConfigError::Invalid {
                 key: if e.priority { "relay.worker_priority" } else { "relay.worker_scheduling" },
@@ -577,6 +585,10 @@ mod tests {
             let c = DEFAULT_TOML.replace("xdp_zero_copy = \"auto\"", &format!("xdp_zero_copy = \"{v}\""));
             assert_eq!(RelayConfig::from_toml(&c).unwrap().xdp_zero_copy, want);
         }
+        assert_eq!(choice("xdp", &DatapathMode::NAMES), Ok(DatapathMode::Xdp));
+        assert_eq!(choice("dpdk", &DatapathMode::NAMES), Err("`dpdk` is not \"socket\", \"xdp\" or \"auto\"".into()));
+        assert_eq!(choice("x", &[("a", 1), ("b", 2)]), Err("`x` is not \"a\" or \"b\"".into()));
+        assert_eq!(choice("x", &[("a", 1)]), Err("`x` is not \"a\"".into()));
         let bad = DEFAULT_TOML.replace("xdp_zero_copy = \"auto\"", "xdp_zero_copy = \"yes\"");
         let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("relay.xdp_zero_copy") && e.contains("`yes`"), "{e}");

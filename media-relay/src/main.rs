@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use media_relay::config::{log_filter, parse_listen, DatapathMode, Interface, RelayConfig, Scheduling};
+use media_relay::config::{choice, log_filter, parse_listen, DatapathMode, Interface, RelayConfig, Scheduling};
 use media_relay::ng::NgCounters;
 use media_relay::relay::Relay;
 use media_relay::{metrics, ng, sys};
@@ -140,12 +140,7 @@ fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
         cfg.nat = false;
     }
     if let Some(d) = &cli.datapath {
-        cfg.datapath = match d.as_str() {
-            "socket" => DatapathMode::Socket,
-            "xdp" => DatapathMode::Xdp,
-            "auto" => DatapathMode::Auto,
-            other => return Err(format!("--datapath: `{other}` is not \"socket\", \"xdp\" or \"auto\"")),
-        };
+        cfg.datapath = choice(d, &DatapathMode::NAMES).map_err(|p| format!("--datapath: {p}"))?;
     }
     if !cli.xdp_interface.is_empty() {
         cfg.xdp_interfaces.clone_from(&cli.xdp_interface);

@@ -216,13 +216,10 @@ impl AfXdp {
         let named: Vec<(String, u32)> = cfg.xdp_interfaces.iter().cloned().zip(ifindexes.iter().copied()).collect();
         let mut napi = napi::NapiWatch::new(&named, cfg.worker_scheduling);
         let napi_ranks = napi.as_ref().map(napi::NapiWatch::ranks);
-        if let Some(w) = napi.as_mut() {
-            w.check(std::time::Instant::now());
-        }
         let monitor = neigh
-            .monitor(Arc::clone(&shutdown), Duration::from_secs(5), move || {
+            .monitor(Arc::clone(&shutdown), Duration::from_secs(5), move |now| {
                 if let Some(w) = napi.as_mut() {
-                    w.check(std::time::Instant::now());
+                    w.check(now);
                 }
             })
             .map_err(Error::Netlink)?;

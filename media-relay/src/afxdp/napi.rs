@@ -51,14 +51,6 @@ impl Policy {
     }
 }
 
-/// The workers' real-time priority, if they run at one.
-fn worker_priority(workers: Scheduling) -> Option<i32> {
-    match workers {
-        Scheduling::Other => None,
-        Scheduling::Fifo(p) | Scheduling::RoundRobin(p) => Some(i32::from(p)),
-    }
-}
-
 /// `SCHED_DEADLINE` (linux/sched.h), above every real-time priority.
 const SCHED_DEADLINE: i32 = 6;
 
@@ -165,7 +157,9 @@ impl Ranks {
 pub struct NapiWatch {
     /// Name and index of each interface.
     interfaces: Vec<(String, u32)>,
-    workers: Scheduling,
+    /// The workers' real-time priority, and how the log names their policy.
+    worker: i32,
+    workers: String,
     /// What was last reported per thread (pid, and its name: pids are
     /// reused).
     seen: HashMap<(i32, String), Policy>,
@@ -178,10 +172,15 @@ impl NapiWatch {
     /// real-time NAPI thread preempts them, as an interrupt would.
     #[must_use]
     pub fn new(interfaces: &[(String, u32)], workers: Scheduling) -> Option<Self> {
-        worker_priority(workers)?;
+        let (name, worker) = match workers {
+            Scheduling::Other => return None,
+            Scheduling::Fifo(p) => ("fifo", i32::from(p)),
+            Scheduling::RoundRobin(p) => ("rr", i32::from(p)),
+        };
         Some(Self {
             interfaces: interfaces.to_vec(),
-            workers,
+            worker,
+            workers: format!("{name} {worker}"),
             seen: HashMap::new(),
             last: None,
             ranks: Arc::new(Ranks::default()),
@@ -201,13 +200,13 @@ impl NapiWatch {
             return;
         }
         self.last = Some(now);
-        let Some(worker) = worker_priority(self.workers) else { return };
+        let worker = self.worker;
         let mut alive = Vec::new();
         for (interface, ifindex) in &self.interfaces {
             for (pid, comm) in threads_of(interface, *ifindex) {
                 let Some(now) = policy_of(pid) else { continue };
                 if self.seen.insert((pid, comm.clone()), now) != Some(now) {
-                    self.report(interface, pid, &comm, now, worker);
+                    self.report(interface, pid, &comm, now);
                 }
                 alive.push((pid, comm));
             }
@@ -218,16 +217,15 @@ impl NapiWatch {
         self.ranks.below.store(self.seen.len() - above, Relaxed);
     }
 
-    fn report(&self, interface: &str, pid: i32, comm: &str, now: Policy, worker: i32) {
-        let workers = format!("{} {worker}", Policy { policy: self.policy(), priority: worker }.name());
+    fn report(&self, interface: &str, pid: i32, comm: &str, now: Policy) {
         let napi = format!("{} {}", now.name(), now.priority);
-        if outranks(now, worker) {
+        if outranks(now, self.worker) {
             tracing::warn!(
                 interface,
                 thread = comm,
                 pid,
                 napi = %napi,
-                workers = %workers,
+                workers = %self.workers,
                 "a threaded NAPI thread of an AF_XDP interface outranks the real-time media workers: each \
                  time it wakes it preempts a worker on its core, which costs CPU and adds latency; {}lower the \
                  thread (chrt -f -p PRIORITY {pid}, or chrt -o -p 0 {pid})",
@@ -243,16 +241,9 @@ impl NapiWatch {
                 thread = comm,
                 pid,
                 napi = %napi,
-                workers = %workers,
+                workers = %self.workers,
                 "threaded NAPI thread below the real-time media workers: it delivers while they sleep"
             );
-        }
-    }
-
-    fn policy(&self) -> i32 {
-        match self.workers {
-            Scheduling::RoundRobin(_) => libc::SCHED_RR,
-            _ => libc::SCHED_FIFO,
         }
     }
 }

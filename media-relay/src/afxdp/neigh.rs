@@ -512,6 +512,8 @@ impl NeighTable {
     /// Starts the monitor thread: it re-reads the tables whenever the
     /// kernel reports a change, and every `refresh` in any case (a
     /// notification lost to a full socket buffer is then recovered).
+    /// `on_refresh` runs on that thread at its start and after each
+    /// re-read, with the time.
     ///
     /// # Errors
     /// Opening the netlink socket or spawning the thread.
@@ -519,13 +521,14 @@ impl NeighTable {
         self: &Arc<Self>,
         shutdown: Arc<AtomicBool>,
         refresh: Duration,
-        mut on_refresh: impl FnMut() + Send + 'static,
+        mut on_refresh: impl FnMut(std::time::Instant) + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let nl = Netlink::open(GROUPS, 100)?;
         let table = Arc::clone(self);
         std::thread::Builder::new().name("mr-neigh".into()).spawn(move || {
             let mut buf = vec![0u8; 1 << 16];
             let mut last = std::time::Instant::now();
+            on_refresh(last);
             while !shutdown.load(Ordering::Relaxed) {
                 let changed = match nl.recv(&mut buf, false) {
                     Ok(_) => true,
@@ -544,7 +547,7 @@ impl NeighTable {
                     Ok(s) => table.publish(s),
                     Err(e) => tracing::warn!(error = %e, "re-reading the neighbour table failed"),
                 }
-                on_refresh();
+                on_refresh(last);
             }
             tracing::debug!(fd = nl.raw(), "neighbour monitor stopped");
         })

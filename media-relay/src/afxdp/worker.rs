@@ -37,13 +37,13 @@ use crate::worker::{account_packet, check_source, SourceVerdict, WorkerContext};
 /// Empty polls (about 20 ns each) before the worker sleeps in `epoll_wait`.
 const SPIN: u32 = 512;
 /// The same for a real-time worker, which does not spin. Its wakeup preempts
-/// ordinary threads at once, so spinning buys it little; and a core kept
-/// busy by real-time work is taken from all of it for 50 ms a second by the
-/// kernel's real-time throttling, which stops the NAPI thread too. Measured
-/// at 100k pps in the bench lab (`xdp-bench --scheduling fifo --sink
-/// inline`): spinning, 2.2-2.9 % loss and p99 0.8-2.5 ms (median 2.6 %,
-/// 1.2 ms, 8 steps); without, 0.03-2.8 % and 0.13-1.6 ms (median 0.8 %,
-/// 0.9 ms, 15 steps).
+/// ordinary threads at once, so spinning buys it little, while a spinning
+/// real-time worker keeps its core from everything below it, the NAPI
+/// thread included when that runs lower. Measured at 100k pps in the bench
+/// lab (`xdp-bench --scheduling fifo --priority 40 --sink inline`, NAPI
+/// thread at FIFO 50): spinning, 2.2-2.9 % loss and p99 0.8-2.5 ms (median
+/// 2.6 %, 1.2 ms, 8 steps); without, 0.03-2.8 % and 0.13-1.6 ms (median
+/// 0.8 %, 0.9 ms, 15 steps).
 const SPIN_REAL_TIME: u32 = 1;
 /// Longest sleep (a missed wakeup costs at most this).
 const SLEEP: Duration = Duration::from_millis(20);
