@@ -103,6 +103,10 @@ pub enum SinkMode {
     /// the relay's core no wakeup (a veth delivers in the sender's
     /// context, which is the relay's core in a namespace lab).
     Inline,
+    /// Not here: something else counts what arrives (`xdp-bench`'s XDP
+    /// sink). The step receives nothing; it waits out the drain so that
+    /// packets in flight arrive before the caller reads its counts.
+    Elsewhere,
 }
 
 /// Sends `pps` packets per second over `flows` for `dur`, waits `drain`,
@@ -204,7 +208,10 @@ pub fn run_step_with(
                 stop.store(true, Ordering::Relaxed);
                 rx.join().unwrap_or_else(|_| Sink::new(0))
             }
-            (None, None) => Sink::new(0),
+            (None, None) => {
+                std::thread::sleep(drain);
+                Sink::new(0)
+            }
         };
         (sink, sent, end)
     });

@@ -15,7 +15,10 @@
 //!
 //! The generator and sink run on core 1 in `gen`: 100 one-way flows of
 //! 214-byte frames (172-byte RTP), rates rising in steps; the highest step
-//! with under 0.1 % loss is the path's figure. The relay side's kernel work
+//! with under 0.1 % loss is the path's figure. With `--sink xdp` an XDP
+//! program on `gb` (`bench/bpf/sink.bpf.c`) counts each packet's latency
+//! and drops it, so no UDP receive path runs for the sink: a veth delivers
+//! in the sender's context, which would put that work on the relay core. The relay side's kernel work
 //! runs on core 0 too: `ra` receives through threaded NAPI pinned there
 //! (GRO on), so the XDP programs, the kernel's receive path of the socket
 //! relays and the whole in-kernel forwarder count against the relay core,
@@ -55,7 +58,11 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     flows: usize,
     /// Offered rates, packets per second.
-    #[arg(long, value_delimiter = ',', default_value = "50000,100000,150000,200000,250000,300000,400000,500000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50000,75000,100000,125000,150000,175000,200000,225000,250000,275000,300000,350000,400000,500000"
+    )]
     rates: Vec<u64>,
     /// The rate at which CPU per packet is also compared (every path should
     /// pass it; CPU per packet falls as the rate rises).
@@ -83,14 +90,18 @@ struct Args {
     /// starts threaded NAPI.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=99))]
     napi_priority: u8,
-    /// Where the sink receives. `thread`: its own thread on core 1, which
-    /// sleeps in `poll`, so deliveries wake it (the wakeup is sent from the
-    /// relay's core, where a veth delivers) and its wakeup delay is part of
-    /// every latency figure. `inline`: the generator's thread receives
-    /// whenever it is ahead of schedule and never sleeps while sending, so
-    /// nothing is woken and the latency floor is lower; one thread then
+    /// Where the sink receives. `xdp` (the default): an XDP program on the
+    /// sinks' veth `gb` (`bpf/sink.bpf.c`) reads each packet's send time,
+    /// counts its latency and drops it, so no UDP receive path or socket
+    /// runs for the sink; on a real network that work is another host's,
+    /// but a veth delivers in the sender's context, the relay's core.
+    /// `thread`: its own thread on core 1, which sleeps in `poll`, so
+    /// deliveries wake it (the wakeup is sent from the relay's core) and its
+    /// wakeup delay is part of every latency figure. `inline`: the
+    /// generator's thread receives whenever it is ahead of schedule and
+    /// never sleeps while sending, so nothing is woken; one thread then
     /// sends and receives, which caps the harness near 200k pps.
-    #[arg(long, default_value = "thread", value_parser = ["inline", "thread"])]
+    #[arg(long, default_value = "xdp", value_parser = ["inline", "thread", "xdp"])]
     sink: String,
     /// Interrupt moderation on the relay's receiving veth `ra`, in
     /// microseconds (`gro_flush_timeout`, with `napi_defer_hard_irqs` 2).
@@ -108,10 +119,10 @@ struct Args {
 
 impl Args {
     fn sink_mode(&self) -> SinkMode {
-        if self.sink == "thread" {
-            SinkMode::Thread
-        } else {
-            SinkMode::Inline
+        match self.sink.as_str() {
+            "thread" => SinkMode::Thread,
+            "xdp" => SinkMode::Elsewhere,
+            _ => SinkMode::Inline,
         }
     }
 }
@@ -369,11 +380,10 @@ fn calls(lab: &Lab, senders: &[UdpSocket], sinks: &[UdpSocket], n: usize) -> Res
     Ok(flows)
 }
 
-/// The in-kernel forwarder: compiles and attaches `fwd.bpf.c` on `ra`, the
-/// do-nothing program on `gb`, and installs one entry per flow.
-fn kernel_fwd(lab: &Lab, dir: &Path, sinks: &[UdpSocket], n: usize) -> Result<(Vec<aya::Ebpf>, Vec<Flow>), String> {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/fwd.bpf.c");
-    let obj = dir.join("fwd.bpf.o");
+/// Compiles `bench/bpf/{name}.bpf.c` into `dir`.
+fn compile_bpf(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf").join(format!("{name}.bpf.c"));
+    let obj = dir.join(format!("{name}.bpf.o"));
     let mut clang = Command::new("clang");
     clang.args(["-O2", "-g", "-Wall", "-target", "bpf"]);
     for inc in ["/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu"] {
@@ -381,21 +391,96 @@ fn kernel_fwd(lab: &Lab, dir: &Path, sinks: &[UdpSocket], n: usize) -> Result<(V
             clang.arg(format!("-I{inc}"));
         }
     }
-    let out = clang.args(["-c", src, "-o"]).arg(&obj).output().map_err(|e| format!("clang: {e}"))?;
+    let out = clang.arg("-c").arg(&src).arg("-o").arg(&obj).output().map_err(|e| format!("clang: {e}"))?;
     if !out.status.success() {
         return Err(format!("clang: {}", String::from_utf8_lossy(&out.stderr)));
     }
-    let load = |prog: &str, ns: &str, dev: &str| -> Result<aya::Ebpf, String> {
-        lab.enter(ns)?;
-        let mut ebpf = aya::Ebpf::load_file(&obj).map_err(|e| format!("loading {}: {e}", obj.display()))?;
-        let p: &mut aya::programs::Xdp =
-            ebpf.program_mut(prog).ok_or("no program")?.try_into().map_err(|e| format!("{e}"))?;
-        p.load().map_err(|e| format!("loading {prog}: {e}"))?;
-        p.attach(dev, aya::programs::XdpMode::Driver).map_err(|e| format!("attaching {prog} to {dev}: {e}"))?;
-        Ok(ebpf)
-    };
-    let pass = load("pass", &lab.gen, "gb")?;
-    let mut fwd = load("fwd_xdp", &lab.relay, "ra")?;
+    Ok(obj)
+}
+
+/// Loads `prog` from `obj` and attaches it to `dev` in `ns` (native mode).
+fn attach_xdp(lab: &Lab, obj: &Path, prog: &str, ns: &str, dev: &str) -> Result<aya::Ebpf, String> {
+    lab.enter(ns)?;
+    let mut ebpf = aya::Ebpf::load_file(obj).map_err(|e| format!("loading {}: {e}", obj.display()))?;
+    let p: &mut aya::programs::Xdp =
+        ebpf.program_mut(prog).ok_or("no program")?.try_into().map_err(|e| format!("{e}"))?;
+    p.load().map_err(|e| format!("loading {prog}: {e}"))?;
+    p.attach(dev, aya::programs::XdpMode::Driver).map_err(|e| format!("attaching {prog} to {dev}: {e}"))?;
+    Ok(ebpf)
+}
+
+/// The XDP sink on `gb`: a latency histogram per CPU (see `bpf/sink.bpf.c`
+/// for the buckets), read between steps.
+struct XdpSink {
+    ebpf: aya::Ebpf,
+}
+
+/// `sink.bpf.c`'s linear range, in microseconds.
+const SINK_LINEAR: u32 = 16_384;
+
+impl XdpSink {
+    fn attach(lab: &Lab, dir: &Path) -> Result<Self, String> {
+        let obj = compile_bpf(dir, "sink")?;
+        let ebpf = attach_xdp(lab, &obj, "sink_xdp", &lab.gen, "gb")?;
+        lab.enter(&lab.gen)?;
+        Ok(Self { ebpf })
+    }
+
+    /// The histogram summed over CPUs.
+    fn read(&self) -> Vec<u64> {
+        let Some(map) = self.ebpf.map("sink_hist") else { return Vec::new() };
+        let Ok(hist) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else { return Vec::new() };
+        (0..hist.len()).map(|i| hist.get(&i, 0).map_or(0, |v| v.iter().sum())).collect()
+    }
+
+    /// The lower bound of bucket `i`, in microseconds.
+    fn bucket_us(i: usize) -> f64 {
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        if i < SINK_LINEAR {
+            f64::from(i.max(1))
+        } else {
+            f64::from(SINK_LINEAR) * 2f64.powi(i32::try_from(i - SINK_LINEAR).unwrap_or(i32::MAX))
+        }
+    }
+
+    /// Replaces the step's receive figures with what the sink counted
+    /// between the two readings.
+    fn step_result(before: &[u64], after: &[u64], mut r: StepResult, step: Duration) -> StepResult {
+        let delta: Vec<u64> = after.iter().zip(before).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let received: u64 = delta.iter().sum();
+        let quantile = |q: f64| {
+            let want = (received as f64 * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, n) in delta.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    return Self::bucket_us(i);
+                }
+            }
+            0.0
+        };
+        r.received = received;
+        r.received_pps = received as f64 / step.as_secs_f64();
+        r.loss = if r.sent == 0 { 0.0 } else { r.sent.saturating_sub(received) as f64 / r.sent as f64 };
+        (r.p50_us, r.p99_us) = if received == 0 { (0.0, 0.0) } else { (quantile(0.5), quantile(0.99)) };
+        r
+    }
+}
+
+/// The in-kernel forwarder: compiles and attaches `fwd.bpf.c` on `ra`, the
+/// do-nothing program on `gb` unless the XDP sink is there, and installs
+/// one entry per flow.
+fn kernel_fwd(
+    lab: &Lab,
+    dir: &Path,
+    sinks: &[UdpSocket],
+    n: usize,
+    xdp_sink: bool,
+) -> Result<(Vec<aya::Ebpf>, Vec<Flow>), String> {
+    let obj = compile_bpf(dir, "fwd")?;
+    // A veth only accepts redirected frames when its peer runs XDP.
+    let pass = if xdp_sink { None } else { Some(attach_xdp(lab, &obj, "pass", &lab.gen, "gb")?) };
+    let mut fwd = attach_xdp(lab, &obj, "fwd_xdp", &lab.relay, "ra")?;
     let snap = media_relay::afxdp::neigh::read_snapshot().map_err(|e| e.to_string())?;
     let rb = snap.link_by_name("rb").ok_or("no rb")?.clone();
     lab.enter(&lab.gen)?;
@@ -418,7 +503,7 @@ fn kernel_fwd(lab: &Lab, dir: &Path, sinks: &[UdpSocket], n: usize) -> Result<(V
         map.insert(u32::from(relay_port), v, 0).map_err(|e| e.to_string())?;
         flows.push(Flow { sock: k % 4, dest: SocketAddrV4::new(RELAY_A.into(), relay_port) });
     }
-    Ok((vec![fwd, pass], flows))
+    Ok((std::iter::once(fwd).chain(pass).collect(), flows))
 }
 
 /// Pins the NAPI kthreads of `ra` (re-created when an XDP program is
@@ -509,7 +594,13 @@ struct Figures {
     p99_us: f64,
 }
 
-fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, label: &str) -> Figures {
+struct Ctx<'a> {
+    a: &'a Args,
+    sink: Option<&'a XdpSink>,
+}
+
+fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, label: &str) -> Figures {
+    let a = cx.a;
     let step = Duration::from_secs_f64(a.step);
     let drain = Duration::from_millis(300);
     // Warm-up: latches every leg, resolves the neighbours.
@@ -528,8 +619,12 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, labe
         let pps = rates[i];
         pin_napi(a.napi_priority);
         let (p0, s0, t0, e0) = (pid.map_or(0, proc_ticks), core0_ticks(), Instant::now(), GenDrops::read());
-        let r: StepResult = run_step_with(socks, flows, pps, step, PAYLOAD, drain, a.sink_mode());
+        let h0 = cx.sink.map(XdpSink::read);
+        let mut r: StepResult = run_step_with(socks, flows, pps, step, PAYLOAD, drain, a.sink_mode());
         let (p1, s1, e1) = (pid.map_or(0, proc_ticks), core0_ticks(), GenDrops::read());
+        if let (Some(sink), Some(h0)) = (cx.sink, h0) {
+            r = XdpSink::step_result(&h0, &sink.read(), r, step);
+        }
         let gd = e1.since(e0);
         // Ticks are 10 ms (USER_HZ 100).
         let core0_busy = (s1 - s0) as f64 / (t0.elapsed().as_secs_f64() * 100.0);
@@ -590,7 +685,8 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, a: &Args, labe
     fig
 }
 
-fn run_path(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<Figures, String> {
+fn run_path(lab: &Lab, path: Path4, cx: &Ctx, dir: &Path) -> Result<Figures, String> {
+    let a = cx.a;
     lab.enter(&lab.gen)?;
     let senders: Vec<UdpSocket> = (0..4).map(|_| udp(GEN_A)).collect::<Result<_, _>>()?;
     let sinks: Vec<UdpSocket> = (0..4).map(|_| udp(GEN_B)).collect::<Result<_, _>>()?;
@@ -599,8 +695,8 @@ fn run_path(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<Figures, Str
     socks.extend(sinks);
     let (sender_socks, sink_socks) = socks.split_at(sink_start);
     let fig = if path == Path4::KernelXdp {
-        let (progs, flows) = kernel_fwd(lab, dir, sink_socks, a.flows)?;
-        let f = measure(&flows, &socks, None, a, path.label());
+        let (progs, flows) = kernel_fwd(lab, dir, sink_socks, a.flows, cx.sink.is_some())?;
+        let f = measure(&flows, &socks, None, cx, path.label());
         drop(progs);
         f
     } else {
@@ -609,7 +705,7 @@ fn run_path(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<Figures, Str
         }
         let relay = start_relay(lab, path, a, dir)?;
         let flows = calls(lab, sender_socks, sink_socks, a.flows)?;
-        let f = measure(&flows, &socks, Some(relay.0.id()), a, path.label());
+        let f = measure(&flows, &socks, Some(relay.0.id()), cx, path.label());
         drop(relay);
         f
     };
@@ -641,6 +737,18 @@ fn main() -> std::process::ExitCode {
     };
     let dir = std::env::temp_dir().join(format!("xdp-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
+    let sink = if a.sink == "xdp" {
+        match XdpSink::attach(&lab, &dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("xdp-bench: cannot attach the XDP sink to gb (needs clang; or use --sink thread): {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let cx = Ctx { a: &a, sink: sink.as_ref() };
     let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 4];
     for run in 0..a.runs {
         eprintln!("run {}/{}", run + 1, a.runs);
@@ -648,12 +756,13 @@ fn main() -> std::process::ExitCode {
             if !a.paths.iter().any(|p| p == path.key()) {
                 continue;
             }
-            match run_path(&lab, *path, &a, &dir) {
+            match run_path(&lab, *path, &cx, &dir) {
                 Ok(f) => results[i].push(f),
                 Err(e) => eprintln!("  {}: {e}", path.label()),
             }
         }
     }
+    drop(sink);
     drop(lab);
     if a.keep {
         eprintln!("kept {}", dir.display());
@@ -662,12 +771,17 @@ fn main() -> std::process::ExitCode {
     }
 
     println!(
-        "\n{} runs, {} flows, 214-byte frames, relay on core 0 (media threads: {}; ra's NAPI thread: {}), \
-         generator+sink on core 1 (medians)\n",
+        "\n{} runs, {} flows, 214-byte frames, relay on core 0 (media threads: {}; ra's NAPI thread: {}), {} \
+         (medians)\n",
         a.runs,
         a.flows,
         if a.scheduling == "other" { "SCHED_OTHER".to_owned() } else { format!("{} {}", a.scheduling, a.priority) },
-        if a.napi_priority == 0 { "SCHED_OTHER".to_owned() } else { format!("fifo {}", a.napi_priority) }
+        if a.napi_priority == 0 { "SCHED_OTHER".to_owned() } else { format!("fifo {}", a.napi_priority) },
+        match a.sink.as_str() {
+            "xdp" => "generator on core 1, sink in XDP on gb",
+            "inline" => "generator and sink in one thread on core 1",
+            _ => "generator and sink threads on core 1",
+        }
     );
     println!(
         "{:<22} {:>14} {:>12} {:>12} {:>9} {:>9} {:>18} {:>18}",
@@ -779,4 +893,41 @@ fn main() -> std::process::ExitCode {
          offered rate, or most lost packets overflowed the sinks' sockets)."
     );
     std::process::ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_buckets_are_microseconds_then_powers_of_two() {
+        assert!((XdpSink::bucket_us(0) - 1.0).abs() < f64::EPSILON, "0 µs reads as 1, as the socket sink records it");
+        assert!((XdpSink::bucket_us(37) - 37.0).abs() < f64::EPSILON);
+        assert!((XdpSink::bucket_us(16_383) - 16_383.0).abs() < f64::EPSILON);
+        assert!((XdpSink::bucket_us(16_384) - 16_384.0).abs() < f64::EPSILON);
+        assert!((XdpSink::bucket_us(16_385) - 32_768.0).abs() < f64::EPSILON);
+        assert!((XdpSink::bucket_us(16_387) - 131_072.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn a_step_counts_what_the_sink_saw_between_readings() {
+        let mut before = vec![0u64; 16_416];
+        before[10] = 500; // an earlier step's packets
+        let mut after = before.clone();
+        after[20] += 980; // 98 % at 20 µs
+        after[200] += 15; // 1.5 % at 200 µs
+        after[16_386] += 5; // 0.5 % in [65536, 131072) µs
+        let step = Duration::from_secs(2);
+        let sent = StepResult { sent: 1_010, ..StepResult::default() };
+        let r = XdpSink::step_result(&before, &after, sent, step);
+        assert_eq!(r.received, 1_000);
+        assert!((r.received_pps - 500.0).abs() < 1e-9, "{r:?}");
+        assert!((r.loss - 10.0 / 1_010.0).abs() < 1e-12, "{r:?}");
+        assert!((r.p50_us - 20.0).abs() < f64::EPSILON, "{r:?}");
+        assert!((r.p99_us - 200.0).abs() < f64::EPSILON, "{r:?}");
+        // Nothing arrived: no latency, all lost.
+        let r = XdpSink::step_result(&after, &after, StepResult { sent: 10, ..StepResult::default() }, step);
+        assert_eq!((r.received, r.p50_us, r.p99_us), (0, 0.0, 0.0));
+        assert!((r.loss - 1.0).abs() < f64::EPSILON);
+    }
 }

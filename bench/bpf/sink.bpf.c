@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * xdp-bench's sink in XDP (`--sink xdp`), on the sinks' veth `gb`. It takes
+ * the generator's RTP packets before the kernel's IP and UDP receive path:
+ * the send time the generator wrote in the payload (CLOCK_MONOTONIC
+ * nanoseconds, big-endian, at payload offset 20) gives the one-way latency,
+ * which is counted in `sink_hist`, and the packet is dropped. Anything else
+ * (ARP, ICMP) passes. A receiving host's stack is not the relay's work, and
+ * in a veth lab it would otherwise run on the relay's core.
+ *
+ * `sink_hist` buckets: 0..LINEAR-1 are whole microseconds; from LINEAR on,
+ * bucket LINEAR + k holds [LINEAR << k, LINEAR << (k + 1)) microseconds.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define LINEAR 16384
+#define LOG_BUCKETS 32
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, LINEAR + LOG_BUCKETS);
+} sink_hist SEC(".maps");
+
+SEC("xdp")
+int sink_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	__u8 *rtp = (void *)(udp + 1);
+	__u64 sent, now, us, *count;
+	__u32 key, k;
+
+	if ((void *)(rtp + 28) > end)
+		return XDP_PASS;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	if (rtp[0] != 0x80)
+		return XDP_PASS;
+	__builtin_memcpy(&sent, rtp + 20, 8);
+	sent = bpf_be64_to_cpu(sent);
+	now = bpf_ktime_get_ns();
+	us = now > sent ? (now - sent) / 1000 : 0;
+	if (us < LINEAR) {
+		key = us;
+	} else {
+		key = LINEAR;
+		for (k = 1; k < LOG_BUCKETS; k++) {
+			if ((us >> k) < LINEAR)
+				break;
+			key = LINEAR + k;
+		}
+	}
+	count = bpf_map_lookup_elem(&sink_hist, &key);
+	if (count)
+		*count += 1;
+	return XDP_DROP;
+}
+
+char _license[] SEC("license") = "Apache-2.0";
