@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
  * xdp-bench's sink in XDP (`--sink xdp`), on the sinks' veth `gb`. It takes
- * the generator's RTP packets before the kernel's IP and UDP receive path:
- * the send time the generator wrote in the payload (CLOCK_MONOTONIC
- * nanoseconds, big-endian, at payload offset 20) gives the one-way latency,
+ * the generator's RTP packets (version 2, payload type 0) before the
+ * kernel's IP and UDP receive path: the send time the generator wrote after
+ * the RTP header, flow id and sequence number (CLOCK_MONOTONIC nanoseconds,
+ * big-endian, at UDP payload offset 20) gives the one-way latency,
  * which is counted in `sink_hist`, and the packet is dropped. Anything else
  * (ARP, ICMP) passes. A receiving host's stack is not the relay's work, and
  * in a veth lab it would otherwise run on the relay's core.
  *
  * `sink_hist` buckets: 0..LINEAR-1 are whole microseconds; from LINEAR on,
- * bucket LINEAR + k holds [LINEAR << k, LINEAR << (k + 1)) microseconds.
+ * bucket LINEAR + k holds [LINEAR << k, LINEAR << (k + 1)) microseconds,
+ * and the last one everything above. xdp-bench's SINK_LINEAR must match.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -45,7 +47,7 @@ int sink_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
-	if (rtp[0] != 0x80)
+	if (rtp[0] != 0x80 || rtp[1] != 0)
 		return XDP_PASS;
 	__builtin_memcpy(&sent, rtp + 20, 8);
 	sent = bpf_be64_to_cpu(sent);

@@ -13,21 +13,25 @@
 //! 4. an in-kernel XDP forwarder (`bench/bpf/fwd.bpf.c`: rewrite and
 //!    redirect, no latching, no statistics), the floor.
 //!
-//! The generator and sink run on core 1 in `gen`: 100 one-way flows of
-//! 214-byte frames (172-byte RTP), rates rising in steps; the highest step
-//! with under 0.1 % loss is the path's figure. With `--sink xdp` an XDP
-//! program on `gb` (`bench/bpf/sink.bpf.c`) counts each packet's latency
-//! and drops it, so no UDP receive path runs for the sink: a veth delivers
-//! in the sender's context, which would put that work on the relay core. The relay side's kernel work
-//! runs on core 0 too: `ra` receives through threaded NAPI pinned there
-//! (GRO on), so the XDP programs, the kernel's receive path of the socket
-//! relays and the whole in-kernel forwarder count against the relay core,
-//! not the generator's. CPU per packet is given two ways: the relay
-//! process's own CPU time (utime + stime: its syscalls, the copy-mode
-//! AF_XDP transmit and the veth delivery run in its context), and the busy
-//! time of core 0 (all of the relay side, and anything else that ran
-//! there). Runs repeat; medians are printed. Needs root, `ip`, `ethtool`, `taskset`, clang (for the baseline)
-//! and rtpengine (apt `rtpengine-daemon`); a missing one drops its column.
+//! The generator runs on core 1 in `gen`: 100 one-way flows of 214-byte
+//! frames (172-byte RTP), rates rising in steps; the highest step with
+//! under 0.1 % loss is the path's figure. It sleeps whenever it is ahead of
+//! schedule, so packets leave in small bursts. The sink (`--sink xdp`, the
+//! default) is an XDP program on `gb` (`bench/bpf/sink.bpf.c`) that counts
+//! each packet's latency and drops it, so no UDP receive path runs for it:
+//! a veth delivers in the sender's context, which would put that work on
+//! the relay core. The relay side's kernel work runs on core 0: `ra`
+//! receives through threaded NAPI pinned there (GRO on), so the XDP
+//! programs, the kernel's receive path of the socket relays and the whole
+//! in-kernel forwarder count against the relay core, not the generator's.
+//! CPU per packet is given two ways: the relay process's own CPU time
+//! (utime + stime: its syscalls, including the copy-mode AF_XDP transmit;
+//! softirq work they trigger is charged to the core, not the process), and
+//! the busy time of core 0 (all of the relay side, and anything else that
+//! ran there). Runs repeat; medians are printed. Needs root, `ip`,
+//! `ethtool`, `taskset`, clang (for the baseline and the XDP sink; without
+//! it, `--sink thread` and no `kernel` path) and rtpengine (apt
+//! `rtpengine-daemon`; without it, its column is empty).
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -428,12 +432,22 @@ impl XdpSink {
 
     /// The histogram summed over CPUs.
     fn read(&self) -> Vec<u64> {
-        let Some(map) = self.ebpf.map("sink_hist") else { return Vec::new() };
-        let Ok(hist) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else { return Vec::new() };
-        (0..hist.len()).map(|i| hist.get(&i, 0).map_or(0, |v| v.iter().sum())).collect()
+        let hist = self
+            .ebpf
+            .map("sink_hist")
+            .ok_or_else(|| "no sink_hist map".to_owned())
+            .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).map_err(|e| e.to_string()));
+        match hist {
+            Ok(hist) => (0..hist.len()).map(|i| hist.get(&i, 0).map_or(0, |v| v.iter().sum())).collect(),
+            Err(e) => {
+                eprintln!("xdp-bench: reading the XDP sink's histogram: {e}");
+                Vec::new()
+            }
+        }
     }
 
-    /// The lower bound of bucket `i`, in microseconds.
+    /// The lower bound of bucket `i`, in microseconds (above 16 ms a
+    /// quantile reads up to 2x low).
     fn bucket_us(i: usize) -> f64 {
         let i = u32::try_from(i).unwrap_or(u32::MAX);
         if i < SINK_LINEAR {
@@ -532,6 +546,8 @@ fn pin_napi(priority: u8) {
 struct GenDrops {
     sinks: u64,
     ra_ring: u64,
+    /// `gb`'s receive drops (with the XDP sink: its ring was full).
+    gb_rx: u64,
 }
 
 impl GenDrops {
@@ -549,17 +565,22 @@ impl GenDrops {
         // `ga: rx bytes packets errs drop fifo frame compressed multicast
         // tx bytes packets errs drop ...`: the transmit drops are the 12th.
         let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default();
-        let ra_ring = dev
-            .lines()
-            .find_map(|l| l.trim_start().strip_prefix("ga:"))
-            .and_then(|r| r.split_whitespace().nth(11))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Self { sinks, ra_ring }
+        let field = |ifname: &str, i: usize| -> u64 {
+            dev.lines()
+                .find_map(|l| l.trim_start().strip_prefix(ifname))
+                .and_then(|r| r.split_whitespace().nth(i))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Self { sinks, ra_ring: field("ga:", 11), gb_rx: field("gb:", 3) }
     }
 
     fn since(self, before: Self) -> Self {
-        Self { sinks: self.sinks.saturating_sub(before.sinks), ra_ring: self.ra_ring.saturating_sub(before.ra_ring) }
+        Self {
+            sinks: self.sinks.saturating_sub(before.sinks),
+            ra_ring: self.ra_ring.saturating_sub(before.ra_ring),
+            gb_rx: self.gb_rx.saturating_sub(before.gb_rx),
+        }
     }
 }
 
@@ -640,7 +661,7 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
         }
         eprintln!(
             "  {label:<22} {pps:>7} offered, {:>8.0} sent/s: {:>8.0} relayed/s, loss {:.4}%, p50 {} us, p99 {} us, \
-             relay cpu {relay_cpu:.2} us/pkt, core 0 {system_cpu:.2} us/pkt, core 0 {:.0}% busy, dropped by sinks {} and at ra's ring {}",
+             relay cpu {relay_cpu:.2} us/pkt, core 0 {system_cpu:.2} us/pkt, core 0 {:.0}% busy, dropped by sinks {}, at ra's ring {}, at gb {}",
             r.sent_pps,
             r.received_pps,
             r.loss * 100.0,
@@ -649,15 +670,16 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
             core0_busy * 100.0,
             gd.sinks,
             gd.ra_ring,
+            gd.gb_rx,
         );
         if r.loss >= 0.001 {
             // One noisy step (a shared machine) is repeated once.
             if retried {
-                // The generator's core also runs the sinks: when they fell
-                // behind, their sockets overflowed. Most of the loss there
-                // means the harness, not the relay, was the limit.
+                // The harness was the limit if the generator could not send
+                // the offered rate, or (socket sinks, on the generator's
+                // core) most of the loss was the sinks' sockets overflowing.
                 let lost = r.sent.saturating_sub(r.received);
-                if gd.sinks * 2 >= lost {
+                if gd.sinks * 2 >= lost || r.sent_pps < 0.95 * pps as f64 {
                     fig.generator_limited = true;
                 }
                 break;
@@ -890,7 +912,7 @@ fn main() -> std::process::ExitCode {
     }
     println!(
         "\n'>=' marks a figure where the generator's core, not the relay, was the limit (it could not send the \
-         offered rate, or most lost packets overflowed the sinks' sockets)."
+         offered rate, or, with socket sinks, most lost packets overflowed the sinks' sockets)."
     );
     std::process::ExitCode::SUCCESS
 }
