@@ -76,6 +76,12 @@ struct Args {
     /// in-kernel forwarder's (the harness's floor).
     #[arg(long, default_value_t = 100_000)]
     latency_at: u64,
+    /// A step whose median one-way latency exceeds this many milliseconds
+    /// fails like a lossy one: the path is relaying slower than packets
+    /// arrive and its socket buffers are filling, which a longer step would
+    /// turn into loss.
+    #[arg(long, default_value_t = 20.0)]
+    max_queue_ms: f64,
     /// Scheduling policy of the relays' media threads (`other`, or `fifo`
     /// at `--priority`): media-relay's
     /// `relay.worker_scheduling`, rtpengine's `--scheduling`. The default
@@ -652,7 +658,7 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
         let got = r.received.max(1) as f64;
         let relay_cpu = (p1 - p0) as f64 * 10_000.0 / got;
         let system_cpu = (s1 - s0) as f64 * 10_000.0 / got;
-        if pps == a.cpu_at && r.loss < 0.001 {
+        if pps == a.cpu_at && r.loss < 0.001 && r.p50_us <= a.max_queue_ms * 1000.0 {
             fig.cpu_at = Some((relay_cpu, system_cpu));
         }
         // A step that relayed nothing has no latency to report.
@@ -672,14 +678,18 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
             gd.ra_ring,
             gd.gb_rx,
         );
-        if r.loss >= 0.001 {
+        let queueing = r.p50_us > a.max_queue_ms * 1000.0;
+        if queueing {
+            eprintln!("  {label:<22} {pps:>7}: median latency over {} ms, counted as over capacity", a.max_queue_ms);
+        }
+        if r.loss >= 0.001 || queueing {
             // One noisy step (a shared machine) is repeated once.
             if retried {
                 // The harness was the limit if the generator could not send
                 // the offered rate, or (socket sinks, on the generator's
                 // core) most of the loss was the sinks' sockets overflowing.
                 let lost = r.sent.saturating_sub(r.received);
-                if gd.sinks * 2 >= lost || r.sent_pps < 0.95 * pps as f64 {
+                if (lost > 0 && gd.sinks * 2 >= lost) || r.sent_pps < 0.95 * pps as f64 {
                     fig.generator_limited = true;
                 }
                 break;
