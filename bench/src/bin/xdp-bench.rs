@@ -645,16 +645,17 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
     while i < rates.len() {
         let pps = rates[i];
         pin_napi(a.napi_priority);
-        let (p0, s0, t0, e0) = (pid.map_or(0, proc_ticks), core0_ticks(), Instant::now(), GenDrops::read());
+        // The sink's histogram is read outside the timed window.
         let h0 = cx.sink.map(XdpSink::read);
+        let (p0, s0, t0, e0) = (pid.map_or(0, proc_ticks), core0_ticks(), Instant::now(), GenDrops::read());
         let mut r: StepResult = run_step_with(socks, flows, pps, step, PAYLOAD, drain, a.sink_mode());
-        let (p1, s1, e1) = (pid.map_or(0, proc_ticks), core0_ticks(), GenDrops::read());
+        let (p1, s1, e1, elapsed) = (pid.map_or(0, proc_ticks), core0_ticks(), GenDrops::read(), t0.elapsed());
         if let (Some(sink), Some(h0)) = (cx.sink, h0) {
             r = XdpSink::step_result(&h0, &sink.read(), r, step);
         }
         let gd = e1.since(e0);
         // Ticks are 10 ms (USER_HZ 100).
-        let core0_busy = (s1 - s0) as f64 / (t0.elapsed().as_secs_f64() * 100.0);
+        let core0_busy = (s1 - s0) as f64 / (elapsed.as_secs_f64() * 100.0);
         let got = r.received.max(1) as f64;
         let relay_cpu = (p1 - p0) as f64 * 10_000.0 / got;
         let system_cpu = (s1 - s0) as f64 * 10_000.0 / got;

@@ -361,15 +361,21 @@ const NETDEV_A_NAPI_IFINDEX: u16 = 1;
 const NETDEV_A_NAPI_ID: u16 = 2;
 const NETDEV_A_NAPI_PID: u16 = 4;
 
+/// Appends one netlink attribute (length, type, value, padding to 4) to
+/// `b`, which must end 4-aligned.
+fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
+    b.extend_from_slice(&len.to_ne_bytes());
+    b.extend_from_slice(&kind.to_ne_bytes());
+    b.extend_from_slice(value);
+    b.resize(b.len().next_multiple_of(4), 0);
+}
+
 /// A generic netlink message body: the genl header (command, version 1),
 /// then one attribute.
 fn genl_body(cmd: u8, attr: u16, value: &[u8]) -> Vec<u8> {
     let mut b = vec![cmd, 1, 0, 0];
-    let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
-    b.extend_from_slice(&len.to_ne_bytes());
-    b.extend_from_slice(&attr.to_ne_bytes());
-    b.extend_from_slice(value);
-    b.resize(b.len().next_multiple_of(4), 0);
+    push_attr(&mut b, attr, value);
     b
 }
 
@@ -454,15 +460,9 @@ pub fn detach_xdp(ifindex: u32, mode: u8) -> std::io::Result<()> {
     body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
     // IFLA_XDP { IFLA_XDP_FD = -1, IFLA_XDP_FLAGS = flags }
     let mut nested = Vec::new();
-    for (kind, v) in [(IFLA_XDP_FD, (-1i32).to_ne_bytes()), (IFLA_XDP_FLAGS, flags.to_ne_bytes())] {
-        nested.extend_from_slice(&8u16.to_ne_bytes());
-        nested.extend_from_slice(&kind.to_ne_bytes());
-        nested.extend_from_slice(&v);
-    }
-    let outer = u16::try_from(4 + nested.len()).unwrap_or(u16::MAX);
-    body.extend_from_slice(&outer.to_ne_bytes());
-    body.extend_from_slice(&(IFLA_XDP | 0x8000).to_ne_bytes());
-    body.extend_from_slice(&nested);
+    push_attr(&mut nested, IFLA_XDP_FD, &(-1i32).to_ne_bytes());
+    push_attr(&mut nested, IFLA_XDP_FLAGS, &flags.to_ne_bytes());
+    push_attr(&mut body, IFLA_XDP | 0x8000, &nested);
     nl.send(&request(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, 1, &body))?;
     let mut buf = vec![0u8; 8192];
     let n = nl.recv(&mut buf, false)?;
@@ -559,10 +559,8 @@ mod tests {
     use super::*;
 
     fn attr(kind: u16, v: &[u8]) -> Vec<u8> {
-        let mut b = u16::try_from(4 + v.len()).unwrap().to_ne_bytes().to_vec();
-        b.extend_from_slice(&kind.to_ne_bytes());
-        b.extend_from_slice(v);
-        b.resize(b.len().next_multiple_of(4), 0);
+        let mut b = Vec::new();
+        push_attr(&mut b, kind, v);
         b
     }
 
