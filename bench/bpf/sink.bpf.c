@@ -17,6 +17,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/pkt_cls.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -31,11 +32,9 @@ struct {
 	__uint(max_entries, LINEAR + LOG_BUCKETS);
 } sink_hist SEC(".maps");
 
-SEC("xdp")
-int sink_xdp(struct xdp_md *ctx)
+/* Counts the packet if it is the generator's RTP; returns whether it was. */
+static __always_inline int count_rtp(void *data, void *end)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
 	struct udphdr *udp = (void *)(ip + 1);
@@ -44,11 +43,11 @@ int sink_xdp(struct xdp_md *ctx)
 	__u32 key, k;
 
 	if ((void *)(rtp + 28) > end)
-		return XDP_PASS;
+		return 0;
 	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
-		return XDP_PASS;
+		return 0;
 	if (rtp[0] != 0x80 || rtp[1] != 0)
-		return XDP_PASS;
+		return 0;
 	__builtin_memcpy(&sent, rtp + 20, 8);
 	sent = bpf_be64_to_cpu(sent);
 	now = bpf_ktime_get_ns();
@@ -66,7 +65,29 @@ int sink_xdp(struct xdp_md *ctx)
 	count = bpf_map_lookup_elem(&sink_hist, &key);
 	if (count)
 		*count += 1;
-	return XDP_DROP;
+	return 1;
+}
+
+SEC("xdp")
+int sink_xdp(struct xdp_md *ctx)
+{
+	if (count_rtp((void *)(long)ctx->data, (void *)(long)ctx->data_end))
+		return XDP_DROP;
+	return XDP_PASS;
+}
+
+/*
+ * The same sink at tc ingress (`--sink tc`). An XDP program on a veth needs
+ * each sk_buff it receives copied into a page with XDP headroom (the relays
+ * other than the in-kernel forwarder send sk_buffs); at tc the packet is
+ * read where it lies.
+ */
+SEC("classifier")
+int sink_tc(struct __sk_buff *skb)
+{
+	if (count_rtp((void *)(long)skb->data, (void *)(long)skb->data_end))
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "Apache-2.0";

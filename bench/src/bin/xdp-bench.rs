@@ -16,9 +16,10 @@
 //! The generator runs on core 1 in `gen`: 100 one-way flows of 214-byte
 //! frames (172-byte RTP), rates rising in steps; the highest step with
 //! under 0.1 % loss is the path's figure. It sleeps whenever it is ahead of
-//! schedule, so packets leave in small bursts. The sink (`--sink xdp`, the
-//! default) is an XDP program on `gb` (`bench/bpf/sink.bpf.c`) that counts
-//! each packet's latency and drops it, so no UDP receive path runs for it:
+//! schedule, so packets leave in small bursts. The sink (`--sink tc`, the
+//! default) is a BPF program at `gb`'s tc ingress (`bench/bpf/sink.bpf.c`)
+//! that counts each packet's latency and drops it, so no UDP receive path
+//! runs for it:
 //! a veth delivers in the sender's context, which would put that work on
 //! the relay core. The relay side's kernel work runs on core 0: `ra`
 //! receives through threaded NAPI pinned there (GRO on), so the XDP
@@ -29,7 +30,7 @@
 //! softirq work they trigger is charged to the core, not the process), and
 //! the busy time of core 0 (all of the relay side, and anything else that
 //! ran there). Runs repeat; medians are printed. Needs root, `ip`,
-//! `ethtool`, `taskset`, clang (for the baseline and the XDP sink; without
+//! `ethtool`, `taskset`, clang (for the baseline and the BPF sink; without
 //! it, `--sink thread` and no `kernel` path) and rtpengine (apt
 //! `rtpengine-daemon`; without it, its column is empty).
 
@@ -100,18 +101,21 @@ struct Args {
     /// starts threaded NAPI.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=99))]
     napi_priority: u8,
-    /// Where the sink receives. `xdp` (the default): an XDP program on the
-    /// sinks' veth `gb` (`bpf/sink.bpf.c`) reads each packet's send time,
-    /// counts its latency and drops it, so no UDP receive path or socket
-    /// runs for the sink; on a real network that work is another host's,
-    /// but a veth delivers in the sender's context, the relay's core.
+    /// Where the sink receives. `tc` (the default): a BPF program at the
+    /// tc ingress of the sinks' veth `gb` (`bpf/sink.bpf.c`) reads each
+    /// packet's send time, counts its latency and drops it, so no IP or UDP
+    /// receive path or socket runs for the sink; on a real network that
+    /// work is another host's, but a veth delivers in the sender's context,
+    /// the relay's core. `xdp`: the same program as `gb`'s XDP program,
+    /// which makes the veth copy every sk_buff it receives into a page with
+    /// XDP headroom first (only the in-kernel forwarder sends XDP frames).
     /// `thread`: its own thread on core 1, which sleeps in `poll`, so
     /// deliveries wake it (the wakeup is sent from the relay's core) and its
     /// wakeup delay is part of every latency figure. `inline`: the
     /// generator's thread receives whenever it is ahead of schedule and
     /// never sleeps while sending, so nothing is woken; one thread then
     /// sends and receives, which caps the harness near 200k pps.
-    #[arg(long, default_value = "xdp", value_parser = ["inline", "thread", "xdp"])]
+    #[arg(long, default_value = "tc", value_parser = ["inline", "thread", "xdp", "tc"])]
     sink: String,
     /// Interrupt moderation on the relay's receiving veth `ra`, in
     /// microseconds (`gro_flush_timeout`, with `napi_defer_hard_irqs` 2).
@@ -131,7 +135,7 @@ impl Args {
     fn sink_mode(&self) -> SinkMode {
         match self.sink.as_str() {
             "thread" => SinkMode::Thread,
-            "xdp" => SinkMode::Elsewhere,
+            "xdp" | "tc" => SinkMode::Elsewhere,
             _ => SinkMode::Inline,
         }
     }
@@ -419,20 +423,40 @@ fn attach_xdp(lab: &Lab, obj: &Path, prog: &str, ns: &str, dev: &str) -> Result<
     Ok(ebpf)
 }
 
-/// The XDP sink on `gb`: a latency histogram per CPU (see `bpf/sink.bpf.c`
+/// The BPF sink on `gb` (XDP or tc ingress): a latency histogram per CPU (see `bpf/sink.bpf.c`
 /// for the buckets), read between steps.
-struct XdpSink {
+struct BpfSink {
     ebpf: aya::Ebpf,
 }
 
 /// `sink.bpf.c`'s linear range, in microseconds.
 const SINK_LINEAR: u32 = 16_384;
 
-impl XdpSink {
-    fn attach(lab: &Lab, dir: &Path) -> Result<Self, String> {
+impl BpfSink {
+    /// `at_tc`: at `gb`'s tc ingress (with GRO on, so `gb` still runs
+    /// NAPI and takes the in-kernel forwarder's redirected frames);
+    /// otherwise as its XDP program.
+    fn attach(lab: &Lab, dir: &Path, at_tc: bool) -> Result<Self, String> {
         let obj = compile_bpf(dir, "sink")?;
-        let ebpf = attach_xdp(lab, &obj, "sink_xdp", &lab.gen, "gb")?;
+        if !at_tc {
+            let ebpf = attach_xdp(lab, &obj, "sink_xdp", &lab.gen, "gb")?;
+            lab.enter(&lab.gen)?;
+            return Ok(Self { ebpf });
+        }
+        let gro = Command::new("ip")
+            .args(["netns", "exec", &lab.gen, "ethtool", "-K", "gb", "gro", "on"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !gro {
+            return Err("ethtool -K gb gro on failed".into());
+        }
         lab.enter(&lab.gen)?;
+        let mut ebpf = aya::Ebpf::load_file(&obj).map_err(|e| format!("loading {}: {e}", obj.display()))?;
+        let p: &mut aya::programs::SchedClassifier =
+            ebpf.program_mut("sink_tc").ok_or("no program sink_tc")?.try_into().map_err(|e| format!("{e}"))?;
+        p.load().map_err(|e| format!("loading sink_tc: {e}"))?;
+        p.attach("gb", aya::programs::TcAttachType::Ingress).map_err(|e| format!("attaching sink_tc to gb: {e}"))?;
         Ok(Self { ebpf })
     }
 
@@ -446,7 +470,7 @@ impl XdpSink {
         match hist {
             Ok(hist) => (0..hist.len()).map(|i| hist.get(&i, 0).map_or(0, |v| v.iter().sum())).collect(),
             Err(e) => {
-                eprintln!("xdp-bench: reading the XDP sink's histogram: {e}");
+                eprintln!("xdp-bench: reading the sink's histogram: {e}");
                 Vec::new()
             }
         }
@@ -488,18 +512,19 @@ impl XdpSink {
 }
 
 /// The in-kernel forwarder: compiles and attaches `fwd.bpf.c` on `ra`, the
-/// do-nothing program on `gb` unless the XDP sink is there, and installs
-/// one entry per flow.
+/// do-nothing program on `gb` unless a BPF sink is there, and installs one
+/// entry per flow.
 fn kernel_fwd(
     lab: &Lab,
     dir: &Path,
     sinks: &[UdpSocket],
     n: usize,
-    xdp_sink: bool,
+    bpf_sink: bool,
 ) -> Result<(Vec<aya::Ebpf>, Vec<Flow>), String> {
     let obj = compile_bpf(dir, "fwd")?;
-    // A veth only accepts redirected frames when its peer runs XDP.
-    let pass = if xdp_sink { None } else { Some(attach_xdp(lab, &obj, "pass", &lab.gen, "gb")?) };
+    // A veth only accepts redirected frames when its peer runs NAPI: with
+    // an XDP program, or with GRO on (the tc sink turns it on).
+    let pass = if bpf_sink { None } else { Some(attach_xdp(lab, &obj, "pass", &lab.gen, "gb")?) };
     let mut fwd = attach_xdp(lab, &obj, "fwd_xdp", &lab.relay, "ra")?;
     let snap = media_relay::afxdp::neigh::read_snapshot().map_err(|e| e.to_string())?;
     let rb = snap.link_by_name("rb").ok_or("no rb")?.clone();
@@ -526,17 +551,17 @@ fn kernel_fwd(
     Ok((std::iter::once(fwd).chain(pass).collect(), flows))
 }
 
-/// Pins the NAPI kthreads of `ra` (re-created when an XDP program is
-/// attached) to core 0, the relay's core, at `SCHED_FIFO` `priority` (0:
-/// the normal policy).
-fn pin_napi(priority: u8) {
+/// Pins the NAPI kthreads of `dev` (re-created when an XDP program is
+/// attached) to `core` at `SCHED_FIFO` `priority` (0: the normal policy).
+fn pin_napi(dev: &str, core: usize, priority: u8) {
     let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    let prefix = format!("napi/{dev}-");
     for e in dir.filter_map(Result::ok) {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with("napi/ra-") {
+        if comm.trim().starts_with(&prefix) {
             let pid = e.file_name().to_string_lossy().into_owned();
-            let _ = Command::new("taskset").args(["-pc", "0", &pid]).stdout(Stdio::null()).status();
-            // Like a NIC interrupt on the relay core: it preempts the worker.
+            let _ = Command::new("taskset").args(["-pc", &core.to_string(), &pid]).stdout(Stdio::null()).status();
+            // Like a NIC interrupt on that host: it preempts what runs there.
             let policy = if priority == 0 { "-o" } else { "-f" };
             let _ =
                 Command::new("chrt").args([policy, "-p", &priority.to_string(), &pid]).stdout(Stdio::null()).status();
@@ -552,7 +577,7 @@ fn pin_napi(priority: u8) {
 struct GenDrops {
     sinks: u64,
     ra_ring: u64,
-    /// `gb`'s receive drops (with the XDP sink: its ring was full).
+    /// `gb`'s receive drops (with a BPF sink: its ring or backlog was full).
     gb_rx: u64,
 }
 
@@ -590,12 +615,35 @@ impl GenDrops {
     }
 }
 
-/// Busy ticks of core 0 (everything but idle and iowait).
-fn core0_ticks() -> u64 {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = s.lines().find(|l| l.starts_with("cpu0 ")) else { return 0 };
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
+/// Ticks of a core: busy (user, nice, system, irq, softirq) and stolen
+/// (the hypervisor ran something else while this vCPU wanted to run).
+#[derive(Clone, Copy, Debug, Default)]
+struct CoreTicks {
+    busy: u64,
+    steal: u64,
+}
+
+impl CoreTicks {
+    fn read(core: usize) -> Self {
+        let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let tag = format!("cpu{core} ");
+        let Some(line) = s.lines().find(|l| l.starts_with(&tag)) else { return Self::default() };
+        Self::parse(line)
+    }
+
+    /// `cpuN user nice system idle iowait irq softirq steal guest guest_nice`
+    fn parse(line: &str) -> Self {
+        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let f = |i: usize| v.get(i).copied().unwrap_or(0);
+        Self { busy: f(0) + f(1) + f(2) + f(5) + f(6), steal: f(7) }
+    }
+
+    /// Busy and stolen shares of `secs` since `before`.
+    fn shares(self, before: Self, secs: f64) -> (f64, f64) {
+        // Ticks are 10 ms (USER_HZ 100).
+        let share = |t: u64| t as f64 / (secs * 100.0);
+        (share(self.busy.saturating_sub(before.busy)), share(self.steal.saturating_sub(before.steal)))
+    }
 }
 
 fn proc_ticks(pid: u32) -> u64 {
@@ -623,7 +671,7 @@ struct Figures {
 
 struct Ctx<'a> {
     a: &'a Args,
-    sink: Option<&'a XdpSink>,
+    sink: Option<&'a BpfSink>,
 }
 
 fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, label: &str) -> Figures {
@@ -644,21 +692,23 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
     let mut i = 0;
     while i < rates.len() {
         let pps = rates[i];
-        pin_napi(a.napi_priority);
+        pin_napi("ra", 0, a.napi_priority);
         // The sink's histogram is read outside the timed window.
-        let h0 = cx.sink.map(XdpSink::read);
-        let (p0, s0, t0, e0) = (pid.map_or(0, proc_ticks), core0_ticks(), Instant::now(), GenDrops::read());
+        let h0 = cx.sink.map(BpfSink::read);
+        let (p0, s0, c0, t0, e0) =
+            (pid.map_or(0, proc_ticks), CoreTicks::read(0), CoreTicks::read(1), Instant::now(), GenDrops::read());
         let mut r: StepResult = run_step_with(socks, flows, pps, step, PAYLOAD, drain, a.sink_mode());
-        let (p1, s1, e1, elapsed) = (pid.map_or(0, proc_ticks), core0_ticks(), GenDrops::read(), t0.elapsed());
+        let (p1, s1, c1, e1, elapsed) =
+            (pid.map_or(0, proc_ticks), CoreTicks::read(0), CoreTicks::read(1), GenDrops::read(), t0.elapsed());
         if let (Some(sink), Some(h0)) = (cx.sink, h0) {
-            r = XdpSink::step_result(&h0, &sink.read(), r, step);
+            r = BpfSink::step_result(&h0, &sink.read(), r, step);
         }
         let gd = e1.since(e0);
-        // Ticks are 10 ms (USER_HZ 100).
-        let core0_busy = (s1 - s0) as f64 / (elapsed.as_secs_f64() * 100.0);
+        let (core0_busy, core0_steal) = s1.shares(s0, elapsed.as_secs_f64());
+        let (core1_busy, core1_steal) = c1.shares(c0, elapsed.as_secs_f64());
         let got = r.received.max(1) as f64;
         let relay_cpu = (p1 - p0) as f64 * 10_000.0 / got;
-        let system_cpu = (s1 - s0) as f64 * 10_000.0 / got;
+        let system_cpu = s1.busy.saturating_sub(s0.busy) as f64 * 10_000.0 / got;
         if pps == a.cpu_at && r.loss < 0.001 && r.p50_us <= a.max_queue_ms * 1000.0 {
             fig.cpu_at = Some((relay_cpu, system_cpu));
         }
@@ -668,13 +718,16 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
         }
         eprintln!(
             "  {label:<22} {pps:>7} offered, {:>8.0} sent/s: {:>8.0} relayed/s, loss {:.4}%, p50 {} us, p99 {} us, \
-             relay cpu {relay_cpu:.2} us/pkt, core 0 {system_cpu:.2} us/pkt, core 0 {:.0}% busy, dropped by sinks {}, at ra's ring {}, at gb {}",
+             relay cpu {relay_cpu:.2} us/pkt, core 0 {system_cpu:.2} us/pkt, core 0 {:.0}% busy, core 1 {:.0}%, stolen {:.0}%/{:.0}%, dropped by sinks {}, at ra's ring {}, at gb {}",
             r.sent_pps,
             r.received_pps,
             r.loss * 100.0,
             r.p50_us,
             r.p99_us,
             core0_busy * 100.0,
+            core1_busy * 100.0,
+            core0_steal * 100.0,
+            core1_steal * 100.0,
             gd.sinks,
             gd.ra_ring,
             gd.gb_rx,
@@ -770,11 +823,11 @@ fn main() -> std::process::ExitCode {
     };
     let dir = std::env::temp_dir().join(format!("xdp-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
-    let sink = if a.sink == "xdp" {
-        match XdpSink::attach(&lab, &dir) {
+    let sink = if a.sink == "xdp" || a.sink == "tc" {
+        match BpfSink::attach(&lab, &dir, a.sink == "tc") {
             Ok(s) => Some(s),
             Err(e) => {
-                eprintln!("xdp-bench: cannot attach the XDP sink to gb (needs clang; or use --sink thread): {e}");
+                eprintln!("xdp-bench: cannot attach the sink program to gb (needs clang; or use --sink thread): {e}");
                 return std::process::ExitCode::FAILURE;
             }
         }
@@ -812,6 +865,7 @@ fn main() -> std::process::ExitCode {
         if a.napi_priority == 0 { "SCHED_OTHER".to_owned() } else { format!("fifo {}", a.napi_priority) },
         match a.sink.as_str() {
             "xdp" => "generator on core 1, sink in XDP on gb",
+            "tc" => "generator on core 1, sink at tc ingress on gb",
             "inline" => "generator and sink in one thread on core 1",
             _ => "generator and sink threads on core 1",
         }
@@ -933,13 +987,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn core_ticks_leave_idle_iowait_and_steal_out_of_busy() {
+        let t0 = CoreTicks::parse("cpu0 100 5 50 1000 7 3 20 9 0 0");
+        assert_eq!((t0.busy, t0.steal), (178, 9));
+        let t1 = CoreTicks::parse("cpu0 200 5 100 1100 9 3 40 59 0 0");
+        // Over 2 s (200 ticks): 170 busy ticks, 50 stolen.
+        let (busy, steal) = t1.shares(t0, 2.0);
+        assert!((busy - 0.85).abs() < 1e-9, "{busy}");
+        assert!((steal - 0.25).abs() < 1e-9, "{steal}");
+        // A short or garbled line reads as zeros rather than failing.
+        assert_eq!(CoreTicks::parse("cpu0 1 2").busy, 3);
+        assert_eq!(CoreTicks::parse("cpu0").steal, 0);
+    }
+
+    #[test]
     fn sink_buckets_are_microseconds_then_powers_of_two() {
-        assert!((XdpSink::bucket_us(0) - 1.0).abs() < f64::EPSILON, "0 µs reads as 1, as the socket sink records it");
-        assert!((XdpSink::bucket_us(37) - 37.0).abs() < f64::EPSILON);
-        assert!((XdpSink::bucket_us(16_383) - 16_383.0).abs() < f64::EPSILON);
-        assert!((XdpSink::bucket_us(16_384) - 16_384.0).abs() < f64::EPSILON);
-        assert!((XdpSink::bucket_us(16_385) - 32_768.0).abs() < f64::EPSILON);
-        assert!((XdpSink::bucket_us(16_387) - 131_072.0).abs() < f64::EPSILON);
+        assert!((BpfSink::bucket_us(0) - 1.0).abs() < f64::EPSILON, "0 µs reads as 1, as the socket sink records it");
+        assert!((BpfSink::bucket_us(37) - 37.0).abs() < f64::EPSILON);
+        assert!((BpfSink::bucket_us(16_383) - 16_383.0).abs() < f64::EPSILON);
+        assert!((BpfSink::bucket_us(16_384) - 16_384.0).abs() < f64::EPSILON);
+        assert!((BpfSink::bucket_us(16_385) - 32_768.0).abs() < f64::EPSILON);
+        assert!((BpfSink::bucket_us(16_387) - 131_072.0).abs() < f64::EPSILON);
     }
 
     #[test]
@@ -952,14 +1020,14 @@ mod tests {
         after[16_386] += 5; // 0.5 % in [65536, 131072) µs
         let step = Duration::from_secs(2);
         let sent = StepResult { sent: 1_010, ..StepResult::default() };
-        let r = XdpSink::step_result(&before, &after, sent, step);
+        let r = BpfSink::step_result(&before, &after, sent, step);
         assert_eq!(r.received, 1_000);
         assert!((r.received_pps - 500.0).abs() < 1e-9, "{r:?}");
         assert!((r.loss - 10.0 / 1_010.0).abs() < 1e-12, "{r:?}");
         assert!((r.p50_us - 20.0).abs() < f64::EPSILON, "{r:?}");
         assert!((r.p99_us - 200.0).abs() < f64::EPSILON, "{r:?}");
         // Nothing arrived: no latency, all lost.
-        let r = XdpSink::step_result(&after, &after, StepResult { sent: 10, ..StepResult::default() }, step);
+        let r = BpfSink::step_result(&after, &after, StepResult { sent: 10, ..StepResult::default() }, step);
         assert_eq!((r.received, r.p50_us, r.p99_us), (0, 0.0, 0.0));
         assert!((r.loss - 1.0).abs() < f64::EPSILON);
     }
