@@ -128,6 +128,9 @@ pub struct RelayConfig {
     pub xdp_zero_copy: ZeroCopy,
     /// Scheduling policy of the media workers.
     pub worker_scheduling: Scheduling,
+    /// CPU wakeup latency limit held while the relay runs, in microseconds
+    /// (`/dev/cpu_dma_latency`); `None`: no limit.
+    pub cpu_latency_us: Option<u32>,
 }
 
 /// `relay.xdp_zero_copy`: how the `AF_XDP` sockets move frames between the
@@ -266,6 +269,8 @@ struct RawRelay {
     worker_scheduling: String,
     #[serde(default)]
     worker_priority: Option<i64>,
+    #[serde(default)]
+    cpu_latency_us: Option<toml::Value>,
 }
 
 fn scheduling_other() -> String {
@@ -286,6 +291,34 @@ pub fn choice<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> 
         _ => names.concat(),
     };
     Err(format!("`{value}` is not {list}"))
+}
+
+/// Most a CPU latency limit may be: above a second, it limits nothing.
+const CPU_LATENCY_MAX_US: i64 = 1_000_000;
+
+/// `relay.cpu_latency_us`: `"off"` (or absent) or microseconds.
+fn parse_cpu_latency(v: Option<&toml::Value>) -> Result<Option<u32>, String> {
+    match v {
+        None => Ok(None),
+        Some(toml::Value::String(s)) if s == "off" => Ok(None),
+        Some(toml::Value::Integer(n)) if (0..=CPU_LATENCY_MAX_US).contains(n) => Ok(u32::try_from(*n).ok()),
+        Some(toml::Value::Integer(n)) => {
+            Err(format!("{n} is out of range (0..={CPU_LATENCY_MAX_US} microseconds, or \"off\")"))
+        }
+        Some(other) => Err(format!("`{other}` is neither \"off\" nor a number of microseconds")),
+    }
+}
+
+/// A CPU latency limit given as text (a command-line option): `off` or
+/// microseconds.
+///
+/// # Errors
+/// What is wrong with `s`.
+pub fn cpu_latency_from_str(s: &str) -> Result<Option<u32>, String> {
+    match s.parse::<i64>() {
+        Ok(n) => parse_cpu_latency(Some(&toml::Value::Integer(n))),
+        Err(_) => parse_cpu_latency(Some(&toml::Value::String(s.to_owned()))),
+    }
 }
 
 /// `"auto"`: the default of `relay.datapath` and `relay.xdp_zero_copy`.
@@ -362,6 +395,8 @@ impl RelayConfig {
                 key: if e.priority { "relay.worker_priority" } else { "relay.worker_scheduling" },
                 problem: e.problem,
             })?;
+        let cpu_latency_us = parse_cpu_latency(r.cpu_latency_us.as_ref())
+            .map_err(|problem| ConfigError::Invalid { key: "relay.cpu_latency_us", problem })?;
         let mut cfg = Self {
             interfaces,
             listen_ng: parse_listen("relay.listen_ng", &r.listen_ng)?,
@@ -385,6 +420,7 @@ impl RelayConfig {
             xdp_full_checksum: r.xdp_full_checksum,
             xdp_zero_copy,
             worker_scheduling,
+            cpu_latency_us,
         };
         cfg.resolve_workers();
         cfg.validate()?;
@@ -592,6 +628,26 @@ mod tests {
         let bad = DEFAULT_TOML.replace("xdp_zero_copy = \"auto\"", "xdp_zero_copy = \"yes\"");
         let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("relay.xdp_zero_copy") && e.contains("`yes`"), "{e}");
+    }
+
+    #[test]
+    fn cpu_latency_is_off_or_bounded_microseconds() {
+        assert_eq!(RelayConfig::embedded_default().cpu_latency_us, None);
+        let with = |v: &str| DEFAULT_TOML.replace("cpu_latency_us = \"off\"", &format!("cpu_latency_us = {v}"));
+        assert_eq!(RelayConfig::from_toml(&with("0")).unwrap().cpu_latency_us, Some(0));
+        assert_eq!(RelayConfig::from_toml(&with("50")).unwrap().cpu_latency_us, Some(50));
+        assert_eq!(RelayConfig::from_toml(&with("1000000")).unwrap().cpu_latency_us, Some(1_000_000));
+        assert_eq!(RelayConfig::from_toml(&with("\"off\"")).unwrap().cpu_latency_us, None);
+        assert_eq!(cpu_latency_from_str("off"), Ok(None));
+        assert_eq!(cpu_latency_from_str("20"), Ok(Some(20)));
+        assert!(cpu_latency_from_str("-5").unwrap_err().contains("out of range"));
+        assert!(cpu_latency_from_str("soon").unwrap_err().contains("`\"soon\"`"));
+        for (bad, says) in
+            [("-1", "out of range"), ("1000001", "out of range"), ("\"low\"", "`\"low\"`"), ("1.5", "1.5")]
+        {
+            let e = RelayConfig::from_toml(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains("relay.cpu_latency_us") && e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -89,6 +89,9 @@ struct Cli {
     /// Real-time priority of the media workers, 1 to 99 (with `fifo` or `rr`).
     #[arg(long)]
     priority: Option<i64>,
+    /// CPU wakeup latency limit held while running, in microseconds, or `off`.
+    #[arg(long = "cpu-latency-us")]
+    cpu_latency_us: Option<String>,
 }
 
 fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
@@ -153,6 +156,10 @@ fn build_config(cli: &Cli) -> Result<RelayConfig, String> {
             .map_err(|e| format!("{}: {}", if e.priority { "--priority" } else { "--scheduling" }, e.problem))?;
     } else if cli.priority.is_some() {
         return Err("--priority: needs --scheduling=fifo or --scheduling=rr".into());
+    }
+    if let Some(v) = &cli.cpu_latency_us {
+        cfg.cpu_latency_us =
+            media_relay::config::cpu_latency_from_str(v).map_err(|p| format!("--cpu-latency-us: {p}"))?;
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)

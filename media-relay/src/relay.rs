@@ -43,6 +43,8 @@ pub struct Relay {
     counters: Vec<Arc<PaddedCounters>>,
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Holds `relay.cpu_latency_us` while open.
+    _cpu_latency: Option<std::fs::File>,
 }
 
 struct WorkerLink {
@@ -116,6 +118,37 @@ fn to_nanos(d: Duration) -> Nanos {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The kernel's CPU latency limit file: while it is open, no core enters an
+/// idle state that takes longer than the written value to leave.
+const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
+
+/// Writes `us` to [`CPU_DMA_LATENCY`] and keeps it open, so that a packet
+/// does not wait for an idle core to wake from a deep state (in a VM, for a
+/// halted vCPU to be scheduled again). The kernel drops the limit when the
+/// file is closed, also when the process dies. Without the privilege to
+/// open it, a warning, and the relay runs without the limit.
+fn hold_cpu_latency(us: u32) -> Option<std::fs::File> {
+    use std::io::Write;
+    let v = i32::try_from(us).unwrap_or(i32::MAX);
+    let held = std::fs::OpenOptions::new()
+        .write(true)
+        .open(CPU_DMA_LATENCY)
+        .and_then(|mut f| f.write_all(&v.to_ne_bytes()).map(|()| f));
+    match held {
+        Ok(f) => {
+            tracing::info!(cpu_latency_us = us, "holding the CPU wakeup latency limit ({CPU_DMA_LATENCY})");
+            Some(f)
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "relay.cpu_latency_us: cannot set {CPU_DMA_LATENCY} (needs root); idle cores may wake slowly"
+            );
+            None
+        }
+    }
+}
+
 impl Relay {
     /// Starts the workers and the housekeeping thread.
     ///
@@ -180,7 +213,9 @@ impl Relay {
             changed: None,
             datapath: Arc::clone(&datapath),
         };
+        let cpu_latency = cfg.cpu_latency_us.and_then(hold_cpu_latency);
         let relay = Arc::new(Self {
+            _cpu_latency: cpu_latency,
             cfg,
             datapath,
             sip,

@@ -724,6 +724,37 @@ fn workers_take_the_real_time_policy() {
     }
 }
 
+/// The CPU wakeup latency limit the kernel applies now (`None`: unreadable,
+/// which needs root).
+fn cpu_latency_now() -> Option<i32> {
+    let b = std::fs::read("/dev/cpu_dma_latency").ok()?;
+    Some(i32::from_ne_bytes(b.get(..4)?.try_into().ok()?))
+}
+
+/// `--cpu-latency-us` (`relay.cpu_latency_us`): the kernel's limit is the
+/// relay's while it runs, and goes back when the process dies, even when
+/// it is killed.
+#[test]
+fn cpu_latency_limit_is_held_while_the_relay_runs() {
+    let Some(before) = cpu_latency_now() else {
+        assert!(!common::in_ci(), "CI=true: /dev/cpu_dma_latency must be readable (run as root)");
+        eprintln!("skipping: /dev/cpu_dma_latency is not readable (needs root)");
+        return;
+    };
+    let want = 3;
+    if before <= want {
+        assert!(!common::in_ci(), "another process holds a CPU latency limit of {before} us; cannot observe ours");
+        eprintln!("skipping: another process holds a CPU latency limit of {before} us");
+        return;
+    }
+    let r = start_relay(&["--cpu-latency-us=3"]);
+    wait_until("the relay holds the limit", || cpu_latency_now() == Some(want));
+    let q = cmd(&r, &dict(&[("command", s("ping"))]));
+    assert_eq!(result(&q), "pong");
+    drop(r);
+    wait_until("the limit is released with the killed relay", || cpu_latency_now() == Some(before));
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
