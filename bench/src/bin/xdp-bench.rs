@@ -123,6 +123,14 @@ struct Args {
     /// wakes the NAPI thread.
     #[arg(long, default_value_t = 0)]
     coalesce_us: u64,
+    /// Hold a CPU latency limit (`/dev/cpu_dma_latency`, in microseconds)
+    /// for the whole run, every path alike, as tuned's `network-latency`
+    /// profile does: idle cores then poll or take only shallow idle states
+    /// instead of halting, so a packet does not wait for its core to wake.
+    /// In a VM an idle vCPU that halts is descheduled by the host, and
+    /// waking it can take hundreds of microseconds. Not set by default.
+    #[arg(long)]
+    cpu_latency_us: Option<u32>,
     /// Keep the scratch directory (configs, relay logs).
     #[arg(long)]
     keep: bool,
@@ -809,6 +817,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Opens `/dev/cpu_dma_latency` and writes `us` (a native-endian `i32`):
+/// the kernel keeps every core's idle states at or under that exit latency
+/// while the returned file is open.
+fn hold_cpu_latency(us: u32) -> Result<std::fs::File, String> {
+    use std::io::Write;
+    let v = i32::try_from(us).map_err(|_| format!("{us} is out of range"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .map_err(|e| format!("opening /dev/cpu_dma_latency: {e}"))?;
+    f.write_all(&v.to_ne_bytes()).map_err(|e| format!("writing /dev/cpu_dma_latency: {e}"))?;
+    Ok(f)
+}
+
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
     if let Some(c) = core_affinity::get_core_ids().and_then(|c| c.get(1).copied()) {
@@ -818,6 +840,15 @@ fn main() -> std::process::ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("xdp-bench: cannot build the namespace lab (needs root, ip, ethtool): {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // The limit holds while the file is open; the kernel drops it when the
+    // file is closed, at the latest when the process exits.
+    let _cpu_latency = match a.cpu_latency_us.map(hold_cpu_latency).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("xdp-bench: --cpu-latency-us: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -857,10 +888,11 @@ fn main() -> std::process::ExitCode {
     }
 
     println!(
-        "\n{} runs, {} flows, 214-byte frames, relay on core 0 (media threads: {}; ra's NAPI thread: {}), {} \
+        "\n{} runs, {} flows, 214-byte frames{}, relay on core 0 (media threads: {}; ra's NAPI thread: {}), {} \
          (medians)\n",
         a.runs,
         a.flows,
+        a.cpu_latency_us.map_or(String::new(), |us| format!(", CPU latency limit {us} us")),
         if a.scheduling == "other" { "SCHED_OTHER".to_owned() } else { format!("{} {}", a.scheduling, a.priority) },
         if a.napi_priority == 0 { "SCHED_OTHER".to_owned() } else { format!("fifo {}", a.napi_priority) },
         match a.sink.as_str() {
