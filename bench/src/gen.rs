@@ -53,6 +53,10 @@ pub struct StepResult {
     pub silenced: usize,
     /// Flows that lost at least one packet.
     pub flows_with_loss: usize,
+    /// Most packets the generator was ever behind its schedule: after a
+    /// stall of its core it sends them back to back, so this is its largest
+    /// burst.
+    pub max_lag: u64,
     /// Flows in the step.
     pub flows: usize,
 }
@@ -138,7 +142,7 @@ pub fn run_step_with(
     let payload = payload.max(16);
     let stop = AtomicBool::new(false);
     let nflows = flows.len();
-    let (sink, sent, end) = std::thread::scope(|scope| {
+    let (sink, sent, end, max_lag) = std::thread::scope(|scope| {
         let rx = (mode == SinkMode::Thread).then(|| {
             scope.spawn(|| {
                 let mut sink = Sink::new(nflows);
@@ -153,6 +157,7 @@ pub fn run_step_with(
         let mut seqs = vec![0u32; nflows];
         let mut sent: u64 = 0;
         let mut next_flow = 0usize;
+        let mut max_lag = 0u64;
         loop {
             let t = now_ns();
             let elapsed = t.saturating_sub(start);
@@ -170,6 +175,7 @@ pub fn run_step_with(
                 }
                 continue;
             }
+            max_lag = max_lag.max(due - sent);
             let want = usize::try_from((due - sent).min(MAX as u64)).unwrap_or(MAX);
             // Group this batch by source socket.
             let mut per_sock: Vec<Vec<usize>> = vec![Vec::new(); socks.len()];
@@ -213,7 +219,7 @@ pub fn run_step_with(
                 Sink::new(0)
             }
         };
-        (sink, sent, end)
+        (sink, sent, end, max_lag)
     });
     let Sink { flows: flows_rx, hist, .. } = sink;
     let received: u64 = flows_rx.iter().map(|f| f.received).sum();
@@ -239,6 +245,7 @@ pub fn run_step_with(
         jitter_us,
         silenced,
         flows_with_loss,
+        max_lag,
         flows: nflows,
     }
 }
@@ -333,6 +340,9 @@ mod tests {
             // Received while sending, not only in the drain after the step
             // (which would make the early packets' latency about 500 ms).
             assert!(r.p99_us < 250_000.0, "{mode:?}: {r:?}");
+            // It only sends what it owes, so it owed at least one packet
+            // each time, and never more than the whole step.
+            assert!((1..=r.sent).contains(&r.max_lag), "{mode:?}: {r:?}");
         }
     }
 }

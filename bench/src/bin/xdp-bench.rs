@@ -726,7 +726,7 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
         }
         eprintln!(
             "  {label:<22} {pps:>7} offered, {:>8.0} sent/s: {:>8.0} relayed/s, loss {:.4}%, p50 {} us, p99 {} us, \
-             relay cpu {relay_cpu:.2} us/pkt, core 0 {system_cpu:.2} us/pkt, core 0 {:.0}% busy, core 1 {:.0}%, stolen {:.0}%/{:.0}%, dropped by sinks {}, at ra's ring {}, at gb {}",
+             relay cpu {relay_cpu:.2} us/pkt, core 0 {system_cpu:.2} us/pkt, core 0 {:.0}% busy, core 1 {:.0}%, stolen {:.0}%/{:.0}%, dropped by sinks {}, at ra's ring {}, at gb {}, generator's largest burst {}",
             r.sent_pps,
             r.received_pps,
             r.loss * 100.0,
@@ -739,6 +739,7 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
             gd.sinks,
             gd.ra_ring,
             gd.gb_rx,
+            r.max_lag,
         );
         let queueing = r.p50_us > a.max_queue_ms * 1000.0;
         if queueing {
