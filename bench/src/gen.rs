@@ -152,9 +152,9 @@ pub fn run_step_with(
         });
         let mut inline = (mode == SinkMode::Inline).then(|| Sink::new(nflows));
         let dur_ns = u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX);
-        let start = now_ns();
         let mut bufs = vec![vec![0u8; 12 + payload]; MAX * socks.len()];
         let mut seqs = vec![0u32; nflows];
+        let start = now_ns();
         let mut sent: u64 = 0;
         let mut next_flow = 0usize;
         let mut max_lag = 0u64;

@@ -305,7 +305,8 @@ fn parse_cpu_latency(v: Option<&toml::Value>) -> Result<Option<u32>, String> {
         Some(toml::Value::Integer(n)) => {
             Err(format!("{n} is out of range (0..={CPU_LATENCY_MAX_US} microseconds, or \"off\")"))
         }
-        Some(other) => Err(format!("`{other}` is neither \"off\" nor a number of microseconds")),
+        Some(toml::Value::Float(x)) => Err(format!("{x} is not a whole number of microseconds")),
+        Some(other) => Err(format!("`{other}` is neither \"off\" nor a whole number of microseconds (unquoted)")),
     }
 }
 

@@ -142,7 +142,7 @@ fn hold_cpu_latency(us: u32) -> Option<std::fs::File> {
         Err(e) => {
             tracing::warn!(
                 error = %e,
-                "relay.cpu_latency_us: cannot set {CPU_DMA_LATENCY} (needs root); idle cores may wake slowly"
+                "relay.cpu_latency_us: cannot set {CPU_DMA_LATENCY} (needs root and the device); idle cores may wake slowly"
             );
             None
         }

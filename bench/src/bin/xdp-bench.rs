@@ -124,8 +124,8 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     coalesce_us: u64,
     /// Hold a CPU latency limit (`/dev/cpu_dma_latency`, in microseconds)
-    /// for the whole run, every path alike, as tuned's `network-latency`
-    /// profile does: idle cores then poll or take only shallow idle states
+    /// for the whole run, every path alike, like tuned's latency profiles:
+    /// idle cores then poll or take only shallow idle states
     /// instead of halting, so a packet does not wait for its core to wake.
     /// In a VM an idle vCPU that halts is descheduled by the host, and
     /// waking it can take hundreds of microseconds. Not set by default.
@@ -460,6 +460,9 @@ impl BpfSink {
             return Err("ethtool -K gb gro on failed".into());
         }
         lab.enter(&lab.gen)?;
+        // Kernels before 6.6 attach tc programs through a clsact qdisc
+        // (newer ones use tcx and need none); it may exist already.
+        let _ = aya::programs::tc::qdisc_add_clsact("gb");
         let mut ebpf = aya::Ebpf::load_file(&obj).map_err(|e| format!("loading {}: {e}", obj.display()))?;
         let p: &mut aya::programs::SchedClassifier =
             ebpf.program_mut("sink_tc").ok_or("no program sink_tc")?.try_into().map_err(|e| format!("{e}"))?;
