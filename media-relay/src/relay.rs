@@ -118,23 +118,13 @@ fn to_nanos(d: Duration) -> Nanos {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The kernel's CPU latency limit file: while it is open, no core enters an
-/// idle state that takes longer than the written value to leave.
-const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
-
-/// Writes `us` to [`CPU_DMA_LATENCY`] and keeps it open, so that a packet
-/// does not wait for an idle core to wake from a deep state (in a VM, for a
-/// halted vCPU to be scheduled again). The kernel drops the limit when the
-/// file is closed, also when the process dies. Without the privilege to
-/// open it, a warning, and the relay runs without the limit.
+/// Holds `us` as the CPU latency limit ([`crate::sys::hold_cpu_latency`]),
+/// so that a packet does not wait for an idle core to wake from a deep
+/// state (in a VM, for a halted vCPU to be scheduled again). Without the
+/// privilege, a warning, and the relay runs without the limit.
 fn hold_cpu_latency(us: u32) -> Option<std::fs::File> {
-    use std::io::Write;
-    let v = i32::try_from(us).unwrap_or(i32::MAX);
-    let held = std::fs::OpenOptions::new()
-        .write(true)
-        .open(CPU_DMA_LATENCY)
-        .and_then(|mut f| f.write_all(&v.to_ne_bytes()).map(|()| f));
-    match held {
+    use crate::sys::CPU_DMA_LATENCY;
+    match crate::sys::hold_cpu_latency(us) {
         Ok(f) => {
             tracing::info!(cpu_latency_us = us, "holding the CPU wakeup latency limit ({CPU_DMA_LATENCY})");
             Some(f)

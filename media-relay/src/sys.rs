@@ -410,6 +410,24 @@ fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
+/// The kernel's CPU latency limit file: while it is open, no core enters an
+/// idle state that takes longer than the written value to leave.
+pub const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
+
+/// Writes `us` to [`CPU_DMA_LATENCY`] (a native-endian `i32`). The limit
+/// holds while the returned file is open; the kernel drops it when the file
+/// is closed, also when the process dies.
+///
+/// # Errors
+/// Opening (needs root and the device) or writing failed.
+pub fn hold_cpu_latency(us: u32) -> io::Result<std::fs::File> {
+    use std::io::Write;
+    let v = i32::try_from(us).unwrap_or(i32::MAX);
+    let mut f = std::fs::OpenOptions::new().write(true).open(CPU_DMA_LATENCY)?;
+    f.write_all(&v.to_ne_bytes())?;
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -195,6 +195,15 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// `ethtool -K DEV FEATURE on|off` inside namespace `ns`; whether it worked.
+fn ethtool_k(ns: &str, dev: &str, feature: &str, on: bool) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-K", dev, feature, if on { "on" } else { "off" }])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The two namespaces, removed on drop.
 struct Lab {
     gen: String,
@@ -220,12 +229,7 @@ impl Lab {
         // Full UDP checksums from the generator, as from a NIC (a veth would
         // otherwise hand over CHECKSUM_PARTIAL frames).
         for dev in ["ga", "gb"] {
-            let ok = Command::new("ip")
-                .args(["netns", "exec", g, "ethtool", "-K", dev, "tx", "off"])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
+            if !ethtool_k(g, dev, "tx", false) {
                 return Err(format!("ethtool -K {dev} tx off failed (is ethtool installed?)"));
             }
         }
@@ -233,11 +237,7 @@ impl Lab {
         // with GRO on, `ra` receives through NAPI, and threaded NAPI puts
         // that in a kthread pinned to core 0 (see `pin_napi`) instead of
         // the generator's core, where a veth would otherwise run it.
-        let ok = Command::new("ip")
-            .args(["netns", "exec", r, "ethtool", "-K", "ra", "gro", "on"])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        let ok = ethtool_k(r, "ra", "gro", true)
             && Command::new("ip")
                 .args(["netns", "exec", r, "sh", "-c", "echo 1 > /sys/class/net/ra/threaded"])
                 .status()
@@ -451,12 +451,7 @@ impl BpfSink {
             lab.enter(&lab.gen)?;
             return Ok(Self { ebpf });
         }
-        let gro = Command::new("ip")
-            .args(["netns", "exec", &lab.gen, "ethtool", "-K", "gb", "gro", "on"])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !gro {
+        if !ethtool_k(&lab.gen, "gb", "gro", true) {
             return Err("ethtool -K gb gro on failed".into());
         }
         lab.enter(&lab.gen)?;
@@ -562,17 +557,17 @@ fn kernel_fwd(
     Ok((std::iter::once(fwd).chain(pass).collect(), flows))
 }
 
-/// Pins the NAPI kthreads of `dev` (re-created when an XDP program is
-/// attached) to `core` at `SCHED_FIFO` `priority` (0: the normal policy).
-fn pin_napi(dev: &str, core: usize, priority: u8) {
+/// Pins the NAPI kthreads of `ra` (re-created when an XDP program is
+/// attached) to core 0, the relay's core, at `SCHED_FIFO` `priority` (0:
+/// the normal policy).
+fn pin_napi(priority: u8) {
     let Ok(dir) = std::fs::read_dir("/proc") else { return };
-    let prefix = format!("napi/{dev}-");
     for e in dir.filter_map(Result::ok) {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with(&prefix) {
+        if comm.trim().starts_with("napi/ra-") {
             let pid = e.file_name().to_string_lossy().into_owned();
-            let _ = Command::new("taskset").args(["-pc", &core.to_string(), &pid]).stdout(Stdio::null()).status();
-            // Like a NIC interrupt on that host: it preempts what runs there.
+            let _ = Command::new("taskset").args(["-pc", "0", &pid]).stdout(Stdio::null()).status();
+            // Like a NIC interrupt on the relay core: it preempts the worker.
             let policy = if priority == 0 { "-o" } else { "-f" };
             let _ =
                 Command::new("chrt").args([policy, "-p", &priority.to_string(), &pid]).stdout(Stdio::null()).status();
@@ -635,11 +630,11 @@ struct CoreTicks {
 }
 
 impl CoreTicks {
-    fn read(core: usize) -> Self {
+    /// Cores 0 and 1, from one read of `/proc/stat`.
+    fn read() -> [Self; 2] {
         let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let tag = format!("cpu{core} ");
-        let Some(line) = s.lines().find(|l| l.starts_with(&tag)) else { return Self::default() };
-        Self::parse(line)
+        let core = |tag: &str| s.lines().find(|l| l.starts_with(tag)).map_or_else(Self::default, Self::parse);
+        [core("cpu0 "), core("cpu1 ")]
     }
 
     /// `cpuN user nice system idle iowait irq softirq steal guest guest_nice`
@@ -703,14 +698,13 @@ fn measure(flows: &[Flow], socks: &[UdpSocket], pid: Option<u32>, cx: &Ctx, labe
     let mut i = 0;
     while i < rates.len() {
         let pps = rates[i];
-        pin_napi("ra", 0, a.napi_priority);
+        pin_napi(a.napi_priority);
         // The sink's histogram is read outside the timed window.
         let h0 = cx.sink.map(BpfSink::read);
-        let (p0, s0, c0, t0, e0) =
-            (pid.map_or(0, proc_ticks), CoreTicks::read(0), CoreTicks::read(1), Instant::now(), GenDrops::read());
+        let (p0, [s0, c0], t0, e0) = (pid.map_or(0, proc_ticks), CoreTicks::read(), Instant::now(), GenDrops::read());
         let mut r: StepResult = run_step_with(socks, flows, pps, step, PAYLOAD, drain, a.sink_mode());
-        let (p1, s1, c1, e1, elapsed) =
-            (pid.map_or(0, proc_ticks), CoreTicks::read(0), CoreTicks::read(1), GenDrops::read(), t0.elapsed());
+        let (p1, [s1, c1], e1, elapsed) =
+            (pid.map_or(0, proc_ticks), CoreTicks::read(), GenDrops::read(), t0.elapsed());
         if let (Some(sink), Some(h0)) = (cx.sink, h0) {
             r = BpfSink::step_result(&h0, &sink.read(), r, step);
         }
@@ -821,20 +815,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Opens `/dev/cpu_dma_latency` and writes `us` (a native-endian `i32`):
-/// the kernel keeps every core's idle states at or under that exit latency
-/// while the returned file is open.
-fn hold_cpu_latency(us: u32) -> Result<std::fs::File, String> {
-    use std::io::Write;
-    let v = i32::try_from(us).map_err(|_| format!("{us} is out of range"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/cpu_dma_latency")
-        .map_err(|e| format!("opening /dev/cpu_dma_latency: {e}"))?;
-    f.write_all(&v.to_ne_bytes()).map_err(|e| format!("writing /dev/cpu_dma_latency: {e}"))?;
-    Ok(f)
-}
-
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
     if let Some(c) = core_affinity::get_core_ids().and_then(|c| c.get(1).copied()) {
@@ -849,7 +829,7 @@ fn main() -> std::process::ExitCode {
     };
     // The limit holds while the file is open; the kernel drops it when the
     // file is closed, at the latest when the process exits.
-    let _cpu_latency = match a.cpu_latency_us.map(hold_cpu_latency).transpose() {
+    let _cpu_latency = match a.cpu_latency_us.map(media_relay::sys::hold_cpu_latency).transpose() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("xdp-bench: --cpu-latency-us: {e}");
