@@ -55,8 +55,13 @@ pub struct StepResult {
     pub flows_with_loss: usize,
     /// Most packets the generator was ever behind its schedule: after a
     /// stall of its core it sends them back to back, so this is its largest
-    /// burst.
+    /// burst (with a burst limit: its largest debt before the excess was
+    /// skipped).
     pub max_lag: u64,
+    /// Packets the schedule owed beyond the burst limit, never sent (a
+    /// token bucket's overflow). They are not counted as sent or lost, and
+    /// they lower `sent_pps`.
+    pub skipped: u64,
     /// Flows in the step.
     pub flows: usize,
 }
@@ -113,6 +118,27 @@ pub enum SinkMode {
     Elsewhere,
 }
 
+/// How a step paces and where it receives.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Total packets per second over all flows.
+    pub pps: u64,
+    /// How long to send.
+    pub dur: Duration,
+    /// RTP payload bytes (160 for G.711 20 ms: 214-byte frames on the wire).
+    pub payload: usize,
+    /// How long to wait for stragglers after sending.
+    pub drain: Duration,
+    /// Where the sink runs.
+    pub sink: SinkMode,
+    /// Most packets sent back to back when the sender is behind its
+    /// schedule (a token bucket's depth); what it owes beyond that is
+    /// skipped and counted. `None`: everything owed is sent at once, so a
+    /// stall of the generator's core of a few milliseconds becomes a burst
+    /// of thousands of packets at memory speed.
+    pub max_burst: Option<u64>,
+}
+
 /// Sends `pps` packets per second over `flows` for `dur`, waits `drain`,
 /// and reports what came back. `payload` is the RTP payload size (160 for
 /// G.711 20 ms: 214-byte frames on the wire). The caller pins the thread.
@@ -139,10 +165,17 @@ pub fn run_step_with(
     drain: Duration,
     mode: SinkMode,
 ) -> StepResult {
+    run_paced(socks, flows, &Pace { pps, dur, payload, drain, sink: mode, max_burst: None })
+}
+
+/// Runs one step as `pace` says.
+#[must_use]
+pub fn run_paced(socks: &[UdpSocket], flows: &[Flow], pace: &Pace) -> StepResult {
+    let &Pace { pps, dur, payload, drain, sink: mode, max_burst } = pace;
     let payload = payload.max(16);
     let stop = AtomicBool::new(false);
     let nflows = flows.len();
-    let (sink, sent, end, max_lag) = std::thread::scope(|scope| {
+    let (sink, sent, end, max_lag, skipped) = std::thread::scope(|scope| {
         let rx = (mode == SinkMode::Thread).then(|| {
             scope.spawn(|| {
                 let mut sink = Sink::new(nflows);
@@ -155,17 +188,15 @@ pub fn run_step_with(
         let mut bufs = vec![vec![0u8; 12 + payload]; MAX * socks.len()];
         let mut seqs = vec![0u32; nflows];
         let start = now_ns();
-        let mut sent: u64 = 0;
+        let mut schedule = Schedule::new(pps, max_burst);
         let mut next_flow = 0usize;
-        let mut max_lag = 0u64;
         loop {
-            let t = now_ns();
-            let elapsed = t.saturating_sub(start);
+            let elapsed = now_ns().saturating_sub(start);
             if elapsed >= dur_ns {
                 break;
             }
-            let due = u64::try_from(u128::from(pps) * u128::from(elapsed) / 1_000_000_000).unwrap_or(u64::MAX);
-            if due <= sent {
+            let owed = schedule.owed(elapsed);
+            if owed == 0 {
                 // Ahead of schedule: receive, or yield the core to the receiver.
                 match inline.as_mut() {
                     Some(sink) => {
@@ -175,8 +206,7 @@ pub fn run_step_with(
                 }
                 continue;
             }
-            max_lag = max_lag.max(due - sent);
-            let want = usize::try_from((due - sent).min(MAX as u64)).unwrap_or(MAX);
+            let want = usize::try_from(owed.min(MAX as u64)).unwrap_or(MAX);
             // Group this batch by source socket.
             let mut per_sock: Vec<Vec<usize>> = vec![Vec::new(); socks.len()];
             for k in 0..want {
@@ -196,10 +226,10 @@ pub fn run_step_with(
                 }
                 let pkts: Vec<(&[u8], SocketAddrV4)> =
                     fl.iter().enumerate().map(|(j, &f)| (bufs[base + j].as_slice(), flows[f].dest)).collect();
-                let n = send_many(socks[si].as_raw_fd(), &pkts);
-                sent += n as u64;
-                // A full socket buffer still counts as offered and lost.
-                sent += (fl.len() - n) as u64;
+                // What a full socket buffer refuses still counts as sent
+                // (and so as lost).
+                let _ = send_many(socks[si].as_raw_fd(), &pkts);
+                schedule.sent += fl.len() as u64;
             }
         }
         let end = now_ns();
@@ -219,7 +249,7 @@ pub fn run_step_with(
                 Sink::new(0)
             }
         };
-        (sink, sent, end, max_lag)
+        (sink, schedule.sent, end, schedule.max_lag, schedule.skipped)
     });
     let Sink { flows: flows_rx, hist, .. } = sink;
     let received: u64 = flows_rx.iter().map(|f| f.received).sum();
@@ -246,7 +276,43 @@ pub fn run_step_with(
         silenced,
         flows_with_loss,
         max_lag,
+        skipped,
         flows: nflows,
+    }
+}
+
+/// The sender's schedule: `pps` packets per second from time 0, optionally
+/// through a token bucket `max_burst` deep.
+#[derive(Debug, Clone)]
+struct Schedule {
+    pps: u64,
+    max_burst: Option<u64>,
+    /// Packets handed to the kernel (or lost to a full socket buffer).
+    sent: u64,
+    /// Packets owed beyond the bucket's depth, given up.
+    skipped: u64,
+    /// The largest debt seen, before any was given up.
+    max_lag: u64,
+}
+
+impl Schedule {
+    fn new(pps: u64, max_burst: Option<u64>) -> Self {
+        Self { pps, max_burst: max_burst.map(|b| b.max(1)), sent: 0, skipped: 0, max_lag: 0 }
+    }
+
+    /// Packets to send now, `elapsed_ns` into the step. With a bucket, a
+    /// debt deeper than it is cut to its depth and the rest skipped.
+    fn owed(&mut self, elapsed_ns: u64) -> u64 {
+        let due = u64::try_from(u128::from(self.pps) * u128::from(elapsed_ns) / 1_000_000_000).unwrap_or(u64::MAX);
+        let owed = due.saturating_sub(self.sent + self.skipped);
+        self.max_lag = self.max_lag.max(owed);
+        match self.max_burst {
+            Some(cap) if owed > cap => {
+                self.skipped += owed - cap;
+                cap
+            }
+            _ => owed,
+        }
     }
 }
 
@@ -343,6 +409,61 @@ mod tests {
             // It only sends what it owes, so it owed at least one packet
             // each time, and never more than the whole step.
             assert!((1..=r.sent).contains(&r.max_lag), "{mode:?}: {r:?}");
+            assert_eq!(r.skipped, 0, "{mode:?}: no bucket, nothing skipped: {r:?}");
         }
+    }
+
+    #[test]
+    fn schedule_sends_a_stall_s_debt_at_once_without_a_bucket() {
+        let mut s = Schedule::new(100_000, None);
+        assert_eq!(s.owed(0), 0);
+        assert_eq!(s.owed(100_000), 10, "10 packets due after 100 us");
+        s.sent += 10;
+        assert_eq!(s.owed(150_000), 5);
+        s.sent += 5;
+        // A 10 ms stall: everything owed goes out back to back.
+        assert_eq!(s.owed(10_150_000), 1_000);
+        s.sent += 1_000;
+        assert_eq!((s.skipped, s.max_lag), (0, 1_000));
+        assert_eq!(s.owed(10_150_000), 0);
+    }
+
+    #[test]
+    fn schedule_with_a_bucket_skips_the_debt_beyond_its_depth() {
+        let mut s = Schedule::new(100_000, Some(64));
+        assert_eq!(s.owed(100_000), 10, "below the depth, nothing is skipped");
+        s.sent += 10;
+        assert_eq!(s.owed(10_100_000), 64, "a 10 ms stall sends one bucket");
+        assert_eq!((s.skipped, s.max_lag), (1_000 - 64, 1_000));
+        s.sent += 64;
+        // The schedule counts the skipped packets as done: it does not try
+        // to catch up with them later.
+        assert_eq!(s.owed(10_100_000), 0);
+        assert_eq!(s.owed(10_200_000), 10);
+        s.sent += 10;
+        assert_eq!(s.sent + s.skipped, 1_020, "the rate over the whole schedule still counts every slot");
+    }
+
+    #[test]
+    fn a_bucketed_step_on_loopback_loses_nothing_and_keeps_the_rate() {
+        let socks = sockets(2).expect("loopback sockets");
+        let SocketAddr::V4(dest) = socks[1].local_addr().expect("local address") else {
+            unreachable!("bound to 127.0.0.1")
+        };
+        let flows: Vec<Flow> = (0..8).map(|_| Flow { sock: 0, dest }).collect();
+        let pace = Pace {
+            pps: 4_000,
+            dur: Duration::from_millis(500),
+            payload: 160,
+            drain: Duration::from_millis(200),
+            sink: SinkMode::Thread,
+            max_burst: Some(64),
+        };
+        let r = run_paced(&socks, &flows, &pace);
+        assert_eq!(r.received, r.sent, "{r:?}");
+        assert!(r.max_lag >= 1, "{r:?}");
+        // At 4k pps a 20 us sleep owes about one packet: skipping needs a
+        // stall of 16 ms, so almost every slot is sent.
+        assert!(r.sent + r.skipped >= 1_900 && r.sent >= 1_500, "{r:?}");
     }
 }
