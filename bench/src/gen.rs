@@ -131,11 +131,13 @@ pub struct Pace {
     pub drain: Duration,
     /// Where the sink runs.
     pub sink: SinkMode,
-    /// Most packets sent back to back when the sender is behind its
-    /// schedule (a token bucket's depth); what it owes beyond that is
-    /// skipped and counted. `None`: everything owed is sent at once, so a
-    /// stall of the generator's core of a few milliseconds becomes a burst
-    /// of thousands of packets at memory speed.
+    /// The most the sender may owe its schedule (a token bucket's depth,
+    /// at least 1: `Some(0)` is taken as 1). After a stall it owes more;
+    /// it then sends this many at once and skips the rest, which is
+    /// counted. A sender that cannot keep up at all still sends as fast as
+    /// it can, skipping as it goes. `None`: everything owed is sent at
+    /// once, so a stall of the generator's core of a few milliseconds
+    /// becomes a burst of thousands of packets at memory speed.
     pub max_burst: Option<u64>,
 }
 
@@ -442,6 +444,38 @@ mod tests {
         assert_eq!(s.owed(10_200_000), 10);
         s.sent += 10;
         assert_eq!(s.sent + s.skipped, 1_020, "the rate over the whole schedule still counts every slot");
+    }
+
+    /// A rate no generator reaches: it is always behind.
+    fn impossible(max_burst: Option<u64>) -> StepResult {
+        let socks = sockets(2).expect("loopback sockets");
+        let SocketAddr::V4(dest) = socks[1].local_addr().expect("local address") else {
+            unreachable!("bound to 127.0.0.1")
+        };
+        let flows: Vec<Flow> = (0..8).map(|_| Flow { sock: 0, dest }).collect();
+        let pace = Pace {
+            pps: 20_000_000,
+            dur: Duration::from_millis(20),
+            payload: 160,
+            drain: Duration::from_millis(100),
+            sink: SinkMode::Thread,
+            max_burst,
+        };
+        run_paced(&socks, &flows, &pace)
+    }
+
+    #[test]
+    fn behind_schedule_a_bucket_skips_and_no_bucket_piles_up_debt() {
+        // 20 ms at 20M pps: 400,000 packets due, far more than one core
+        // sends in that time.
+        let r = impossible(Some(8));
+        assert!(r.skipped > 0, "{r:?}");
+        assert!(r.max_lag > 8, "the debt before the cut is reported: {r:?}");
+        assert!(r.sent > 0 && r.sent + r.skipped <= 400_000, "{r:?}");
+        assert!(r.received <= r.sent, "{r:?}");
+        let r = impossible(None);
+        assert_eq!(r.skipped, 0, "{r:?}");
+        assert!(r.max_lag > 64, "without a bucket the debt only grows: {r:?}");
     }
 
     #[test]
