@@ -153,24 +153,11 @@ pub fn run_step(
     payload: usize,
     drain: Duration,
 ) -> StepResult {
-    run_step_with(socks, flows, pps, dur, payload, drain, SinkMode::Thread)
+    run_paced(socks, flows, &Pace { pps, dur, payload, drain, sink: SinkMode::Thread, max_burst: None })
 }
 
-/// [`run_step`] with the sink in the given place.
-#[must_use]
-pub fn run_step_with(
-    socks: &[UdpSocket],
-    flows: &[Flow],
-    pps: u64,
-    dur: Duration,
-    payload: usize,
-    drain: Duration,
-    mode: SinkMode,
-) -> StepResult {
-    run_paced(socks, flows, &Pace { pps, dur, payload, drain, sink: mode, max_burst: None })
-}
-
-/// Runs one step as `pace` says.
+/// Runs one step as `pace` says: [`run_step`] with the sink anywhere and
+/// optionally a burst limit.
 #[must_use]
 pub fn run_paced(socks: &[UdpSocket], flows: &[Flow], pace: &Pace) -> StepResult {
     let &Pace { pps, dur, payload, drain, sink: mode, max_burst } = pace;
@@ -388,13 +375,29 @@ mod tests {
     use super::*;
 
     /// Sends straight from one loopback socket to another (no relay).
-    fn loopback(mode: SinkMode) -> StepResult {
+    fn on_loopback(pace: &Pace) -> StepResult {
         let socks = sockets(2).expect("loopback sockets");
         let SocketAddr::V4(dest) = socks[1].local_addr().expect("local address") else {
             unreachable!("bound to 127.0.0.1")
         };
         let flows: Vec<Flow> = (0..8).map(|_| Flow { sock: 0, dest }).collect();
-        run_step_with(&socks, &flows, 4_000, Duration::from_millis(500), 160, Duration::from_millis(200), mode)
+        run_paced(&socks, &flows, pace)
+    }
+
+    /// 4k pps for 500 ms, the sink in `sink`.
+    fn gentle(sink: SinkMode, max_burst: Option<u64>) -> Pace {
+        Pace {
+            pps: 4_000,
+            dur: Duration::from_millis(500),
+            payload: 160,
+            drain: Duration::from_millis(200),
+            sink,
+            max_burst,
+        }
+    }
+
+    fn loopback(mode: SinkMode) -> StepResult {
+        on_loopback(&gentle(mode, None))
     }
 
     #[test]
@@ -448,20 +451,12 @@ mod tests {
 
     /// A rate no generator reaches: it is always behind.
     fn impossible(max_burst: Option<u64>) -> StepResult {
-        let socks = sockets(2).expect("loopback sockets");
-        let SocketAddr::V4(dest) = socks[1].local_addr().expect("local address") else {
-            unreachable!("bound to 127.0.0.1")
-        };
-        let flows: Vec<Flow> = (0..8).map(|_| Flow { sock: 0, dest }).collect();
-        let pace = Pace {
+        on_loopback(&Pace {
             pps: 20_000_000,
             dur: Duration::from_millis(20),
-            payload: 160,
             drain: Duration::from_millis(100),
-            sink: SinkMode::Thread,
-            max_burst,
-        };
-        run_paced(&socks, &flows, &pace)
+            ..gentle(SinkMode::Thread, max_burst)
+        })
     }
 
     #[test]
@@ -480,20 +475,7 @@ mod tests {
 
     #[test]
     fn a_bucketed_step_on_loopback_loses_nothing_and_keeps_the_rate() {
-        let socks = sockets(2).expect("loopback sockets");
-        let SocketAddr::V4(dest) = socks[1].local_addr().expect("local address") else {
-            unreachable!("bound to 127.0.0.1")
-        };
-        let flows: Vec<Flow> = (0..8).map(|_| Flow { sock: 0, dest }).collect();
-        let pace = Pace {
-            pps: 4_000,
-            dur: Duration::from_millis(500),
-            payload: 160,
-            drain: Duration::from_millis(200),
-            sink: SinkMode::Thread,
-            max_burst: Some(64),
-        };
-        let r = run_paced(&socks, &flows, &pace);
+        let r = on_loopback(&gentle(SinkMode::Thread, Some(64)));
         assert_eq!(r.received, r.sent, "{r:?}");
         assert!(r.max_lag >= 1, "{r:?}");
         // At 4k pps a 20 us sleep owes about one packet: skipping needs a
