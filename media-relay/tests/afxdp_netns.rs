@@ -18,7 +18,10 @@
 //! intruder is dropped, a banned source never reaches the worker, and
 //! deleting the call stops forwarding. Another test gives every veth two
 //! queues: the senders spread flows over them by hash, as RSS does, and
-//! every packet must still be relayed by its session's worker. A last test runs the relay without
+//! every packet must still be relayed by its session's worker. Media
+//! resumes after the egress link flaps, and frames the kernel completes
+//! unsent when the egress veth loses its carrier are counted as drops. A
+//! last test runs the relay without
 //! privileges: with `datapath = "auto"` it says why and relays on sockets;
 //! with `datapath = "xdp"` it exits with the reason.
 //!
@@ -596,23 +599,56 @@ fn media_resumes_after_the_egress_link_flaps_on_the_socket_datapath() {
     run_in_thread(|| link_flap("socket"));
 }
 
+/// A relay on `datapath` with one call from the caller to the callee,
+/// which has relayed packets 1 to 20 (SSRC 7).
+struct OneCall {
+    relay: ChildGuard,
+    _ng: NgClient,
+    caller: UdpSocket,
+    callee: UdpSocket,
+    /// The relay's port for the caller.
+    relay_a: SocketAddr,
+}
+
+fn one_call(lab: &Lab, dir: &TestDir, datapath: &str, call: &str) -> OneCall {
+    let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4000"), &lab.relay);
+    let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:5000"), &lab.relay);
+    let mut relay = start_relay(lab, dir, datapath, false);
+    let ng = wait_ng(&mut relay);
+    let (to_a, _) = setup_call(&ng, call, caller.local_addr().unwrap(), callee.local_addr().unwrap());
+    let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
+    assert_eq!(relay_burst(&caller, relay_a, &callee, 1, 20, 7).len(), 20, "{call}: before the outage");
+    OneCall { relay, _ng: ng, caller, callee, relay_a }
+}
+
+impl OneCall {
+    /// Sends one packet at a time (from sequence number 42) until one
+    /// arrives, for up to 10 s, then a burst of `n` that must all arrive.
+    fn resumes(&self, what: &str, n: u16) {
+        let mut seq = 41;
+        let resumed = common::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            seq += 1;
+            self.caller.send_to(&rtp(seq, 7), self.relay_a).unwrap();
+            !recv_n(&self.callee, 1, Duration::from_millis(100)).is_empty()
+        });
+        assert!(resumed, "no media after {what}\n{}\n{}", counters(), self.relay.log_tail(30));
+        let after = relay_burst(&self.caller, self.relay_a, &self.callee, seq + 1, n, 7);
+        assert_eq!(after.len(), usize::from(n), "after {what}\n{}", counters());
+    }
+}
+
 fn link_flap(datapath: &str) {
     let Some(lab) = lab_or_skip("media_resumes_after_the_egress_link_flaps") else { return };
     let dir = TestDir::new(&format!("afxdp-flap-{datapath}"));
-    let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4000"), &lab.relay);
-    let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:5000"), &lab.relay);
-    let mut relay = start_relay(&lab, &dir, datapath, false);
-    let ng = wait_ng(&mut relay);
-    let (to_a, _) = setup_call(&ng, "flap-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
-    let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
-    assert_eq!(relay_burst(&caller, relay_a, &callee, 1, 20, 7).len(), 20, "before the flap");
+    let mut c = one_call(&lab, &dir, datapath, "flap-call");
+    let (caller, callee, relay_a) = (&c.caller, &c.callee, c.relay_a);
 
     // The callee-side link goes down: nothing can leave towards the callee,
     // the relay keeps running, and it says why the packets were dropped.
     ip(&["-n", &lab.relay.0, "link", "set", "rb", "down"]).unwrap();
-    let lost = relay_burst(&caller, relay_a, &callee, 21, 20, 7);
+    let lost = relay_burst(caller, relay_a, callee, 21, 20, 7);
     assert!(lost.len() < 20, "link down, yet {} of 20 arrived", lost.len());
-    relay.assert_running();
+    c.relay.assert_running();
     // Every packet it could not send is counted, under the right reason.
     let want = (20 - lost.len()) as f64;
     let counted = common::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
@@ -625,19 +661,55 @@ fn link_flap(datapath: &str) {
     // first packets take the kernel path, which resolves the callee again;
     // then media flows as before.
     ip(&["-n", &lab.relay.0, "link", "set", "rb", "up"]).unwrap();
-    let mut seq = 41;
-    let resumed = common::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        seq += 1;
-        caller.send_to(&rtp(seq, 7), relay_a).unwrap();
-        !recv_n(&callee, 1, Duration::from_millis(100)).is_empty()
-    });
-    assert!(resumed, "no media after the link came back\n{}\n{}", counters(), relay.log_tail(30));
-    let after = relay_burst(&caller, relay_a, &callee, seq + 1, 40, 7);
-    assert_eq!(after.len(), 40, "after the flap\n{}", counters());
+    c.resumes("the link came back", 40);
     if datapath == "xdp" {
         assert!(metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}") >= 80.0, "{}", counters());
     }
-    relay.assert_running();
+    c.relay.assert_running();
+}
+
+#[test]
+fn frames_the_kernel_completes_unsent_when_the_egress_loses_carrier_are_counted() {
+    run_in_thread(carrier_loss);
+}
+
+/// The callee's end of the veth goes down, so `rb` stays up but loses its
+/// carrier. A permanent neighbour entry survives that (the kernel flushes
+/// only the others), so the worker keeps the callee's MAC and puts the
+/// frames on `rb`'s TX ring, and the kernel completes them unsent (copy
+/// mode: `sendto` fails with `EBUSY`, one frame per call). The window in
+/// which a link-down event has not reached the relay yet looks the same.
+/// Those frames are unreachable drops, not relayed packets.
+fn carrier_loss() {
+    let Some(lab) = lab_or_skip("frames_the_kernel_completes_unsent_are_counted") else { return };
+    let dir = TestDir::new("afxdp-carrier");
+    let (r, e) = (lab.relay.0.as_str(), lab.callee.0.as_str());
+    let out = Command::new("ip").args(["netns", "exec", e, "cat", "/sys/class/net/eb/address"]).output().unwrap();
+    let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ip(&["-n", r, "neigh", "replace", CALLEE, "lladdr", &mac, "nud", "permanent", "dev", "rb"]).unwrap();
+    let mut c = one_call(&lab, &dir, "xdp", "carrier-call");
+    let relayed = metric("media_relay_packets_relayed_total");
+
+    ip(&["-n", e, "link", "set", "eb", "down"]).unwrap();
+    let no_carrier = common::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        let out = Command::new("ip").args(["-n", r, "link", "show", "rb"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("NO-CARRIER")
+    });
+    assert!(no_carrier, "rb kept its carrier after eb went down");
+    let lost = relay_burst(&c.caller, c.relay_a, &c.callee, 21, 20, 7);
+    assert!(lost.is_empty(), "no carrier, yet {} of 20 arrived", lost.len());
+    let counted = common::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        metric("media_relay_drops_total{reason=\"unreachable\"}") >= 20.0
+    });
+    assert!(counted, "20 frames sent into a link without carrier, not all counted as unreachable\n{}", counters());
+    assert_eq!(metric("media_relay_packets_relayed_total"), relayed, "{}", counters());
+    assert_eq!(metric("media_relay_drops_total{reason=\"send_buffer_full\"}"), 0.0, "{}", counters());
+    assert_eq!(metric("media_relay_xdp_kernel_path_total"), 0.0, "the permanent entry keeps frames on the ring");
+
+    // Carrier back: media flows again through the same TX ring.
+    ip(&["-n", e, "link", "set", "eb", "up"]).unwrap();
+    c.resumes("the carrier came back", 20);
+    c.relay.assert_running();
 }
 
 #[test]

@@ -280,7 +280,7 @@ impl Xsk {
         }
         let mut off = 0;
         let mut stalls = 0;
-        let mut error = None;
+        let mut kicks = Kicks { copy_mode: !self.zero_copy, ..Kicks::default() };
         while off < total {
             let want = u32::try_from(total - off).unwrap_or(u32::MAX);
             let n = {
@@ -292,7 +292,7 @@ impl Xsk {
             };
             off += n;
             if off < total {
-                error = kick(&port.tx).or(error);
+                kicks.kick(&port.tx);
                 stalls += 1;
                 if stalls > 16 {
                     break;
@@ -302,12 +302,12 @@ impl Xsk {
         // In copy mode each kick sends up to 32 frames in the call, so kick
         // until the ring is empty. In zero-copy mode a kick only schedules
         // the driver, which drains the ring afterwards: one is enough.
-        let kicks = if self.zero_copy { 1 } else { 64 };
-        for _ in 0..kicks {
+        let rounds = if self.zero_copy { 1 } else { 64 };
+        for _ in 0..rounds {
             if port.tx.pending() == 0 {
                 break;
             }
-            error = kick(&port.tx).or(error);
+            kicks.kick(&port.tx);
         }
         let dropped = total - off;
         let mut staged = std::mem::take(&mut port.stage);
@@ -319,17 +319,40 @@ impl Xsk {
             port.stage = staged;
         }
         self.reap(p);
-        Flushed { sent: off, dropped, unreachable: crate::sys::unreachable(error) }
+        Flushed {
+            sent: off,
+            dropped,
+            refused: kicks.refused,
+            unreachable: kicks.refused > 0 || crate::sys::unreachable(kicks.error),
+        }
     }
 }
 
-/// One TX wakeup (`sendto(fd, NULL, 0, MSG_DONTWAIT)`).
-/// Asks the kernel to send what the TX ring holds. Returns the errno of a
-/// failure other than back-pressure.
-fn kick(tx: &RingTx) -> Option<i32> {
-    match sys::kick_tx(tx) {
-        Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::EINTR) | None => None,
-        e => e,
+/// What the TX wakeups of one flush reported.
+#[derive(Debug, Default)]
+struct Kicks {
+    /// Copy mode: the kernel transmits in the `sendto` call itself.
+    copy_mode: bool,
+    /// Frames the kernel took off the ring and dropped without sending.
+    refused: usize,
+    /// The last failure other than back-pressure.
+    error: Option<i32>,
+}
+
+impl Kicks {
+    /// One TX wakeup (`sendto(fd, NULL, 0, MSG_DONTWAIT)`): asks the kernel
+    /// to send what the TX ring holds. In copy mode the kernel builds an
+    /// sk_buff per frame and hands it to the driver; when the device
+    /// cannot send (down, no carrier) it completes that frame unsent and
+    /// the call fails with `EBUSY`, one frame per call. Those frames would
+    /// otherwise pass for relayed. In zero-copy mode the call only wakes
+    /// the driver, and `EBUSY` is back-pressure.
+    fn kick(&mut self, tx: &RingTx) {
+        match sys::kick_tx(tx) {
+            Some(libc::EBUSY) if self.copy_mode => self.refused += 1,
+            Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::EINTR) | None => {}
+            e => self.error = e.or(self.error),
+        }
     }
 }
 
@@ -340,6 +363,9 @@ pub struct Flushed {
     pub sent: usize,
     /// Frames that did not fit and went back to the pool.
     pub dropped: usize,
+    /// Frames on the ring that the kernel dropped unsent (copy mode, an
+    /// egress device that is down or has no carrier).
+    pub refused: usize,
     /// The kernel refused to send because the destination cannot be
     /// reached now (for example the interface is down): see
     /// [`crate::sys::unreachable`].

@@ -326,11 +326,14 @@ impl Worker {
         n
     }
 
-    /// Counts what a TX flush could not send: frames it gave back were
-    /// counted as relayed when they were staged.
+    /// Counts what a TX flush could not send: frames it gave back, and
+    /// frames the kernel dropped unsent, were counted as relayed when they
+    /// were staged.
     fn count_flush(&mut self, f: super::umem::Flushed) {
         self.local.send_failed(f.dropped as u64, f.unreachable);
-        self.local.relayed = self.local.relayed.saturating_sub(f.dropped as u64);
+        // The kernel completed these unsent: the egress device cannot send.
+        self.local.send_failed(f.refused as u64, true);
+        self.local.relayed = self.local.relayed.saturating_sub((f.dropped + f.refused) as u64);
     }
 
     /// `handed`: the frame came from another queue's worker (it is never
