@@ -871,7 +871,8 @@ fn main() -> std::process::ExitCode {
     };
     let dir = std::env::temp_dir().join(format!("xdp-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
-    let sink = if a.sink == "xdp" || a.sink == "tc" {
+    // The BPF sinks are the ones that receive outside the generator.
+    let sink = if a.sink_mode() == SinkMode::Elsewhere {
         match BpfSink::attach(&lab, &dir, a.sink == "tc") {
             Ok(s) => Some(s),
             Err(e) => {
