@@ -76,6 +76,55 @@ impl Interface {
     }
 }
 
+/// One entry of `relay.xdp_bans`: a source prefix the XDP program drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BanPrefix {
+    /// The network address (no bits set past the prefix).
+    pub addr: IpAddr,
+    /// Prefix length in the address's own family (at most 32 or 128).
+    pub len: u8,
+}
+
+impl BanPrefix {
+    /// Parses `ADDR` (one host) or `ADDR/LEN`.
+    ///
+    /// # Errors
+    /// Says what is wrong: not an address, a length too long for the
+    /// family, or host bits set past the prefix (likely a typo).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (addr, len) = match spec.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (spec, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("`{spec}`: `{addr}` is not an IP address"))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("`{spec}`: the prefix length must be 0 to {max}")),
+            },
+        };
+        // The network address, with the bits past the prefix cleared.
+        let net = match addr {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)).into()),
+            IpAddr::V6(a) => {
+                IpAddr::V6((u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).into())
+            }
+        };
+        if net != addr {
+            return Err(format!("`{spec}` has bits set past the prefix (the network is {net}/{len})"));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl std::fmt::Display for BanPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
 /// Validated relay configuration.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -126,6 +175,8 @@ pub struct RelayConfig {
     pub xdp_full_checksum: bool,
     /// Whether the `AF_XDP` sockets use the driver's zero-copy mode.
     pub xdp_zero_copy: ZeroCopy,
+    /// Source prefixes the XDP program drops before anything else sees them.
+    pub xdp_bans: Vec<BanPrefix>,
     /// Scheduling policy of the media workers.
     pub worker_scheduling: Scheduling,
     /// CPU wakeup latency limit held while the relay runs, in microseconds
@@ -265,6 +316,8 @@ struct RawRelay {
     xdp_full_checksum: bool,
     #[serde(default = "auto")]
     xdp_zero_copy: String,
+    #[serde(default)]
+    xdp_bans: Vec<String>,
     #[serde(default = "scheduling_other")]
     worker_scheduling: String,
     #[serde(default)]
@@ -292,6 +345,9 @@ pub fn choice<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> 
     };
     Err(format!("`{value}` is not {list}"))
 }
+
+/// Entries of the XDP program's `bans` map (`max_entries` in `xsbc.bpf.c`).
+const XDP_BANS_MAX: usize = 65_536;
 
 /// Most a CPU latency limit may be: above a second, it limits nothing.
 const CPU_LATENCY_MAX_US: i64 = 1_000_000;
@@ -398,6 +454,12 @@ impl RelayConfig {
             })?;
         let cpu_latency_us = parse_cpu_latency(r.cpu_latency_us.as_ref())
             .map_err(|problem| ConfigError::Invalid { key: "relay.cpu_latency_us", problem })?;
+        let xdp_bans = r
+            .xdp_bans
+            .iter()
+            .map(|b| BanPrefix::parse(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|problem| ConfigError::Invalid { key: "relay.xdp_bans", problem })?;
         let mut cfg = Self {
             interfaces,
             listen_ng: parse_listen("relay.listen_ng", &r.listen_ng)?,
@@ -420,6 +482,7 @@ impl RelayConfig {
             xdp_queues: r.xdp_queues,
             xdp_full_checksum: r.xdp_full_checksum,
             xdp_zero_copy,
+            xdp_bans,
             worker_scheduling,
             cpu_latency_us,
         };
@@ -484,6 +547,27 @@ impl RelayConfig {
             return Err(ConfigError::Invalid {
                 key: "relay.xdp_interfaces",
                 problem: "interface names are 1 to 15 characters, without `/`".into(),
+            });
+        }
+        if !self.xdp_bans.is_empty() && self.datapath == DatapathMode::Socket {
+            return Err(ConfigError::Invalid {
+                key: "relay.xdp_bans",
+                problem: "bans are enforced by the XDP program: they need datapath = \"xdp\" or \"auto\"".into(),
+            });
+        }
+        if !self.xdp_bans.is_empty() && self.xdp_interfaces.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "relay.xdp_bans",
+                problem: "bans are enforced by the XDP program on relay.xdp_interfaces, and none is set".into(),
+            });
+        }
+        if self.xdp_bans.len() > XDP_BANS_MAX {
+            return Err(ConfigError::Invalid {
+                key: "relay.xdp_bans",
+                problem: format!(
+                    "{} prefixes, more than the {XDP_BANS_MAX} the XDP program holds",
+                    self.xdp_bans.len()
+                ),
             });
         }
         if self.xdp_queues > 64 {
@@ -578,6 +662,35 @@ mod tests {
         let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nbogus = 1");
         let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn xdp_bans_are_prefixes_or_hosts_and_need_the_xdp_program() {
+        assert!(RelayConfig::embedded_default().xdp_bans.is_empty());
+        let with = |bans: &str| {
+            DEFAULT_TOML.replace("xdp_interfaces = []", &format!("xdp_interfaces = [\"eth0\"]\nxdp_bans = {bans}"))
+        };
+        let c =
+            RelayConfig::from_toml(&with(r#"["203.0.113.0/24", "198.51.100.7", "2001:db8::/32", "::/0"]"#)).unwrap();
+        let shown: Vec<String> = c.xdp_bans.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32", "::/0"]);
+        for (bad, says) in [
+            ("203.0.113.7/24", "the network is 203.0.113.0/24"),
+            ("2001:db8::1/64", "the network is 2001:db8::/64"),
+            ("203.0.113.0/33", "0 to 32"),
+            ("2001:db8::/129", "0 to 128"),
+            ("10.0.0.0/x", "0 to 32"),
+            ("example.com", "not an IP address"),
+        ] {
+            let e = RelayConfig::from_toml(&with(&format!("[\"{bad}\"]"))).unwrap_err().to_string();
+            assert!(e.contains("relay.xdp_bans") && e.contains(bad) && e.contains(says), "{bad}: {e}");
+        }
+        let socket = with(r#"["203.0.113.0/24"]"#).replace("datapath = \"auto\"", "datapath = \"socket\"");
+        let e = RelayConfig::from_toml(&socket).unwrap_err().to_string();
+        assert!(e.contains("relay.xdp_bans") && e.contains("datapath"), "{e}");
+        let nowhere = with(r#"["203.0.113.0/24"]"#).replace("xdp_interfaces = [\"eth0\"]", "xdp_interfaces = []");
+        let e = RelayConfig::from_toml(&nowhere).unwrap_err().to_string();
+        assert!(e.contains("relay.xdp_bans") && e.contains("xdp_interfaces"), "{e}");
     }
 
     #[test]

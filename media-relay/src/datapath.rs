@@ -62,6 +62,12 @@ pub trait Datapath: Send + Sync {
         None
     }
 
+    /// Interfaces the XDP program is attached to natively (in the driver)
+    /// and in generic (skb) mode; `None` without `AF_XDP`.
+    fn xdp_attach_modes(&self) -> Option<(usize, usize)> {
+        None
+    }
+
     /// Threaded NAPI threads of the `AF_XDP` interfaces that outrank the
     /// real-time workers, and those below them; `None` without `AF_XDP` or
     /// without real-time workers.
@@ -107,6 +113,12 @@ pub fn open(cfg: &RelayConfig) -> Result<Arc<dyn Datapath>, RelayError> {
             Ok(d) => Ok(Arc::new(d)),
             Err(e) => {
                 tracing::warn!(reason = %e, "AF_XDP datapath unavailable; falling back to the socket datapath");
+                if !cfg.xdp_bans.is_empty() {
+                    tracing::warn!(
+                        prefixes = cfg.xdp_bans.len(),
+                        "relay.xdp_bans are NOT enforced: the socket datapath has no XDP program to drop them"
+                    );
+                }
                 Ok(Arc::new(SocketDatapath))
             }
         },

@@ -39,6 +39,13 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
              # TYPE media_relay_xdp_queues gauge\nmedia_relay_xdp_queues{{mode=\"copy\"}} {copy}\nmedia_relay_xdp_queues{{mode=\"zero_copy\"}} {zero_copy}"
         );
     }
+    if let Some((native, generic)) = dp.xdp_attach_modes() {
+        let _ = writeln!(
+            out,
+            "# HELP media_relay_xdp_interfaces Interfaces the XDP program is attached to, natively (in the driver) or in the slower generic (skb) mode.\n\
+             # TYPE media_relay_xdp_interfaces gauge\nmedia_relay_xdp_interfaces{{mode=\"native\"}} {native}\nmedia_relay_xdp_interfaces{{mode=\"generic\"}} {generic}"
+        );
+    }
     if let Some((above, below)) = dp.xdp_napi_ranks() {
         let _ = writeln!(
             out,

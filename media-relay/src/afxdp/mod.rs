@@ -35,9 +35,9 @@ use std::time::Duration;
 use aya::maps::MapData;
 use aya::programs::XdpMode;
 use aya::Ebpf;
-use xdp_prog::{CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks, PROGRAM_NAME};
+use xdp_prog::{BanValue, Bans, CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks, PROGRAM_NAME};
 
-use crate::config::{RelayConfig, ZeroCopy};
+use crate::config::{BanPrefix, RelayConfig, ZeroCopy};
 use crate::control::RelayError;
 use crate::datapath::Datapath;
 use crate::worker::WorkerContext;
@@ -120,6 +120,8 @@ struct Attached {
     media: MediaPorts<MapData>,
     xsks: Xsks<MapData>,
     counters: Counters<MapData>,
+    /// Attached in generic (skb) mode, the driver having refused native mode.
+    generic: bool,
     /// Holds the program and its link: dropping it detaches.
     _ebpf: Ebpf,
 }
@@ -145,6 +147,9 @@ pub struct AfXdp {
 
 /// Most queues (the XSKMAP's size, and `relay.xdp_queues`' limit).
 const MAX_QUEUES: usize = 64;
+/// `BanValue::reason` of the prefixes from `relay.xdp_bans` (the program
+/// ignores it; tools reading the map see who put an entry there).
+pub const BANNED_BY_CONFIG: u32 = 1;
 
 /// Number of rx queues of `interface` (from sysfs), at least 1.
 fn rx_queues(interface: &str) -> usize {
@@ -186,7 +191,14 @@ impl AfXdp {
         };
         let mut attached = Vec::new();
         for name in &cfg.xdp_interfaces {
-            attached.push(attach_one(name, &snap, &cfg.sip_ports)?);
+            attached.push(attach_one(name, &snap, &cfg.sip_ports, &cfg.xdp_bans)?);
+        }
+        if !cfg.xdp_bans.is_empty() {
+            tracing::info!(
+                prefixes = cfg.xdp_bans.len(),
+                interfaces = ?cfg.xdp_interfaces,
+                "relay.xdp_bans: the XDP program drops every packet from these sources"
+            );
         }
         // Every socket is bound here, so any failure (no AF_XDP support, a
         // queue that does not exist, ...) happens before a worker starts
@@ -268,7 +280,7 @@ impl AfXdp {
 }
 
 /// Loads the program for `name`, removes a stale copy of ours, attaches.
-fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16]) -> Result<Attached, Error> {
+fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16], bans: &[BanPrefix]) -> Result<Attached, Error> {
     if let Some(link) = snap.link_by_name(name).filter(|l| l.xdp_prog_id != 0) {
         let id = link.xdp_prog_id;
         let prog_name = aya::programs::loaded_programs()
@@ -293,20 +305,30 @@ fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16]) -> Result<A
     for &p in sip_ports {
         sip.add(p).map_err(|e| Error::Map(format!("adding SIP port {p} on `{name}`: {}", chain(&e))))?;
     }
-    if let Err(native) = xdp_prog::attach(&mut ebpf, name, XdpMode::Driver) {
-        let native = chain(&native);
-        match xdp_prog::attach(&mut ebpf, name, XdpMode::Skb) {
-            Ok(()) => tracing::warn!(
+    // Before the program is attached: no packet from a banned source gets
+    // through in between.
+    let mut banned = Bans::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
+    for b in bans {
+        banned
+            .ban(b.addr, b.len, BanValue { reason: BANNED_BY_CONFIG })
+            .map_err(|e| Error::Map(format!("relay.xdp_bans: adding {b} on `{name}`: {}", chain(&e))))?;
+    }
+    let generic = match xdp_prog::attach(&mut ebpf, name, XdpMode::Driver) {
+        Ok(()) => false,
+        Err(native) => {
+            let native = chain(&native);
+            if let Err(generic) = xdp_prog::attach(&mut ebpf, name, XdpMode::Skb) {
+                return Err(Error::Attach { interface: name.to_owned(), native, generic: chain(&generic) });
+            }
+            tracing::warn!(
                 interface = name,
                 reason = %native,
                 "native XDP attach failed; using generic (skb) mode, which is slower"
-            ),
-            Err(generic) => {
-                return Err(Error::Attach { interface: name.to_owned(), native, generic: chain(&generic) });
-            }
+            );
+            true
         }
-    }
-    Ok(Attached { name: name.to_owned(), media, xsks, counters, _ebpf: ebpf })
+    };
+    Ok(Attached { name: name.to_owned(), media, xsks, counters, generic, _ebpf: ebpf })
 }
 
 impl Drop for AfXdp {
@@ -383,6 +405,12 @@ impl Datapath for AfXdp {
 
     fn xdp_queue_modes(&self) -> Option<(usize, usize)> {
         Some((self.queues - self.zero_copy_queues, self.zero_copy_queues))
+    }
+
+    fn xdp_attach_modes(&self) -> Option<(usize, usize)> {
+        let maps = self.lock();
+        let generic = maps.iter().filter(|a| a.generic).count();
+        Some((maps.len() - generic, generic))
     }
 
     fn xdp_napi_ranks(&self) -> Option<(usize, usize)> {

@@ -29,7 +29,7 @@ pub const TTL: u8 = 64;
 pub enum ParseError {
     /// A header is cut short, or the IP/UDP lengths disagree with the frame.
     Truncated,
-    /// Not IPv4/IPv6 over plain Ethernet (VLAN-tagged frames, ARP, ...).
+    /// Not IPv4/IPv6 over Ethernet with at most one VLAN tag (ARP, QinQ, ...).
     NotIp,
     /// IP but not UDP (or IPv6 with extension headers), or an IPv4 fragment.
     NotUdp,
