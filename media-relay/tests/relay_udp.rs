@@ -132,6 +132,10 @@ fn start_relay(extra: &[&str]) -> Relay {
         if up && r.child.try_wait().ok().flatten().is_none() {
             if xdp {
                 assert_eq!(metric(&r, "media_relay_datapath{datapath=\"xdp\"}"), 1.0, "the relay runs on AF_XDP");
+                // The loopback driver has no native XDP: the relay fell
+                // back to generic mode, and says so.
+                assert_eq!(metric(&r, "media_relay_xdp_interfaces{mode=\"generic\"}"), 1.0, "lo in generic mode");
+                assert_eq!(metric(&r, "media_relay_xdp_interfaces{mode=\"native\"}"), 0.0);
             }
             return r;
         }
