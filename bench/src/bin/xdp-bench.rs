@@ -207,7 +207,8 @@ const GEN_A: [u8; 4] = [10, 1, 0, 2];
 const GEN_B: [u8; 4] = [10, 2, 0, 2];
 const RELAY_A: [u8; 4] = [10, 1, 0, 1];
 const RELAY_B: [u8; 4] = [10, 2, 0, 1];
-/// RTP payload: 172 bytes make 214-byte Ethernet frames.
+/// RTP payload: with its 12-byte header, 172 bytes of UDP payload and
+/// 214-byte Ethernet frames.
 const PAYLOAD: usize = 160;
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -969,28 +970,32 @@ fn main() -> std::process::ExitCode {
             .collect();
         println!("  {:<22} {}", path.label(), runs.join("  "));
     }
-    let base = med(1, |f| f.max_pps);
-    let base_cpu = med(1, |f| f.cpu_at.map_or(f64::NAN, |c| c.0));
-    let base_core = med(1, |f| f.cpu_at.map_or(f64::NAN, |c| c.1));
-    println!(
-        "\nratios against the socket datapath (max pps; relay process and core 0 CPU per packet at {}k):",
-        a.cpu_at / 1000
-    );
-    for (i, path) in Path4::ALL.iter().enumerate() {
-        if results[i].is_empty() || i == 1 {
-            continue;
-        }
-        let cpu = if *path == Path4::KernelXdp {
-            "-".to_owned()
-        } else {
-            format!("{:.2}x", med(i, |f| f.cpu_at.map_or(f64::NAN, |c| c.0)) / base_cpu)
-        };
-        let core = med(i, |f| f.cpu_at.map_or(f64::NAN, |c| c.1)) / base_core;
+    if results[1].is_empty() {
+        println!("\n(no ratios: they are against the socket datapath, which --paths left out)");
+    } else {
+        let base = med(1, |f| f.max_pps);
+        let base_cpu = med(1, |f| f.cpu_at.map_or(f64::NAN, |c| c.0));
+        let base_core = med(1, |f| f.cpu_at.map_or(f64::NAN, |c| c.1));
         println!(
-            "  {:<22} pps {:.2}x, relay CPU {cpu}, core 0 CPU {core:.2}x",
-            path.label(),
-            med(i, |f| f.max_pps) / base
+            "\nratios against the socket datapath (max pps; relay process and core 0 CPU per packet at {}k):",
+            a.cpu_at / 1000
         );
+        for (i, path) in Path4::ALL.iter().enumerate() {
+            if results[i].is_empty() || i == 1 {
+                continue;
+            }
+            let cpu = if *path == Path4::KernelXdp {
+                "-".to_owned()
+            } else {
+                format!("{:.2}x", med(i, |f| f.cpu_at.map_or(f64::NAN, |c| c.0)) / base_cpu)
+            };
+            let core = med(i, |f| f.cpu_at.map_or(f64::NAN, |c| c.1)) / base_core;
+            println!(
+                "  {:<22} pps {:.2}x, relay CPU {cpu}, core 0 CPU {core:.2}x",
+                path.label(),
+                med(i, |f| f.max_pps) / base
+            );
+        }
     }
     // Latency at one rate, against the floor: the in-kernel forwarder
     // crosses the same veths and generator, so what a path adds is its
