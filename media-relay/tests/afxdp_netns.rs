@@ -573,6 +573,56 @@ fn vlan_tagged_media_is_relayed_through_the_kernel_path() {
     run_in_thread(vlan_call);
 }
 
+#[test]
+fn media_to_a_host_behind_a_gateway_leaves_from_the_tx_ring() {
+    run_in_thread(via_gateway);
+}
+
+/// The callee's media address is on a network behind a router (the callee
+/// namespace itself, at 10.2.0.2): the relay's route to it names that
+/// gateway. The worker must put the gateway's MAC on the frames (a wrong
+/// one and the callee's kernel drops them as meant for another host) and
+/// send them from its TX ring once the gateway is known.
+fn via_gateway() {
+    const BEHIND: &str = "10.3.0.2";
+    let Some(lab) = lab_or_skip("via_gateway") else { return };
+    ip(&["-n", &lab.callee.0, "addr", "add", &format!("{BEHIND}/32"), "dev", "eb"]).unwrap();
+    ip(&["-n", &lab.relay.0, "route", "add", "10.3.0.0/24", "via", CALLEE]).unwrap();
+    let dir = TestDir::new("afxdp-gateway");
+    let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4008"), &lab.relay);
+    let callee = Lab::bind(&lab.callee, &format!("{BEHIND}:5008"), &lab.relay);
+    let mut relay = start_relay(&lab, &dir, "xdp", false);
+    let ng = wait_ng(&mut relay);
+    let (to_a, to_b) = setup_call(&ng, "gateway-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
+    let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
+    let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
+    // The first packets may wait for the gateway's MAC on the kernel path.
+    assert_eq!(relay_burst(&caller, relay_a, &callee, 1, 20, 0x8a8a).len(), 20, "{}", counters());
+    assert_eq!(relay_burst(&callee, relay_b, &caller, 1, 20, 0x8b8b).len(), 20, "{}", counters());
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel = metric("media_relay_xdp_kernel_path_total");
+    let relayed = metric("media_relay_packets_relayed_total");
+    let got = relay_burst(&caller, relay_a, &callee, 21, 40, 0x8a8a);
+    assert_eq!(got.len(), 40, "callee behind the gateway got {} of 40\n{}", got.len(), counters());
+    assert!(got.iter().all(|(_, from)| *from == relay_b), "from the relay's B side: {:?}", got[0].1);
+    assert_eq!(
+        metric("media_relay_xdp_kernel_path_total"),
+        kernel,
+        "through the gateway from the TX ring\n{}",
+        counters()
+    );
+    assert_eq!(metric("media_relay_packets_relayed_total") - relayed, 40.0, "{}", counters());
+    let q = ng.cmd(dict(&[("command", s("query")), ("call-id", s("gateway-call"))]));
+    let ep = stream_stats(&q, "bob")
+        .get("endpoint")
+        .and_then(|e| e.get("address"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    assert_eq!(ep.as_deref(), Some(BEHIND), "{q:?}");
+    relay.assert_running();
+    drop(relay);
+}
+
 /// The MAC address of `dev` in namespace `ns`.
 fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
     let out = Command::new("ip").args(["-n", &ns.0, "-j", "link", "show", "dev", dev]).output().unwrap();
