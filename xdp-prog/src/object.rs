@@ -91,4 +91,16 @@ mod tests {
         assert_eq!(u16::from_le_bytes([XDP_OBJECT[18], XDP_OBJECT[19]]), EM_BPF);
         assert!(["clang", "checked-in"].contains(&XDP_OBJECT_ORIGIN));
     }
+
+    /// `scripts/test.sh` builds and tests this crate a second time with no
+    /// usable clang and `XSBC_EXPECT_BPF_ORIGIN=checked-in`: the build
+    /// must succeed and embed the checked-in object, and the other tests
+    /// (the verdict table among them) then run against that object.
+    #[test]
+    fn object_comes_from_where_the_build_was_told() {
+        match std::env::var("XSBC_EXPECT_BPF_ORIGIN") {
+            Ok(want) => assert_eq!(XDP_OBJECT_ORIGIN, want),
+            Err(_) => eprintln!("XSBC_EXPECT_BPF_ORIGIN unset: the object came from {XDP_OBJECT_ORIGIN}"),
+        }
+    }
 }
