@@ -339,18 +339,24 @@ fn latching_and_foreign_source_drops() {
     assert_eq!(ep, Some(i64::from(a_nat.local_addr().unwrap().port())), "query shows the latched endpoint");
 }
 
+/// A socket on a free port and another on the port above it.
+fn rtp_rtcp_pair() -> (UdpSocket, UdpSocket) {
+    for _ in 0..100 {
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let Some(next) = rtp.local_addr().unwrap().port().checked_add(1) else { continue };
+        if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", next)) {
+            return (rtp, rtcp);
+        }
+    }
+    panic!("no two adjacent free UDP ports on 127.0.0.1 in 100 tries");
+}
+
 #[test]
 fn rtcp_on_its_own_port() {
     let r = start_relay(&[]);
-    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
     // RTCP endpoints at port+1 of the SDP ports, as RFC 3550 implies.
-    let a_rtcp = UdpSocket::bind(("127.0.0.1", a.local_addr().unwrap().port() + 1));
-    let b_rtcp = UdpSocket::bind(("127.0.0.1", b.local_addr().unwrap().port() + 1));
-    let (Ok(a_rtcp), Ok(b_rtcp)) = (a_rtcp, b_rtcp) else {
-        eprintln!("port+1 busy on this machine; cannot run the RTCP check this time");
-        return;
-    };
+    let (a, a_rtcp) = rtp_rtcp_pair();
+    let (b, b_rtcp) = rtp_rtcp_pair();
     let (to_a, to_b) = setup_call(&r, "call-rtcp", &a, &b);
     let rr = [0x81u8, 201, 0, 7, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     a_rtcp.send_to(&rr, ("127.0.0.1", to_a + 1)).unwrap();
