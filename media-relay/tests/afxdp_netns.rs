@@ -582,7 +582,8 @@ fn media_to_a_host_behind_a_gateway_leaves_from_the_tx_ring() {
 /// namespace itself, at 10.2.0.2): the relay's route to it names that
 /// gateway. The worker must put the gateway's MAC on the frames (a wrong
 /// one and the callee's kernel drops them as meant for another host) and
-/// send them from its TX ring once the gateway is known.
+/// send them from its TX ring once the gateway is known. The relay also
+/// replaces a stale copy of its program attached natively.
 fn via_gateway() {
     const BEHIND: &str = "10.3.0.2";
     let Some(lab) = lab_or_skip("via_gateway") else { return };
@@ -591,8 +592,14 @@ fn via_gateway() {
     let dir = TestDir::new("afxdp-gateway");
     let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4008"), &lab.relay);
     let callee = Lab::bind(&lab.callee, &format!("{BEHIND}:5008"), &lab.relay);
+    // A stale copy of our program attached natively this time (the first
+    // test leaves one in generic mode): replaced the same way.
+    let object = concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp-prog/bpf/xsbc.bpf.o");
+    ip(&["-n", &lab.relay.0, "link", "set", "dev", "rb", "xdpdrv", "obj", object, "sec", "xdp"]).unwrap();
     let mut relay = start_relay(&lab, &dir, "xdp", false);
     let ng = wait_ng(&mut relay);
+    assert!(relay.log_tail(40).contains("detached a stale xsbc XDP program"), "{}", relay.log_tail(40));
+    assert_eq!(metric("media_relay_xdp_interfaces{mode=\"native\"}"), 2.0, "{}", relay.log_tail(40));
     let (to_a, to_b) = setup_call(&ng, "gateway-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
     let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
     let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
