@@ -115,6 +115,18 @@ impl BanPrefix {
         if net != addr {
             return Err(format!("`{spec}` has bits set past the prefix (the network is {net}/{len})"));
         }
+        // The program looks IPv4 sources up as IPv4-mapped IPv6 addresses,
+        // so an IPv6 prefix this short would ban every IPv4 source too.
+        if let IpAddr::V6(a) = addr {
+            let mapped = u128::from(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0));
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            if len < 96 && mapped & mask == u128::from(a) {
+                return Err(format!(
+                    "`{spec}` contains ::ffff:0:0/96, where IPv4 sources are matched, so it would ban every IPv4 \
+                     source too: give IPv4 and IPv6 prefixes separately (0.0.0.0/0 bans all IPv4)"
+                ));
+            }
+        }
         Ok(Self { addr, len })
     }
 }
@@ -346,9 +358,6 @@ pub fn choice<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> 
     Err(format!("`{value}` is not {list}"))
 }
 
-/// Entries of the XDP program's `bans` map (`max_entries` in `xsbc.bpf.c`).
-const XDP_BANS_MAX: usize = 65_536;
-
 /// Most a CPU latency limit may be: above a second, it limits nothing.
 const CPU_LATENCY_MAX_US: i64 = 1_000_000;
 
@@ -561,12 +570,13 @@ impl RelayConfig {
                 problem: "bans are enforced by the XDP program on relay.xdp_interfaces, and none is set".into(),
             });
         }
-        if self.xdp_bans.len() > XDP_BANS_MAX {
+        if self.xdp_bans.len() > xdp_prog::BANS_MAX_ENTRIES as usize {
             return Err(ConfigError::Invalid {
                 key: "relay.xdp_bans",
                 problem: format!(
-                    "{} prefixes, more than the {XDP_BANS_MAX} the XDP program holds",
-                    self.xdp_bans.len()
+                    "{} prefixes, more than the {} the XDP program holds",
+                    self.xdp_bans.len(),
+                    xdp_prog::BANS_MAX_ENTRIES
                 ),
             });
         }
@@ -670,10 +680,10 @@ mod tests {
         let with = |bans: &str| {
             DEFAULT_TOML.replace("xdp_interfaces = []", &format!("xdp_interfaces = [\"eth0\"]\nxdp_bans = {bans}"))
         };
-        let c =
-            RelayConfig::from_toml(&with(r#"["203.0.113.0/24", "198.51.100.7", "2001:db8::/32", "::/0"]"#)).unwrap();
+        let c = RelayConfig::from_toml(&with(r#"["203.0.113.0/24", "198.51.100.7", "2001:db8::/32", "2000::/3"]"#))
+            .unwrap();
         let shown: Vec<String> = c.xdp_bans.iter().map(ToString::to_string).collect();
-        assert_eq!(shown, ["203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32", "::/0"]);
+        assert_eq!(shown, ["203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32", "2000::/3"]);
         for (bad, says) in [
             ("203.0.113.7/24", "the network is 203.0.113.0/24"),
             ("2001:db8::1/64", "the network is 2001:db8::/64"),
@@ -681,6 +691,8 @@ mod tests {
             ("2001:db8::/129", "0 to 128"),
             ("10.0.0.0/x", "0 to 32"),
             ("example.com", "not an IP address"),
+            ("::/0", "every IPv4 source"),
+            ("::/80", "every IPv4 source"),
         ] {
             let e = RelayConfig::from_toml(&with(&format!("[\"{bad}\"]"))).unwrap_err().to_string();
             assert!(e.contains("relay.xdp_bans") && e.contains(bad) && e.contains(says), "{bad}: {e}");

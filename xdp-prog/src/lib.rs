@@ -45,6 +45,8 @@ pub const MAP_XSKS: &str = "xsks";
 pub const MAP_MEDIA_PORTS: &str = "media_ports";
 /// `BPF_MAP_TYPE_LPM_TRIE`: [`BanKey`] -> [`BanValue`]. See [`Bans`].
 pub const MAP_BANS: &str = "bans";
+/// Entries [`MAP_BANS`] holds (`max_entries` in the C source).
+pub const BANS_MAX_ENTRIES: u32 = 65_536;
 /// `BPF_MAP_TYPE_HASH`: UDP port (`u16`, host order) -> flags (`u32`). See [`SipPorts`].
 pub const MAP_SIP_PORTS: &str = "sip_ports";
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`: [`Counter`] index -> `u64`. See [`Counters`].

@@ -81,6 +81,7 @@ mod tests {
             assert_eq!((map.key_size(), map.value_size()), (size(key), size(value)), "{name} key/value size");
         }
         assert_eq!(obj.maps[MAP_COUNTERS].max_entries(), size(COUNTER_COUNT));
+        assert_eq!(obj.maps[MAP_BANS].max_entries(), crate::BANS_MAX_ENTRIES);
     }
 
     #[test]
