@@ -653,15 +653,20 @@ impl RawSender {
         use std::os::fd::FromRawFd;
         ns.enter();
         let name = std::ffi::CString::new(dev).unwrap();
-        #[allow(unsafe_code, reason = "if_nametoindex and socket have no safe wrapper here")]
-        // SAFETY: `name` is a valid C string; socket(2) returns a new fd or -1.
-        let (ifindex, fd) =
-            unsafe { (libc::if_nametoindex(name.as_ptr()), libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)) };
+        #[allow(unsafe_code, reason = "if_nametoindex has no safe wrapper here")]
+        // SAFETY: `name` is a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let no_index = std::io::Error::last_os_error();
+        #[allow(unsafe_code, reason = "socket(2) has no safe wrapper for packet sockets here")]
+        // SAFETY: socket(2) returns a new fd or -1.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        let no_socket = std::io::Error::last_os_error();
         back.enter();
-        assert!(ifindex > 0 && fd >= 0, "packet socket on {dev}: {}", std::io::Error::last_os_error());
+        assert!(fd >= 0, "packet socket in {}: {no_socket}", ns.0);
         #[allow(unsafe_code, reason = "taking ownership of the fd socket(2) returned")]
         // SAFETY: `fd` is open and owned by nobody else.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        assert!(ifindex > 0, "{dev} in {}: {no_index}", ns.0);
         Self { fd, ifindex: i32::try_from(ifindex).unwrap() }
     }
 
