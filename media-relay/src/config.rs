@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use xdp_prog::BanKey;
 
 /// The configuration the binary embeds and uses when no file is given.
 pub const DEFAULT_TOML: &str = include_str!("../config/media-relay.toml");
@@ -98,34 +99,25 @@ impl BanPrefix {
         };
         let addr: IpAddr = addr.parse().map_err(|_| format!("`{spec}`: `{addr}` is not an IP address"))?;
         let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let too_long = || format!("`{spec}`: the prefix length must be 0 to {max}");
         let len = match len {
             None => max,
-            Some(l) => match l.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("`{spec}`: the prefix length must be 0 to {max}")),
-            },
+            Some(l) => l.parse::<u8>().map_err(|_| too_long())?,
         };
-        // The network address, with the bits past the prefix cleared.
-        let net = match addr {
-            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)).into()),
-            IpAddr::V6(a) => {
-                IpAddr::V6((u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).into())
-            }
-        };
-        if net != addr {
-            return Err(format!("`{spec}` has bits set past the prefix (the network is {net}/{len})"));
+        // The map's own key clears the bits past the prefix.
+        let key = BanKey::new(addr, len).map_err(|_| too_long())?;
+        if key.addr != BanKey::host(addr).addr {
+            let (net, net_len) = key.prefix();
+            return Err(format!("`{spec}` has bits set past the prefix (the network is {net}/{net_len})"));
         }
         // The program looks IPv4 sources up as IPv4-mapped IPv6 addresses,
         // so an IPv6 prefix this short would ban every IPv4 source too.
-        if let IpAddr::V6(a) = addr {
-            let mapped = u128::from(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0));
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            if len < 96 && mapped & mask == u128::from(a) {
-                return Err(format!(
-                    "`{spec}` contains ::ffff:0:0/96, where IPv4 sources are matched, so it would ban every IPv4 \
-                     source too: give IPv4 and IPv6 prefixes separately (0.0.0.0/0 bans all IPv4)"
-                ));
-            }
+        let ipv4_space = IpAddr::V6(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0));
+        if addr.is_ipv6() && len < 96 && BanKey::new(ipv4_space, len).is_ok_and(|k| k == key) {
+            return Err(format!(
+                "`{spec}` contains ::ffff:0:0/96, where IPv4 sources are matched, so it would ban every IPv4 \
+                 source too: give IPv4 and IPv6 prefixes separately (0.0.0.0/0 bans all IPv4)"
+            ));
         }
         Ok(Self { addr, len })
     }
@@ -684,6 +676,8 @@ mod tests {
             .unwrap();
         let shown: Vec<String> = c.xdp_bans.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32", "2000::/3"]);
+        let mapped = RelayConfig::from_toml(&with(r#"["::ffff:198.51.100.0/120"]"#)).unwrap();
+        assert_eq!(mapped.xdp_bans[0].to_string(), "::ffff:198.51.100.0/120", "an IPv4 /24 written IPv4-mapped");
         for (bad, says) in [
             ("203.0.113.7/24", "the network is 203.0.113.0/24"),
             ("2001:db8::1/64", "the network is 2001:db8::/64"),
@@ -693,6 +687,7 @@ mod tests {
             ("example.com", "not an IP address"),
             ("::/0", "every IPv4 source"),
             ("::/80", "every IPv4 source"),
+            ("::ffff:198.51.100.7/120", "the network is 198.51.100.0/24"),
         ] {
             let e = RelayConfig::from_toml(&with(&format!("[\"{bad}\"]"))).unwrap_err().to_string();
             assert!(e.contains("relay.xdp_bans") && e.contains(bad) && e.contains(says), "{bad}: {e}");

@@ -286,9 +286,17 @@ fn relay_burst(
     n: u16,
     ssrc: u32,
 ) -> Vec<(Vec<u8>, SocketAddr)> {
+    let send = |seq| {
+        from.send_to(&rtp(seq, ssrc), dest).unwrap();
+    };
+    burst_with(send, to, first_seq, n)
+}
+
+/// [`relay_burst`] with the sending done by `send(seq)`.
+fn burst_with(mut send: impl FnMut(u16), to: &UdpSocket, first_seq: u16, n: u16) -> Vec<(Vec<u8>, SocketAddr)> {
     let mut got = Vec::new();
     for seq in first_seq..first_seq + n {
-        from.send_to(&rtp(seq, ssrc), dest).unwrap();
+        send(seq);
         if seq % 8 == 7 {
             got.extend(recv_n(to, 8, Duration::from_millis(500)));
         }
@@ -630,16 +638,18 @@ fn via_gateway() {
     drop(relay);
 }
 
-/// The MAC address of `dev` in namespace `ns`.
-fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
-    let out = Command::new("ip").args(["-n", &ns.0, "-j", "link", "show", "dev", dev]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let at = text.find("\"address\":\"").unwrap_or_else(|| panic!("no address for {dev}: {text}")) + 11;
-    let mut mac = [0u8; 6];
-    for (i, byte) in text[at..at + 17].split(':').enumerate() {
-        mac[i] = u8::from_str_radix(byte, 16).unwrap();
-    }
-    mac
+/// The MAC address of `dev` in namespace `ns`, as `aa:bb:cc:dd:ee:ff`.
+fn mac(ns: &str, dev: &str) -> String {
+    let path = format!("/sys/class/net/{dev}/address");
+    let out = Command::new("ip").args(["netns", "exec", ns, "cat", &path]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// [`mac`] as bytes.
+fn mac_bytes(ns: &str, dev: &str) -> [u8; 6] {
+    let text = mac(ns, dev);
+    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    bytes.try_into().unwrap_or_else(|_| panic!("{dev} in {ns}: MAC `{text}`"))
 }
 
 /// A packet socket on one interface of a namespace: sends whole frames.
@@ -740,7 +750,7 @@ fn vlan_call() {
     let raw = RawSender::open(&lab.caller, "ca", &lab.relay);
     let mut relay = start_relay(&lab, &dir, "xdp", false);
     let ng = wait_ng(&mut relay);
-    let macs = (mac(&lab.caller, "ca"), mac(&lab.relay, "ra"));
+    let macs = (mac_bytes(&lab.caller.0, "ca"), mac_bytes(&lab.relay.0, "ra"));
     let (to_a, to_b) = setup_call(&ng, "vlan-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
     let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
     let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
@@ -750,14 +760,9 @@ fn vlan_call() {
     // Twice: the second round runs with every neighbour known.
     for (round, first) in [(1, 1u16), (2, 101)] {
         let (steered_before, kernel_before) = (steered(), kernel());
-        let mut got = Vec::new();
-        for seq in first..first + 20 {
-            raw.send(&tagged_frame(macs, 7, caller.local_addr().unwrap(), relay_a, &rtp(seq, 0x7a7a)));
-            if seq % 8 == 7 {
-                got.extend(recv_n(&callee, 8, Duration::from_millis(500)));
-            }
-        }
-        got.extend(recv_n(&callee, 20 - got.len(), Duration::from_secs(2)));
+        let from = caller.local_addr().unwrap();
+        let got =
+            burst_with(|seq| raw.send(&tagged_frame(macs, 7, from, relay_a, &rtp(seq, 0x7a7a))), &callee, first, 20);
         assert_eq!(
             got.len(),
             20,
@@ -958,9 +963,7 @@ fn carrier_loss() {
     let Some(lab) = lab_or_skip("frames_the_kernel_completes_unsent_are_counted") else { return };
     let dir = TestDir::new("afxdp-carrier");
     let (r, e) = (lab.relay.0.as_str(), lab.callee.0.as_str());
-    let out = Command::new("ip").args(["netns", "exec", e, "cat", "/sys/class/net/eb/address"]).output().unwrap();
-    let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    ip(&["-n", r, "neigh", "replace", CALLEE, "lladdr", &mac, "nud", "permanent", "dev", "rb"]).unwrap();
+    ip(&["-n", r, "neigh", "replace", CALLEE, "lladdr", &mac(e, "eb"), "nud", "permanent", "dev", "rb"]).unwrap();
     let mut c = one_call(&lab, &dir, "xdp", "carrier-call");
     let relayed = metric("media_relay_packets_relayed_total");
 
