@@ -229,4 +229,45 @@ mod tests {
         let e = if_index("xsbc-no-such0").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
     }
+
+    /// Adds and removes an address on `lo` of a throwaway network namespace
+    /// (this test's thread alone moves into it), checking with `ip -o addr`
+    /// what the kernel holds. Needs root; fails instead of skipping under CI=true.
+    #[test]
+    fn address_add_and_remove_in_a_namespace() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        std::thread::spawn(move || {
+            // SAFETY: unshare(2) with a constant flag; it only changes this
+            // thread's network namespace, which the thread never shares.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                let e = io::Error::last_os_error();
+                assert!(!ci, "this test must run under CI=true, but unshare(CLONE_NEWNET) failed: {e}");
+                eprintln!("SKIPPED: needs root for a network namespace ({e})");
+                return;
+            }
+            let shown = || {
+                let out = std::process::Command::new("ip").args(["-o", "addr", "show", "dev", "lo"]).output();
+                String::from_utf8_lossy(&out.expect("ip runs").stdout).into_owned()
+            };
+            let lo = if_index("lo").unwrap();
+            for (addr, prefix, text) in
+                [("10.99.0.100", 24, "10.99.0.100/24"), ("fd00:99::100", 64, "fd00:99::100/64")]
+            {
+                let addr: IpAddr = addr.parse().unwrap();
+                assert!(!shown().contains(text));
+                address_add(lo, addr, prefix, addr.is_ipv6()).unwrap();
+                assert!(shown().contains(text), "{text} added: {}", shown());
+                assert!(addresses(lo, addr).unwrap().contains(&addr));
+                let again = address_add(lo, addr, prefix, addr.is_ipv6()).unwrap_err();
+                assert_eq!(again.raw_os_error(), Some(libc::EEXIST));
+                address_del(lo, addr, prefix).unwrap();
+                assert!(!shown().contains(text), "{text} removed: {}", shown());
+                assert!(!addresses(lo, addr).unwrap().contains(&addr));
+                let gone = address_del(lo, addr, prefix).unwrap_err();
+                assert_eq!(gone.raw_os_error(), Some(libc::EADDRNOTAVAIL));
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }
