@@ -250,8 +250,7 @@ mod tests {
                 String::from_utf8_lossy(&out.expect("ip runs").stdout).into_owned()
             };
             let lo = if_index("lo").unwrap();
-            for (addr, prefix, text) in
-                [("10.99.0.100", 24, "10.99.0.100/24"), ("fd00:99::100", 64, "fd00:99::100/64")]
+            for (addr, prefix, text) in [("10.99.0.100", 24, "10.99.0.100/24"), ("fd00:99::100", 64, "fd00:99::100/64")]
             {
                 let addr: IpAddr = addr.parse().unwrap();
                 assert!(!shown().contains(text));

@@ -4,7 +4,7 @@
 //! once instead of when their entries expire.
 //!
 //! Addresses are changed over rtnetlink (`RTM_NEWADDR` / `RTM_DELADDR`, in
-//! [`crate::sys`]); the announcements are built here and sent on the
+//! `crate::sys`); the announcements are built here and sent on the
 //! interface. Only the HA thread calls into this module.
 
 use std::io;
@@ -32,9 +32,7 @@ impl Vip {
     /// Whether the interface holds the address now.
     #[must_use]
     pub fn held(&self) -> bool {
-        sys::if_index(&self.dev)
-            .and_then(|i| sys::addresses(i, self.addr))
-            .is_ok_and(|held| held.contains(&self.addr))
+        sys::if_index(&self.dev).and_then(|i| sys::addresses(i, self.addr)).is_ok_and(|held| held.contains(&self.addr))
     }
 
     /// Adds the address (no duplicate address detection for IPv6: the pair
@@ -46,9 +44,7 @@ impl Vip {
         match sys::address_add(self.ifindex()?, self.addr, self.prefix, self.addr.is_ipv6()) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            Err(source) => {
-                Err(Error::VipAdd { addr: self.addr, prefix: self.prefix, dev: self.dev.clone(), source })
-            }
+            Err(source) => Err(Error::VipAdd { addr: self.addr, prefix: self.prefix, dev: self.dev.clone(), source }),
         }
     }
 
