@@ -10,6 +10,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// A command line and where its answer goes.
 pub type Request = (String, mpsc::Sender<String>);
 
@@ -23,13 +25,17 @@ impl Server {
     /// Binds the socket (replacing a stale one left by a crash).
     ///
     /// # Errors
-    /// The bind error.
-    pub fn bind(path: &Path) -> std::io::Result<Self> {
+    /// [`Error::BindControl`] with the bind error.
+    pub fn bind(path: &Path) -> Result<Self, Error> {
         if UnixStream::connect(path).is_err() {
             let _ = std::fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path)?;
-        listener.set_nonblocking(true)?;
+        let bind = || -> std::io::Result<UnixListener> {
+            let listener = UnixListener::bind(path)?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        };
+        let listener = bind().map_err(|source| Error::BindControl { path: path.to_owned(), source })?;
         Ok(Self { listener, path: path.to_owned() })
     }
 
@@ -76,8 +82,12 @@ fn serve_one(s: UnixStream, tx: &mpsc::Sender<Request>) {
 /// Sends one command to a running sbc and returns its answer.
 ///
 /// # Errors
-/// Connection or I/O errors.
-pub fn request(path: &Path, command: &str) -> std::io::Result<String> {
+/// [`Error::Control`] with the connection or I/O error.
+pub fn request(path: &Path, command: &str) -> Result<String, Error> {
+    exchange(path, command).map_err(|source| Error::Control { path: path.to_owned(), source })
+}
+
+fn exchange(path: &Path, command: &str) -> std::io::Result<String> {
     let mut s = UnixStream::connect(path)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(command.as_bytes())?;

@@ -7,15 +7,19 @@
 //! - [`transport`]: UDP and TCP sockets and stream framing.
 //! - [`ha`]: the active/standby pair (Redis lease, replication, virtual IP).
 //! - [`location`]: registered bindings. [`config`], [`cdr`], [`metrics`].
+//! - [`error`]: the crate's error type. `sys` (private): every `unsafe`
+//!   block of the crate, the kernel interfaces (AF_PACKET, rtnetlink).
 
 pub mod cdr;
 pub mod config;
 pub mod control;
+pub mod error;
 pub mod ha;
 pub mod health;
 pub mod location;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;
+mod sys;
 pub mod transport;
 pub mod txn;

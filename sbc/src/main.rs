@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 use media_relay::ng::NgCounters;
 use media_relay::relay::Relay;
 use sbc::cdr::CdrWriter;
-use sbc::config::Config;
+use sbc::config::{Config, ConfigError};
+use sbc::error::Error;
 use sbc::ha::{ToHa, ToProxy};
 use sbc::metrics::SbcMetrics;
 use sbc::proxy::Proxy;
@@ -59,10 +60,10 @@ enum Cmd {
     },
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
     match path {
-        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
-        None => Config::embedded_default().map_err(|e| e.to_string()),
+        Some(p) => Config::from_file(p),
+        None => Config::embedded_default(),
     }
 }
 
@@ -116,7 +117,7 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("sbc ctl: {}: {e}", path.display());
+                    eprintln!("sbc ctl: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -145,26 +146,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config) -> Result<(), String> {
+fn run(cfg: Config) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
     let mut transport = Transport::bind_with(cfg.listen, cfg.tcp, cfg.max_message_size, cfg.ha.is_some())
-        .map_err(|e| format!("binding SIP on {}: {e}", cfg.listen))?;
+        .map_err(|source| Error::BindSip { addr: cfg.listen, source })?;
     let metrics_sock = match cfg.metrics {
-        Some(a) => Some(TcpListener::bind(a).map_err(|e| format!("binding metrics listener {a}: {e}"))?),
+        Some(a) => Some(TcpListener::bind(a).map_err(|source| Error::BindMetrics { addr: a, source })?),
         None => None,
     };
     let ng_sock = match cfg.relay.listen_ng {
-        Some(a) => Some(UdpSocket::bind(a).map_err(|e| format!("binding ng control socket {a}: {e}"))?),
+        Some(a) => Some(UdpSocket::bind(a).map_err(|source| Error::BindNg { addr: a, source })?),
         None => None,
     };
-    let cdr = CdrWriter::open(cfg.cdr_file.as_deref()).map_err(|e| format!("opening CDR file: {e}"))?;
-    let relay = Relay::start(cfg.relay.clone()).map_err(|e| e.to_string())?;
+    let cdr = CdrWriter::open(cfg.cdr_file.as_deref()).map_err(|source| Error::OpenCdr { source })?;
+    let relay = Relay::start(cfg.relay.clone())?;
     let names: Vec<String> = cfg.trunks.iter().map(|t| t.name.clone()).collect();
     let metrics = Arc::new(SbcMetrics::new(&names));
     let control = match &cfg.control_socket {
-        Some(p) => {
-            Some(sbc::control::Server::bind(p).map_err(|e| format!("binding control socket {}: {e}", p.display()))?)
-        }
+        Some(p) => Some(sbc::control::Server::bind(p)?),
         None => None,
     };
     let ngc = Arc::new(NgCounters::default());
@@ -185,7 +184,7 @@ fn run(cfg: Config) -> Result<(), String> {
                     };
                     media_relay::metrics::serve_with(&l, &render, &s);
                 })
-                .map_err(|e| e.to_string())?,
+                .map_err(|source| Error::Spawn { name: "sbc-metrics", source })?,
         );
     }
     if let Some(sock) = ng_sock {
@@ -199,7 +198,7 @@ fn run(cfg: Config) -> Result<(), String> {
                         tracing::error!(error = %e, "ng server stopped");
                     }
                 })
-                .map_err(|e| e.to_string())?,
+                .map_err(|source| Error::Spawn { name: "sbc-ng", source })?,
         );
     }
     {
@@ -216,7 +215,7 @@ fn run(cfg: Config) -> Result<(), String> {
                 s.store(true, Ordering::Relaxed);
                 return;
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| Error::Spawn { name: "sbc-signals", source })?;
     }
     let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
@@ -224,7 +223,7 @@ fn run(cfg: Config) -> Result<(), String> {
     // the AF_XDP workers' SIP handoff (mio allows one per poll).
     let mut sip_rings = relay.sip_handoff().take_consumers();
     let waker = if cfg.ha.is_some() || !sip_rings.is_empty() {
-        Some(transport.waker().map_err(|e| format!("creating the signaling waker: {e}"))?)
+        Some(transport.waker().map_err(|source| Error::Waker { source })?)
     } else {
         None
     };
@@ -241,7 +240,9 @@ fn run(cfg: Config) -> Result<(), String> {
         proxy.track_changes();
         let (to_ha, from_proxy) = std::sync::mpsc::channel();
         let (to_proxy, from_ha) = std::sync::mpsc::channel();
-        let waker = waker.clone().ok_or("no signaling waker")?;
+        // Created above whenever `[ha]` is configured.
+        let waker =
+            waker.clone().ok_or_else(|| Error::Waker { source: std::io::Error::other("no signaling waker") })?;
         let links = sbc::ha::Links {
             relay: Arc::clone(&relay),
             to_proxy,
@@ -252,9 +253,12 @@ fn run(cfg: Config) -> Result<(), String> {
             shutdown: Arc::clone(&shutdown),
         };
         let node = sbc::ha::Node::new(hc.clone(), links, Arc::clone(status))
-            .map_err(|e| format!("binding the HA heartbeat socket {}: {e}", hc.heartbeat))?;
+            .map_err(|source| Error::BindHeartbeat { addr: hc.heartbeat, source })?;
         threads.push(
-            std::thread::Builder::new().name("sbc-ha".into()).spawn(move || node.run()).map_err(|e| e.to_string())?,
+            std::thread::Builder::new()
+                .name("sbc-ha".into())
+                .spawn(move || node.run())
+                .map_err(|source| Error::Spawn { name: "sbc-ha", source })?,
         );
         proxy.set_active(false);
         ha_link = Some((to_ha, from_ha));

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use sbc::error::Error;
 use sbc::sip::{Header, Message, Method};
 
 #[derive(Parser, Debug)]
@@ -90,8 +91,8 @@ enum Mode {
 }
 
 /// `register`: one REGISTER, retransmitted until a final answer.
-fn register(local: SocketAddr, proxy: SocketAddr, user: &str, expires: u32) -> Result<(), String> {
-    let sock = UdpSocket::bind(local).map_err(|e| format!("binding {local}: {e}"))?;
+fn register(local: SocketAddr, proxy: SocketAddr, user: &str, expires: u32) -> Result<(), Error> {
+    let sock = UdpSocket::bind(local).map_err(|source| Error::BindUa { addr: local, source })?;
     let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
     let pid = std::process::id();
     let text = format!(
@@ -100,17 +101,17 @@ fn register(local: SocketAddr, proxy: SocketAddr, user: &str, expires: u32) -> R
     );
     let mut buf = [0u8; 4096];
     for _ in 0..10 {
-        sock.send_to(text.as_bytes(), proxy).map_err(|e| e.to_string())?;
+        sock.send_to(text.as_bytes(), proxy).map_err(|source| Error::SendRegister { source })?;
         while let Ok((n, _)) = sock.recv_from(&mut buf) {
             let Ok(m) = Message::parse(&buf[..n]) else { continue };
             match m.code() {
                 Some(200) => return Ok(()),
-                Some(c) if c >= 300 => return Err(format!("REGISTER answered {c}")),
+                Some(c) if c >= 300 => return Err(Error::RegisterRefused(c)),
                 _ => {}
             }
         }
     }
-    Err("no answer to REGISTER".into())
+    Err(Error::RegisterTimeout)
 }
 
 #[derive(clap::Args, Debug)]

@@ -3,13 +3,15 @@
 //! advertisement for IPv6) so the neighbours' caches point at this node at
 //! once instead of when their entries expire.
 //!
-//! Addresses are changed with iproute2's `ip` (always present where the sbc
-//! runs); the announcements are built here and sent on the interface.
-#![allow(unsafe_code)]
+//! Addresses are changed over rtnetlink (`RTM_NEWADDR` / `RTM_DELADDR`, in
+//! `crate::sys`); the announcements are built here and sent on the
+//! interface. Only the HA thread calls into this module.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::Command;
+
+use crate::error::Error;
+use crate::sys;
 
 /// An address with its prefix on an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,55 +24,41 @@ pub struct Vip {
     pub dev: String,
 }
 
-fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("running `ip`: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
 impl Vip {
-    fn cidr(&self) -> String {
-        format!("{}/{}", self.addr, self.prefix)
+    fn ifindex(&self) -> Result<u32, Error> {
+        sys::if_index(&self.dev).map_err(|source| Error::Interface { dev: self.dev.clone(), source })
     }
 
     /// Whether the interface holds the address now.
     #[must_use]
     pub fn held(&self) -> bool {
-        ip(&["-o", "addr", "show", "dev", &self.dev])
-            .is_ok_and(|s| s.split_whitespace().any(|w| w.split('/').next() == Some(&self.addr.to_string())))
+        sys::if_index(&self.dev).and_then(|i| sys::addresses(i, self.addr)).is_ok_and(|held| held.contains(&self.addr))
     }
 
     /// Adds the address (no duplicate address detection for IPv6: the pair
-    /// guarantees uniqueness through the lease).
+    /// guarantees uniqueness through the lease). Present already is fine.
     ///
     /// # Errors
-    /// What `ip` said.
-    pub fn add(&self) -> Result<(), String> {
-        let cidr = self.cidr();
-        let mut args = vec!["addr", "add", cidr.as_str(), "dev", self.dev.as_str()];
-        if self.addr.is_ipv6() {
-            args.push("nodad");
-        }
-        match ip(&args) {
-            Ok(_) => Ok(()),
-            Err(e) if e.contains("File exists") => Ok(()),
-            Err(e) => Err(format!("adding {cidr} to {}: {e}", self.dev)),
+    /// No such interface, or what the kernel said.
+    pub fn add(&self) -> Result<(), Error> {
+        match sys::address_add(self.ifindex()?, self.addr, self.prefix, self.addr.is_ipv6()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(Error::VipAdd { addr: self.addr, prefix: self.prefix, dev: self.dev.clone(), source }),
         }
     }
 
     /// Removes the address; `Ok(false)` when it was not there.
     ///
     /// # Errors
-    /// What `ip` said.
-    pub fn remove(&self) -> Result<bool, String> {
-        let cidr = self.cidr();
-        match ip(&["addr", "del", cidr.as_str(), "dev", self.dev.as_str()]) {
-            Ok(_) => Ok(true),
-            Err(e) if e.contains("Cannot assign") || e.contains("not found") => Ok(false),
-            Err(e) => Err(format!("removing {cidr} from {}: {e}", self.dev)),
+    /// No such interface, or what the kernel said.
+    pub fn remove(&self) -> Result<bool, Error> {
+        match sys::address_del(self.ifindex()?, self.addr, self.prefix) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+            Err(source) => {
+                Err(Error::VipRemove { addr: self.addr, prefix: self.prefix, dev: self.dev.clone(), source })
+            }
         }
     }
 }
@@ -80,7 +68,7 @@ impl Vip {
 /// milliseconds), which would add to every takeover.
 pub struct Announcer {
     vip: Vip,
-    packet: Option<std::os::fd::OwnedFd>,
+    packet: Option<sys::PacketSocket>,
 }
 
 impl Announcer {
@@ -89,7 +77,7 @@ impl Announcer {
     /// # Errors
     /// When the packet socket cannot be opened (no `CAP_NET_RAW`).
     pub fn new(vip: Vip) -> io::Result<Self> {
-        let packet = if vip.addr.is_ipv4() { Some(packet_socket()?) } else { None };
+        let packet = if vip.addr.is_ipv4() { Some(sys::PacketSocket::open()?) } else { None };
         Ok(Self { vip, packet })
     }
 
@@ -100,22 +88,11 @@ impl Announcer {
     pub fn announce(&self) -> io::Result<()> {
         let mac = mac_of(&self.vip.dev)?;
         match (self.vip.addr, &self.packet) {
-            (IpAddr::V4(a), Some(fd)) => send_garp(fd, &self.vip.dev, mac, a),
-            (IpAddr::V4(a), None) => send_garp(&packet_socket()?, &self.vip.dev, mac, a),
+            (IpAddr::V4(a), Some(s)) => send_garp(s, &self.vip.dev, mac, a),
+            (IpAddr::V4(a), None) => send_garp(&sys::PacketSocket::open()?, &self.vip.dev, mac, a),
             (IpAddr::V6(a), _) => send_unsolicited_na(&self.vip.dev, mac, a),
         }
     }
-}
-
-/// A send-only packet socket (protocol 0: it receives nothing).
-fn packet_socket() -> io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: plain socket(2) call; the descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn sysfs(dev: &str, file: &str) -> io::Result<String> {
@@ -140,10 +117,6 @@ pub fn mac_of(dev: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-fn ifindex(dev: &str) -> io::Result<u32> {
-    sysfs(dev, "ifindex")?.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad ifindex"))
-}
-
 /// A gratuitous ARP frame: an ARP request (`op` 1) or reply (`op` 2) whose
 /// sender and target address are both `ip`, broadcast.
 #[must_use]
@@ -166,33 +139,10 @@ pub fn garp_frame(mac: [u8; 6], ip: Ipv4Addr, op: u16) -> [u8; 60] {
     f
 }
 
-fn send_garp(owned: &std::os::fd::OwnedFd, dev: &str, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
-    let index = i32::try_from(ifindex(dev)?).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "ifindex"))?;
-    let proto = 0x0806u16.to_be();
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = index;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+fn send_garp(socket: &sys::PacketSocket, dev: &str, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+    let index = sys::if_index(dev)?;
     for op in [1u16, 2] {
-        let frame = garp_frame(mac, ip, op);
-        // SAFETY: the buffer and the address are valid for the given lengths
-        // for the duration of the call.
-        let n = unsafe {
-            libc::sendto(
-                std::os::fd::AsRawFd::as_raw_fd(owned),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                std::ptr::addr_of!(sll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        socket.send_broadcast(index, 0x0806, &garp_frame(mac, ip, op))?;
     }
     Ok(())
 }
@@ -216,7 +166,7 @@ fn send_unsolicited_na(dev: &str, mac: [u8; 6], target: Ipv6Addr) -> io::Result<
     let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
     s.bind_device(Some(dev.as_bytes()))?;
     s.set_multicast_hops_v6(255)?;
-    s.set_multicast_if_v6(ifindex(dev)?)?;
+    s.set_multicast_if_v6(sys::if_index(dev)?)?;
     s.bind(&SocketAddr::new(IpAddr::V6(target), 0).into())?;
     let all_nodes: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
     s.send_to(&na_message(mac, target), &SocketAddr::new(IpAddr::V6(all_nodes), 0).into())?;
