@@ -7,8 +7,8 @@
 //!   client transaction, their timers and retransmissions, absorbs
 //!   retransmitted requests and responses, and matches responses, ACK and
 //!   CANCEL to transactions. It reports [`crate::txn::Event`]s.
-//! - The call layer ([`core::Core`]) acts on those events: routing,
-//!   sequential forking over targets ([`fork`]), dialogs, media anchoring
+//! - The call layer (`core::Core`) acts on those events: routing,
+//!   sequential forking over targets (`fork`), dialogs, media anchoring
 //!   through [`MediaControl`], trunks, the registrar, AlternatePath and the
 //!   HA hooks. It answers with commands to the transaction layer (respond,
 //!   start a client transaction, cancel, send statelessly) and never sees a

@@ -17,119 +17,42 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::event::{ClientId, ClientRequest, Event, ServerId};
 use super::wire;
-use super::{client_key, server_key, ClientAction, ClientTxn, Kind, ServerAction, ServerTxn, TimerConfig, TxnKey};
+use super::{client_key, ClientAction, ClientTxn, Kind, ServerAction, ServerTxn, TimerConfig, TxnKey};
 use crate::metrics::SbcMetrics;
 use crate::sip::{Header, Message, Method};
-use crate::transport::{Inbound, Outbound, Proto};
+use crate::transport::{Outbound, Proto};
 
-/// Handle of a server transaction in an [`Endpoint`]. Never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServerId(u64);
-
-/// Handle of a client transaction in an [`Endpoint`]. Never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(u64);
-
-/// What the layer above must act on, in the order it happened.
-#[derive(Debug)]
-pub enum Event {
-    /// A new request (not ACK, not CANCEL) with its server transaction. An
-    /// INVITE has had its 100 Trying. The top Via carries `received`/`rport`.
-    Request {
-        /// Its server transaction: answer through it.
-        id: ServerId,
-        /// The request.
-        msg: Message,
-        /// Where it came from.
-        src: SocketAddr,
-        /// Over what.
-        proto: Proto,
-    },
-    /// An ACK that matched no server transaction: the ACK for a 2xx, which
-    /// is end to end (RFC 3261 §17.2.3).
-    Ack {
-        /// The ACK.
-        msg: Message,
-        /// The transport it came over.
-        proto: Proto,
-    },
-    /// A CANCEL with its own server transaction `id` (not yet answered).
-    /// `invite` is the INVITE server transaction it matches (§9.2) when that
-    /// one was forwarded ([`Endpoint::set_forwarded`]).
-    Cancel {
-        /// The CANCEL's server transaction.
-        id: ServerId,
-        /// The forwarded INVITE it cancels.
-        invite: Option<ServerId>,
-    },
-    /// A response passed up by client transaction `id` (retransmissions
-    /// absorbed; a non-2xx final to an INVITE already ACKed).
-    Response {
-        /// The client transaction.
-        id: ClientId,
-        /// The server transaction it forwards for, if any.
-        owner: Option<ServerId>,
-        /// Status code.
-        code: u16,
-        /// The response as received.
-        msg: Message,
-    },
-    /// Client transaction `id` got no final response (timer B/F, the
-    /// caller's timeout, or a transport error) and is gone.
-    Failed {
-        /// The client transaction.
-        id: ClientId,
-        /// The server transaction it forwards for, if any.
-        owner: Option<ServerId>,
-    },
-    /// A well-formed response that matched no client transaction (a 2xx
-    /// retransmission, a response for another proxy, a stray).
-    Stray {
-        /// The response.
-        msg: Message,
-    },
+/// A server transaction and what answering through it needs.
+pub(super) struct Server {
+    pub(super) key: TxnKey,
+    pub(super) txn: ServerTxn,
+    /// Where responses go (RFC 3261 §18.2.2, RFC 3581).
+    pub(super) upstream: SocketAddr,
+    pub(super) proto: Proto,
+    pub(super) request: Message,
+    /// Our To-tag for local answers above 100.
+    pub(super) to_tag: String,
+    /// The call layer forwarded the request (it has a response context).
+    pub(super) forwarded: bool,
 }
 
-/// A client transaction to start: [`Endpoint::start_client`].
-#[derive(Debug)]
-pub struct ClientRequest {
-    /// The request, with our Via (its branch names the transaction) on top.
-    pub request: Message,
-    /// Where to send it.
-    pub dest: SocketAddr,
-    /// Over what.
-    pub proto: Proto,
-    /// The server transaction this one forwards for, reported in its events.
-    pub owner: Option<ServerId>,
-    /// Give up this long after sending if no response has come (a TU
-    /// failover timer; RFC timers still apply when sooner).
-    pub timeout: Option<Duration>,
+/// A client transaction and the request its ACK and CANCEL are built from.
+pub(super) struct Client {
+    pub(super) key: TxnKey,
+    pub(super) txn: ClientTxn,
+    /// The server transaction it forwards for.
+    pub(super) owner: Option<ServerId>,
+    pub(super) request: Message,
+    pub(super) dest: SocketAddr,
+    pub(super) proto: Proto,
 }
 
-struct Server {
-    key: TxnKey,
-    txn: ServerTxn,
-    upstream: SocketAddr,
-    proto: Proto,
-    request: Message,
-    to_tag: String,
-    forwarded: bool,
-}
-
-struct Client {
-    key: TxnKey,
-    txn: ClientTxn,
-    owner: Option<ServerId>,
-    request: Message,
-    dest: SocketAddr,
-    proto: Proto,
-}
-
+/// Which transaction a timer entry belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Server(ServerId),
@@ -138,18 +61,18 @@ enum Timer {
 
 /// The transaction layer: every transaction, its timers and its output.
 pub struct Endpoint {
-    cfg: TimerConfig,
-    metrics: Arc<SbcMetrics>,
-    servers: HashMap<ServerId, Server>,
-    server_ids: HashMap<TxnKey, ServerId>,
-    clients: HashMap<ClientId, Client>,
-    client_ids: HashMap<TxnKey, ClientId>,
+    pub(super) cfg: TimerConfig,
+    pub(super) metrics: Arc<SbcMetrics>,
+    pub(super) servers: HashMap<ServerId, Server>,
+    pub(super) server_ids: HashMap<TxnKey, ServerId>,
+    pub(super) clients: HashMap<ClientId, Client>,
+    pub(super) client_ids: HashMap<TxnKey, ClientId>,
     /// INVITE server transactions ended by a 2xx, kept for 64·T1 so that
     /// retransmitted INVITEs are absorbed (RFC 6026 "Accepted") instead of
     /// starting a second call.
-    accepted: HashMap<TxnKey, Instant>,
+    pub(super) accepted: HashMap<TxnKey, Instant>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    events: VecDeque<Event>,
+    pub(super) events: VecDeque<Event>,
     out: Vec<Outbound>,
     next_id: u64,
     seed: u64,
@@ -245,30 +168,6 @@ impl Endpoint {
     /// then (the proxy does once a second).
     pub fn sweep(&mut self, now: Instant) {
         self.accepted.retain(|_, until| *until > now);
-    }
-
-    /// Handles one message from the network.
-    pub fn handle(&mut self, inbound: Inbound, now: Instant) {
-        match Message::parse(&inbound.data) {
-            Ok(msg) if msg.is_request() => self.on_request(msg, &inbound, now),
-            Ok(msg) => self.on_response(msg, inbound.src, now),
-            Err(e) => {
-                self.metrics.parse_errors.fetch_add(1, Relaxed);
-                let reply =
-                    e.response_code().and_then(|code| wire::raw_error_response(&inbound.data, code, &e.to_string()));
-                match reply {
-                    Some(r) => {
-                        tracing::debug!(src = %inbound.src, error = %e, "unparseable request answered");
-                        self.metrics.response(400);
-                        self.send(r, inbound.src, inbound.proto);
-                    }
-                    None => {
-                        tracing::debug!(src = %inbound.src, error = %e, "unparseable message dropped");
-                        self.metrics.dropped.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-        }
     }
 
     /// Fires every transaction timer due at `now`.
@@ -369,7 +268,7 @@ impl Endpoint {
         self.start_client(ClientRequest { request, dest, proto, owner: None, timeout: None }, now);
     }
 
-    fn next_id(&mut self) -> u64 {
+    pub(super) fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }
@@ -380,96 +279,7 @@ impl Endpoint {
         }
     }
 
-    fn on_request(&mut self, mut msg: Message, inb: &Inbound, now: Instant) {
-        let method = msg.method().cloned().unwrap_or(Method::Other(String::new()));
-        self.metrics.request(method.as_str());
-        if let Err(e) = crate::sip::validate_request(&msg) {
-            match e.response_code() {
-                Some(code) if method != Method::Ack => {
-                    if let Some(r) = wire::raw_error_response(&inb.data, code, &e.to_string()) {
-                        self.metrics.response(code);
-                        self.send(r, inb.src, inb.proto);
-                        return;
-                    }
-                    self.metrics.dropped.fetch_add(1, Relaxed);
-                }
-                _ => {
-                    self.metrics.dropped.fetch_add(1, Relaxed);
-                }
-            }
-            tracing::debug!(src = %inb.src, error = %e, "invalid request");
-            return;
-        }
-        let Some(upstream) = wire::stamp_top_via(&mut msg, inb.src, inb.proto) else {
-            self.metrics.dropped.fetch_add(1, Relaxed);
-            return;
-        };
-        let Some(via) = msg.top_via() else { return };
-        let branch = via.branch().unwrap_or("");
-        let sent_by = wire::sent_by(&via);
-        let key = server_key(branch, &sent_by, method.as_str());
-        tracing::debug!(%method, call_id = ?msg.call_id(), ?key, src = %inb.src, "request");
-
-        let existing = self.server_ids.get(&key).copied();
-        if method == Method::Ack {
-            match existing.and_then(|id| Some((id, self.servers.get_mut(&id)?))) {
-                Some((id, s)) => {
-                    let actions = s.txn.on_ack(now);
-                    self.run_server(id, actions);
-                }
-                None => self.events.push_back(Event::Ack { msg, proto: inb.proto }),
-            }
-            return;
-        }
-        if let Some((id, s)) = existing.and_then(|id| Some((id, self.servers.get_mut(&id)?))) {
-            let actions = s.txn.on_request_retransmission(now);
-            self.run_server(id, actions);
-            return;
-        }
-        if self.accepted.get(&key).is_some_and(|until| *until > now) {
-            // A retransmitted INVITE after its 2xx went up: the 2xx itself is
-            // retransmitted end to end, so there is nothing to do.
-            return;
-        }
-        let invite_key = (method == Method::Cancel).then(|| server_key(branch, &sent_by, "INVITE"));
-        let txn = ServerTxn::new(Kind::for_method(method.as_str()), inb.proto.reliable(), self.cfg, now);
-        let id = ServerId(self.next_id());
-        let to_tag = self.unique();
-        self.server_ids.insert(key.clone(), id);
-        let request = msg.clone();
-        let server = Server { key, txn, upstream, proto: inb.proto, request, to_tag, forwarded: false };
-        self.servers.insert(id, server);
-        if method == Method::Invite {
-            self.reply(id, 100, "Trying", Vec::new(), now);
-        }
-        if let Some(k) = invite_key {
-            let invite = self.server_ids.get(&k).copied().filter(|i| self.servers.get(i).is_some_and(|s| s.forwarded));
-            self.events.push_back(Event::Cancel { id, invite });
-            return;
-        }
-        self.events.push_back(Event::Request { id, msg, src: inb.src, proto: inb.proto });
-    }
-
-    fn on_response(&mut self, msg: Message, src: SocketAddr, now: Instant) {
-        let parts = msg.validate().ok().and_then(|()| Some((msg.top_via()?, msg.cseq()?, msg.code()?)));
-        let Some((via, (_, method), code)) = parts else {
-            tracing::debug!(%src, "malformed response dropped");
-            self.metrics.parse_errors.fetch_add(1, Relaxed);
-            self.metrics.dropped.fetch_add(1, Relaxed);
-            return;
-        };
-        let key = client_key(via.branch().unwrap_or(""), method.as_str());
-        let found = self.client_ids.get(&key).copied();
-        match found.and_then(|id| Some((id, self.clients.get_mut(&id)?))) {
-            Some((id, c)) => {
-                let actions = c.txn.on_response(code, now);
-                self.run_client(id, actions, Some(msg));
-            }
-            None => self.events.push_back(Event::Stray { msg }),
-        }
-    }
-
-    fn run_server(&mut self, id: ServerId, actions: Vec<ServerAction>) {
+    pub(super) fn run_server(&mut self, id: ServerId, actions: Vec<ServerAction>) {
         let mut terminated = false;
         for a in actions {
             match a {
@@ -496,7 +306,7 @@ impl Endpoint {
 
     /// Carries out client transaction actions; `response` is the message
     /// that caused them, when one did.
-    fn run_client(&mut self, id: ClientId, actions: Vec<ClientAction>, response: Option<Message>) {
+    pub(super) fn run_client(&mut self, id: ClientId, actions: Vec<ClientAction>, response: Option<Message>) {
         let mut terminated = false;
         for a in actions {
             let Some(c) = self.clients.get(&id) else { break };

@@ -20,6 +20,8 @@
 
 mod client;
 mod endpoint;
+mod event;
+mod inbound;
 mod server;
 mod timers;
 pub mod wire;
@@ -30,7 +32,8 @@ mod client_tests;
 mod server_tests;
 
 pub use client::{ClientAction, ClientState, ClientTxn};
-pub use endpoint::{ClientId, ClientRequest, Endpoint, Event, ServerId};
+pub use endpoint::Endpoint;
+pub use event::{ClientId, ClientRequest, Event, ServerId};
 pub use server::{ServerAction, ServerState, ServerTxn};
 pub use timers::TimerConfig;
 

@@ -68,7 +68,7 @@ fn cancel_before_the_answer_ends_the_call_with_487() {
     assert_eq!(h.gauge(|m| &m.dialogs), 0);
     assert_eq!(*h.relay.deleted.lock().unwrap(), vec!["c4".to_owned()]);
     // The caller's ACK for the 487 belongs to the INVITE transaction: absorbed.
-    let ack = Request::new("ACK", "c4").branch("z9hG4bK-INVITE-c4").to_tag("b1").build();
+    let ack = Request::new("ACK", "c4").branch("z9hG4bK-INVITE-c4").with_to_tag("b1").build();
     assert!(h.send(CALLER, &ack).is_empty());
     // A retransmitted 487 is ACKed again by the client transaction, not passed up.
     let out = h.send(TRUNK_A, &respond(&invite, 487, None));

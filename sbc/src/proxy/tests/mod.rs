@@ -38,13 +38,16 @@ pub(super) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// One `offer` or `answer` the relay got: `(kind, call_id, from_tag, to_tag)`.
+pub(super) type SdpCall = (&'static str, String, String, Option<String>);
+
 /// A `MediaControl` that allocates one port per (call, tag) and rewrites
 /// SDP to `RELAY_IP` and that port, remembering every call it got.
 #[derive(Default)]
 pub(super) struct FakeRelay {
     ports: Mutex<HashMap<(String, String), u16>>,
-    /// `offer`/`answer` calls as `(kind, call_id, from_tag, to_tag)`.
-    pub(super) calls: Mutex<Vec<(&'static str, String, String, Option<String>)>>,
+    /// `offer`/`answer` calls, in order.
+    pub(super) calls: Mutex<Vec<SdpCall>>,
     /// Call-IDs deleted.
     pub(super) deleted: Mutex<Vec<String>>,
 }

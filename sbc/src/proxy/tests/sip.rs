@@ -54,7 +54,7 @@ impl Request {
     }
 
     /// The To-tag (the ACK for a non-2xx final response carries the response's).
-    pub(super) fn to_tag(mut self, t: &str) -> Self {
+    pub(super) fn with_to_tag(mut self, t: &str) -> Self {
         self.to_tag = Some(t.to_owned());
         self
     }
