@@ -29,6 +29,8 @@ pub mod wire;
 #[cfg(test)]
 mod client_tests;
 #[cfg(test)]
+mod endpoint_tests;
+#[cfg(test)]
 mod server_tests;
 
 pub use client::{ClientAction, ClientState, ClientTxn};
