@@ -247,40 +247,57 @@ impl Core {
             tracing::debug!(?id, "timer C armed");
             self.timers.push(std::cmp::Reverse((at, Wake::TimerC(id))));
         }
-        let Some(f) = self.forwards.get_mut(&id) else { return };
         resp.remove_first_value("via");
+        if code >= 300 {
+            self.branch_failed(txn, id, resp, code, now);
+        } else {
+            self.branch_answered(txn, id, resp, code, now);
+        }
+    }
+
+    /// A final failure on the current branch: the next target for a
+    /// failover code, else the response goes upstream and the call ends.
+    fn branch_failed(&mut self, txn: &mut Endpoint, id: ServerId, resp: Message, code: u16, now: Instant) {
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        let (is_invite, initial) = (f.is_invite, f.initial);
+        let req_from = f.request.from_tag().unwrap_or_default();
+        let call_id = resp.call_id().unwrap_or_default().to_owned();
+        let trunk = f.current_trunk;
+        f.last_code = code;
+        f.current = None;
+        if let Some(i) = trunk {
+            self.trunk_outcome(i, TrunkOutcome::Failed);
+            if self.cfg.health.failure_codes.contains(&code) {
+                self.trunk_failure(i, &format!("{code} on INVITE"), now);
+            }
+        }
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        if !f.canceled && self.cfg.failover_codes.contains(&code) && !f.targets.is_empty() {
+            tracing::info!(call_id, code, "next hop failed; trying the next target");
+            self.next_branch(txn, id, now);
+            return;
+        }
+        f.final_sent = true;
+        self.forwards.remove(&id);
+        if is_invite && initial {
+            self.metrics.call_failures.fetch_add(1, Relaxed);
+            let reason = if code == 487 { EndReason::Cancel } else { EndReason::Failed };
+            self.end_call(&call_id, reason, code, now);
+        }
+        if !is_invite && resp.cseq().is_some_and(|c| c.1 == Method::Bye) {
+            self.end_bye(&call_id, &req_from, now);
+        }
+        txn.respond(id, &resp, now);
+    }
+
+    /// A provisional (not 100) or 2xx on the current branch: media
+    /// anchored, the dialog and the trunk updated, the response sent up.
+    fn branch_answered(&mut self, txn: &mut Endpoint, id: ServerId, mut resp: Message, code: u16, now: Instant) {
+        let Some(f) = self.forwards.get(&id) else { return };
         let (is_invite, initial, offer_in_request) = (f.is_invite, f.initial, f.offer_in_request);
         let req_from = f.request.from_tag().unwrap_or_default();
         let call_id = resp.call_id().unwrap_or_default().to_owned();
         let trunk = f.current_trunk;
-        if code >= 300 {
-            f.last_code = code;
-            f.current = None;
-            if let Some(i) = trunk {
-                self.trunk_outcome(i, TrunkOutcome::Failed);
-                if self.cfg.health.failure_codes.contains(&code) {
-                    self.trunk_failure(i, &format!("{code} on INVITE"), now);
-                }
-            }
-            let Some(f) = self.forwards.get_mut(&id) else { return };
-            if !f.canceled && self.cfg.failover_codes.contains(&code) && !f.targets.is_empty() {
-                tracing::info!(call_id, code, "next hop failed; trying the next target");
-                self.next_branch(txn, id, now);
-                return;
-            }
-            f.final_sent = true;
-            self.forwards.remove(&id);
-            if is_invite && initial {
-                self.metrics.call_failures.fetch_add(1, Relaxed);
-                let reason = if code == 487 { EndReason::Cancel } else { EndReason::Failed };
-                self.end_call(&call_id, reason, code, now);
-            }
-            if !is_invite && resp.cseq().is_some_and(|c| c.1 == Method::Bye) {
-                self.end_bye(&call_id, &req_from, now);
-            }
-            txn.respond(id, &resp, now);
-            return;
-        }
         // 1xx (not 100) and 2xx.
         if is_invite {
             let to_tag = resp.to_tag().unwrap_or_default();
