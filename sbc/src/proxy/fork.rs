@@ -225,6 +225,8 @@ impl Core {
         self.next_branch(txn, id, now);
     }
 
+    /// A response (not absorbed by its transaction) on branch `branch` of
+    /// the forward of `id`. Responses of a branch given up on are ignored.
     pub(super) fn on_branch_response(
         &mut self,
         txn: &mut Endpoint,
