@@ -3,25 +3,27 @@
 
 use std::time::{Instant, SystemTime};
 
+use super::core::Core;
 use super::dialog::{Dialog, DialogRecord};
 use super::Proxy;
 
 impl Proxy {
     /// Starts recording dialog changes for replication.
     pub fn track_changes(&mut self) {
-        self.dialogs.track_changes();
-        self.location.track_changes();
+        self.core.dialogs.track_changes();
+        self.core.location.track_changes();
     }
 
     /// Registrations changed since the last call: `(aor, Some(json))` with
     /// the live bindings, `(aor, None)` when none are left.
     pub fn take_binding_changes(&mut self, now: Instant) -> Vec<(String, Option<String>)> {
         let wall = SystemTime::now();
-        self.location
+        self.core
+            .location
             .take_changed()
             .into_iter()
             .map(|aor| {
-                let json = self.location.export(&aor, now, wall).and_then(|r| serde_json::to_string(&r).ok());
+                let json = self.core.location.export(&aor, now, wall).and_then(|r| serde_json::to_string(&r).ok());
                 (aor, json)
             })
             .collect()
@@ -31,11 +33,12 @@ impl Proxy {
     #[must_use]
     pub fn dump_bindings(&self, now: Instant) -> Vec<(String, String)> {
         let wall = SystemTime::now();
-        self.location
+        self.core
+            .location
             .aors()
             .into_iter()
             .filter_map(|aor| {
-                let r = self.location.export(&aor, now, wall)?;
+                let r = self.core.location.export(&aor, now, wall)?;
                 serde_json::to_string(&r).ok().map(|j| (aor, j))
             })
             .collect()
@@ -48,25 +51,26 @@ impl Proxy {
         for (aor, text) in records {
             match serde_json::from_str::<Vec<crate::location::BindingRecord>>(text) {
                 Ok(r) => {
-                    self.location.import(aor, &r, now, wall);
+                    self.core.location.import(aor, &r, now, wall);
                     n += 1;
                 }
                 Err(e) => tracing::warn!(%aor, error = %e, "HA: skipping a registration record that does not parse"),
             }
         }
         // Installing is not a change to replicate back.
-        let _ = self.location.take_changed();
-        self.update_gauges();
+        let _ = self.core.location.take_changed();
+        self.core.update_gauges(&self.txn);
         n
     }
 
     /// Dialogs changed since the last call: `(call_id, Some(json))` for a
     /// live dialog, `(call_id, None)` for one that ended.
     pub fn take_dialog_changes(&mut self) -> Vec<(String, Option<String>)> {
-        let ids = self.dialogs.take_changed();
+        let ids = self.core.dialogs.take_changed();
         ids.into_iter()
             .map(|id| {
-                let json = self.dialogs.get(&id).and_then(|d| serde_json::to_string(&self.dialog_record(d)).ok());
+                let json =
+                    self.core.dialogs.get(&id).and_then(|d| serde_json::to_string(&self.core.dialog_record(d)).ok());
                 (id, json)
             })
             .collect()
@@ -75,15 +79,11 @@ impl Proxy {
     /// Every live dialog as `(call_id, json)`.
     #[must_use]
     pub fn dump_dialogs(&self) -> Vec<(String, String)> {
-        self.dialogs
+        self.core
+            .dialogs
             .iter()
-            .filter_map(|d| serde_json::to_string(&self.dialog_record(d)).ok().map(|j| (d.call_id.clone(), j)))
+            .filter_map(|d| serde_json::to_string(&self.core.dialog_record(d)).ok().map(|j| (d.call_id.clone(), j)))
             .collect()
-    }
-
-    fn dialog_record(&self, d: &Dialog) -> DialogRecord {
-        let trunk = d.trunk.and_then(|i| self.cfg.trunks.get(i)).map(|t| t.name.as_str());
-        d.record(trunk)
     }
 
     /// Installs dialogs taken over from the peer (JSON records). Dialogs
@@ -100,17 +100,17 @@ impl Proxy {
                     continue;
                 }
             };
-            if self.dialogs.get(&r.call_id).is_some() {
+            if self.core.dialogs.get(&r.call_id).is_some() {
                 continue;
             }
-            let trunk = r.trunk.as_deref().and_then(|name| self.cfg.trunks.iter().position(|t| t.name == name));
+            let trunk = r.trunk.as_deref().and_then(|name| self.core.cfg.trunks.iter().position(|t| t.name == name));
             if let Some(i) = trunk {
-                self.trunk_take(i, now);
+                self.core.trunk_take(i, now);
             }
-            self.dialogs.insert(Dialog::from_record(&r, trunk, now, wall));
+            self.core.dialogs.insert(Dialog::from_record(&r, trunk, now, wall));
             n += 1;
         }
-        self.update_gauges();
+        self.core.update_gauges(&self.txn);
         n
     }
 
@@ -118,25 +118,30 @@ impl Proxy {
     /// media delete): the node is no longer active and the new active owns
     /// them.
     pub fn stand_down(&mut self) {
-        let trunks: Vec<usize> = self.dialogs.iter().filter_map(|d| d.trunk).collect();
+        let trunks: Vec<usize> = self.core.dialogs.iter().filter_map(|d| d.trunk).collect();
         for i in trunks {
-            self.trunk_release(i);
+            self.core.trunk_release(i);
         }
-        self.dialogs.clear();
-        self.location.clear();
-        self.servers.clear();
-        self.clients.clear();
-        self.forwards.clear();
-        self.accepted.clear();
-        self.probes.clear();
-        self.out.clear();
-        self.update_gauges();
+        self.core.dialogs.clear();
+        self.core.location.clear();
+        self.txn.clear();
+        self.core.forwards.clear();
+        self.core.probes.clear();
+        self.core.update_gauges(&self.txn);
     }
 
     /// Whether this node serves (sends trunk probes). A standby keeps quiet:
     /// answers to its probes would reach the active node, which holds the
     /// address they are sent from.
     pub fn set_active(&mut self, active: bool) {
-        self.active = active;
+        self.core.active = active;
+    }
+}
+
+impl Core {
+    /// The replicated record of a dialog, its trunk by name.
+    fn dialog_record(&self, d: &Dialog) -> DialogRecord {
+        let trunk = d.trunk.and_then(|i| self.cfg.trunks.get(i)).map(|t| t.name.as_str());
+        d.record(trunk)
     }
 }

@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::Proxy;
+use super::core::{Core, Wake};
 use crate::health::{Health, State, Transition};
 use crate::metrics::TrunkOutcome;
 use crate::sip::Message;
+use crate::txn::{ClientRequest, Endpoint};
 
 /// Per-trunk runtime state, owned by the signaling thread.
 #[derive(Debug)]
@@ -44,7 +45,7 @@ pub(super) enum Skip {
     CpsCap,
 }
 
-impl Proxy {
+impl Core {
     /// Whether trunk `i` may take a new call now.
     pub(super) fn trunk_admits(&self, i: usize, now: Instant) -> Result<(), Skip> {
         let (Some(rt), Some(t)) = (self.trunks.get(i), self.cfg.trunks.get(i)) else { return Err(Skip::Down) };
@@ -115,7 +116,7 @@ impl Proxy {
 
     /// Sends due OPTIONS probes; trunks that are not probed come back after
     /// their hold-down.
-    pub(super) fn probe_trunks(&mut self, now: Instant) {
+    pub(super) fn probe_trunks(&mut self, txn: &mut Endpoint, now: Instant) {
         let interval = self.cfg.health.interval;
         for i in 0..self.trunks.len() {
             let probed = !interval.is_zero() && self.cfg.trunks.get(i).is_some_and(|t| t.probe);
@@ -151,8 +152,8 @@ impl Proxy {
                     crate::transport::Proto::Udp
                 },
             );
-            let branch = self.new_branch();
-            let tag = self.unique();
+            let branch = txn.new_branch();
+            let tag = txn.unique();
             let me = self.me.hostport();
             let text = format!(
                 "OPTIONS sip:{dest} SIP/2.0\r\nVia: SIP/2.0/{} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
@@ -161,10 +162,11 @@ impl Proxy {
                 proto.via_name()
             );
             let Ok(msg) = Message::parse(text.as_bytes()) else { continue };
-            let key = super::client_key(&branch, &crate::sip::Method::Options);
-            self.probes.insert(key.clone(), i);
-            let timeout = self.cfg.health.probe_timeout;
-            self.start_client(key, msg, text.into_bytes(), dest, proto, None, Some(timeout), now);
+            let timeout = Some(self.cfg.health.probe_timeout);
+            let probe = ClientRequest { request: msg, dest, proto, owner: None, timeout };
+            if let Some(id) = txn.start_client(probe, now) {
+                self.probes.insert(id, i);
+            }
         }
     }
 
@@ -181,14 +183,14 @@ impl Proxy {
             Some(c) => rt.health.on_failure(&format!("OPTIONS answered {c}"), now),
             None => rt.health.on_failure("OPTIONS timeout", now),
         };
-        self.timers.push(std::cmp::Reverse((next.max(now), super::TimerRef::Client(String::new()))));
+        self.timers.push(std::cmp::Reverse((next.max(now), Wake::Tick)));
         if let Some(t) = t {
             self.log_transition(i, &t);
         }
     }
 
     /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`.
-    pub fn control(&mut self, line: &str) -> String {
+    pub(super) fn control(&mut self, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["trunks"] => self.trunk_table(),

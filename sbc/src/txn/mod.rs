@@ -1,8 +1,13 @@
-//! RFC 3261 §17 transactions as sans-I/O state machines.
+//! RFC 3261 §17 transactions as sans-I/O state machines, and the
+//! transaction layer of the proxy built from them.
 //!
 //! This module owns the four transaction machines ([`ClientTxn`] for
 //! INVITE and non-INVITE, [`ServerTxn`] likewise), their timers
-//! ([`TimerConfig`]) and the transaction-matching key ([`TxnKey`]).
+//! ([`TimerConfig`]), the transaction-matching key ([`TxnKey`]), and the
+//! [`Endpoint`] that holds every transaction of the proxy, demultiplexes
+//! messages to them by key and reports [`Event`]s to the call layer
+//! (`crate::proxy`), which answers with commands. [`wire`] is the SIP the
+//! layer writes itself (Via stamping, hop-by-hop ACK, CANCEL).
 //!
 //! The machines never read the clock: every entry point takes `now`, and
 //! [`ClientTxn::next_deadline`]/[`ServerTxn::next_deadline`] say when to
@@ -10,18 +15,27 @@
 //! never build or parse SIP: they take status codes and opaque byte
 //! buffers, and return actions (send these bytes, send an ACK, deliver
 //! this code, time out, terminated) for the caller to carry out in order.
-//! After `Terminated` every input returns nothing.
+//! After `Terminated` every input returns nothing. The [`Endpoint`] is
+//! where the machines meet SIP messages, and it too takes `now` everywhere.
 
 mod client;
+mod endpoint;
+mod event;
+mod inbound;
 mod server;
 mod timers;
+pub mod wire;
 
 #[cfg(test)]
 mod client_tests;
 #[cfg(test)]
+mod endpoint_tests;
+#[cfg(test)]
 mod server_tests;
 
 pub use client::{ClientAction, ClientState, ClientTxn};
+pub use endpoint::Endpoint;
+pub use event::{ClientId, ClientRequest, Event, ServerId};
 pub use server::{ServerAction, ServerState, ServerTxn};
 pub use timers::TimerConfig;
 

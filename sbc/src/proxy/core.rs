@@ -1,0 +1,205 @@
+//! The call layer's state and its entry points: what it owns, how each
+//! transaction event reaches the code that handles it, its own timers
+//! (timer C, trunk probes, the once-a-second sweep) and the gauges.
+//!
+//! The call layer talks to the transaction layer only through the
+//! [`Endpoint`] passed into each entry point, never to a socket.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use media_relay::control::MediaControl;
+
+use super::alternate;
+use super::dialog::{DialogState, Dialogs, EndReason};
+use super::fork::Forward;
+use super::forward::Me;
+use super::trunks::TrunkRuntime;
+use crate::cdr::CdrWriter;
+use crate::config::Config;
+use crate::location::Location;
+use crate::metrics::SbcMetrics;
+use crate::sip::Method;
+use crate::txn::{ClientId, Endpoint, Event, ServerId};
+
+/// Something the call layer must do at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Wake {
+    /// Timer C of the forward of this server transaction.
+    TimerC(ServerId),
+    /// Probes or the sweep may be due.
+    Tick,
+}
+
+/// The call layer.
+pub(super) struct Core {
+    pub(super) cfg: Arc<Config>,
+    pub(super) me: Me,
+    pub(super) media: Arc<dyn MediaControl>,
+    pub(super) metrics: Arc<SbcMetrics>,
+    pub(super) location: Location,
+    pub(super) dialogs: Dialogs,
+    /// Requests being forwarded, by their server transaction.
+    pub(super) forwards: HashMap<ServerId, Forward>,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, Wake)>>,
+    pub(super) cdr: CdrWriter,
+    last_sweep: Option<Instant>,
+    pub(super) trunks: Vec<TrunkRuntime>,
+    /// Client transaction of each outstanding OPTIONS probe → trunk.
+    pub(super) probes: HashMap<ClientId, usize>,
+    /// False on an HA standby: no trunk probes.
+    pub(super) active: bool,
+}
+
+impl Core {
+    pub(super) fn new(
+        cfg: Arc<Config>,
+        media: Arc<dyn MediaControl>,
+        metrics: Arc<SbcMetrics>,
+        cdr: CdrWriter,
+    ) -> Self {
+        let (cfg_trunks, health) = (cfg.trunks.len(), cfg.health.thresholds);
+        Self {
+            me: Me {
+                addr: cfg.advertise,
+                port: cfg.listen.port(),
+                alternate: cfg.alternate_path.enabled.then(|| alternate::param_value(&cfg.alternate_path.backups)),
+            },
+            cfg,
+            media,
+            metrics,
+            location: Location::new(),
+            dialogs: Dialogs::new(),
+            forwards: HashMap::new(),
+            timers: BinaryHeap::new(),
+            cdr,
+            last_sweep: None,
+            trunks: (0..cfg_trunks).map(|_| TrunkRuntime::new(health)).collect(),
+            probes: HashMap::new(),
+            active: true,
+        }
+    }
+
+    /// When [`on_timer`](Self::on_timer) next has work.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    pub(super) fn update_gauges(&self, txn: &Endpoint) {
+        self.metrics.transactions.store(txn.len() as u64, Relaxed);
+        self.metrics.dialogs.store(self.dialogs.len() as u64, Relaxed);
+        self.metrics.bindings.store(self.location.len() as u64, Relaxed);
+    }
+
+    /// One event from the transaction layer.
+    pub(super) fn on_event(&mut self, ev: Event, txn: &mut Endpoint, now: Instant) {
+        match ev {
+            Event::Request { id, msg, src, proto } => self.route_request(txn, id, msg, src, proto, now),
+            Event::Ack { msg, proto } => self.session_ack(txn, msg, proto, now),
+            Event::Cancel { id, invite } => self.on_cancel(txn, id, invite, now),
+            Event::Response { id, owner, code, msg } => {
+                if code >= 200 {
+                    if let Some(i) = self.probes.remove(&id) {
+                        self.probe_result(i, Some(code), now);
+                    }
+                }
+                if let Some(owner) = owner {
+                    self.on_branch_response(txn, owner, id, msg, code, now);
+                }
+            }
+            Event::Failed { id, owner } => {
+                if let Some(i) = self.probes.remove(&id) {
+                    self.probe_result(i, None, now);
+                }
+                if let Some(owner) = owner {
+                    self.on_branch_failure(txn, owner, id, now);
+                }
+            }
+            Event::Stray { msg } => self.stray_response(txn, msg, now),
+        }
+    }
+
+    /// A CANCEL (RFC 3261 §16.10): 200 when it matches a forwarded INVITE,
+    /// whose pending branch is then cancelled and no further one tried;
+    /// 481 otherwise.
+    fn on_cancel(&mut self, txn: &mut Endpoint, id: ServerId, invite: Option<ServerId>, now: Instant) {
+        let Some(invite) = invite else {
+            txn.reply(id, 481, "Call/Transaction Does Not Exist", Vec::new(), now);
+            return;
+        };
+        txn.reply(id, 200, "OK", Vec::new(), now);
+        let current = self.forwards.get_mut(&invite).and_then(|f| {
+            f.canceled = true;
+            f.targets.clear();
+            f.current
+        });
+        if let Some(ck) = current {
+            txn.cancel(ck, now);
+        }
+    }
+
+    /// Runs the call layer's timers due at `now`: timer C, trunk probes,
+    /// and once a second the sweep.
+    pub(super) fn on_timer(&mut self, txn: &mut Endpoint, now: Instant) {
+        while let Some(Reverse((t, _))) = self.timers.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((_, w))) = self.timers.pop() else { break };
+            if let Wake::TimerC(id) = w {
+                self.timer_c(txn, id, now);
+            }
+        }
+        if self.active {
+            self.probe_trunks(txn, now);
+        }
+        let sweep_due = self.last_sweep.is_none_or(|l| now.duration_since(l).as_secs() >= 1);
+        if sweep_due {
+            self.last_sweep = Some(now);
+            self.sweep(txn, now);
+            self.timers.push(Reverse((now + Duration::from_secs(1), Wake::Tick)));
+        }
+    }
+
+    /// Once a second: expire bindings and end dialogs idle past the timeout.
+    fn sweep(&mut self, txn: &mut Endpoint, now: Instant) {
+        self.location.expire(now);
+        txn.sweep(now);
+        for call_id in self.dialogs.idle(now, self.cfg.dialog_timeout) {
+            tracing::info!(call_id, "dialog timed out");
+            self.end_call(&call_id, EndReason::Timeout, 0, now);
+        }
+        // Early dialogs whose forward is gone (e.g. CANCEL raced the answer) end too.
+        let stale: Vec<String> = self
+            .dialogs
+            .idle(now, Duration::from_secs(300))
+            .into_iter()
+            .filter(|c| self.dialogs.get(c).is_some_and(|d| d.state == DialogState::Early))
+            .collect();
+        for call_id in stale {
+            self.end_call(&call_id, EndReason::Timeout, 408, now);
+        }
+    }
+
+    /// A response that matched no client transaction: a retransmitted 2xx
+    /// to an INVITE (end to end), a response routed through a primary that
+    /// lists us as its alternate, or a stray. Forwarded statelessly if the
+    /// top Via is ours.
+    fn stray_response(&mut self, txn: &mut Endpoint, msg: crate::sip::Message, now: Instant) {
+        let parts = msg.top_via().and_then(|v| Some((v, msg.cseq()?.1, msg.code()?)));
+        let Some((via, method, code)) = parts.filter(|(v, _, _)| alternate::via_is_ours(&self.me, v)) else {
+            self.metrics.dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        if method == Method::Invite && (200..300).contains(&code) {
+            self.stateless_2xx(txn, msg, now);
+        } else if !self.me.is(&via.host, via.port) {
+            self.stateless_response(txn, msg);
+        } else {
+            self.metrics.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Sequential forking in the call layer (RFC 3261 §16.6–16.7): a
+//! [`Forward`] links a server transaction to its branches, tries its
+//! targets one after another (trunk failover, skipping DOWN and capped
+//! trunks), runs timer C, and passes the best response upstream while
+//! keeping the dialog, the anchored media and the trunk counters current.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use super::core::{Core, Wake};
+use super::dialog::{EndReason, Peer};
+use super::forward;
+use super::media::has_sdp;
+use super::routing::Target;
+use crate::metrics::TrunkOutcome;
+use crate::sip::{Message, Method};
+use crate::transport::Proto;
+use crate::txn::{ClientId, ClientRequest, Endpoint, ServerId};
+
+/// One request being forwarded, keyed by its server transaction.
+pub(super) struct Forward {
+    pub(super) request: Message,
+    in_proto: Proto,
+    pub(super) targets: VecDeque<Target>,
+    /// The client transaction of the branch in progress.
+    pub(super) current: Option<ClientId>,
+    pub(super) canceled: bool,
+    final_sent: bool,
+    is_invite: bool,
+    initial: bool,
+    record_route: bool,
+    /// The request carried an SDP offer (else a 2xx SDP is a late offer).
+    offer_in_request: bool,
+    last_code: u16,
+    /// Trunk of the branch in progress.
+    current_trunk: Option<usize>,
+    /// Whether any branch was actually sent.
+    attempted: bool,
+    /// Whether a trunk was passed over for a cap.
+    skipped_cap: bool,
+    /// Timer C of the INVITE branch in progress (reset by provisionals).
+    timer_c: Option<Instant>,
+}
+
+/// What a new [`Forward`] is made of.
+pub(super) struct NewForward {
+    /// The request as it will be forwarded (offer anchored, own Routes gone).
+    pub(super) request: Message,
+    /// The transport it came over.
+    pub(super) in_proto: Proto,
+    /// Where to try it, in order.
+    pub(super) targets: VecDeque<Target>,
+    /// An initial request (not in a dialog).
+    pub(super) initial: bool,
+    /// Whether to add our Record-Route.
+    pub(super) record_route: bool,
+}
+
+fn is_timer_c_branch(f: &Forward, code: u16) -> bool {
+    f.is_invite && (101..200).contains(&code)
+}
+
+impl Core {
+    /// Links server transaction `id` to a new [`Forward`] and sends its first branch.
+    pub(super) fn open_forward(&mut self, txn: &mut Endpoint, id: ServerId, n: NewForward, now: Instant) {
+        let forward = Forward {
+            is_invite: n.request.method() == Some(&Method::Invite),
+            offer_in_request: has_sdp(&n.request),
+            request: n.request,
+            in_proto: n.in_proto,
+            targets: n.targets,
+            current: None,
+            canceled: false,
+            final_sent: false,
+            initial: n.initial,
+            record_route: n.record_route,
+            last_code: 0,
+            current_trunk: None,
+            attempted: false,
+            skipped_cap: false,
+            timer_c: None,
+        };
+        self.forwards.insert(id, forward);
+        txn.set_forwarded(id);
+        self.next_branch(txn, id, now);
+    }
+
+    /// Timer C (RFC 3261 16.6 step 11): a branch that rang for 3 minutes
+    /// without a final answer is cancelled and the next target is tried.
+    pub(super) fn timer_c(&mut self, txn: &mut Endpoint, id: ServerId, now: Instant) {
+        tracing::debug!(?id, "timer C due");
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        if f.final_sent || f.timer_c.is_none_or(|t| t > now) {
+            return;
+        }
+        f.timer_c = None;
+        let Some(ck) = f.current.take() else { return };
+        if f.last_code == 0 {
+            f.last_code = 408;
+        }
+        tracing::info!(call_id = ?f.request.call_id(), "timer C: no final answer after ringing; cancelling the branch");
+        txn.cancel(ck, now);
+        if let Some(i) = self.forwards.get(&id).and_then(|f| f.current_trunk) {
+            self.trunk_outcome(i, TrunkOutcome::Timeout);
+        }
+        self.next_branch(txn, id, now);
+    }
+
+    /// Takes the next target a new call may go to, skipping DOWN and capped
+    /// trunks (each skip logged and counted).
+    fn pick_target(&mut self, id: ServerId, now: Instant) -> Option<Target> {
+        loop {
+            let f = self.forwards.get_mut(&id)?;
+            let target = f.targets.pop_front()?;
+            let Some(i) = target.trunk.filter(|_| f.initial && f.is_invite) else { return Some(target) };
+            match self.trunk_admits(i, now) {
+                Ok(()) => return Some(target),
+                Err(why) => {
+                    use super::trunks::Skip;
+                    let outcome = if why == Skip::Down {
+                        TrunkOutcome::SkippedDown
+                    } else {
+                        if let Some(f) = self.forwards.get_mut(&id) {
+                            f.skipped_cap = true;
+                        }
+                        TrunkOutcome::SkippedCap
+                    };
+                    tracing::info!(trunk = %target.label, reason = ?why, "skipping trunk for a new call");
+                    self.trunk_outcome(i, outcome);
+                }
+            }
+        }
+    }
+
+    /// Sends the forward's request to its next target, or answers upstream
+    /// with the best final response when none is left.
+    fn next_branch(&mut self, txn: &mut Endpoint, id: ServerId, now: Instant) {
+        // The branch that just ended no longer holds its trunk.
+        let prev = self.forwards.get_mut(&id).and_then(|f| f.current_trunk.take());
+        if let Some(i) = prev {
+            self.trunk_release(i);
+            let call_id = self.forwards.get(&id).and_then(|f| f.request.call_id().map(str::to_owned));
+            if let Some(d) = call_id.and_then(|c| self.dialogs.get_mut(&c)) {
+                d.trunk = None;
+            }
+        }
+        let Some(target) = self.pick_target(id, now) else {
+            let Some(f) = self.forwards.get_mut(&id) else { return };
+            let mut extra = Vec::new();
+            let (code, reason) = if f.canceled {
+                (487, "Request Terminated")
+            } else if f.last_code == 408 {
+                (408, "Request Timeout")
+            } else if f.last_code >= 300 {
+                (f.last_code, "No Route Available")
+            } else if !f.attempted {
+                extra.push(crate::sip::Header::new("Retry-After", if f.skipped_cap { "1" } else { "5" }));
+                (
+                    503,
+                    if f.skipped_cap {
+                        "Service Unavailable - Trunk Capacity"
+                    } else {
+                        "Service Unavailable - No Trunk Up"
+                    },
+                )
+            } else {
+                (408, "Request Timeout")
+            };
+            let (is_invite, initial) = (f.is_invite, f.initial);
+            let call_id = f.request.call_id().unwrap_or_default().to_owned();
+            f.final_sent = true;
+            self.forwards.remove(&id);
+            let reason_for = if code == 487 { EndReason::Cancel } else { EndReason::Failed };
+            if is_invite && initial {
+                self.metrics.call_failures.fetch_add(1, Relaxed);
+                self.end_call(&call_id, reason_for, code, now);
+            }
+            txn.reply(id, code, reason, extra, now);
+            return;
+        };
+        let branch = txn.new_branch();
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        f.attempted = true;
+        let ruri = if target.uri.is_empty() { None } else { Some(target.uri.as_str()) };
+        let out =
+            forward::branch_request(&f.request, &self.me, &branch, ruri, f.in_proto, target.proto, f.record_route);
+        let call_trunk = target.trunk.filter(|_| f.is_invite && f.initial);
+        f.current_trunk = call_trunk;
+        if f.is_invite && f.initial {
+            if let Some(d) = f.request.call_id().and_then(|c| self.dialogs.get_mut(c)) {
+                d.callee = Some(Peer { addr: target.dest, proto: target.proto });
+                d.target.clone_from(&target.label);
+                d.trunk = call_trunk;
+            }
+            tracing::info!(call_id = ?f.request.call_id(), target = %target.label, dest = %target.dest, "routing INVITE");
+        }
+        // A fast timeout when there is somewhere else to try.
+        let fast = f.is_invite || !f.targets.is_empty();
+        if let Some(i) = call_trunk {
+            self.trunk_take(i, now);
+        }
+        let timeout = fast.then_some(self.cfg.invite_timeout);
+        let c = ClientRequest { request: out, dest: target.dest, proto: target.proto, owner: Some(id), timeout };
+        let client = txn.start_client(c, now);
+        if let Some(f) = self.forwards.get_mut(&id) {
+            f.current = client;
+        }
+    }
+
+    /// Branch `branch` of the forward of `id` got no answer: try the next target.
+    pub(super) fn on_branch_failure(&mut self, txn: &mut Endpoint, id: ServerId, branch: ClientId, now: Instant) {
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        if f.current != Some(branch) || f.final_sent {
+            return;
+        }
+        f.current = None;
+        if f.last_code == 0 {
+            f.last_code = 408;
+        }
+        if let Some(i) = f.current_trunk {
+            self.trunk_outcome(i, TrunkOutcome::Timeout);
+            self.trunk_failure(i, "INVITE timeout or transport error", now);
+        }
+        self.next_branch(txn, id, now);
+    }
+
+    /// A response (not absorbed by its transaction) on branch `branch` of
+    /// the forward of `id`. Responses of a branch given up on are ignored.
+    pub(super) fn on_branch_response(
+        &mut self,
+        txn: &mut Endpoint,
+        id: ServerId,
+        branch: ClientId,
+        mut resp: Message,
+        code: u16,
+        now: Instant,
+    ) {
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        if f.current != Some(branch) {
+            return;
+        }
+        if code == 100 {
+            return; // hop by hop
+        }
+        if is_timer_c_branch(f, code) {
+            let at = now + self.cfg.timer_c;
+            f.timer_c = Some(at);
+            tracing::debug!(?id, "timer C armed");
+            self.timers.push(std::cmp::Reverse((at, Wake::TimerC(id))));
+        }
+        resp.remove_first_value("via");
+        if code >= 300 {
+            self.branch_failed(txn, id, resp, code, now);
+        } else {
+            self.branch_answered(txn, id, resp, code, now);
+        }
+    }
+
+    /// A final failure on the current branch: the next target for a
+    /// failover code, else the response goes upstream and the call ends.
+    fn branch_failed(&mut self, txn: &mut Endpoint, id: ServerId, resp: Message, code: u16, now: Instant) {
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        let (is_invite, initial) = (f.is_invite, f.initial);
+        let req_from = f.request.from_tag().unwrap_or_default();
+        let call_id = resp.call_id().unwrap_or_default().to_owned();
+        let trunk = f.current_trunk;
+        f.last_code = code;
+        f.current = None;
+        if let Some(i) = trunk {
+            self.trunk_outcome(i, TrunkOutcome::Failed);
+            if self.cfg.health.failure_codes.contains(&code) {
+                self.trunk_failure(i, &format!("{code} on INVITE"), now);
+            }
+        }
+        let Some(f) = self.forwards.get_mut(&id) else { return };
+        if !f.canceled && self.cfg.failover_codes.contains(&code) && !f.targets.is_empty() {
+            tracing::info!(call_id, code, "next hop failed; trying the next target");
+            self.next_branch(txn, id, now);
+            return;
+        }
+        f.final_sent = true;
+        self.forwards.remove(&id);
+        if is_invite && initial {
+            self.metrics.call_failures.fetch_add(1, Relaxed);
+            let reason = if code == 487 { EndReason::Cancel } else { EndReason::Failed };
+            self.end_call(&call_id, reason, code, now);
+        }
+        if !is_invite && resp.cseq().is_some_and(|c| c.1 == Method::Bye) {
+            self.end_bye(&call_id, &req_from, now);
+        }
+        txn.respond(id, &resp, now);
+    }
+
+    /// A provisional (not 100) or 2xx on the current branch: media
+    /// anchored, the dialog and the trunk updated, the response sent up.
+    fn branch_answered(&mut self, txn: &mut Endpoint, id: ServerId, mut resp: Message, code: u16, now: Instant) {
+        let Some(f) = self.forwards.get(&id) else { return };
+        let (is_invite, initial, offer_in_request) = (f.is_invite, f.initial, f.offer_in_request);
+        let req_from = f.request.from_tag().unwrap_or_default();
+        let call_id = resp.call_id().unwrap_or_default().to_owned();
+        let trunk = f.current_trunk;
+        // 1xx (not 100) and 2xx.
+        if is_invite {
+            let to_tag = resp.to_tag().unwrap_or_default();
+            // SDP in a response: an answer to the request's offer, or a late offer.
+            let anchored = if offer_in_request {
+                self.anchor(&mut resp, false, &to_tag, Some(&req_from))
+            } else {
+                self.anchor(&mut resp, true, &to_tag, Some(&req_from))
+            };
+            if let Err(e) = anchored {
+                tracing::warn!(call_id, error = %e, "media relay refused the answer");
+            }
+            if initial {
+                if let Some(d) = self.dialogs.get_mut(&call_id) {
+                    if !d.pdd_done && code >= 180 {
+                        d.pdd_done = true;
+                        self.metrics.post_dial_delay(now.saturating_duration_since(d.started).as_secs_f64());
+                    }
+                    if (200..300).contains(&code) {
+                        d.confirm(to_tag.clone(), code, now);
+                        d.ok_sent = 1;
+                        // A late offer in the 2xx is answered in the ACK.
+                        d.late_offer = d.late_offer && has_sdp(&resp);
+                    }
+                }
+                if (200..300).contains(&code) {
+                    self.metrics.call_answers.fetch_add(1, Relaxed);
+                }
+            }
+        } else if (200..300).contains(&code) && resp.cseq().is_some_and(|c| c.1 == Method::Bye) {
+            self.end_bye(&call_id, &req_from, now);
+        } else if offer_in_request && resp.cseq().is_some_and(|c| matches!(c.1, Method::Update | Method::Prack)) {
+            // The answer to an UPDATE or PRACK offer.
+            let to_tag = resp.to_tag().unwrap_or_default();
+            if let Err(e) = self.anchor(&mut resp, false, &to_tag, Some(&req_from)) {
+                tracing::warn!(call_id, error = %e, "media relay refused the answer");
+            }
+        }
+        if (200..300).contains(&code) {
+            if let Some(i) = trunk {
+                self.trunk_outcome(i, TrunkOutcome::Answered);
+                self.trunk_call_ok(i);
+            }
+            if let Some(f) = self.forwards.get_mut(&id) {
+                f.final_sent = true;
+            }
+            self.forwards.remove(&id);
+        }
+        txn.respond(id, &resp, now);
+    }
+}

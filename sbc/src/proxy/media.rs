@@ -1,0 +1,92 @@
+//! Media anchoring in the call layer: SDP offers and answers rewritten
+//! through [`MediaControl`](media_relay::control::MediaControl), and the
+//! end of a call (media deleted, CDR written).
+
+use std::time::{Instant, SystemTime};
+
+use media_relay::control::{RelayError, SdpOptions, SdpRequest};
+
+use super::core::Core;
+use super::dialog::EndReason;
+use crate::sip::Message;
+
+/// Why the proxy could not anchor a call's media.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The relay refused an SDP offer.
+    #[error("offer: {0}")]
+    Offer(#[source] RelayError),
+    /// The relay refused an SDP answer.
+    #[error("answer: {0}")]
+    Answer(#[source] RelayError),
+}
+
+/// Whether a message carries an SDP body.
+pub(super) fn has_sdp(m: &Message) -> bool {
+    !m.body.is_empty()
+        && m.header("content-type").is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/sdp"))
+}
+
+impl Core {
+    /// Anchors an SDP body: `offer` from the side with tag `owner` to `other`.
+    /// A message without SDP is left alone.
+    pub(super) fn anchor(
+        &self,
+        msg: &mut Message,
+        offer: bool,
+        owner: &str,
+        other: Option<&str>,
+    ) -> Result<(), MediaError> {
+        if !has_sdp(msg) {
+            return Ok(());
+        }
+        let Some(call_id) = msg.call_id().map(str::to_owned) else { return Ok(()) };
+        let opts = SdpOptions { replace_origin: true, ..SdpOptions::default() };
+        let sdp = if offer {
+            let req = SdpRequest { call_id: &call_id, from_tag: owner, to_tag: other, sdp: &msg.body, opts };
+            self.media.offer(&req).map_err(MediaError::Offer)?
+        } else {
+            let from_tag = other.unwrap_or_default();
+            let req = SdpRequest { call_id: &call_id, from_tag, to_tag: Some(owner), sdp: &msg.body, opts };
+            self.media.answer(&req).map_err(MediaError::Answer)?
+        };
+        msg.set_body(sdp);
+        Ok(())
+    }
+
+    /// A BYE ended the call; which side sent it decides the CDR reason.
+    pub(super) fn end_bye(&mut self, call_id: &str, from_tag: &str, now: Instant) {
+        let reason = match self.dialogs.get(call_id) {
+            Some(d) if d.from_caller(from_tag) => EndReason::CallerBye,
+            Some(_) => EndReason::CalleeBye,
+            None => return,
+        };
+        self.end_call(call_id, reason, 0, now);
+    }
+
+    /// Ends a call: deletes its media session and writes its CDR.
+    pub(super) fn end_call(&mut self, call_id: &str, reason: EndReason, code: u16, now: Instant) {
+        let Some(mut d) = self.dialogs.remove(call_id) else { return };
+        if code != 0 {
+            d.final_code = code;
+        }
+        if let Some(i) = d.trunk.take() {
+            self.trunk_release(i);
+        }
+        let (relay, codecs) = match self.media.delete(call_id, Some(&d.caller_tag)) {
+            Ok(report) => {
+                let mut codecs: Vec<String> = Vec::new();
+                for c in report.legs.iter().flat_map(|l| l.medias.iter().flat_map(|m| m.codecs.iter())) {
+                    if !codecs.contains(c) {
+                        codecs.push(c.clone());
+                    }
+                }
+                (crate::cdr::relay_stats(&report), codecs)
+            }
+            Err(_) => (serde_json::Value::Null, Vec::new()),
+        };
+        tracing::info!(call_id, reason = reason.as_str(), code = d.final_code, "call ended");
+        let rec = d.cdr(reason, SystemTime::now(), now, relay, &codecs);
+        self.cdr.write(&rec);
+    }
+}

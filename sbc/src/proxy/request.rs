@@ -1,0 +1,198 @@
+//! Routing a new request in the call layer: the registrar and OPTIONS to
+//! us, loose routing, Max-Forwards, in-dialog requests along the dialog,
+//! initial requests by [`routing::route`] with a new dialog and its offer
+//! anchored. Each ends in a local answer or a [`Forward`](super::fork::Forward).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime};
+
+use super::core::Core;
+use super::dialog::{Dialog, DialogState, EndReason, Peer};
+use super::fork::NewForward;
+use super::media::has_sdp;
+use super::register;
+use super::routing::{self, Target};
+use crate::sip::{Header, Message, Method, Uri};
+use crate::transport::Proto;
+use crate::txn::{Endpoint, ServerId};
+
+/// Which methods establish a dialog we record-route.
+fn dialog_forming(m: &Method) -> bool {
+    matches!(m, Method::Invite | Method::Subscribe | Method::Refer | Method::Notify)
+}
+
+impl Core {
+    /// A new request (not ACK or CANCEL) in server transaction `key`.
+    pub(super) fn route_request(
+        &mut self,
+        txn: &mut Endpoint,
+        key: ServerId,
+        mut msg: Message,
+        src: SocketAddr,
+        proto: Proto,
+        now: Instant,
+    ) {
+        let method = msg.method().cloned().unwrap_or(Method::Other(String::new()));
+        // Loose routing: drop the Route entries that name us (or a primary
+        // that lists us as its alternate).
+        let on_route = super::alternate::strip_own_routes(&self.me, &mut msg) > 0;
+        let mf = msg.max_forwards().unwrap_or(70);
+        let ruri_text = match &msg.start {
+            crate::sip::StartLine::Request { uri, .. } => uri.clone(),
+            crate::sip::StartLine::Response { .. } => return,
+        };
+        let ruri = Uri::parse(&ruri_text).ok();
+        let to_us = ruri.as_ref().is_some_and(|u| self.cfg.is_local_host(&u.host, u.port));
+        let in_dialog = msg.to_tag().is_some();
+
+        if !in_dialog && to_us && method == Method::Register {
+            let o = register::register(&self.cfg, &mut self.location, &msg, src, proto, now);
+            if o.code == 200 {
+                self.metrics.registrations.fetch_add(1, Relaxed);
+            }
+            tracing::info!(aor = ?msg.to().map(|t| t.uri.to_string()), code = o.code, src = %src, "REGISTER");
+            txn.reply(key, o.code, o.reason, o.headers, now);
+            return;
+        }
+        if !in_dialog && to_us && method == Method::Options && ruri.as_ref().is_none_or(|u| u.user.is_none()) {
+            let allow = Header::new("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, PRACK, INFO");
+            txn.reply(key, 200, "OK", vec![allow], now);
+            return;
+        }
+        if mf == 0 {
+            txn.reply(key, 483, "Too Many Hops", Vec::new(), now);
+            return;
+        }
+        if in_dialog {
+            self.route_in_dialog(txn, key, msg, proto, on_route, now);
+            return;
+        }
+        if !msg.routes().is_empty() {
+            txn.reply(key, 403, "Preloaded Route Not Allowed", Vec::new(), now);
+            return;
+        }
+        let Some(ruri) = ruri else {
+            txn.reply(key, 416, "Unsupported URI Scheme", Vec::new(), now);
+            return;
+        };
+        let seed = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            msg.call_id().unwrap_or_default().hash(&mut h);
+            h.finish()
+        };
+        let targets = match routing::route(&self.cfg, &self.location, &ruri, seed, now) {
+            Ok(t) => t,
+            Err(r) => {
+                tracing::info!(method = %method, code = r.code, "request not routed: {}", r.reason);
+                txn.reply(key, r.code, r.reason, Vec::new(), now);
+                return;
+            }
+        };
+        if method == Method::Invite {
+            self.metrics.call_attempts.fetch_add(1, Relaxed);
+            let call_id = msg.call_id().unwrap_or_default().to_owned();
+            self.dialogs.insert(Dialog {
+                call_id,
+                caller_tag: msg.from_tag().unwrap_or_default(),
+                callee_tag: None,
+                state: DialogState::Early,
+                caller: Peer { addr: src, proto },
+                callee: None,
+                from_uri: msg.from().map(|f| f.uri.to_string()).unwrap_or_default(),
+                to_uri: msg.to().map(|f| f.uri.to_string()).unwrap_or_default(),
+                target: targets.first().map(|t| t.label.clone()).unwrap_or_default(),
+                trunk: targets.first().and_then(|t| t.trunk),
+                media: has_sdp(&msg),
+                started: now,
+                started_wall: SystemTime::now(),
+                answered: None,
+                answered_wall: None,
+                pdd_done: false,
+                final_code: 0,
+                last_activity: now,
+                late_offer: !has_sdp(&msg),
+                codecs: Vec::new(),
+                acked: false,
+                ok_sent: 0,
+            });
+            // Anchor the offer once; every branch carries the same relay SDP.
+            let from_tag = msg.from_tag().unwrap_or_default();
+            if let Err(e) = self.anchor(&mut msg, true, &from_tag, None) {
+                tracing::warn!(error = %e, "media relay refused the offer");
+                self.end_call(msg.call_id().unwrap_or_default(), EndReason::Failed, 503, now);
+                txn.reply(key, 503, "Service Unavailable - Media Relay", vec![Header::new("Retry-After", "5")], now);
+                return;
+            }
+        }
+        let targets = targets.into_iter().collect();
+        let fwd =
+            NewForward { request: msg, in_proto: proto, targets, initial: true, record_route: dialog_forming(&method) };
+        self.open_forward(txn, key, fwd, now);
+    }
+
+    fn route_in_dialog(
+        &mut self,
+        txn: &mut Endpoint,
+        key: ServerId,
+        mut msg: Message,
+        in_proto: Proto,
+        on_route: bool,
+        now: Instant,
+    ) {
+        let method = msg.method().cloned().unwrap_or(Method::Other(String::new()));
+        let call_id = msg.call_id().unwrap_or_default().to_owned();
+        let from_tag = msg.from_tag().unwrap_or_default();
+        let to_tag = msg.to_tag();
+        // The next hop by the headers, with any alternates it advertised.
+        let by_headers = super::alternate::next_hop(&msg);
+        let alternates: Vec<Target> = by_headers
+            .iter()
+            .flat_map(|(_, proto, alts)| alts.iter().map(|a| (*a, *proto)))
+            .map(|(dest, proto)| Target { uri: String::new(), dest, proto, trunk: None, label: "alternate".into() })
+            .collect();
+        let dest = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
+            Some(d) => {
+                d.last_activity = now;
+                if d.from_caller(&from_tag) {
+                    d.callee
+                } else {
+                    Some(d.caller)
+                }
+            }
+            // No dialog here, but the request was routed through us (a
+            // backup taking over a primary's dialogs): follow its headers.
+            None if on_route => by_headers.map(|(addr, proto, _)| Peer { addr, proto }),
+            None => None,
+        };
+        let Some(dest) = dest else {
+            txn.reply(key, 481, "Call/Transaction Does Not Exist", Vec::new(), now);
+            return;
+        };
+        if method == Method::Bye {
+            // The call ends when either side says so. Ending it here, not on
+            // the BYE's answer, means a lost or missing answer downstream
+            // (the far end already gone, say) cannot leave it open.
+            self.end_bye(&call_id, &from_tag, now);
+        }
+        if matches!(method, Method::Invite | Method::Update | Method::Prack) {
+            if let Err(e) = self.anchor(&mut msg, true, &from_tag, to_tag.as_deref()) {
+                tracing::warn!(error = %e, "media relay refused a re-offer");
+                txn.reply(key, 500, "Media Relay Error", Vec::new(), now);
+                return;
+            }
+        }
+        let mut targets = VecDeque::from([Target {
+            uri: String::new(),
+            dest: dest.addr,
+            proto: dest.proto,
+            trunk: None,
+            label: String::new(),
+        }]);
+        targets.extend(alternates.into_iter().filter(|a| a.dest != dest.addr));
+        let fwd = NewForward { request: msg, in_proto, targets, initial: false, record_route: false };
+        self.open_forward(txn, key, fwd, now);
+    }
+}

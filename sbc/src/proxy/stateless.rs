@@ -1,0 +1,108 @@
+//! What the call layer sends outside any transaction: the ACK for a 2xx
+//! (end to end, along the dialog; it may carry a late answer), 2xx
+//! retransmissions whose client transaction is gone, and responses routed
+//! through a primary that lists us as its alternate.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use super::core::Core;
+use super::dialog::{DialogState, Peer};
+use super::{alternate, forward};
+use crate::sip::Message;
+use crate::transport::Proto;
+use crate::txn::wire::response_dest;
+use crate::txn::Endpoint;
+
+impl Core {
+    /// ACK that matched no server transaction: the ACK for a 2xx, routed
+    /// end to end through the dialog. It may carry a late answer.
+    pub(super) fn session_ack(&mut self, txn: &mut Endpoint, mut msg: Message, in_proto: Proto, now: Instant) {
+        let on_route = alternate::strip_own_routes(&self.me, &mut msg) > 0;
+        let call_id = msg.call_id().unwrap_or_default().to_owned();
+        let from_tag = msg.from_tag().unwrap_or_default();
+        let to_tag = msg.to_tag();
+        let (dest, late) = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
+            Some(d) => {
+                d.last_activity = now;
+                d.acked = true;
+                let dest = if d.from_caller(&from_tag) { d.callee } else { Some(d.caller) };
+                let late = d.late_offer;
+                d.late_offer = false;
+                (dest, late)
+            }
+            None if on_route => (alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto }), false),
+            None => (None, false),
+        };
+        let Some(dest) = dest else {
+            self.metrics.dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        if late {
+            if let Some(t) = to_tag.as_deref() {
+                if let Err(e) = self.anchor(&mut msg, false, &from_tag, Some(t)) {
+                    tracing::warn!(call_id, error = %e, "media relay refused the late answer");
+                }
+            }
+        }
+        let branch = txn.new_branch();
+        let out = forward::branch_request(&msg, &self.me, &branch, None, in_proto, dest.proto, false);
+        txn.send(out.to_bytes(), dest.addr, dest.proto);
+    }
+
+    /// A response routed through a primary that lists us as its alternate:
+    /// drop its Via (ours now), adopt its Record-Route, pass it on.
+    pub(super) fn stateless_response(&mut self, txn: &mut Endpoint, mut msg: Message) {
+        msg.remove_first_value("via");
+        let Some(next) = msg.top_via() else { return };
+        let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
+        alternate::adopt_record_routes(&self.me, &mut msg, proto);
+        let host_ip: Option<IpAddr> = next.host.trim_start_matches('[').trim_end_matches(']').parse().ok();
+        let fallback = SocketAddr::new(host_ip.unwrap_or(self.me.addr), next.port.unwrap_or(5060));
+        let dest = response_dest(&next, fallback, proto);
+        if let Some(code) = msg.code() {
+            self.metrics.response(code);
+        }
+        tracing::info!(call_id = ?msg.call_id(), %dest, "forwarding a response for a primary (alternatePath)");
+        txn.send(msg.to_bytes(), dest, proto);
+    }
+
+    /// A 2xx retransmission for an INVITE whose client transaction is gone:
+    /// re-anchor (same ports) and send it up the Via path.
+    pub(super) fn stateless_2xx(&mut self, txn: &mut Endpoint, mut msg: Message, now: Instant) {
+        msg.remove_first_value("via");
+        let Some(next) = msg.top_via() else { return };
+        let call_id = msg.call_id().unwrap_or_default().to_owned();
+        if let (Some(from), Some(to)) = (msg.from_tag(), msg.to_tag()) {
+            if self.dialogs.get(&call_id).is_some_and(|d| !d.late_offer) {
+                let _ = self.anchor(&mut msg, false, &to, Some(&from));
+            }
+        }
+        let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
+        alternate::adopt_record_routes(&self.me, &mut msg, proto);
+        let host_ip: Option<IpAddr> = next.host.trim_start_matches('[').trim_end_matches(']').parse().ok();
+        let fallback = SocketAddr::new(host_ip.unwrap_or(self.me.addr), next.port.unwrap_or(5060));
+        let mut dest = response_dest(&next, fallback, proto);
+        // An early dialog taken over from the HA peer is answered here.
+        if let Some(d) = self.dialogs.get_mut(&call_id).filter(|d| d.state == DialogState::Early) {
+            d.confirm(msg.to_tag().unwrap_or_default(), msg.code().unwrap_or(200), now);
+            d.ok_sent = 0;
+            self.metrics.call_answers.fetch_add(1, Relaxed);
+            tracing::info!(call_id, "2xx for a taken-over early dialog: call answered");
+        }
+        // The 2xx is being retransmitted and no ACK has come back: the hop we
+        // sent it to may be gone. If it advertised alternates, try them in turn.
+        let alts = alternate::addresses(&next.params);
+        if let Some(d) = self.dialogs.get_mut(&call_id) {
+            if !d.acked && d.ok_sent >= 1 && !alts.is_empty() {
+                let k = (d.ok_sent as usize - 1) % alts.len();
+                tracing::info!(call_id, primary = %dest, alternate = %alts[k], "2xx not acknowledged: resending via alternatePath");
+                dest = alts[k];
+            }
+            d.ok_sent += 1;
+        }
+        self.metrics.response(200);
+        txn.send(msg.to_bytes(), dest, proto);
+    }
+}

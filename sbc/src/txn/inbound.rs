@@ -1,0 +1,128 @@
+//! Messages from the network into the transaction layer (RFC 3261
+//! §17.1.3, §17.2.3, §18): parse and validation errors answered, Via
+//! stamped, requests and responses matched to transactions by key, and
+//! what matches nothing reported as an [`Event`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use super::endpoint::Server;
+use super::{client_key, server_key, wire, Endpoint, Event, Kind, ServerId, ServerTxn};
+use crate::sip::{Message, Method};
+use crate::transport::Inbound;
+
+impl Endpoint {
+    /// Handles one message from the network.
+    pub fn handle(&mut self, inbound: Inbound, now: Instant) {
+        match Message::parse(&inbound.data) {
+            Ok(msg) if msg.is_request() => self.on_request(msg, &inbound, now),
+            Ok(msg) => self.on_response(msg, inbound.src, now),
+            Err(e) => {
+                self.metrics.parse_errors.fetch_add(1, Relaxed);
+                let reply =
+                    e.response_code().and_then(|code| wire::raw_error_response(&inbound.data, code, &e.to_string()));
+                match reply {
+                    Some(r) => {
+                        tracing::debug!(src = %inbound.src, error = %e, "unparseable request answered");
+                        self.metrics.response(400);
+                        self.send(r, inbound.src, inbound.proto);
+                    }
+                    None => {
+                        tracing::debug!(src = %inbound.src, error = %e, "unparseable message dropped");
+                        self.metrics.dropped.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, mut msg: Message, inb: &Inbound, now: Instant) {
+        let method = msg.method().cloned().unwrap_or(Method::Other(String::new()));
+        self.metrics.request(method.as_str());
+        if let Err(e) = crate::sip::validate_request(&msg) {
+            match e.response_code() {
+                Some(code) if method != Method::Ack => {
+                    if let Some(r) = wire::raw_error_response(&inb.data, code, &e.to_string()) {
+                        self.metrics.response(code);
+                        self.send(r, inb.src, inb.proto);
+                        return;
+                    }
+                    self.metrics.dropped.fetch_add(1, Relaxed);
+                }
+                _ => {
+                    self.metrics.dropped.fetch_add(1, Relaxed);
+                }
+            }
+            tracing::debug!(src = %inb.src, error = %e, "invalid request");
+            return;
+        }
+        let Some(upstream) = wire::stamp_top_via(&mut msg, inb.src, inb.proto) else {
+            self.metrics.dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        let Some(via) = msg.top_via() else { return };
+        let branch = via.branch().unwrap_or("");
+        let sent_by = wire::sent_by(&via);
+        let key = server_key(branch, &sent_by, method.as_str());
+        tracing::debug!(%method, call_id = ?msg.call_id(), ?key, src = %inb.src, "request");
+
+        let existing = self.server_ids.get(&key).copied();
+        if method == Method::Ack {
+            match existing.and_then(|id| Some((id, self.servers.get_mut(&id)?))) {
+                Some((id, s)) => {
+                    let actions = s.txn.on_ack(now);
+                    self.run_server(id, actions);
+                }
+                None => self.events.push_back(Event::Ack { msg, proto: inb.proto }),
+            }
+            return;
+        }
+        if let Some((id, s)) = existing.and_then(|id| Some((id, self.servers.get_mut(&id)?))) {
+            let actions = s.txn.on_request_retransmission(now);
+            self.run_server(id, actions);
+            return;
+        }
+        if self.accepted.get(&key).is_some_and(|until| *until > now) {
+            // A retransmitted INVITE after its 2xx went up: the 2xx itself is
+            // retransmitted end to end, so there is nothing to do.
+            return;
+        }
+        let invite_key = (method == Method::Cancel).then(|| server_key(branch, &sent_by, "INVITE"));
+        let txn = ServerTxn::new(Kind::for_method(method.as_str()), inb.proto.reliable(), self.cfg, now);
+        let id = ServerId(self.next_id());
+        let to_tag = self.unique();
+        self.server_ids.insert(key.clone(), id);
+        let request = msg.clone();
+        let server = Server { key, txn, upstream, proto: inb.proto, request, to_tag, forwarded: false };
+        self.servers.insert(id, server);
+        if method == Method::Invite {
+            self.reply(id, 100, "Trying", Vec::new(), now);
+        }
+        if let Some(k) = invite_key {
+            let invite = self.server_ids.get(&k).copied().filter(|i| self.servers.get(i).is_some_and(|s| s.forwarded));
+            self.events.push_back(Event::Cancel { id, invite });
+            return;
+        }
+        self.events.push_back(Event::Request { id, msg, src: inb.src, proto: inb.proto });
+    }
+
+    fn on_response(&mut self, msg: Message, src: SocketAddr, now: Instant) {
+        let parts = msg.validate().ok().and_then(|()| Some((msg.top_via()?, msg.cseq()?, msg.code()?)));
+        let Some((via, (_, method), code)) = parts else {
+            tracing::debug!(%src, "malformed response dropped");
+            self.metrics.parse_errors.fetch_add(1, Relaxed);
+            self.metrics.dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        let key = client_key(via.branch().unwrap_or(""), method.as_str());
+        let found = self.client_ids.get(&key).copied();
+        match found.and_then(|id| Some((id, self.clients.get_mut(&id)?))) {
+            Some((id, c)) => {
+                let actions = c.txn.on_response(code, now);
+                self.run_client(id, actions, Some(msg));
+            }
+            None => self.events.push_back(Event::Stray { msg }),
+        }
+    }
+}
