@@ -10,8 +10,9 @@
 //!
 //! Also here: [`xdp`], the namespace lab and steps of `xdp-bench`;
 //! [`spawn`] and [`procfs`], starting relays and reading their CPU and
-//! memory.
+//! memory; [`bare`], the bare relay `relay-bench` compares against.
 
+pub mod bare;
 pub mod gen;
 pub mod ng;
 pub mod procfs;
@@ -19,7 +20,7 @@ pub mod spawn;
 mod sys;
 pub mod xdp;
 
-pub use sys::enter_netns;
+pub use sys::{enter_netns, process_cpu_ns};
 
 /// Monotonic nanoseconds.
 #[must_use]
