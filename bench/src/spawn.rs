@@ -1,18 +1,19 @@
-//! Relay processes the benches start: where the `media-relay` binary is,
+//! Relay processes the benches start: where their binaries are,
 //! and a child process that is killed when its handle goes.
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
-/// The `media-relay` binary: `explicit` if given, else the one next to the
-/// running executable (both are built into the same target directory).
+/// The binary `name` (`media-relay`, `bare-relay`): `explicit` if given,
+/// else the one next to the running executable (they are built into the
+/// same target directory).
 #[must_use]
-pub fn media_relay_bin(explicit: Option<&Path>) -> PathBuf {
+pub fn bin_beside(name: &str, explicit: Option<&Path>) -> PathBuf {
     explicit.map(Path::to_path_buf).unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
-            .and_then(|p| p.parent().map(|d| d.join("media-relay")))
-            .unwrap_or_else(|| PathBuf::from("media-relay"))
+            .and_then(|p| p.parent().map(|d| d.join(name)))
+            .unwrap_or_else(|| PathBuf::from(name))
     })
 }
 

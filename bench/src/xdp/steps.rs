@@ -15,7 +15,7 @@ use super::{Args, Path4, GEN_A, GEN_B, RELAY_A};
 use crate::gen::{run_paced, Flow, StepResult};
 use crate::ng::{reply_port, NgClient};
 use crate::procfs::{cpu_ticks, CoreTicks};
-use crate::spawn::{media_relay_bin, RelayProcess};
+use crate::spawn::{bin_beside, RelayProcess};
 
 fn start_relay(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<RelayProcess, String> {
     let mut cmd = Command::new("ip");
@@ -36,7 +36,7 @@ fn start_relay(lab: &Lab, path: Path4, a: &Args, dir: &Path) -> Result<RelayProc
                 ),
             )
             .map_err(|e| e.to_string())?;
-            let bin = media_relay_bin(a.media_relay.as_deref());
+            let bin = bin_beside("media-relay", a.media_relay.as_deref());
             cmd.arg(bin).arg("--config").arg(cfg);
         }
         Path4::Rtpengine => {
