@@ -1,5 +1,5 @@
-//! What `xdp-bench` runs: four ways of relaying the same RTP in one run, in a network
-//! namespace lab this program builds and removes:
+//! What `xdp-bench` runs: four ways of relaying the same RTP in one run,
+//! in a network namespace lab this program builds and removes:
 //!
 //! ```text
 //! netns gen:   ga 10.1.0.2 (senders)          gb 10.2.0.2 (sinks)
@@ -34,10 +34,11 @@
 //! ran there). Runs repeat; medians are printed. Needs root, `ip`,
 //! `ethtool`, `taskset`, clang (for the baseline and the BPF sink; without
 //! it, `--sink thread` and no `kernel` path) and rtpengine (apt
+//! `rtpengine-daemon`; without it, its column is empty).
 //!
-//! The module holds the command line and the run; [`lab`] builds the
-//! namespaces, [`bpf`] the in-kernel forwarder and the BPF sink, [`steps`]
-//! the rate steps and their verdicts, [`report`] the tables.
+//! This module holds the command line and the run; `lab` builds the
+//! namespaces, `bpf` the in-kernel forwarder and the BPF sink, `steps` the
+//! rate steps and their verdicts, `report` the tables.
 
 mod bpf;
 mod lab;
