@@ -9,7 +9,9 @@
 //! 20 ms payloads), spread round robin over the flows. Figures are medians
 //! over `--runs` runs. CPU per packet is the relay process's CPU time
 //! (utime + stime, read from its CPU-time clock in nanoseconds) over a step,
-//! divided by the packets relayed in it.
+//! divided by the packets relayed in it, at each relay's highest clean rate
+//! and at `--cpu-at` (50k pps), where every relay should be clean and the
+//! bare relay's figure is the floor the others are divided by.
 //!
 //! ```text
 //! cargo build --release -p media-relay -p bench
@@ -51,6 +53,11 @@ struct Args {
     /// Short steps and fewer rates.
     #[arg(long)]
     quick: bool,
+    /// The rate at which every relay's CPU per packet is also compared
+    /// (added to the steps if it is not one of them). At the maximum rates
+    /// the relays differ; this one each should relay cleanly.
+    #[arg(long, default_value_t = 50_000)]
+    cpu_at: u64,
     /// Sessions for the memory measurement.
     #[arg(long, default_value_t = 4000)]
     mem_sessions: usize,
@@ -67,10 +74,6 @@ enum Kind {
     Rtpengine,
     Bare,
 }
-
-/// The rate at which every relay's CPU per packet is compared (the rate of
-/// the latency figures; every relay should relay it cleanly).
-const COMMON_PPS: u64 = 100_000;
 
 fn start(kind: Kind, bin: &PathBuf, ng_port: u16) -> Result<Relay, String> {
     let mut cmd = Command::new("taskset");
@@ -232,17 +235,22 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
     let pid = proc.pid();
     let step = Duration::from_secs(if a.quick { 2 } else { 4 });
     let drain = Duration::from_millis(400);
-    let rates: &[u64] = if a.quick {
-        &[50_000, 100_000, 150_000, 200_000]
+    let mut rates: Vec<u64> = if a.quick {
+        vec![50_000, 100_000, 150_000, 200_000]
     } else {
-        &[25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000]
+        vec![25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000]
     };
+    if !rates.contains(&a.cpu_at) {
+        rates.push(a.cpu_at);
+        rates.sort_unstable();
+    }
     // Warm-up latches every leg.
     let _ = run_step(&socks, &flows, 10_000, Duration::from_millis(500), 160, drain);
     let mut best: Option<StepResult> = None;
-    let mut best_cpu = 0.0;
+    // No clean step: no figure.
+    let mut best_cpu = f64::NAN;
     let mut at_100k: Option<StepResult> = None;
-    for &pps in rates {
+    for &pps in &rates {
         let t0 = cpu_time_us(pid);
         let r = run_step(&socks, &flows, pps, step, 160, drain);
         let cpu_us = (cpu_time_us(pid) - t0).max(0.0) / r.received.max(1) as f64;
@@ -255,9 +263,11 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
             r.p99_us,
             cpu_us
         );
-        if pps == COMMON_PPS {
+        if pps == 100_000 {
             at_100k = Some(r.clone());
-            fig.cpu_us_at_common = if r.loss < 0.001 { cpu_us } else { f64::NAN };
+        }
+        if pps == a.cpu_at && r.loss < 0.001 {
+            fig.cpu_us_at_common = cpu_us;
         }
         let short = r.sent_pps < 0.95 * pps as f64;
         if r.loss < 0.001 {
@@ -392,7 +402,7 @@ fn main() -> std::process::ExitCode {
     row("max relayed pps per core (<0.1% loss)", &|f| f.max_pps);
     row("  ...generator-limited runs (the real max is higher)", &|f| f64::from(u8::from(f.generator_limited)));
     row("CPU us per packet (at that rate)", &|f| f.cpu_us_per_pkt);
-    row(&format!("CPU us per packet at {}k pps", COMMON_PPS / 1000), &|f| f.cpu_us_at_common);
+    row(&format!("CPU us per packet at {}k pps", a.cpu_at / 1000), &|f| f.cpu_us_at_common);
     row("latency p50 us (through relay)", &|f| f.p50_us);
     row("latency p99 us (through relay)", &|f| f.p99_us);
     row("  ...measured at pps", &|f| f.lat_at_pps);
@@ -408,7 +418,7 @@ fn main() -> std::process::ExitCode {
     );
     println!("\nCPU per packet against the bare recvmmsg/sendmmsg relay (same flows, same run):");
     for (name, f) in [
-        (format!("at {}k pps", COMMON_PPS / 1000), (|f: &Figures| f.cpu_us_at_common) as fn(&Figures) -> f64),
+        (format!("at {}k pps", a.cpu_at / 1000), (|f: &Figures| f.cpu_us_at_common) as fn(&Figures) -> f64),
         ("at each relay's max rate".to_owned(), |f: &Figures| f.cpu_us_per_pkt),
     ] {
         let (o, r, b) = (med(&f, 0), med(&f, 1), med(&f, 2));
