@@ -2,7 +2,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use media_relay::bencode::{decode, Value};
 
@@ -59,6 +59,20 @@ impl NgClient {
             }
         }
         Err(format!("no ng reply from {}", self.relay))
+    }
+
+    /// Pings the relay until it answers or `within` has passed; whether it
+    /// answered.
+    pub fn wait_ready(&mut self, within: Duration) -> bool {
+        let mut ping = Value::dict();
+        ping.insert("command", Value::str("ping"));
+        let deadline = Instant::now() + within;
+        while self.cmd(&ping).is_err() {
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+        true
     }
 
     /// Sends several commands at once and collects the replies: one

@@ -1,10 +1,17 @@
-//! `relay-bench`: the same scenarios against `media-relay` and rtpengine
-//! (userspace, `--table=-1`) in one run, side by side, with ratios.
+//! `relay-bench`: the same scenarios against `media-relay`, rtpengine
+//! (userspace, `--table=-1`) and a bare `recvmmsg`/`sendmmsg` relay
+//! (`bare-relay`, see [`bench::bare`]) in one run, side by side, with
+//! ratios. The bare relay has no ng: it gets the same flows as fixed
+//! forwards, and only its packet figures are measured.
 //!
 //! Each relay runs with one worker thread pinned to core 0; the generator
 //! and sink run pinned to core 1. Frames are 214 bytes on the wire (G.711
 //! 20 ms payloads), spread round robin over the flows. Figures are medians
-//! over `--runs` runs.
+//! over `--runs` runs. CPU per packet is the relay process's CPU time
+//! (utime + stime, read from its CPU-time clock in nanoseconds) over a step,
+//! divided by the packets relayed in it, at each relay's highest clean rate
+//! and at `--cpu-at` (50k pps), where every relay should be clean and the
+//! bare relay's figure is the floor the others are divided by.
 //!
 //! ```text
 //! cargo build --release -p media-relay -p bench
@@ -12,13 +19,17 @@
 //! target/release/relay-bench --quick    # about 40 seconds
 //! ```
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bench::gen::{run_step, sockets, Flow, StepResult};
+use bench::median;
 use bench::ng::{command, delete_call, sdp, setup_call, NgClient};
+use bench::procfs::rss_kib;
+use bench::spawn::{bin_beside, RelayProcess};
 use clap::Parser;
 
 /// Side-by-side relay benchmark.
@@ -30,6 +41,9 @@ struct Args {
     /// rtpengine binary.
     #[arg(long, default_value = "/usr/bin/rtpengine")]
     rtpengine: PathBuf,
+    /// The bare relay binary (default: next to this executable).
+    #[arg(long)]
+    bare_relay: Option<PathBuf>,
     /// Flows (two per call).
     #[arg(long, default_value_t = 100)]
     flows: usize,
@@ -39,27 +53,26 @@ struct Args {
     /// Short steps and fewer rates.
     #[arg(long)]
     quick: bool,
+    /// The rate at which every relay's CPU per packet is also compared
+    /// (added to the steps if it is not one of them). At the maximum rates
+    /// the relays differ; this one each should relay cleanly.
+    #[arg(long, default_value_t = 50_000)]
+    cpu_at: u64,
     /// Sessions for the memory measurement.
     #[arg(long, default_value_t = 4000)]
     mem_sessions: usize,
 }
 
 struct Relay {
-    child: Child,
+    proc: RelayProcess,
     ng: SocketAddr,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Ours,
     Rtpengine,
+    Bare,
 }
 
 fn start(kind: Kind, bin: &PathBuf, ng_port: u16) -> Result<Relay, String> {
@@ -84,44 +97,59 @@ fn start(kind: Kind, bin: &PathBuf, ng_port: u16) -> Result<Relay, String> {
     let child =
         cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
     let ng = SocketAddr::from(([127, 0, 0, 1], ng_port));
-    let relay = Relay { child, ng };
+    let relay = Relay { proc: RelayProcess(child), ng };
     let mut c = NgClient::new(ng).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut ping = media_relay::bencode::Value::dict();
-    ping.insert("command", media_relay::bencode::Value::str("ping"));
-    while c.cmd(&ping).is_err() {
-        if Instant::now() > deadline {
-            return Err(format!("{} did not answer ng ping", bin.display()));
-        }
+    if !c.wait_ready(Duration::from_secs(10)) {
+        return Err(format!("{} did not answer ng ping", bin.display()));
     }
     Ok(relay)
 }
 
-fn proc_cpu_ticks(pid: u32) -> u64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    // Fields after the ")" of the command name: utime is 14th, stime 15th overall.
-    let rest = s.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-}
-
-/// The relay process itself (taskset execs it, so the pid is the relay's).
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
+fn v4(s: &UdpSocket) -> SocketAddrV4 {
+    match s.local_addr() {
+        Ok(SocketAddr::V4(a)) => a,
+        _ => SocketAddrV4::new([127, 0, 0, 1].into(), 9),
     }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+}
+
+/// Starts the bare relay pinned to core 0 with the flows [`flows_for`]
+/// sets up on the others: call `k` joins generator sockets `k` and `k + 1`,
+/// one relay socket for each direction.
+fn start_bare(bin: &PathBuf, socks: &[UdpSocket], nflows: usize) -> Result<(RelayProcess, Vec<Flow>), String> {
+    let mut senders = Vec::new();
+    let mut dests = Vec::new();
+    for k in 0..nflows.div_ceil(2) {
+        let (a, b) = (k % socks.len(), (k + 1) % socks.len());
+        senders.extend([a, b]);
+        dests.extend([v4(&socks[b]).to_string(), v4(&socks[a]).to_string()]);
+    }
+    let child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(bin)
+        .arg(format!("--dest={}", dests.join(",")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut relay = RelayProcess(child);
+    let mut line = String::new();
+    let stdout = relay.0.stdout.take().ok_or("no stdout")?;
+    BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+    let ports: Vec<u16> = line.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    if ports.len() != senders.len() {
+        return Err(format!("{} printed {} ports for {} flows", bin.display(), ports.len(), senders.len()));
+    }
+    let flows = senders
+        .into_iter()
+        .zip(ports)
+        .map(|(sock, p)| Flow { sock, dest: SocketAddrV4::new([127, 0, 0, 1].into(), p) })
+        .collect();
+    Ok((relay, flows))
+}
+
+/// CPU time of `pid` so far, microseconds.
+fn cpu_time_us(pid: u32) -> f64 {
+    bench::process_cpu_ns(pid).unwrap_or(0) as f64 / 1000.0
 }
 
 #[derive(Default, Clone)]
@@ -129,6 +157,7 @@ struct Figures {
     max_pps: f64,
     generator_limited: bool,
     cpu_us_per_pkt: f64,
+    cpu_us_at_common: f64,
     p50_us: f64,
     p99_us: f64,
     lat_at_pps: f64,
@@ -160,20 +189,20 @@ fn ng_cycles(ng: SocketAddr, secs: f64) -> Result<f64, String> {
 
 fn mem_per_session(relay: &Relay, n: usize) -> Result<f64, String> {
     let mut c = NgClient::new(relay.ng).map_err(|e| e.to_string())?;
-    let before = rss_kib(relay.child.id());
+    let before = rss_kib(relay.proc.pid());
     let ids: Vec<String> = (0..n).map(|k| format!("mem-{k}")).collect();
     for id in &ids {
         setup_call(&mut c, id, 4000, 4002)?;
     }
     std::thread::sleep(Duration::from_millis(300));
-    let after = rss_kib(relay.child.id());
+    let after = rss_kib(relay.proc.pid());
     for id in &ids {
         let _ = delete_call(&mut c, id);
     }
     Ok((after.saturating_sub(before) * 1024) as f64 / n as f64)
 }
 
-fn flows_for(relay: &Relay, socks: &[std::net::UdpSocket], nflows: usize) -> Result<(Vec<Flow>, Vec<String>), String> {
+fn flows_for(relay: &Relay, socks: &[UdpSocket], nflows: usize) -> Result<(Vec<Flow>, Vec<String>), String> {
     let mut c = NgClient::new(relay.ng).map_err(|e| e.to_string())?;
     let mut flows = Vec::new();
     let mut ids = Vec::new();
@@ -190,29 +219,41 @@ fn flows_for(relay: &Relay, socks: &[std::net::UdpSocket], nflows: usize) -> Res
 }
 
 fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures, String> {
-    let relay = start(kind, bin, ng_port)?;
-    let pid = relay.child.id();
-    let mut fig = Figures { ng_cycles: ng_cycles(relay.ng, if a.quick { 1.0 } else { 3.0 })?, ..Figures::default() };
-    fig.mem_per_session_b = mem_per_session(&relay, if a.quick { a.mem_sessions / 4 } else { a.mem_sessions })?;
     let socks = sockets(4).map_err(|e| e.to_string())?;
-    let (flows, _ids) = flows_for(&relay, &socks, a.flows)?;
+    let mut fig = Figures { cpu_us_at_common: f64::NAN, ..Figures::default() };
+    let (proc, flows) = if kind == Kind::Bare {
+        // No ng, no sessions: only the packet figures.
+        (fig.ng_cycles, fig.mem_per_session_b) = (f64::NAN, f64::NAN);
+        start_bare(bin, &socks, a.flows)?
+    } else {
+        let relay = start(kind, bin, ng_port)?;
+        fig.ng_cycles = ng_cycles(relay.ng, if a.quick { 1.0 } else { 3.0 })?;
+        fig.mem_per_session_b = mem_per_session(&relay, if a.quick { a.mem_sessions / 4 } else { a.mem_sessions })?;
+        let (flows, _ids) = flows_for(&relay, &socks, a.flows)?;
+        (relay.proc, flows)
+    };
+    let pid = proc.pid();
     let step = Duration::from_secs(if a.quick { 2 } else { 4 });
     let drain = Duration::from_millis(400);
-    let rates: &[u64] = if a.quick {
-        &[50_000, 100_000, 150_000, 200_000]
+    let mut rates: Vec<u64> = if a.quick {
+        vec![50_000, 100_000, 150_000, 200_000]
     } else {
-        &[25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000]
+        vec![25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000]
     };
+    if !rates.contains(&a.cpu_at) {
+        rates.push(a.cpu_at);
+        rates.sort_unstable();
+    }
     // Warm-up latches every leg.
     let _ = run_step(&socks, &flows, 10_000, Duration::from_millis(500), 160, drain);
     let mut best: Option<StepResult> = None;
-    let mut best_cpu = 0.0;
+    // No clean step: no figure.
+    let mut best_cpu = f64::NAN;
     let mut at_100k: Option<StepResult> = None;
-    for &pps in rates {
-        let t0 = proc_cpu_ticks(pid);
+    for &pps in &rates {
+        let t0 = cpu_time_us(pid);
         let r = run_step(&socks, &flows, pps, step, 160, drain);
-        let ticks = proc_cpu_ticks(pid).saturating_sub(t0) as f64;
-        let cpu_us = ticks * 10_000.0 / r.received.max(1) as f64;
+        let cpu_us = (cpu_time_us(pid) - t0).max(0.0) / r.received.max(1) as f64;
         eprintln!(
             "  {kind:?} {pps:>7} pps offered, {:>8.0} sent: received {:>8.0} pps, loss {:.4}%, p50 {} us, p99 {} us, cpu {:.2} us/pkt",
             r.sent_pps,
@@ -224,6 +265,9 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
         );
         if pps == 100_000 {
             at_100k = Some(r.clone());
+        }
+        if pps == a.cpu_at && r.loss < 0.001 {
+            fig.cpu_us_at_common = cpu_us;
         }
         let short = r.sent_pps < 0.95 * pps as f64;
         if r.loss < 0.001 {
@@ -290,23 +334,47 @@ fn baseline_latency(quick: bool) -> Result<(f64, f64), String> {
     Ok((r.p50_us, r.p99_us))
 }
 
+/// Measures `kind`, or says why not (the run goes on without it).
+fn measure_or_skip(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Option<Figures> {
+    measure(kind, bin, a, ng_port).inspect_err(|e| eprintln!("relay-bench: {kind:?}: {e}")).ok()
+}
+
+/// A figure for the table: "-" where a relay has none.
+fn cell(v: f64) -> String {
+    if v.is_nan() {
+        "-".to_owned()
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// `a / b`, or "n/a".
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() || b == 0.0 {
+        String::from("n/a")
+    } else {
+        format!("{:.2}x", a / b)
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
-    let ours = a.media_relay.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("media-relay")))
-            .unwrap_or_else(|| PathBuf::from("media-relay"))
-    });
+    let ours = bin_beside("media-relay", a.media_relay.as_deref());
+    let bare = bin_beside("bare-relay", a.bare_relay.as_deref());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     if let Some(c) = cores.get(1).or(cores.first()) {
         core_affinity::set_for_current(*c);
     }
     let have_rtpengine = a.rtpengine.exists();
     if !have_rtpengine {
-        eprintln!("rtpengine not found at {}: printing our column only", a.rtpengine.display());
+        eprintln!("rtpengine not found at {}: no rtpengine column", a.rtpengine.display());
     }
-    let mut runs: Vec<(Figures, Option<Figures>)> = Vec::new();
+    let have_bare = bare.exists();
+    if !have_bare {
+        eprintln!("bare-relay not found at {}: no bare column", bare.display());
+    }
+    // Per run: media-relay, rtpengine, bare.
+    let mut runs: Vec<[Option<Figures>; 3]> = Vec::new();
     for run in 0..a.runs.max(1) {
         eprintln!("run {}/{}", run + 1, a.runs);
         let o = match measure(Kind::Ours, &ours, &a, 22301) {
@@ -316,47 +384,45 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        let r = if have_rtpengine {
-            match measure(Kind::Rtpengine, &a.rtpengine, &a, 22302) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    eprintln!("relay-bench: rtpengine: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        runs.push((o, r));
+        let r = have_rtpengine.then(|| measure_or_skip(Kind::Rtpengine, &a.rtpengine, &a, 22302)).flatten();
+        let b = have_bare.then(|| measure_or_skip(Kind::Bare, &bare, &a, 0)).flatten();
+        runs.push([Some(o), r, b]);
     }
     let (base50, base99) = baseline_latency(a.quick).unwrap_or((f64::NAN, f64::NAN));
-    let med = |f: &dyn Fn(&Figures) -> f64, theirs: bool| -> f64 {
-        median(runs.iter().filter_map(|(o, r)| if theirs { r.as_ref().map(f) } else { Some(f(o)) }).collect())
+    let med = |f: &dyn Fn(&Figures) -> f64, which: usize| -> f64 {
+        median(runs.iter().filter_map(|r| r[which].as_ref().map(f)).collect())
     };
-    let row = |name: &str, f: &dyn Fn(&Figures) -> f64, higher_better: bool| {
-        let (o, r) = (med(f, false), med(f, true));
-        let ratio = if r.is_nan() || r == 0.0 { String::from("n/a") } else { format!("{:.2}x", o / r) };
-        let _ = higher_better;
-        println!("{name:<44} {o:>12.1} {r:>12.1} {ratio:>8}");
+    let row = |name: &str, f: &dyn Fn(&Figures) -> f64| {
+        let (o, r, b) = (med(f, 0), med(f, 1), med(f, 2));
+        println!("{name:<44} {:>12} {:>12} {:>12} {:>8}", cell(o), cell(r), cell(b), ratio(o, r));
     };
     println!();
     println!("relay-bench: {} flows, 214-byte frames, one worker core each, medians of {} run(s)", a.flows, runs.len());
-    println!("{:<44} {:>12} {:>12} {:>8}", "", "media-relay", "rtpengine", "ours/rt");
-    row("max relayed pps per core (<0.1% loss)", &|f| f.max_pps, true);
-    row("  ...generator-limited runs (the real max is higher)", &|f| f64::from(u8::from(f.generator_limited)), false);
-    row("CPU us per packet (at that rate)", &|f| f.cpu_us_per_pkt, false);
-    row("latency p50 us (through relay)", &|f| f.p50_us, false);
-    row("latency p99 us (through relay)", &|f| f.p99_us, false);
-    row("  ...measured at pps", &|f| f.lat_at_pps, true);
-    row("ng offer+answer+delete cycles/s", &|f| f.ng_cycles, true);
-    row("relay memory per session, bytes (RSS delta)", &|f| f.mem_per_session_b, false);
-    row("overload 2x: loss %", &|f| f.overload_loss * 100.0, false);
-    row("overload 2x: flows with loss", &|f| f.overload_flows_with_loss as f64, false);
-    row("overload 2x: silenced flows", &|f| f.overload_silenced as f64, false);
-    row("after overload: silenced flows", &|f| f.recovery_silenced as f64, false);
+    println!("{:<44} {:>12} {:>12} {:>12} {:>8}", "", "media-relay", "rtpengine", "bare", "ours/rt");
+    row("max relayed pps per core (<0.1% loss)", &|f| f.max_pps);
+    row("  ...generator-limited runs (the real max is higher)", &|f| f64::from(u8::from(f.generator_limited)));
+    row("CPU us per packet (at that rate)", &|f| f.cpu_us_per_pkt);
+    row(&format!("CPU us per packet at {}k pps", a.cpu_at / 1000), &|f| f.cpu_us_at_common);
+    row("latency p50 us (through relay)", &|f| f.p50_us);
+    row("latency p99 us (through relay)", &|f| f.p99_us);
+    row("  ...measured at pps", &|f| f.lat_at_pps);
+    row("ng offer+answer+delete cycles/s", &|f| f.ng_cycles);
+    row("relay memory per session, bytes (RSS delta)", &|f| f.mem_per_session_b);
+    row("overload 2x: loss %", &|f| f.overload_loss * 100.0);
+    row("overload 2x: flows with loss", &|f| f.overload_flows_with_loss as f64);
+    row("overload 2x: silenced flows", &|f| f.overload_silenced as f64);
+    row("after overload: silenced flows", &|f| f.recovery_silenced as f64);
     println!(
         "{:<44} {base50:>12.1} (p99 {base99:.1}) without any relay, at 100k pps",
         "baseline latency p50 us, same generator"
     );
+    println!("\nCPU per packet against the bare recvmmsg/sendmmsg relay (same flows, same run):");
+    for (name, f) in [
+        (format!("at {}k pps", a.cpu_at / 1000), (|f: &Figures| f.cpu_us_at_common) as fn(&Figures) -> f64),
+        ("at each relay's max rate".to_owned(), |f: &Figures| f.cpu_us_per_pkt),
+    ] {
+        let (o, r, b) = (med(&f, 0), med(&f, 1), med(&f, 2));
+        println!("  {name:<26} media-relay/bare {:>6}, rtpengine/bare {:>6}", ratio(o, b), ratio(r, b));
+    }
     std::process::ExitCode::SUCCESS
 }
