@@ -9,15 +9,13 @@
 
 #![allow(clippy::unwrap_used, reason = "test harness: a failed unwrap is a failed test")]
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::NgClient;
-use media_relay::bencode::{decode, Value};
+use testkit::bencode::{decode, Value};
+use testkit::{in_ci, is_root, Netns, NgClient};
 
 /// The datapath these tests run the relay on (`relay_udp_xdp.rs` has its own).
 #[allow(dead_code, reason = "unused when relay_udp_xdp.rs includes this file")]
@@ -33,40 +31,25 @@ struct Relay {
     _netns: Option<Netns>,
 }
 
-/// A network namespace with its loopback up, deleted on drop.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// On the AF_XDP datapath: a namespace of the test's own with its loopback
 /// up, entered by the calling test thread so its sockets meet the relay
 /// there. `None` (the test then runs on
 /// sockets, saying so) when namespaces cannot be made, except under CI.
 fn xdp_netns() -> Option<Netns> {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let name = format!("xsbc-rudp-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    let run = |args: &[&str]| Command::new(args[0]).args(&args[1..]).output().is_ok_and(|o| o.status.success());
-    if !run(&["ip", "netns", "add", &name]) {
-        assert!(!common::in_ci(), "CI=true but network namespaces cannot be made (root needed)");
-        eprintln!("SKIPPED: no network namespaces (not root?): running this test on the socket datapath");
+    let Ok(ns) = Netns::with_lo("rudp") else {
+        testkit::skip("no network namespaces (not root?): running this test on the socket datapath");
         return None;
-    }
-    let ns = Netns(name);
-    assert!(run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]), "lo up in {}", ns.0);
+    };
     // A frame sent from an AF_XDP socket on lo has no route attached, so
     // IPv4 looks its 127.0.0.1 source and destination up as if it came from
     // a wire: allow that in this namespace (IPv6 needs nothing).
     for key in ["route_localnet", "accept_local"] {
         for dev in ["all", "lo"] {
             let set = format!("net.ipv4.conf.{dev}.{key}=1");
-            assert!(run(&["ip", "netns", "exec", &ns.0, "sysctl", "-qw", &set]), "sysctl {set}");
+            ns.sysctl(&set).unwrap_or_else(|e| panic!("sysctl {set}: {e}"));
         }
     }
-    common::enter_netns(&format!("/run/netns/{}", ns.0)).unwrap();
+    ns.enter();
     Some(ns)
 }
 
@@ -111,9 +94,7 @@ fn start_relay(extra: &[&str]) -> Relay {
                 // Loopback senders hand over partial UDP checksums (offload
                 // that cannot be turned off on lo): recompute them.
                 args.extend(["--datapath=xdp", "--xdp-interface=lo", "--xdp-full-checksum"].map(str::to_owned));
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_media-relay")]);
-                c
+                ns.command(env!("CARGO_BIN_EXE_media-relay"))
             }
             None => Command::new(env!("CARGO_BIN_EXE_media-relay")),
         };
@@ -126,8 +107,9 @@ fn start_relay(extra: &[&str]) -> Relay {
             ports: (pmin, pmax),
             _netns: netns,
         };
-        let up = common::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            common::wait_for_udp_ng(r.ng, Duration::from_millis(100)) || r.child.try_wait().ok().flatten().is_some()
+        let up = testkit::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            testkit::ng::wait_for_udp_ng(r.ng, Duration::from_millis(100))
+                || r.child.try_wait().ok().flatten().is_some()
         });
         if up && r.child.try_wait().ok().flatten().is_none() {
             if xdp {
@@ -243,7 +225,7 @@ fn rtp(seq: u16) -> Vec<u8> {
 
 /// Up to `n` datagrams, each within 2 s.
 fn recv_n(sock: &UdpSocket, n: usize) -> Vec<(Vec<u8>, SocketAddr)> {
-    common::recv_n(sock, n, Duration::from_secs(2))
+    testkit::udp::recv_n(sock, n, Duration::from_secs(2))
 }
 
 fn stream_stats(q: &Value, tag: &str, idx: usize) -> Value {
@@ -261,11 +243,11 @@ fn stat(v: &Value, key: &str) -> i64 {
 
 /// Sum over workers of the series `name{k="v",...}` (labels may be a subset).
 fn metric(r: &Relay, spec: &str) -> f64 {
-    common::metric_spec(r.metrics, spec)
+    testkit::metrics::metric_spec(r.metrics, spec)
 }
 
 fn wait_until(what: &str, f: impl FnMut() -> bool) {
-    assert!(common::wait_until(Duration::from_secs(10), Duration::from_millis(50), f), "timed out waiting for {what}");
+    assert!(testkit::wait_until(Duration::from_secs(10), Duration::from_millis(50), f), "timed out waiting for {what}");
 }
 
 #[test]
@@ -654,7 +636,7 @@ fn overflowing_stream_is_counted_and_recovers() {
         ports: (pmin, pmax),
         _netns: None,
     };
-    assert!(common::wait_for_udp_ng(r.ng, Duration::from_secs(10)), "relay up");
+    assert!(testkit::ng::wait_for_udp_ng(r.ng, Duration::from_secs(10)), "relay up");
     let (a1, b1) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
     let (a2, b2) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
     let (to_a1, _) = setup_call(&r, "flooded", &a1, &b1);
@@ -708,7 +690,7 @@ fn workers_take_the_real_time_policy() {
         let (prio, policy) = (f.get(37).copied().unwrap_or("?"), f.get(38).copied().unwrap_or("?"));
         if comm.starts_with("mr-worker") || comm.starts_with("mr-xdp") {
             workers += 1;
-            if common::in_ci() || is_root() {
+            if in_ci() || is_root() {
                 assert_eq!((policy, prio), ("1", "7"), "{} runs SCHED_FIFO at 7", comm.trim());
             }
         } else {
@@ -747,13 +729,13 @@ fn cpu_latency_now() -> Option<i32> {
 #[test]
 fn cpu_latency_limit_is_held_while_the_relay_runs() {
     let Some(before) = cpu_latency_now() else {
-        assert!(!common::in_ci(), "CI=true: /dev/cpu_dma_latency must be readable (run as root)");
+        assert!(!in_ci(), "CI=true: /dev/cpu_dma_latency must be readable (run as root)");
         eprintln!("skipping: /dev/cpu_dma_latency is not readable (needs root)");
         return;
     };
     let want = 3;
     if before <= want {
-        assert!(!common::in_ci(), "another process holds a CPU latency limit of {before} us; cannot observe ours");
+        assert!(!in_ci(), "another process holds a CPU latency limit of {before} us; cannot observe ours");
         eprintln!("skipping: another process holds a CPU latency limit of {before} us");
         return;
     }
@@ -763,12 +745,4 @@ fn cpu_latency_limit_is_held_while_the_relay_runs() {
     assert_eq!(result(&q), "pong");
     drop(r);
     wait_until("the limit is released with the killed relay", || cpu_latency_now() == Some(before));
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
 }

@@ -71,7 +71,8 @@ impl Reader<'_> {
 
     fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
         let len = usize::try_from(self.number(b':')?).map_err(|_| self.error("negative length"))?;
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.input.len()).ok_or_else(|| self.error("short string"))?;
+        let end =
+            self.pos.checked_add(len).filter(|&e| e <= self.input.len()).ok_or_else(|| self.error("short string"))?;
         let out = self.input[self.pos..end].to_vec();
         self.pos = end;
         Ok(out)
@@ -188,11 +189,12 @@ impl Value {
     /// The encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        self.write(&mut out);
+        self.encode(&mut out);
         out
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
         let string = |out: &mut Vec<u8>, b: &[u8]| {
             out.extend_from_slice(b.len().to_string().as_bytes());
             out.push(b':');
@@ -203,14 +205,14 @@ impl Value {
             Value::Bytes(b) => string(out, b),
             Value::List(items) => {
                 out.push(b'l');
-                items.iter().for_each(|v| v.write(out));
+                items.iter().for_each(|v| v.encode(out));
                 out.push(b'e');
             }
             Value::Dict(items) => {
                 out.push(b'd');
                 for (k, v) in items {
                     string(out, k);
-                    v.write(out);
+                    v.encode(out);
                 }
                 out.push(b'e');
             }

@@ -64,7 +64,8 @@ impl PcapWriter {
 
 /// Reads every record of a classic little-endian, microsecond pcap file.
 pub fn read_pcap(path: &Path) -> io::Result<Vec<Record>> {
-    parse_pcap(&fs::read(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+    parse_pcap(&fs::read(path)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
 }
 
 /// [`read_pcap`] on bytes.
