@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use testkit::bencode::{decode, Value};
+use testkit::ng::sdp_command;
 use testkit::{in_ci, is_root, Netns, NgClient};
 
 /// The datapath these tests run the relay on (`relay_udp_xdp.rs` has its own).
@@ -187,28 +188,12 @@ fn reason(v: &Value) -> String {
 /// Sets up a call between sockets `a` (caller) and `b` (callee). Returns the
 /// relay ports that A and B must send to.
 fn setup_call(r: &Relay, call: &str, a: &UdpSocket, b: &UdpSocket) -> (u16, u16) {
-    let offer = cmd(
-        r,
-        &dict(&[
-            ("command", s("offer")),
-            ("call-id", s(call)),
-            ("from-tag", s("tag-a")),
-            ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
-            ("replace", Value::List(vec![s("origin"), s("session-connection")])),
-        ]),
-    );
+    let mut offer = sdp_command("offer", call, "tag-a", None, &sdp_for(a.local_addr().unwrap().port()));
+    offer.insert("replace", Value::List(vec![s("origin"), s("session-connection")]));
+    let offer = cmd(r, &offer);
     assert_eq!(result(&offer), "ok", "{}", reason(&offer));
     let to_b = media_port(offer.get("sdp").and_then(Value::as_bytes).unwrap());
-    let answer = cmd(
-        r,
-        &dict(&[
-            ("command", s("answer")),
-            ("call-id", s(call)),
-            ("from-tag", s("tag-a")),
-            ("to-tag", s("tag-b")),
-            ("sdp", s(&sdp_for(b.local_addr().unwrap().port()))),
-        ]),
-    );
+    let answer = cmd(r, &sdp_command("answer", call, "tag-a", Some("tag-b"), &sdp_for(b.local_addr().unwrap().port())));
     assert_eq!(result(&answer), "ok", "{}", reason(&answer));
     let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
     (to_a, to_b)
@@ -451,12 +436,7 @@ fn exhausted_port_range_is_an_error_reply() {
     for i in 0..20 {
         last = cmd(
             &r,
-            &dict(&[
-                ("command", s("offer")),
-                ("call-id", s(&format!("exhaust-{i}"))),
-                ("from-tag", s("x")),
-                ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
-            ]),
+            &sdp_command("offer", &format!("exhaust-{i}"), "x", None, &sdp_for(a.local_addr().unwrap().port())),
         );
         if result(&last) != "ok" {
             break;
@@ -469,15 +449,7 @@ fn exhausted_port_range_is_an_error_reply() {
     let d = cmd(&r, &dict(&[("command", s("delete")), ("call-id", s("exhaust-0"))]));
     assert_eq!(result(&d), "ok");
     wait_until("room again", || {
-        let v = cmd(
-            &r,
-            &dict(&[
-                ("command", s("offer")),
-                ("call-id", s("exhaust-again")),
-                ("from-tag", s("x")),
-                ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
-            ]),
-        );
+        let v = cmd(&r, &sdp_command("offer", "exhaust-again", "x", None, &sdp_for(a.local_addr().unwrap().port())));
         result(&v) == "ok"
     });
 }
@@ -491,25 +463,25 @@ fn reinvite_keeps_ports_and_statistics_command() {
     // Re-offer from B (hold), answered by A: same ports on both sides.
     let reoffer = cmd(
         &r,
-        &dict(&[
-            ("command", s("offer")),
-            ("call-id", s("call-re")),
-            ("from-tag", s("tag-b")),
-            ("to-tag", s("tag-a")),
-            ("sdp", s(&sdp_for(b.local_addr().unwrap().port()).replace("sendrecv", "sendonly"))),
-        ]),
+        &sdp_command(
+            "offer",
+            "call-re",
+            "tag-b",
+            Some("tag-a"),
+            &sdp_for(b.local_addr().unwrap().port()).replace("sendrecv", "sendonly"),
+        ),
     );
     assert_eq!(result(&reoffer), "ok", "{}", reason(&reoffer));
     assert_eq!(media_port(reoffer.get("sdp").and_then(Value::as_bytes).unwrap()), to_a);
     let reanswer = cmd(
         &r,
-        &dict(&[
-            ("command", s("answer")),
-            ("call-id", s("call-re")),
-            ("from-tag", s("tag-b")),
-            ("to-tag", s("tag-a")),
-            ("sdp", s(&sdp_for(a.local_addr().unwrap().port()).replace("sendrecv", "recvonly"))),
-        ]),
+        &sdp_command(
+            "answer",
+            "call-re",
+            "tag-b",
+            Some("tag-a"),
+            &sdp_for(a.local_addr().unwrap().port()).replace("sendrecv", "recvonly"),
+        ),
     );
     assert_eq!(result(&reanswer), "ok", "{}", reason(&reanswer));
     assert_eq!(media_port(reanswer.get("sdp").and_then(Value::as_bytes).unwrap()), to_b);
@@ -525,29 +497,13 @@ fn rtcp_mux_flows_on_the_rtp_ports() {
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mux = |p: u16| sdp_for(p) + &format!("a=rtcp:{p}\r\na=rtcp-mux\r\n");
-    let offer = cmd(
-        &r,
-        &dict(&[
-            ("command", s("offer")),
-            ("call-id", s("call-mux")),
-            ("from-tag", s("tag-a")),
-            ("sdp", s(&mux(a.local_addr().unwrap().port()))),
-        ]),
-    );
+    let offer = cmd(&r, &sdp_command("offer", "call-mux", "tag-a", None, &mux(a.local_addr().unwrap().port())));
     let offer_sdp = String::from_utf8(offer.get("sdp").and_then(Value::as_bytes).unwrap().to_vec()).unwrap();
     let to_b = media_port(offer_sdp.as_bytes());
     assert!(offer_sdp.contains(&format!("a=rtcp:{to_b}\r\n")), "a=rtcp names the RTP port under mux:\n{offer_sdp}");
     assert!(offer_sdp.contains("a=rtcp-mux\r\n"));
-    let answer = cmd(
-        &r,
-        &dict(&[
-            ("command", s("answer")),
-            ("call-id", s("call-mux")),
-            ("from-tag", s("tag-a")),
-            ("to-tag", s("tag-b")),
-            ("sdp", s(&mux(b.local_addr().unwrap().port()))),
-        ]),
-    );
+    let answer =
+        cmd(&r, &sdp_command("answer", "call-mux", "tag-a", Some("tag-b"), &mux(b.local_addr().unwrap().port())));
     let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
     // RTP and an RTCP receiver report, both on the RTP port.
     let rr = [0x80u8, 201, 0, 1, 9, 9, 9, 9];
@@ -574,29 +530,12 @@ fn ipv6_relay() {
     let b = UdpSocket::bind("[::1]:0").unwrap();
     let sdp6 =
         |p: u16| format!("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {p} RTP/AVP 8\r\n");
-    let offer = cmd(
-        &r,
-        &dict(&[
-            ("command", s("offer")),
-            ("call-id", s("call-v6")),
-            ("from-tag", s("a")),
-            ("sdp", s(&sdp6(a.local_addr().unwrap().port()))),
-        ]),
-    );
+    let offer = cmd(&r, &sdp_command("offer", "call-v6", "a", None, &sdp6(a.local_addr().unwrap().port())));
     assert_eq!(result(&offer), "ok", "{}", reason(&offer));
     let osdp = offer.get("sdp").and_then(Value::as_bytes).unwrap();
     assert!(String::from_utf8_lossy(osdp).contains("c=IN IP6 ::1\r\n"));
     let to_b = media_port(osdp);
-    let answer = cmd(
-        &r,
-        &dict(&[
-            ("command", s("answer")),
-            ("call-id", s("call-v6")),
-            ("from-tag", s("a")),
-            ("to-tag", s("b")),
-            ("sdp", s(&sdp6(b.local_addr().unwrap().port()))),
-        ]),
-    );
+    let answer = cmd(&r, &sdp_command("answer", "call-v6", "a", Some("b"), &sdp6(b.local_addr().unwrap().port())));
     let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
     a.send_to(&rtp(7), ("::1", to_a)).unwrap();
     assert_eq!(recv_n(&b, 1).len(), 1);

@@ -74,6 +74,12 @@ impl Lab {
         self.sipp.uas(self.dir.path(), port).sf(sf).spawn(name)
     }
 
+    /// The primary, `carrier-a`, answering INVITE with `a_invite`, and
+    /// `carrier-b` answering everything with 200.
+    fn both_trunks(&self, a_invite: u16) -> (ChildGuard, ChildGuard) {
+        (self.trunk("carrier-a", self.p.a, 200, a_invite), self.trunk("carrier-b", self.p.b, 200, 200))
+    }
+
     /// A UAC calling 1000 through the sbc with sipp's built-in scenario.
     fn uac(&self) -> SippCmd {
         self.sipp.uac(self.dir.path(), self.s.sip, "1000", self.p.uac).sn("uac")
@@ -107,8 +113,7 @@ fn wait(what: &str, secs: u64, f: impl FnMut() -> bool) {
 fn primary_failure_moves_calls_and_hysteresis_brings_it_back() {
     let Some(t) = Lab::start("trunk-primary", "", "", "") else { return };
     let s = &t.s;
-    let mut a = t.trunk("carrier-a", t.p.a, 200, 200);
-    let _b = t.trunk("carrier-b", t.p.b, 200, 200);
+    let (mut a, _b) = t.both_trunks(200);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(t.calls(2, 100, 10), 2);
     assert!(s.targets().iter().all(|t| t == "carrier-a"), "the primary takes calls while it is up");
@@ -177,8 +182,7 @@ fn a_503_from_the_primary_fails_over_and_counts_against_it() {
     // No probes: only real calls judge the trunk here.
     let Some(t) = Lab::start("trunk-503", "", "probe = false", "") else { return };
     let s = &t.s;
-    let _a = t.trunk("carrier-a", t.p.a, 200, 503);
-    let _b = t.trunk("carrier-b", t.p.b, 200, 200);
+    let (_a, _b) = t.both_trunks(503);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(t.calls(4, 100, 2), 4, "every call completes via carrier-b");
     assert!(s.targets().iter().all(|t| t == "carrier-b"));
@@ -206,8 +210,7 @@ fn options_answered_404_is_alive_unless_configured_otherwise() {
 fn call_caps_overflow_to_the_next_trunk_then_503() {
     let Some(t) = Lab::start("trunk-cap", "", "max_calls = 2", "") else { return };
     let s = &t.s;
-    let _a = t.trunk("carrier-a", t.p.a, 200, 200);
-    let _b = t.trunk("carrier-b", t.p.b, 200, 200);
+    let (_a, _b) = t.both_trunks(200);
     std::thread::sleep(Duration::from_millis(300));
     // Three overlapping 3 s calls: the third overflows to carrier-b.
     assert_eq!(t.calls(3, 3000, 10), 3);
@@ -238,8 +241,7 @@ fn call_caps_overflow_to_the_next_trunk_then_503() {
 fn operators_force_trunks_through_sbc_ctl() {
     let Some(t) = Lab::start("trunk-ctl", "", "", "") else { return };
     let s = &t.s;
-    let _a = t.trunk("carrier-a", t.p.a, 200, 200);
-    let _b = t.trunk("carrier-b", t.p.b, 200, 200);
+    let (_a, _b) = t.both_trunks(200);
     let table = s.ctl("trunks");
     assert!(table.contains("carrier-a") && table.contains("carrier-b") && table.contains("UP"), "{table}");
     assert!(s.ctl("trunk carrier-a down").starts_with("ok: trunk carrier-a is DOWN"));
@@ -315,8 +317,7 @@ fn sipp_abort_lines_name_their_call() {
 fn calls_lost_when_the_primary_dies_under_20_cps() {
     let Some(t) = Lab::start("trunk-load", "", "", "") else { return };
     let s = &t.s;
-    let mut a = t.trunk("carrier-a", t.p.a, 200, 200);
-    let _b = t.trunk("carrier-b", t.p.b, 200, 200);
+    let (mut a, _b) = t.both_trunks(200);
     std::thread::sleep(Duration::from_millis(500));
     let stf = t.dir.join("load.csv");
     let load = t.uac().calls(160).rate(20).hold_ms(200).timeout_s(60).stats(&stf);

@@ -113,6 +113,19 @@ fn describe_cmd(dict: &Value) -> String {
     dict.get("command").and_then(Value::as_str).unwrap_or("<no command>").to_string()
 }
 
+/// An `offer` or `answer` (or any command carrying SDP) as an ng
+/// dictionary: `command`, `call-id`, `from-tag`, `to-tag` if given, `sdp`,
+/// in that order. Add more keys with [`Value::insert`].
+pub fn sdp_command(command: &str, call_id: &str, from_tag: &str, to_tag: Option<&str>, sdp: &str) -> Value {
+    let mut d = Value::dict();
+    d.insert("command", command.into()).insert("call-id", call_id.into()).insert("from-tag", from_tag.into());
+    if let Some(to) = to_tag {
+        d.insert("to-tag", to.into());
+    }
+    d.insert("sdp", sdp.into());
+    d
+}
+
 /// Waits until the ng listener at `addr` answers `ping` with `pong`.
 pub fn wait_for_udp_ng(addr: SocketAddr, timeout: Duration) -> bool {
     let mut client = NgClient::new(addr);
