@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use testkit::bencode::Value;
 use testkit::netns::ip;
+use testkit::ng::sdp_command;
 use testkit::udp::recv_n;
 use testkit::{skip, ChildGuard, Netns, NgClient, PacketSocket, TestDir};
 
@@ -188,23 +189,12 @@ fn setup_call(ng: &NgClient, call: &str, a: SocketAddr, b: SocketAddr) -> (u16, 
 
 /// [`setup_call`] with the caller's and callee's relay interfaces named.
 fn setup_call_between(ng: &NgClient, call: &str, a: SocketAddr, b: SocketAddr, sides: [&str; 2]) -> (u16, u16) {
-    let dir = Value::List(vec![s(sides[0]), s(sides[1])]);
-    let offer = ng.cmd(dict(&[
-        ("command", s("offer")),
-        ("call-id", s(call)),
-        ("from-tag", s("alice")),
-        ("sdp", s(&sdp(&a.ip().to_string(), a.port()))),
-        ("direction", dir),
-    ]));
+    let mut offer = sdp_command("offer", call, "alice", None, &sdp(&a.ip().to_string(), a.port()));
+    offer.insert("direction", Value::List(vec![s(sides[0]), s(sides[1])]));
+    let offer = ng.cmd(offer);
     assert_eq!(offer.get("result").and_then(Value::as_str), Some("ok"), "{offer:?}");
     let to_b = media_port(&offer);
-    let answer = ng.cmd(dict(&[
-        ("command", s("answer")),
-        ("call-id", s(call)),
-        ("from-tag", s("alice")),
-        ("to-tag", s("bob")),
-        ("sdp", s(&sdp(&b.ip().to_string(), b.port()))),
-    ]));
+    let answer = ng.cmd(sdp_command("answer", call, "alice", Some("bob"), &sdp(&b.ip().to_string(), b.port())));
     assert_eq!(answer.get("result").and_then(Value::as_str), Some("ok"), "{answer:?}");
     (media_port(&answer), to_b)
 }
