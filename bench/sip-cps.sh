@@ -19,7 +19,7 @@ RATES=${RATES:-"25 50 100 150 200 300 400"}
 STEP_S=${STEP_S:-10}
 CALL_MS=${CALL_MS:-3000}
 REG_RATES=${REG_RATES:-"500 1000 2000 4000"}
-FIX=$ROOT/media-relay/tests/fixtures
+FIX=$ROOT/testkit/scenarios
 
 for b in sipp kamailio rtpengine; do
   command -v "$b" >/dev/null || { echo "missing $b (apt-get install sip-tester kamailio rtpengine-daemon)"; exit 2; }

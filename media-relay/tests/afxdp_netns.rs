@@ -32,70 +32,15 @@
 //! under `CI=true`.
 #![allow(clippy::unwrap_used, reason = "test code: a failed setup step should panic")]
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{recv_n, ChildGuard, NgClient, TestDir};
-use media_relay::bencode::Value;
-
-/// Prints `SKIPPED: {why}`, or fails under `CI=true`.
-fn skip(why: &str) {
-    assert!(!common::in_ci(), "CI=true but {why}");
-    eprintln!("SKIPPED: {why}");
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// Runs `ethtool args` in namespace `ns`.
-fn ethtool(ns: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ethtool"])
-        .args(args)
-        .output()
-        .map_err(|e| format!("ethtool: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ethtool {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Result<Self, String> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("xsbc-x{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        ip(&["netns", "add", &name])?;
-        Ok(Self(name))
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-
-    fn enter(&self) {
-        common::enter_netns(&self.path()).unwrap();
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.0]);
-    }
-}
+use testkit::bencode::Value;
+use testkit::netns::ip;
+use testkit::ng::sdp_command;
+use testkit::udp::recv_n;
+use testkit::{skip, ChildGuard, Netns, NgClient, PacketSocket, TestDir};
 
 const CALLER: &str = "10.1.0.2";
 const BANNED: &str = "10.1.0.3";
@@ -122,41 +67,37 @@ impl Lab {
     /// has `queues` rx and tx queues: the sending end picks a queue by a
     /// hash of each flow's addresses and ports, as RSS does on a NIC.
     fn new(queues: u32) -> Result<Self, String> {
-        let lab = Self { caller: Netns::new("c")?, relay: Netns::new("r")?, callee: Netns::new("e")? };
-        let (c, r, e) = (lab.caller.0.as_str(), lab.relay.0.as_str(), lab.callee.0.as_str());
-        let q = queues.to_string();
-        let qs = ["numtxqueues", q.as_str(), "numrxqueues", q.as_str()];
-        for (dev, peer, ns) in [("ra", "ca", c), ("rb", "eb", e)] {
-            let mut args = vec!["-n", r, "link", "add", dev];
-            args.extend(qs);
-            args.extend(["type", "veth", "peer", "name", peer]);
-            args.extend(qs);
-            args.extend(["netns", ns]);
-            ip(&args)?;
+        let lab = Self { caller: Netns::new("xc")?, relay: Netns::new("xr")?, callee: Netns::new("xe")? };
+        let (c, r, e) = (&lab.caller, &lab.relay, &lab.callee);
+        r.veth("ra", c, "ca", Some(queues))?;
+        r.veth("rb", e, "eb", Some(queues))?;
+        for (ns, dev, addr) in [
+            (r, "ra", RELAY_A),
+            (r, "rb", RELAY_B),
+            (c, "ca", CALLER),
+            (c, "ca", BANNED),
+            (c, "ca", BANNED_BY_CONFIG),
+            (e, "eb", CALLEE),
+            (e, "eb", INTRUDER),
+        ] {
+            ns.addr(dev, &format!("{addr}/24"))?;
         }
-        ip(&["-n", r, "addr", "add", &format!("{RELAY_A}/24"), "dev", "ra"])?;
-        ip(&["-n", r, "addr", "add", &format!("{RELAY_B}/24"), "dev", "rb"])?;
-        ip(&["-n", c, "addr", "add", &format!("{CALLER}/24"), "dev", "ca"])?;
-        ip(&["-n", c, "addr", "add", &format!("{BANNED}/24"), "dev", "ca"])?;
-        ip(&["-n", c, "addr", "add", &format!("{BANNED_BY_CONFIG}/24"), "dev", "ca"])?;
-        ip(&["-n", e, "addr", "add", &format!("{CALLEE}/24"), "dev", "eb"])?;
-        ip(&["-n", e, "addr", "add", &format!("{INTRUDER}/24"), "dev", "eb"])?;
         for (ns, dev) in [(r, "ra"), (r, "rb"), (r, "lo"), (c, "ca"), (c, "lo"), (e, "eb"), (e, "lo")] {
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ns.up(dev)?;
         }
-        ip(&["-n", c, "route", "add", "default", "via", RELAY_A])?;
-        ip(&["-n", e, "route", "add", "default", "via", RELAY_B])?;
+        c.ip(&["route", "add", "default", "via", RELAY_A])?;
+        e.ip(&["route", "add", "default", "via", RELAY_B])?;
         for (ns, addr, dev) in [(r, RELAY_A6, "ra"), (r, RELAY_B6, "rb"), (c, CALLER6, "ca"), (e, CALLEE6, "eb")] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])?;
+            ns.addr(dev, &format!("{addr}/64"))?;
         }
-        ip(&["-n", c, "-6", "route", "add", "default", "via", RELAY_A6])?;
-        ip(&["-n", e, "-6", "route", "add", "default", "via", RELAY_B6])?;
+        c.ip(&["-6", "route", "add", "default", "via", RELAY_A6])?;
+        e.ip(&["-6", "route", "add", "default", "via", RELAY_B6])?;
         // A veth hands its peer frames whose UDP checksum holds only the
         // pseudo-header sum (checksum offload, CHECKSUM_PARTIAL); a wire
         // never carries those. The endpoints compute full checksums, as a
         // NIC would, so the relay's incremental update is checked for real.
         for (ns, dev) in [(c, "ca"), (e, "eb")] {
-            ethtool(ns, &["-K", dev, "tx", "off"])?;
+            ns.exec("ethtool", &["-K", dev, "tx", "off"])?;
         }
         Ok(lab)
     }
@@ -202,12 +143,15 @@ fn start_relay_on(
 
 /// Starts the relay in the relay namespace on the config file `cfg`.
 fn spawn_relay(lab: &Lab, dir: &TestDir, cfg: &std::path::Path, unprivileged: bool) -> ChildGuard {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.relay.0]);
-    if unprivileged {
-        cmd.args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]);
-    }
-    cmd.arg(env!("CARGO_BIN_EXE_media-relay")).arg("--config").arg(cfg);
+    let mut cmd = if unprivileged {
+        let mut cmd = lab.relay.command("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]);
+        cmd.arg(env!("CARGO_BIN_EXE_media-relay"));
+        cmd
+    } else {
+        lab.relay.command(env!("CARGO_BIN_EXE_media-relay"))
+    };
+    cmd.arg("--config").arg(cfg);
     ChildGuard::spawn("media-relay", &mut cmd, dir.path())
 }
 
@@ -245,23 +189,12 @@ fn setup_call(ng: &NgClient, call: &str, a: SocketAddr, b: SocketAddr) -> (u16, 
 
 /// [`setup_call`] with the caller's and callee's relay interfaces named.
 fn setup_call_between(ng: &NgClient, call: &str, a: SocketAddr, b: SocketAddr, sides: [&str; 2]) -> (u16, u16) {
-    let dir = Value::List(vec![s(sides[0]), s(sides[1])]);
-    let offer = ng.cmd(dict(&[
-        ("command", s("offer")),
-        ("call-id", s(call)),
-        ("from-tag", s("alice")),
-        ("sdp", s(&sdp(&a.ip().to_string(), a.port()))),
-        ("direction", dir),
-    ]));
+    let mut offer = sdp_command("offer", call, "alice", None, &sdp(&a.ip().to_string(), a.port()));
+    offer.insert("direction", Value::List(vec![s(sides[0]), s(sides[1])]));
+    let offer = ng.cmd(offer);
     assert_eq!(offer.get("result").and_then(Value::as_str), Some("ok"), "{offer:?}");
     let to_b = media_port(&offer);
-    let answer = ng.cmd(dict(&[
-        ("command", s("answer")),
-        ("call-id", s(call)),
-        ("from-tag", s("alice")),
-        ("to-tag", s("bob")),
-        ("sdp", s(&sdp(&b.ip().to_string(), b.port()))),
-    ]));
+    let answer = ng.cmd(sdp_command("answer", call, "alice", Some("bob"), &sdp(&b.ip().to_string(), b.port())));
     assert_eq!(answer.get("result").and_then(Value::as_str), Some("ok"), "{answer:?}");
     (media_port(&answer), to_b)
 }
@@ -307,12 +240,12 @@ fn burst_with(mut send: impl FnMut(u16), to: &UdpSocket, first_seq: u16, n: u16)
 }
 
 fn metric(spec: &str) -> f64 {
-    common::metric_spec("127.0.0.1:9101".parse().unwrap(), spec)
+    testkit::metrics::metric_spec("127.0.0.1:9101".parse().unwrap(), spec)
 }
 
 /// The relay's counters that say where packets went, for failure messages.
 fn counters() -> String {
-    let body = common::http_get("127.0.0.1:9101".parse().unwrap(), "/metrics").unwrap_or_default();
+    let body = testkit::metrics::http_get("127.0.0.1:9101".parse().unwrap(), "/metrics").unwrap_or_default();
     body.lines()
         .filter(|l| !l.starts_with('#') && (l.contains("xdp") || l.contains("drops") || l.contains("packets_")))
         .filter(|l| !l.ends_with(" 0"))
@@ -335,7 +268,7 @@ fn stat(v: &Value, key: &str) -> i64 {
 
 fn wait_ng(relay: &mut ChildGuard) -> NgClient {
     let ng = NgClient::new("127.0.0.1:22222");
-    let up = common::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+    let up = testkit::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
         relay.try_wait().is_some() || ng.ping()
     });
     assert!(up && relay.try_wait().is_none(), "relay did not come up:\n{}", relay.log_tail(30));
@@ -345,7 +278,7 @@ fn wait_ng(relay: &mut ChildGuard) -> NgClient {
 /// The relay's `bans` map on interface `dev` of the relay namespace: found
 /// through the program attached there, as an operator tool would.
 fn relay_bans(lab: &Lab, dev: &str) -> xdp_prog::Bans<aya::maps::MapData> {
-    let out = Command::new("ip").args(["-n", &lab.relay.0, "-j", "link", "show", "dev", dev]).output().unwrap();
+    let out = Command::new("ip").args(["-n", lab.relay.name(), "-j", "link", "show", "dev", dev]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     // ... "xdp":{"mode":1,"prog":{"id":123, ...
     let at = text.find("\"prog\":{\"id\":").unwrap_or_else(|| panic!("no XDP program on {dev}: {text}"));
@@ -379,7 +312,7 @@ fn lab_or_skip(test: &str) -> Option<Lab> {
 
 fn lab_with_queues_or_skip(test: &str, queues: u32) -> Option<Lab> {
     for tool in ["ip", "ethtool"] {
-        if common::find_binary(tool).is_none() {
+        if testkit::find_binary(tool).is_none() {
             skip(&format!("{test}: `{tool}` is not installed"));
             return None;
         }
@@ -404,7 +337,7 @@ fn xdp_call() {
     // A copy of our program attached by other means (as a crashed run or an
     // operator could leave it): the relay must remove it and attach its own.
     let object = concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp-prog/bpf/xsbc.bpf.o");
-    ip(&["-n", &lab.relay.0, "link", "set", "dev", "ra", "xdpgeneric", "obj", object, "sec", "xdp"]).unwrap();
+    ip(&["-n", lab.relay.name(), "link", "set", "dev", "ra", "xdpgeneric", "obj", object, "sec", "xdp"]).unwrap();
     // The thread stays in the relay namespace: ng and metrics are on its loopback.
     let ban_cfg = format!("xdp_bans = [\"{BANNED_PREFIX}\"]");
     let mut relay = start_relay_on(&lab, &dir, "xdp", false, 1, &ban_cfg);
@@ -416,7 +349,7 @@ fn xdp_call() {
     assert_eq!(metric("media_relay_xdp_queues{mode=\"zero_copy\"}"), 0.0);
     assert_eq!(metric("media_relay_xdp_interfaces{mode=\"native\"}"), 2.0, "ra and rb natively");
     assert_eq!(metric("media_relay_xdp_interfaces{mode=\"generic\"}"), 0.0);
-    let link = Command::new("ip").args(["-n", &lab.relay.0, "link", "show", "dev", "ra"]).output().unwrap();
+    let link = Command::new("ip").args(["-n", lab.relay.name(), "link", "show", "dev", "ra"]).output().unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(link.contains(" xdp ") && link.contains("name xsbc_xdp"), "ours, natively attached: {link}");
 
@@ -482,7 +415,7 @@ fn xdp_call() {
     }
     assert!(recv_n(&caller, 1, Duration::from_millis(400)).is_empty(), "intruder's packets were relayed");
     assert!(
-        common::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
             metric("media_relay_drops_total{reason=\"foreign_source\"}") >= 5.0
         }),
         "foreign drops not counted"
@@ -595,15 +528,15 @@ fn media_to_a_host_behind_a_gateway_leaves_from_the_tx_ring() {
 fn via_gateway() {
     const BEHIND: &str = "10.3.0.2";
     let Some(lab) = lab_or_skip("via_gateway") else { return };
-    ip(&["-n", &lab.callee.0, "addr", "add", &format!("{BEHIND}/32"), "dev", "eb"]).unwrap();
-    ip(&["-n", &lab.relay.0, "route", "add", "10.3.0.0/24", "via", CALLEE]).unwrap();
+    ip(&["-n", lab.callee.name(), "addr", "add", &format!("{BEHIND}/32"), "dev", "eb"]).unwrap();
+    ip(&["-n", lab.relay.name(), "route", "add", "10.3.0.0/24", "via", CALLEE]).unwrap();
     let dir = TestDir::new("afxdp-gateway");
     let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4008"), &lab.relay);
     let callee = Lab::bind(&lab.callee, &format!("{BEHIND}:5008"), &lab.relay);
     // A stale copy of our program attached natively this time (the first
     // test leaves one in generic mode): replaced the same way.
     let object = concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp-prog/bpf/xsbc.bpf.o");
-    ip(&["-n", &lab.relay.0, "link", "set", "dev", "rb", "xdpdrv", "obj", object, "sec", "xdp"]).unwrap();
+    ip(&["-n", lab.relay.name(), "link", "set", "dev", "rb", "xdpdrv", "obj", object, "sec", "xdp"]).unwrap();
     let mut relay = start_relay(&lab, &dir, "xdp", false);
     let ng = wait_ng(&mut relay);
     assert!(relay.log_tail(40).contains("detached a stale xsbc XDP program"), "{}", relay.log_tail(40));
@@ -652,57 +585,13 @@ fn mac_bytes(ns: &str, dev: &str) -> [u8; 6] {
     bytes.try_into().unwrap_or_else(|_| panic!("{dev} in {ns}: MAC `{text}`"))
 }
 
-/// A packet socket on one interface of a namespace: sends whole frames.
-struct RawSender {
-    fd: std::os::fd::OwnedFd,
-    ifindex: i32,
-}
-
-impl RawSender {
-    fn open(ns: &Netns, dev: &str, back: &Netns) -> Self {
-        use std::os::fd::FromRawFd;
-        ns.enter();
-        let name = std::ffi::CString::new(dev).unwrap();
-        #[allow(unsafe_code, reason = "if_nametoindex has no safe wrapper here")]
-        // SAFETY: `name` is a valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        let no_index = std::io::Error::last_os_error();
-        #[allow(unsafe_code, reason = "socket(2) has no safe wrapper for packet sockets here")]
-        // SAFETY: socket(2) returns a new fd or -1.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        let no_socket = std::io::Error::last_os_error();
-        back.enter();
-        assert!(fd >= 0, "packet socket in {}: {no_socket}", ns.0);
-        #[allow(unsafe_code, reason = "taking ownership of the fd socket(2) returned")]
-        // SAFETY: `fd` is open and owned by nobody else.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        assert!(ifindex > 0, "{dev} in {}: {no_index}", ns.0);
-        Self { fd, ifindex: i32::try_from(ifindex).unwrap() }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        use std::os::fd::AsRawFd;
-        #[allow(unsafe_code, reason = "sockaddr_ll is a plain C struct")]
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_ifindex = self.ifindex;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&frame[..6]);
-        #[allow(unsafe_code, reason = "sendto(2) on a packet socket")]
-        // SAFETY: the buffer and address are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                std::ptr::addr_of!(to).cast(),
-                u32::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
-            )
-        };
-        assert_eq!(sent, isize::try_from(frame.len()).unwrap(), "{}", std::io::Error::last_os_error());
-    }
+/// A packet socket on interface `dev` of namespace `ns`: sends whole
+/// frames. The thread returns to `back`.
+fn raw_sender(ns: &Netns, dev: &str, back: &Netns) -> PacketSocket {
+    ns.enter();
+    let raw = PacketSocket::open(dev);
+    back.enter();
+    raw.unwrap_or_else(|e| panic!("packet socket on {dev} in {}: {e}", ns.name()))
 }
 
 /// An Ethernet frame with one 802.1Q tag carrying a UDP datagram over IPv4
@@ -747,10 +636,10 @@ fn vlan_call() {
     // metrics listen on its loopback.
     let caller = Lab::bind(&lab.caller, &format!("{CALLER}:4006"), &lab.relay);
     let callee = Lab::bind(&lab.callee, &format!("{CALLEE}:5006"), &lab.relay);
-    let raw = RawSender::open(&lab.caller, "ca", &lab.relay);
+    let raw = raw_sender(&lab.caller, "ca", &lab.relay);
     let mut relay = start_relay(&lab, &dir, "xdp", false);
     let ng = wait_ng(&mut relay);
-    let macs = (mac_bytes(&lab.caller.0, "ca"), mac_bytes(&lab.relay.0, "ra"));
+    let macs = (mac_bytes(lab.caller.name(), "ca"), mac_bytes(lab.relay.name(), "ra"));
     let (to_a, to_b) = setup_call(&ng, "vlan-call", caller.local_addr().unwrap(), callee.local_addr().unwrap());
     let relay_a: SocketAddr = format!("{RELAY_A}:{to_a}").parse().unwrap();
     let relay_b: SocketAddr = format!("{RELAY_B}:{to_b}").parse().unwrap();
@@ -761,8 +650,12 @@ fn vlan_call() {
     for (round, first) in [(1, 1u16), (2, 101)] {
         let (steered_before, kernel_before) = (steered(), kernel());
         let from = caller.local_addr().unwrap();
-        let got =
-            burst_with(|seq| raw.send(&tagged_frame(macs, 7, from, relay_a, &rtp(seq, 0x7a7a))), &callee, first, 20);
+        let got = burst_with(
+            |seq| raw.send(&tagged_frame(macs, 7, from, relay_a, &rtp(seq, 0x7a7a))).unwrap(),
+            &callee,
+            first,
+            20,
+        );
         assert_eq!(
             got.len(),
             20,
@@ -803,7 +696,7 @@ fn without_privileges_auto_falls_back_to_sockets_and_xdp_refuses() {
 
 fn fallback() {
     let Some(lab) = lab_or_skip("without_privileges_auto_falls_back") else { return };
-    if common::find_binary("setpriv").is_none() {
+    if testkit::find_binary("setpriv").is_none() {
         return skip("setpriv (util-linux) is not installed");
     }
     let dir = TestDir::new("afxdp-fallback");
@@ -905,7 +798,7 @@ impl OneCall {
     /// arrives, for up to 10 s, then a burst of `n` that must all arrive.
     fn resumes(&self, what: &str, n: u16) {
         let mut seq = 41;
-        let resumed = common::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let resumed = testkit::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
             seq += 1;
             self.caller.send_to(&rtp(seq, 7), self.relay_a).unwrap();
             !recv_n(&self.callee, 1, Duration::from_millis(100)).is_empty()
@@ -924,13 +817,13 @@ fn link_flap(datapath: &str) {
 
     // The callee-side link goes down: nothing can leave towards the callee,
     // the relay keeps running, and it says why the packets were dropped.
-    ip(&["-n", &lab.relay.0, "link", "set", "rb", "down"]).unwrap();
+    ip(&["-n", lab.relay.name(), "link", "set", "rb", "down"]).unwrap();
     let lost = relay_burst(caller, relay_a, callee, 21, 20, 7);
     assert!(lost.len() < 20, "link down, yet {} of 20 arrived", lost.len());
     c.relay.assert_running();
     // Every packet it could not send is counted, under the right reason.
     let want = (20 - lost.len()) as f64;
-    let counted = common::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
+    let counted = testkit::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
         metric("media_relay_drops_total{reason=\"unreachable\"}") >= want
     });
     assert!(counted, "{want} drops counted as unreachable\n{}", counters());
@@ -939,7 +832,7 @@ fn link_flap(datapath: &str) {
     // Back up: the kernel has flushed rb's neighbours, so on AF_XDP the
     // first packets take the kernel path, which resolves the callee again;
     // then media flows as before.
-    ip(&["-n", &lab.relay.0, "link", "set", "rb", "up"]).unwrap();
+    ip(&["-n", lab.relay.name(), "link", "set", "rb", "up"]).unwrap();
     c.resumes("the link came back", 40);
     if datapath == "xdp" {
         assert!(metric("media_relay_xdp_packets_total{verdict=\"redirected_media\"}") >= 80.0, "{}", counters());
@@ -962,20 +855,20 @@ fn frames_the_kernel_completes_unsent_when_the_egress_loses_carrier_are_counted(
 fn carrier_loss() {
     let Some(lab) = lab_or_skip("frames_the_kernel_completes_unsent_are_counted") else { return };
     let dir = TestDir::new("afxdp-carrier");
-    let (r, e) = (lab.relay.0.as_str(), lab.callee.0.as_str());
+    let (r, e) = (lab.relay.name(), lab.callee.name());
     ip(&["-n", r, "neigh", "replace", CALLEE, "lladdr", &mac(e, "eb"), "nud", "permanent", "dev", "rb"]).unwrap();
     let mut c = one_call(&lab, &dir, "xdp", "carrier-call");
     let relayed = metric("media_relay_packets_relayed_total");
 
     ip(&["-n", e, "link", "set", "eb", "down"]).unwrap();
-    let no_carrier = common::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
+    let no_carrier = testkit::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
         let out = Command::new("ip").args(["-n", r, "link", "show", "rb"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).contains("NO-CARRIER")
     });
     assert!(no_carrier, "rb kept its carrier after eb went down");
     let lost = relay_burst(&c.caller, c.relay_a, &c.callee, 21, 20, 7);
     assert!(lost.is_empty(), "no carrier, yet {} of 20 arrived", lost.len());
-    let counted = common::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
+    let counted = testkit::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
         metric("media_relay_drops_total{reason=\"unreachable\"}") >= 20.0
     });
     assert!(counted, "20 frames sent into a link without carrier, not all counted as unreachable\n{}", counters());
@@ -1072,7 +965,7 @@ fn napi_threads(dev: &str) -> Vec<String> {
 
 fn napi_ranking() {
     let Some(lab) = lab_or_skip("a_napi_thread_that_outranks_real_time_workers_is_reported") else { return };
-    if common::find_binary("chrt").is_none() {
+    if testkit::find_binary("chrt").is_none() {
         skip("a_napi_thread_that_outranks_real_time_workers_is_reported: `chrt` is not installed");
         return;
     }
@@ -1086,13 +979,13 @@ fn napi_ranking() {
     assert_eq!(metric("media_relay_datapath{datapath=\"xdp\"}"), 1.0, "{}", relay.log_tail(20));
     // Threaded NAPI on the relay's `ra`: the kernel starts its threads.
     let ok = Command::new("ip")
-        .args(["netns", "exec", &lab.relay.0, "sh", "-c", "echo 1 > /sys/class/net/ra/threaded"])
+        .args(["netns", "exec", lab.relay.name(), "sh", "-c", "echo 1 > /sys/class/net/ra/threaded"])
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "threaded NAPI on ra");
     let mut ours = Vec::new();
     assert!(
-        common::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
             ours = napi_threads("ra").into_iter().filter(|t| !before.contains(t)).collect();
             !ours.is_empty()
         }),
@@ -1123,7 +1016,7 @@ fn napi_ranking() {
     let names_ours = |l: &str| ours.iter().any(|pid| l.contains(&format!(" pid={pid} ")));
     // At the default policy the thread runs below the workers: said once.
     assert!(
-        common::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        testkit::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
             log().lines().any(|l| l.contains("below the real-time media workers") && names_ours(l))
         }),
         "{}",
@@ -1133,7 +1026,7 @@ fn napi_ranking() {
     // The gauges follow the log line within the same look.
     let rank = |r: &str| metric(&format!("media_relay_xdp_napi_threads{{rank=\"{r}\"}}"));
     let ranks_are = |want: (f64, f64)| {
-        common::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
             (rank("above_workers"), rank("below_workers")) == want
         })
     };
@@ -1146,7 +1039,7 @@ fn napi_ranking() {
         assert!(ok, "chrt -f -p 50 {pid}");
     }
     assert!(
-        common::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        testkit::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
             log().lines().any(|l| {
                 l.contains("outranks the real-time media workers")
                     && l.contains("relay.worker_priority above 50")

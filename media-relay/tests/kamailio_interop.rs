@@ -40,20 +40,20 @@
 //! cargo test -p media-relay --test kamailio_interop -- --nocapture`
 //! (`XSBC_KEEP_TMP=1` keeps the scratch dir with all logs).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::bencode::Value;
-use common::{
-    find_binary, free_tcp_port, free_udp_port, free_udp_port_range, in_ci, metric_value, render, scrape_metrics,
-    udp_port_in_use, wait_for_sip, wait_for_udp_ng, wait_until, ChildGuard, NgClient, NgExchange, NgTap, TestDir,
-};
+use testkit::bencode::{render, Value};
+use testkit::metrics::{metric_value, scrape_metrics};
+use testkit::ng::wait_for_udp_ng;
+use testkit::ports::{free_tcp_port, free_udp_port, free_udp_port_range, udp_port_in_use};
+use testkit::sip::wait_for_sip;
+use testkit::sipp::{SippStats, Template};
+use testkit::{require_binary, wait_until, ChildGuard, NgClient, NgExchange, NgTap, Sipp, TestDir};
 
 /// Number of SIP calls (each with RTP both ways).
 const CALLS: u32 = 10;
@@ -65,8 +65,6 @@ const CALL_HOLD_MS: u32 = 3_300;
 const RELAY_PORTS: u16 = 400;
 
 const KAMAILIO_CFG: &str = include_str!("fixtures/kamailio.cfg.tmpl");
-const UAC_SCENARIO: &str = include_str!("fixtures/uac_rtp.xml");
-const UAS_SCENARIO: &str = include_str!("fixtures/uas_echo.xml");
 
 // ---------------------------------------------------------------------------
 // The relay under test (ours, or rtpengine as the reference)
@@ -209,45 +207,6 @@ fn poll_relay(ng: &NgClient, seen: &mut Observed) -> Option<Value> {
 // Helpers specific to this test
 // ---------------------------------------------------------------------------
 
-/// A required external tool: its path, or `None` after printing SKIPPED
-/// (a panic instead under CI=true).
-fn require_tool(name: &str, why: &str) -> Option<PathBuf> {
-    if let Some(p) = find_binary(name) {
-        return Some(p);
-    }
-    let msg = format!("`{name}` not found in PATH or /usr/sbin ({why})");
-    if in_ci() {
-        panic!("kamailio_interop: {msg}; CI=true, so this test must run: install it");
-    }
-    println!("SKIPPED: kamailio_interop: {msg}");
-    None
-}
-
-/// Reads `name`'s column from the last row of a sipp `-trace_stat` CSV.
-fn sipp_stat(csv: &Path, name: &str) -> Option<u64> {
-    let text = fs::read_to_string(csv).ok()?;
-    let mut rows = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = rows.next()?.split(';').collect();
-    let last: Vec<&str> = rows.next_back()?.split(';').collect();
-    let col = header.iter().position(|h| h.trim() == name)?;
-    last.get(col)?.trim().parse().ok()
-}
-
-fn fill(template: &str, vars: &[(&str, String)]) -> String {
-    let mut out = template.to_string();
-    for (k, v) in vars {
-        out = out.replace(k, v);
-    }
-    // Any `@NAME@` left over is a placeholder nobody filled in.
-    let leftover = out.match_indices('@').find_map(|(i, _)| {
-        let rest = &out[i + 1..];
-        let len = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap_or(0);
-        (len > 0 && rest[len..].starts_with('@')).then(|| &rest[..len])
-    });
-    assert!(leftover.is_none(), "unfilled placeholder @{}@", leftover.unwrap_or_default());
-    out
-}
-
 fn print_exchange(label: &str, x: &NgExchange) {
     println!(
         "[ng] {label} from {} (cookie {}):\n  command: {}\n  reply:   {}",
@@ -269,18 +228,12 @@ fn print_exchange(label: &str, x: &NgExchange) {
 fn kamailio_sipp_calls_anchor_rtp_on_relay() {
     // --- 1. Tools -----------------------------------------------------------
     let kind = RelayKind::from_env();
-    let Some(kamailio) = require_tool("kamailio", "Debian package `kamailio`") else {
-        return;
-    };
-    let Some(sipp) = require_tool("sipp", "Debian package `sip-tester`") else {
-        return;
-    };
+    let Some(kamailio) = require_binary("kamailio") else { return };
+    let Some(sipp) = Sipp::find() else { return };
     let relay_binary = match kind {
         RelayKind::MediaRelay => PathBuf::from(env!("CARGO_BIN_EXE_media-relay")),
         RelayKind::Rtpengine => {
-            let Some(p) = require_tool("rtpengine", "Debian package `rtpengine-daemon`") else {
-                return;
-            };
+            let Some(p) = require_binary("rtpengine") else { return };
             p
         }
     };
@@ -322,17 +275,11 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
     assert!(list_calls(&ng).is_empty(), "relay starts with calls already present");
 
     // --- 4. Kamailio ---------------------------------------------------------
-    let cfg = dir.write(
-        "kamailio.cfg",
-        fill(
-            KAMAILIO_CFG,
-            &[
-                ("@SIP_PORT@", sip_port.to_string()),
-                ("@NG_PORT@", tap.addr().port().to_string()),
-                ("@UAS_PORT@", uas_port.to_string()),
-            ],
-        ),
-    );
+    let cfg = Template::new(KAMAILIO_CFG)
+        .set("SIP_PORT", sip_port)
+        .set("NG_PORT", tap.addr().port())
+        .set("UAS_PORT", uas_port)
+        .write(&dir, "kamailio.cfg");
     let mut kam_cmd = Command::new(&kamailio);
     kam_cmd
         .arg("-f")
@@ -355,39 +302,21 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
     // 3 s of A-law silence: sipp's rtp_stream sends 160 bytes per 20 ms.
     let audio = dir.write("pcma_3s.raw", vec![0xd5u8; RTP_PACKETS * 160]);
     assert!(!audio.display().to_string().contains(','), "rtp_stream takes a comma list");
-    let uas_xml = dir.write("uas_echo.xml", UAS_SCENARIO);
-    let uac_xml = dir.write(
-        "uac_rtp.xml",
-        fill(UAC_SCENARIO, &[("@AUDIO@", audio.display().to_string()), ("@PAUSE_MS@", CALL_HOLD_MS.to_string())]),
-    );
-    let mut uas_cmd = Command::new(&sipp);
-    uas_cmd
-        .current_dir(dir.path()) // sipp writes its logs to the cwd
-        .arg("-sf")
-        .arg(&uas_xml)
-        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
-        .args(["-mi", "127.0.0.1", "-mp", &uas_media.to_string(), "-rtp_echo"])
-        .args(["-m", &CALLS.to_string()])
-        .args(["-nostdin", "-timeout", "50s", "-timeout_error", "-trace_err"])
-        .args(["-trace_stat", "-stf", "uas_stats.csv"]);
-    let mut uas = ChildGuard::spawn("sipp-uas", &mut uas_cmd, dir.path());
+    let uac_xml = Template::scenario("uac_rtp.xml")
+        .set("AUDIO", audio.display())
+        .set("PAUSE_MS", CALL_HOLD_MS)
+        .write(&dir, "uac_rtp.xml");
+    let uas = sipp.uas(dir.path(), uas_port).scenario("uas_echo.xml").media("127.0.0.1", Some(uas_media));
+    let uas = uas.arg("-rtp_echo").calls(CALLS).timeout_s(50).timeout_error().trace_err();
+    let mut uas = uas.stats("uas_stats.csv").spawn("sipp-uas");
     let up = wait_until(Duration::from_secs(5), Duration::from_millis(20), || udp_port_in_use(uas_port));
     uas.assert_running();
     assert!(up, "sipp UAS did not bind 127.0.0.1:{uas_port}");
 
     // --- 6. sipp UAC: CALLS calls at 5 cps, RTP for ~3 s each -------------------
-    let mut uac_cmd = Command::new(&sipp);
-    uac_cmd
-        .current_dir(dir.path())
-        .arg(kam_addr.to_string())
-        .arg("-sf")
-        .arg(&uac_xml)
-        .args(["-i", "127.0.0.1", "-p", &uac_port.to_string()])
-        .args(["-mi", "127.0.0.1", "-mp", &uac_media.to_string()])
-        .args(["-m", &CALLS.to_string(), "-r", "5", "-l", &CALLS.to_string()])
-        .args(["-nostdin", "-timeout", "45s", "-timeout_error", "-trace_err"])
-        .args(["-trace_stat", "-stf", "uac_stats.csv"]);
-    let mut uac = ChildGuard::spawn("sipp-uac", &mut uac_cmd, dir.path());
+    let uac = sipp.cmd(dir.path()).remote(kam_addr).sf(&uac_xml).local("127.0.0.1", uac_port);
+    let uac = uac.media("127.0.0.1", Some(uac_media)).calls(CALLS).rate(5).limit(CALLS);
+    let mut uac = uac.timeout_s(45).timeout_error().trace_err().stats("uac_stats.csv").spawn("sipp-uac");
     let uac_pid = uac.pid();
 
     // --- 7. RTP phase: poll the relay's own view of the calls ----------------
@@ -409,8 +338,9 @@ fn kamailio_sipp_calls_anchor_rtp_on_relay() {
 
     // --- 8. SIP outcome ------------------------------------------------------
     let uac_csv = dir.join("uac_stats.csv");
-    let ok_calls = sipp_stat(&uac_csv, "SuccessfulCall(C)");
-    let failed_calls = sipp_stat(&uac_csv, "FailedCall(C)");
+    let uac_stats = SippStats::read(&uac_csv);
+    let ok_calls = uac_stats.as_ref().and_then(|s| s.get("SuccessfulCall(C)"));
+    let failed_calls = uac_stats.as_ref().and_then(|s| s.get("FailedCall(C)"));
     let errors = fs::read_dir(dir.path())
         .into_iter()
         .flatten()

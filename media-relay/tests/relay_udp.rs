@@ -9,15 +9,14 @@
 
 #![allow(clippy::unwrap_used, reason = "test harness: a failed unwrap is a failed test")]
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::NgClient;
-use media_relay::bencode::{decode, Value};
+use testkit::bencode::{decode, Value};
+use testkit::ng::sdp_command;
+use testkit::{in_ci, is_root, Netns, NgClient};
 
 /// The datapath these tests run the relay on (`relay_udp_xdp.rs` has its own).
 #[allow(dead_code, reason = "unused when relay_udp_xdp.rs includes this file")]
@@ -33,40 +32,25 @@ struct Relay {
     _netns: Option<Netns>,
 }
 
-/// A network namespace with its loopback up, deleted on drop.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// On the AF_XDP datapath: a namespace of the test's own with its loopback
 /// up, entered by the calling test thread so its sockets meet the relay
 /// there. `None` (the test then runs on
 /// sockets, saying so) when namespaces cannot be made, except under CI.
 fn xdp_netns() -> Option<Netns> {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let name = format!("xsbc-rudp-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    let run = |args: &[&str]| Command::new(args[0]).args(&args[1..]).output().is_ok_and(|o| o.status.success());
-    if !run(&["ip", "netns", "add", &name]) {
-        assert!(!common::in_ci(), "CI=true but network namespaces cannot be made (root needed)");
-        eprintln!("SKIPPED: no network namespaces (not root?): running this test on the socket datapath");
+    let Ok(ns) = Netns::with_lo("rudp") else {
+        testkit::skip("no network namespaces (not root?): running this test on the socket datapath");
         return None;
-    }
-    let ns = Netns(name);
-    assert!(run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]), "lo up in {}", ns.0);
+    };
     // A frame sent from an AF_XDP socket on lo has no route attached, so
     // IPv4 looks its 127.0.0.1 source and destination up as if it came from
     // a wire: allow that in this namespace (IPv6 needs nothing).
     for key in ["route_localnet", "accept_local"] {
         for dev in ["all", "lo"] {
             let set = format!("net.ipv4.conf.{dev}.{key}=1");
-            assert!(run(&["ip", "netns", "exec", &ns.0, "sysctl", "-qw", &set]), "sysctl {set}");
+            ns.sysctl(&set).unwrap_or_else(|e| panic!("sysctl {set}: {e}"));
         }
     }
-    common::enter_netns(&format!("/run/netns/{}", ns.0)).unwrap();
+    ns.enter();
     Some(ns)
 }
 
@@ -111,9 +95,7 @@ fn start_relay(extra: &[&str]) -> Relay {
                 // Loopback senders hand over partial UDP checksums (offload
                 // that cannot be turned off on lo): recompute them.
                 args.extend(["--datapath=xdp", "--xdp-interface=lo", "--xdp-full-checksum"].map(str::to_owned));
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_media-relay")]);
-                c
+                ns.command(env!("CARGO_BIN_EXE_media-relay"))
             }
             None => Command::new(env!("CARGO_BIN_EXE_media-relay")),
         };
@@ -126,8 +108,9 @@ fn start_relay(extra: &[&str]) -> Relay {
             ports: (pmin, pmax),
             _netns: netns,
         };
-        let up = common::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            common::wait_for_udp_ng(r.ng, Duration::from_millis(100)) || r.child.try_wait().ok().flatten().is_some()
+        let up = testkit::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            testkit::ng::wait_for_udp_ng(r.ng, Duration::from_millis(100))
+                || r.child.try_wait().ok().flatten().is_some()
         });
         if up && r.child.try_wait().ok().flatten().is_none() {
             if xdp {
@@ -205,28 +188,12 @@ fn reason(v: &Value) -> String {
 /// Sets up a call between sockets `a` (caller) and `b` (callee). Returns the
 /// relay ports that A and B must send to.
 fn setup_call(r: &Relay, call: &str, a: &UdpSocket, b: &UdpSocket) -> (u16, u16) {
-    let offer = cmd(
-        r,
-        &dict(&[
-            ("command", s("offer")),
-            ("call-id", s(call)),
-            ("from-tag", s("tag-a")),
-            ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
-            ("replace", Value::List(vec![s("origin"), s("session-connection")])),
-        ]),
-    );
+    let mut offer = sdp_command("offer", call, "tag-a", None, &sdp_for(a.local_addr().unwrap().port()));
+    offer.insert("replace", Value::List(vec![s("origin"), s("session-connection")]));
+    let offer = cmd(r, &offer);
     assert_eq!(result(&offer), "ok", "{}", reason(&offer));
     let to_b = media_port(offer.get("sdp").and_then(Value::as_bytes).unwrap());
-    let answer = cmd(
-        r,
-        &dict(&[
-            ("command", s("answer")),
-            ("call-id", s(call)),
-            ("from-tag", s("tag-a")),
-            ("to-tag", s("tag-b")),
-            ("sdp", s(&sdp_for(b.local_addr().unwrap().port()))),
-        ]),
-    );
+    let answer = cmd(r, &sdp_command("answer", call, "tag-a", Some("tag-b"), &sdp_for(b.local_addr().unwrap().port())));
     assert_eq!(result(&answer), "ok", "{}", reason(&answer));
     let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
     (to_a, to_b)
@@ -243,7 +210,7 @@ fn rtp(seq: u16) -> Vec<u8> {
 
 /// Up to `n` datagrams, each within 2 s.
 fn recv_n(sock: &UdpSocket, n: usize) -> Vec<(Vec<u8>, SocketAddr)> {
-    common::recv_n(sock, n, Duration::from_secs(2))
+    testkit::udp::recv_n(sock, n, Duration::from_secs(2))
 }
 
 fn stream_stats(q: &Value, tag: &str, idx: usize) -> Value {
@@ -261,11 +228,11 @@ fn stat(v: &Value, key: &str) -> i64 {
 
 /// Sum over workers of the series `name{k="v",...}` (labels may be a subset).
 fn metric(r: &Relay, spec: &str) -> f64 {
-    common::metric_spec(r.metrics, spec)
+    testkit::metrics::metric_spec(r.metrics, spec)
 }
 
 fn wait_until(what: &str, f: impl FnMut() -> bool) {
-    assert!(common::wait_until(Duration::from_secs(10), Duration::from_millis(50), f), "timed out waiting for {what}");
+    assert!(testkit::wait_until(Duration::from_secs(10), Duration::from_millis(50), f), "timed out waiting for {what}");
 }
 
 #[test]
@@ -469,12 +436,7 @@ fn exhausted_port_range_is_an_error_reply() {
     for i in 0..20 {
         last = cmd(
             &r,
-            &dict(&[
-                ("command", s("offer")),
-                ("call-id", s(&format!("exhaust-{i}"))),
-                ("from-tag", s("x")),
-                ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
-            ]),
+            &sdp_command("offer", &format!("exhaust-{i}"), "x", None, &sdp_for(a.local_addr().unwrap().port())),
         );
         if result(&last) != "ok" {
             break;
@@ -487,15 +449,7 @@ fn exhausted_port_range_is_an_error_reply() {
     let d = cmd(&r, &dict(&[("command", s("delete")), ("call-id", s("exhaust-0"))]));
     assert_eq!(result(&d), "ok");
     wait_until("room again", || {
-        let v = cmd(
-            &r,
-            &dict(&[
-                ("command", s("offer")),
-                ("call-id", s("exhaust-again")),
-                ("from-tag", s("x")),
-                ("sdp", s(&sdp_for(a.local_addr().unwrap().port()))),
-            ]),
-        );
+        let v = cmd(&r, &sdp_command("offer", "exhaust-again", "x", None, &sdp_for(a.local_addr().unwrap().port())));
         result(&v) == "ok"
     });
 }
@@ -509,25 +463,25 @@ fn reinvite_keeps_ports_and_statistics_command() {
     // Re-offer from B (hold), answered by A: same ports on both sides.
     let reoffer = cmd(
         &r,
-        &dict(&[
-            ("command", s("offer")),
-            ("call-id", s("call-re")),
-            ("from-tag", s("tag-b")),
-            ("to-tag", s("tag-a")),
-            ("sdp", s(&sdp_for(b.local_addr().unwrap().port()).replace("sendrecv", "sendonly"))),
-        ]),
+        &sdp_command(
+            "offer",
+            "call-re",
+            "tag-b",
+            Some("tag-a"),
+            &sdp_for(b.local_addr().unwrap().port()).replace("sendrecv", "sendonly"),
+        ),
     );
     assert_eq!(result(&reoffer), "ok", "{}", reason(&reoffer));
     assert_eq!(media_port(reoffer.get("sdp").and_then(Value::as_bytes).unwrap()), to_a);
     let reanswer = cmd(
         &r,
-        &dict(&[
-            ("command", s("answer")),
-            ("call-id", s("call-re")),
-            ("from-tag", s("tag-b")),
-            ("to-tag", s("tag-a")),
-            ("sdp", s(&sdp_for(a.local_addr().unwrap().port()).replace("sendrecv", "recvonly"))),
-        ]),
+        &sdp_command(
+            "answer",
+            "call-re",
+            "tag-b",
+            Some("tag-a"),
+            &sdp_for(a.local_addr().unwrap().port()).replace("sendrecv", "recvonly"),
+        ),
     );
     assert_eq!(result(&reanswer), "ok", "{}", reason(&reanswer));
     assert_eq!(media_port(reanswer.get("sdp").and_then(Value::as_bytes).unwrap()), to_b);
@@ -543,29 +497,13 @@ fn rtcp_mux_flows_on_the_rtp_ports() {
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mux = |p: u16| sdp_for(p) + &format!("a=rtcp:{p}\r\na=rtcp-mux\r\n");
-    let offer = cmd(
-        &r,
-        &dict(&[
-            ("command", s("offer")),
-            ("call-id", s("call-mux")),
-            ("from-tag", s("tag-a")),
-            ("sdp", s(&mux(a.local_addr().unwrap().port()))),
-        ]),
-    );
+    let offer = cmd(&r, &sdp_command("offer", "call-mux", "tag-a", None, &mux(a.local_addr().unwrap().port())));
     let offer_sdp = String::from_utf8(offer.get("sdp").and_then(Value::as_bytes).unwrap().to_vec()).unwrap();
     let to_b = media_port(offer_sdp.as_bytes());
     assert!(offer_sdp.contains(&format!("a=rtcp:{to_b}\r\n")), "a=rtcp names the RTP port under mux:\n{offer_sdp}");
     assert!(offer_sdp.contains("a=rtcp-mux\r\n"));
-    let answer = cmd(
-        &r,
-        &dict(&[
-            ("command", s("answer")),
-            ("call-id", s("call-mux")),
-            ("from-tag", s("tag-a")),
-            ("to-tag", s("tag-b")),
-            ("sdp", s(&mux(b.local_addr().unwrap().port()))),
-        ]),
-    );
+    let answer =
+        cmd(&r, &sdp_command("answer", "call-mux", "tag-a", Some("tag-b"), &mux(b.local_addr().unwrap().port())));
     let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
     // RTP and an RTCP receiver report, both on the RTP port.
     let rr = [0x80u8, 201, 0, 1, 9, 9, 9, 9];
@@ -592,29 +530,12 @@ fn ipv6_relay() {
     let b = UdpSocket::bind("[::1]:0").unwrap();
     let sdp6 =
         |p: u16| format!("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {p} RTP/AVP 8\r\n");
-    let offer = cmd(
-        &r,
-        &dict(&[
-            ("command", s("offer")),
-            ("call-id", s("call-v6")),
-            ("from-tag", s("a")),
-            ("sdp", s(&sdp6(a.local_addr().unwrap().port()))),
-        ]),
-    );
+    let offer = cmd(&r, &sdp_command("offer", "call-v6", "a", None, &sdp6(a.local_addr().unwrap().port())));
     assert_eq!(result(&offer), "ok", "{}", reason(&offer));
     let osdp = offer.get("sdp").and_then(Value::as_bytes).unwrap();
     assert!(String::from_utf8_lossy(osdp).contains("c=IN IP6 ::1\r\n"));
     let to_b = media_port(osdp);
-    let answer = cmd(
-        &r,
-        &dict(&[
-            ("command", s("answer")),
-            ("call-id", s("call-v6")),
-            ("from-tag", s("a")),
-            ("to-tag", s("b")),
-            ("sdp", s(&sdp6(b.local_addr().unwrap().port()))),
-        ]),
-    );
+    let answer = cmd(&r, &sdp_command("answer", "call-v6", "a", Some("b"), &sdp6(b.local_addr().unwrap().port())));
     let to_a = media_port(answer.get("sdp").and_then(Value::as_bytes).unwrap());
     a.send_to(&rtp(7), ("::1", to_a)).unwrap();
     assert_eq!(recv_n(&b, 1).len(), 1);
@@ -654,7 +575,7 @@ fn overflowing_stream_is_counted_and_recovers() {
         ports: (pmin, pmax),
         _netns: None,
     };
-    assert!(common::wait_for_udp_ng(r.ng, Duration::from_secs(10)), "relay up");
+    assert!(testkit::ng::wait_for_udp_ng(r.ng, Duration::from_secs(10)), "relay up");
     let (a1, b1) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
     let (a2, b2) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
     let (to_a1, _) = setup_call(&r, "flooded", &a1, &b1);
@@ -708,7 +629,7 @@ fn workers_take_the_real_time_policy() {
         let (prio, policy) = (f.get(37).copied().unwrap_or("?"), f.get(38).copied().unwrap_or("?"));
         if comm.starts_with("mr-worker") || comm.starts_with("mr-xdp") {
             workers += 1;
-            if common::in_ci() || is_root() {
+            if in_ci() || is_root() {
                 assert_eq!((policy, prio), ("1", "7"), "{} runs SCHED_FIFO at 7", comm.trim());
             }
         } else {
@@ -747,13 +668,13 @@ fn cpu_latency_now() -> Option<i32> {
 #[test]
 fn cpu_latency_limit_is_held_while_the_relay_runs() {
     let Some(before) = cpu_latency_now() else {
-        assert!(!common::in_ci(), "CI=true: /dev/cpu_dma_latency must be readable (run as root)");
+        assert!(!in_ci(), "CI=true: /dev/cpu_dma_latency must be readable (run as root)");
         eprintln!("skipping: /dev/cpu_dma_latency is not readable (needs root)");
         return;
     };
     let want = 3;
     if before <= want {
-        assert!(!common::in_ci(), "another process holds a CPU latency limit of {before} us; cannot observe ours");
+        assert!(!in_ci(), "another process holds a CPU latency limit of {before} us; cannot observe ours");
         eprintln!("skipping: another process holds a CPU latency limit of {before} us");
         return;
     }
@@ -763,12 +684,4 @@ fn cpu_latency_limit_is_held_while_the_relay_runs() {
     assert_eq!(result(&q), "pong");
     drop(r);
     wait_until("the limit is released with the killed relay", || cpu_latency_now() == Some(before));
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
 }

@@ -14,15 +14,12 @@
 //! address on its command line, while this UAC must follow the route set.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
-#[path = "../../media-relay/tests/common/mod.rs"]
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, TestDir};
 use sbc::sip::Message;
+use testkit::{ChildGuard, Sipp, TestDir};
 
 fn sbc_config(
     dir: &TestDir,
@@ -79,7 +76,7 @@ fn recv_until(
 
 #[test]
 fn alternate_path_takes_over_a_dialog_when_the_primary_dies() {
-    let Some(sipp) = common::require_binary("sipp") else { return };
+    let Some(sipp) = Sipp::find() else { return };
     let dir = TestDir::new("alternate-path");
     let (p_ip, b_ip, s_ip, uas_ip) = ("127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14");
     let p_cfg = sbc_config(&dir, "primary", p_ip, &format!("{s_ip}:5060"), Some(&format!("{b_ip}:5060")), 46000);
@@ -90,25 +87,10 @@ fn alternate_path_takes_over_a_dialog_when_the_primary_dies() {
     let _second = start_sbc(&dir, "second", &s_cfg);
     for ip in [p_ip, b_ip, s_ip] {
         let a: SocketAddr = format!("{ip}:5060").parse().unwrap();
-        assert!(common::wait_for_sip(a, Duration::from_secs(10)), "sbc on {ip} did not come up");
+        assert!(testkit::sip::wait_for_sip(a, Duration::from_secs(10)), "sbc on {ip} did not come up");
     }
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/alt_fixtures/uas_slow_answer.xml");
-    let mut uas_cmd = Command::new(sipp);
-    uas_cmd.current_dir(dir.path()).args([
-        "-sf",
-        scenario,
-        "-i",
-        uas_ip,
-        "-p",
-        "5070",
-        "-m",
-        "1",
-        "-nostdin",
-        "-timeout",
-        "40s",
-        "-timeout_error",
-    ]);
-    let mut uas = ChildGuard::spawn("uas", &mut uas_cmd, dir.path());
+    let uas = sipp.cmd(dir.path()).scenario("uas_slow_answer.xml").local(uas_ip, 5070).calls(1);
+    let mut uas = uas.timeout_s(40).timeout_error().spawn("uas");
     std::thread::sleep(Duration::from_millis(300));
 
     let ua = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -22,32 +22,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use testkit::Netns;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const NET: &str = "10.77.0";
 const VIP: &str = "10.77.0.100";
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// Whether the lab can run; says why not (and fails under CI=true).
 fn can_run() -> bool {
-    let why = if !Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0")) {
-        Some("needs root for network namespaces")
-    } else if !Command::new("redis-server").arg("--version").output().is_ok_and(|o| o.status.success()) {
-        Some("redis-server is not installed (apt-get install redis-server)")
+    let why = if !testkit::is_root() {
+        "needs root for network namespaces"
+    } else if !testkit::env::runs("redis-server") {
+        "redis-server is not installed (apt-get install redis-server)"
     } else {
-        None
+        return true;
     };
-    match why {
-        Some(w) => {
-            assert!(!in_ci(), "this test must run under CI=true, but it {w}");
-            eprintln!("SKIPPED: {w}");
-            false
-        }
-        None => true,
-    }
+    testkit::skip(why);
+    false
 }
 
 fn sh(args: &[&str]) -> bool {
@@ -122,7 +114,9 @@ impl Drop for Proc {
 }
 
 struct Lab {
-    tag: String,
+    /// The hosts' namespaces, named uniquely per process; dropped after
+    /// the processes in them (`Drop for Lab` stops those first).
+    nets: Vec<(&'static str, Netns)>,
     dir: PathBuf,
     procs: Vec<Proc>,
     /// `relay.datapath` of both nodes ("socket" or "xdp").
@@ -131,22 +125,22 @@ struct Lab {
 
 impl Lab {
     fn ns(&self, host: &str) -> String {
-        format!("xha{}-{host}", self.tag)
+        let (_, ns) = self.nets.iter().find(|(h, _)| *h == host).unwrap_or_else(|| panic!("no host {host}"));
+        ns.name().to_owned()
     }
 
     fn new(tag: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("xsbc-ha-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let lab = Self { tag: tag.to_owned(), dir, procs: Vec::new(), datapath: "socket" };
-        lab.teardown_ns();
+        let nets = ["lan", "r", "a", "b", "caller", "callee"]
+            .map(|host| (host, Netns::new(&format!("ha{tag}-{host}")).unwrap_or_else(|e| panic!("netns: {e}"))));
+        let lab = Self { nets: nets.into(), dir, procs: Vec::new(), datapath: "socket" };
         let lan = lab.ns("lan");
-        assert!(sh(&["ip", "netns", "add", &lan]));
         assert!(sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]));
         assert!(sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]));
         for (host, ip) in [("r", 1), ("a", 11), ("b", 12), ("caller", 21), ("callee", 22)] {
             let ns = lab.ns(host);
-            assert!(sh(&["ip", "netns", "add", &ns]));
             let peer = format!("v{host}");
             assert!(sh(&[
                 "ip", "-n", &lan, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &ns
@@ -157,12 +151,6 @@ impl Lab {
             assert!(sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]));
         }
         lab
-    }
-
-    fn teardown_ns(&self) {
-        for host in ["lan", "r", "a", "b", "caller", "callee"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(host)]).stderr(Stdio::null()).status();
-        }
     }
 
     fn spawn(&mut self, host: &str, name: &str, cmd: &[&str]) -> usize {
@@ -382,7 +370,6 @@ check_interval_ms = {interval_ms}
 impl Drop for Lab {
     fn drop(&mut self) {
         self.procs.clear();
-        self.teardown_ns();
         if !std::thread::panicking() && std::env::var("XSBC_KEEP_TMP").is_err() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {

@@ -8,14 +8,14 @@
 //! network namespace with only `lo` up: nothing can leave the machine. Needs
 //! root (`ip netns`); without it the test says so and skips, except under
 //! CI=true, where it must run.
-#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code, reason = "test harness")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sbc::sip::{Header, Message};
+use testkit::{skip, ChildGuard, Netns, TestDir};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -47,45 +47,6 @@ fn expectation(name: &str) -> Expect {
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/rfc4475")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn skip(why: &str) {
-    assert!(!in_ci(), "this test must run under CI=true, but: {why}");
-    eprintln!("SKIPPED: {why}");
-}
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Moves the calling thread into a network namespace.
-fn enter_netns(name: &str) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
-    // SAFETY: setns on a valid namespace fd affects only the calling thread.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Points the top Via's sent-by at the sender, leaving the rest as it is.
@@ -192,33 +153,21 @@ fn rfc4475_torture_messages_over_udp() {
         skip(&format!("{} is missing", dir.display()));
         return;
     }
-    let ns = format!("xsbc4475-{}", std::process::id());
-    let ok = Command::new("ip").args(["netns", "add", &ns]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !ok {
-        skip("cannot create a network namespace (needs root and iproute2)");
-        return;
-    }
-    let _ns = Netns(ns.clone());
-    assert!(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]).status().unwrap().success());
-
-    let tmp = std::env::temp_dir().join(format!("xsbc-rfc4475-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    let ns = match Netns::with_lo("rfc4475") {
+        Ok(ns) => ns,
+        Err(e) => {
+            skip(&format!("cannot create a network namespace (needs root and iproute2): {e}"));
+            return;
+        }
+    };
+    let tmp = TestDir::new("rfc4475");
     let cfg = sbc::config::DEFAULT_TOML
         .replace("file = \"sbc-cdr.jsonl\"", &format!("file = \"{}\"", tmp.join("cdr.jsonl").display()))
         .replace("socket = \"/tmp/xsbc-sbc.sock\"", &format!("socket = \"{}\"", tmp.join("ctl.sock").display()));
-    let cfg_path = tmp.join("sbc.toml");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let log = std::fs::File::create(tmp.join("sbc.log")).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_sbc"), "run", "--config"])
-        .arg(&cfg_path)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let _sbc = Guard(child);
+    let cfg_path = tmp.write("sbc.toml", cfg);
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_sbc"));
+    cmd.args(["run", "--config"]).arg(&cfg_path).env("RUST_LOG", "debug");
+    let sbc = ChildGuard::spawn("sbc", &mut cmd, tmp.path());
 
     // Everything below runs on a thread inside the namespace.
     let files: Vec<PathBuf> = {
@@ -231,75 +180,79 @@ fn rfc4475_torture_messages_over_udp() {
         v
     };
     assert_eq!(files.len(), 49, "the RFC 4475 suite has 49 messages");
-    let ns2 = ns.clone();
-    let report = std::thread::spawn(move || -> Result<Vec<String>, String> {
-        enter_netns(&ns2).map_err(|e| format!("setns: {e}"))?;
-        let sbc_addr: SocketAddr = "127.0.0.1:5060".parse().unwrap();
-        let metrics_addr: SocketAddr = "127.0.0.1:9102".parse().unwrap();
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let me = sock.local_addr().unwrap();
-        let options = |sock: &UdpSocket, n: u32| -> Vec<u16> {
-            let msg = format!(
-                "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKprobe{n}\r\n\
+    let report = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<Vec<String>, String> {
+                ns.enter();
+                let sbc_addr: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+                let metrics_addr: SocketAddr = "127.0.0.1:9102".parse().unwrap();
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let me = sock.local_addr().unwrap();
+                let options = |sock: &UdpSocket, n: u32| -> Vec<u16> {
+                    let msg = format!(
+                        "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKprobe{n}\r\n\
                  Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p{n}\r\nTo: <sip:127.0.0.1>\r\n\
                  Call-ID: probe-{n}\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n"
-            );
-            sock.send_to(msg.as_bytes(), sbc_addr).unwrap();
-            codes_for(sock, Duration::from_millis(500), Some(&format!("probe-{n}")), Some(&format!("{n} OPTIONS")))
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !options(&sock, 0).contains(&200) {
-            if Instant::now() > deadline {
-                return Err("sbc never answered OPTIONS".into());
-            }
-        }
-        let mut failures = Vec::new();
-        for (i, f) in files.iter().enumerate() {
-            let name = f.file_stem().unwrap().to_string_lossy().into_owned();
-            let data = std::fs::read(f).unwrap();
-            let before = scrape(metrics_addr);
-            let dropped_before =
-                metric(&before, "sbc_sip_dropped_total") + metric(&before, "sbc_sip_parse_errors_total");
-            // Many of the files share a branch: a fresh source port per file
-            // keeps their transactions apart (the sent-by differs).
-            let one = UdpSocket::bind("127.0.0.1:0").unwrap();
-            one.send_to(&retarget_via(&data, one.local_addr().unwrap()), sbc_addr).unwrap();
-            let call_id = raw_header(&data, "call-id", "i");
-            let cseq = raw_header(&data, "cseq", "cseq");
-            let codes = codes_for(&one, Duration::from_millis(400), call_id.as_deref(), cseq.as_deref());
-            let after = scrape(metrics_addr);
-            let dropped_after = metric(&after, "sbc_sip_dropped_total") + metric(&after, "sbc_sip_parse_errors_total");
-            let counted = dropped_after > dropped_before;
-            let finals: Vec<u16> = codes.iter().copied().filter(|c| *c >= 200).collect();
-            let ok = match expectation(&name) {
-                Expect::Code(c) => finals == vec![c],
-                Expect::Answered => finals.len() == 1 && finals[0] != 400 && finals[0] != 505,
-                Expect::RejectOrDrop => finals == vec![400] || (finals.is_empty() && counted),
-                Expect::DroppedResponse => codes.is_empty() && counted,
-            };
-            if !ok {
-                failures.push(format!(
-                    "{name}: expected {:?}, got responses {codes:?} (drop counted: {counted})",
-                    expectation(&name)
-                ));
-            }
-            let alive = options(&sock, u32::try_from(i).unwrap() + 1);
-            if !alive.contains(&200) {
-                failures.push(format!("{name}: sbc did not answer OPTIONS afterwards ({alive:?})"));
-                break;
-            }
-        }
-        Ok(failures)
-    })
-    .join()
-    .expect("sender thread");
+                    );
+                    sock.send_to(msg.as_bytes(), sbc_addr).unwrap();
+                    codes_for(
+                        sock,
+                        Duration::from_millis(500),
+                        Some(&format!("probe-{n}")),
+                        Some(&format!("{n} OPTIONS")),
+                    )
+                };
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while !options(&sock, 0).contains(&200) {
+                    if Instant::now() > deadline {
+                        return Err("sbc never answered OPTIONS".into());
+                    }
+                }
+                let mut failures = Vec::new();
+                for (i, f) in files.iter().enumerate() {
+                    let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+                    let data = std::fs::read(f).unwrap();
+                    let before = scrape(metrics_addr);
+                    let dropped_before =
+                        metric(&before, "sbc_sip_dropped_total") + metric(&before, "sbc_sip_parse_errors_total");
+                    // Many of the files share a branch: a fresh source port per file
+                    // keeps their transactions apart (the sent-by differs).
+                    let one = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    one.send_to(&retarget_via(&data, one.local_addr().unwrap()), sbc_addr).unwrap();
+                    let call_id = raw_header(&data, "call-id", "i");
+                    let cseq = raw_header(&data, "cseq", "cseq");
+                    let codes = codes_for(&one, Duration::from_millis(400), call_id.as_deref(), cseq.as_deref());
+                    let after = scrape(metrics_addr);
+                    let dropped_after =
+                        metric(&after, "sbc_sip_dropped_total") + metric(&after, "sbc_sip_parse_errors_total");
+                    let counted = dropped_after > dropped_before;
+                    let finals: Vec<u16> = codes.iter().copied().filter(|c| *c >= 200).collect();
+                    let ok = match expectation(&name) {
+                        Expect::Code(c) => finals == vec![c],
+                        Expect::Answered => finals.len() == 1 && finals[0] != 400 && finals[0] != 505,
+                        Expect::RejectOrDrop => finals == vec![400] || (finals.is_empty() && counted),
+                        Expect::DroppedResponse => codes.is_empty() && counted,
+                    };
+                    if !ok {
+                        failures.push(format!(
+                            "{name}: expected {:?}, got responses {codes:?} (drop counted: {counted})",
+                            expectation(&name)
+                        ));
+                    }
+                    let alive = options(&sock, u32::try_from(i).unwrap() + 1);
+                    if !alive.contains(&200) {
+                        failures.push(format!("{name}: sbc did not answer OPTIONS afterwards ({alive:?})"));
+                        break;
+                    }
+                }
+                Ok(failures)
+            })
+            .join()
+            .expect("sender thread")
+    });
     let failures = match report {
         Ok(f) => f,
-        Err(e) => {
-            let log = std::fs::read_to_string(tmp.join("sbc.log")).unwrap_or_default();
-            panic!("{e}\nsbc log tail:\n{}", log.lines().rev().take(30).collect::<Vec<_>>().join("\n"));
-        }
+        Err(e) => panic!("{e}\nsbc log tail:\n{}", sbc.log_tail(30)),
     };
     assert!(failures.is_empty(), "RFC 4475 mismatches:\n{}", failures.join("\n"));
-    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -16,53 +16,21 @@ mod support;
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    process::Command,
-    thread,
     time::Duration,
 };
 
 use aya::programs::XdpMode;
-use support::{chain, load_or_skip, skip, sys::enter_netns};
+use support::{chain, load_or_skip};
+use testkit::{skip, Netns};
 use xdp_prog::{BanValue, Bans, Counter, Counters, MediaPorts, MediaValue, SipPorts};
 
-/// A named network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Result<Self, String> {
-        let name = format!("xsbc-xdp-{role}-{}", std::process::id());
-        ip(&["netns", "add", &name])?;
-        Ok(Self(name))
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.0]);
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 fn setup_link(relay: &Netns, peer: &Netns) -> Result<(), String> {
-    let (r, p) = (relay.0.as_str(), peer.0.as_str());
-    ip(&["-n", r, "link", "add", "xr0", "type", "veth", "peer", "name", "xp0", "netns", p])?;
-    ip(&["-n", r, "addr", "add", "192.0.2.10/24", "dev", "xr0"])?;
-    ip(&["-n", p, "addr", "add", "192.0.2.20/24", "dev", "xp0"])?;
-    ip(&["-n", p, "addr", "add", "192.0.2.30/24", "dev", "xp0"])?;
-    for (ns, dev) in [(r, "xr0"), (p, "xp0"), (r, "lo"), (p, "lo")] {
-        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    relay.veth("xr0", peer, "xp0", None)?;
+    relay.addr("xr0", "192.0.2.10/24")?;
+    peer.addr("xp0", "192.0.2.20/24")?;
+    peer.addr("xp0", "192.0.2.30/24")?;
+    for (ns, dev) in [(relay, "xr0"), (peer, "xp0"), (relay, "lo"), (peer, "lo")] {
+        ns.up(dev)?;
     }
     Ok(())
 }
@@ -84,18 +52,18 @@ fn recv(socket: &UdpSocket) -> (SocketAddr, Vec<u8>) {
 fn attached_to_a_veth_drops_banned_and_passes_unbound_steering() {
     // Namespaces are per thread: do it all on a thread of our own so the
     // test harness's threads never move.
-    thread::spawn(run).join().unwrap();
+    testkit::in_own_thread(run);
 }
 
 fn run() {
     const TEST: &str = "attached_to_a_veth_drops_banned_and_passes_unbound_steering";
-    let (relay, peer) = match (Netns::new("relay"), Netns::new("peer")) {
+    let (relay, peer) = match (Netns::new("xdp-relay"), Netns::new("xdp-peer")) {
         (Ok(r), Ok(p)) => (r, p),
         (Err(e), _) | (_, Err(e)) => return skip(&format!("{TEST}: cannot make network namespaces ({e})")),
     };
     setup_link(&relay, &peer).unwrap();
 
-    enter_netns(&relay.path()).unwrap();
+    relay.enter();
     let Some(mut ebpf) = load_or_skip(TEST) else { return };
     let counters = Counters::take(&mut ebpf).unwrap();
     let mut media = MediaPorts::take(&mut ebpf).unwrap();
@@ -109,7 +77,7 @@ fn run() {
     let sip_in = bind("192.0.2.10:5060");
     let other_in = bind("192.0.2.10:40000");
 
-    enter_netns(&peer.path()).unwrap();
+    peer.enter();
     let good = bind("192.0.2.20:0");
     let banned = bind("192.0.2.30:0");
 

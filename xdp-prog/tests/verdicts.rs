@@ -23,7 +23,8 @@ use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use support::{load_or_skip, packets::*, sys::unbound_xdp_socket};
+use support::{load_or_skip, packets::*};
+use testkit::unbound_xdp_socket;
 use xdp_prog::{BanValue, Bans, Counter, CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks};
 
 const XDP_DROP: u32 = 1;

@@ -1,11 +1,11 @@
-//! Shared by the integration tests: packet builders, the one `unsafe`
-//! module, and loading the program or skipping when not privileged.
+//! Shared by this crate's integration tests: packet builders, and loading
+//! the program or skipping when not privileged. Namespaces, the `AF_XDP`
+//! socket and the skip-or-fail rule come from `testkit`.
 #![allow(dead_code, reason = "shared by several test crates, each using a part")]
 
 pub mod packets;
-pub mod sys;
 
-use std::{fmt::Write as _, io::Write as _};
+use std::fmt::Write as _;
 
 use aya::Ebpf;
 
@@ -15,18 +15,11 @@ pub fn load_or_skip(test: &str) -> Option<Ebpf> {
     match xdp_prog::load() {
         Ok(ebpf) => Some(ebpf),
         Err(e) if e.is_permission_denied() => {
-            skip(&format!("{test}: loading XDP needs root or CAP_BPF+CAP_NET_ADMIN ({})", chain(&e)));
+            testkit::skip(&format!("{test}: loading XDP needs root or CAP_BPF+CAP_NET_ADMIN ({})", chain(&e)));
             None
         }
         Err(e) => panic!("loading the XDP program: {}", chain(&e)),
     }
-}
-
-/// Prints `SKIPPED: {why}` where `cargo test` shows it, or fails under `CI=true`.
-pub fn skip(why: &str) {
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {why}");
-    // Straight to stderr: libtest captures `println!` of passing tests.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
 /// An error with all its sources, e.g. to show the verifier log.
