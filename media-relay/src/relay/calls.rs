@@ -6,6 +6,7 @@
 //! A pair's latched sources are copied here from the workers' events; its
 //! statistics ([`DirShared`]) are written by its worker and only read here.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,13 +19,59 @@ use crate::stream::{ClockTable, DirShared};
 use crate::sys::monotonic_ns;
 use crate::Nanos;
 
+/// Text that is nearly always one of a few values (`audio`, `RTP/AVP`):
+/// those are kept without an allocation.
+pub(super) type Label = Cow<'static, str>;
+
+/// Media types and transport protocols seen in practice.
+const LABELS: [&str; 18] = [
+    "audio",
+    "video",
+    "image",
+    "application",
+    "text",
+    "message",
+    "RTP/AVP",
+    "RTP/SAVP",
+    "RTP/AVPF",
+    "RTP/SAVPF",
+    "UDP/TLS/RTP/SAVP",
+    "UDP/TLS/RTP/SAVPF",
+    "udptl",
+    "UDP/TLS/UDPTL",
+    "UDP/DTLS/SCTP",
+    "DTLS/SCTP",
+    "TCP/MSRP",
+    "TCP/TLS/MSRP",
+];
+
+/// `s` as a [`Label`].
+pub(super) fn label(s: &str) -> Label {
+    LABELS.iter().find(|k| **k == s).map_or_else(|| Cow::Owned(s.to_owned()), |k| Cow::Borrowed(*k))
+}
+
+/// A leg's codec names, each followed by one space (as
+/// [`crate::sdp::Media::write_codec_names`] writes them): one allocation
+/// for the whole list, none when empty.
+pub(super) type Codecs = Box<str>;
+
+/// The names of a [`Codecs`].
+pub(super) fn codec_names(codecs: &str) -> Vec<String> {
+    codecs.split(' ').filter(|c| !c.is_empty()).map(str::to_owned).collect()
+}
+
+/// A [`Codecs`] of `names` (which hold no spaces: they come from SDP tokens).
+pub(super) fn join_codecs(names: &[String]) -> Codecs {
+    names.iter().fold(String::new(), |acc, n| acc + n + " ").into_boxed_str()
+}
+
 /// One `m=` section of a call: both legs, RTP and RTCP.
 pub(super) struct MediaPair {
     /// The worker and slot running it.
     pub at: PairAt,
-    pub kind: String,
-    pub protocol: String,
-    pub codecs: [Vec<String>; 2],
+    pub kind: Label,
+    pub protocol: Label,
+    pub codecs: [Codecs; 2],
     /// RTP port of each leg's channel pair (RTCP is +1).
     pub ports: [u16; 2],
     /// SDP RTP/RTCP addresses of each leg.
@@ -36,18 +83,16 @@ pub(super) struct MediaPair {
     /// Each channel's statistics, written by the worker.
     pub shared: [Arc<DirShared>; 4],
     pub clock: ClockTable,
-    /// Local addresses steered to the datapath (RTP and RTCP of both legs).
-    pub steered: Vec<SocketAddr>,
 }
 
 impl MediaPair {
     /// A pair just placed on a worker, before any SDP of it is applied.
-    pub fn new(placed: Placed, kind: String, protocol: String) -> Self {
+    pub fn new(placed: Placed, kind: &str, protocol: &str) -> Self {
         Self {
             at: placed.at,
-            kind,
-            protocol,
-            codecs: [Vec::new(), Vec::new()],
+            kind: label(kind),
+            protocol: label(protocol),
+            codecs: [Codecs::default(), Codecs::default()],
             ports: placed.ports,
             sdp_rtp: [None, None],
             sdp_rtcp: [None, None],
@@ -55,7 +100,6 @@ impl MediaPair {
             latched: [None; 4],
             shared: placed.shared,
             clock: ClockTable::default(),
-            steered: placed.steered,
         }
     }
 }
@@ -99,16 +143,16 @@ impl Relay {
             let now = unix_now();
             st.calls.insert(
                 Arc::clone(&id),
-                Call {
+                Box::new(Call {
                     id,
                     created: now,
                     last_signal: now,
                     last_signal_mono: monotonic_ns(),
                     tags: [None, None],
                     iface: [ifaces[0].unwrap_or(0), ifaces[1].unwrap_or(0)],
-                    medias: Vec::new(),
+                    medias: Vec::with_capacity(parsed.media.len()),
                     delete_at: None,
-                },
+                }),
             );
             st.totals.created += 1;
             true
@@ -154,6 +198,11 @@ impl Relay {
 
         let mut rtp_ports = Vec::with_capacity(parsed.media.len());
         let mut rtcp_ports = Vec::with_capacity(parsed.media.len());
+        if !answer {
+            // Exactly the sections offered: a pair is large, and a call rarely has more.
+            call.medias.reserve_exact(parsed.media.len().saturating_sub(call.medias.len()));
+        }
+        let mut codecs = String::new();
         for (i, m) in parsed.media.iter().enumerate() {
             if i >= call.medias.len() {
                 if answer {
@@ -164,8 +213,8 @@ impl Relay {
                 }
                 let ips = call.iface.map(|k| self.cfg.interfaces[k].local);
                 let socks = sockets::bind_new(ports, ips, self.cfg.socket_rcvbuf, self.cfg.freebind)?;
-                let placed = workers.place(ports, (&call.id, i), socks, &PairStart::default())?;
-                call.medias.push(MediaPair::new(placed, m.kind.clone(), m.proto.clone()));
+                let placed = workers.place(ports, (&call.id, i), call.iface, socks, &PairStart::default())?;
+                call.medias.push(MediaPair::new(placed, &m.kind, &m.proto));
             }
             let pair = &mut call.medias[i];
             let addr = m.remote_addr(parsed).filter(|a| !a.is_unspecified());
@@ -179,14 +228,22 @@ impl Relay {
             pair.sdp_rtp[side] = rtp;
             pair.sdp_rtcp[side] = rtcp;
             pair.mux[side] = m.rtcp_mux;
-            pair.codecs[side] = m.codec_names();
+            codecs.clear();
+            m.write_codec_names(&mut codecs);
+            if *pair.codecs[side] != *codecs {
+                pair.codecs[side] = codecs.as_str().into();
+            }
             for pt in m.formats.iter().filter_map(|f| f.parse::<u8>().ok()) {
                 if let Some(rate) = m.clock_rate(pt) {
                     pair.clock.insert(pt, rate);
                 }
             }
-            pair.kind.clone_from(&m.kind);
-            pair.protocol.clone_from(&m.proto);
+            if pair.kind != m.kind.as_str() {
+                pair.kind = label(&m.kind);
+            }
+            if pair.protocol != m.proto.as_str() {
+                pair.protocol = label(&m.proto);
+            }
             for (ch, peer) in [(side * 2, rtp), (side * 2 + 1, rtcp)] {
                 if moved {
                     pair.latched[ch] = None;
@@ -219,7 +276,7 @@ impl Relay {
             replace_origin: req.opts.replace_origin,
             remove_ice: req.opts.ice_remove,
         };
-        Ok(sdp::rewrite(req.sdp, &rw)?)
+        Ok(sdp::rewrite_parsed(req.sdp, parsed, &rw)?)
     }
 
     /// Deletes a call now, or marks it for deletion after `delete_delay`.
@@ -237,7 +294,7 @@ impl Relay {
             call.delete_at = Some(monotonic_ns().saturating_add(delay));
             st.totals.deleted += 1;
         }
-        st.calls.get(call_id).map(Call::report).ok_or(RelayError::UnknownCall)
+        st.calls.get(call_id).map(|c| c.report()).ok_or(RelayError::UnknownCall)
     }
 }
 
@@ -258,7 +315,7 @@ impl State {
             _ => self.totals.ended_oneway += 1,
         }
         for m in &call.medias {
-            self.workers.remove(m.at, m.ports, &m.steered);
+            self.workers.remove(m.at, m.ports, call.iface);
         }
         Some(report)
     }
@@ -301,9 +358,9 @@ impl Call {
                     .enumerate()
                     .map(|(i, m)| MediaReport {
                         index: i + 1,
-                        kind: m.kind.clone(),
-                        protocol: m.protocol.clone(),
-                        codecs: m.codecs[leg].clone(),
+                        kind: m.kind.to_string(),
+                        protocol: m.protocol.to_string(),
+                        codecs: codec_names(&m.codecs[leg]),
                         streams: [0, 1].map(|k| {
                             let ch = leg * 2 + k;
                             let sdp = if k == 0 { m.sdp_rtp[leg] } else { m.sdp_rtcp[leg] };

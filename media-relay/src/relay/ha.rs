@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::calls::{Call, MediaPair};
+use super::calls::{codec_names, join_codecs, label, Call, MediaPair};
 use super::workers::PairStart;
 use super::{sockets, unix_now, Relay, State};
 use crate::control::RelayError;
@@ -40,7 +40,7 @@ impl Relay {
         let ids: Vec<Arc<str>> = changed.drain().collect();
         ids.into_iter()
             .map(|id| {
-                let rec = st.calls.get(&id).filter(|c| c.delete_at.is_none()).map(Call::record);
+                let rec = st.calls.get(&id).filter(|c| c.delete_at.is_none()).map(|c| c.record());
                 (id.to_string(), rec)
             })
             .collect()
@@ -50,7 +50,7 @@ impl Relay {
     pub fn export_all(&self) -> Vec<SessionRecord> {
         let mut st = self.lock();
         st.drain_events();
-        st.calls.values().filter(|c| c.delete_at.is_none()).map(Call::record).collect()
+        st.calls.values().filter(|c| c.delete_at.is_none()).map(|c| c.record()).collect()
     }
 
     /// Installs a call exported by another node on the same ports. Returns
@@ -68,7 +68,7 @@ impl Relay {
         }
         let n_if = self.cfg.interfaces.len();
         let id: Arc<str> = Arc::from(rec.call_id.as_str());
-        let mut call = Call {
+        let mut call = Box::new(Call {
             id: Arc::clone(&id),
             created: rec.created,
             last_signal: unix_now(),
@@ -77,7 +77,7 @@ impl Relay {
             iface: rec.iface.map(|i| if i < n_if { i } else { 0 }),
             medias: Vec::with_capacity(rec.medias.len()),
             delete_at: None,
-        };
+        });
         let mut failed = None;
         for (i, m) in rec.medias.iter().enumerate() {
             match self.install_pair(st, &call, i, m) {
@@ -130,12 +130,12 @@ impl Relay {
             resume: std::array::from_fn(|c| Some(m.streams[c])),
             clock: Some(clock),
         };
-        let placed = st.workers.place(&mut st.ports, (&call.id, index), socks, &start)?;
+        let placed = st.workers.place(&mut st.ports, (&call.id, index), call.iface, socks, &start)?;
         Ok(MediaPair {
             at: placed.at,
-            kind: m.kind.clone(),
-            protocol: m.protocol.clone(),
-            codecs: m.codecs.clone(),
+            kind: label(&m.kind),
+            protocol: label(&m.protocol),
+            codecs: [join_codecs(&m.codecs[0]), join_codecs(&m.codecs[1])],
             ports: placed.ports,
             sdp_rtp: m.sdp_rtp,
             sdp_rtcp: m.sdp_rtcp,
@@ -143,7 +143,6 @@ impl Relay {
             latched: m.latched,
             shared: placed.shared,
             clock,
-            steered: placed.steered,
         })
     }
 }
@@ -160,9 +159,9 @@ impl Call {
                 .medias
                 .iter()
                 .map(|m| MediaRecord {
-                    kind: m.kind.clone(),
-                    protocol: m.protocol.clone(),
-                    codecs: m.codecs.clone(),
+                    kind: m.kind.to_string(),
+                    protocol: m.protocol.to_string(),
+                    codecs: [codec_names(&m.codecs[0]), codec_names(&m.codecs[1])],
                     ports: m.ports,
                     sdp_rtp: m.sdp_rtp,
                     sdp_rtcp: m.sdp_rtcp,

@@ -58,7 +58,8 @@ pub struct Relay {
 
 /// What the control paths share, behind [`Relay`]'s mutex.
 struct State {
-    calls: HashMap<Arc<str>, Call>,
+    /// Boxed, so the table's spare capacity costs a pointer per entry.
+    calls: HashMap<Arc<str>, Box<Call>>,
     ports: PortAllocator,
     workers: Workers,
     totals: RelayTotals,
@@ -229,7 +230,7 @@ impl MediaControl for Relay {
     fn query(&self, call_id: &str) -> Result<CallReport, RelayError> {
         let mut st = self.lock();
         st.drain_events();
-        st.calls.get(call_id).map(Call::report).ok_or(RelayError::UnknownCall)
+        st.calls.get(call_id).map(|c| c.report()).ok_or(RelayError::UnknownCall)
     }
 
     fn list(&self, limit: usize) -> Vec<String> {

@@ -12,7 +12,7 @@
 //! only the workers that were sent something and are asleep.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -60,8 +60,6 @@ pub(super) struct Placed {
     pub ports: [u16; 2],
     /// Published statistics of each channel.
     pub shared: [Arc<DirShared>; 4],
-    /// Local addresses steered to the datapath.
-    pub steered: Vec<SocketAddr>,
 }
 
 /// A pair's sockets: per leg, its RTP port and the RTP and RTCP sockets.
@@ -92,6 +90,9 @@ pub(super) struct Workers {
     next: usize,
     /// Told which local addresses carry media (the XDP media-port map).
     datapath: Arc<dyn Datapath>,
+    /// Local address of each interface, by index: with a pair's ports, the
+    /// addresses steered to the datapath.
+    locals: Vec<IpAddr>,
 }
 
 /// What [`Workers::start`] returns.
@@ -153,19 +154,21 @@ impl Workers {
                 pairs: 0,
             });
         }
-        let workers = Workers { links, next: 0, datapath: Arc::clone(datapath) };
+        let locals = cfg.interfaces.iter().map(|i| i.local).collect();
+        let workers = Workers { links, next: 0, datapath: Arc::clone(datapath), locals };
         Ok(Started { workers, counters, threads })
     }
 
     /// The step a new pair and a taken-over one share: steer the bound ports
-    /// to the datapath (before any SDP advertises them), hand the sockets to
-    /// the least-loaded worker, and record the slot's owner (`call_id`,
-    /// media `index`). On failure the ports are freed and nothing is left
-    /// steered.
+    /// (on the interfaces `iface` of each leg) to the datapath, before any
+    /// SDP advertises them, hand the sockets to the least-loaded worker, and
+    /// record the slot's owner (`call_id`, media `index`). On failure the
+    /// ports are freed and nothing is left steered.
     pub fn place(
         &mut self,
         ports: &mut PortAllocator,
         owner: (&Arc<str>, usize),
+        iface: [usize; 2],
         socks: BoundPair,
         start: &PairStart,
     ) -> Result<Placed, RelayError> {
@@ -174,18 +177,16 @@ impl Workers {
             ports.free(port_of[0]);
             ports.free(port_of[1]);
         };
-        let mut steered = Vec::with_capacity(4);
-        for s in socks.iter().flat_map(|(_, pair)| pair.iter()) {
-            let Ok(local) = s.local_addr() else { continue };
-            if let Err(e) = self.datapath.steer(local) {
-                for l in &steered {
+        let steered = self.steered(iface, port_of);
+        for (i, local) in steered.iter().enumerate() {
+            if let Err(e) = self.datapath.steer(*local) {
+                for l in &steered[..i] {
                     self.datapath.unsteer(*l);
                 }
                 free_ports(ports);
                 tracing::warn!(error = %e, "steering a media port failed");
                 return Err(e);
             }
-            steered.push(local);
         }
         // Least-loaded worker, ties broken round robin.
         let n = self.links.len();
@@ -227,7 +228,14 @@ impl Workers {
         }
         w.owners[si] = Some((Arc::clone(owner.0), owner.1));
         w.pairs += 1;
-        Ok(Placed { at: PairAt { worker: wi, slot }, ports: port_of, shared, steered })
+        Ok(Placed { at: PairAt { worker: wi, slot }, ports: port_of, shared })
+    }
+
+    /// The local addresses of a pair (RTP and RTCP of both legs), as steered
+    /// to the datapath: each leg's interface address with its ports.
+    fn steered(&self, iface: [usize; 2], ports: [u16; 2]) -> [SocketAddr; 4] {
+        let ip = |leg: usize| self.locals.get(iface[leg]).copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        std::array::from_fn(|c| SocketAddr::new(ip(c / 2), ports[c / 2] + (c % 2) as u16))
     }
 
     /// Tells a pair's channel its new expected peer and the pair's clock
@@ -250,12 +258,12 @@ impl Workers {
         Ok(())
     }
 
-    /// Stops steering a pair's addresses, forgets its owner and tells its
-    /// worker to close it. Its ports (`ports`) are freed when the worker
-    /// confirms (see [`drain`](Self::drain)).
-    pub fn remove(&mut self, at: PairAt, ports: [u16; 2], steered: &[SocketAddr]) {
-        for l in steered {
-            self.datapath.unsteer(*l);
+    /// Stops steering a pair's addresses (its legs on interfaces `iface`),
+    /// forgets its owner and tells its worker to close it. Its ports
+    /// (`ports`) are freed when the worker confirms (see [`drain`](Self::drain)).
+    pub fn remove(&mut self, at: PairAt, ports: [u16; 2], iface: [usize; 2]) {
+        for l in self.steered(iface, ports) {
+            self.datapath.unsteer(l);
         }
         let w = &mut self.links[at.worker];
         if let Some(o) = w.owners.get_mut(at.slot as usize) {
