@@ -31,10 +31,17 @@ pub struct NgCounters {
     pub dropped: AtomicU64,
 }
 
+/// One source's cached replies, by cookie.
+type ByCookie = HashMap<Box<[u8]>, Box<[u8]>>;
+
 /// Bounded reply cache keyed by (source, cookie).
+///
+/// Keyed by source, then cookie, so a lookup borrows the cookie instead of
+/// copying it; a stored reply is one exact-size allocation.
 pub struct ReplyCache {
-    map: HashMap<(SocketAddr, Vec<u8>), Vec<u8>>,
-    order: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+    map: HashMap<SocketAddr, ByCookie>,
+    order: VecDeque<(Instant, SocketAddr, Box<[u8]>)>,
+    len: usize,
     max: usize,
     age: Duration,
 }
@@ -43,37 +50,52 @@ impl ReplyCache {
     /// A cache of at most `max` replies, each kept for `age`.
     #[must_use]
     pub fn new(max: usize, age: Duration) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1), age }
+        Self { map: HashMap::new(), order: VecDeque::new(), len: 0, max: max.max(1), age }
     }
 
     /// The cached reply, if still fresh.
     pub fn get(&mut self, src: SocketAddr, cookie: &[u8], now: Instant) -> Option<&[u8]> {
         self.expire(now);
-        self.map.get(&(src, cookie.to_vec())).map(Vec::as_slice)
+        self.map.get(&src)?.get(cookie).map(AsRef::as_ref)
     }
 
     /// Stores a reply, evicting the oldest when full.
     pub fn put(&mut self, src: SocketAddr, cookie: &[u8], reply: Vec<u8>, now: Instant) {
         self.expire(now);
-        while self.map.len() >= self.max {
+        while self.len >= self.max {
             let Some((_, s, c)) = self.order.pop_front() else { break };
-            self.map.remove(&(s, c));
+            self.remove(s, &c);
         }
-        if self.map.insert((src, cookie.to_vec()), reply).is_none() {
-            self.order.push_back((now, src, cookie.to_vec()));
+        let replies = self.map.entry(src).or_default();
+        if let Some(old) = replies.get_mut(cookie) {
+            *old = reply.into_boxed_slice();
+            return;
         }
+        replies.insert(cookie.into(), reply.into_boxed_slice());
+        self.len += 1;
+        self.order.push_back((now, src, cookie.into()));
     }
 
     /// Number of cached replies.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Whether the cache is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
+    }
+
+    fn remove(&mut self, src: SocketAddr, cookie: &[u8]) {
+        let Some(replies) = self.map.get_mut(&src) else { return };
+        if replies.remove(cookie).is_some() {
+            self.len -= 1;
+        }
+        if replies.is_empty() {
+            self.map.remove(&src);
+        }
     }
 
     fn expire(&mut self, now: Instant) {
@@ -82,7 +104,7 @@ impl ReplyCache {
                 break;
             }
             if let Some((_, s, c)) = self.order.pop_front() {
-                self.map.remove(&(s, c));
+                self.remove(s, &c);
             }
         }
     }
@@ -115,25 +137,27 @@ fn get_str<'a>(d: &'a Value, key: &'static str) -> Result<&'a str, RelayError> {
     d.get(key).and_then(Value::as_str).ok_or(RelayError::MissingKey(key))
 }
 
-fn list_of_strings(v: Option<&Value>) -> Vec<String> {
+/// Whether a list of strings (or one space-separated string) holds `word`,
+/// ignoring ASCII case.
+fn list_has(v: Option<&Value>, word: &str) -> bool {
     match v {
-        Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect(),
-        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).split_whitespace().map(str::to_ascii_lowercase).collect(),
-        _ => Vec::new(),
+        Some(Value::List(items)) => items.iter().filter_map(Value::as_str).any(|s| s.eq_ignore_ascii_case(word)),
+        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).split_whitespace().any(|s| s.eq_ignore_ascii_case(word)),
+        _ => false,
     }
 }
 
 fn sdp_options(d: &Value) -> SdpOptions {
-    let replace = list_of_strings(d.get("replace"));
-    let ice = d.get("ICE").and_then(Value::as_str).map(str::to_ascii_lowercase);
+    let ice = d.get("ICE").and_then(Value::as_str);
     let dir: Vec<String> = match d.get("direction") {
         Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
     };
     SdpOptions {
-        replace_origin: replace.iter().any(|r| r == "origin"),
+        replace_origin: list_has(d.get("replace"), "origin"),
         // ICE is removed unless the command asks to pass it through.
-        ice_remove: !matches!(ice.as_deref(), Some("pass" | "passthrough" | "pass-through")),
+        ice_remove: !ice
+            .is_some_and(|i| ["pass", "passthrough", "pass-through"].iter().any(|p| i.eq_ignore_ascii_case(p))),
         direction: [dir.first().cloned(), dir.get(1).cloned()],
     }
 }
@@ -304,14 +328,31 @@ pub fn handle_datagram(
     datagram: &[u8],
     now: Instant,
 ) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    handle_into(ctl, cache, counters, src, datagram, now, &mut out).then_some(out)
+}
+
+/// [`handle_datagram`] writing the reply into `out` (cleared first), so a
+/// server reuses one buffer. False when the datagram is dropped.
+fn handle_into(
+    ctl: &dyn MediaControl,
+    cache: &mut ReplyCache,
+    counters: &NgCounters,
+    src: SocketAddr,
+    datagram: &[u8],
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
     let Some((cookie, body)) = split_cookie(datagram) else {
         counters.dropped.fetch_add(1, Relaxed);
         tracing::debug!(%src, len = datagram.len(), "ng datagram without a cookie dropped");
-        return None;
+        return false;
     };
     if let Some(cached) = cache.get(src, cookie, now) {
         counters.cache_hits.fetch_add(1, Relaxed);
-        return Some(cached.to_vec());
+        out.extend_from_slice(cached);
+        return true;
     }
     let reply = match bencode::decode(body) {
         Ok(cmd @ Value::Dict(_)) => dispatch(ctl, &cmd, counters),
@@ -324,17 +365,23 @@ pub fn handle_datagram(
             error_reply(&format!("Failed to decode bencode: {e}"))
         }
     };
-    let mut out = Vec::with_capacity(cookie.len() + 64);
     out.extend_from_slice(cookie);
     out.push(b' ');
-    reply.encode(&mut out);
+    reply.encode(out);
     cache.put(src, cookie, out.clone(), now);
-    Some(out)
+    true
 }
 
-/// Serves the ng protocol on `socket` until `shutdown` is set. Datagrams
-/// are handled as they come; when none is left, the queued worker changes
-/// are flushed with one wakeup.
+/// Commands handled before the queued worker changes are handed over and
+/// the replies sent.
+const BATCH: usize = 16;
+
+/// Serves the ng protocol on `socket` until `shutdown` is set.
+///
+/// Datagrams are read and answered in batches of what is queued (at most
+/// [`BATCH`]); after each batch the queued worker changes are flushed with
+/// one wakeup and the batch's replies are sent back to back, so a client
+/// waiting for several replies is woken once rather than once per reply.
 ///
 /// # Errors
 /// When the socket cannot be polled.
@@ -353,40 +400,55 @@ pub fn serve(
     let mut events = mio::Events::with_capacity(8);
     let mut cache = ReplyCache::new(cache_size, cache_age);
     let mut buf = vec![0u8; 65536];
+    // Reused for every batch: no allocation per reply beyond the cached copy.
+    let mut replies: Vec<(SocketAddr, Vec<u8>)> = (0..BATCH).map(|_| (buf_addr(), Vec::new())).collect();
     while !shutdown.load(Relaxed) {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(200))) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(e);
             }
         }
-        let mut handled = 0u32;
-        loop {
+        let mut drained = false;
+        while !drained {
             // Under a steady stream of commands the socket is never drained:
-            // hand the queued changes to the workers every few commands too,
-            // so their rings never fill.
-            if handled % 16 == 15 {
-                ctl.flush();
-            }
-            let (n, src) = match socket.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ng socket receive failed");
-                    break;
+            // the batch bound hands the queued changes to the workers every
+            // few commands too, so their rings never fill.
+            let mut n_replies = 0;
+            let mut handled = 0;
+            while handled < BATCH {
+                let (n, src) = match socket.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                            tracing::warn!(error = %e, "ng socket receive failed");
+                        }
+                        drained = true;
+                        break;
+                    }
+                };
+                let Some(datagram) = buf.get(..n) else { continue };
+                handled += 1;
+                let Some((to, reply)) = replies.get_mut(n_replies) else { break };
+                if handle_into(ctl, &mut cache, counters, src, datagram, Instant::now(), reply) {
+                    *to = src;
+                    n_replies += 1;
                 }
-            };
-            let Some(datagram) = buf.get(..n) else { continue };
-            handled = handled.wrapping_add(1);
-            if let Some(reply) = handle_datagram(ctl, &mut cache, counters, src, datagram, Instant::now()) {
-                if let Err(e) = socket.send_to(&reply, src) {
-                    tracing::warn!(error = %e, %src, "ng reply could not be sent");
+            }
+            ctl.flush();
+            for (to, reply) in replies.iter().take(n_replies) {
+                if let Err(e) = socket.send_to(reply, *to) {
+                    tracing::warn!(error = %e, src = %to, "ng reply could not be sent");
                 }
             }
         }
-        ctl.flush();
     }
     Ok(())
+}
+
+/// A placeholder address for the reply slots.
+fn buf_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 #[cfg(test)]
