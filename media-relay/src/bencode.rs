@@ -252,19 +252,33 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Appends `<len>:<bytes>`: a byte string, or a dictionary key, written
+/// straight to `out` (for encoders that do not build a [`Value`]).
+pub fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_bytes(out, bytes);
+}
+
+/// Appends `i<n>e`.
+pub fn write_int(out: &mut Vec<u8>, n: i64) {
+    out.push(b'i');
+    if n < 0 {
+        out.push(b'-');
+    }
+    put_u64(out, n.unsigned_abs());
+    out.push(b'e');
+}
+
+/// Appends `i<n>e`, saturating at `i64::MAX` as `Value::from(u64)` does.
+pub fn write_uint(out: &mut Vec<u8>, n: u64) {
+    write_int(out, i64::try_from(n).unwrap_or(i64::MAX));
+}
+
 impl Value {
     /// Appends the bencoded form of `self` to `out`. Dictionaries are
     /// written in insertion order.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Value::Int(n) => {
-                out.push(b'i');
-                if *n < 0 {
-                    out.push(b'-');
-                }
-                put_u64(out, n.unsigned_abs());
-                out.push(b'e');
-            }
+            Value::Int(n) => write_int(out, *n),
             Value::Bytes(b) => put_bytes(out, b),
             Value::List(items) => {
                 out.push(b'l');

@@ -162,42 +162,65 @@ fn sdp_options(d: &Value) -> SdpOptions {
     }
 }
 
+/// A command's reply: a dictionary, or a call report, which is encoded
+/// straight from the report (it is the largest reply, sent on every delete).
+enum Reply {
+    Dict(Value),
+    Report(CallReport),
+}
+
+impl Reply {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Dict(v) => v.encode(out),
+            Reply::Report(r) => encode_report(r, out),
+        }
+    }
+}
+
 /// Executes one decoded command. Returns the reply dictionary.
 pub fn dispatch(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Value {
+    match execute(ctl, cmd, counters) {
+        Reply::Dict(v) => v,
+        Reply::Report(r) => report_value(&r),
+    }
+}
+
+fn execute(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Reply {
     let Some(name) = cmd.get("command").and_then(Value::as_str) else {
         counters.errors.fetch_add(1, Relaxed);
-        return error_reply("Missing key `command`");
+        return Reply::Dict(error_reply("Missing key `command`"));
     };
     let idx = COMMANDS.iter().position(|c| c.eq_ignore_ascii_case(name));
     let Some(idx) = idx else {
         counters.errors.fetch_add(1, Relaxed);
-        return error_reply("Unrecognized command");
+        return Reply::Dict(error_reply("Unrecognized command"));
     };
     counters.commands[idx].fetch_add(1, Relaxed);
     let r = match COMMANDS[idx] {
         "ping" => {
             let mut v = Value::dict();
             v.insert("result", Value::str("pong"));
-            Ok(v)
+            Ok(Reply::Dict(v))
         }
-        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer"),
+        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer").map(Reply::Dict),
         "delete" => get_str(cmd, "call-id").and_then(|id| {
             let from = cmd.get("from-tag").and_then(Value::as_str);
-            ctl.delete(id, from).map(|r| report_value(&r))
+            ctl.delete(id, from).map(Reply::Report)
         }),
-        "query" => get_str(cmd, "call-id").and_then(|id| ctl.query(id).map(|r| report_value(&r))),
+        "query" => get_str(cmd, "call-id").and_then(|id| ctl.query(id).map(Reply::Report)),
         "list" => {
             let limit = cmd.get("limit").and_then(Value::as_int).and_then(|l| usize::try_from(l).ok()).unwrap_or(32);
             let calls: Vec<Value> = ctl.list(limit).into_iter().map(Value::from).collect();
             let mut v = ok();
             v.insert("calls", Value::List(calls));
-            Ok(v)
+            Ok(Reply::Dict(v))
         }
-        _ => Ok(statistics_value(ctl)),
+        _ => Ok(Reply::Dict(statistics_value(ctl))),
     };
     r.unwrap_or_else(|e| {
         counters.errors.fetch_add(1, Relaxed);
-        error_reply(&e.to_string())
+        Reply::Dict(error_reply(&e.to_string()))
     })
 }
 
@@ -295,6 +318,128 @@ pub fn report_value(r: &CallReport) -> Value {
     v
 }
 
+/// Writes `report_value(r)` to `out` byte for byte, without building it.
+fn encode_report(r: &CallReport, out: &mut Vec<u8>) {
+    use bencode::{write_bytes as key, write_int as int, write_uint as uint};
+    let endpoint = |out: &mut Vec<u8>, a: SocketAddr| {
+        out.push(b'd');
+        key(out, b"family");
+        key(out, if a.is_ipv4() { b"IPv4" } else { b"IPv6" });
+        key(out, b"address");
+        key(out, a.ip().to_string().as_bytes());
+        key(out, b"port");
+        int(out, i64::from(a.port()));
+        out.push(b'e');
+    };
+    let stream = |out: &mut Vec<u8>, s: &StreamReport| {
+        let st = &s.stats.stats;
+        out.push(b'd');
+        key(out, b"local port");
+        int(out, i64::from(s.local_port));
+        if let Some(e) = s.endpoint {
+            key(out, b"endpoint");
+            endpoint(out, e);
+        }
+        if let Some(e) = s.advertised {
+            key(out, b"advertised endpoint");
+            endpoint(out, e);
+        }
+        key(out, b"latched");
+        int(out, i64::from(s.latched));
+        key(out, b"stats");
+        out.push(b'd');
+        for (k, v) in [
+            (&b"packets"[..], st.packets),
+            (b"bytes", st.bytes),
+            (b"errors", s.stats.foreign_drops),
+            (b"rtp-packets", st.rtp_packets),
+            (b"expected", st.expected),
+        ] {
+            key(out, k);
+            uint(out, v);
+        }
+        key(out, b"lost");
+        int(out, st.lost);
+        for (k, v) in [
+            (&b"duplicates"[..], st.duplicates),
+            (b"reordered", st.reordered),
+            (b"jitter", u64::from(st.jitter)),
+            (b"jitter-us", u64::from(st.jitter_us)),
+        ] {
+            key(out, k);
+            uint(out, v);
+        }
+        key(out, b"last-packet-age-ms");
+        int(out, age_ms(st.last_packet));
+        out.push(b'e');
+        out.push(b'e');
+    };
+    out.push(b'd');
+    key(out, b"result");
+    key(out, b"ok");
+    key(out, b"created");
+    uint(out, r.created);
+    key(out, b"last signal");
+    uint(out, r.last_signal);
+    key(out, b"tags");
+    out.push(b'd');
+    for (i, leg) in r.legs.iter().enumerate() {
+        // As `Value::insert` does: a tag appears once, where it first
+        // appears, with the last leg of that tag.
+        if r.legs[..i].iter().any(|l| l.tag == leg.tag) {
+            continue;
+        }
+        let leg = r.legs[i..].iter().rev().find(|l| l.tag == leg.tag).unwrap_or(leg);
+        key(out, leg.tag.as_bytes());
+        out.push(b'd');
+        key(out, b"tag");
+        key(out, leg.tag.as_bytes());
+        key(out, b"medias");
+        out.push(b'l');
+        for m in &leg.medias {
+            out.push(b'd');
+            key(out, b"index");
+            uint(out, m.index as u64);
+            key(out, b"type");
+            key(out, m.kind.as_bytes());
+            key(out, b"protocol");
+            key(out, m.protocol.as_bytes());
+            key(out, b"codecs");
+            out.push(b'l');
+            for c in &m.codecs {
+                key(out, c.as_bytes());
+            }
+            out.push(b'e');
+            key(out, b"streams");
+            out.push(b'l');
+            for s in &m.streams {
+                stream(out, s);
+            }
+            out.push(b'e');
+            out.push(b'e');
+        }
+        out.push(b'e');
+        out.push(b'e');
+    }
+    out.push(b'e');
+    key(out, b"totals");
+    out.push(b'd');
+    for (name, rtcp) in [(&b"RTP"[..], false), (b"RTCP", true)] {
+        let (p, b, e) = r.totals(rtcp);
+        key(out, name);
+        out.push(b'd');
+        key(out, b"packets");
+        uint(out, p);
+        key(out, b"bytes");
+        uint(out, b);
+        key(out, b"errors");
+        uint(out, e);
+        out.push(b'e');
+    }
+    out.push(b'e');
+    out.push(b'e');
+}
+
 fn statistics_value(ctl: &dyn MediaControl) -> Value {
     let t = ctl.totals();
     let mut cur = Value::dict();
@@ -355,14 +500,14 @@ fn handle_into(
         return true;
     }
     let reply = match bencode::decode(body) {
-        Ok(cmd @ Value::Dict(_)) => dispatch(ctl, &cmd, counters),
+        Ok(cmd @ Value::Dict(_)) => execute(ctl, &cmd, counters),
         Ok(_) => {
             counters.errors.fetch_add(1, Relaxed);
-            error_reply("Request is not a dictionary")
+            Reply::Dict(error_reply("Request is not a dictionary"))
         }
         Err(e) => {
             counters.errors.fetch_add(1, Relaxed);
-            error_reply(&format!("Failed to decode bencode: {e}"))
+            Reply::Dict(error_reply(&format!("Failed to decode bencode: {e}")))
         }
     };
     out.extend_from_slice(cookie);
@@ -461,6 +606,56 @@ mod tests {
         assert_eq!(split_cookie(b"nocookie"), None);
         assert_eq!(split_cookie(b" d3:fooi1ee"), None);
         assert_eq!(split_cookie(b"\x01\x02 x"), None);
+    }
+
+    fn sample_report(tags: [&str; 2]) -> CallReport {
+        use crate::control::{LegReport, MediaReport};
+        use crate::stats::StatsSnapshot;
+        use crate::stream::DirSnapshot;
+        let stream = |port: u16, endpoint: Option<&str>, latched: bool, packets: u64| StreamReport {
+            local_port: port,
+            endpoint: endpoint.map(|e| e.parse().unwrap()),
+            advertised: Some("[2001:db8::1]:4000".parse().unwrap()),
+            latched,
+            stats: DirSnapshot {
+                stats: StatsSnapshot {
+                    packets,
+                    bytes: packets * 172,
+                    lost: -3,
+                    jitter: 7,
+                    jitter_us: 875,
+                    duplicates: u64::MAX,
+                    ..StatsSnapshot::default()
+                },
+                foreign_drops: 2,
+            },
+        };
+        let leg = |tag: &str, base: u16| LegReport {
+            tag: tag.to_owned(),
+            medias: vec![MediaReport {
+                index: 1,
+                kind: "audio".into(),
+                protocol: "RTP/AVP".into(),
+                codecs: vec!["PCMU/8000".into(), "telephone-event/8000".into()],
+                streams: [stream(base, Some("192.0.2.1:4000"), true, 10), stream(base + 1, None, false, 0)],
+            }],
+        };
+        CallReport {
+            call_id: "c".into(),
+            created: 1_700_000_000,
+            last_signal: 1_700_000_001,
+            legs: vec![leg(tags[0], 30000), leg(tags[1], 30002)],
+        }
+    }
+
+    #[test]
+    fn report_encodes_as_its_value_does() {
+        for tags in [["a", "b"], ["a", ""], ["", ""], ["b", "b"]] {
+            let r = sample_report(tags);
+            let mut direct = Vec::new();
+            encode_report(&r, &mut direct);
+            assert_eq!(direct, report_value(&r).to_bytes(), "tags {tags:?}");
+        }
     }
 
     #[test]
