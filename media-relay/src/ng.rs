@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bencode::{self, Value};
+use crate::bencode::{self, Value, ValueRef};
 use crate::control::{CallReport, MediaControl, RelayError, SdpOptions, SdpRequest, StreamReport};
 
 /// The commands we implement, in metrics order.
@@ -133,24 +133,24 @@ fn ok() -> Value {
     v
 }
 
-fn get_str<'a>(d: &'a Value, key: &'static str) -> Result<&'a str, RelayError> {
-    d.get(key).and_then(Value::as_str).ok_or(RelayError::MissingKey(key))
+fn get_str<'a>(d: &ValueRef<'a>, key: &'static str) -> Result<&'a str, RelayError> {
+    d.get(key).and_then(ValueRef::as_str).ok_or(RelayError::MissingKey(key))
 }
 
 /// Whether a list of strings (or one space-separated string) holds `word`,
 /// ignoring ASCII case.
-fn list_has(v: Option<&Value>, word: &str) -> bool {
+fn list_has(v: Option<&ValueRef<'_>>, word: &str) -> bool {
     match v {
-        Some(Value::List(items)) => items.iter().filter_map(Value::as_str).any(|s| s.eq_ignore_ascii_case(word)),
-        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).split_whitespace().any(|s| s.eq_ignore_ascii_case(word)),
+        Some(ValueRef::List(items)) => items.iter().filter_map(ValueRef::as_str).any(|s| s.eq_ignore_ascii_case(word)),
+        Some(ValueRef::Bytes(b)) => String::from_utf8_lossy(b).split_whitespace().any(|s| s.eq_ignore_ascii_case(word)),
         _ => false,
     }
 }
 
-fn sdp_options(d: &Value) -> SdpOptions {
-    let ice = d.get("ICE").and_then(Value::as_str);
+fn sdp_options(d: &ValueRef<'_>) -> SdpOptions {
+    let ice = d.get("ICE").and_then(ValueRef::as_str);
     let dir: Vec<String> = match d.get("direction") {
-        Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(ValueRef::List(items)) => items.iter().filter_map(ValueRef::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
     };
     SdpOptions {
@@ -180,14 +180,14 @@ impl Reply {
 
 /// Executes one decoded command. Returns the reply dictionary.
 pub fn dispatch(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Value {
-    match execute(ctl, cmd, counters) {
+    match execute(ctl, &ValueRef::from(cmd), counters) {
         Reply::Dict(v) => v,
         Reply::Report(r) => report_value(&r),
     }
 }
 
-fn execute(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Reply {
-    let Some(name) = cmd.get("command").and_then(Value::as_str) else {
+fn execute(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, counters: &NgCounters) -> Reply {
+    let Some(name) = cmd.get("command").and_then(ValueRef::as_str) else {
         counters.errors.fetch_add(1, Relaxed);
         return Reply::Dict(error_reply("Missing key `command`"));
     };
@@ -205,12 +205,12 @@ fn execute(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Reply 
         }
         "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer").map(Reply::Dict),
         "delete" => get_str(cmd, "call-id").and_then(|id| {
-            let from = cmd.get("from-tag").and_then(Value::as_str);
+            let from = cmd.get("from-tag").and_then(ValueRef::as_str);
             ctl.delete(id, from).map(Reply::Report)
         }),
         "query" => get_str(cmd, "call-id").and_then(|id| ctl.query(id).map(Reply::Report)),
         "list" => {
-            let limit = cmd.get("limit").and_then(Value::as_int).and_then(|l| usize::try_from(l).ok()).unwrap_or(32);
+            let limit = cmd.get("limit").and_then(ValueRef::as_int).and_then(|l| usize::try_from(l).ok()).unwrap_or(32);
             let calls: Vec<Value> = ctl.list(limit).into_iter().map(Value::from).collect();
             let mut v = ok();
             v.insert("calls", Value::List(calls));
@@ -224,11 +224,11 @@ fn execute(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Reply 
     })
 }
 
-fn sdp_command(ctl: &dyn MediaControl, cmd: &Value, answer: bool) -> Result<Value, RelayError> {
+fn sdp_command(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, answer: bool) -> Result<Value, RelayError> {
     let call_id = get_str(cmd, "call-id")?;
     let from_tag = get_str(cmd, "from-tag")?;
-    let to_tag = cmd.get("to-tag").and_then(Value::as_str).filter(|t| !t.is_empty());
-    let sdp = cmd.get("sdp").and_then(Value::as_bytes).ok_or(RelayError::MissingKey("sdp"))?;
+    let to_tag = cmd.get("to-tag").and_then(ValueRef::as_str).filter(|t| !t.is_empty());
+    let sdp = cmd.get("sdp").and_then(ValueRef::as_bytes).ok_or(RelayError::MissingKey("sdp"))?;
     let req = SdpRequest { call_id, from_tag, to_tag, sdp, opts: sdp_options(cmd) };
     let out = if answer { ctl.answer(&req)? } else { ctl.offer(&req)? };
     let mut v = ok();
@@ -499,8 +499,8 @@ fn handle_into(
         out.extend_from_slice(cached);
         return true;
     }
-    let reply = match bencode::decode(body) {
-        Ok(cmd @ Value::Dict(_)) => execute(ctl, &cmd, counters),
+    let reply = match bencode::decode_ref(body) {
+        Ok(cmd @ ValueRef::Dict(_)) => execute(ctl, &cmd, counters),
         Ok(_) => {
             counters.errors.fetch_add(1, Relaxed);
             Reply::Dict(error_reply("Request is not a dictionary"))
