@@ -524,9 +524,11 @@ const BATCH: usize = 16;
 /// Serves the ng protocol on `socket` until `shutdown` is set.
 ///
 /// Datagrams are read and answered in batches of what is queued (at most
-/// [`BATCH`]); after each batch the queued worker changes are flushed with
-/// one wakeup and the batch's replies are sent back to back, so a client
-/// waiting for several replies is woken once rather than once per reply.
+/// 16). After each batch its replies are sent back to back, so a client
+/// waiting for several replies is woken once rather than once per reply,
+/// and then the queued worker changes are flushed with one wakeup (the
+/// sockets are bound and steered before any reply; a worker woken first
+/// would only delay the replies on a shared core).
 ///
 /// # Errors
 /// When the socket cannot be polled.
@@ -580,12 +582,12 @@ pub fn serve(
                     n_replies += 1;
                 }
             }
-            ctl.flush();
             for (to, reply) in replies.iter().take(n_replies) {
                 if let Err(e) = socket.send_to(reply, *to) {
                     tracing::warn!(error = %e, src = %to, "ng reply could not be sent");
                 }
             }
+            ctl.flush();
         }
     }
     Ok(())
