@@ -70,7 +70,16 @@ pub enum DecodeError {
 ///
 /// Any [`DecodeError`]; see its variants.
 pub fn decode(input: &[u8]) -> Result<Value, DecodeError> {
-    let (value, used) = decode_prefix(input)?;
+    decode_ref(input).map(|v| v.to_value())
+}
+
+/// [`decode`] into a [`ValueRef`] that borrows its strings from `input`.
+///
+/// # Errors
+///
+/// Those of [`decode`].
+pub fn decode_ref(input: &[u8]) -> Result<ValueRef<'_>, DecodeError> {
+    let (value, used) = decode_prefix_ref(input)?;
     let rest = input.get(used..).unwrap_or_default();
     if rest.iter().all(u8::is_ascii_whitespace) {
         Ok(value)
@@ -79,11 +88,84 @@ pub fn decode(input: &[u8]) -> Result<Value, DecodeError> {
     }
 }
 
+/// A decoded value whose strings and keys borrow from the input: what a
+/// server reads a command into, without copying every key and string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueRef<'a> {
+    /// `i<digits>e`
+    Int(i64),
+    /// `<len>:<bytes>`
+    Bytes(&'a [u8]),
+    /// `l<values>e`
+    List(Vec<ValueRef<'a>>),
+    /// `d<key><value>...e`, in wire order; duplicates are kept.
+    Dict(Vec<(&'a [u8], ValueRef<'a>)>),
+}
+
+impl<'a> ValueRef<'a> {
+    /// An owned copy.
+    #[must_use]
+    pub fn to_value(&self) -> Value {
+        match self {
+            ValueRef::Int(n) => Value::Int(*n),
+            ValueRef::Bytes(b) => Value::Bytes(b.to_vec()),
+            ValueRef::List(items) => Value::List(items.iter().map(ValueRef::to_value).collect()),
+            ValueRef::Dict(entries) => Value::Dict(entries.iter().map(|(k, v)| (k.to_vec(), v.to_value())).collect()),
+        }
+    }
+
+    /// As [`Value::get`].
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&ValueRef<'a>> {
+        match self {
+            ValueRef::Dict(entries) => entries.iter().find(|(k, _)| *k == key.as_bytes()).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// As [`Value::as_bytes`].
+    #[must_use]
+    pub fn as_bytes(&self) -> Option<&'a [u8]> {
+        match self {
+            ValueRef::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// As [`Value::as_str`].
+    #[must_use]
+    pub fn as_str(&self) -> Option<&'a str> {
+        std::str::from_utf8(self.as_bytes()?).ok()
+    }
+
+    /// As [`Value::as_int`].
+    #[must_use]
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            ValueRef::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::Int(n) => ValueRef::Int(*n),
+            Value::Bytes(b) => ValueRef::Bytes(b),
+            Value::List(items) => ValueRef::List(items.iter().map(ValueRef::from).collect()),
+            Value::Dict(entries) => {
+                ValueRef::Dict(entries.iter().map(|(k, v)| (k.as_slice(), ValueRef::from(v))).collect())
+            }
+        }
+    }
+}
+
 /// One open container on the decoder's explicit stack.
-enum Frame {
-    List(Vec<Value>),
+enum Frame<'a> {
+    List(Vec<ValueRef<'a>>),
     /// Entries so far, and the key waiting for its value.
-    Dict(Vec<(Vec<u8>, Value)>, Option<Vec<u8>>),
+    Dict(Vec<(&'a [u8], ValueRef<'a>)>, Option<&'a [u8]>),
 }
 
 /// Decodes one value from the start of `input` and returns it with the
@@ -93,7 +175,16 @@ enum Frame {
 ///
 /// Any [`DecodeError`] except [`DecodeError::TrailingData`].
 pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), DecodeError> {
-    let mut stack: Vec<Frame> = Vec::new();
+    decode_prefix_ref(input).map(|(v, n)| (v.to_value(), n))
+}
+
+/// [`decode_prefix`] into a [`ValueRef`].
+///
+/// # Errors
+///
+/// Those of [`decode_prefix`].
+pub fn decode_prefix_ref(input: &[u8]) -> Result<(ValueRef<'_>, usize), DecodeError> {
+    let mut stack: Vec<Frame<'_>> = Vec::new();
     let mut pos = 0usize;
     loop {
         let byte = *input.get(pos).ok_or(DecodeError::Truncated)?;
@@ -103,7 +194,7 @@ pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), DecodeError> {
             if byte.is_ascii_digit() {
                 let (key, next) = parse_bytes(input, pos)?;
                 if let Some(Frame::Dict(_, slot)) = stack.last_mut() {
-                    *slot = Some(key.to_vec());
+                    *slot = Some(key);
                 }
                 pos = next;
                 continue;
@@ -115,20 +206,20 @@ pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), DecodeError> {
 
         let value = match byte {
             b'e' => match stack.pop() {
-                Some(Frame::List(items)) => Value::List(items),
-                Some(Frame::Dict(entries, None)) => Value::Dict(entries),
+                Some(Frame::List(items)) => ValueRef::List(items),
+                Some(Frame::Dict(entries, None)) => ValueRef::Dict(entries),
                 // `e` where a value (or the top-level value) was expected.
                 Some(Frame::Dict(_, Some(_))) | None => return Err(DecodeError::UnexpectedByte { pos }),
             },
             b'i' => {
                 let (n, next) = parse_int(input, pos)?;
                 pos = next;
-                Value::Int(n)
+                ValueRef::Int(n)
             }
             b'0'..=b'9' => {
                 let (bytes, next) = parse_bytes(input, pos)?;
                 pos = next;
-                Value::Bytes(bytes.to_vec())
+                ValueRef::Bytes(bytes)
             }
             b'l' | b'd' => {
                 if stack.len() >= MAX_DEPTH {
@@ -252,19 +343,33 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Appends `<len>:<bytes>`: a byte string, or a dictionary key, written
+/// straight to `out` (for encoders that do not build a [`Value`]).
+pub fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_bytes(out, bytes);
+}
+
+/// Appends `i<n>e`.
+pub fn write_int(out: &mut Vec<u8>, n: i64) {
+    out.push(b'i');
+    if n < 0 {
+        out.push(b'-');
+    }
+    put_u64(out, n.unsigned_abs());
+    out.push(b'e');
+}
+
+/// Appends `i<n>e`, saturating at `i64::MAX` as `Value::from(u64)` does.
+pub fn write_uint(out: &mut Vec<u8>, n: u64) {
+    write_int(out, i64::try_from(n).unwrap_or(i64::MAX));
+}
+
 impl Value {
     /// Appends the bencoded form of `self` to `out`. Dictionaries are
     /// written in insertion order.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Value::Int(n) => {
-                out.push(b'i');
-                if *n < 0 {
-                    out.push(b'-');
-                }
-                put_u64(out, n.unsigned_abs());
-                out.push(b'e');
-            }
+            Value::Int(n) => write_int(out, *n),
             Value::Bytes(b) => put_bytes(out, b),
             Value::List(items) => {
                 out.push(b'l');

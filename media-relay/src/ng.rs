@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bencode::{self, Value};
+use crate::bencode::{self, Value, ValueRef};
 use crate::control::{CallReport, MediaControl, RelayError, SdpOptions, SdpRequest, StreamReport};
 
 /// The commands we implement, in metrics order.
@@ -31,10 +31,17 @@ pub struct NgCounters {
     pub dropped: AtomicU64,
 }
 
+/// One source's cached replies, by cookie.
+type ByCookie = HashMap<Box<[u8]>, Box<[u8]>>;
+
 /// Bounded reply cache keyed by (source, cookie).
+///
+/// Keyed by source, then cookie, so a lookup borrows the cookie instead of
+/// copying it; a stored reply is one exact-size allocation.
 pub struct ReplyCache {
-    map: HashMap<(SocketAddr, Vec<u8>), Vec<u8>>,
-    order: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+    map: HashMap<SocketAddr, ByCookie>,
+    order: VecDeque<(Instant, SocketAddr, Box<[u8]>)>,
+    len: usize,
     max: usize,
     age: Duration,
 }
@@ -43,37 +50,52 @@ impl ReplyCache {
     /// A cache of at most `max` replies, each kept for `age`.
     #[must_use]
     pub fn new(max: usize, age: Duration) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1), age }
+        Self { map: HashMap::new(), order: VecDeque::new(), len: 0, max: max.max(1), age }
     }
 
     /// The cached reply, if still fresh.
     pub fn get(&mut self, src: SocketAddr, cookie: &[u8], now: Instant) -> Option<&[u8]> {
         self.expire(now);
-        self.map.get(&(src, cookie.to_vec())).map(Vec::as_slice)
+        self.map.get(&src)?.get(cookie).map(AsRef::as_ref)
     }
 
     /// Stores a reply, evicting the oldest when full.
     pub fn put(&mut self, src: SocketAddr, cookie: &[u8], reply: Vec<u8>, now: Instant) {
         self.expire(now);
-        while self.map.len() >= self.max {
+        while self.len >= self.max {
             let Some((_, s, c)) = self.order.pop_front() else { break };
-            self.map.remove(&(s, c));
+            self.remove(s, &c);
         }
-        if self.map.insert((src, cookie.to_vec()), reply).is_none() {
-            self.order.push_back((now, src, cookie.to_vec()));
+        let replies = self.map.entry(src).or_default();
+        if let Some(old) = replies.get_mut(cookie) {
+            *old = reply.into_boxed_slice();
+            return;
         }
+        replies.insert(cookie.into(), reply.into_boxed_slice());
+        self.len += 1;
+        self.order.push_back((now, src, cookie.into()));
     }
 
     /// Number of cached replies.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Whether the cache is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
+    }
+
+    fn remove(&mut self, src: SocketAddr, cookie: &[u8]) {
+        let Some(replies) = self.map.get_mut(&src) else { return };
+        if replies.remove(cookie).is_some() {
+            self.len -= 1;
+        }
+        if replies.is_empty() {
+            self.map.remove(&src);
+        }
     }
 
     fn expire(&mut self, now: Instant) {
@@ -82,7 +104,7 @@ impl ReplyCache {
                 break;
             }
             if let Some((_, s, c)) = self.order.pop_front() {
-                self.map.remove(&(s, c));
+                self.remove(s, &c);
             }
         }
     }
@@ -111,77 +133,102 @@ fn ok() -> Value {
     v
 }
 
-fn get_str<'a>(d: &'a Value, key: &'static str) -> Result<&'a str, RelayError> {
-    d.get(key).and_then(Value::as_str).ok_or(RelayError::MissingKey(key))
+fn get_str<'a>(d: &ValueRef<'a>, key: &'static str) -> Result<&'a str, RelayError> {
+    d.get(key).and_then(ValueRef::as_str).ok_or(RelayError::MissingKey(key))
 }
 
-fn list_of_strings(v: Option<&Value>) -> Vec<String> {
+/// Whether a list of strings (or one space-separated string) holds `word`,
+/// ignoring ASCII case.
+fn list_has(v: Option<&ValueRef<'_>>, word: &str) -> bool {
     match v {
-        Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect(),
-        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).split_whitespace().map(str::to_ascii_lowercase).collect(),
-        _ => Vec::new(),
+        Some(ValueRef::List(items)) => items.iter().filter_map(ValueRef::as_str).any(|s| s.eq_ignore_ascii_case(word)),
+        Some(ValueRef::Bytes(b)) => String::from_utf8_lossy(b).split_whitespace().any(|s| s.eq_ignore_ascii_case(word)),
+        _ => false,
     }
 }
 
-fn sdp_options(d: &Value) -> SdpOptions {
-    let replace = list_of_strings(d.get("replace"));
-    let ice = d.get("ICE").and_then(Value::as_str).map(str::to_ascii_lowercase);
+fn sdp_options(d: &ValueRef<'_>) -> SdpOptions {
+    let ice = d.get("ICE").and_then(ValueRef::as_str);
     let dir: Vec<String> = match d.get("direction") {
-        Some(Value::List(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(ValueRef::List(items)) => items.iter().filter_map(ValueRef::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
     };
     SdpOptions {
-        replace_origin: replace.iter().any(|r| r == "origin"),
+        replace_origin: list_has(d.get("replace"), "origin"),
         // ICE is removed unless the command asks to pass it through.
-        ice_remove: !matches!(ice.as_deref(), Some("pass" | "passthrough" | "pass-through")),
+        ice_remove: !ice
+            .is_some_and(|i| ["pass", "passthrough", "pass-through"].iter().any(|p| i.eq_ignore_ascii_case(p))),
         direction: [dir.first().cloned(), dir.get(1).cloned()],
+    }
+}
+
+/// A command's reply: a dictionary, or a call report, which is encoded
+/// straight from the report (it is the largest reply, sent on every delete).
+enum Reply {
+    Dict(Value),
+    Report(CallReport),
+}
+
+impl Reply {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Dict(v) => v.encode(out),
+            Reply::Report(r) => encode_report(r, out),
+        }
     }
 }
 
 /// Executes one decoded command. Returns the reply dictionary.
 pub fn dispatch(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Value {
-    let Some(name) = cmd.get("command").and_then(Value::as_str) else {
+    match execute(ctl, &ValueRef::from(cmd), counters) {
+        Reply::Dict(v) => v,
+        Reply::Report(r) => report_value(&r),
+    }
+}
+
+fn execute(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, counters: &NgCounters) -> Reply {
+    let Some(name) = cmd.get("command").and_then(ValueRef::as_str) else {
         counters.errors.fetch_add(1, Relaxed);
-        return error_reply("Missing key `command`");
+        return Reply::Dict(error_reply("Missing key `command`"));
     };
     let idx = COMMANDS.iter().position(|c| c.eq_ignore_ascii_case(name));
     let Some(idx) = idx else {
         counters.errors.fetch_add(1, Relaxed);
-        return error_reply("Unrecognized command");
+        return Reply::Dict(error_reply("Unrecognized command"));
     };
     counters.commands[idx].fetch_add(1, Relaxed);
     let r = match COMMANDS[idx] {
         "ping" => {
             let mut v = Value::dict();
             v.insert("result", Value::str("pong"));
-            Ok(v)
+            Ok(Reply::Dict(v))
         }
-        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer"),
+        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer").map(Reply::Dict),
         "delete" => get_str(cmd, "call-id").and_then(|id| {
-            let from = cmd.get("from-tag").and_then(Value::as_str);
-            ctl.delete(id, from).map(|r| report_value(&r))
+            let from = cmd.get("from-tag").and_then(ValueRef::as_str);
+            ctl.delete(id, from).map(Reply::Report)
         }),
-        "query" => get_str(cmd, "call-id").and_then(|id| ctl.query(id).map(|r| report_value(&r))),
+        "query" => get_str(cmd, "call-id").and_then(|id| ctl.query(id).map(Reply::Report)),
         "list" => {
-            let limit = cmd.get("limit").and_then(Value::as_int).and_then(|l| usize::try_from(l).ok()).unwrap_or(32);
+            let limit = cmd.get("limit").and_then(ValueRef::as_int).and_then(|l| usize::try_from(l).ok()).unwrap_or(32);
             let calls: Vec<Value> = ctl.list(limit).into_iter().map(Value::from).collect();
             let mut v = ok();
             v.insert("calls", Value::List(calls));
-            Ok(v)
+            Ok(Reply::Dict(v))
         }
-        _ => Ok(statistics_value(ctl)),
+        _ => Ok(Reply::Dict(statistics_value(ctl))),
     };
     r.unwrap_or_else(|e| {
         counters.errors.fetch_add(1, Relaxed);
-        error_reply(&e.to_string())
+        Reply::Dict(error_reply(&e.to_string()))
     })
 }
 
-fn sdp_command(ctl: &dyn MediaControl, cmd: &Value, answer: bool) -> Result<Value, RelayError> {
+fn sdp_command(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, answer: bool) -> Result<Value, RelayError> {
     let call_id = get_str(cmd, "call-id")?;
     let from_tag = get_str(cmd, "from-tag")?;
-    let to_tag = cmd.get("to-tag").and_then(Value::as_str).filter(|t| !t.is_empty());
-    let sdp = cmd.get("sdp").and_then(Value::as_bytes).ok_or(RelayError::MissingKey("sdp"))?;
+    let to_tag = cmd.get("to-tag").and_then(ValueRef::as_str).filter(|t| !t.is_empty());
+    let sdp = cmd.get("sdp").and_then(ValueRef::as_bytes).ok_or(RelayError::MissingKey("sdp"))?;
     let req = SdpRequest { call_id, from_tag, to_tag, sdp, opts: sdp_options(cmd) };
     let out = if answer { ctl.answer(&req)? } else { ctl.offer(&req)? };
     let mut v = ok();
@@ -271,6 +318,128 @@ pub fn report_value(r: &CallReport) -> Value {
     v
 }
 
+/// Writes `report_value(r)` to `out` byte for byte, without building it.
+fn encode_report(r: &CallReport, out: &mut Vec<u8>) {
+    use bencode::{write_bytes as key, write_int as int, write_uint as uint};
+    let endpoint = |out: &mut Vec<u8>, a: SocketAddr| {
+        out.push(b'd');
+        key(out, b"family");
+        key(out, if a.is_ipv4() { b"IPv4" } else { b"IPv6" });
+        key(out, b"address");
+        key(out, a.ip().to_string().as_bytes());
+        key(out, b"port");
+        int(out, i64::from(a.port()));
+        out.push(b'e');
+    };
+    let stream = |out: &mut Vec<u8>, s: &StreamReport| {
+        let st = &s.stats.stats;
+        out.push(b'd');
+        key(out, b"local port");
+        int(out, i64::from(s.local_port));
+        if let Some(e) = s.endpoint {
+            key(out, b"endpoint");
+            endpoint(out, e);
+        }
+        if let Some(e) = s.advertised {
+            key(out, b"advertised endpoint");
+            endpoint(out, e);
+        }
+        key(out, b"latched");
+        int(out, i64::from(s.latched));
+        key(out, b"stats");
+        out.push(b'd');
+        for (k, v) in [
+            (&b"packets"[..], st.packets),
+            (b"bytes", st.bytes),
+            (b"errors", s.stats.foreign_drops),
+            (b"rtp-packets", st.rtp_packets),
+            (b"expected", st.expected),
+        ] {
+            key(out, k);
+            uint(out, v);
+        }
+        key(out, b"lost");
+        int(out, st.lost);
+        for (k, v) in [
+            (&b"duplicates"[..], st.duplicates),
+            (b"reordered", st.reordered),
+            (b"jitter", u64::from(st.jitter)),
+            (b"jitter-us", u64::from(st.jitter_us)),
+        ] {
+            key(out, k);
+            uint(out, v);
+        }
+        key(out, b"last-packet-age-ms");
+        int(out, age_ms(st.last_packet));
+        out.push(b'e');
+        out.push(b'e');
+    };
+    out.push(b'd');
+    key(out, b"result");
+    key(out, b"ok");
+    key(out, b"created");
+    uint(out, r.created);
+    key(out, b"last signal");
+    uint(out, r.last_signal);
+    key(out, b"tags");
+    out.push(b'd');
+    for (i, leg) in r.legs.iter().enumerate() {
+        // As `Value::insert` does: a tag appears once, where it first
+        // appears, with the last leg of that tag.
+        if r.legs[..i].iter().any(|l| l.tag == leg.tag) {
+            continue;
+        }
+        let leg = r.legs[i..].iter().rev().find(|l| l.tag == leg.tag).unwrap_or(leg);
+        key(out, leg.tag.as_bytes());
+        out.push(b'd');
+        key(out, b"tag");
+        key(out, leg.tag.as_bytes());
+        key(out, b"medias");
+        out.push(b'l');
+        for m in &leg.medias {
+            out.push(b'd');
+            key(out, b"index");
+            uint(out, m.index as u64);
+            key(out, b"type");
+            key(out, m.kind.as_bytes());
+            key(out, b"protocol");
+            key(out, m.protocol.as_bytes());
+            key(out, b"codecs");
+            out.push(b'l');
+            for c in &m.codecs {
+                key(out, c.as_bytes());
+            }
+            out.push(b'e');
+            key(out, b"streams");
+            out.push(b'l');
+            for s in &m.streams {
+                stream(out, s);
+            }
+            out.push(b'e');
+            out.push(b'e');
+        }
+        out.push(b'e');
+        out.push(b'e');
+    }
+    out.push(b'e');
+    key(out, b"totals");
+    out.push(b'd');
+    for (name, rtcp) in [(&b"RTP"[..], false), (b"RTCP", true)] {
+        let (p, b, e) = r.totals(rtcp);
+        key(out, name);
+        out.push(b'd');
+        key(out, b"packets");
+        uint(out, p);
+        key(out, b"bytes");
+        uint(out, b);
+        key(out, b"errors");
+        uint(out, e);
+        out.push(b'e');
+    }
+    out.push(b'e');
+    out.push(b'e');
+}
+
 fn statistics_value(ctl: &dyn MediaControl) -> Value {
     let t = ctl.totals();
     let mut cur = Value::dict();
@@ -304,37 +473,62 @@ pub fn handle_datagram(
     datagram: &[u8],
     now: Instant,
 ) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    handle_into(ctl, cache, counters, src, datagram, now, &mut out).then_some(out)
+}
+
+/// [`handle_datagram`] writing the reply into `out` (cleared first), so a
+/// server reuses one buffer. False when the datagram is dropped.
+fn handle_into(
+    ctl: &dyn MediaControl,
+    cache: &mut ReplyCache,
+    counters: &NgCounters,
+    src: SocketAddr,
+    datagram: &[u8],
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
     let Some((cookie, body)) = split_cookie(datagram) else {
         counters.dropped.fetch_add(1, Relaxed);
         tracing::debug!(%src, len = datagram.len(), "ng datagram without a cookie dropped");
-        return None;
+        return false;
     };
     if let Some(cached) = cache.get(src, cookie, now) {
         counters.cache_hits.fetch_add(1, Relaxed);
-        return Some(cached.to_vec());
+        out.extend_from_slice(cached);
+        return true;
     }
-    let reply = match bencode::decode(body) {
-        Ok(cmd @ Value::Dict(_)) => dispatch(ctl, &cmd, counters),
+    let reply = match bencode::decode_ref(body) {
+        Ok(cmd @ ValueRef::Dict(_)) => execute(ctl, &cmd, counters),
         Ok(_) => {
             counters.errors.fetch_add(1, Relaxed);
-            error_reply("Request is not a dictionary")
+            Reply::Dict(error_reply("Request is not a dictionary"))
         }
         Err(e) => {
             counters.errors.fetch_add(1, Relaxed);
-            error_reply(&format!("Failed to decode bencode: {e}"))
+            Reply::Dict(error_reply(&format!("Failed to decode bencode: {e}")))
         }
     };
-    let mut out = Vec::with_capacity(cookie.len() + 64);
     out.extend_from_slice(cookie);
     out.push(b' ');
-    reply.encode(&mut out);
+    reply.encode(out);
     cache.put(src, cookie, out.clone(), now);
-    Some(out)
+    true
 }
 
-/// Serves the ng protocol on `socket` until `shutdown` is set. Datagrams
-/// are handled as they come; when none is left, the queued worker changes
-/// are flushed with one wakeup.
+/// Commands handled before the queued worker changes are handed over and
+/// the replies sent.
+const BATCH: usize = 16;
+
+/// Serves the ng protocol on `socket` until `shutdown` is set.
+///
+/// Datagrams are read and answered in batches of what is queued (at most
+/// 16). After each batch its replies are sent back to back, so a client
+/// waiting for several replies is woken once rather than once per reply,
+/// and then the queued worker changes are flushed with one wakeup (the
+/// sockets are bound and steered before any reply; a worker woken first
+/// would only delay the replies on a shared core).
 ///
 /// # Errors
 /// When the socket cannot be polled.
@@ -353,40 +547,55 @@ pub fn serve(
     let mut events = mio::Events::with_capacity(8);
     let mut cache = ReplyCache::new(cache_size, cache_age);
     let mut buf = vec![0u8; 65536];
+    // Reused for every batch: no allocation per reply beyond the cached copy.
+    let mut replies: Vec<(SocketAddr, Vec<u8>)> = (0..BATCH).map(|_| (buf_addr(), Vec::new())).collect();
     while !shutdown.load(Relaxed) {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(200))) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(e);
             }
         }
-        let mut handled = 0u32;
-        loop {
+        let mut drained = false;
+        while !drained {
             // Under a steady stream of commands the socket is never drained:
-            // hand the queued changes to the workers every few commands too,
-            // so their rings never fill.
-            if handled % 16 == 15 {
-                ctl.flush();
-            }
-            let (n, src) = match socket.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ng socket receive failed");
-                    break;
+            // the batch bound hands the queued changes to the workers every
+            // few commands too, so their rings never fill.
+            let mut n_replies = 0;
+            let mut handled = 0;
+            while handled < BATCH {
+                let (n, src) = match socket.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                            tracing::warn!(error = %e, "ng socket receive failed");
+                        }
+                        drained = true;
+                        break;
+                    }
+                };
+                let Some(datagram) = buf.get(..n) else { continue };
+                handled += 1;
+                let Some((to, reply)) = replies.get_mut(n_replies) else { break };
+                if handle_into(ctl, &mut cache, counters, src, datagram, Instant::now(), reply) {
+                    *to = src;
+                    n_replies += 1;
                 }
-            };
-            let Some(datagram) = buf.get(..n) else { continue };
-            handled = handled.wrapping_add(1);
-            if let Some(reply) = handle_datagram(ctl, &mut cache, counters, src, datagram, Instant::now()) {
-                if let Err(e) = socket.send_to(&reply, src) {
-                    tracing::warn!(error = %e, %src, "ng reply could not be sent");
+            }
+            for (to, reply) in replies.iter().take(n_replies) {
+                if let Err(e) = socket.send_to(reply, *to) {
+                    tracing::warn!(error = %e, src = %to, "ng reply could not be sent");
                 }
             }
+            ctl.flush();
         }
-        ctl.flush();
     }
     Ok(())
+}
+
+/// A placeholder address for the reply slots.
+fn buf_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 #[cfg(test)]
@@ -399,6 +608,56 @@ mod tests {
         assert_eq!(split_cookie(b"nocookie"), None);
         assert_eq!(split_cookie(b" d3:fooi1ee"), None);
         assert_eq!(split_cookie(b"\x01\x02 x"), None);
+    }
+
+    fn sample_report(tags: [&str; 2]) -> CallReport {
+        use crate::control::{LegReport, MediaReport};
+        use crate::stats::StatsSnapshot;
+        use crate::stream::DirSnapshot;
+        let stream = |port: u16, endpoint: Option<&str>, latched: bool, packets: u64| StreamReport {
+            local_port: port,
+            endpoint: endpoint.map(|e| e.parse().unwrap()),
+            advertised: Some("[2001:db8::1]:4000".parse().unwrap()),
+            latched,
+            stats: DirSnapshot {
+                stats: StatsSnapshot {
+                    packets,
+                    bytes: packets * 172,
+                    lost: -3,
+                    jitter: 7,
+                    jitter_us: 875,
+                    duplicates: u64::MAX,
+                    ..StatsSnapshot::default()
+                },
+                foreign_drops: 2,
+            },
+        };
+        let leg = |tag: &str, base: u16| LegReport {
+            tag: tag.to_owned(),
+            medias: vec![MediaReport {
+                index: 1,
+                kind: "audio".into(),
+                protocol: "RTP/AVP".into(),
+                codecs: vec!["PCMU/8000".into(), "telephone-event/8000".into()],
+                streams: [stream(base, Some("192.0.2.1:4000"), true, 10), stream(base + 1, None, false, 0)],
+            }],
+        };
+        CallReport {
+            call_id: "c".into(),
+            created: 1_700_000_000,
+            last_signal: 1_700_000_001,
+            legs: vec![leg(tags[0], 30000), leg(tags[1], 30002)],
+        }
+    }
+
+    #[test]
+    fn report_encodes_as_its_value_does() {
+        for tags in [["a", "b"], ["a", ""], ["", ""], ["b", "b"]] {
+            let r = sample_report(tags);
+            let mut direct = Vec::new();
+            encode_report(&r, &mut direct);
+            assert_eq!(direct, report_value(&r).to_bytes(), "tags {tags:?}");
+        }
     }
 
     #[test]

@@ -194,14 +194,24 @@ impl Media {
     /// type numbers, or dynamic types without an `a=rtpmap`, are skipped.
     #[must_use]
     pub fn codec_names(&self) -> Vec<String> {
-        self.formats
-            .iter()
-            .filter_map(|f| digits::<u8>(f))
-            .filter_map(|pt| match self.rtpmap.iter().find(|(p, _, _)| *p == pt) {
-                Some((_, name, rate)) => Some(format!("{name}/{rate}")),
-                None => static_payload(pt).map(|(name, rate)| format!("{name}/{rate}")),
-            })
-            .collect()
+        let mut joined = String::new();
+        self.write_codec_names(&mut joined);
+        joined.split(' ').filter(|c| !c.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// The names of [`codec_names`](Self::codec_names), each followed by
+    /// one space, appended to `out` without any other allocation. Names
+    /// never contain a space (`a=rtpmap` fields are split on blanks).
+    pub fn write_codec_names(&self, out: &mut String) {
+        for pt in self.formats.iter().filter_map(|f| digits::<u8>(f)) {
+            let _ = match self.rtpmap.iter().find(|(p, _, _)| *p == pt) {
+                Some((_, name, rate)) => write!(out, "{name}/{rate} "),
+                None => match static_payload(pt) {
+                    Some((name, rate)) => write!(out, "{name}/{rate} "),
+                    None => continue,
+                },
+            };
+        }
     }
 }
 
@@ -266,6 +276,16 @@ fn static_payload(pt: u8) -> Option<(&'static str, u32)> {
 /// Exactly those of [`Sdp::parse`]; nothing is written on error.
 pub fn rewrite(text: &[u8], rw: &Rewrite<'_>) -> Result<Vec<u8>, SdpError> {
     let sdp = Sdp::parse(text)?;
+    rewrite_parsed(text, &sdp, rw)
+}
+
+/// [`rewrite`] of a body already parsed: `sdp` must be `Sdp::parse(text)`
+/// (the relay parses once to learn the media, then rewrites).
+///
+/// # Errors
+///
+/// Those of [`Sdp::parse`] (none when `sdp` came from `text`).
+pub fn rewrite_parsed(text: &[u8], sdp: &Sdp, rw: &Rewrite<'_>) -> Result<Vec<u8>, SdpError> {
     let anchored: Vec<Option<u16>> = sdp
         .media
         .iter()
@@ -274,7 +294,7 @@ pub fn rewrite(text: &[u8], rw: &Rewrite<'_>) -> Result<Vec<u8>, SdpError> {
         .collect();
     let mut state = Rewriter {
         rw,
-        sdp: &sdp,
+        sdp,
         rewrite_session_c: anchored.iter().any(Option::is_some)
             && sdp.session_addr.is_some_and(|a| !a.is_unspecified()),
         anchored,

@@ -1,0 +1,62 @@
+//! The periodic pass over the call table: collect worker events, retry
+//! removes that found a full ring, finish delayed deletes and time out
+//! calls whose media and signaling both went silent.
+//!
+//! Runs on its own thread (`mr-housekeeping`) every [`HOUSEKEEPING`], under
+//! the relay's lock like every other control path; tests call
+//! [`Relay::housekeep`] directly with the time they choose.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::{to_nanos, Relay};
+use crate::sys::monotonic_ns;
+use crate::Nanos;
+
+/// How often the housekeeping thread runs.
+const HOUSEKEEPING: Duration = Duration::from_millis(200);
+
+impl Relay {
+    /// One housekeeping pass: collect worker events, retry queued removes,
+    /// finish delayed deletes and time out silent calls. `now` is monotonic ns.
+    pub fn housekeep(&self, now: Nanos) {
+        let mut st = self.lock();
+        st.drain_events();
+        st.workers.retry_removes();
+        let timeout = to_nanos(self.cfg.timeout);
+        let mut expired: Vec<(Arc<str>, bool)> = Vec::new();
+        for call in st.calls.values() {
+            if let Some(at) = call.delete_at {
+                if now >= at {
+                    expired.push((Arc::clone(&call.id), false));
+                }
+                continue;
+            }
+            let last_media =
+                call.medias.iter().flat_map(|m| m.shared.iter()).map(|s| s.last_packet()).max().unwrap_or(0);
+            let last = last_media.max(call.last_signal_mono);
+            if now.saturating_sub(last) >= timeout {
+                expired.push((Arc::clone(&call.id), true));
+            }
+        }
+        for (id, timed_out) in expired {
+            if timed_out {
+                tracing::info!(call_id = %id, timeout_s = self.cfg.timeout.as_secs(), "no media in either direction: deleting call");
+                st.totals.timed_out += 1;
+            }
+            st.destroy(&id);
+        }
+        st.workers.wake();
+    }
+}
+
+/// The housekeeping thread: a pass every [`HOUSEKEEPING`] until shutdown
+/// or until the relay is dropped.
+pub(super) fn run(relay: &Weak<Relay>, shutdown: &AtomicBool) {
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(HOUSEKEEPING);
+        let Some(r) = relay.upgrade() else { return };
+        r.housekeep(monotonic_ns());
+    }
+}
