@@ -14,9 +14,9 @@
 //! Datapath-specific per-channel state (the socket worker's mio socket and
 //! overflow counter, the `AF_XDP` worker's next-hop cache and kernel-path
 //! socket) is the device's [`Device::Channel`], stored in the pair beside
-//! the table's own channels, so a pair is one allocation-free slot of a
-//! plain vector: no box per pair, and nothing per channel but the
-//! [`DirShared`] the control plane reads.
+//! the table's own channels, so a pair is one slot of a chunked array: no
+//! box per pair, no allocation per channel but the [`DirShared`] the
+//! control plane reads, and growing never moves a pair.
 //!
 //! Ownership: one table per worker, used only on that worker's thread. The
 //! control plane reaches it only through the rings; it reads the statistics
@@ -67,6 +67,39 @@ struct Pair<X> {
     clock: ClockTable,
 }
 
+/// Pairs by slot, in chunks of [`Slots::CHUNK`] allocated once each:
+/// growing the table never moves a pair (no copy on the packet thread, and
+/// no outgrown array left resident by the allocator).
+struct Slots<T> {
+    chunks: Vec<Box<[Option<T>]>>,
+}
+
+impl<T> Slots<T> {
+    /// Slots per chunk.
+    const CHUNK: usize = 32;
+
+    fn get_mut(&mut self, slot: usize) -> Option<&mut T> {
+        self.chunks.get_mut(slot / Self::CHUNK)?.get_mut(slot % Self::CHUNK)?.as_mut()
+    }
+
+    /// Slot `slot`, allocating chunks up to it.
+    fn entry(&mut self, slot: usize) -> &mut Option<T> {
+        while self.chunks.len() <= slot / Self::CHUNK {
+            self.chunks.push((0..Self::CHUNK).map(|_| None).collect());
+        }
+        &mut self.chunks[slot / Self::CHUNK][slot % Self::CHUNK]
+    }
+
+    fn take(&mut self, slot: usize) -> Option<T> {
+        self.chunks.get_mut(slot / Self::CHUNK)?.get_mut(slot % Self::CHUNK)?.take()
+    }
+
+    /// Slots allocated.
+    fn capacity(&self) -> usize {
+        self.chunks.len() * Self::CHUNK
+    }
+}
+
 /// Verdict of the source check for one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceVerdict {
@@ -113,7 +146,7 @@ pub enum Verdict {
 
 /// One worker's session table over devices whose per-channel state is `X`.
 pub struct Sessions<X> {
-    pairs: Vec<Option<Pair<X>>>,
+    pairs: Slots<Pair<X>>,
     /// Local UDP port -> channel token + 1 (0: not ours); only for devices
     /// that receive frames for every port at once.
     by_port: Option<Box<[u32]>>,
@@ -133,7 +166,7 @@ impl<X> Sessions<X> {
     #[must_use]
     pub fn new(commands: rtrb::Consumer<Command>, events: rtrb::Producer<Event>, nat: bool, index_ports: bool) -> Self {
         Self {
-            pairs: Vec::new(),
+            pairs: Slots { chunks: Vec::new() },
             by_port: index_ports.then(|| vec![0u32; 65536].into_boxed_slice()),
             touched: Vec::with_capacity(64),
             pending: VecDeque::new(),
@@ -151,7 +184,7 @@ impl<X> Sessions<X> {
 
     /// The device state of channel `token`, if that pair exists.
     pub fn device_channel(&mut self, token: usize) -> Option<&mut X> {
-        self.pairs.get_mut(token / 4)?.as_mut().map(|p| &mut p.extra[token % 4])
+        self.pairs.get_mut(token / 4).map(|p| &mut p.extra[token % 4])
     }
 
     /// The channel bound to local `port` (port index only).
@@ -175,7 +208,7 @@ impl<X> Sessions<X> {
         match cmd {
             Command::Add(setup) => self.add(*setup, dev),
             Command::SetPeer { slot, channel, peer, relatch, clock } => {
-                if let Some(Some(pair)) = self.pairs.get_mut(slot as usize) {
+                if let Some(pair) = self.pairs.get_mut(slot as usize) {
                     pair.clock = clock;
                     if let Some(ch) = pair.channels.get_mut(usize::from(channel)) {
                         ch.peer = peer;
@@ -191,10 +224,7 @@ impl<X> Sessions<X> {
 
     fn add<D: Device<Channel = X>>(&mut self, setup: PairSetup, dev: &mut D) {
         let slot = setup.slot as usize;
-        if self.pairs.len() <= slot {
-            self.pairs.resize_with(slot + 1, || None);
-        }
-        if self.pairs[slot].is_some() {
+        if self.pairs.get_mut(slot).is_some() {
             // The control plane never reuses a live slot; treat as a replace.
             self.remove(setup.slot, dev);
         }
@@ -222,17 +252,17 @@ impl<X> Sessions<X> {
             };
             (channel, dev.attach(token, s.socket, local))
         });
-        self.pairs[slot] =
+        *self.pairs.entry(slot) =
             Some(Pair { channels: [a.0, b.0, c2.0, d.0], extra: [a.1, b.1, c2.1, d.1], clock: ClockTable::default() });
         // So that marking channels touched never allocates on the packet path.
-        let want = self.pairs.len() * 4;
+        let want = self.pairs.capacity() * 4;
         if self.touched.capacity() < want {
             self.touched.reserve(want - self.touched.len());
         }
     }
 
     fn remove<D: Device<Channel = X>>(&mut self, slot: u32, dev: &mut D) {
-        if let Some(pair) = self.pairs.get_mut(slot as usize).and_then(Option::take) {
+        if let Some(pair) = self.pairs.take(slot as usize) {
             let Pair { channels, extra, .. } = pair;
             for (c, (ch, x)) in channels.iter().zip(extra).enumerate() {
                 dev.detach(slot as usize * 4 + c, x);
@@ -297,7 +327,7 @@ impl<X> Sessions<X> {
         local: &mut LocalCounters,
     ) -> Verdict {
         let (slot, c) = (token / 4, token % 4);
-        let Some(Some(pair)) = self.pairs.get_mut(slot) else { return Verdict::NoSession };
+        let Some(pair) = self.pairs.get_mut(slot) else { return Verdict::NoSession };
         let ch = &mut pair.channels[c];
         match check_source(self.nat, ch.latched, ch.peer, src) {
             SourceVerdict::Accept => {}
@@ -332,7 +362,7 @@ impl<X> Sessions<X> {
     /// call to its [`DirShared`] (once per batch or round).
     pub fn publish(&mut self) {
         for &t in &self.touched {
-            if let Some(Some(pair)) = self.pairs.get_mut(t as usize / 4) {
+            if let Some(pair) = self.pairs.get_mut(t as usize / 4) {
                 let ch = &mut pair.channels[t as usize % 4];
                 ch.dirty = false;
                 ch.shared.publish(&ch.stats.snapshot(), ch.foreign);
