@@ -5,19 +5,19 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`relay`]: the control plane (call table, ports, workers), implementing
 //!   [`control::MediaControl`].
-//! - [`datapath`]: the I/O trait both datapaths implement, and the choice.
-//! - [`worker`]: a pinned worker thread relaying packets in batches.
-//! - [`afxdp`]: the `AF_XDP` datapath (XDP program, UMEM, header rewrite).
+//! - [`datapath`]: the session table both datapaths relay through, the
+//!   socket and `AF_XDP` backends (XDP program, UMEM, header rewrite), and
+//!   the choice. [`worker`] and [`afxdp`] are its old paths.
 //! - [`stream`]: what control and workers share, and the ring messages.
 //! - [`ng`]: the ng protocol codec and server; [`bencode`] its encoding.
 //! - [`sdp`]: SDP parsing and the anchoring rewrite.
 //! - [`rtp`], [`stats`]: zero-copy RTP/RTCP views, RFC 3550 statistics.
 //! - [`metrics`], [`counters`]: Prometheus exposition of every counter.
 //! - [`ha`]: session records exported to and imported from an HA peer.
-//! - [`ports`]: the port allocator. [`sys`]: the only `unsafe` code.
+//! - [`ports`]: the port allocator. [`sys`]: the only `unsafe` code (raw
+//!   system calls, the UMEM mapping, the handoff ring).
 //! - [`logging`]: the tracing setup both binaries use.
 
-pub mod afxdp;
 pub mod bencode;
 pub mod config;
 pub mod control;
@@ -36,6 +36,8 @@ pub mod stats;
 pub mod stream;
 pub mod sys;
 pub mod worker;
+
+pub use datapath::afxdp;
 
 /// Monotonic time in nanoseconds. Always passed in as an argument on the
 /// packet path, so parsers and statistics never read a clock themselves.

@@ -11,10 +11,12 @@
 //! - [`umem`]: per-worker UMEM shared by the worker's sockets, and frame
 //!   ownership. [`handoff`]: frames that RSS put on another queue than
 //!   their session's worker's. [`rewrite`]: header views, rewrite and checksums.
-//!   [`neigh`]: routes and neighbours over rtnetlink. [`sys`]: the unsafe.
+//!   [`neigh`]: routes and neighbours over rtnetlink. [`worker`]: the I/O
+//!   loop under the shared session table. The unsafe lives in
+//!   [`crate::sys`] (`xdp`, `frame_ring`, `eventfd`, `netlink`).
 //!
 //! Ownership: the maps are written only by the control plane (through
-//! [`crate::datapath::Datapath::steer`]) and by each worker once at start
+//! [`crate::datapath::backend::Datapath::steer`]) and by each worker once at start
 //! (its XSKMAP entries), all under the one mutex here; the packet path
 //! never takes it.
 
@@ -22,7 +24,6 @@ pub mod handoff;
 pub mod napi;
 pub mod neigh;
 pub mod rewrite;
-pub mod sys;
 pub mod umem;
 pub mod worker;
 
@@ -39,8 +40,8 @@ use xdp_prog::{BanValue, Bans, CounterSnapshot, Counters, MediaPorts, MediaValue
 
 use crate::config::{BanPrefix, RelayConfig, ZeroCopy};
 use crate::control::RelayError;
-use crate::datapath::Datapath;
-use crate::worker::WorkerContext;
+use crate::datapath::backend::{Datapath, WorkerContext};
+use crate::sys::xdp::SendXsk;
 use neigh::NeighTable;
 use umem::Xsk;
 
@@ -134,7 +135,7 @@ pub struct AfXdp {
     attached: Arc<Mutex<Vec<Attached>>>,
     checksum: rewrite::Checksum,
     /// Each queue's sockets, until its worker takes them.
-    sockets: Mutex<Vec<Option<sys::SendXsk>>>,
+    sockets: Mutex<Vec<Option<SendXsk>>>,
     /// Each queue's end of the cross-queue handoff (several queues only),
     /// until its worker takes it.
     mesh: Mutex<Vec<Option<handoff::MeshPort>>>,
@@ -219,7 +220,7 @@ impl AfXdp {
                     Error::Map(format!("registering the socket of `{}` queue {queue}: {}", a.name, chain(&e)))
                 })?;
             }
-            sockets.push(Some(sys::SendXsk(xsk)));
+            sockets.push(Some(SendXsk(xsk)));
         }
         let neigh = Arc::new(NeighTable::new(snap));
         let shutdown = Arc::new(AtomicBool::new(false));

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::sys::Netlink;
+use crate::sys::netlink::Netlink;
 
 const NLMSG_HDR: usize = 16;
 const NLMSG_ERROR: u16 = 2;

@@ -13,8 +13,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{CompletionQueue, FillQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
-use super::sys::{self, Mmap};
 use crate::config::ZeroCopy;
+use crate::sys::xdp::{self as sys, Mmap};
 
 /// Bytes per frame (one packet each).
 pub const FRAME_SIZE: u32 = 2048;
