@@ -31,7 +31,7 @@ use super::device::{Device, To};
 use crate::counters::LocalCounters;
 use crate::rtp::{is_rtcp, RtpPacket};
 use crate::stats::RtpStats;
-use crate::stream::{peer_channel, ClockTable, Command, DirShared, Event, PairSetup};
+use crate::stream::{is_rtcp_channel, peer_channel, ClockTable, Command, DirShared, Event, PairSetup};
 use crate::Nanos;
 
 /// One receiving channel's session state.
@@ -312,6 +312,9 @@ impl<X> Sessions<X> {
                 Verdict::NoSession => dev.no_session(i, local),
             }
         }
+        // The statistics are out before the frames: whoever sees a relayed
+        // packet and then asks for the counts finds it counted.
+        self.publish();
         dev.flush(local);
         n
     }
@@ -346,7 +349,7 @@ impl<X> Sessions<X> {
                 return Verdict::Drop;
             }
         }
-        account_packet(&mut ch.stats, c & 1 == 1, &pair.clock, payload, now);
+        account_packet(&mut ch.stats, is_rtcp_channel(c), &pair.clock, payload, now);
         touch(ch, &mut self.touched, token);
         let out = peer_channel(c);
         match pair.channels[out].destination() {
