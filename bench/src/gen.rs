@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use media_relay::sys::RecvBatch;
+use media_relay::os::RecvBatch;
 
 use crate::now_ns;
 use crate::sys::{send_many, MAX};

@@ -25,7 +25,7 @@ pub use sys::{enter_netns, process_cpu_ns};
 /// Monotonic nanoseconds.
 #[must_use]
 pub fn now_ns() -> u64 {
-    media_relay::sys::monotonic_ns()
+    media_relay::os::monotonic_ns()
 }
 
 /// The median of the finite values of `v` (NaN if there are none).

@@ -12,7 +12,7 @@ use clap::Parser;
 use media_relay::config::{choice, log_filter, parse_listen, DatapathMode, Interface, RelayConfig, Scheduling};
 use media_relay::ng::NgCounters;
 use media_relay::relay::Relay;
-use media_relay::{metrics, ng, sys};
+use media_relay::{metrics, ng, os as sys};
 
 /// xsbc media relay. Options named like rtpengine's behave like them.
 #[derive(Parser, Debug)]

@@ -30,6 +30,17 @@ pub const fn peer_channel(c: usize) -> usize {
     c ^ 2
 }
 
+/// Whether channel `c` carries RTCP on its own port (not rtcp-mux).
+#[must_use]
+pub const fn is_rtcp_channel(c: usize) -> bool {
+    c == A_RTCP || c == B_RTCP
+}
+
+// The layout the two functions above rely on: each leg's RTP and RTCP
+// leave through the other leg's channel of the same kind.
+const _: () = assert!(peer_channel(A_RTP) == B_RTP && peer_channel(A_RTCP) == B_RTCP);
+const _: () = assert!(!is_rtcp_channel(A_RTP) && !is_rtcp_channel(B_RTP));
+
 /// Payload type → clock rate, small and `Copy` so the worker looks it up
 /// without allocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -131,7 +131,7 @@ fn main() -> ExitCode {
                 }
             };
             media_relay::logging::init(&cfg.log_level, log_json);
-            if let Err(e) = media_relay::sys::block_signals() {
+            if let Err(e) = media_relay::os::block_signals() {
                 tracing::warn!(error = %e, "could not block termination signals");
             }
             match run(cfg) {
@@ -206,7 +206,7 @@ fn run(cfg: Config) -> Result<(), Error> {
         std::thread::Builder::new()
             .name("sbc-signals".into())
             .spawn(move || loop {
-                let sig = media_relay::sys::wait_for_signal();
+                let sig = media_relay::os::wait_for_signal();
                 if sig == 1 {
                     tracing::info!("SIGHUP: reload is not supported yet; restart to apply configuration changes");
                     continue;

@@ -238,7 +238,7 @@ pub fn run(a: &Args) -> ExitCode {
     };
     // The limit holds while the file is open; the kernel drops it when the
     // file is closed, at the latest when the process exits.
-    let _cpu_latency = match a.cpu_latency_us.map(media_relay::sys::hold_cpu_latency).transpose() {
+    let _cpu_latency = match a.cpu_latency_us.map(media_relay::os::hold_cpu_latency).transpose() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("xdp-bench: --cpu-latency-us: {e}");

@@ -29,7 +29,7 @@ pub mod socket;
 
 use std::sync::Arc;
 
-pub use backend::{Datapath, WorkerContext};
+pub use backend::Datapath;
 pub use socket::SocketDatapath;
 
 use crate::config::{DatapathMode, RelayConfig};

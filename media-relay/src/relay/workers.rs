@@ -20,11 +20,11 @@ use std::thread::JoinHandle;
 use crate::config::RelayConfig;
 use crate::control::RelayError;
 use crate::counters::PaddedCounters;
+use crate::datapath::backend::{self as worker, WorkerContext};
 use crate::datapath::Datapath;
 use crate::ports::PortAllocator;
 use crate::stats::StatsSnapshot;
 use crate::stream::{ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup};
-use crate::worker::{self, WorkerContext};
 
 const COMMAND_RING: usize = 8192;
 const EVENT_RING: usize = 65536;

@@ -27,6 +27,7 @@ pub fn wake(fd: RawFd) {
     let _ = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
 }
 
+#[cfg(test)]
 /// Reads (and resets) the counter into `out`; returns what `read` returned
 /// (8, or -1 when the counter is zero).
 pub fn read(fd: RawFd, out: &mut [u8; 8]) -> isize {

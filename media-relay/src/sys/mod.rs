@@ -17,7 +17,7 @@ pub mod netlink;
 pub mod udp;
 pub mod xdp;
 
-pub use udp::{enable_rxq_ovfl, send_batch, RecvBatch, BATCH, BUF_SIZE};
+pub use udp::{enable_rxq_ovfl, send_batch, RecvBatch, BATCH};
 
 use std::io;
 use std::mem::{zeroed, MaybeUninit};
@@ -27,20 +27,6 @@ use std::mem::{zeroed, MaybeUninit};
 #[must_use]
 pub fn unreachable(errno: Option<i32>) -> bool {
     matches!(errno, Some(libc::ENETDOWN | libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENXIO))
-}
-
-/// Reads the calling thread's CPU time (user + system), in nanoseconds.
-#[must_use]
-pub fn thread_cpu_ns() -> u64 {
-    let mut ts = MaybeUninit::<libc::timespec>::uninit();
-    // SAFETY: clock_gettime writes a timespec into our stack slot.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, ts.as_mut_ptr()) };
-    if r != 0 {
-        return 0;
-    }
-    // SAFETY: initialised by the successful call above.
-    let ts = unsafe { ts.assume_init() };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// Sets the calling thread's scheduling policy (`SCHED_FIFO` or

@@ -29,7 +29,6 @@ use crossbeam_utils::CachePadded;
 
 use crate::sys::eventfd::{eventfd, wake};
 use crate::sys::frame_ring::{ring, FrameReceiver, FrameSender};
-pub use crate::sys::frame_ring::{RING, SLOT};
 
 /// Most workers the owner table can name.
 pub const MAX_WORKERS: usize = u8::MAX as usize - 1;
@@ -228,7 +227,7 @@ mod tests {
 
         let mut got = Vec::new();
         ports[2].receive(|rx| {
-            let mut buf = [0u8; SLOT];
+            let mut buf = [0u8; crate::sys::frame_ring::SLOT];
             while let Some(n) = rx.pop_into(&mut buf) {
                 got.push(buf[..n].to_vec());
             }
