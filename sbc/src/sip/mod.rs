@@ -58,3 +58,16 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 256;
 /// Longest physical line accepted in the start line and header section.
 pub const MAX_LINE: usize = 8 * 1024;
+
+/// An INVITE that unit tests of several layers start from (an unknown
+/// header with odd spacing, a Via with rport).
+#[cfg(test)]
+pub(crate) const TEST_INVITE: &str = "INVITE sip:bob@127.0.0.1 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 10.0.0.5:5071;branch=z9hG4bK-1;rport\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:alice@x>;tag=a1\r\n\
+        To: <sip:bob@127.0.0.1>\r\n\
+        Call-ID: c1@x\r\n\
+        CSeq: 7 INVITE\r\n\
+        X-Unknown:   keep  me \r\n\
+        Content-Length: 0\r\n\r\n";

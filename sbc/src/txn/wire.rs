@@ -130,15 +130,7 @@ pub fn raw_error_response(data: &[u8], code: u16, reason: &str) -> Option<Vec<u8
 mod tests {
     use super::*;
 
-    const INVITE: &str = "INVITE sip:bob@127.0.0.1 SIP/2.0\r\n\
-        Via: SIP/2.0/UDP 10.0.0.5:5071;branch=z9hG4bK-1;rport\r\n\
-        Max-Forwards: 70\r\n\
-        From: <sip:alice@x>;tag=a1\r\n\
-        To: <sip:bob@127.0.0.1>\r\n\
-        Call-ID: c1@x\r\n\
-        CSeq: 7 INVITE\r\n\
-        X-Unknown:   keep  me \r\n\
-        Content-Length: 0\r\n\r\n";
+    use crate::sip::TEST_INVITE as INVITE;
 
     #[test]
     fn via_stamping_and_response_destination() {
