@@ -118,8 +118,9 @@ struct SeqState {
     bad_seq: Option<u16>,
     /// Accepted packets, duplicates included.
     received: u64,
-    /// Bit `k` set: extended sequence number `max_ext - k` was seen.
-    window: u128,
+    /// Bit `k` set: extended sequence number `max_ext - k` was seen. Two
+    /// halves (low, high) of a `u128`, so the state is 8-aligned, not 16.
+    window: [u64; 2],
 }
 
 /// What the sequence check made of one packet.
@@ -140,7 +141,7 @@ enum SeqVerdict {
 impl SeqState {
     const fn new(ssrc: u32, seq: u16) -> Self {
         let ext = EXT_OFFSET + seq as u64;
-        Self { ssrc, base_ext: ext, max_ext: ext, bad_seq: None, received: 1, window: 1 }
+        Self { ssrc, base_ext: ext, max_ext: ext, bad_seq: None, received: 1, window: [1, 0] }
     }
 
     /// RFC 3550 A.1 `update_seq`, plus the duplicate window.
@@ -156,7 +157,7 @@ impl SeqState {
             // In order, with a permissible gap. Adding the 16-bit distance to
             // the extended number counts the 65535 -> 0 wrap as a cycle.
             self.max_ext += u64::from(udelta);
-            self.window = self.window.checked_shl(u32::from(udelta)).unwrap_or(0) | 1;
+            self.set_window(self.window().checked_shl(u32::from(udelta)).unwrap_or(0) | 1);
             self.received += 1;
             SeqVerdict::InOrder
         } else if udelta <= u16::MAX - MAX_MISORDER + 1 {
@@ -172,16 +173,25 @@ impl SeqState {
             let back = max_seq.wrapping_sub(seq);
             let bit = 1u128 << back;
             self.received += 1;
-            if self.window & bit != 0 {
+            if self.window() & bit != 0 {
                 SeqVerdict::Duplicate
             } else {
-                self.window |= bit;
+                self.set_window(self.window() | bit);
                 // max_ext >= EXT_OFFSET > back, so this cannot underflow.
                 let ext = self.max_ext - u64::from(back);
                 self.base_ext = self.base_ext.min(ext);
                 SeqVerdict::Reordered
             }
         }
+    }
+
+    const fn window(&self) -> u128 {
+        (self.window[1] as u128) << 64 | self.window[0] as u128
+    }
+
+    const fn set_window(&mut self, w: u128) {
+        // Truncation splits the halves.
+        self.window = [w as u64, (w >> 64) as u64];
     }
 
     /// `expected = max - base + 1` for this epoch.
