@@ -2,9 +2,9 @@
 //! everything done to a packet that does not depend on how it moves.
 //!
 //! It owns, per channel (a leg's RTP or RTCP port): the expected peer from
-//! SDP, the latched source, the RFC 3550 statistics, the foreign-drop count
-//! and the [`DirShared`] block it publishes them to; per pair, the clock
-//! rates. It applies the control plane's [`Command`]s from the command ring,
+//! SDP and the latched source (as compact [`Endpoint`]s), the RFC 3550
+//! statistics and the foreign-drop count; per pair, the clock rates and the
+//! [`PairShared`] blocks it publishes the statistics to. It applies the control plane's [`Command`]s from the command ring,
 //! sends [`Event`]s back (holding `Removed` events while the ring is full),
 //! and decides each packet's fate: source check and latching, accounting,
 //! and the destination (the other leg's latched source, else its SDP
@@ -15,12 +15,12 @@
 //! overflow counter, the `AF_XDP` worker's next-hop cache and kernel-path
 //! socket) is the device's [`Device::Channel`], stored in the pair beside
 //! the table's own channels, so a pair is one slot of a chunked array: no
-//! box per pair, no allocation per channel but the [`DirShared`] the
+//! box per pair, no allocation per pair but the [`PairShared`] the
 //! control plane reads, and growing never moves a pair.
 //!
 //! Ownership: one table per worker, used only on that worker's thread. The
 //! control plane reaches it only through the rings; it reads the statistics
-//! only from [`DirShared`], which the table writes (relaxed stores) once per
+//! only from [`PairShared`], which the table writes (relaxed stores) once per
 //! batch for the channels that batch touched ([`Sessions::publish`]).
 
 use std::collections::VecDeque;
@@ -31,19 +31,18 @@ use super::device::{Device, To};
 use crate::counters::LocalCounters;
 use crate::rtp::{is_rtcp, RtpPacket};
 use crate::stats::RtpStats;
-use crate::stream::{peer_channel, ClockTable, Command, DirShared, Event, PairSetup};
+use crate::stream::{peer_channel, ClockTable, Command, Endpoint, Event, PairSetup, PairShared};
 use crate::Nanos;
 
 /// One receiving channel's session state.
 struct Channel {
     /// Where this leg said it receives (from SDP).
-    peer: Option<SocketAddr>,
+    peer: Option<Endpoint>,
     /// The source it latched onto.
-    latched: Option<SocketAddr>,
+    latched: Option<Endpoint>,
     stats: RtpStats,
     /// Packets dropped for coming from another source.
     foreign: u64,
-    shared: Arc<DirShared>,
     /// Local port (when the table indexes ports; else 0).
     port: u16,
     /// In `Sessions::touched`: statistics to publish.
@@ -53,7 +52,7 @@ struct Channel {
 impl Channel {
     /// Where packets for this leg's endpoint go.
     fn destination(&self) -> Option<SocketAddr> {
-        self.latched.or(self.peer)
+        self.latched.or(self.peer).map(SocketAddr::from)
     }
 }
 
@@ -65,6 +64,8 @@ struct Pair<X> {
     /// Payload type clock rates (one table for the pair: both legs use the
     /// payload types of the same offer/answer).
     clock: ClockTable,
+    /// Each channel's published statistics, by channel index.
+    shared: Arc<PairShared>,
 }
 
 /// Pairs by slot, in chunks of [`Slots::CHUNK`] allocated once each:
@@ -111,14 +112,10 @@ pub enum SourceVerdict {
     Foreign,
 }
 
-/// Checks a packet's source against the leg's latched or expected address.
+/// Checks a packet's source against the leg's latched or expected address
+/// (any address type: the table passes [`Endpoint`]s).
 #[must_use]
-pub fn check_source(
-    nat: bool,
-    latched: Option<SocketAddr>,
-    expected: Option<SocketAddr>,
-    src: SocketAddr,
-) -> SourceVerdict {
+pub fn check_source<A: PartialEq>(nat: bool, latched: Option<A>, expected: Option<A>, src: A) -> SourceVerdict {
     match latched {
         Some(l) if l == src => SourceVerdict::Accept,
         Some(_) => SourceVerdict::Foreign,
@@ -211,7 +208,7 @@ impl<X> Sessions<X> {
                 if let Some(pair) = self.pairs.get_mut(slot as usize) {
                     pair.clock = clock;
                     if let Some(ch) = pair.channels.get_mut(usize::from(channel)) {
-                        ch.peer = peer;
+                        ch.peer = peer.map(Endpoint::from);
                         if relatch {
                             ch.latched = None;
                         }
@@ -241,19 +238,22 @@ impl<X> Sessions<X> {
                 index[usize::from(port)] = u32::try_from(token + 1).unwrap_or(0);
             }
             let channel = Channel {
-                peer: s.peer,
+                peer: s.peer.map(Endpoint::from),
                 // A session taken over from an HA peer keeps its latch and counters.
-                latched: s.latched,
+                latched: s.latched.map(Endpoint::from),
                 stats: s.resume.as_ref().map_or_else(RtpStats::new, RtpStats::resume),
                 foreign: 0,
-                shared: s.shared,
                 port,
                 dirty: false,
             };
             (channel, dev.attach(token, s.socket, local))
         });
-        *self.pairs.entry(slot) =
-            Some(Pair { channels: [a.0, b.0, c2.0, d.0], extra: [a.1, b.1, c2.1, d.1], clock: ClockTable::default() });
+        *self.pairs.entry(slot) = Some(Pair {
+            channels: [a.0, b.0, c2.0, d.0],
+            extra: [a.1, b.1, c2.1, d.1],
+            clock: ClockTable::default(),
+            shared: setup.shared,
+        });
         // So that marking channels touched never allocates on the packet path.
         let want = self.pairs.capacity() * 4;
         if self.touched.capacity() < want {
@@ -329,10 +329,11 @@ impl<X> Sessions<X> {
         let (slot, c) = (token / 4, token % 4);
         let Some(pair) = self.pairs.get_mut(slot) else { return Verdict::NoSession };
         let ch = &mut pair.channels[c];
-        match check_source(self.nat, ch.latched, ch.peer, src) {
+        let from = Endpoint::from(src);
+        match check_source(self.nat, ch.latched, ch.peer, from) {
             SourceVerdict::Accept => {}
             SourceVerdict::Latch => {
-                ch.latched = Some(src);
+                ch.latched = Some(from);
                 // Slots come from u32 commands; channels are 0..4.
                 let ev = Event::Latched { slot: slot as u32, channel: c as u8, addr: src };
                 if self.events.push(ev).is_err() {
@@ -359,13 +360,14 @@ impl<X> Sessions<X> {
     }
 
     /// Publishes the statistics of every channel touched since the last
-    /// call to its [`DirShared`] (once per batch or round).
+    /// call to its [`crate::stream::DirShared`] (once per batch or round).
     pub fn publish(&mut self) {
         for &t in &self.touched {
             if let Some(pair) = self.pairs.get_mut(t as usize / 4) {
-                let ch = &mut pair.channels[t as usize % 4];
+                let c = t as usize % 4;
+                let ch = &mut pair.channels[c];
                 ch.dirty = false;
-                ch.shared.publish(&ch.stats.snapshot(), ch.foreign);
+                pair.shared[c].publish(&ch.stats.snapshot(), ch.foreign);
             }
         }
         self.touched.clear();
