@@ -374,6 +374,52 @@ impl RtpStats {
     }
 }
 
+/// Statistics of a direction on which every packet is other traffic (an
+/// RTCP port: the table never parses RTP there): what an [`RtpStats`] fed
+/// only [`RtpStats::on_other`] would report, in 32 bytes instead of 136.
+/// The state a session taken over from another node continues from is
+/// boxed, as it is rare. Owned and written by one worker thread.
+#[derive(Debug, Clone, Default)]
+pub struct OtherStats {
+    /// All packets seen.
+    packets: u64,
+    /// All bytes seen.
+    bytes: u64,
+    /// Arrival time of the last packet, 0 before the first.
+    last_packet: Nanos,
+    /// The statistics carried over from another node ([`OtherStats::resume`]).
+    resumed: Option<Box<RtpStats>>,
+}
+
+impl OtherStats {
+    /// Empty statistics.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { packets: 0, bytes: 0, last_packet: 0, resumed: None }
+    }
+
+    /// Statistics that continue from a snapshot taken on another node, as
+    /// [`RtpStats::resume`] does.
+    #[must_use]
+    pub fn resume(s: &StatsSnapshot) -> Self {
+        Self { packets: s.packets, bytes: s.bytes, last_packet: 0, resumed: Some(Box::new(RtpStats::resume(s))) }
+    }
+
+    /// Account one packet; the same as [`RtpStats::on_other`].
+    pub const fn on_other(&mut self, len: usize, now: Nanos) {
+        self.packets += 1;
+        self.bytes += len as u64;
+        self.last_packet = now;
+    }
+
+    /// A copy of the current counters.
+    #[must_use]
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let base = self.resumed.as_ref().map(|r| r.snapshot()).unwrap_or_default();
+        StatsSnapshot { packets: self.packets, bytes: self.bytes, last_packet: self.last_packet, ..base }
+    }
+}
+
 /// A point-in-time copy of one direction's statistics. Serializable: an HA
 /// peer continues from it (see [`RtpStats::resume`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -798,6 +844,37 @@ mod tests {
             let snap = s.snapshot();
             prop_assert_eq!(snap.lost, i64::try_from(gaps).unwrap_or(i64::MAX));
             prop_assert_eq!(snap.max_seq_ext & 0xffff, u32::from(seq));
+        }
+
+        #[test]
+        fn other_stats_report_what_rtp_stats_fed_other_traffic_would(
+            from in prop::option::of((any::<u32>(), any::<u32>(), any::<u32>(), any::<i32>(), any::<u32>())),
+            pkts in prop::collection::vec((any::<u16>(), any::<u32>()), 0..50),
+        ) {
+            let from = from.map(|(packets, bytes, expected, lost, duplicates)| StatsSnapshot {
+                packets: packets.into(),
+                bytes: bytes.into(),
+                rtp_packets: packets.into(),
+                expected: expected.into(),
+                lost: lost.into(),
+                duplicates: duplicates.into(),
+                reordered: 7,
+                jitter: 9,
+                jitter_us: 1125,
+                last_packet: 5,
+                ssrc: 3,
+                max_seq_ext: 70_000,
+            });
+            let (mut rtp, mut other) = match &from {
+                Some(s) => (RtpStats::resume(s), OtherStats::resume(s)),
+                None => (RtpStats::new(), OtherStats::new()),
+            };
+            prop_assert_eq!(rtp.snapshot(), other.snapshot());
+            for (len, now) in pkts {
+                rtp.on_other(usize::from(len), u64::from(now));
+                other.on_other(usize::from(len), u64::from(now));
+                prop_assert_eq!(rtp.snapshot(), other.snapshot());
+            }
         }
     }
 }

@@ -2,9 +2,11 @@
 //! everything done to a packet that does not depend on how it moves.
 //!
 //! It owns, per channel (a leg's RTP or RTCP port): the expected peer from
-//! SDP and the latched source (as compact [`Endpoint`]s), the RFC 3550
-//! statistics and the foreign-drop count; per pair, the clock rates and the
-//! [`PairShared`] blocks it publishes the statistics to. It applies the control plane's [`Command`]s from the command ring,
+//! SDP and the latched source (as compact [`Endpoint`]s), the statistics
+//! (RFC 3550 [`RtpStats`] on an RTP port; [`OtherStats`] on an RTCP port,
+//! where nothing is parsed as RTP) and the foreign-drop count; per pair, the
+//! clock rates and the [`PairShared`] blocks it publishes the statistics
+//! to. It applies the control plane's [`Command`]s from the command ring,
 //! sends [`Event`]s back (holding `Removed` events while the ring is full),
 //! and decides each packet's fate: source check and latching, accounting,
 //! and the destination (the other leg's latched source, else its SDP
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use super::device::{Device, To};
 use crate::counters::LocalCounters;
 use crate::rtp::{is_rtcp, RtpPacket};
-use crate::stats::RtpStats;
+use crate::stats::{OtherStats, RtpStats};
 use crate::stream::{peer_channel, ClockTable, Command, Endpoint, Event, PairSetup, PairShared};
 use crate::Nanos;
 
@@ -40,7 +42,6 @@ struct Channel {
     peer: Option<Endpoint>,
     /// The source it latched onto.
     latched: Option<Endpoint>,
-    stats: RtpStats,
     /// Packets dropped for coming from another source.
     foreign: u64,
     /// Local port (when the table indexes ports; else 0).
@@ -59,6 +60,10 @@ impl Channel {
 /// A stream pair: channels by [`crate::stream::A_RTP`] ... [`crate::stream::B_RTCP`].
 struct Pair<X> {
     channels: [Channel; 4],
+    /// Statistics of the RTP channels ([`crate::stream::A_RTP`], [`crate::stream::B_RTP`]).
+    rtp: [RtpStats; 2],
+    /// Statistics of the RTCP channels, where everything is other traffic.
+    rtcp: [OtherStats; 2],
     /// The device's state of each channel.
     extra: [X; 4],
     /// Payload type clock rates (one table for the pair: both legs use the
@@ -226,6 +231,10 @@ impl<X> Sessions<X> {
             self.remove(setup.slot, dev);
         }
         let by_port = &mut self.by_port;
+        // A session taken over from an HA peer keeps its latch and counters.
+        let resume = |c: usize| setup.channels[c].resume;
+        let rtp = [resume(0), resume(2)].map(|r| r.as_ref().map_or_else(RtpStats::new, RtpStats::resume));
+        let rtcp = [resume(1), resume(3)].map(|r| r.as_ref().map_or_else(OtherStats::new, OtherStats::resume));
         let mut c = 0;
         let [a, b, c2, d] = setup.channels.map(|s| {
             let token = slot * 4 + c;
@@ -239,9 +248,7 @@ impl<X> Sessions<X> {
             }
             let channel = Channel {
                 peer: s.peer.map(Endpoint::from),
-                // A session taken over from an HA peer keeps its latch and counters.
                 latched: s.latched.map(Endpoint::from),
-                stats: s.resume.as_ref().map_or_else(RtpStats::new, RtpStats::resume),
                 foreign: 0,
                 port,
                 dirty: false,
@@ -250,6 +257,8 @@ impl<X> Sessions<X> {
         });
         *self.pairs.entry(slot) = Some(Pair {
             channels: [a.0, b.0, c2.0, d.0],
+            rtp,
+            rtcp,
             extra: [a.1, b.1, c2.1, d.1],
             clock: ClockTable::default(),
             shared: setup.shared,
@@ -347,7 +356,12 @@ impl<X> Sessions<X> {
                 return Verdict::Drop;
             }
         }
-        account_packet(&mut ch.stats, c & 1 == 1, &pair.clock, payload, now);
+        if c & 1 == 0 {
+            account_packet(&mut pair.rtp[c / 2], false, &pair.clock, payload, now);
+        } else {
+            // An RTCP port: everything on it is other traffic.
+            pair.rtcp[c / 2].on_other(payload.len(), now);
+        }
         touch(ch, &mut self.touched, token);
         let out = peer_channel(c);
         match pair.channels[out].destination() {
@@ -367,7 +381,8 @@ impl<X> Sessions<X> {
                 let c = t as usize % 4;
                 let ch = &mut pair.channels[c];
                 ch.dirty = false;
-                pair.shared[c].publish(&ch.stats.snapshot(), ch.foreign);
+                let snap = if c & 1 == 0 { pair.rtp[c / 2].snapshot() } else { pair.rtcp[c / 2].snapshot() };
+                pair.shared[c].publish(&snap, ch.foreign);
             }
         }
         self.touched.clear();
