@@ -30,14 +30,17 @@ pub const fn peer_channel(c: usize) -> usize {
     c ^ 2
 }
 
-/// A UDP endpoint, IPv4 or IPv6, in 20 bytes (`Option<Endpoint>` too: the
+/// A UDP endpoint, IPv4 or IPv6, in 24 bytes (`Option<Endpoint>` too: the
 /// family is the niche), for the addresses a session keeps per channel. A
-/// [`SocketAddr`] is 32. An IPv6 address's flow label and scope id are not
-/// kept (both 0 on the way back).
+/// [`SocketAddr`] is 32. An IPv6 address's scope id is kept (a link-local
+/// peer is answered on its interface); its flow label is not (the kernel
+/// reports 0 for received datagrams, and it is 0 on the way back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// The address; IPv4 in the first 4 bytes, the rest 0.
     ip: [u8; 16],
+    /// IPv6 scope id (a link-local peer's interface); 0 for IPv4.
+    scope: u32,
     port: u16,
     family: Family,
 }
@@ -57,9 +60,11 @@ impl From<SocketAddr> for Endpoint {
             SocketAddr::V4(v4) => {
                 let mut ip = [0; 16];
                 ip[..4].copy_from_slice(&v4.ip().octets());
-                Self { ip, port: v4.port(), family: Family::V4 }
+                Self { ip, scope: 0, port: v4.port(), family: Family::V4 }
             }
-            SocketAddr::V6(v6) => Self { ip: v6.ip().octets(), port: v6.port(), family: Family::V6 },
+            SocketAddr::V6(v6) => {
+                Self { ip: v6.ip().octets(), scope: v6.scope_id(), port: v6.port(), family: Family::V6 }
+            }
         }
     }
 }
@@ -72,7 +77,7 @@ impl From<Endpoint> for SocketAddr {
                 let [a, b, c, d, ..] = e.ip;
                 Self::V4(SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), e.port))
             }
-            Family::V6 => Self::V6(SocketAddrV6::new(Ipv6Addr::from(e.ip), e.port, 0, 0)),
+            Family::V6 => Self::V6(SocketAddrV6::new(Ipv6Addr::from(e.ip), e.port, 0, e.scope)),
         }
     }
 }
