@@ -118,8 +118,9 @@ struct SeqState {
     bad_seq: Option<u16>,
     /// Accepted packets, duplicates included.
     received: u64,
-    /// Bit `k` set: extended sequence number `max_ext - k` was seen.
-    window: u128,
+    /// Bit `k` set: extended sequence number `max_ext - k` was seen. Two
+    /// halves (low, high) of a `u128`, so the state is 8-aligned, not 16.
+    window: [u64; 2],
 }
 
 /// What the sequence check made of one packet.
@@ -140,7 +141,7 @@ enum SeqVerdict {
 impl SeqState {
     const fn new(ssrc: u32, seq: u16) -> Self {
         let ext = EXT_OFFSET + seq as u64;
-        Self { ssrc, base_ext: ext, max_ext: ext, bad_seq: None, received: 1, window: 1 }
+        Self { ssrc, base_ext: ext, max_ext: ext, bad_seq: None, received: 1, window: [1, 0] }
     }
 
     /// RFC 3550 A.1 `update_seq`, plus the duplicate window.
@@ -156,7 +157,7 @@ impl SeqState {
             // In order, with a permissible gap. Adding the 16-bit distance to
             // the extended number counts the 65535 -> 0 wrap as a cycle.
             self.max_ext += u64::from(udelta);
-            self.window = self.window.checked_shl(u32::from(udelta)).unwrap_or(0) | 1;
+            self.set_window(self.window().checked_shl(u32::from(udelta)).unwrap_or(0) | 1);
             self.received += 1;
             SeqVerdict::InOrder
         } else if udelta <= u16::MAX - MAX_MISORDER + 1 {
@@ -172,16 +173,25 @@ impl SeqState {
             let back = max_seq.wrapping_sub(seq);
             let bit = 1u128 << back;
             self.received += 1;
-            if self.window & bit != 0 {
+            if self.window() & bit != 0 {
                 SeqVerdict::Duplicate
             } else {
-                self.window |= bit;
+                self.set_window(self.window() | bit);
                 // max_ext >= EXT_OFFSET > back, so this cannot underflow.
                 let ext = self.max_ext - u64::from(back);
                 self.base_ext = self.base_ext.min(ext);
                 SeqVerdict::Reordered
             }
         }
+    }
+
+    const fn window(&self) -> u128 {
+        (self.window[1] as u128) << 64 | self.window[0] as u128
+    }
+
+    const fn set_window(&mut self, w: u128) {
+        // Truncation splits the halves.
+        self.window = [w as u64, (w >> 64) as u64];
     }
 
     /// `expected = max - base + 1` for this epoch.
@@ -361,6 +371,52 @@ impl RtpStats {
             self.prior_expected += state.expected();
             self.prior_received += state.received;
         }
+    }
+}
+
+/// Statistics of a direction on which every packet is other traffic (an
+/// RTCP port: the table never parses RTP there): what an [`RtpStats`] fed
+/// only [`RtpStats::on_other`] would report, in 32 bytes instead of 136.
+/// The state a session taken over from another node continues from is
+/// boxed, as it is rare. Owned and written by one worker thread.
+#[derive(Debug, Clone, Default)]
+pub struct OtherStats {
+    /// All packets seen.
+    packets: u64,
+    /// All bytes seen.
+    bytes: u64,
+    /// Arrival time of the last packet, 0 before the first.
+    last_packet: Nanos,
+    /// The statistics carried over from another node ([`OtherStats::resume`]).
+    resumed: Option<Box<RtpStats>>,
+}
+
+impl OtherStats {
+    /// Empty statistics.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { packets: 0, bytes: 0, last_packet: 0, resumed: None }
+    }
+
+    /// Statistics that continue from a snapshot taken on another node, as
+    /// [`RtpStats::resume`] does.
+    #[must_use]
+    pub fn resume(s: &StatsSnapshot) -> Self {
+        Self { packets: s.packets, bytes: s.bytes, last_packet: 0, resumed: Some(Box::new(RtpStats::resume(s))) }
+    }
+
+    /// Account one packet; the same as [`RtpStats::on_other`].
+    pub const fn on_other(&mut self, len: usize, now: Nanos) {
+        self.packets += 1;
+        self.bytes += len as u64;
+        self.last_packet = now;
+    }
+
+    /// A copy of the current counters.
+    #[must_use]
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let base = self.resumed.as_ref().map(|r| r.snapshot()).unwrap_or_default();
+        StatsSnapshot { packets: self.packets, bytes: self.bytes, last_packet: self.last_packet, ..base }
     }
 }
 
@@ -788,6 +844,37 @@ mod tests {
             let snap = s.snapshot();
             prop_assert_eq!(snap.lost, i64::try_from(gaps).unwrap_or(i64::MAX));
             prop_assert_eq!(snap.max_seq_ext & 0xffff, u32::from(seq));
+        }
+
+        #[test]
+        fn other_stats_report_what_rtp_stats_fed_other_traffic_would(
+            from in prop::option::of((any::<u32>(), any::<u32>(), any::<u32>(), any::<i32>(), any::<u32>())),
+            pkts in prop::collection::vec((any::<u16>(), any::<u32>()), 0..50),
+        ) {
+            let from = from.map(|(packets, bytes, expected, lost, duplicates)| StatsSnapshot {
+                packets: packets.into(),
+                bytes: bytes.into(),
+                rtp_packets: packets.into(),
+                expected: expected.into(),
+                lost: lost.into(),
+                duplicates: duplicates.into(),
+                reordered: 7,
+                jitter: 9,
+                jitter_us: 1125,
+                last_packet: 5,
+                ssrc: 3,
+                max_seq_ext: 70_000,
+            });
+            let (mut rtp, mut other) = match &from {
+                Some(s) => (RtpStats::resume(s), OtherStats::resume(s)),
+                None => (RtpStats::new(), OtherStats::new()),
+            };
+            prop_assert_eq!(rtp.snapshot(), other.snapshot());
+            for (len, now) in pkts {
+                rtp.on_other(usize::from(len), u64::from(now));
+                other.on_other(usize::from(len), u64::from(now));
+                prop_assert_eq!(rtp.snapshot(), other.snapshot());
+            }
         }
     }
 }

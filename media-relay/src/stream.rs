@@ -8,7 +8,7 @@
 //! reads it. The worker reports back (socket closed, peer latched) with an
 //! [`Event`] on a second ring.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -41,21 +41,77 @@ pub const fn is_rtcp_channel(c: usize) -> bool {
 const _: () = assert!(peer_channel(A_RTP) == B_RTP && peer_channel(A_RTCP) == B_RTCP);
 const _: () = assert!(!is_rtcp_channel(A_RTP) && !is_rtcp_channel(B_RTP));
 
+/// A UDP endpoint, IPv4 or IPv6, in 24 bytes (`Option<Endpoint>` too: the
+/// family is the niche), for the addresses a session keeps per channel. A
+/// [`SocketAddr`] is 32. An IPv6 address's scope id is kept (a link-local
+/// peer is answered on its interface); its flow label is not (the kernel
+/// reports 0 for received datagrams, and it is 0 on the way back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The address; IPv4 in the first 4 bytes, the rest 0.
+    ip: [u8; 16],
+    /// IPv6 scope id (a link-local peer's interface); 0 for IPv4.
+    scope: u32,
+    port: u16,
+    family: Family,
+}
+
+/// The address family of an [`Endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl From<SocketAddr> for Endpoint {
+    #[inline]
+    fn from(a: SocketAddr) -> Self {
+        match a {
+            SocketAddr::V4(v4) => {
+                let mut ip = [0; 16];
+                ip[..4].copy_from_slice(&v4.ip().octets());
+                Self { ip, scope: 0, port: v4.port(), family: Family::V4 }
+            }
+            SocketAddr::V6(v6) => {
+                Self { ip: v6.ip().octets(), scope: v6.scope_id(), port: v6.port(), family: Family::V6 }
+            }
+        }
+    }
+}
+
+impl From<Endpoint> for SocketAddr {
+    #[inline]
+    fn from(e: Endpoint) -> Self {
+        match e.family {
+            Family::V4 => {
+                let [a, b, c, d, ..] = e.ip;
+                Self::V4(SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), e.port))
+            }
+            Family::V6 => Self::V6(SocketAddrV6::new(Ipv6Addr::from(e.ip), e.port, 0, e.scope)),
+        }
+    }
+}
+
 /// Payload type → clock rate, small and `Copy` so the worker looks it up
-/// without allocation.
+/// without allocation. Payload types and rates are kept in two arrays, so
+/// the table is 44 bytes, not the 68 of `(u8, u32)` pairs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClockTable {
-    entries: [(u8, u32); 8],
+    pts: [u8; 8],
+    rates: [u32; 8],
     len: u8,
 }
 
 impl ClockTable {
     /// Adds a mapping (ignored when full or already present).
     pub fn insert(&mut self, pt: u8, rate: u32) {
-        if self.get(pt).is_some() || usize::from(self.len) >= self.entries.len() {
+        let n = usize::from(self.len);
+        if self.get(pt).is_some() || n >= self.pts.len() {
             return;
         }
-        self.entries[usize::from(self.len)] = (pt, rate);
+        self.pts[n] = pt;
+        self.rates[n] = rate;
         self.len += 1;
     }
 
@@ -67,11 +123,13 @@ impl ClockTable {
 
     /// The (payload type, clock rate) entries.
     pub fn entries(&self) -> impl Iterator<Item = (u8, u32)> + '_ {
-        self.entries.iter().take(usize::from(self.len)).copied()
+        let n = usize::from(self.len);
+        self.pts.iter().copied().zip(self.rates.iter().copied()).take(n)
     }
 
     fn get(&self, pt: u8) -> Option<u32> {
-        self.entries.iter().take(usize::from(self.len)).find(|e| e.0 == pt).map(|e| e.1)
+        let n = usize::from(self.len);
+        self.pts.iter().take(n).position(|&p| p == pt).map(|i| self.rates[i])
     }
 }
 
@@ -161,9 +219,12 @@ pub struct ChannelSetup {
     pub latched: Option<SocketAddr>,
     /// Statistics to continue from (a session taken over from another node).
     pub resume: Option<StatsSnapshot>,
-    /// Published statistics.
-    pub shared: Arc<DirShared>,
 }
+
+/// The published statistics of a pair's four channels, by channel index:
+/// one allocation per pair. All four are written by the pair's one worker,
+/// so no two writers share a cache line.
+pub type PairShared = [DirShared; 4];
 
 /// A new stream pair: channels indexed by [`A_RTP`], [`A_RTCP`], [`B_RTP`], [`B_RTCP`].
 #[derive(Debug)]
@@ -172,6 +233,8 @@ pub struct PairSetup {
     pub slot: u32,
     /// The four channels.
     pub channels: [ChannelSetup; 4],
+    /// Their published statistics.
+    pub shared: Arc<PairShared>,
 }
 
 /// Control plane → worker.

@@ -2,9 +2,11 @@
 //! everything done to a packet that does not depend on how it moves.
 //!
 //! It owns, per channel (a leg's RTP or RTCP port): the expected peer from
-//! SDP, the latched source, the RFC 3550 statistics, the foreign-drop count
-//! and the [`DirShared`] block it publishes them to; per pair, the clock
-//! rates. It applies the control plane's [`Command`]s from the command ring,
+//! SDP and the latched source (as compact [`Endpoint`]s), the statistics
+//! (RFC 3550 [`RtpStats`] on an RTP port; [`OtherStats`] on an RTCP port,
+//! where nothing is parsed as RTP) and the foreign-drop count; per pair, the
+//! clock rates and the [`PairShared`] blocks it publishes the statistics
+//! to. It applies the control plane's [`Command`]s from the command ring,
 //! sends [`Event`]s back (holding `Removed` events while the ring is full),
 //! and decides each packet's fate: source check and latching, accounting,
 //! and the destination (the other leg's latched source, else its SDP
@@ -15,12 +17,12 @@
 //! overflow counter, the `AF_XDP` worker's next-hop cache and kernel-path
 //! socket) is the device's [`Device::Channel`], stored in the pair beside
 //! the table's own channels, so a pair is one slot of a chunked array: no
-//! box per pair, no allocation per channel but the [`DirShared`] the
+//! box per pair, no allocation per pair but the [`PairShared`] the
 //! control plane reads, and growing never moves a pair.
 //!
 //! Ownership: one table per worker, used only on that worker's thread. The
 //! control plane reaches it only through the rings; it reads the statistics
-//! only from [`DirShared`], which the table writes (relaxed stores) once per
+//! only from [`PairShared`], which the table writes (relaxed stores) once per
 //! batch for the channels that batch touched ([`Sessions::publish`]).
 
 use std::collections::VecDeque;
@@ -30,20 +32,18 @@ use std::sync::Arc;
 use super::device::{Device, To};
 use crate::counters::LocalCounters;
 use crate::rtp::{is_rtcp, RtpPacket};
-use crate::stats::RtpStats;
-use crate::stream::{is_rtcp_channel, peer_channel, ClockTable, Command, DirShared, Event, PairSetup};
+use crate::stats::{OtherStats, RtpStats};
+use crate::stream::{is_rtcp_channel, peer_channel, ClockTable, Command, Endpoint, Event, PairSetup, PairShared};
 use crate::Nanos;
 
 /// One receiving channel's session state.
 struct Channel {
     /// Where this leg said it receives (from SDP).
-    peer: Option<SocketAddr>,
+    peer: Option<Endpoint>,
     /// The source it latched onto.
-    latched: Option<SocketAddr>,
-    stats: RtpStats,
+    latched: Option<Endpoint>,
     /// Packets dropped for coming from another source.
     foreign: u64,
-    shared: Arc<DirShared>,
     /// Local port (when the table indexes ports; else 0).
     port: u16,
     /// In `Sessions::touched`: statistics to publish.
@@ -53,18 +53,24 @@ struct Channel {
 impl Channel {
     /// Where packets for this leg's endpoint go.
     fn destination(&self) -> Option<SocketAddr> {
-        self.latched.or(self.peer)
+        self.latched.or(self.peer).map(SocketAddr::from)
     }
 }
 
 /// A stream pair: channels by [`crate::stream::A_RTP`] ... [`crate::stream::B_RTCP`].
 struct Pair<X> {
     channels: [Channel; 4],
+    /// Statistics of the RTP channels ([`crate::stream::A_RTP`], [`crate::stream::B_RTP`]).
+    rtp: [RtpStats; 2],
+    /// Statistics of the RTCP channels, where everything is other traffic.
+    rtcp: [OtherStats; 2],
     /// The device's state of each channel.
     extra: [X; 4],
     /// Payload type clock rates (one table for the pair: both legs use the
     /// payload types of the same offer/answer).
     clock: ClockTable,
+    /// Each channel's published statistics, by channel index.
+    shared: Arc<PairShared>,
 }
 
 /// Pairs by slot, in chunks of [`Slots::CHUNK`] allocated once each:
@@ -111,14 +117,10 @@ pub enum SourceVerdict {
     Foreign,
 }
 
-/// Checks a packet's source against the leg's latched or expected address.
+/// Checks a packet's source against the leg's latched or expected address
+/// (any address type: the table passes [`Endpoint`]s).
 #[must_use]
-pub fn check_source(
-    nat: bool,
-    latched: Option<SocketAddr>,
-    expected: Option<SocketAddr>,
-    src: SocketAddr,
-) -> SourceVerdict {
+pub fn check_source<A: PartialEq>(nat: bool, latched: Option<A>, expected: Option<A>, src: A) -> SourceVerdict {
     match latched {
         Some(l) if l == src => SourceVerdict::Accept,
         Some(_) => SourceVerdict::Foreign,
@@ -211,7 +213,7 @@ impl<X> Sessions<X> {
                 if let Some(pair) = self.pairs.get_mut(slot as usize) {
                     pair.clock = clock;
                     if let Some(ch) = pair.channels.get_mut(usize::from(channel)) {
-                        ch.peer = peer;
+                        ch.peer = peer.map(Endpoint::from);
                         if relatch {
                             ch.latched = None;
                         }
@@ -229,6 +231,10 @@ impl<X> Sessions<X> {
             self.remove(setup.slot, dev);
         }
         let by_port = &mut self.by_port;
+        // A session taken over from an HA peer keeps its latch and counters.
+        let resume = |c: usize| setup.channels[c].resume;
+        let rtp = [resume(0), resume(2)].map(|r| r.as_ref().map_or_else(RtpStats::new, RtpStats::resume));
+        let rtcp = [resume(1), resume(3)].map(|r| r.as_ref().map_or_else(OtherStats::new, OtherStats::resume));
         let mut c = 0;
         let [a, b, c2, d] = setup.channels.map(|s| {
             let token = slot * 4 + c;
@@ -241,19 +247,22 @@ impl<X> Sessions<X> {
                 index[usize::from(port)] = u32::try_from(token + 1).unwrap_or(0);
             }
             let channel = Channel {
-                peer: s.peer,
-                // A session taken over from an HA peer keeps its latch and counters.
-                latched: s.latched,
-                stats: s.resume.as_ref().map_or_else(RtpStats::new, RtpStats::resume),
+                peer: s.peer.map(Endpoint::from),
+                latched: s.latched.map(Endpoint::from),
                 foreign: 0,
-                shared: s.shared,
                 port,
                 dirty: false,
             };
             (channel, dev.attach(token, s.socket, local))
         });
-        *self.pairs.entry(slot) =
-            Some(Pair { channels: [a.0, b.0, c2.0, d.0], extra: [a.1, b.1, c2.1, d.1], clock: ClockTable::default() });
+        *self.pairs.entry(slot) = Some(Pair {
+            channels: [a.0, b.0, c2.0, d.0],
+            rtp,
+            rtcp,
+            extra: [a.1, b.1, c2.1, d.1],
+            clock: ClockTable::default(),
+            shared: setup.shared,
+        });
         // So that marking channels touched never allocates on the packet path.
         let want = self.pairs.capacity() * 4;
         if self.touched.capacity() < want {
@@ -332,10 +341,11 @@ impl<X> Sessions<X> {
         let (slot, c) = (token / 4, token % 4);
         let Some(pair) = self.pairs.get_mut(slot) else { return Verdict::NoSession };
         let ch = &mut pair.channels[c];
-        match check_source(self.nat, ch.latched, ch.peer, src) {
+        let from = Endpoint::from(src);
+        match check_source(self.nat, ch.latched, ch.peer, from) {
             SourceVerdict::Accept => {}
             SourceVerdict::Latch => {
-                ch.latched = Some(src);
+                ch.latched = Some(from);
                 // Slots come from u32 commands; channels are 0..4.
                 let ev = Event::Latched { slot: slot as u32, channel: c as u8, addr: src };
                 if self.events.push(ev).is_err() {
@@ -349,7 +359,12 @@ impl<X> Sessions<X> {
                 return Verdict::Drop;
             }
         }
-        account_packet(&mut ch.stats, is_rtcp_channel(c), &pair.clock, payload, now);
+        if is_rtcp_channel(c) {
+            // An RTCP port: everything on it is other traffic.
+            pair.rtcp[c / 2].on_other(payload.len(), now);
+        } else {
+            account_packet(&mut pair.rtp[c / 2], false, &pair.clock, payload, now);
+        }
         touch(ch, &mut self.touched, token);
         let out = peer_channel(c);
         match pair.channels[out].destination() {
@@ -362,13 +377,15 @@ impl<X> Sessions<X> {
     }
 
     /// Publishes the statistics of every channel touched since the last
-    /// call to its [`DirShared`] (once per batch or round).
+    /// call to its [`crate::stream::DirShared`] (once per batch or round).
     pub fn publish(&mut self) {
         for &t in &self.touched {
             if let Some(pair) = self.pairs.get_mut(t as usize / 4) {
-                let ch = &mut pair.channels[t as usize % 4];
+                let c = t as usize % 4;
+                let ch = &mut pair.channels[c];
                 ch.dirty = false;
-                ch.shared.publish(&ch.stats.snapshot(), ch.foreign);
+                let snap = if c & 1 == 0 { pair.rtp[c / 2].snapshot() } else { pair.rtcp[c / 2].snapshot() };
+                pair.shared[c].publish(&snap, ch.foreign);
             }
         }
         self.touched.clear();

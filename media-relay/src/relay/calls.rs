@@ -4,7 +4,7 @@
 //! Ownership: calls live in the relay's state, behind its mutex; only
 //! control paths (ng, in-process callers, housekeeping) read or write them.
 //! A pair's latched sources are copied here from the workers' events; its
-//! statistics ([`DirShared`]) are written by its worker and only read here.
+//! statistics ([`PairShared`]) are written by its worker and only read here.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use super::workers::{PairAt, PairStart, Placed};
 use super::{to_nanos, unix_now, Relay, State};
 use crate::control::{CallReport, LegReport, MediaReport, RelayError, SdpRequest, StreamReport};
 use crate::sdp::{self, Sdp};
-use crate::stream::{ClockTable, DirShared};
+use crate::stream::{ClockTable, Endpoint, PairShared};
 use crate::sys::monotonic_ns;
 use crate::Nanos;
 
@@ -65,6 +65,16 @@ pub(super) fn join_codecs(names: &[String]) -> Codecs {
     names.iter().fold(String::new(), |acc, n| acc + n + " ").into_boxed_str()
 }
 
+/// `addrs` as compact [`Endpoint`]s.
+pub(super) fn endpoints<const N: usize>(addrs: [Option<SocketAddr>; N]) -> [Option<Endpoint>; N] {
+    addrs.map(|a| a.map(Endpoint::from))
+}
+
+/// `endpoints` as socket addresses.
+pub(super) fn socket_addrs<const N: usize>(endpoints: [Option<Endpoint>; N]) -> [Option<SocketAddr>; N] {
+    endpoints.map(|e| e.map(SocketAddr::from))
+}
+
 /// One `m=` section of a call: both legs, RTP and RTCP.
 pub(super) struct MediaPair {
     /// The worker and slot running it.
@@ -75,13 +85,13 @@ pub(super) struct MediaPair {
     /// RTP port of each leg's channel pair (RTCP is +1).
     pub ports: [u16; 2],
     /// SDP RTP/RTCP addresses of each leg.
-    pub sdp_rtp: [Option<SocketAddr>; 2],
-    pub sdp_rtcp: [Option<SocketAddr>; 2],
+    pub sdp_rtp: [Option<Endpoint>; 2],
+    pub sdp_rtcp: [Option<Endpoint>; 2],
     pub mux: [bool; 2],
     /// Latched source of each channel, as last reported by the worker.
-    pub latched: [Option<SocketAddr>; 4],
+    pub latched: [Option<Endpoint>; 4],
     /// Each channel's statistics, written by the worker.
-    pub shared: [Arc<DirShared>; 4],
+    pub shared: Arc<PairShared>,
     pub clock: ClockTable,
 }
 
@@ -113,7 +123,8 @@ pub(super) struct Call {
     pub last_signal: u64,
     /// Last offer or answer, monotonic (for the media timeout).
     pub last_signal_mono: Nanos,
-    pub tags: [Option<String>; 2],
+    /// Each leg's tag (exact size: `Box<str>`, not `String`).
+    pub tags: [Option<Box<str>>; 2],
     /// Interface index of each leg.
     pub iface: [usize; 2],
     pub medias: Vec<MediaPair>,
@@ -224,9 +235,9 @@ impl Relay {
                 (Some(r), Some((port, a))) => Some(SocketAddr::new(a.unwrap_or(r.ip()), port)),
                 (Some(r), None) => Some(SocketAddr::new(r.ip(), r.port().wrapping_add(1))),
             };
-            let moved = pair.sdp_rtp[side] != rtp;
-            pair.sdp_rtp[side] = rtp;
-            pair.sdp_rtcp[side] = rtcp;
+            let moved = pair.sdp_rtp[side] != rtp.map(Endpoint::from);
+            pair.sdp_rtp[side] = rtp.map(Endpoint::from);
+            pair.sdp_rtcp[side] = rtcp.map(Endpoint::from);
             pair.mux[side] = m.rtcp_mux;
             codecs.clear();
             m.write_codec_names(&mut codecs);
@@ -253,7 +264,7 @@ impl Relay {
             // The other leg's channels learn the new clock table too.
             for ch in [other * 2, other * 2 + 1] {
                 let peer = if ch % 2 == 0 { pair.sdp_rtp[other] } else { pair.sdp_rtcp[other] };
-                workers.set_peer(pair.at, ch, peer, false, pair.clock)?;
+                workers.set_peer(pair.at, ch, peer.map(SocketAddr::from), false, pair.clock)?;
             }
             if m.port == 0 {
                 rtp_ports.push(None);
@@ -266,7 +277,7 @@ impl Relay {
             }
         }
         if !answer {
-            call.tags[side] = Some(req.from_tag.to_owned());
+            call.tags[side] = Some(req.from_tag.into());
         }
         let iface = &self.cfg.interfaces[call.iface[other]];
         let rw = sdp::Rewrite {
@@ -333,14 +344,14 @@ impl Call {
         }
         if answer {
             // A new to-tag: the callee (or, after forking, the winning branch).
-            self.tags[1] = Some(tag.to_owned());
+            self.tags[1] = Some(tag.into());
             return 1;
         }
         if self.tags[0].is_none() {
             return 0;
         }
         if self.tags[0].as_deref() == Some(other_tag) {
-            self.tags[1] = Some(tag.to_owned());
+            self.tags[1] = Some(tag.into());
             return 1;
         }
         // A re-offer with a from-tag we have never seen: it replaces leg A.
@@ -351,7 +362,7 @@ impl Call {
     pub fn report(&self) -> CallReport {
         let legs = (0..2)
             .map(|leg| LegReport {
-                tag: self.tags[leg].clone().unwrap_or_default(),
+                tag: self.tags[leg].as_deref().unwrap_or_default().to_owned(),
                 medias: self
                     .medias
                     .iter()
@@ -366,8 +377,8 @@ impl Call {
                             let sdp = if k == 0 { m.sdp_rtp[leg] } else { m.sdp_rtcp[leg] };
                             StreamReport {
                                 local_port: m.ports[leg] + k as u16,
-                                endpoint: m.latched[ch].or(sdp),
-                                advertised: sdp,
+                                endpoint: m.latched[ch].or(sdp).map(SocketAddr::from),
+                                advertised: sdp.map(SocketAddr::from),
                                 latched: m.latched[ch].is_some(),
                                 stats: m.shared[ch].read(),
                             }
@@ -378,4 +389,11 @@ impl Call {
             .collect();
         CallReport { call_id: self.id.to_string(), created: self.created, last_signal: self.last_signal, legs }
     }
+}
+
+#[cfg(test)]
+#[test]
+fn media_pair_is_compact() {
+    // Addresses as 24-byte endpoints, statistics in one allocation per pair.
+    assert!(std::mem::size_of::<MediaPair>() <= 352, "{}", std::mem::size_of::<MediaPair>());
 }

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::calls::{codec_names, join_codecs, label, Call, MediaPair};
+use super::calls::{codec_names, endpoints, join_codecs, label, socket_addrs, Call, MediaPair};
 use super::workers::PairStart;
 use super::{sockets, unix_now, Relay, State};
 use crate::control::RelayError;
@@ -73,7 +73,7 @@ impl Relay {
             created: rec.created,
             last_signal: unix_now(),
             last_signal_mono: monotonic_ns(),
-            tags: rec.tags.clone(),
+            tags: rec.tags.clone().map(|t| t.map(String::into_boxed_str)),
             iface: rec.iface.map(|i| if i < n_if { i } else { 0 }),
             medias: Vec::with_capacity(rec.medias.len()),
             delete_at: None,
@@ -137,10 +137,10 @@ impl Relay {
             protocol: label(&m.protocol),
             codecs: [join_codecs(&m.codecs[0]), join_codecs(&m.codecs[1])],
             ports: placed.ports,
-            sdp_rtp: m.sdp_rtp,
-            sdp_rtcp: m.sdp_rtcp,
+            sdp_rtp: endpoints(m.sdp_rtp),
+            sdp_rtcp: endpoints(m.sdp_rtcp),
             mux: m.mux,
-            latched: m.latched,
+            latched: endpoints(m.latched),
             shared: placed.shared,
             clock,
         })
@@ -153,7 +153,7 @@ impl Call {
         SessionRecord {
             call_id: self.id.to_string(),
             created: self.created,
-            tags: self.tags.clone(),
+            tags: self.tags.clone().map(|t| t.map(String::from)),
             iface: self.iface,
             medias: self
                 .medias
@@ -163,10 +163,10 @@ impl Call {
                     protocol: m.protocol.to_string(),
                     codecs: [codec_names(&m.codecs[0]), codec_names(&m.codecs[1])],
                     ports: m.ports,
-                    sdp_rtp: m.sdp_rtp,
-                    sdp_rtcp: m.sdp_rtcp,
+                    sdp_rtp: socket_addrs(m.sdp_rtp),
+                    sdp_rtcp: socket_addrs(m.sdp_rtcp),
                     mux: m.mux,
-                    latched: m.latched,
+                    latched: socket_addrs(m.latched),
                     clock: m.clock.entries().collect(),
                     streams: std::array::from_fn(|c| StatsSnapshot { last_packet: 0, ..m.shared[c].read().stats }),
                 })

@@ -199,7 +199,7 @@ impl State {
                 return;
             }
             if let Some(l) = m.latched.get_mut(usize::from(channel)) {
-                *l = Some(addr);
+                *l = Some(addr.into());
             }
             if let Some(c) = changed.as_mut() {
                 c.insert(Arc::clone(id));

@@ -24,7 +24,7 @@ use crate::datapath::backend::{self as worker, WorkerContext};
 use crate::datapath::Datapath;
 use crate::ports::PortAllocator;
 use crate::stats::StatsSnapshot;
-use crate::stream::{ChannelSetup, ClockTable, Command, DirShared, Event, PairSetup};
+use crate::stream::{ChannelSetup, ClockTable, Command, Event, PairSetup, PairShared};
 
 const COMMAND_RING: usize = 8192;
 const EVENT_RING: usize = 65536;
@@ -59,7 +59,7 @@ pub(super) struct Placed {
     /// RTP port of each leg.
     pub ports: [u16; 2],
     /// Published statistics of each channel.
-    pub shared: [Arc<DirShared>; 4],
+    pub shared: Arc<PairShared>,
 }
 
 /// A pair's sockets: per leg, its RTP port and the RTP and RTCP sockets.
@@ -198,16 +198,16 @@ impl Workers {
             w.next_slot += 1;
             w.next_slot - 1
         });
-        let shared: [Arc<DirShared>; 4] = std::array::from_fn(|_| Arc::new(DirShared::default()));
+        let shared = Arc::new(PairShared::default());
         let [(_, [a_rtp, a_rtcp]), (_, [b_rtp, b_rtcp])] = socks;
         let mk = |socket: UdpSocket, c: usize| ChannelSetup {
             socket,
             peer: start.peers[c],
             latched: start.latched[c],
             resume: start.resume[c],
-            shared: Arc::clone(&shared[c]),
         };
-        let setup = PairSetup { slot, channels: [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)] };
+        let channels = [mk(a_rtp, 0), mk(a_rtcp, 1), mk(b_rtp, 2), mk(b_rtcp, 3)];
+        let setup = PairSetup { slot, channels, shared: Arc::clone(&shared) };
         if w.commands.push(Command::Add(Box::new(setup))).is_err() {
             // The sockets were dropped with the command; the ports are free.
             for l in &steered {

@@ -105,7 +105,7 @@ struct Rig<D: Device> {
     commands: rtrb::Producer<Command>,
     events: rtrb::Consumer<Event>,
     local: LocalCounters,
-    shared: Vec<Arc<DirShared>>,
+    shared: Vec<Arc<PairShared>>,
     ports: Vec<u16>,
 }
 
@@ -129,11 +129,11 @@ impl<D: Device> Rig<D> {
         let channels = peers.map(|peer| {
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
             self.ports.push(socket.local_addr().unwrap().port());
-            let shared = Arc::new(DirShared::default());
-            self.shared.push(Arc::clone(&shared));
-            ChannelSetup { socket, peer, latched: None, resume: None, shared }
+            ChannelSetup { socket, peer, latched: None, resume: None }
         });
-        self.command(Command::Add(Box::new(PairSetup { slot, channels })));
+        let shared = Arc::new(PairShared::default());
+        self.shared.push(Arc::clone(&shared));
+        self.command(Command::Add(Box::new(PairSetup { slot, channels, shared })));
     }
 
     fn command(&mut self, cmd: Command) {
@@ -154,7 +154,7 @@ impl<D: Device> Rig<D> {
 
     /// Published statistics of channel index `i` (in order of `add`s).
     fn snap(&self, i: usize) -> crate::stream::DirSnapshot {
-        self.shared[i].read()
+        self.shared[i / 4][i % 4].read()
     }
 }
 
@@ -505,4 +505,32 @@ fn the_pcap_wrapper_records_what_comes_in_and_goes_out() {
     let second = 24 + 16 + 28 + 172;
     assert_eq!(&pcap[second + 16 + 16..second + 16 + 20], &[10, 0, 0, 2]);
     assert_eq!(&pcap[second + 16 + 22..second + 16 + 24], &5000u16.to_be_bytes());
+}
+
+/// The per-call state of a worker stays compact (issue 17: memory per
+/// call); a field added to a channel shows up here.
+#[test]
+fn per_channel_state_is_compact() {
+    use std::mem::size_of;
+    assert_eq!(size_of::<Option<Endpoint>>(), 24);
+    assert!(size_of::<Channel>() <= 64, "{}", size_of::<Channel>());
+    assert!(size_of::<OtherStats>() <= 32, "{}", size_of::<OtherStats>());
+    // Four channels, two full and two RTCP statistics, a clock table and a
+    // pointer, besides the device's state.
+    let pair = size_of::<Pair<()>>();
+    assert!(pair <= 4 * 64 + 2 * 136 + 2 * 32 + 44 + 8 + 4, "{pair}");
+    assert!(size_of::<ClockTable>() <= 44, "{}", size_of::<ClockTable>());
+}
+
+#[test]
+fn endpoints_round_trip() {
+    for s in ["192.0.2.9:5555", "[2001:db8::7]:40000", "0.0.0.0:0", "[::ffff:10.0.0.1]:9"] {
+        let e = Endpoint::from(a(s));
+        assert_eq!(SocketAddr::from(e), a(s));
+    }
+    assert_ne!(Endpoint::from(a("10.0.0.1:9")), Endpoint::from(a("[::ffff:10.0.0.1]:9")));
+    assert_ne!(Endpoint::from(a("10.0.0.1:9")), Endpoint::from(a("10.0.0.1:10")));
+    // A link-local peer keeps its interface.
+    let ll = SocketAddr::V6(std::net::SocketAddrV6::new("fe80::7".parse().unwrap(), 5004, 0, 3));
+    assert_eq!(SocketAddr::from(Endpoint::from(ll)), ll);
 }
