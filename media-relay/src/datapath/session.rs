@@ -142,8 +142,6 @@ pub enum Verdict {
     },
     /// Drop it (counted).
     Drop,
-    /// No pair in that slot.
-    NoSession,
 }
 
 /// One worker's session table over devices whose per-channel state is `X`.
@@ -312,13 +310,16 @@ impl<X> Sessions<X> {
                     }
                 },
             };
-            match self.ingress(token, rx.src, rx.payload, now, local) {
-                Verdict::Forward { out, dest } => match self.device_channel(out) {
-                    Some(x) => dev.transmit(i, out, x, dest, local),
-                    None => dev.discard(i),
-                },
+            // One lookup of the pair per packet: the decision and the
+            // outgoing channel's device state come from it.
+            let Some(pair) = self.pairs.get_mut(token / 4) else {
+                dev.no_session(i, local);
+                continue;
+            };
+            let mut t = Tables { nat: self.nat, events: &mut self.events, touched: &mut self.touched };
+            match ingress(pair, &mut t, token, rx.src, rx.payload, now, local) {
+                Verdict::Forward { out, dest } => dev.transmit(i, out, &mut pair.extra[out % 4], dest, local),
                 Verdict::Drop => dev.discard(i),
-                Verdict::NoSession => dev.no_session(i, local),
             }
         }
         // The statistics are out before the frames: whoever sees a relayed
@@ -326,54 +327,6 @@ impl<X> Sessions<X> {
         self.publish();
         dev.flush(local);
         n
-    }
-
-    /// Decides one packet received on channel `token` from `src`: checks
-    /// and latches the source, accounts it, and picks its destination.
-    pub fn ingress(
-        &mut self,
-        token: usize,
-        src: SocketAddr,
-        payload: &[u8],
-        now: Nanos,
-        local: &mut LocalCounters,
-    ) -> Verdict {
-        let (slot, c) = (token / 4, token % 4);
-        let Some(pair) = self.pairs.get_mut(slot) else { return Verdict::NoSession };
-        let ch = &mut pair.channels[c];
-        let from = Endpoint::from(src);
-        match check_source(self.nat, ch.latched, ch.peer, from) {
-            SourceVerdict::Accept => {}
-            SourceVerdict::Latch => {
-                ch.latched = Some(from);
-                // Slots come from u32 commands; channels are 0..4.
-                let ev = Event::Latched { slot: slot as u32, channel: c as u8, addr: src };
-                if self.events.push(ev).is_err() {
-                    local.events_lost += 1;
-                }
-            }
-            SourceVerdict::Foreign => {
-                ch.foreign += 1;
-                local.drop_foreign += 1;
-                touch(ch, &mut self.touched, token);
-                return Verdict::Drop;
-            }
-        }
-        if is_rtcp_channel(c) {
-            // An RTCP port: everything on it is other traffic.
-            pair.rtcp[c / 2].on_other(payload.len(), now);
-        } else {
-            account_packet(&mut pair.rtp[c / 2], false, &pair.clock, payload, now);
-        }
-        touch(ch, &mut self.touched, token);
-        let out = peer_channel(c);
-        match pair.channels[out].destination() {
-            Some(dest) => Verdict::Forward { out: slot * 4 + out, dest },
-            None => {
-                local.drop_no_destination += 1;
-                Verdict::Drop
-            }
-        }
     }
 
     /// Publishes the statistics of every channel touched since the last
@@ -384,11 +337,66 @@ impl<X> Sessions<X> {
                 let c = t as usize % 4;
                 let ch = &mut pair.channels[c];
                 ch.dirty = false;
-                let snap = if c & 1 == 0 { pair.rtp[c / 2].snapshot() } else { pair.rtcp[c / 2].snapshot() };
+                let snap = if is_rtcp_channel(c) { pair.rtcp[c / 2].snapshot() } else { pair.rtp[c / 2].snapshot() };
                 pair.shared[c].publish(&snap, ch.foreign);
             }
         }
         self.touched.clear();
+    }
+}
+
+/// What [`ingress`] needs of the table besides the packet's pair.
+struct Tables<'a> {
+    nat: bool,
+    events: &'a mut rtrb::Producer<Event>,
+    touched: &'a mut Vec<u32>,
+}
+
+/// Decides one packet received on channel `token` (of `pair`) from `src`:
+/// checks and latches the source, accounts it, and picks its destination.
+fn ingress<X>(
+    pair: &mut Pair<X>,
+    t: &mut Tables<'_>,
+    token: usize,
+    src: SocketAddr,
+    payload: &[u8],
+    now: Nanos,
+    local: &mut LocalCounters,
+) -> Verdict {
+    let (slot, c) = (token / 4, token % 4);
+    let ch = &mut pair.channels[c];
+    let from = Endpoint::from(src);
+    match check_source(t.nat, ch.latched, ch.peer, from) {
+        SourceVerdict::Accept => {}
+        SourceVerdict::Latch => {
+            ch.latched = Some(from);
+            // Slots come from u32 commands; channels are 0..4.
+            let ev = Event::Latched { slot: slot as u32, channel: c as u8, addr: src };
+            if t.events.push(ev).is_err() {
+                local.events_lost += 1;
+            }
+        }
+        SourceVerdict::Foreign => {
+            ch.foreign += 1;
+            local.drop_foreign += 1;
+            touch(ch, t.touched, token);
+            return Verdict::Drop;
+        }
+    }
+    if is_rtcp_channel(c) {
+        // An RTCP port: everything on it is other traffic.
+        pair.rtcp[c / 2].on_other(payload.len(), now);
+    } else {
+        account_packet(&mut pair.rtp[c / 2], false, &pair.clock, payload, now);
+    }
+    touch(ch, t.touched, token);
+    let out = peer_channel(c);
+    match pair.channels[out].destination() {
+        Some(dest) => Verdict::Forward { out: slot * 4 + out, dest },
+        None => {
+            local.drop_no_destination += 1;
+            Verdict::Drop
+        }
     }
 }
 
