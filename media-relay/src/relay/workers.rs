@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use crate::config::RelayConfig;
 use crate::control::RelayError;
 use crate::counters::PaddedCounters;
-use crate::datapath::backend::{self as worker, WorkerContext};
+use crate::datapath::backend::{make_poll, Sleep, WorkerContext};
 use crate::datapath::Datapath;
 use crate::ports::PortAllocator;
 use crate::stats::StatsSnapshot;
@@ -119,8 +119,7 @@ impl Workers {
         let mut counters = Vec::with_capacity(cfg.workers);
         let mut threads = Vec::with_capacity(cfg.workers + 1);
         for i in 0..cfg.workers {
-            let (poll, waker) =
-                worker::make_poll().map_err(|source| RelayError::Io { op: "creating worker poll", source })?;
+            let (poll, waker) = make_poll().map_err(|source| RelayError::Io { op: "creating worker poll", source })?;
             let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(COMMAND_RING);
             let (ev_tx, ev_rx) = rtrb::RingBuffer::new(EVENT_RING);
             let ctr = Arc::new(PaddedCounters::default());
@@ -319,7 +318,7 @@ impl Workers {
     /// commands up on its next loop without a wakeup syscall.
     pub fn wake(&mut self) {
         for w in &mut self.links {
-            if std::mem::take(&mut w.pending_wake) && worker::Sleep::needs_wake(&w.sleeping) {
+            if std::mem::take(&mut w.pending_wake) && Sleep::needs_wake(&w.sleeping) {
                 let _ = w.waker.wake();
             }
         }
