@@ -163,3 +163,126 @@ pub fn setup_call(ng: &mut NgClient, call_id: &str, a_port: u16, b_port: u16) ->
 pub fn delete_call(ng: &mut NgClient, call_id: &str) -> Result<(), String> {
     ng.cmd(&command("delete", call_id, "a", None, None)).map(|_| ())
 }
+
+/// Where one in-flight call of [`cycle_rate`] stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Offer,
+    Answer,
+    Delete,
+}
+
+/// One slot of [`cycle_rate`]'s window: a call going through offer,
+/// answer and delete, then the next call.
+struct Slot {
+    call: u64,
+    step: Step,
+    /// The datagram of the command in flight, resent after a timeout.
+    msg: Vec<u8>,
+    sent: Instant,
+}
+
+/// Offer+answer+delete cycles per second that `relay` sustains with
+/// `window` calls in flight for `secs` seconds.
+///
+/// Each slot of the window sends its next command as soon as the reply to
+/// the previous one arrives, so the relay always has commands queued and
+/// the rate is what it can process, not one round trip per batch. A
+/// command without a reply after 500 ms is resent with the same cookie
+/// (the relay answers a repeat from its reply cache).
+///
+/// # Errors
+/// A socket error, a failed offer or answer, or a command unanswered after
+/// six tries.
+pub fn cycle_rate(relay: SocketAddr, secs: f64, window: usize) -> Result<f64, String> {
+    let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+    let tag = crate::now_ns() % 1_000_000_007;
+    let body = sdp(4000);
+    let encode = |slot: usize, call: u64, step: Step| -> Vec<u8> {
+        let id = format!("cyc-{tag}-{call}");
+        let cmd = match step {
+            Step::Offer => command("offer", &id, "a", None, Some(&body)),
+            Step::Answer => command("answer", &id, "a", Some("b"), Some(&body)),
+            Step::Delete => command("delete", &id, "a", None, None),
+        };
+        // The cookie names the slot and the step, so a reply is matched
+        // without a lookup; a late reply to an earlier step is ignored.
+        let mut m = format!("{slot}.{call}.{} ", step as u8).into_bytes();
+        cmd.encode(&mut m);
+        m
+    };
+    let t0 = Instant::now();
+    let mut next_call = 0u64;
+    let mut slots: Vec<Slot> = (0..window.max(1))
+        .map(|i| {
+            next_call += 1;
+            Slot { call: next_call, step: Step::Offer, msg: encode(i, next_call, Step::Offer), sent: t0 }
+        })
+        .collect();
+    for s in &slots {
+        sock.send_to(&s.msg, relay).map_err(|e| e.to_string())?;
+    }
+    let mut done = 0u64;
+    let mut retries = 0u32;
+    let mut buf = vec![0u8; 65536];
+    let limit = Duration::from_secs_f64(secs);
+    while t0.elapsed() < limit {
+        let n = match sock.recv_from(&mut buf) {
+            Ok((n, _)) => n,
+            Err(_) => {
+                // Nothing for 100 ms: resend what has waited 500 ms.
+                for s in &mut slots {
+                    if s.sent.elapsed() > Duration::from_millis(500) {
+                        retries += 1;
+                        if retries > 6 * window as u32 {
+                            return Err(format!("ng replies missing from {relay}"));
+                        }
+                        sock.send_to(&s.msg, relay).map_err(|e| e.to_string())?;
+                        s.sent = Instant::now();
+                    }
+                }
+                continue;
+            }
+        };
+        let r = &buf[..n];
+        let Some(sp) = r.iter().position(|&b| b == b' ') else { continue };
+        let mut parts = std::str::from_utf8(&r[..sp]).unwrap_or("").split('.');
+        let (Some(i), Some(call), Some(step)) = (
+            parts.next().and_then(|x| x.parse::<usize>().ok()),
+            parts.next().and_then(|x| x.parse::<u64>().ok()),
+            parts.next().and_then(|x| x.parse::<u8>().ok()),
+        ) else {
+            continue;
+        };
+        let Some(s) = slots.get_mut(i) else { continue };
+        if s.call != call || s.step as u8 != step {
+            continue;
+        }
+        if s.step != Step::Delete && !r[sp..].windows(5).any(|w| w == b"3:sdp") {
+            return Err(format!("ng {:?} failed: {}", step, String::from_utf8_lossy(&r[sp + 1..])));
+        }
+        s.step = match s.step {
+            Step::Offer => Step::Answer,
+            Step::Answer => Step::Delete,
+            Step::Delete => {
+                done += 1;
+                next_call += 1;
+                s.call = next_call;
+                Step::Offer
+            }
+        };
+        s.msg = encode(i, s.call, s.step);
+        s.sent = Instant::now();
+        sock.send_to(&s.msg, relay).map_err(|e| e.to_string())?;
+    }
+    let rate = done as f64 / t0.elapsed().as_secs_f64();
+    // Calls still in flight are deleted (best effort), so the relay is
+    // left empty for what is measured next.
+    for (i, s) in slots.iter().enumerate() {
+        if s.step != Step::Offer {
+            let _ = sock.send_to(&encode(i, s.call, Step::Delete), relay);
+        }
+    }
+    Ok(rate)
+}

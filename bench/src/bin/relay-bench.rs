@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bench::gen::{run_step, sockets, Flow, StepResult};
 use bench::median;
-use bench::ng::{command, delete_call, sdp, setup_call, NgClient};
+use bench::ng::{command, cycle_rate, delete_call, sdp, setup_call, NgClient};
 use bench::procfs::rss_kib;
 use bench::spawn::{bin_beside, RelayProcess};
 use clap::Parser;
@@ -61,6 +61,15 @@ struct Args {
     /// Sessions for the memory measurement.
     #[arg(long, default_value_t = 4000)]
     mem_sessions: usize,
+    /// Only the ng cycle rate (no packets, no memory, no bare relay).
+    #[arg(long)]
+    ng_only: bool,
+    /// Seconds of each ng cycle measurement (default: 1 with --quick, else 3).
+    #[arg(long)]
+    ng_secs: Option<f64>,
+    /// Calls in flight for the windowed ng measurement.
+    #[arg(long, default_value_t = 64)]
+    ng_window: usize,
 }
 
 struct Relay {
@@ -162,6 +171,7 @@ struct Figures {
     p99_us: f64,
     lat_at_pps: f64,
     ng_cycles: f64,
+    ng_windowed: f64,
     mem_per_session_b: f64,
     overload_silenced: usize,
     overload_flows_with_loss: usize,
@@ -223,11 +233,16 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
     let mut fig = Figures { cpu_us_at_common: f64::NAN, ..Figures::default() };
     let (proc, flows) = if kind == Kind::Bare {
         // No ng, no sessions: only the packet figures.
-        (fig.ng_cycles, fig.mem_per_session_b) = (f64::NAN, f64::NAN);
+        (fig.ng_cycles, fig.ng_windowed, fig.mem_per_session_b) = (f64::NAN, f64::NAN, f64::NAN);
         start_bare(bin, &socks, a.flows)?
     } else {
         let relay = start(kind, bin, ng_port)?;
-        fig.ng_cycles = ng_cycles(relay.ng, if a.quick { 1.0 } else { 3.0 })?;
+        let secs = a.ng_secs.unwrap_or(if a.quick { 1.0 } else { 3.0 });
+        fig.ng_cycles = ng_cycles(relay.ng, secs)?;
+        fig.ng_windowed = cycle_rate(relay.ng, secs, a.ng_window)?;
+        if a.ng_only {
+            return Ok(fig);
+        }
         fig.mem_per_session_b = mem_per_session(&relay, if a.quick { a.mem_sessions / 4 } else { a.mem_sessions })?;
         let (flows, _ids) = flows_for(&relay, &socks, a.flows)?;
         (relay.proc, flows)
@@ -385,7 +400,7 @@ fn main() -> std::process::ExitCode {
             }
         };
         let r = have_rtpengine.then(|| measure_or_skip(Kind::Rtpengine, &a.rtpengine, &a, 22302)).flatten();
-        let b = have_bare.then(|| measure_or_skip(Kind::Bare, &bare, &a, 0)).flatten();
+        let b = (have_bare && !a.ng_only).then(|| measure_or_skip(Kind::Bare, &bare, &a, 0)).flatten();
         runs.push([Some(o), r, b]);
     }
     let (base50, base99) = baseline_latency(a.quick).unwrap_or((f64::NAN, f64::NAN));
@@ -406,7 +421,8 @@ fn main() -> std::process::ExitCode {
     row("latency p50 us (through relay)", &|f| f.p50_us);
     row("latency p99 us (through relay)", &|f| f.p99_us);
     row("  ...measured at pps", &|f| f.lat_at_pps);
-    row("ng offer+answer+delete cycles/s", &|f| f.ng_cycles);
+    row("ng offer+answer+delete cycles/s, 16 per batch", &|f| f.ng_cycles);
+    row(&format!("ng offer+answer+delete cycles/s, {} in flight", a.ng_window), &|f| f.ng_windowed);
     row("relay memory per session, bytes (RSS delta)", &|f| f.mem_per_session_b);
     row("overload 2x: loss %", &|f| f.overload_loss * 100.0);
     row("overload 2x: flows with loss", &|f| f.overload_flows_with_loss as f64);
