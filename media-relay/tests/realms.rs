@@ -23,7 +23,8 @@
 //! address, an IPv6 outside with an IPv4 inside. On the `AF_XDP` datapath
 //! (XDP on both veths): IPv4 both sides, and IPv4 to IPv6 (the worker
 //! replaces the IP header), every packet received by the workers and sent
-//! from their TX rings once the next hops are known.
+//! from their TX rings once the next hops are known, also with two queues
+//! per interface, where frames are handed between workers.
 //!
 //! Needs root and `ip` (and `ethtool` for `AF_XDP`); prints `SKIPPED: ...`
 //! otherwise, and fails instead under `CI=true`.
@@ -56,13 +57,15 @@ struct Lab {
 
 impl Lab {
     /// Builds the namespaces, or says why it cannot (and fails under CI).
-    /// `xdp`: the endpoints compute full UDP checksums (see below).
-    fn new_or_skip(test: &str, xdp: bool) -> Option<Lab> {
-        let tools: &[&str] = if xdp { &["ip", "ethtool"] } else { &["ip"] };
+    /// `xdp_queues`: for the `AF_XDP` datapath, each veth end gets that
+    /// many queues (the sender spreads flows over them by hash, as RSS
+    /// does), and the endpoints compute full UDP checksums (see below).
+    fn new_or_skip(test: &str, xdp_queues: Option<u32>) -> Option<Lab> {
+        let tools: &[&str] = if xdp_queues.is_some() { &["ip", "ethtool"] } else { &["ip"] };
         if !testkit::env::require_root_and(test, tools) {
             return None;
         }
-        match Lab::build(xdp) {
+        match Lab::build(xdp_queues) {
             Ok(lab) => Some(lab),
             Err(e) => {
                 skip(&format!("{test}: cannot build the namespace lab: {e}"));
@@ -71,11 +74,11 @@ impl Lab {
         }
     }
 
-    fn build(xdp: bool) -> Result<Lab, String> {
+    fn build(xdp_queues: Option<u32>) -> Result<Lab, String> {
         let lab = Lab { inside: Netns::new("rlmi")?, relay: Netns::new("rlmr")?, outside: Netns::new("rlmo")? };
         let (i, r, o) = (&lab.inside, &lab.relay, &lab.outside);
-        r.veth("ri", i, "ph", None)?;
-        r.veth("ro", o, "ca", None)?;
+        r.veth("ri", i, "ph", xdp_queues)?;
+        r.veth("ro", o, "ca", xdp_queues)?;
         for (ns, dev, addr) in [
             (r, "ri", format!("{RELAY_IN}/24")),
             (r, "ro", format!("{RELAY_OUT}/24")),
@@ -93,7 +96,7 @@ impl Lab {
         // relay's address on its own link.
         r.sysctl("net.ipv4.ip_forward=0")?;
         r.sysctl("net.ipv6.conf.all.forwarding=0")?;
-        if xdp {
+        if xdp_queues.is_some() {
             // A veth hands its peer frames whose UDP checksum holds only the
             // pseudo-header sum (checksum offload); a wire never carries
             // those. The endpoints compute full checksums, as a NIC would.
@@ -113,11 +116,12 @@ impl Lab {
     }
 
     /// Starts the relay in its namespace with `interfaces` (TOML list
-    /// items) on `datapath`, and waits for ng. The calling thread must be
-    /// in the relay's namespace (ng and metrics are on its loopback).
+    /// items) on `datapath`, and waits for ng. The calling thread enters
+    /// the relay's namespace (ng and metrics are on its loopback).
     fn start_relay(&self, dir: &TestDir, datapath: &str, interfaces: &[String]) -> (ChildGuard, NgClient) {
+        self.relay.enter();
         let list = interfaces.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
-        let xdp = if datapath == "socket" { "" } else { "xdp_interfaces = [\"ri\", \"ro\"]\nxdp_queues = 1\n" };
+        let xdp = if datapath == "socket" { "" } else { "xdp_interfaces = [\"ri\", \"ro\"]\nxdp_queues = 0\n" };
         let cfg = dir.write(
             "relay.toml",
             format!(
@@ -296,7 +300,7 @@ fn socket_datapath_relays_ipv4_between_inside_and_outside_in_both_directions() {
 }
 
 fn socket_ipv4() {
-    let Some(lab) = Lab::new_or_skip("socket_ipv4_realms", false) else { return };
+    let Some(lab) = Lab::new_or_skip("socket_ipv4_realms", None) else { return };
     let dir = TestDir::new("realms-v4");
     let phone = lab.bind(&lab.inside, &format!("{PHONE}:4000"));
     let carrier = lab.bind(&lab.outside, &format!("{CARRIER}:5000"));
@@ -345,7 +349,7 @@ fn socket_datapath_advertises_the_outside_address_only_toward_the_outside() {
 }
 
 fn socket_advertised() {
-    let Some(lab) = Lab::new_or_skip("socket_advertised_realm", false) else { return };
+    let Some(lab) = Lab::new_or_skip("socket_advertised_realm", None) else { return };
     let dir = TestDir::new("realms-adv");
     let phone = lab.bind(&lab.inside, &format!("{PHONE}:4000"));
     let carrier = lab.bind(&lab.outside, &format!("{CARRIER}:5000"));
@@ -380,7 +384,7 @@ fn socket_datapath_relays_between_an_ipv4_inside_and_an_ipv6_outside() {
 }
 
 fn socket_ipv6_outside() {
-    let Some(lab) = Lab::new_or_skip("socket_ipv6_outside_realm", false) else { return };
+    let Some(lab) = Lab::new_or_skip("socket_ipv6_outside_realm", None) else { return };
     let dir = TestDir::new("realms-v6");
     let phone = lab.bind(&lab.inside, &format!("{PHONE}:4000"));
     let carrier = lab.bind(&lab.outside, &format!("[{CARRIER6}]:5000"));
@@ -415,7 +419,7 @@ fn xdp_datapath_relays_between_inside_and_outside_and_across_families() {
 }
 
 fn xdp_realms() {
-    let Some(lab) = Lab::new_or_skip("xdp_realms", true) else { return };
+    let Some(lab) = Lab::new_or_skip("xdp_realms", Some(1)) else { return };
     let dir = TestDir::new("realms-xdp");
     let phone = lab.bind(&lab.inside, &format!("{PHONE}:4000"));
     let carrier = lab.bind(&lab.outside, &format!("{CARRIER}:5000"));
@@ -470,5 +474,54 @@ fn xdp_realms() {
     let q = query(&ng, "xdp-v6");
     assert_eq!(leg(&q, "from-tag"), (40, PHONE.to_owned()), "{q:?}");
     assert_eq!(leg(&q, "to-tag"), (40, CARRIER6.to_owned()), "{q:?}");
+    relay.assert_running();
+}
+
+#[test]
+fn xdp_datapath_relays_across_families_when_rss_spreads_flows_over_queues() {
+    run(xdp_realms_two_queues);
+}
+
+/// Two rx queues per interface, one worker each: a call's frames that
+/// arrive on the other worker's queue are handed to its owner, which must
+/// still be able to turn them from IPv4 into IPv6 and back on its TX ring.
+fn xdp_realms_two_queues() {
+    const CALLS: u16 = 8;
+    let Some(lab) = Lab::new_or_skip("xdp_realms_two_queues", Some(2)) else { return };
+    let dir = TestDir::new("realms-xdp-mq");
+    let (mut relay, ng) = lab.start_relay(&dir, "xdp", &interfaces(RELAY_OUT6));
+    assert_eq!(metric("media_relay_xdp_queues{mode=\"copy\"}"), 2.0, "{}", relay.log_tail(30));
+    let mut calls = Vec::new();
+    for i in 0..CALLS {
+        let phone = lab.bind(&lab.inside, &format!("{PHONE}:{}", 4100 + i));
+        let carrier = lab.bind(&lab.outside, &format!("[{CARRIER6}]:{}", 5100 + i));
+        let id = format!("mq-{i}");
+        let (to_carrier, to_phone) = call(&ng, &id, &phone, &carrier, ["inside", "outside"]);
+        let (relay_in, relay_out) = (sa(RELAY_IN, to_phone.port()), sa(RELAY_OUT6, to_carrier.port()));
+        calls.push((phone, carrier, relay_in, relay_out));
+    }
+    // Neighbours first (the first packets may take the kernel path).
+    let (phone, carrier, relay_in, relay_out) = &calls[0];
+    relays(phone, *relay_in, carrier, *relay_out, 1, 4, 0x9000);
+    relays(carrier, *relay_out, phone, *relay_in, 1, 4, 0x9001);
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel = metric("media_relay_xdp_kernel_path_total");
+    for (k, (phone, carrier, relay_in, relay_out)) in calls.iter().enumerate() {
+        let ssrc = 0x9100 + 2 * k as u32;
+        relays(phone, *relay_in, carrier, *relay_out, 11, 20, ssrc);
+        relays(carrier, *relay_out, phone, *relay_in, 11, 20, ssrc + 1);
+    }
+    for w in ["0", "1"] {
+        let got = metric(&format!("media_relay_packets_received_total{{worker=\"{w}\"}}"));
+        assert!(got > 0.0, "queue {w} received nothing: the lab did not spread flows\n{}", counters());
+    }
+    assert!(metric("media_relay_xdp_queue_handoff_total") >= 20.0, "{}", counters());
+    assert_eq!(
+        metric("media_relay_xdp_kernel_path_total"),
+        kernel,
+        "handed frames too left from a TX ring\n{}",
+        counters()
+    );
+    assert_eq!(metric("media_relay_drops_total"), 0.0, "{}", counters());
     relay.assert_running();
 }
