@@ -24,7 +24,9 @@
 //! (XDP on both veths): IPv4 both sides, and IPv4 to IPv6 (the worker
 //! replaces the IP header), every packet received by the workers and sent
 //! from their TX rings once the next hops are known, also with two queues
-//! per interface, where frames are handed between workers.
+//! per interface, where frames are handed between workers. A relay whose
+//! outside device is left out of `relay.xdp_interfaces` refuses the
+//! `AF_XDP` datapath (`auto` relays on sockets instead).
 //!
 //! Needs root and `ip` (and `ethtool` for `AF_XDP`); prints `SKIPPED: ...`
 //! otherwise, and fails instead under `CI=true`.
@@ -116,12 +118,34 @@ impl Lab {
     }
 
     /// Starts the relay in its namespace with `interfaces` (TOML list
-    /// items) on `datapath`, and waits for ng. The calling thread enters
-    /// the relay's namespace (ng and metrics are on its loopback).
+    /// items) on `datapath` (XDP on both veths), and waits for ng. The
+    /// calling thread enters the relay's namespace (ng and metrics are on
+    /// its loopback).
     fn start_relay(&self, dir: &TestDir, datapath: &str, interfaces: &[String]) -> (ChildGuard, NgClient) {
+        let mut relay = self.spawn_relay(dir, datapath, interfaces, &["ri", "ro"]);
+        let ng = NgClient::new(NG);
+        let up = testkit::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+            relay.try_wait().is_some() || ng.ping()
+        });
+        assert!(up && relay.try_wait().is_none(), "relay did not come up:\n{}", relay.log_tail(30));
+        let running = if datapath == "xdp" { "xdp" } else { "socket" };
+        let datapath_metric = format!("media_relay_datapath{{datapath=\"{running}\"}}");
+        assert_eq!(metric(&datapath_metric), 1.0, "{}", relay.log_tail(30));
+        (relay, ng)
+    }
+
+    /// Spawns the relay as [`Lab::start_relay`] does, with the XDP program
+    /// on `xdp_devices` (unless `datapath` is "socket").
+    fn spawn_relay(&self, dir: &TestDir, datapath: &str, interfaces: &[String], xdp_devices: &[&str]) -> ChildGuard {
         self.relay.enter();
-        let list = interfaces.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
-        let xdp = if datapath == "socket" { "" } else { "xdp_interfaces = [\"ri\", \"ro\"]\nxdp_queues = 0\n" };
+        let quoted =
+            |items: &mut dyn Iterator<Item = &str>| items.map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+        let list = quoted(&mut interfaces.iter().map(String::as_str));
+        let xdp = if datapath == "socket" {
+            String::new()
+        } else {
+            format!("xdp_interfaces = [{}]\nxdp_queues = 0\n", quoted(&mut xdp_devices.iter().copied()))
+        };
         let cfg = dir.write(
             "relay.toml",
             format!(
@@ -132,15 +156,7 @@ impl Lab {
         );
         let mut cmd = self.relay.command(env!("CARGO_BIN_EXE_media-relay"));
         cmd.arg("--config").arg(&cfg);
-        let mut relay = ChildGuard::spawn("media-relay", &mut cmd, dir.path());
-        let ng = NgClient::new(NG);
-        let up = testkit::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
-            relay.try_wait().is_some() || ng.ping()
-        });
-        assert!(up && relay.try_wait().is_none(), "relay did not come up:\n{}", relay.log_tail(30));
-        let datapath_metric = format!("media_relay_datapath{{datapath=\"{datapath}\"}}");
-        assert_eq!(metric(&datapath_metric), 1.0, "{}", relay.log_tail(30));
-        (relay, ng)
+        ChildGuard::spawn("media-relay", &mut cmd, dir.path())
     }
 }
 
@@ -523,5 +539,43 @@ fn xdp_realms_two_queues() {
         counters()
     );
     assert_eq!(metric("media_relay_drops_total"), 0.0, "{}", counters());
+    relay.assert_running();
+}
+
+#[test]
+fn xdp_datapath_refuses_a_realm_whose_device_has_no_xdp_and_auto_falls_back() {
+    run(xdp_device_missing);
+}
+
+/// The outside's device is left out of `relay.xdp_interfaces`: media from
+/// the carrier would reach only a UDP socket no `AF_XDP` worker reads. With
+/// `datapath = "xdp"` the relay exits naming the interface and the keys;
+/// with `auto` it says so and relays both ways on sockets.
+fn xdp_device_missing() {
+    let Some(lab) = Lab::new_or_skip("xdp_realm_device_missing", Some(1)) else { return };
+    let dir = TestDir::new("realms-xdp-missing");
+    let phone = lab.bind(&lab.inside, &format!("{PHONE}:4000"));
+    let carrier = lab.bind(&lab.outside, &format!("{CARRIER}:5000"));
+    let why = "relay.interfaces `outside` (10.77.2.1) is on the network of `ro`, which is not in relay.xdp_interfaces";
+
+    let mut strict = lab.spawn_relay(&dir, "xdp", &interfaces(RELAY_OUT), &["ri"]);
+    let status = strict.wait_timeout(Duration::from_secs(15)).expect("the relay kept running");
+    assert!(!status.success());
+    assert!(strict.log_tail(20).contains(why), "{}", strict.log_tail(20));
+    drop(strict);
+
+    let mut relay = lab.spawn_relay(&dir, "auto", &interfaces(RELAY_OUT), &["ri"]);
+    let ng = NgClient::new(NG);
+    let up = testkit::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        relay.try_wait().is_some() || ng.ping()
+    });
+    assert!(up && relay.try_wait().is_none(), "relay did not come up:\n{}", relay.log_tail(30));
+    assert_eq!(metric("media_relay_datapath{datapath=\"socket\"}"), 1.0, "{}", relay.log_tail(30));
+    let log = relay.log_tail(40);
+    assert!(log.contains("falling back to the socket datapath") && log.contains(why), "{log}");
+    let (to_carrier, to_phone) = call(&ng, "fallback", &phone, &carrier, ["inside", "outside"]);
+    let (relay_in, relay_out) = (sa(RELAY_IN, to_phone.port()), sa(RELAY_OUT, to_carrier.port()));
+    relays(&phone, relay_in, &carrier, relay_out, 1, 20, 0xa001);
+    relays(&carrier, relay_out, &phone, relay_in, 1, 20, 0xa002);
     relay.assert_running();
 }
