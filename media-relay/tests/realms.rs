@@ -356,6 +356,17 @@ fn socket_ipv4() {
     relays(&carrier2, relay_out, &phone2, relay_in, 1, 40, 0x2001);
     relays(&phone2, relay_in, &carrier2, relay_out, 1, 40, 0x2002);
     assert_eq!(metric("media_relay_drops_total"), 0.0, "{}", counters());
+
+    // A direction naming an interface the relay does not have: an error
+    // that names it, and no call.
+    let mut offer = sdp_command("offer", "nowhere-call", "from-tag", None, &sdp(phone.local_addr().unwrap()));
+    offer.insert("direction", Value::List(vec![Value::str("inside"), Value::str("nowhere")]));
+    let reply = ng.cmd(offer);
+    assert_eq!(reply.get("result").and_then(Value::as_str), Some("error"), "{reply:?}");
+    let reason = reply.get("error-reason").and_then(Value::as_str).unwrap_or_default();
+    assert!(reason.contains("`nowhere`"), "{reply:?}");
+    let q = query(&ng, "nowhere-call");
+    assert_eq!(q.get("result").and_then(Value::as_str), Some("error"), "{q:?}");
     relay.assert_running();
 }
 
