@@ -437,6 +437,24 @@ fn socket_ipv6_outside() {
     relays(&carrier2, relay_out, &phone2, relay_in, 1, 20, 0x6001);
     relays(&phone2, relay_in, &carrier2, relay_out, 1, 20, 0x6002);
     assert_eq!(metric("media_relay_drops_total"), 0.0, "{}", counters());
+
+    // An IPv4 address toward the IPv6 outside (a misrouted answer, or the
+    // interfaces named the wrong way round) could carry no media: an error
+    // naming the interface, in the offer as in the answer.
+    let mismatch = |reply: &Value, addr: &str, iface: &str| {
+        assert_eq!(reply.get("result").and_then(Value::as_str), Some("error"), "{reply:?}");
+        let reason = reply.get("error-reason").and_then(Value::as_str).unwrap_or_default();
+        assert!(reason.contains(addr) && reason.contains(&format!("`{iface}`")), "{reply:?}");
+    };
+    let mut offer = sdp_command("offer", "wrong-way", "from-tag", None, &sdp(phone.local_addr().unwrap()));
+    offer.insert("direction", Value::List(vec![Value::str("outside"), Value::str("inside")]));
+    mismatch(&ng.cmd(offer), PHONE, "outside");
+    assert_eq!(query(&ng, "wrong-way").get("result").and_then(Value::as_str), Some("error"), "no call");
+    let mut offer = sdp_command("offer", "v4-answer", "from-tag", None, &sdp(phone.local_addr().unwrap()));
+    offer.insert("direction", Value::List(vec![Value::str("inside"), Value::str("outside")]));
+    Told::of(&ng.cmd(offer));
+    let answer = sdp_command("answer", "v4-answer", "from-tag", Some("to-tag"), &sdp(sa(CARRIER, 5004)));
+    mismatch(&ng.cmd(answer), CARRIER, "outside");
     relay.assert_running();
 }
 
