@@ -653,6 +653,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn translation_drops_ipv4_options() {
+        let (s4, d4) = (a("10.1.0.2:4000"), a("10.1.0.1:30000"));
+        let (s6, d6) = (a("[fd77:2::1]:30002"), a("[fd77:2::2]:5000"));
+        let plain = frame(s4, d4, b"with options", false);
+        // Four bytes of options (NOPs) after the 20-byte header.
+        let mut f = plain[..ETH_LEN + IPV4_MIN].to_vec();
+        f.extend_from_slice(&[1, 1, 1, 1]);
+        f.extend_from_slice(&plain[ETH_LEN + IPV4_MIN..]);
+        f[ETH_LEN] = 0x46;
+        let total = u16::from_be_bytes([f[ETH_LEN + 2], f[ETH_LEN + 3]]) + 4;
+        f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
+        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
+        let hc = checksum(&f[ETH_LEN..ETH_LEN + 24]);
+        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&hc.to_be_bytes());
+        let p = parse(&f).unwrap();
+        assert_eq!(p.l4, ETH_LEN + 24);
+        let mut buf = with_room(TRANSLATE_GROWTH, &f);
+        let r = translate(&mut buf, TRANSLATE_GROWTH, &p, &L2X, s6, d6, Checksum::Incremental).unwrap();
+        assert_eq!(r.start, TRANSLATE_GROWTH + 24 - IPV6_LEN);
+        expect_same_as_fresh(&buf[r], s6, d6, b"with options");
+    }
+
+    #[test]
     fn translation_without_room_or_to_the_same_family_leaves_the_frame() {
         let f = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), b"x", false);
         let p = parse(&f).unwrap();
