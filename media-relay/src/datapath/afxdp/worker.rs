@@ -3,6 +3,8 @@
 //! batches, checks and latches the source and accounts the packet exactly
 //! as the socket worker does, rewrites the headers in place and queues the
 //! same frame on the egress interface's TX ring: no copy in userspace.
+//! Between an IPv4 and an IPv6 leg the IP header is replaced and the frame
+//! moves within its UMEM frame (into the headroom in front of it).
 //!
 //! Hot path: no allocation, no lock, no syscall per packet. The clock is
 //! read once per batch; TX wakeups are per batch. The one exception is the
