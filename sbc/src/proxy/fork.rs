@@ -342,6 +342,7 @@ impl Core {
                 resp.push_header_front(h.clone());
             }
             let me_in = self.me.get(f.from.realm).unwrap_or(&self.me[0]);
+            forward::own_record_routes(&mut resp, me_in, f.from.proto);
             let hidden = forward::hide_contact(&mut resp, me_in, f.from.proto);
             let from_tag = f.request.from_tag().unwrap_or_default();
             if let (Some(uri), Some(d)) = (hidden, resp.call_id().and_then(|c| self.dialogs.get_mut(c))) {

@@ -101,7 +101,10 @@ pub fn branch_request(
     let mf = m.max_forwards().map_or(70, |v| v.saturating_sub(1));
     m.set_header("max-forwards", &mf.to_string());
     if record_route {
-        if x.in_proto == x.out_proto && !x.hide {
+        // Across realms, each realm sees only our entry for it: the
+        // responses going back get the other realm's in its place
+        // (`own_record_routes`).
+        if (x.in_proto == x.out_proto) || x.hide {
             m.insert_before_first("record-route", Header::new("Record-Route", &x.me_out.record_route(x.out_proto)));
         } else {
             m.insert_before_first("record-route", Header::new("Record-Route", &x.me_in.record_route(x.in_proto)));
@@ -119,6 +122,24 @@ pub fn branch_request(
     }
     m.insert_before_first("via", Header::new("Via", &via));
     m
+}
+
+/// Makes every Record-Route entry that names us (in any realm) name us
+/// as `me` over `proto`: a response going back into another realm than
+/// the one its request went to shows that realm only our address there.
+pub fn own_record_routes(m: &mut Message, me: &Me, proto: Proto) {
+    let rrs = m.record_routes();
+    if !rrs.iter().any(|r| me.is(&r.uri.host, r.uri.port)) {
+        return;
+    }
+    let values: Vec<String> = rrs
+        .iter()
+        .map(|r| if me.is(&r.uri.host, r.uri.port) { me.record_route(proto) } else { r.to_string() })
+        .collect();
+    m.remove_all("record-route");
+    for v in values.iter().rev() {
+        m.push_header_front(Header::new("Record-Route", v));
+    }
 }
 
 /// Replaces the (first) Contact's URI with ours in `me`'s realm, keeping

@@ -109,6 +109,7 @@ impl Core {
         let Some(next) = msg.top_via() else { return };
         if up_realm != realm {
             let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
+            forward::own_record_routes(&mut msg, self.me(up_realm), proto);
             let _ = forward::hide_contact(&mut msg, self.me(up_realm), proto);
         }
         if let (Some(from), Some(to)) = (msg.from_tag(), msg.to_tag()) {
