@@ -49,11 +49,29 @@ pub enum TrunkTransport {
     Tcp,
 }
 
+/// One network the sbc borders (a private network, a carrier's network):
+/// its SIP socket, the address written in Via, Record-Route and Contact
+/// there, and the relay interface that anchors media there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Realm {
+    /// Name used by trunks, logs and metrics.
+    pub name: String,
+    /// SIP listen address (UDP, and TCP when `sip.tcp`).
+    pub listen: SocketAddr,
+    /// Address written in Via, Record-Route and Contact in this realm.
+    pub advertise: IpAddr,
+    /// The `[relay]` interface name of this realm's media (`None`: the
+    /// relay's first interface, the one-realm shorthand).
+    pub media: Option<String>,
+}
+
 /// A next hop calls can be routed to.
 #[derive(Debug, Clone)]
 pub struct Trunk {
     /// Name used by routes, logs and metrics.
     pub name: String,
+    /// Index of the realm it is reached in.
+    pub realm: usize,
     /// Where to send.
     pub address: SocketAddr,
     /// Over what.
@@ -108,11 +126,14 @@ pub struct AlternatePath {
 /// Validated sbc configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// SIP listen address (UDP and TCP).
+    /// The realms, at least one. `sip.listen` alone is one realm named
+    /// `default`.
+    pub realms: Vec<Realm>,
+    /// The first realm's SIP listen address.
     pub listen: SocketAddr,
-    /// Whether TCP is served too.
+    /// Whether TCP is served too (in every realm).
     pub tcp: bool,
-    /// Address written in Via and Record-Route.
+    /// The first realm's address written in Via and Record-Route.
     pub advertise: IpAddr,
     /// Domains (Request-URI hosts) that are ours.
     pub domains: Vec<String>,
@@ -166,6 +187,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct File {
     sip: RawSip,
+    #[serde(default)]
+    realm: Vec<RawRealm>,
     #[serde(default)]
     registrar: RawRegistrar,
     #[serde(default)]
@@ -346,7 +369,19 @@ fn failover_codes() -> Vec<u16> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRealm {
+    name: String,
+    listen: String,
+    #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default)]
+    media: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawSip {
+    #[serde(default)]
     listen: String,
     #[serde(default = "yes")]
     tcp: bool,
@@ -405,6 +440,8 @@ struct RawTrunk {
     weight: u32,
     #[serde(default = "yes")]
     probe: bool,
+    #[serde(default)]
+    realm: Option<String>,
 }
 
 fn one() -> u32 {
@@ -504,17 +541,12 @@ impl Config {
     /// Names the key and the problem.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let f: File = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
-        let listen: SocketAddr =
-            f.sip.listen.parse().map_err(|_| invalid("sip.listen", format!("`{}` is not ADDR:PORT", f.sip.listen)))?;
-        let advertise = match f.sip.advertise.as_deref() {
-            None | Some("") => {
-                if listen.ip().is_unspecified() {
-                    return Err(invalid("sip.advertise", "required when sip.listen is a wildcard address"));
-                }
-                listen.ip()
-            }
-            Some(a) => a.parse().map_err(|_| invalid("sip.advertise", format!("`{a}` is not an IP address")))?,
-        };
+        let mut relay_doc = toml::Table::new();
+        relay_doc.insert("relay".into(), toml::Value::Table(f.relay.clone()));
+        let mut relay =
+            RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
+        let realms = parse_realms(&f, &relay)?;
+        let (listen, advertise) = (realms[0].listen, realms[0].advertise);
         if f.sip.domains.is_empty() {
             return Err(invalid("sip.domains", "list at least one domain (the sbc's own address counts)"));
         }
@@ -545,8 +577,15 @@ impl Config {
             if t.weight == 0 {
                 return Err(invalid(format!("trunk[{i}].weight"), "must be at least 1"));
             }
+            let realm = match t.realm.as_deref() {
+                None | Some("") => 0,
+                Some(name) => realms.iter().position(|r| r.name == name).ok_or_else(|| {
+                    invalid(format!("trunk[{i}].realm"), format!("no realm named `{name}` (see [[realm]])"))
+                })?,
+            };
             trunks.push(Trunk {
                 name: t.name.clone(),
+                realm,
                 address,
                 transport,
                 max_calls: t.max_calls,
@@ -615,18 +654,17 @@ impl Config {
                 format!("`{b}`: want host[:port] without quotes, commas or spaces"),
             ));
         }
-        let mut relay_doc = toml::Table::new();
-        relay_doc.insert("relay".into(), toml::Value::Table(f.relay));
-        let mut relay =
-            RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
-        // With the AF_XDP datapath, SIP to our UDP port is steered to the
+        // With the AF_XDP datapath, SIP to our UDP ports is steered to the
         // relay's workers and handed to the signaling plane.
-        relay.sip_ports = vec![listen.port()];
+        relay.sip_ports = realms.iter().map(|r| r.listen.port()).collect();
+        relay.sip_ports.sort_unstable();
+        relay.sip_ports.dedup();
         let ha = match f.ha {
             Some(h) => Some(parse_ha(h, listen, &mut relay)?),
             None => None,
         };
         Ok(Self {
+            realms,
             listen,
             tcp: f.sip.tcp,
             advertise,
@@ -665,10 +703,93 @@ impl Config {
     #[must_use]
     pub fn is_local_host(&self, host: &str, port: Option<u16>) -> bool {
         let h = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        let port_ok = port.is_none_or(|p| p == self.listen.port());
-        let addr_match = h.parse::<IpAddr>().is_ok_and(|ip| ip == self.advertise || ip == self.listen.ip());
-        port_ok && (self.domains.contains(&h) || addr_match)
+        let ip = h.parse::<IpAddr>().ok();
+        self.realms.iter().any(|r| {
+            let port_ok = port.is_none_or(|p| p == r.listen.port());
+            let addr_match = ip.is_some_and(|ip| ip == r.advertise || ip == r.listen.ip());
+            port_ok && (self.domains.contains(&h) || addr_match)
+        })
     }
+
+    /// The index of the realm named `name`.
+    #[must_use]
+    pub fn realm(&self, name: &str) -> Option<usize> {
+        self.realms.iter().position(|r| r.name == name)
+    }
+}
+
+/// `sip.listen` (one realm named `default`) or the `[[realm]]` tables,
+/// checked against each other and against the relay's interfaces.
+fn parse_realms(f: &File, relay: &RelayConfig) -> Result<Vec<Realm>, ConfigError> {
+    let addr = |key: &str, listen: &str, advertise: Option<&str>| -> Result<(SocketAddr, IpAddr), ConfigError> {
+        let l: SocketAddr =
+            listen.parse().map_err(|_| invalid(format!("{key}.listen"), format!("`{listen}` is not ADDR:PORT")))?;
+        let a = match advertise {
+            None | Some("") => {
+                if l.ip().is_unspecified() {
+                    return Err(invalid(
+                        format!("{key}.advertise"),
+                        format!("required when {key}.listen is a wildcard address"),
+                    ));
+                }
+                l.ip()
+            }
+            Some(a) => {
+                a.parse().map_err(|_| invalid(format!("{key}.advertise"), format!("`{a}` is not an IP address")))?
+            }
+        };
+        Ok((l, a))
+    };
+    if f.realm.is_empty() {
+        if f.sip.listen.is_empty() {
+            return Err(invalid("sip.listen", "required (or give [[realm]] tables)"));
+        }
+        let (listen, advertise) = addr("sip", &f.sip.listen, f.sip.advertise.as_deref())?;
+        return Ok(vec![Realm { name: "default".into(), listen, advertise, media: None }]);
+    }
+    if !f.sip.listen.is_empty() || f.sip.advertise.as_deref().is_some_and(|a| !a.is_empty()) {
+        return Err(invalid("sip.listen", "give either sip.listen (one realm) or [[realm]] tables, not both"));
+    }
+    let mut realms: Vec<Realm> = Vec::with_capacity(f.realm.len());
+    for (i, r) in f.realm.iter().enumerate() {
+        let key = format!("realm[{i}]");
+        if r.name.is_empty() || r.name.contains([' ', '/']) || realms.iter().any(|x| x.name == r.name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("`{}` is empty, has spaces or `/`, or is used twice", r.name),
+            ));
+        }
+        let (listen, advertise) = addr(&key, &r.listen, r.advertise.as_deref())?;
+        if let Some(other) = realms.iter().find(|x| {
+            x.listen.port() == listen.port()
+                && (x.listen.ip() == listen.ip() || x.listen.ip().is_unspecified() || listen.ip().is_unspecified())
+        }) {
+            return Err(invalid(
+                format!("{key}.listen"),
+                format!(
+                    "{listen} is the same socket as realm `{}` ({}): give each realm its own",
+                    other.name, other.listen
+                ),
+            ));
+        }
+        let media = match r.media.as_deref() {
+            None | Some("") => {
+                return Err(invalid(format!("{key}.media"), "name the relay interface of this realm's media"));
+            }
+            Some(m) => {
+                if relay.interface(m).is_none() {
+                    let names: Vec<&str> = relay.interfaces.iter().map(|i| i.name.as_str()).collect();
+                    return Err(invalid(
+                        format!("{key}.media"),
+                        format!("no relay interface named `{m}` (relay.interfaces has {names:?}; name them NAME/ADDR)"),
+                    ));
+                }
+                Some(m.to_owned())
+            }
+        };
+        realms.push(Realm { name: r.name.clone(), listen, advertise, media });
+    }
+    Ok(realms)
 }
 
 #[cfg(test)]
@@ -724,6 +845,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ha.redis"), "{e}");
+    }
+
+    fn with_realms(inside: &str, outside: &str, trunk_realm: &str) -> String {
+        DEFAULT_TOML
+            .replace("[sip]\nlisten = \"127.0.0.1:5060\"", "[sip]")
+            .replace(
+                "[registrar]",
+                &format!(
+                    "[[realm]]\nname = \"inside\"\n{inside}\n[[realm]]\nname = \"outside\"\n{outside}\n[registrar]"
+                ),
+            )
+            .replace("weight = 1\n", &format!("weight = 1\nrealm = \"{trunk_realm}\"\n"))
+            .replace(
+                "interfaces = [\"127.0.0.1\"]",
+                "interfaces = [\"inside/127.0.0.1\", \"outside/127.0.0.2!203.0.113.7\"]",
+            )
+    }
+
+    #[test]
+    fn realms_parse_and_trunks_name_theirs() {
+        let c = Config::from_toml(&with_realms(
+            "listen = \"127.0.0.1:5060\"\nmedia = \"inside\"",
+            "listen = \"[::1]:5062\"\nadvertise = \"2001:db8::7\"\nmedia = \"outside\"",
+            "outside",
+        ))
+        .unwrap();
+        assert_eq!(c.realms.len(), 2);
+        assert_eq!(c.realms[1].advertise, "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!(c.realms[1].media.as_deref(), Some("outside"));
+        assert_eq!(c.trunks[0].realm, 1);
+        assert_eq!(c.realm("outside"), Some(1));
+        assert_eq!(c.relay.sip_ports, vec![5060, 5062], "SIP of every realm is handed over on the XDP datapath");
+        assert!(c.is_local_host("2001:db8::7", Some(5062)) && c.is_local_host("127.0.0.1", Some(5060)));
+        assert!(!c.is_local_host("2001:db8::7", Some(5060)), "each realm's address with its own port");
+        // The one-realm shorthand.
+        let d = Config::embedded_default().unwrap();
+        assert_eq!((d.realms.len(), d.realms[0].name.as_str(), d.realms[0].media.as_ref()), (1, "default", None));
+    }
+
+    #[test]
+    fn realm_errors_name_the_key() {
+        let ok_in = "listen = \"127.0.0.1:5060\"\nmedia = \"inside\"";
+        let ok_out = "listen = \"127.0.0.2:5060\"\nmedia = \"outside\"";
+        for (inside, outside, trunk, key, words) in [
+            (
+                ok_in,
+                "listen = \"127.0.0.2:5060\"\nmedia = \"dmz\"",
+                "outside",
+                "realm[1].media",
+                "no relay interface named `dmz`",
+            ),
+            (
+                ok_in,
+                "listen = \"127.0.0.1:5060\"\nmedia = \"outside\"",
+                "outside",
+                "realm[1].listen",
+                "same socket as realm `inside`",
+            ),
+            (
+                ok_in,
+                "listen = \"0.0.0.0:5060\"\nadvertise = \"192.0.2.1\"\nmedia = \"outside\"",
+                "outside",
+                "realm[1].listen",
+                "same socket",
+            ),
+            (ok_in, ok_out, "carrier-net", "trunk[0].realm", "no realm named `carrier-net`"),
+            (ok_in, "listen = \"0.0.0.0:5062\"\nmedia = \"outside\"", "outside", "realm[1].advertise", "wildcard"),
+            ("listen = \"127.0.0.1:5060\"", ok_out, "outside", "realm[0].media", "name the relay interface"),
+        ] {
+            let e = Config::from_toml(&with_realms(inside, outside, trunk)).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(words), "want {key} / {words}: {e}");
+        }
+        let both = with_realms(ok_in, ok_out, "outside").replace("[sip]", "[sip]\nlisten = \"127.0.0.1:5070\"");
+        let e = Config::from_toml(&both).unwrap_err().to_string();
+        assert!(e.contains("sip.listen") && e.contains("not both"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Binding {
     pub expires_at: Instant,
     /// q-value × 1000, for ordering (higher first).
     pub q: u16,
+    /// The realm the REGISTER came in on: the phone is reached there.
+    pub realm: usize,
 }
 
 impl Binding {
@@ -176,6 +178,9 @@ pub struct BindingRecord {
     pub expires: f64,
     /// q × 1000.
     pub q: u16,
+    /// Realm index.
+    #[serde(default)]
+    pub realm: usize,
 }
 
 /// Replication (HA): which AORs changed, their bindings as records, and
@@ -218,6 +223,7 @@ impl Location {
                 cseq: b.cseq,
                 expires: base + b.expires_at.saturating_duration_since(now).as_secs_f64(),
                 q: b.q,
+                realm: b.realm,
             })
             .collect();
         (!list.is_empty()).then_some(list)
@@ -244,6 +250,7 @@ impl Location {
                 cseq: r.cseq,
                 expires_at: now + Duration::from_secs_f64((r.expires - base).min(86_400.0)),
                 q: r.q,
+                realm: r.realm,
             })
             .collect();
         self.known.insert(aor.to_owned(), now);
@@ -276,6 +283,7 @@ mod tests {
             cseq,
             expires_at: Instant::now(),
             q: 1000,
+            realm: 0,
         }
     }
 

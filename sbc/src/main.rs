@@ -148,7 +148,8 @@ fn main() -> ExitCode {
 
 fn run(cfg: Config) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
-    let mut transport = Transport::bind_with(cfg.listen, cfg.tcp, cfg.max_message_size, cfg.ha.is_some())
+    let listens: Vec<_> = cfg.realms.iter().map(|r| r.listen).collect();
+    let mut transport = Transport::bind_realms(&listens, cfg.tcp, cfg.max_message_size, cfg.ha.is_some())
         .map_err(|source| Error::BindSip { addr: cfg.listen, source })?;
     let metrics_sock = match cfg.metrics {
         Some(a) => Some(TcpListener::bind(a).map_err(|source| Error::BindMetrics { addr: a, source })?),
@@ -279,7 +280,15 @@ fn run(cfg: Config) -> Result<(), Error> {
         }
         for ring in &mut sip_rings {
             while let Ok(d) = ring.pop() {
-                inbound.push(sbc::transport::Inbound { data: d.payload().to_vec(), src: d.src, proto: Proto::Udp });
+                // The realm whose SIP socket the datagram was addressed to.
+                let realm = cfg
+                    .realms
+                    .iter()
+                    .position(|r| r.listen == d.dst)
+                    .or_else(|| cfg.realms.iter().position(|r| r.listen.port() == d.dst.port()))
+                    .unwrap_or(0);
+                let data = d.payload().to_vec();
+                inbound.push(sbc::transport::Inbound { data, src: d.src, proto: Proto::Udp, realm });
             }
         }
         for m in inbound.drain(..) {

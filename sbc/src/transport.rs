@@ -1,5 +1,6 @@
-//! SIP transports: one UDP socket and a TCP listener with its connections,
-//! polled with mio by the signaling thread.
+//! SIP transports: per realm, one UDP socket and a TCP listener with its
+//! connections, polled with mio by the signaling thread. Every message in
+//! and out names its realm (an index into the configured realms).
 //!
 //! The transport only frames messages (datagrams as they are; streams split
 //! by the blank line and `Content-Length`). It does not parse them.
@@ -12,9 +13,6 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
-const UDP: Token = Token(0);
-const LISTENER: Token = Token(1);
-const FIRST_CONN: usize = 2;
 const WAKER: Token = Token(usize::MAX);
 /// TCP connections idle this long are closed.
 const TCP_IDLE: Duration = Duration::from_secs(300);
@@ -54,6 +52,8 @@ pub struct Inbound {
     pub src: SocketAddr,
     /// How it came.
     pub proto: Proto,
+    /// The realm whose socket it came to.
+    pub realm: usize,
 }
 
 /// A message to send.
@@ -65,6 +65,8 @@ pub struct Outbound {
     pub dest: SocketAddr,
     /// The transport.
     pub proto: Proto,
+    /// The realm whose socket it leaves from.
+    pub realm: usize,
 }
 
 /// Inputs that the transport drops rather than delivers, for counting.
@@ -79,20 +81,30 @@ pub struct Drops {
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
+    realm: usize,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     connected: bool,
     last_used: Instant,
 }
 
+/// One realm's sockets.
+struct RealmSockets {
+    udp: UdpSocket,
+    listener: Option<TcpListener>,
+    /// Local address outgoing TCP connections bind to (port 0).
+    local: SocketAddr,
+}
+
 /// The sbc's SIP sockets.
 pub struct Transport {
     poll: Poll,
     events: Events,
-    udp: UdpSocket,
-    listener: Option<TcpListener>,
+    /// By realm index; realm `i` polls as tokens `2i` (UDP) and `2i + 1` (TCP).
+    realms: Vec<RealmSockets>,
     conns: HashMap<Token, Conn>,
-    by_peer: HashMap<SocketAddr, Token>,
+    /// TCP connection to a peer, by (realm, peer).
+    by_peer: HashMap<(usize, SocketAddr), Token>,
     next: usize,
     max_msg: usize,
     rbuf: Vec<u8>,
@@ -132,56 +144,63 @@ pub fn frame(buf: &[u8], max: usize) -> Result<Option<usize>, &'static str> {
 }
 
 impl Transport {
-    /// Binds UDP (and TCP when `tcp`) on `listen`.
+    /// Binds UDP (and TCP when `tcp`) on `listen`: one realm.
     ///
     /// # Errors
     /// The bind error.
     pub fn bind(listen: SocketAddr, tcp: bool, max_msg: usize) -> io::Result<Self> {
-        Self::bind_with(listen, tcp, max_msg, false)
+        Self::bind_realms(&[listen], tcp, max_msg, false)
     }
 
-    /// [`bind`](Self::bind), optionally with `IP_FREEBIND` so the address
-    /// may be one this host does not hold yet (an HA pair's virtual IP).
+    /// Binds UDP (and TCP when `tcp`) on each realm's `listens[i]`,
+    /// optionally with `IP_FREEBIND` so an address may be one this host
+    /// does not hold yet (an HA pair's virtual IPs).
     ///
     /// # Errors
-    /// The bind error.
-    pub fn bind_with(listen: SocketAddr, tcp: bool, max_msg: usize, freebind: bool) -> io::Result<Self> {
+    /// The bind error, naming the address.
+    pub fn bind_realms(listens: &[SocketAddr], tcp: bool, max_msg: usize, freebind: bool) -> io::Result<Self> {
         use socket2::{Domain, Protocol, Socket, Type};
         let poll = Poll::new()?;
-        let sock = |ty: Type, proto: Protocol| -> io::Result<Socket> {
-            let s = Socket::new(Domain::for_address(listen), ty.nonblocking(), Some(proto))?;
-            if freebind {
-                if listen.is_ipv4() {
-                    s.set_freebind(true)?;
-                } else {
-                    s.set_freebind_ipv6(true)?;
+        let mut realms = Vec::with_capacity(listens.len());
+        for (i, &listen) in listens.iter().enumerate() {
+            let sock = |ty: Type, proto: Protocol| -> io::Result<Socket> {
+                let s = Socket::new(Domain::for_address(listen), ty.nonblocking(), Some(proto))?;
+                if freebind {
+                    if listen.is_ipv4() {
+                        s.set_freebind(true)?;
+                    } else {
+                        s.set_freebind_ipv6(true)?;
+                    }
                 }
-            }
-            if ty == Type::STREAM {
-                s.set_reuse_address(true)?;
-            }
-            s.bind(&listen.into())?;
-            Ok(s)
-        };
-        let mut udp = UdpSocket::from_std(sock(Type::DGRAM, Protocol::UDP)?.into());
-        poll.registry().register(&mut udp, UDP, Interest::READABLE)?;
-        let listener = if tcp {
-            let s = sock(Type::STREAM, Protocol::TCP)?;
-            s.listen(1024)?;
-            let mut l = TcpListener::from_std(s.into());
-            poll.registry().register(&mut l, LISTENER, Interest::READABLE)?;
-            Some(l)
-        } else {
-            None
-        };
+                if listen.is_ipv6() {
+                    s.set_only_v6(true)?;
+                }
+                if ty == Type::STREAM {
+                    s.set_reuse_address(true)?;
+                }
+                s.bind(&listen.into()).map_err(|e| io::Error::new(e.kind(), format!("binding {listen}: {e}")))?;
+                Ok(s)
+            };
+            let mut udp = UdpSocket::from_std(sock(Type::DGRAM, Protocol::UDP)?.into());
+            poll.registry().register(&mut udp, Token(2 * i), Interest::READABLE)?;
+            let listener = if tcp {
+                let s = sock(Type::STREAM, Protocol::TCP)?;
+                s.listen(1024)?;
+                let mut l = TcpListener::from_std(s.into());
+                poll.registry().register(&mut l, Token(2 * i + 1), Interest::READABLE)?;
+                Some(l)
+            } else {
+                None
+            };
+            realms.push(RealmSockets { udp, listener, local: SocketAddr::new(listen.ip(), 0) });
+        }
         Ok(Self {
             poll,
             events: Events::with_capacity(256),
-            udp,
-            listener,
+            next: 2 * realms.len(),
+            realms,
             conns: HashMap::new(),
             by_peer: HashMap::new(),
-            next: FIRST_CONN,
             max_msg,
             rbuf: vec![0; max_msg + 1],
             drops: Drops::default(),
@@ -196,12 +215,20 @@ impl Transport {
         Ok(std::sync::Arc::new(mio::Waker::new(self.poll.registry(), WAKER)?))
     }
 
-    /// The bound UDP address.
+    /// The first realm's bound UDP address.
     ///
     /// # Errors
     /// The getsockname error.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.udp.local_addr()
+        self.realm_addr(0)
+    }
+
+    /// Realm `realm`'s bound UDP address.
+    ///
+    /// # Errors
+    /// The getsockname error, or an unknown realm.
+    pub fn realm_addr(&self, realm: usize) -> io::Result<SocketAddr> {
+        self.realms.get(realm).ok_or_else(|| io::Error::other(format!("no realm {realm}")))?.udp.local_addr()
     }
 
     /// Waits up to `timeout` and appends every message that arrived to `out`.
@@ -216,11 +243,12 @@ impl Transport {
         }
         let tokens: Vec<(Token, bool, bool)> =
             self.events.iter().map(|e| (e.token(), e.is_readable() || e.is_read_closed(), e.is_writable())).collect();
+        let n = 2 * self.realms.len();
         for (t, readable, writable) in tokens {
             match t {
-                UDP => self.read_udp(out),
-                LISTENER => self.accept(now),
                 WAKER => {}
+                Token(k) if k < n && k % 2 == 0 => self.read_udp(k / 2, out),
+                Token(k) if k < n => self.accept(k / 2, now),
                 t => {
                     if writable {
                         self.flush(t);
@@ -235,16 +263,17 @@ impl Transport {
         Ok(())
     }
 
-    fn read_udp(&mut self, out: &mut Vec<Inbound>) {
+    fn read_udp(&mut self, realm: usize, out: &mut Vec<Inbound>) {
+        let Some(r) = self.realms.get(realm) else { return };
         loop {
-            match self.udp.recv_from(&mut self.rbuf) {
+            match r.udp.recv_from(&mut self.rbuf) {
                 Ok((n, src)) => {
                     if n > self.max_msg {
                         self.drops.oversize += 1;
                         tracing::debug!(%src, "datagram over max_message_size dropped");
                         continue;
                     }
-                    out.push(Inbound { data: self.rbuf[..n].to_vec(), src, proto: Proto::Udp });
+                    out.push(Inbound { data: self.rbuf[..n].to_vec(), src, proto: Proto::Udp, realm });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -256,12 +285,12 @@ impl Transport {
         }
     }
 
-    fn accept(&mut self, now: Instant) {
+    fn accept(&mut self, realm: usize, now: Instant) {
         loop {
-            let Some(l) = self.listener.as_ref() else { return };
+            let Some(l) = self.realms.get(realm).and_then(|r| r.listener.as_ref()) else { return };
             match l.accept() {
                 Ok((stream, peer)) => {
-                    let _ = self.add_conn(stream, peer, true, now);
+                    let _ = self.add_conn(stream, peer, realm, true, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -276,22 +305,24 @@ impl Transport {
         &mut self,
         mut stream: TcpStream,
         peer: SocketAddr,
+        realm: usize,
         connected: bool,
         now: Instant,
     ) -> io::Result<Token> {
         let t = Token(self.next);
         self.next += 1;
         self.poll.registry().register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)?;
-        self.conns.insert(t, Conn { stream, peer, rbuf: Vec::new(), wbuf: Vec::new(), connected, last_used: now });
-        self.by_peer.insert(peer, t);
+        let conn = Conn { stream, peer, realm, rbuf: Vec::new(), wbuf: Vec::new(), connected, last_used: now };
+        self.conns.insert(t, conn);
+        self.by_peer.insert((realm, peer), t);
         Ok(t)
     }
 
     fn close(&mut self, t: Token) {
         if let Some(mut c) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut c.stream);
-            if self.by_peer.get(&c.peer) == Some(&t) {
-                self.by_peer.remove(&c.peer);
+            if self.by_peer.get(&(c.realm, c.peer)) == Some(&t) {
+                self.by_peer.remove(&(c.realm, c.peer));
             }
         }
     }
@@ -326,7 +357,7 @@ impl Transport {
                         if msg.iter().all(|&b| b == b'\r' || b == b'\n') {
                             continue;
                         }
-                        out.push(Inbound { data: msg, src: c.peer, proto: Proto::Tcp });
+                        out.push(Inbound { data: msg, src: c.peer, proto: Proto::Tcp, realm: c.realm });
                     }
                     Ok(None) => break,
                     Err(why) => {
@@ -387,14 +418,15 @@ impl Transport {
     /// # Errors
     /// The send or connect error (a transport error for the transaction).
     pub fn send(&mut self, o: &Outbound, now: Instant) -> io::Result<()> {
+        let r = self.realms.get(o.realm).ok_or_else(|| io::Error::other(format!("no realm {}", o.realm)))?;
         match o.proto {
-            Proto::Udp => self.udp.send_to(&o.data, o.dest).map(|_| ()),
+            Proto::Udp => r.udp.send_to(&o.data, o.dest).map(|_| ()),
             Proto::Tcp => {
-                let t = match self.by_peer.get(&o.dest) {
+                let t = match self.by_peer.get(&(o.realm, o.dest)) {
                     Some(t) => *t,
                     None => {
-                        let s = TcpStream::connect(o.dest)?;
-                        self.add_conn(s, o.dest, false, now)?
+                        let s = connect_from(r.local, o.dest)?;
+                        self.add_conn(s, o.dest, o.realm, false, now)?
                     }
                 };
                 if let Some(c) = self.conns.get_mut(&t) {
@@ -408,6 +440,23 @@ impl Transport {
             }
         }
     }
+}
+
+/// A non-blocking TCP connection to `dest` from `local` (the realm's
+/// address, port 0), so that it leaves through that realm's network.
+fn connect_from(local: SocketAddr, dest: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if local.ip().is_unspecified() || local.is_ipv4() != dest.is_ipv4() {
+        return TcpStream::connect(dest);
+    }
+    let s = Socket::new(Domain::for_address(dest), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    s.bind(&local.into())?;
+    match s.connect(&dest.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ mod tests {
     use super::*;
 
     fn me(ip: &str) -> Me {
-        Me { addr: ip.parse().unwrap(), port: 5060, alternate: None }
+        Me { addr: ip.parse().unwrap(), port: 5060, alternate: None, ours: Vec::new() }
     }
 
     #[test]

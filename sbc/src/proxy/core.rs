@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use media_relay::control::MediaControl;
 
 use super::alternate;
-use super::dialog::{DialogState, Dialogs, EndReason};
+use super::dialog::{DialogState, Dialogs, EndReason, Peer};
 use super::fork::Forward;
 use super::forward::Me;
 use super::trunks::TrunkRuntime;
@@ -37,7 +37,8 @@ pub(super) enum Wake {
 /// The call layer.
 pub(super) struct Core {
     pub(super) cfg: Arc<Config>,
-    pub(super) me: Me,
+    /// Our identity in each realm, by realm index (never empty).
+    pub(super) me: Vec<Me>,
     pub(super) media: Arc<dyn MediaControl>,
     pub(super) metrics: Arc<SbcMetrics>,
     pub(super) location: Location,
@@ -62,12 +63,20 @@ impl Core {
         cdr: CdrWriter,
     ) -> Self {
         let (cfg_trunks, health) = (cfg.trunks.len(), cfg.health.thresholds);
+        let alternate = cfg.alternate_path.enabled.then(|| alternate::param_value(&cfg.alternate_path.backups));
+        let ours: Vec<_> = cfg
+            .realms
+            .iter()
+            .flat_map(|r| [(r.advertise, r.listen.port()), (r.listen.ip(), r.listen.port())])
+            .filter(|(ip, _)| !ip.is_unspecified())
+            .collect();
+        let me = cfg
+            .realms
+            .iter()
+            .map(|r| Me { addr: r.advertise, port: r.listen.port(), alternate: alternate.clone(), ours: ours.clone() })
+            .collect();
         Self {
-            me: Me {
-                addr: cfg.advertise,
-                port: cfg.listen.port(),
-                alternate: cfg.alternate_path.enabled.then(|| alternate::param_value(&cfg.alternate_path.backups)),
-            },
+            me,
             cfg,
             media,
             metrics,
@@ -81,6 +90,18 @@ impl Core {
             probes: HashMap::new(),
             active: true,
         }
+    }
+
+    /// Our identity in `realm` (the first realm's for an unknown index).
+    pub(super) fn me(&self, realm: usize) -> &Me {
+        self.me.get(realm).unwrap_or(&self.me[0])
+    }
+
+    /// The relay interface names for a call whose offer comes from realm
+    /// `offerer` and goes to realm `answerer` (the ng `direction`).
+    pub(super) fn direction(&self, offerer: usize, answerer: usize) -> [Option<String>; 2] {
+        let media = |r: usize| self.cfg.realms.get(r).and_then(|r| r.media.clone());
+        [media(offerer), media(answerer)]
     }
 
     /// When [`on_timer`](Self::on_timer) next has work.
@@ -97,8 +118,10 @@ impl Core {
     /// One event from the transaction layer.
     pub(super) fn on_event(&mut self, ev: Event, txn: &mut Endpoint, now: Instant) {
         match ev {
-            Event::Request { id, msg, src, proto } => self.route_request(txn, id, msg, src, proto, now),
-            Event::Ack { msg, proto } => self.session_ack(txn, msg, proto, now),
+            Event::Request { id, msg, src, proto, realm } => {
+                self.route_request(txn, id, msg, Peer { addr: src, proto, realm }, now);
+            }
+            Event::Ack { msg, proto, realm } => self.session_ack(txn, msg, proto, realm, now),
             Event::Cancel { id, invite } => self.on_cancel(txn, id, invite, now),
             Event::Response { id, owner, code, msg } => {
                 if code >= 200 {
@@ -118,7 +141,7 @@ impl Core {
                     self.on_branch_failure(txn, owner, id, now);
                 }
             }
-            Event::Stray { msg } => self.stray_response(txn, msg, now),
+            Event::Stray { msg, realm } => self.stray_response(txn, msg, realm, now),
         }
     }
 
@@ -188,16 +211,16 @@ impl Core {
     /// to an INVITE (end to end), a response routed through a primary that
     /// lists us as its alternate, or a stray. Forwarded statelessly if the
     /// top Via is ours.
-    fn stray_response(&mut self, txn: &mut Endpoint, msg: crate::sip::Message, now: Instant) {
+    fn stray_response(&mut self, txn: &mut Endpoint, msg: crate::sip::Message, realm: usize, now: Instant) {
         let parts = msg.top_via().and_then(|v| Some((v, msg.cseq()?.1, msg.code()?)));
-        let Some((via, method, code)) = parts.filter(|(v, _, _)| alternate::via_is_ours(&self.me, v)) else {
+        let Some((via, method, code)) = parts.filter(|(v, _, _)| alternate::via_is_ours(&self.me[0], v)) else {
             self.metrics.dropped.fetch_add(1, Relaxed);
             return;
         };
         if method == Method::Invite && (200..300).contains(&code) {
-            self.stateless_2xx(txn, msg, now);
-        } else if !self.me.is(&via.host, via.port) {
-            self.stateless_response(txn, msg);
+            self.stateless_2xx(txn, msg, realm, now);
+        } else if !self.me[0].is(&via.host, via.port) {
+            self.stateless_response(txn, msg, realm);
         } else {
             self.metrics.dropped.fetch_add(1, Relaxed);
         }

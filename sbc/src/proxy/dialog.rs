@@ -56,6 +56,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Transport.
     pub proto: Proto,
+    /// The realm it is reached in.
+    pub realm: usize,
 }
 
 /// A call's dialog.
@@ -105,6 +107,16 @@ pub struct Dialog {
     pub acked: bool,
     /// 2xx responses sent upstream so far (retransmissions included).
     pub ok_sent: u32,
+    /// The caller's own Contact URI, when the callee was given ours in its
+    /// place (the call crosses realms): in-dialog requests to the caller
+    /// are sent with it as Request-URI.
+    pub caller_contact: Option<String>,
+    /// The callee's own Contact URI, likewise.
+    pub callee_contact: Option<String>,
+    /// The INVITE's Vias as the caller sent them, when they were hidden
+    /// from the callee: a 2xx retransmitted after its transaction is gone
+    /// goes up with them.
+    pub caller_vias: Vec<String>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -164,6 +176,18 @@ pub struct DialogRecord {
     pub caller: (SocketAddr, String),
     /// Callee address and transport.
     pub callee: Option<(SocketAddr, String)>,
+    /// Realm index of the caller.
+    #[serde(default)]
+    pub caller_realm: usize,
+    /// Realm index of the callee.
+    #[serde(default)]
+    pub callee_realm: usize,
+    /// The caller's own Contact, when hidden from the callee.
+    #[serde(default)]
+    pub caller_contact: Option<String>,
+    /// The callee's own Contact, when hidden from the caller.
+    #[serde(default)]
+    pub callee_contact: Option<String>,
     /// From URI.
     pub from_uri: String,
     /// To URI.
@@ -211,6 +235,10 @@ impl Dialog {
             confirmed: self.state == DialogState::Confirmed,
             caller: (self.caller.addr, proto_name(self.caller.proto)),
             callee: self.callee.map(|c| (c.addr, proto_name(c.proto))),
+            caller_realm: self.caller.realm,
+            callee_realm: self.callee.map_or(0, |c| c.realm),
+            caller_contact: self.caller_contact.clone(),
+            callee_contact: self.callee_contact.clone(),
             from_uri: self.from_uri.clone(),
             to_uri: self.to_uri.clone(),
             target: self.target.clone(),
@@ -239,8 +267,8 @@ impl Dialog {
             caller_tag: r.caller_tag.clone(),
             callee_tag: r.callee_tag.clone(),
             state: if r.confirmed { DialogState::Confirmed } else { DialogState::Early },
-            caller: Peer { addr: r.caller.0, proto: proto_of(&r.caller.1) },
-            callee: r.callee.as_ref().map(|(a, p)| Peer { addr: *a, proto: proto_of(p) }),
+            caller: Peer { addr: r.caller.0, proto: proto_of(&r.caller.1), realm: r.caller_realm },
+            callee: r.callee.as_ref().map(|(a, p)| Peer { addr: *a, proto: proto_of(p), realm: r.callee_realm }),
             from_uri: r.from_uri.clone(),
             to_uri: r.to_uri.clone(),
             target: r.target.clone(),
@@ -257,6 +285,9 @@ impl Dialog {
             codecs: Vec::new(),
             acked: r.acked,
             ok_sent: u32::from(r.confirmed),
+            caller_contact: r.caller_contact.clone(),
+            callee_contact: r.callee_contact.clone(),
+            caller_vias: Vec::new(),
         }
     }
 }

@@ -15,13 +15,19 @@ use super::media::has_sdp;
 use super::routing::Target;
 use crate::metrics::TrunkOutcome;
 use crate::sip::{Message, Method};
-use crate::transport::Proto;
 use crate::txn::{ClientId, ClientRequest, Endpoint, ServerId};
 
 /// One request being forwarded, keyed by its server transaction.
 pub(super) struct Forward {
     pub(super) request: Message,
-    in_proto: Proto,
+    /// Where the request came from (address, transport, realm).
+    from: Peer,
+    /// The realm of the branch in progress.
+    out_realm: usize,
+    /// The realm the INVITE's offer is anchored toward (initial INVITEs).
+    anchored_realm: Option<usize>,
+    /// The offer as it came, for re-anchoring toward another realm.
+    offer_sdp: Option<Vec<u8>>,
     pub(super) targets: VecDeque<Target>,
     /// The client transaction of the branch in progress.
     pub(super) current: Option<ClientId>,
@@ -47,14 +53,17 @@ pub(super) struct Forward {
 pub(super) struct NewForward {
     /// The request as it will be forwarded (offer anchored, own Routes gone).
     pub(super) request: Message,
-    /// The transport it came over.
-    pub(super) in_proto: Proto,
+    /// Where it came from.
+    pub(super) from: Peer,
     /// Where to try it, in order.
     pub(super) targets: VecDeque<Target>,
     /// An initial request (not in a dialog).
     pub(super) initial: bool,
     /// Whether to add our Record-Route.
     pub(super) record_route: bool,
+    /// The realm the offer was anchored toward, with the offer as it came
+    /// (initial INVITEs with SDP).
+    pub(super) anchored: Option<(usize, Vec<u8>)>,
 }
 
 fn is_timer_c_branch(f: &Forward, code: u16) -> bool {
@@ -68,7 +77,10 @@ impl Core {
             is_invite: n.request.method() == Some(&Method::Invite),
             offer_in_request: has_sdp(&n.request),
             request: n.request,
-            in_proto: n.in_proto,
+            from: n.from,
+            out_realm: n.from.realm,
+            anchored_realm: n.anchored.as_ref().map(|a| a.0),
+            offer_sdp: n.anchored.map(|a| a.1),
             targets: n.targets,
             current: None,
             canceled: false,
@@ -179,20 +191,50 @@ impl Core {
             txn.reply(id, code, reason, extra, now);
             return;
         };
+        if !self.anchor_toward(id, target.realm) {
+            self.next_branch(txn, id, now);
+            return;
+        }
         let branch = txn.new_branch();
         let Some(f) = self.forwards.get_mut(&id) else { return };
         f.attempted = true;
+        f.out_realm = target.realm;
         let ruri = if target.uri.is_empty() { None } else { Some(target.uri.as_str()) };
-        let out =
-            forward::branch_request(&f.request, &self.me, &branch, ruri, f.in_proto, target.proto, f.record_route);
+        let hide = f.from.realm != target.realm;
+        let crossing = forward::Crossing {
+            me_in: self.me.get(f.from.realm).unwrap_or(&self.me[0]),
+            me_out: self.me.get(target.realm).unwrap_or(&self.me[0]),
+            in_proto: f.from.proto,
+            out_proto: target.proto,
+            hide,
+        };
+        let out = forward::branch_request(&f.request, &crossing, &branch, ruri, f.record_route);
         let call_trunk = target.trunk.filter(|_| f.is_invite && f.initial);
         f.current_trunk = call_trunk;
-        if f.is_invite && f.initial {
-            if let Some(d) = f.request.call_id().and_then(|c| self.dialogs.get_mut(c)) {
-                d.callee = Some(Peer { addr: target.dest, proto: target.proto });
+        let sender_contact = hide.then(|| f.request.contacts().into_iter().next()).flatten();
+        let from_tag = f.request.from_tag().unwrap_or_default();
+        if let Some(d) = f.request.call_id().and_then(|c| self.dialogs.get_mut(c)) {
+            if f.is_invite && f.initial {
+                d.callee = Some(Peer { addr: target.dest, proto: target.proto, realm: target.realm });
+                d.caller_vias = if hide {
+                    f.request.header_values("via").into_iter().map(str::to_owned).collect()
+                } else {
+                    Vec::new()
+                };
                 d.target.clone_from(&target.label);
                 d.trunk = call_trunk;
             }
+            // The sender's own Contact, hidden from the other realm: requests
+            // to it go there.
+            if let Some(crate::sip::Contact::Addr(na)) = sender_contact {
+                if d.from_caller(&from_tag) {
+                    d.caller_contact = Some(na.uri.to_string());
+                } else {
+                    d.callee_contact = Some(na.uri.to_string());
+                }
+            }
+        }
+        if f.is_invite && f.initial {
             tracing::info!(call_id = ?f.request.call_id(), target = %target.label, dest = %target.dest, "routing INVITE");
         }
         // A fast timeout when there is somewhere else to try.
@@ -201,10 +243,51 @@ impl Core {
             self.trunk_take(i, now);
         }
         let timeout = fast.then_some(self.cfg.invite_timeout);
-        let c = ClientRequest { request: out, dest: target.dest, proto: target.proto, owner: Some(id), timeout };
+        let c = ClientRequest {
+            request: out,
+            dest: target.dest,
+            proto: target.proto,
+            realm: target.realm,
+            owner: Some(id),
+            timeout,
+        };
         let client = txn.start_client(c, now);
         if let Some(f) = self.forwards.get_mut(&id) {
             f.current = client;
+        }
+    }
+
+    /// Before a branch of an initial INVITE goes to `realm`: when its offer
+    /// was anchored toward another realm, the relay session is made again
+    /// toward this one (the SDP must name the relay's address there).
+    /// False when the relay refuses: the target is skipped.
+    fn anchor_toward(&mut self, id: ServerId, realm: usize) -> bool {
+        let Some(f) = self.forwards.get(&id) else { return false };
+        let (Some(anchored), Some(original)) = (f.anchored_realm, f.offer_sdp.clone()) else { return true };
+        if anchored == realm {
+            return true;
+        }
+        let mut request = f.request.clone();
+        let (call_id, from_tag, from_realm) =
+            (request.call_id().unwrap_or_default().to_owned(), request.from_tag().unwrap_or_default(), f.from.realm);
+        let _ = self.media.delete(&call_id, Some(&from_tag));
+        request.set_body(original);
+        match self.anchor(&mut request, true, &from_tag, None, (from_realm, realm)) {
+            Ok(()) => {
+                if let Some(f) = self.forwards.get_mut(&id) {
+                    f.request = request;
+                    f.anchored_realm = Some(realm);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(call_id, error = %e, "media relay refused the offer toward another realm; skipping the target");
+                if let Some(f) = self.forwards.get_mut(&id) {
+                    f.anchored_realm = None;
+                    f.last_code = 503;
+                }
+                false
+            }
         }
     }
 
@@ -250,6 +333,25 @@ impl Core {
             self.timers.push(std::cmp::Reverse((at, Wake::TimerC(id))));
         }
         resp.remove_first_value("via");
+        if f.from.realm != f.out_realm {
+            // The other realm saw only our Via: the response goes up with
+            // the Vias the request came with, and our Contact in place of
+            // the far side's (kept for requests to it).
+            resp.remove_all("via");
+            for h in f.request.headers_named("via").collect::<Vec<_>>().into_iter().rev() {
+                resp.push_header_front(h.clone());
+            }
+            let me_in = self.me.get(f.from.realm).unwrap_or(&self.me[0]);
+            let hidden = forward::hide_contact(&mut resp, me_in, f.from.proto);
+            let from_tag = f.request.from_tag().unwrap_or_default();
+            if let (Some(uri), Some(d)) = (hidden, resp.call_id().and_then(|c| self.dialogs.get_mut(c))) {
+                if d.from_caller(&from_tag) {
+                    d.callee_contact = Some(uri);
+                } else {
+                    d.caller_contact = Some(uri);
+                }
+            }
+        }
         if code >= 300 {
             self.branch_failed(txn, id, resp, code, now);
         } else {
@@ -297,6 +399,8 @@ impl Core {
     fn branch_answered(&mut self, txn: &mut Endpoint, id: ServerId, mut resp: Message, code: u16, now: Instant) {
         let Some(f) = self.forwards.get(&id) else { return };
         let (is_invite, initial, offer_in_request) = (f.is_invite, f.initial, f.offer_in_request);
+        // The response's sender is the branch's side; the request's is `from`.
+        let realms = (f.out_realm, f.from.realm);
         let req_from = f.request.from_tag().unwrap_or_default();
         let call_id = resp.call_id().unwrap_or_default().to_owned();
         let trunk = f.current_trunk;
@@ -305,9 +409,9 @@ impl Core {
             let to_tag = resp.to_tag().unwrap_or_default();
             // SDP in a response: an answer to the request's offer, or a late offer.
             let anchored = if offer_in_request {
-                self.anchor(&mut resp, false, &to_tag, Some(&req_from))
+                self.anchor(&mut resp, false, &to_tag, Some(&req_from), realms)
             } else {
-                self.anchor(&mut resp, true, &to_tag, Some(&req_from))
+                self.anchor(&mut resp, true, &to_tag, Some(&req_from), realms)
             };
             if let Err(e) = anchored {
                 tracing::warn!(call_id, error = %e, "media relay refused the answer");
@@ -334,7 +438,7 @@ impl Core {
         } else if offer_in_request && resp.cseq().is_some_and(|c| matches!(c.1, Method::Update | Method::Prack)) {
             // The answer to an UPDATE or PRACK offer.
             let to_tag = resp.to_tag().unwrap_or_default();
-            if let Err(e) = self.anchor(&mut resp, false, &to_tag, Some(&req_from)) {
+            if let Err(e) = self.anchor(&mut resp, false, &to_tag, Some(&req_from), realms) {
                 tracing::warn!(call_id, error = %e, "media relay refused the answer");
             }
         }

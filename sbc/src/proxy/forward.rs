@@ -6,10 +6,11 @@
 
 use std::net::IpAddr;
 
-use crate::sip::{Header, Message};
+use crate::sip::{Contact, Header, Message};
 use crate::transport::Proto;
 
-/// Our address as it appears in Via and Record-Route.
+/// Our address in one realm, as it appears in Via, Record-Route and
+/// Contact there.
 #[derive(Debug, Clone)]
 pub struct Me {
     /// Advertised address.
@@ -18,6 +19,9 @@ pub struct Me {
     pub port: u16,
     /// The quoted `alternatePath` value to advertise, when enabled.
     pub alternate: Option<String>,
+    /// Every address and port that names this sbc in any realm (listen and
+    /// advertised): a Route or Via naming one of them is ours.
+    pub ours: Vec<(IpAddr, u16)>,
 }
 
 impl Me {
@@ -34,7 +38,18 @@ impl Me {
     #[must_use]
     pub fn is(&self, host: &str, port: Option<u16>) -> bool {
         let h = host.trim_start_matches('[').trim_end_matches(']');
-        h.parse::<IpAddr>().is_ok_and(|ip| ip == self.addr) && port.unwrap_or(5060) == self.port
+        let port = port.unwrap_or(5060);
+        h.parse::<IpAddr>().is_ok_and(|ip| (ip == self.addr && port == self.port) || self.ours.contains(&(ip, port)))
+    }
+
+    /// Our Contact URI in this realm for a user part (a Contact we hide).
+    #[must_use]
+    pub fn contact_uri(&self, user: Option<&str>, proto: Proto) -> String {
+        let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+        match proto {
+            Proto::Udp => format!("sip:{user}{}", self.hostport()),
+            Proto::Tcp => format!("sip:{user}{};transport=tcp", self.hostport()),
+        }
     }
 
     /// Our Record-Route value for a transport.
@@ -51,16 +66,32 @@ impl Me {
     }
 }
 
+/// How a branch crosses the sbc: our address on each side, and whether
+/// the two sides are different realms (then the other realm's topology is
+/// hidden: only our Via goes on, and the Contact names us).
+pub struct Crossing<'a> {
+    /// Our identity on the side the request came from.
+    pub me_in: &'a Me,
+    /// Our identity on the side it goes to.
+    pub me_out: &'a Me,
+    /// The transport it came over.
+    pub in_proto: Proto,
+    /// The transport it leaves over.
+    pub out_proto: Proto,
+    /// The request leaves through another realm than it came from.
+    pub hide: bool,
+}
+
 /// Prepares a request for one branch: new Request-URI, Max-Forwards
 /// decremented (70 when absent), our Via on top, and Record-Route when
-/// `record_route` (double when the two legs use different transports).
+/// `record_route` (double when the two legs use different transports or
+/// realms). Across realms, the Vias below ours are removed (the server
+/// transaction keeps them for the responses) and the Contact is ours.
 pub fn branch_request(
     req: &Message,
-    me: &Me,
+    x: &Crossing<'_>,
     branch: &str,
     ruri: Option<&str>,
-    in_proto: Proto,
-    out_proto: Proto,
     record_route: bool,
 ) -> Message {
     let mut m = req.clone();
@@ -70,19 +101,36 @@ pub fn branch_request(
     let mf = m.max_forwards().map_or(70, |v| v.saturating_sub(1));
     m.set_header("max-forwards", &mf.to_string());
     if record_route {
-        if in_proto == out_proto {
-            m.insert_before_first("record-route", Header::new("Record-Route", &me.record_route(out_proto)));
+        if x.in_proto == x.out_proto && !x.hide {
+            m.insert_before_first("record-route", Header::new("Record-Route", &x.me_out.record_route(x.out_proto)));
         } else {
-            m.insert_before_first("record-route", Header::new("Record-Route", &me.record_route(in_proto)));
-            m.insert_before_first("record-route", Header::new("Record-Route", &me.record_route(out_proto)));
+            m.insert_before_first("record-route", Header::new("Record-Route", &x.me_in.record_route(x.in_proto)));
+            m.insert_before_first("record-route", Header::new("Record-Route", &x.me_out.record_route(x.out_proto)));
         }
     }
-    let mut via = format!("SIP/2.0/{} {};branch={branch};rport", out_proto.via_name(), me.hostport());
+    if x.hide {
+        m.remove_all("via");
+        hide_contact(&mut m, x.me_out, x.out_proto);
+    }
+    let me = x.me_out;
+    let mut via = format!("SIP/2.0/{} {};branch={branch};rport", x.out_proto.via_name(), me.hostport());
     if let Some(a) = &me.alternate {
         via.push_str(&format!(";{}={a}", super::alternate::PARAM));
     }
     m.insert_before_first("via", Header::new("Via", &via));
     m
+}
+
+/// Replaces the (first) Contact's URI with ours in `me`'s realm, keeping
+/// its user part, display name and header parameters. Returns the URI it
+/// replaced. `*` and messages without a Contact are left alone.
+pub fn hide_contact(m: &mut Message, me: &Me, proto: Proto) -> Option<String> {
+    let Some(Contact::Addr(mut na)) = m.contacts().into_iter().next() else { return None };
+    let original = na.uri.to_string();
+    let ours = me.contact_uri(na.uri.user.as_deref(), proto);
+    na.uri = crate::sip::Uri::parse(&ours).ok()?;
+    m.set_header("contact", &na.to_string());
+    Some(original)
 }
 
 #[cfg(test)]
@@ -94,8 +142,9 @@ mod tests {
     #[test]
     fn branch_request_adds_via_rr_and_decrements() {
         let m = Message::parse(INVITE.as_bytes()).unwrap();
-        let me = Me { addr: "127.0.0.1".parse().unwrap(), port: 5060, alternate: None };
-        let out = branch_request(&m, &me, "z9hG4bKxs1", Some("sip:bob@127.0.0.1:5070"), Proto::Udp, Proto::Tcp, true);
+        let me = Me { addr: "127.0.0.1".parse().unwrap(), port: 5060, alternate: None, ours: Vec::new() };
+        let x = Crossing { me_in: &me, me_out: &me, in_proto: Proto::Udp, out_proto: Proto::Tcp, hide: false };
+        let out = branch_request(&m, &x, "z9hG4bKxs1", Some("sip:bob@127.0.0.1:5070"), true);
         let text = String::from_utf8(out.to_bytes()).unwrap();
         assert!(text.starts_with("INVITE sip:bob@127.0.0.1:5070 SIP/2.0\r\n"), "{text}");
         let vias = out.vias();
@@ -108,7 +157,8 @@ mod tests {
         assert!(text.contains("X-Unknown:   keep  me \r\n"), "untouched headers byte for byte");
         // As a primary with AlternatePath on, Via and Record-Route advertise the backups.
         let me = Me { alternate: Some(super::super::alternate::param_value(&["127.0.0.2:5060".into()])), ..me };
-        let out = branch_request(&m, &me, "z9hG4bKxs2", None, Proto::Udp, Proto::Udp, true);
+        let x = Crossing { me_in: &me, me_out: &me, in_proto: Proto::Udp, out_proto: Proto::Udp, hide: false };
+        let out = branch_request(&m, &x, "z9hG4bKxs2", None, true);
         let text = String::from_utf8(out.to_bytes()).unwrap();
         assert!(
             text.contains(

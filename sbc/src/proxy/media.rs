@@ -28,20 +28,25 @@ pub(super) fn has_sdp(m: &Message) -> bool {
 }
 
 impl Core {
-    /// Anchors an SDP body: `offer` from the side with tag `owner` to `other`.
-    /// A message without SDP is left alone.
+    /// Anchors an SDP body: `offer` from the side with tag `owner` (in realm
+    /// `realms.0`) to `other` (in realm `realms.1`). Each leg is anchored
+    /// on its own realm's media interface. A message without SDP is left
+    /// alone.
     pub(super) fn anchor(
         &self,
         msg: &mut Message,
         offer: bool,
         owner: &str,
         other: Option<&str>,
+        realms: (usize, usize),
     ) -> Result<(), MediaError> {
         if !has_sdp(msg) {
             return Ok(());
         }
         let Some(call_id) = msg.call_id().map(str::to_owned) else { return Ok(()) };
-        let opts = SdpOptions { replace_origin: true, ..SdpOptions::default() };
+        // The relay places a call's legs when it first sees it: offerer first.
+        let direction = if offer { self.direction(realms.0, realms.1) } else { self.direction(realms.1, realms.0) };
+        let opts = SdpOptions { replace_origin: true, direction, ..SdpOptions::default() };
         let sdp = if offer {
             let req = SdpRequest { call_id: &call_id, from_tag: owner, to_tag: other, sdp: &msg.body, opts };
             self.media.offer(&req).map_err(MediaError::Offer)?

@@ -32,6 +32,7 @@ pub fn register(
     req: &Message,
     src: SocketAddr,
     proto: Proto,
+    realm: usize,
     now: Instant,
 ) -> RegisterOutcome {
     let Some(to) = req.to() else { return refuse(400, "Bad Request - no To") };
@@ -90,6 +91,7 @@ pub fn register(
             cseq,
             expires_at: now,
             q,
+            realm,
         };
         if let Err(UpdateError::OutOfOrder) = location.update(&aor, binding, Duration::from_secs(expires), now) {
             return refuse(500, "Server Internal Error - out-of-order REGISTER");
@@ -129,21 +131,21 @@ mod tests {
         let mut loc = Location::new();
         let now = Instant::now();
         let src: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let r = register(&cfg, &mut loc, &reg("<sip:alice@10.1.1.1:5062>", Some("300"), 1), src, Proto::Udp, now);
+        let r = register(&cfg, &mut loc, &reg("<sip:alice@10.1.1.1:5062>", Some("300"), 1), src, Proto::Udp, 0, now);
         assert_eq!(r.code, 200);
         assert_eq!(r.headers.len(), 1);
         assert_eq!(r.headers[0].value(), "<sip:alice@10.1.1.1:5062>;expires=300");
         let aor = local_aor(&cfg, Some("alice"));
         assert_eq!(loc.lookup(&aor, now)[0].source, src, "NAT: the source address is recorded");
         // Contact expires param overrides the header; too short gets 423.
-        let r = register(&cfg, &mut loc, &reg("<sip:alice@10.1.1.2>;expires=10", None, 2), src, Proto::Udp, now);
+        let r = register(&cfg, &mut loc, &reg("<sip:alice@10.1.1.2>;expires=10", None, 2), src, Proto::Udp, 0, now);
         assert_eq!((r.code, r.headers[0].value()), (423, "60"));
         // Over max is clamped.
-        let r = register(&cfg, &mut loc, &reg("<sip:alice@10.1.1.1:5062>", Some("999999"), 3), src, Proto::Udp, now);
+        let r = register(&cfg, &mut loc, &reg("<sip:alice@10.1.1.1:5062>", Some("999999"), 3), src, Proto::Udp, 0, now);
         assert_eq!(r.headers[0].value(), "<sip:alice@10.1.1.1:5062>;expires=7200");
         // '*' with Expires: 0 removes all; without it is an error.
-        assert_eq!(register(&cfg, &mut loc, &reg("*", None, 4), src, Proto::Udp, now).code, 400);
-        assert_eq!(register(&cfg, &mut loc, &reg("*", Some("0"), 5), src, Proto::Udp, now).code, 200);
+        assert_eq!(register(&cfg, &mut loc, &reg("*", None, 4), src, Proto::Udp, 0, now).code, 400);
+        assert_eq!(register(&cfg, &mut loc, &reg("*", Some("0"), 5), src, Proto::Udp, 0, now).code, 200);
         assert!(loc.lookup(&aor, now).is_empty());
     }
 }

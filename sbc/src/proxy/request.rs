@@ -4,7 +4,6 @@
 //! anchored. Each ends in a local answer or a [`Forward`](super::fork::Forward).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
 
@@ -15,7 +14,6 @@ use super::media::has_sdp;
 use super::register;
 use super::routing::{self, Target};
 use crate::sip::{Header, Message, Method, Uri};
-use crate::transport::Proto;
 use crate::txn::{Endpoint, ServerId};
 
 /// Which methods establish a dialog we record-route.
@@ -30,14 +28,14 @@ impl Core {
         txn: &mut Endpoint,
         key: ServerId,
         mut msg: Message,
-        src: SocketAddr,
-        proto: Proto,
+        from: Peer,
         now: Instant,
     ) {
+        let (src, proto, realm) = (from.addr, from.proto, from.realm);
         let method = msg.method().cloned().unwrap_or(Method::Other(String::new()));
         // Loose routing: drop the Route entries that name us (or a primary
         // that lists us as its alternate).
-        let on_route = super::alternate::strip_own_routes(&self.me, &mut msg) > 0;
+        let on_route = super::alternate::strip_own_routes(&self.me[0], &mut msg) > 0;
         let mf = msg.max_forwards().unwrap_or(70);
         let ruri_text = match &msg.start {
             crate::sip::StartLine::Request { uri, .. } => uri.clone(),
@@ -48,7 +46,7 @@ impl Core {
         let in_dialog = msg.to_tag().is_some();
 
         if !in_dialog && to_us && method == Method::Register {
-            let o = register::register(&self.cfg, &mut self.location, &msg, src, proto, now);
+            let o = register::register(&self.cfg, &mut self.location, &msg, src, proto, realm, now);
             if o.code == 200 {
                 self.metrics.registrations.fetch_add(1, Relaxed);
             }
@@ -66,7 +64,7 @@ impl Core {
             return;
         }
         if in_dialog {
-            self.route_in_dialog(txn, key, msg, proto, on_route, now);
+            self.route_in_dialog(txn, key, msg, from, on_route, now);
             return;
         }
         if !msg.routes().is_empty() {
@@ -91,6 +89,8 @@ impl Core {
                 return;
             }
         };
+        let out_realm = targets.first().map_or(realm, |t| t.realm);
+        let mut anchored = None;
         if method == Method::Invite {
             self.metrics.call_attempts.fetch_add(1, Relaxed);
             let call_id = msg.call_id().unwrap_or_default().to_owned();
@@ -99,7 +99,7 @@ impl Core {
                 caller_tag: msg.from_tag().unwrap_or_default(),
                 callee_tag: None,
                 state: DialogState::Early,
-                caller: Peer { addr: src, proto },
+                caller: from,
                 callee: None,
                 from_uri: msg.from().map(|f| f.uri.to_string()).unwrap_or_default(),
                 to_uri: msg.to().map(|f| f.uri.to_string()).unwrap_or_default(),
@@ -117,10 +117,15 @@ impl Core {
                 codecs: Vec::new(),
                 acked: false,
                 ok_sent: 0,
+                caller_contact: None,
+                callee_contact: None,
+                caller_vias: Vec::new(),
             });
-            // Anchor the offer once; every branch carries the same relay SDP.
+            // Anchor the offer once, toward the first target's realm; every
+            // branch in that realm carries the same relay SDP.
             let from_tag = msg.from_tag().unwrap_or_default();
-            if let Err(e) = self.anchor(&mut msg, true, &from_tag, None) {
+            anchored = has_sdp(&msg).then(|| (out_realm, msg.body.clone()));
+            if let Err(e) = self.anchor(&mut msg, true, &from_tag, None, (realm, out_realm)) {
                 tracing::warn!(error = %e, "media relay refused the offer");
                 self.end_call(msg.call_id().unwrap_or_default(), EndReason::Failed, 503, now);
                 txn.reply(key, 503, "Service Unavailable - Media Relay", vec![Header::new("Retry-After", "5")], now);
@@ -129,7 +134,7 @@ impl Core {
         }
         let targets = targets.into_iter().collect();
         let fwd =
-            NewForward { request: msg, in_proto: proto, targets, initial: true, record_route: dialog_forming(&method) };
+            NewForward { request: msg, from, targets, initial: true, record_route: dialog_forming(&method), anchored };
         self.open_forward(txn, key, fwd, now);
     }
 
@@ -138,7 +143,7 @@ impl Core {
         txn: &mut Endpoint,
         key: ServerId,
         mut msg: Message,
-        in_proto: Proto,
+        from: Peer,
         on_route: bool,
         now: Instant,
     ) {
@@ -148,29 +153,42 @@ impl Core {
         let to_tag = msg.to_tag();
         // The next hop by the headers, with any alternates it advertised.
         let by_headers = super::alternate::next_hop(&msg);
-        let alternates: Vec<Target> = by_headers
-            .iter()
-            .flat_map(|(_, proto, alts)| alts.iter().map(|a| (*a, *proto)))
-            .map(|(dest, proto)| Target { uri: String::new(), dest, proto, trunk: None, label: "alternate".into() })
-            .collect();
+        // The Request-URI the far side gave as its Contact, when we hid it.
+        let mut ruri: Option<String> = None;
         let dest = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
             Some(d) => {
                 d.last_activity = now;
                 if d.from_caller(&from_tag) {
+                    ruri.clone_from(&d.callee_contact);
                     d.callee
                 } else {
+                    ruri.clone_from(&d.caller_contact);
                     Some(d.caller)
                 }
             }
             // No dialog here, but the request was routed through us (a
             // backup taking over a primary's dialogs): follow its headers.
-            None if on_route => by_headers.map(|(addr, proto, _)| Peer { addr, proto }),
+            None if on_route => {
+                by_headers.as_ref().map(|(addr, proto, _)| Peer { addr: *addr, proto: *proto, realm: from.realm })
+            }
             None => None,
         };
         let Some(dest) = dest else {
             txn.reply(key, 481, "Call/Transaction Does Not Exist", Vec::new(), now);
             return;
         };
+        let alternates: Vec<Target> = by_headers
+            .iter()
+            .flat_map(|(_, proto, alts)| alts.iter().map(|a| (*a, *proto)))
+            .map(|(dest_addr, proto)| Target {
+                uri: String::new(),
+                dest: dest_addr,
+                proto,
+                realm: dest.realm,
+                trunk: None,
+                label: "alternate".into(),
+            })
+            .collect();
         if method == Method::Bye {
             // The call ends when either side says so. Ending it here, not on
             // the BYE's answer, means a lost or missing answer downstream
@@ -178,21 +196,22 @@ impl Core {
             self.end_bye(&call_id, &from_tag, now);
         }
         if matches!(method, Method::Invite | Method::Update | Method::Prack) {
-            if let Err(e) = self.anchor(&mut msg, true, &from_tag, to_tag.as_deref()) {
+            if let Err(e) = self.anchor(&mut msg, true, &from_tag, to_tag.as_deref(), (from.realm, dest.realm)) {
                 tracing::warn!(error = %e, "media relay refused a re-offer");
                 txn.reply(key, 500, "Media Relay Error", Vec::new(), now);
                 return;
             }
         }
         let mut targets = VecDeque::from([Target {
-            uri: String::new(),
+            uri: ruri.unwrap_or_default(),
             dest: dest.addr,
             proto: dest.proto,
+            realm: dest.realm,
             trunk: None,
             label: String::new(),
         }]);
         targets.extend(alternates.into_iter().filter(|a| a.dest != dest.addr));
-        let fwd = NewForward { request: msg, in_proto, targets, initial: false, record_route: false };
+        let fwd = NewForward { request: msg, from, targets, initial: false, record_route: false, anchored: None };
         self.open_forward(txn, key, fwd, now);
     }
 }

@@ -19,6 +19,8 @@ pub struct Target {
     pub dest: SocketAddr,
     /// Over what.
     pub proto: Proto,
+    /// The realm it is reached in (its request leaves from that realm's socket).
+    pub realm: usize,
     /// Trunk index, when it is a trunk.
     pub trunk: Option<usize>,
     /// For logs and CDRs: the trunk name or `user:<aor>`.
@@ -89,6 +91,7 @@ fn trunk_targets(cfg: &Config, groups: &[Vec<usize>], user: Option<&str>, seed: 
                 uri,
                 dest: t.address,
                 proto: if t.transport == TrunkTransport::Tcp { Proto::Tcp } else { Proto::Udp },
+                realm: t.realm,
                 trunk: Some(i),
                 label: t.name.clone(),
             }
@@ -130,6 +133,7 @@ pub fn route(cfg: &Config, location: &Location, ruri: &Uri, seed: u64, now: Inst
                         LocTransport::Udp => Proto::Udp,
                         LocTransport::Tcp => Proto::Tcp,
                     },
+                    realm: b.realm,
                     trunk: None,
                     label: format!("user:{aor}"),
                 })
@@ -196,6 +200,7 @@ mod tests {
             cseq: 1,
             expires_at: now,
             q: 1000,
+            realm: 0,
         };
         loc.update(&aor, b, Duration::from_secs(60), now).unwrap();
         let t = route(&c, &loc, &uri("sip:alice@localhost"), 1, now).unwrap();

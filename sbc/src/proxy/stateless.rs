@@ -18,21 +18,35 @@ use crate::txn::Endpoint;
 impl Core {
     /// ACK that matched no server transaction: the ACK for a 2xx, routed
     /// end to end through the dialog. It may carry a late answer.
-    pub(super) fn session_ack(&mut self, txn: &mut Endpoint, mut msg: Message, in_proto: Proto, now: Instant) {
-        let on_route = alternate::strip_own_routes(&self.me, &mut msg) > 0;
+    pub(super) fn session_ack(
+        &mut self,
+        txn: &mut Endpoint,
+        mut msg: Message,
+        in_proto: Proto,
+        realm: usize,
+        now: Instant,
+    ) {
+        let on_route = alternate::strip_own_routes(&self.me[0], &mut msg) > 0;
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let from_tag = msg.from_tag().unwrap_or_default();
         let to_tag = msg.to_tag();
+        let mut ruri = None;
         let (dest, late) = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
             Some(d) => {
                 d.last_activity = now;
                 d.acked = true;
-                let dest = if d.from_caller(&from_tag) { d.callee } else { Some(d.caller) };
+                let dest = if d.from_caller(&from_tag) {
+                    ruri.clone_from(&d.callee_contact);
+                    d.callee
+                } else {
+                    ruri.clone_from(&d.caller_contact);
+                    Some(d.caller)
+                };
                 let late = d.late_offer;
                 d.late_offer = false;
                 (dest, late)
             }
-            None if on_route => (alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto }), false),
+            None if on_route => (alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto, realm }), false),
             None => (None, false),
         };
         let Some(dest) = dest else {
@@ -41,48 +55,72 @@ impl Core {
         };
         if late {
             if let Some(t) = to_tag.as_deref() {
-                if let Err(e) = self.anchor(&mut msg, false, &from_tag, Some(t)) {
+                if let Err(e) = self.anchor(&mut msg, false, &from_tag, Some(t), (realm, dest.realm)) {
                     tracing::warn!(call_id, error = %e, "media relay refused the late answer");
                 }
             }
         }
         let branch = txn.new_branch();
-        let out = forward::branch_request(&msg, &self.me, &branch, None, in_proto, dest.proto, false);
-        txn.send(out.to_bytes(), dest.addr, dest.proto);
+        let crossing = forward::Crossing {
+            me_in: self.me(realm),
+            me_out: self.me(dest.realm),
+            in_proto,
+            out_proto: dest.proto,
+            hide: realm != dest.realm,
+        };
+        let out = forward::branch_request(&msg, &crossing, &branch, ruri.as_deref(), false);
+        txn.send(out.to_bytes(), dest.addr, dest.proto, dest.realm);
     }
 
     /// A response routed through a primary that lists us as its alternate:
     /// drop its Via (ours now), adopt its Record-Route, pass it on.
-    pub(super) fn stateless_response(&mut self, txn: &mut Endpoint, mut msg: Message) {
+    pub(super) fn stateless_response(&mut self, txn: &mut Endpoint, mut msg: Message, realm: usize) {
         msg.remove_first_value("via");
         let Some(next) = msg.top_via() else { return };
         let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
-        alternate::adopt_record_routes(&self.me, &mut msg, proto);
+        let me = self.me(realm);
+        alternate::adopt_record_routes(me, &mut msg, proto);
         let host_ip: Option<IpAddr> = next.host.trim_start_matches('[').trim_end_matches(']').parse().ok();
-        let fallback = SocketAddr::new(host_ip.unwrap_or(self.me.addr), next.port.unwrap_or(5060));
+        let fallback = SocketAddr::new(host_ip.unwrap_or(me.addr), next.port.unwrap_or(5060));
         let dest = response_dest(&next, fallback, proto);
         if let Some(code) = msg.code() {
             self.metrics.response(code);
         }
         tracing::info!(call_id = ?msg.call_id(), %dest, "forwarding a response for a primary (alternatePath)");
-        txn.send(msg.to_bytes(), dest, proto);
+        txn.send(msg.to_bytes(), dest, proto, realm);
     }
 
     /// A 2xx retransmission for an INVITE whose client transaction is gone:
     /// re-anchor (same ports) and send it up the Via path.
-    pub(super) fn stateless_2xx(&mut self, txn: &mut Endpoint, mut msg: Message, now: Instant) {
+    pub(super) fn stateless_2xx(&mut self, txn: &mut Endpoint, mut msg: Message, realm: usize, now: Instant) {
         msg.remove_first_value("via");
-        let Some(next) = msg.top_via() else { return };
         let call_id = msg.call_id().unwrap_or_default().to_owned();
+        // The caller's realm and, when the call crosses realms, the Vias the
+        // callee never saw.
+        let mut up_realm = realm;
+        if let Some(d) = self.dialogs.get(&call_id) {
+            up_realm = d.caller.realm;
+            if msg.top_via().is_none() {
+                for v in d.caller_vias.iter().rev() {
+                    msg.push_header_front(crate::sip::Header::new("Via", v));
+                }
+            }
+        }
+        let Some(next) = msg.top_via() else { return };
+        if up_realm != realm {
+            let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
+            let _ = forward::hide_contact(&mut msg, self.me(up_realm), proto);
+        }
         if let (Some(from), Some(to)) = (msg.from_tag(), msg.to_tag()) {
             if self.dialogs.get(&call_id).is_some_and(|d| !d.late_offer) {
-                let _ = self.anchor(&mut msg, false, &to, Some(&from));
+                let _ = self.anchor(&mut msg, false, &to, Some(&from), (realm, up_realm));
             }
         }
         let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
-        alternate::adopt_record_routes(&self.me, &mut msg, proto);
+        let me = self.me(up_realm);
+        alternate::adopt_record_routes(me, &mut msg, proto);
         let host_ip: Option<IpAddr> = next.host.trim_start_matches('[').trim_end_matches(']').parse().ok();
-        let fallback = SocketAddr::new(host_ip.unwrap_or(self.me.addr), next.port.unwrap_or(5060));
+        let fallback = SocketAddr::new(host_ip.unwrap_or(me.addr), next.port.unwrap_or(5060));
         let mut dest = response_dest(&next, fallback, proto);
         // An early dialog taken over from the HA peer is answered here.
         if let Some(d) = self.dialogs.get_mut(&call_id).filter(|d| d.state == DialogState::Early) {
@@ -103,6 +141,6 @@ impl Core {
             d.ok_sent += 1;
         }
         self.metrics.response(200);
-        txn.send(msg.to_bytes(), dest, proto);
+        txn.send(msg.to_bytes(), dest, proto, up_realm);
     }
 }

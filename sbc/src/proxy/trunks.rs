@@ -154,7 +154,7 @@ impl Core {
             );
             let branch = txn.new_branch();
             let tag = txn.unique();
-            let me = self.me.hostport();
+            let me = self.me(t.realm).hostport();
             let text = format!(
                 "OPTIONS sip:{dest} SIP/2.0\r\nVia: SIP/2.0/{} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
                  From: <sip:xsbc@{me}>;tag={tag}\r\nTo: <sip:{dest}>\r\nCall-ID: probe-{tag}@{me}\r\n\
@@ -163,7 +163,7 @@ impl Core {
             );
             let Ok(msg) = Message::parse(text.as_bytes()) else { continue };
             let timeout = Some(self.cfg.health.probe_timeout);
-            let probe = ClientRequest { request: msg, dest, proto, owner: None, timeout };
+            let probe = ClientRequest { request: msg, dest, proto, realm: t.realm, owner: None, timeout };
             if let Some(id) = txn.start_client(probe, now) {
                 self.probes.insert(id, i);
             }

@@ -34,6 +34,8 @@ pub(super) struct Server {
     /// Where responses go (RFC 3261 §18.2.2, RFC 3581).
     pub(super) upstream: SocketAddr,
     pub(super) proto: Proto,
+    /// The realm the request came in on: responses leave from it.
+    pub(super) realm: usize,
     pub(super) request: Message,
     /// Our To-tag for local answers above 100.
     pub(super) to_tag: String,
@@ -50,6 +52,8 @@ pub(super) struct Client {
     pub(super) request: Message,
     pub(super) dest: SocketAddr,
     pub(super) proto: Proto,
+    /// The realm it is sent from.
+    pub(super) realm: usize,
 }
 
 /// Which transaction a timer entry belongs to.
@@ -148,9 +152,9 @@ impl Endpoint {
     }
 
     /// Sends a message outside any transaction (the ACK for a 2xx, a 2xx
-    /// retransmission, a response forwarded statelessly).
-    pub fn send(&mut self, data: Vec<u8>, dest: SocketAddr, proto: Proto) {
-        self.out.push(Outbound { data, dest, proto });
+    /// retransmission, a response forwarded statelessly), from `realm`.
+    pub fn send(&mut self, data: Vec<u8>, dest: SocketAddr, proto: Proto, realm: usize) {
+        self.out.push(Outbound { data, dest, proto, realm });
     }
 
     /// Forgets every transaction and pending output (the node stands down).
@@ -250,7 +254,8 @@ impl Endpoint {
         if let Some(old) = self.client_ids.insert(key.clone(), id) {
             self.clients.remove(&old);
         }
-        let client = Client { key, txn, owner: c.owner, request: c.request, dest: c.dest, proto: c.proto };
+        let client =
+            Client { key, txn, owner: c.owner, request: c.request, dest: c.dest, proto: c.proto, realm: c.realm };
         self.clients.insert(id, client);
         self.run_client(id, actions, None);
         Some(id)
@@ -263,9 +268,9 @@ impl Endpoint {
     pub fn cancel(&mut self, id: ClientId, now: Instant) {
         let Some(c) = self.clients.get(&id) else { return };
         let Some(bytes) = wire::cancel_for(&c.request) else { return };
-        let (dest, proto) = (c.dest, c.proto);
+        let (dest, proto, realm) = (c.dest, c.proto, c.realm);
         let Ok(request) = Message::parse(&bytes) else { return };
-        self.start_client(ClientRequest { request, dest, proto, owner: None, timeout: None }, now);
+        self.start_client(ClientRequest { request, dest, proto, realm, owner: None, timeout: None }, now);
     }
 
     pub(super) fn next_id(&mut self) -> u64 {
@@ -285,8 +290,8 @@ impl Endpoint {
             match a {
                 ServerAction::Send(bytes) => {
                     if let Some(s) = self.servers.get(&id) {
-                        let (dest, proto) = (s.upstream, s.proto);
-                        self.send(bytes, dest, proto);
+                        let (dest, proto, realm) = (s.upstream, s.proto, s.realm);
+                        self.send(bytes, dest, proto, realm);
                     }
                 }
                 ServerAction::Timeout => tracing::debug!(?id, "server transaction timed out waiting for ACK"),
@@ -310,12 +315,12 @@ impl Endpoint {
         let mut terminated = false;
         for a in actions {
             let Some(c) = self.clients.get(&id) else { break };
-            let (dest, proto, owner) = (c.dest, c.proto, c.owner);
+            let (dest, proto, realm, owner) = (c.dest, c.proto, c.realm, c.owner);
             match a {
-                ClientAction::Send(bytes) => self.send(bytes, dest, proto),
+                ClientAction::Send(bytes) => self.send(bytes, dest, proto, realm),
                 ClientAction::SendAck => {
                     if let Some(ack) = response.as_ref().and_then(|r| wire::ack_for(&c.request, r)) {
-                        self.send(ack, dest, proto);
+                        self.send(ack, dest, proto, realm);
                     }
                 }
                 ClientAction::Deliver(code) => {

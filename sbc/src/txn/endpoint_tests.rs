@@ -31,7 +31,7 @@ fn request(method: &str, branch: &str, cseq_method: &str, to_tag: &str) -> Vec<u
 }
 
 fn feed(ep: &mut Endpoint, src: &str, data: Vec<u8>, now: Instant) -> Vec<Event> {
-    ep.handle(Inbound { data, src: addr(src), proto: Proto::Udp }, now);
+    ep.handle(Inbound { data, src: addr(src), proto: Proto::Udp, realm: 0 }, now);
     std::iter::from_fn(|| ep.poll_event()).collect()
 }
 
@@ -63,7 +63,14 @@ fn responses_match_by_branch_and_cseq_method() {
     let [Event::Request { id: owner, .. }] = ev.as_slice() else { panic!("{ev:?}") };
     let owner = *owner;
     let out = Message::parse(&request("INVITE", "z9hG4bKdown", "INVITE", "")).unwrap();
-    let c = ClientRequest { request: out, dest: addr(NEXT), proto: Proto::Udp, owner: Some(owner), timeout: None };
+    let c = ClientRequest {
+        request: out,
+        dest: addr(NEXT),
+        proto: Proto::Udp,
+        realm: 0,
+        owner: Some(owner),
+        timeout: None,
+    };
     let client = ep.start_client(c, now).unwrap();
     ep.drain_output();
     let resp = |code: u16, method: &str| {
@@ -90,8 +97,10 @@ fn an_unanswered_client_transaction_fails_at_its_timeout() {
     let (mut ep, t0) = (ep(), Instant::now());
     let out = Message::parse(&request("OPTIONS", "z9hG4bKo1", "OPTIONS", "")).unwrap();
     let timeout = Some(Duration::from_secs(1));
-    let client =
-        ep.start_client(ClientRequest { request: out, dest: addr(NEXT), proto: Proto::Udp, owner: None, timeout }, t0);
+    let client = ep.start_client(
+        ClientRequest { request: out, dest: addr(NEXT), proto: Proto::Udp, realm: 0, owner: None, timeout },
+        t0,
+    );
     assert_eq!(ep.drain_output().len(), 1);
     assert_eq!(ep.next_deadline(), Some(t0 + Duration::from_millis(500)), "timer E");
     ep.on_timer(t0 + Duration::from_millis(500));

@@ -30,6 +30,8 @@ pub enum Event {
         src: SocketAddr,
         /// Over what.
         proto: Proto,
+        /// The realm it came in on.
+        realm: usize,
     },
     /// An ACK that matched no server transaction: the ACK for a 2xx, which
     /// is end to end (RFC 3261 §17.2.3).
@@ -38,6 +40,8 @@ pub enum Event {
         msg: Message,
         /// The transport it came over.
         proto: Proto,
+        /// The realm it came in on.
+        realm: usize,
     },
     /// A CANCEL with its own server transaction `id` (not yet answered).
     /// `invite` is the INVITE server transaction it matches (§9.2) when that
@@ -73,6 +77,8 @@ pub enum Event {
     Stray {
         /// The response.
         msg: Message,
+        /// The realm it came in on.
+        realm: usize,
     },
 }
 
@@ -85,6 +91,8 @@ pub struct ClientRequest {
     pub dest: SocketAddr,
     /// Over what.
     pub proto: Proto,
+    /// The realm it leaves from.
+    pub realm: usize,
     /// The server transaction this one forwards for, reported in its events.
     pub owner: Option<ServerId>,
     /// Give up this long after sending if no response has come (a TU

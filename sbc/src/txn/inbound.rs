@@ -17,7 +17,7 @@ impl Endpoint {
     pub fn handle(&mut self, inbound: Inbound, now: Instant) {
         match Message::parse(&inbound.data) {
             Ok(msg) if msg.is_request() => self.on_request(msg, &inbound, now),
-            Ok(msg) => self.on_response(msg, inbound.src, now),
+            Ok(msg) => self.on_response(msg, inbound.src, inbound.realm, now),
             Err(e) => {
                 self.metrics.parse_errors.fetch_add(1, Relaxed);
                 let reply =
@@ -26,7 +26,7 @@ impl Endpoint {
                     Some(r) => {
                         tracing::debug!(src = %inbound.src, error = %e, "unparseable request answered");
                         self.metrics.response(400);
-                        self.send(r, inbound.src, inbound.proto);
+                        self.send(r, inbound.src, inbound.proto, inbound.realm);
                     }
                     None => {
                         tracing::debug!(src = %inbound.src, error = %e, "unparseable message dropped");
@@ -45,7 +45,7 @@ impl Endpoint {
                 Some(code) if method != Method::Ack => {
                     if let Some(r) = wire::raw_error_response(&inb.data, code, &e.to_string()) {
                         self.metrics.response(code);
-                        self.send(r, inb.src, inb.proto);
+                        self.send(r, inb.src, inb.proto, inb.realm);
                         return;
                     }
                     self.metrics.dropped.fetch_add(1, Relaxed);
@@ -74,7 +74,7 @@ impl Endpoint {
                     let actions = s.txn.on_ack(now);
                     self.run_server(id, actions);
                 }
-                None => self.events.push_back(Event::Ack { msg, proto: inb.proto }),
+                None => self.events.push_back(Event::Ack { msg, proto: inb.proto, realm: inb.realm }),
             }
             return;
         }
@@ -94,7 +94,8 @@ impl Endpoint {
         let to_tag = self.unique();
         self.server_ids.insert(key.clone(), id);
         let request = msg.clone();
-        let server = Server { key, txn, upstream, proto: inb.proto, request, to_tag, forwarded: false };
+        let server =
+            Server { key, txn, upstream, proto: inb.proto, realm: inb.realm, request, to_tag, forwarded: false };
         self.servers.insert(id, server);
         if method == Method::Invite {
             self.reply(id, 100, "Trying", Vec::new(), now);
@@ -104,10 +105,10 @@ impl Endpoint {
             self.events.push_back(Event::Cancel { id, invite });
             return;
         }
-        self.events.push_back(Event::Request { id, msg, src: inb.src, proto: inb.proto });
+        self.events.push_back(Event::Request { id, msg, src: inb.src, proto: inb.proto, realm: inb.realm });
     }
 
-    fn on_response(&mut self, msg: Message, src: SocketAddr, now: Instant) {
+    fn on_response(&mut self, msg: Message, src: SocketAddr, realm: usize, now: Instant) {
         let parts = msg.validate().ok().and_then(|()| Some((msg.top_via()?, msg.cseq()?, msg.code()?)));
         let Some((via, (_, method), code)) = parts else {
             tracing::debug!(%src, "malformed response dropped");
@@ -122,7 +123,7 @@ impl Endpoint {
                 let actions = c.txn.on_response(code, now);
                 self.run_client(id, actions, Some(msg));
             }
-            None => self.events.push_back(Event::Stray { msg }),
+            None => self.events.push_back(Event::Stray { msg, realm }),
         }
     }
 }

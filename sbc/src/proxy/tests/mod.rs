@@ -8,6 +8,7 @@
 mod call;
 mod cancel;
 mod failover;
+mod realms;
 mod sip;
 
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub(super) struct FakeRelay {
     pub(super) calls: Mutex<Vec<SdpCall>>,
     /// Call-IDs deleted.
     pub(super) deleted: Mutex<Vec<String>>,
+    /// The ng `direction` of every offer, in order.
+    pub(super) directions: Mutex<Vec<[Option<String>; 2]>>,
 }
 
 impl FakeRelay {
@@ -74,6 +77,7 @@ impl FakeRelay {
 impl MediaControl for FakeRelay {
     fn offer(&self, req: &SdpRequest<'_>) -> Result<Vec<u8>, RelayError> {
         self.record("offer", req);
+        self.directions.lock().unwrap().push(req.opts.direction.clone());
         Ok(self.rewrite(req.call_id, req.from_tag))
     }
 
@@ -104,6 +108,8 @@ impl MediaControl for FakeRelay {
 #[derive(Debug)]
 pub(super) struct Sent {
     pub(super) dest: SocketAddr,
+    /// The realm whose socket it left from.
+    pub(super) realm: usize,
     pub(super) msg: Message,
 }
 
@@ -138,14 +144,23 @@ pub(super) struct Harness {
 impl Harness {
     /// Trunks `a` and `b` in one route, tried in that order; probes off.
     pub(super) fn new() -> Self {
-        let toml = crate::config::DEFAULT_TOML
+        Self::with_config(&Self::config())
+    }
+
+    /// The configuration of [`new`](Self::new): trunks `a` and `b`.
+    pub(super) fn config() -> String {
+        crate::config::DEFAULT_TOML
             .replace(
                 "name = \"local-trunk\"\naddress = \"127.0.0.1:5070\"",
                 &format!("name = \"a\"\naddress = \"{TRUNK_A}\""),
             )
             .replace("trunks = [\"local-trunk\"]", "trunks = [\"a\", \"b\"]")
-            + &format!("\n[[trunk]]\nname = \"b\"\naddress = \"{TRUNK_B}\"\nprobe = false\n");
-        let cfg = Arc::new(Config::from_toml(&toml).unwrap());
+            + &format!("\n[[trunk]]\nname = \"b\"\naddress = \"{TRUNK_B}\"\nprobe = false\n")
+    }
+
+    /// A proxy on the configuration `toml`.
+    pub(super) fn with_config(toml: &str) -> Self {
+        let cfg = Arc::new(Config::from_toml(toml).unwrap());
         let names: Vec<String> = cfg.trunks.iter().map(|t| t.name.clone()).collect();
         let metrics = Arc::new(SbcMetrics::new(&names));
         let relay = Arc::new(FakeRelay::default());
@@ -158,7 +173,12 @@ impl Harness {
 
     /// Delivers `data` from `src` over UDP and returns what the proxy sent.
     pub(super) fn send(&mut self, src: &str, data: &[u8]) -> Vec<Sent> {
-        self.proxy.handle(Inbound { data: data.to_vec(), src: addr(src), proto: Proto::Udp }, self.now);
+        self.send_in(0, src, data)
+    }
+
+    /// Delivers `data` from `src` over UDP to realm `realm`'s socket.
+    pub(super) fn send_in(&mut self, realm: usize, src: &str, data: &[u8]) -> Vec<Sent> {
+        self.proxy.handle(Inbound { data: data.to_vec(), src: addr(src), proto: Proto::Udp, realm }, self.now);
         self.drain()
     }
 
@@ -187,7 +207,7 @@ impl Harness {
 
 fn parse(o: Outbound) -> Sent {
     assert_eq!(o.proto, Proto::Udp);
-    Sent { dest: o.dest, msg: Message::parse(&o.data).expect("the proxy sends SIP that parses") }
+    Sent { dest: o.dest, realm: o.realm, msg: Message::parse(&o.data).expect("the proxy sends SIP that parses") }
 }
 
 /// The single message in `out` sent to `dest`; panics if there is not
