@@ -124,6 +124,8 @@ impl Test {
         }
     }
 
+    /// The sbc's config: the two realms, the carrier trunk in the outside
+    /// one, every number routed to it.
     fn config(&self) -> String {
         let (listen, advertise, media) = match self.outside {
             Outside::V4 => {
