@@ -12,6 +12,9 @@
 //! Request-URI, SDP (c=, o=), and anywhere else in the text, since the
 //! scenarios write domains, not addresses, in From, To and Call-ID.
 //!
+//! One more runs the calls with the relay on the AF_XDP datapath, its XDP
+//! program attached to both of the sbc's legs.
+//!
 //! Needs root, `ip` and sipp (and `iptables` for the NAT); without them each
 //! test says so and skips, except under CI=true, where it must run.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
@@ -53,6 +56,8 @@ struct Test {
     sbc: Option<ChildGuard>,
     lab: RealmLab,
     outside: Outside,
+    /// The relay on the AF_XDP datapath, attached to both of the sbc's legs.
+    xdp: bool,
     dir: TestDir,
     _serial: MutexGuard<'static, ()>,
 }
@@ -88,12 +93,18 @@ impl Test {
         }
         .unwrap_or_else(|e| panic!("building the lab: {e}"));
         lab.check().unwrap_or_else(|e| panic!("the lab is not what it should be: {e}"));
-        Some(Test { sipp, sbc: None, lab, outside, dir, _serial: serial })
+        Some(Test { sipp, sbc: None, lab, outside, xdp: false, dir, _serial: serial })
     }
 
     /// The lab with the sbc running on it.
     fn start(tag: &str, outside: Outside) -> Option<Test> {
+        Test::start_on(tag, outside, false)
+    }
+
+    /// [`Test::start`], with the relay on the AF_XDP datapath if `xdp`.
+    fn start_on(tag: &str, outside: Outside, xdp: bool) -> Option<Test> {
         let mut t = Test::lab(tag, outside)?;
+        t.xdp = xdp;
         t.start_sbc();
         Some(t)
     }
@@ -187,8 +198,19 @@ port_max = 40999
 workers = 1
 timeout = 60
 metrics = "off"
-"#,
+{datapath}"#,
             inside = realms::SBC_INSIDE,
+            datapath = if self.xdp {
+                // The peers send over veth with partial (offloaded) UDP
+                // checksums.
+                format!(
+                    "datapath = \"xdp\"\nxdp_interfaces = [\"{}\", \"{}\"]\nxdp_full_checksum = true\n",
+                    realms::SBC_INSIDE_DEV,
+                    realms::SBC_OUTSIDE_DEV
+                )
+            } else {
+                "datapath = \"socket\"\n".to_owned()
+            },
             cdr = self.dir.join("cdr.jsonl").display(),
         )
     }
@@ -492,6 +514,12 @@ metrics = "off"
         invite.headers("call-id").first().cloned().expect("a Call-ID")
     }
 
+    /// The sum of the sbc's metric `name` (scraped in its namespace).
+    fn metric(&self, name: &str) -> f64 {
+        let name = name.to_owned();
+        self.lab.run_in(Host::Sbc, move || testkit::metrics::metric_spec(sa("127.0.0.1", 9100), &name))
+    }
+
     fn sbc_log_tail(&self) -> String {
         self.sbc.as_ref().map(|s| s.log_tail(60)).unwrap_or_default()
     }
@@ -727,5 +755,33 @@ fn an_ipv6_outside_realm_with_an_ipv4_inside_realm() {
     let (inside, outside) = t.call_in("in");
     problems.extend(t.check_call(&inside, &outside, &Test::call_id(&outside)));
     assert!(outside.packets().iter().all(|p| p.src.is_ipv6()), "only IPv6 on the outside wire");
+    assert_none(&problems);
+}
+
+#[test]
+fn calls_across_the_realms_on_the_af_xdp_datapath() {
+    let Some(t) = Test::start_on("rxdp", Outside::V4, true) else { return };
+    for dev in [realms::SBC_INSIDE_DEV, realms::SBC_OUTSIDE_DEV] {
+        let out = t.lab.sbc.command("ip").args(["-d", "link", "show", "dev", dev]).output().expect("ip runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("prog/xdp"), "no XDP program on {dev}:\n{text}");
+    }
+    assert_eq!(t.metric("media_relay_xdp_interfaces{mode=\"native\"}"), 2.0, "both legs natively");
+    let (inside, outside) = t.call_out("out");
+    let mut problems = t.check_call(&inside, &outside, &Test::call_id(&inside));
+    let (inside, outside) = t.call_in("in");
+    problems.extend(t.check_call(&inside, &outside, &Test::call_id(&outside)));
+    let (relayed, kernel, handoff) = (
+        t.metric("media_relay_packets_relayed_total"),
+        t.metric("media_relay_xdp_kernel_path_total"),
+        t.metric("media_relay_sip_handoff_total"),
+    );
+    eprintln!(
+        "AF_XDP across the realms: {relayed} packets relayed, {kernel} through the kernel, {handoff} SIP handed over"
+    );
+    // Two calls of 50 packets each way, echoed: 200 relayed.
+    assert!(relayed >= 180.0, "media relayed on the AF_XDP datapath: {relayed}");
+    assert!(kernel < relayed / 2.0, "most media left from the AF_XDP rings: {kernel} of {relayed} through the kernel");
+    assert!(handoff >= 10.0, "SIP to both realms' sockets came through the XDP handoff: {handoff}");
     assert_none(&problems);
 }
