@@ -9,6 +9,8 @@ use std::time::Duration;
 use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
+mod ha;
+
 /// The configuration `sbc run` uses without `--config`.
 pub const DEFAULT_TOML: &str = include_str!("../config/sbc.toml");
 
@@ -207,93 +209,7 @@ struct File {
     control: RawControl,
     relay: toml::Table,
     #[serde(default)]
-    ha: Option<RawHa>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHa {
-    node_id: String,
-    redis: String,
-    #[serde(default = "key_prefix")]
-    key_prefix: String,
-    vip: String,
-    interface: String,
-    heartbeat: String,
-    peer: String,
-    #[serde(default = "lease_ms")]
-    lease_ms: u64,
-    #[serde(default = "check_interval_ms")]
-    check_interval_ms: u64,
-    #[serde(default = "stats_sync_ms")]
-    stats_sync_ms: u64,
-}
-
-fn key_prefix() -> String {
-    "xsbc".into()
-}
-fn lease_ms() -> u64 {
-    600
-}
-fn check_interval_ms() -> u64 {
-    100
-}
-fn stats_sync_ms() -> u64 {
-    1000
-}
-
-fn parse_ha(h: RawHa, listen: SocketAddr, relay: &mut RelayConfig) -> Result<crate::ha::HaConfig, ConfigError> {
-    if h.node_id.is_empty() || h.node_id.contains([' ', ':']) {
-        return Err(invalid("ha.node_id", "must be a non-empty name without spaces or colons"));
-    }
-    let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
-        v.parse().map_err(|_| invalid(key, format!("`{v}` is not ADDR:PORT")))
-    };
-    let redis = addr("ha.redis", &h.redis)?;
-    let heartbeat = addr("ha.heartbeat", &h.heartbeat)?;
-    let peer = addr("ha.peer", &h.peer)?;
-    let (ip, prefix) =
-        h.vip.split_once('/').ok_or_else(|| invalid("ha.vip", format!("`{}`: want ADDR/PREFIX", h.vip)))?;
-    let vip_ip: IpAddr = ip.parse().map_err(|_| invalid("ha.vip", format!("`{ip}` is not an IP address")))?;
-    let max = if vip_ip.is_ipv4() { 32 } else { 128 };
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= max)
-        .ok_or_else(|| invalid("ha.vip", format!("`{prefix}` is not a prefix length (0..={max})")))?;
-    if h.interface.is_empty() || h.interface.contains('/') {
-        return Err(invalid("ha.interface", "name the interface the virtual IP goes on"));
-    }
-    if h.check_interval_ms < 10 {
-        return Err(invalid("ha.check_interval_ms", "must be at least 10"));
-    }
-    if h.lease_ms < 3 * h.check_interval_ms {
-        return Err(invalid("ha.lease_ms", "must be at least 3 times ha.check_interval_ms"));
-    }
-    if h.stats_sync_ms < h.check_interval_ms {
-        return Err(invalid("ha.stats_sync_ms", "must be at least ha.check_interval_ms"));
-    }
-    if listen.ip() != vip_ip && !listen.ip().is_unspecified() {
-        return Err(invalid("sip.listen", format!("with [ha], SIP must listen on the virtual IP {vip_ip}")));
-    }
-    if let Some(i) = relay.interfaces.iter().find(|i| i.local != vip_ip && !i.local.is_unspecified()) {
-        return Err(invalid(
-            "relay.interfaces",
-            format!("with [ha], media must be bound to the virtual IP {vip_ip} (not {})", i.local),
-        ));
-    }
-    relay.freebind = true;
-    Ok(crate::ha::HaConfig {
-        node_id: h.node_id,
-        redis,
-        key_prefix: h.key_prefix,
-        vip: crate::ha::vip::Vip { addr: vip_ip, prefix, dev: h.interface },
-        heartbeat,
-        peer,
-        lease: Duration::from_millis(h.lease_ms),
-        interval: Duration::from_millis(h.check_interval_ms),
-        stats_sync: Duration::from_millis(h.stats_sync_ms),
-    })
+    ha: Option<ha::RawHa>,
 }
 
 #[derive(Deserialize)]
@@ -660,7 +576,7 @@ impl Config {
         relay.sip_ports.sort_unstable();
         relay.sip_ports.dedup();
         let ha = match f.ha {
-            Some(h) => Some(parse_ha(h, listen, &mut relay)?),
+            Some(h) => Some(ha::parse_ha(h, &realms, &mut relay)?),
             None => None,
         };
         Ok(Self {
@@ -920,6 +836,97 @@ mod tests {
         let both = with_realms(ok_in, ok_out, "outside").replace("[sip]", "[sip]\nlisten = \"127.0.0.1:5070\"");
         let e = Config::from_toml(&both).unwrap_err().to_string();
         assert!(e.contains("sip.listen") && e.contains("not both"), "{e}");
+    }
+
+    /// Two realms (inside on eth0, outside on eth1) with `[ha]`; `realm_vips`
+    /// is the TOML after `realm_vips = `.
+    fn with_ha_realms(outside_listen: &str, outside_media: &str, realm_vips: &str) -> String {
+        let base = with_realms(
+            "listen = \"10.9.0.100:5060\"\nmedia = \"inside\"",
+            &format!("listen = \"{outside_listen}\"\nmedia = \"outside\""),
+            "outside",
+        )
+        .replace(
+            "interfaces = [\"inside/127.0.0.1\", \"outside/127.0.0.2!203.0.113.7\"]",
+            &format!("interfaces = [\"inside/10.9.0.100\", \"outside/{outside_media}\"]"),
+        );
+        format!(
+            "{base}\n[ha]\nnode_id = \"a\"\nredis = \"10.9.0.1:6379\"\nvip = \"10.9.0.100/24\"\ninterface = \"eth0\"\nheartbeat = \"10.9.0.11:7010\"\npeer = \"10.9.0.12:7010\"\nrealm_vips = {realm_vips}\n"
+        )
+    }
+
+    const OUTSIDE_VIP: &str = "[{ realm = \"outside\", vip = \"192.0.2.100/26\", interface = \"eth1\" }]";
+
+    #[test]
+    fn ha_holds_one_vip_per_realm() {
+        let c = Config::from_toml(&with_ha_realms("192.0.2.100:5060", "192.0.2.100", OUTSIDE_VIP)).unwrap();
+        let ha = c.ha.unwrap();
+        assert_eq!(ha.vip.dev, "eth0");
+        assert_eq!(ha.realm_vips.len(), 1);
+        assert_eq!(ha.realm_vips[0].realm, "outside");
+        let vips: Vec<String> = ha.vips().map(|v| format!("{}/{} {}", v.addr, v.prefix, v.dev)).collect();
+        assert_eq!(vips, ["10.9.0.100/24 eth0", "192.0.2.100/26 eth1"]);
+        assert!(c.relay.freebind);
+        // The table form, and an advertised media address behind NAT.
+        let tables = with_ha_realms("192.0.2.100:5060", "192.0.2.100!203.0.113.7", "[]").replace(
+            "realm_vips = []",
+            "[[ha.realm_vips]]\nrealm = \"outside\"\nvip = \"192.0.2.100/26\"\ninterface = \"eth1\"",
+        );
+        assert_eq!(Config::from_toml(&tables).unwrap().ha.unwrap().realm_vips[0].vip.prefix, 26);
+        // The one-realm shorthand needs none.
+        assert!(Config::from_toml(&with_ha("")).unwrap().ha.unwrap().realm_vips.is_empty());
+    }
+
+    #[test]
+    fn ha_realm_vip_errors_name_the_key() {
+        let vip =
+            |realm: &str, vip: &str| format!("[{{ realm = \"{realm}\", vip = \"{vip}\", interface = \"eth1\" }}]");
+        for (listen, media, realm_vips, key, words) in [
+            (
+                "192.0.2.100:5060",
+                "192.0.2.100",
+                vip("dmz", "192.0.2.100/26"),
+                "ha.realm_vips[0].realm",
+                "no realm named `dmz`",
+            ),
+            (
+                "192.0.2.100:5060",
+                "192.0.2.100",
+                vip("inside", "192.0.2.100/26"),
+                "ha.realm_vips[0].realm",
+                "first realm",
+            ),
+            ("192.0.2.100:5060", "192.0.2.100", "[]".into(), "ha.realm_vips", "realm `outside` has no virtual IP"),
+            ("192.0.2.100:5060", "192.0.2.100", vip("outside", "192.0.2.100/33"), "ha.realm_vips[0].vip", "prefix"),
+            ("192.0.2.100:5060", "192.0.2.100", vip("outside", "192.0.2.100"), "ha.realm_vips[0].vip", "ADDR/PREFIX"),
+            (
+                "192.0.2.100:5060",
+                "192.0.2.100",
+                vip("outside", "10.9.0.100/16"),
+                "ha.realm_vips[0].vip",
+                "give it once",
+            ),
+            (
+                "192.0.2.5:5060",
+                "192.0.2.100",
+                vip("outside", "192.0.2.100/26"),
+                "realm[1].listen",
+                "its virtual IP 192.0.2.100",
+            ),
+            ("192.0.2.100:5060", "192.0.2.5", vip("outside", "192.0.2.100/26"), "relay.interfaces", "realm `outside`"),
+            ("192.0.2.100:5060", "10.9.0.100", vip("outside", "192.0.2.100/26"), "relay.interfaces", "192.0.2.100"),
+        ] {
+            let e = Config::from_toml(&with_ha_realms(listen, media, &realm_vips)).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(words), "want {key} / {words}: {e}");
+        }
+        let e = Config::from_toml(&with_ha_realms(
+            "192.0.2.100:5060",
+            "192.0.2.100",
+            "[{ realm = \"outside\", vip = \"192.0.2.100/26\", interface = \"\" }]",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ha.realm_vips[0].interface"), "{e}");
     }
 
     #[test]

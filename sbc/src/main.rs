@@ -81,8 +81,11 @@ fn main() -> ExitCode {
                     c.relay.port_min,
                     c.relay.port_max,
                     c.ha.as_ref().map_or(String::new(), |h| format!(
-                        ", HA node `{}` (VIP {}/{} on {}, Redis {}, peer {})",
-                        h.node_id, h.vip.addr, h.vip.prefix, h.vip.dev, h.redis, h.peer
+                        ", HA node `{}` (VIP {}, Redis {}, peer {})",
+                        h.node_id,
+                        sbc::ha::vip::list(h.vips()),
+                        h.redis,
+                        h.peer
                     ))
                 );
                 ExitCode::SUCCESS
@@ -264,7 +267,8 @@ fn run(cfg: Config) -> Result<(), Error> {
         proxy.set_active(false);
         ha_link = Some((to_ha, from_ha));
     }
-    tracing::info!(listen = %cfg.listen, tcp = cfg.tcp, ha = cfg.ha.is_some(), "sbc started");
+    let vips = cfg.ha.as_ref().map_or_else(String::new, |h| sbc::ha::vip::list(h.vips()));
+    tracing::info!(listen = %cfg.listen, tcp = cfg.tcp, ha = cfg.ha.is_some(), vips = %vips, "sbc started");
     let control_rx = control.map(|c| c.spawn(Arc::clone(&shutdown)));
     let mut inbound = Vec::new();
     let mut dropped_seen = 0u64;

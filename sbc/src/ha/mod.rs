@@ -1,5 +1,6 @@
 //! High availability: an active/standby pair sharing call state through
-//! Redis, with a fenced lease deciding who holds the virtual IP.
+//! Redis, with a fenced lease deciding who holds the virtual IPs (one per
+//! realm, moved together).
 //!
 //! One [`Node`] runs on its own thread (`sbc-ha`) and owns everything in
 //! this module: the Redis connection, the heartbeat socket, the lease, the
@@ -18,7 +19,7 @@
 //! - `lease`: the fenced lease in Redis (token from an `INCR`), renewing
 //!   it, and what to do when it cannot be renewed. An active node that loses
 //!   the lease, or cannot renew it in time while the peer can reach Redis (or
-//!   is silent), removes the address before the lease can expire for the
+//!   is silent), removes the addresses before the lease can expire for the
 //!   peer. If the peer says Redis is down for it too, Redis itself failed:
 //!   the active keeps serving (degraded, no replication) and writes
 //!   everything again when Redis is back.
@@ -28,9 +29,9 @@
 //!   interval (role, Redis reachability, token) and the planned-handover
 //!   messages (`sbc ctl failover`).
 //! - `takeover`: becoming active (installing the warm copy, claiming and
-//!   announcing the address), handing over, stepping down.
+//!   announcing every address), handing over, stepping down.
 //! - `status`: the `sbc_ha_*` metrics and the `sbc ctl ha` line.
-//! - [`vip`]: the virtual IP on the interface and its announcements;
+//! - [`vip`]: the virtual IPs on their interfaces and their announcements;
 //!   [`redis`]: a small blocking Redis client.
 
 mod heartbeat;
@@ -54,7 +55,7 @@ use lease::Lease;
 use redis::Redis;
 use replication::{Outbox, WarmCopy};
 pub use status::HaStatus;
-use vip::Vip;
+use vip::{Vip, VipSet};
 
 /// `[ha]` settings.
 #[derive(Debug, Clone)]
@@ -65,8 +66,11 @@ pub struct HaConfig {
     pub redis: SocketAddr,
     /// Key prefix in Redis.
     pub key_prefix: String,
-    /// The virtual IP, its prefix and interface.
+    /// The first realm's virtual IP (the only one without realms), its
+    /// prefix and interface.
     pub vip: Vip,
+    /// The other realms' virtual IPs, moved together with `vip`.
+    pub realm_vips: Vec<RealmVip>,
     /// Where this node listens for the peer's heartbeats.
     pub heartbeat: SocketAddr,
     /// The peer's heartbeat address.
@@ -77,6 +81,22 @@ pub struct HaConfig {
     pub interval: Duration,
     /// How often the statistics of every session are written again.
     pub stats_sync: Duration,
+}
+
+impl HaConfig {
+    /// Every virtual IP: `vip`, then each of `realm_vips`.
+    pub fn vips(&self) -> impl Iterator<Item = &Vip> {
+        std::iter::once(&self.vip).chain(self.realm_vips.iter().map(|r| &r.vip))
+    }
+}
+
+/// The virtual IP of a realm other than the first (`ha.realm_vips`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealmVip {
+    /// The realm's name.
+    pub realm: String,
+    /// Its address, prefix and interface.
+    pub vip: Vip,
 }
 
 /// Signaling thread → HA thread.
@@ -127,7 +147,7 @@ pub struct Dump {
 /// Role of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Holds the lease and the virtual IP.
+    /// Holds the lease and the virtual IPs.
     Active,
     /// Keeps a warm copy and waits.
     Standby,
@@ -183,7 +203,8 @@ pub struct Node {
     redis: Redis,
     keys: Keys,
     hb: Heartbeat,
-    announcer: vip::Announcer,
+    /// Every virtual IP with its announcer.
+    vips: VipSet,
     /// Wakes the loop when a heartbeat or handover message arrives.
     poll: mio::Poll,
     role: Role,
@@ -195,7 +216,7 @@ pub struct Node {
     warm: WarmCopy,
     /// Standby: sessions installed for a planned handover ("prepare").
     prepared_at: Option<Instant>,
-    /// Re-announcements of the address after a takeover.
+    /// Re-announcements of the addresses after a takeover.
     reannounce: Vec<Instant>,
 }
 
@@ -207,7 +228,7 @@ impl Node {
     pub fn new(cfg: HaConfig, links: Links, status: Arc<HaStatus>) -> std::io::Result<Self> {
         let mut hb = Heartbeat::bind(cfg.heartbeat, cfg.peer)?;
         let poll = mio::Poll::new()?;
-        let announcer = vip::Announcer::new(cfg.vip.clone())?;
+        let vips = VipSet::new(cfg.vips().cloned())?;
         hb.register(poll.registry())?;
         let now = Instant::now();
         let redis = Redis::new(cfg.redis, cfg.interval.clamp(Duration::from_millis(20), Duration::from_millis(500)));
@@ -217,7 +238,7 @@ impl Node {
             redis,
             keys: Keys::new(&cfg.key_prefix),
             hb,
-            announcer,
+            vips,
             poll,
             role: Role::Standby,
             lease: Lease::new(now, cfg.interval),
@@ -232,11 +253,9 @@ impl Node {
 
     /// Runs until shutdown.
     pub fn run(mut self) {
-        tracing::info!(node = %self.cfg.node_id, vip = %self.cfg.vip.addr, dev = %self.cfg.vip.dev, lease_ms = self.cfg.lease.as_millis() as u64, "HA: starting as standby");
-        match self.cfg.vip.remove() {
-            Ok(true) => tracing::warn!(vip = %self.cfg.vip.addr, "HA: removed a virtual IP left from an earlier run"),
-            Ok(false) => {}
-            Err(e) => tracing::error!("HA: {e}"),
+        tracing::info!(node = %self.cfg.node_id, vips = %self.vips.list(), lease_ms = self.cfg.lease.as_millis() as u64, "HA: starting as standby");
+        for addr in self.vips.release() {
+            tracing::warn!(vip = %addr, "HA: removed a virtual IP left from an earlier run");
         }
         self.links.relay.track_changes();
         let _ = self.links.to_proxy.send(ToProxy::SetActive(false));
@@ -255,14 +274,12 @@ impl Node {
                 next_hb = now + self.cfg.interval;
             }
             if self.role != Role::Active {
-                // Never announce an address this node gave up.
+                // Never announce addresses this node gave up.
                 self.reannounce.clear();
             }
             self.reannounce.retain(|t| {
                 if *t <= now {
-                    if let Err(e) = self.announcer.announce() {
-                        tracing::warn!(error = %e, "HA: announcing the virtual IP failed");
-                    }
+                    self.vips.announce();
                     false
                 } else {
                     true
@@ -276,11 +293,11 @@ impl Node {
             }
         }
         if self.role == Role::Active {
-            // An orderly stop hands the address back at once.
+            // An orderly stop hands the addresses back at once.
             let _ = self.flush(Instant::now(), false);
-            let _ = self.cfg.vip.remove();
+            self.vips.release();
             self.lease.release(&mut self.redis, &self.keys, &self.cfg.node_id);
-            tracing::info!("HA: stopped; virtual IP released");
+            tracing::info!("HA: stopped; virtual IPs released");
         }
     }
 

@@ -109,14 +109,13 @@ impl Node {
             None => "never heard".into(),
         };
         format!(
-            "node {} role {} token {} redis {}{} vip {} {} peer {}\n",
+            "node {} role {} token {} redis {}{} vip {} peer {}\n",
             self.cfg.node_id,
             if self.role == Role::Active { "active" } else { "standby" },
             self.lease.token,
             if self.status.redis_up.load(Relaxed) { "up" } else { "down" },
             if self.status.degraded.load(Relaxed) { " (degraded)" } else { "" },
-            self.cfg.vip.addr,
-            if self.cfg.vip.held() { "held" } else { "not held" },
+            self.vips.describe(),
             peer
         )
     }

@@ -3,14 +3,14 @@
 //!
 //! - **Takeover.** When the lease is free and the peer does not say it is
 //!   active, the standby takes the lease, installs every session on the
-//!   same ports (sockets bound with `IP_FREEBIND`), adds the virtual IP and
-//!   announces it (gratuitous ARP or unsolicited NA), then announces it
-//!   again a few times.
+//!   same ports (sockets bound with `IP_FREEBIND`), adds every virtual IP
+//!   (one per realm) and announces each (gratuitous ARP or unsolicited NA),
+//!   then announces them again a few times.
 //! - **Planned handover** (`sbc ctl failover`): the active writes
 //!   everything, tells the standby to `prepare` (install the warm copy),
-//!   waits for `ready`, removes the address, releases the lease and says
-//!   `go`; the standby then takes the lease and claims the address first.
-//! - **Stepping down** ([`Node::release`]): remove the address, then forget
+//!   waits for `ready`, removes the addresses, releases the lease and says
+//!   `go`; the standby then takes the lease and claims the addresses first.
+//! - **Stepping down** ([`Node::release`]): remove the addresses, then forget
 //!   every call (they belong to the new active).
 //!
 //! All of it runs on the HA thread. The proxy is told what to do over the
@@ -99,14 +99,9 @@ impl Node {
         (sessions, dialogs)
     }
 
-    /// Adds the virtual IP and announces it.
+    /// Adds every virtual IP, then announces each.
     fn claim_address(&mut self) {
-        if let Err(e) = self.cfg.vip.add() {
-            tracing::error!("HA: {e}");
-        }
-        if let Err(e) = self.announcer.announce() {
-            tracing::warn!(error = %e, "HA: announcing the virtual IP failed");
-        }
+        self.vips.claim();
     }
 
     /// Planned handover, standby side: install everything, say ready.
@@ -123,7 +118,7 @@ impl Node {
     fn take_over(&mut self, _now: Instant) {
         let t0 = Instant::now();
         // A planned handover installed the sessions already ("prepare"):
-        // claim the address first, then pick up what changed since.
+        // claim the addresses first, then pick up what changed since.
         let planned = self.prepared_at.take().is_some();
         if planned {
             self.claim_address();
@@ -167,7 +162,7 @@ impl Node {
         self.warm.clear(&self.status);
         // The imported sessions are in Redis already.
         let _ = self.links.relay.export_changes();
-        tracing::warn!(token = self.lease.token, sessions, dialogs, takeover_ms = ms, vip = %self.cfg.vip.addr, "HA: took over; now active");
+        tracing::warn!(token = self.lease.token, sessions, dialogs, takeover_ms = ms, vips = %self.vips.list(), "HA: took over; now active");
         self.send_heartbeat();
     }
 
@@ -205,9 +200,7 @@ impl Node {
             return "error: cannot write the state to Redis; still active\n".into();
         }
         let t1 = Instant::now();
-        if let Err(e) = self.cfg.vip.remove() {
-            tracing::error!("HA: {e}");
-        }
+        self.vips.release();
         self.lease.release(&mut self.redis, &self.keys, &self.cfg.node_id);
         for _ in 0..3 {
             self.hb.send(GO);
@@ -215,23 +208,21 @@ impl Node {
         self.become_standby();
         tracing::info!(prepare_ms = prepared.as_millis() as u64, "HA: handed over to the peer (planned)");
         format!(
-            "ok: handed over to {} (peer ready after {} ms, address released {} ms later)\n",
+            "ok: handed over to {} (peer ready after {} ms, addresses released {} ms later)\n",
             self.cfg.peer,
             prepared.as_millis(),
             t1.saturating_duration_since(t0 + prepared).as_millis()
         )
     }
 
-    /// Gives up the address and every call (they belong to the new active).
+    /// Gives up the addresses and every call (they belong to the new active).
     pub(super) fn release(&mut self, why: &str) {
-        if let Err(e) = self.cfg.vip.remove() {
-            tracing::error!("HA: {e}");
-        }
-        tracing::warn!(reason = why, vip = %self.cfg.vip.addr, "HA: released the virtual IP; now standby");
+        self.vips.release();
+        tracing::warn!(reason = why, vips = %self.vips.list(), "HA: released the virtual IPs; now standby");
         self.become_standby();
     }
 
-    /// The standby's state, after the address is gone: no token, nothing
+    /// The standby's state, after the addresses are gone: no token, nothing
     /// pending, the proxy and the relay emptied (their calls belong to the
     /// new active), a heartbeat saying so.
     fn become_standby(&mut self) {

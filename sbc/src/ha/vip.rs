@@ -1,7 +1,9 @@
-//! The virtual IP: adding it to and removing it from the interface, and
-//! announcing the move (gratuitous ARP for IPv4, an unsolicited neighbour
-//! advertisement for IPv6) so the neighbours' caches point at this node at
-//! once instead of when their entries expire.
+//! The virtual IPs: adding them to and removing them from their interfaces,
+//! and announcing the move (gratuitous ARP for IPv4, an unsolicited
+//! neighbour advertisement for IPv6) so the neighbours' caches point at this
+//! node at once instead of when their entries expire. A pair bordering
+//! several realms holds one address per realm; [`VipSet`] moves them
+//! together.
 //!
 //! Addresses are changed over rtnetlink (`RTM_NEWADDR` / `RTM_DELADDR`, in
 //! `crate::sys`); the announcements are built here and sent on the
@@ -93,6 +95,87 @@ impl Announcer {
             (IpAddr::V6(a), _) => send_unsolicited_na(&self.vip.dev, mac, a),
         }
     }
+}
+
+/// Every virtual IP of the pair (the first realm's, then the others'),
+/// each with its announcer. They are claimed, announced and released
+/// together: a node holds all of them or none.
+pub struct VipSet {
+    entries: Vec<(Vip, Announcer)>,
+}
+
+impl VipSet {
+    /// A set for `vips`; opens each announcer's socket now.
+    ///
+    /// # Errors
+    /// When a packet socket cannot be opened (no `CAP_NET_RAW`).
+    pub fn new(vips: impl IntoIterator<Item = Vip>) -> io::Result<Self> {
+        let entries = vips.into_iter().map(|v| Ok((v.clone(), Announcer::new(v)?))).collect::<io::Result<_>>()?;
+        Ok(Self { entries })
+    }
+
+    /// The addresses, in configuration order.
+    pub fn vips(&self) -> impl Iterator<Item = &Vip> {
+        self.entries.iter().map(|(v, _)| v)
+    }
+
+    /// Adds every address, then announces every one. Failures are logged
+    /// and the rest still go on.
+    pub fn claim(&self) {
+        for (v, _) in &self.entries {
+            if let Err(e) = v.add() {
+                tracing::error!("HA: {e}");
+            }
+        }
+        self.announce();
+    }
+
+    /// Announces every address again.
+    pub fn announce(&self) {
+        for (v, a) in &self.entries {
+            if let Err(e) = a.announce() {
+                tracing::warn!(vip = %v.addr, dev = %v.dev, error = %e, "HA: announcing the virtual IP failed");
+            }
+        }
+    }
+
+    /// Removes every address; returns the ones that were there. Failures
+    /// are logged and the rest still go.
+    pub fn release(&self) -> Vec<IpAddr> {
+        let mut removed = Vec::new();
+        for (v, _) in &self.entries {
+            match v.remove() {
+                Ok(true) => removed.push(v.addr),
+                Ok(false) => {}
+                Err(e) => tracing::error!("HA: {e}"),
+            }
+        }
+        removed
+    }
+
+    /// `ADDR held` or `ADDR not held` for each address, for `sbc ctl ha`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let words: Vec<String> = self
+            .entries
+            .iter()
+            .map(|(v, _)| format!("{} {}", v.addr, if v.held() { "held" } else { "not held" }))
+            .collect();
+        words.join(", ")
+    }
+
+    /// The addresses as one log field, e.g. `10.0.0.100/24 on eth0, 192.0.2.10/24 on eth1`.
+    #[must_use]
+    pub fn list(&self) -> String {
+        list(self.vips())
+    }
+}
+
+/// Addresses as one text, e.g. `10.0.0.100/24 on eth0, 192.0.2.10/24 on eth1`.
+#[must_use]
+pub fn list<'a>(vips: impl IntoIterator<Item = &'a Vip>) -> String {
+    let words: Vec<String> = vips.into_iter().map(|v| format!("{}/{} on {}", v.addr, v.prefix, v.dev)).collect();
+    words.join(", ")
 }
 
 fn sysfs(dev: &str, file: &str) -> io::Result<String> {
