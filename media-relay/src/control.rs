@@ -31,6 +31,18 @@ pub enum RelayError {
     /// An ng `direction` named an interface that is not configured.
     #[error("Unknown interface `{0}` in direction")]
     UnknownInterface(String),
+    /// The SDP's media address is of another family than the leg's
+    /// interface (an IPv4 peer on an IPv6 interface, or the reverse):
+    /// media could not flow.
+    #[error("Address {addr} in the SDP is not of the family of interface `{interface}` ({local})")]
+    FamilyMismatch {
+        /// The leg's interface name.
+        interface: String,
+        /// Its local address.
+        local: std::net::IpAddr,
+        /// The SDP's address.
+        addr: std::net::IpAddr,
+    },
     /// A required key is missing (ng layer).
     #[error("Missing key `{0}`")]
     MissingKey(&'static str),

@@ -187,6 +187,20 @@ impl Relay {
         Ok(out)
     }
 
+    /// Checks that every anchored media address of `parsed` is of the
+    /// family of interface `iface` (the side's), which its socket is bound
+    /// in; an interface on an unspecified address takes either.
+    fn check_families(&self, parsed: &Sdp, iface: usize) -> Result<(), RelayError> {
+        let i = &self.cfg.interfaces[iface];
+        let addrs = parsed.media.iter().filter(|m| m.port != 0).filter_map(|m| m.remote_addr(parsed));
+        match addrs.filter(|a| !a.is_unspecified()).find(|a| a.is_ipv4() != i.local.is_ipv4()) {
+            Some(addr) if !i.local.is_unspecified() => {
+                Err(RelayError::FamilyMismatch { interface: i.name.clone(), local: i.local, addr })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn negotiate_in(
         &self,
         st: &mut State,
@@ -203,6 +217,7 @@ impl Relay {
             call.side_of(req.from_tag, req.to_tag.unwrap_or(""), false)
         };
         let other = 1 - side;
+        self.check_families(parsed, call.iface[side])?;
         call.last_signal = unix_now();
         call.last_signal_mono = monotonic_ns();
         call.delete_at = None;

@@ -7,6 +7,7 @@
 //!   has its own XSKMAP, indexed by rx queue), removes a stale copy of our
 //!   program that a crashed run left attached, attaches in native mode
 //!   (generic mode with a warning when the driver refuses), checks that
+//!   every media interface's network is on one of its devices and that
 //!   `AF_XDP` sockets can be bound, and starts the neighbour monitor.
 //! - [`umem`]: per-worker UMEM shared by the worker's sockets, and frame
 //!   ownership. [`handoff`]: frames that RSS put on another queue than
@@ -27,7 +28,7 @@ pub mod rewrite;
 pub mod umem;
 pub mod worker;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -95,6 +96,20 @@ pub enum Error {
         /// Why generic mode failed.
         generic: String,
     },
+    /// A media interface's network is on a device the program is not
+    /// attached to: media arriving there would never reach a worker.
+    #[error(
+        "relay.interfaces `{name}` ({addr}) is on the network of `{device}`, which is not in \
+         relay.xdp_interfaces: media arriving there would reach no AF_XDP worker"
+    )]
+    MediaNotSteered {
+        /// The media interface's name.
+        name: String,
+        /// Its local address.
+        addr: IpAddr,
+        /// The device its network is on.
+        device: String,
+    },
     /// A map operation failed.
     #[error("{0}")]
     Map(String),
@@ -160,6 +175,26 @@ fn rx_queues(interface: &str) -> usize {
         .max(1)
 }
 
+/// Checks that every media interface's network (`relay.interfaces`) is on
+/// a device of `ifindexes` (`relay.xdp_interfaces`): media arriving on
+/// another device would reach only the legs' UDP sockets, which no `AF_XDP`
+/// worker reads. The device is the one of the address's connected route;
+/// an address without one (a /32 VIP, loopback) is not checked.
+fn check_media_devices(cfg: &RelayConfig, snap: &neigh::Snapshot, ifindexes: &[u32]) -> Result<(), Error> {
+    for iface in &cfg.interfaces {
+        let connected = snap.route(iface.local).filter(|r| r.gateway.is_none() && r.len > 0);
+        let Some(route) = connected.filter(|_| !iface.local.is_loopback()) else { continue };
+        if !ifindexes.contains(&route.oif) {
+            return Err(Error::MediaNotSteered {
+                name: iface.name.clone(),
+                addr: iface.local,
+                device: snap.link(route.oif).map_or_else(|| format!("ifindex {}", route.oif), |l| l.name.clone()),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl AfXdp {
     /// Loads and attaches the program on every `relay.xdp_interfaces`
     /// entry and checks that `AF_XDP` sockets bind there.
@@ -176,6 +211,7 @@ impl AfXdp {
             let link = snap.link_by_name(name).ok_or_else(|| Error::NoSuchInterface(name.clone()))?;
             ifindexes.push(link.index);
         }
+        check_media_devices(cfg, &snap, &ifindexes)?;
         let queues = if cfg.xdp_queues > 0 {
             cfg.xdp_queues
         } else {

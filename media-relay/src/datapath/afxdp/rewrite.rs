@@ -2,7 +2,9 @@
 //! its Ethernet, IP and UDP headers in place so it leaves towards the other
 //! leg: new MACs, new addresses and ports, the IPv4 header checksum, and the
 //! UDP checksum updated incrementally (RFC 1624). A zero IPv4 UDP checksum
-//! ("none computed") stays zero.
+//! ("none computed") stays zero. Between IPv4 and IPv6 legs, [`translate`]
+//! replaces the IP header by one of the other family, the UDP datagram
+//! staying where it is and the frame's start moving.
 //!
 //! Contract: [`parse`] checks every length it relies on, so after it returns
 //! `Ok`, [`rewrite`] and the payload range never index out of bounds. Bad
@@ -39,9 +41,17 @@ pub enum ParseError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RewriteError {
     /// The new addresses are of another family than the frame's (the
-    /// headers would change size).
+    /// headers would change size: see [`translate`]), or, for
+    /// [`translate`], of the frame's family or of two families.
     FamilyMismatch,
+    /// [`translate`]: the buffer has no room before the frame for the
+    /// larger header (or does not hold the frame).
+    NoRoom,
 }
+
+/// How much a frame grows at its front when [`translate`] turns its IPv4
+/// header (without options) into an IPv6 one.
+pub const TRANSLATE_GROWTH: usize = IPV6_LEN - IPV4_MIN;
 
 /// Where the headers of a parsed frame are, and what they say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,16 +183,18 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 }
 
 /// Incremental update (RFC 1624, eqn. 3): the checksum `check` of some data
-/// in which the bytes `old` were replaced by `new` (equal, even lengths).
+/// in which the bytes `old` were replaced by `new` (even lengths; they may
+/// differ, as when a pseudo-header's IPv4 addresses become IPv6 ones).
 #[must_use]
 pub fn checksum_replace(check: u16, old: &[u8], new: &[u8]) -> u16 {
     let mut sum = u32::from(!check);
-    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
-        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
-        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
-        // Keep room: fold now and then so the sum never overflows.
-        if sum > 0xffff_0000 {
-            sum = u32::from(fold(sum));
+    for (bytes, flip) in [(old, 0xffff), (new, 0)] {
+        for c in bytes.chunks_exact(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]) ^ flip);
+            // Keep room: fold now and then so the sum never overflows.
+            if sum > 0xffff_0000 {
+                sum = u32::from(fold(sum));
+            }
         }
     }
     !fold(sum)
@@ -318,6 +330,124 @@ pub fn rewrite(
         eth[6..].copy_from_slice(&l2.src);
     }
     Ok(())
+}
+
+/// `a` then `b` as the bytes of a UDP pseudo-header (4 or 16 each), and
+/// how many of the 32 are used.
+fn pseudo_addrs(a: IpAddr, b: IpAddr) -> ([u8; 32], usize) {
+    let mut out = [0u8; 32];
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            out[..4].copy_from_slice(&a.octets());
+            out[4..8].copy_from_slice(&b.octets());
+            (out, 8)
+        }
+        (a, b) => {
+            out[..16].copy_from_slice(&v6_octets(a));
+            out[16..].copy_from_slice(&v6_octets(b));
+            (out, 32)
+        }
+    }
+}
+
+/// Rewrites the parsed frame that starts at `buf[head]` so that it goes
+/// from `src` to `dst` over the link `l2` when those are of the other IP
+/// family: the IP header is replaced by one of that family (traffic class
+/// kept, TTL/hop limit [`TTL`], IPv4 options dropped, an IPv4 header
+/// unfragmented with DF set), the UDP datagram stays where it is with its
+/// new ports, and the frame's start moves by the difference (IPv4 to IPv6:
+/// [`TRANSLATE_GROWTH`] bytes earlier, into `buf[..head]`). A VLAN tag and
+/// Ethernet padding are left out. The UDP checksum is updated
+/// incrementally (the pseudo-header's addresses change), or computed from
+/// scratch with [`Checksum::Full`] or when the received one is zero (IPv6
+/// needs one).
+///
+/// Returns where the new frame lies in `buf`.
+///
+/// # Errors
+/// [`RewriteError::FamilyMismatch`] when `src` and `dst` are not both of
+/// the other family than the frame's; [`RewriteError::NoRoom`] when the
+/// new headers do not fit before the datagram. The buffer is unchanged.
+pub fn translate(
+    buf: &mut [u8],
+    head: usize,
+    p: &Parsed,
+    l2: &L2,
+    src: SocketAddr,
+    dst: SocketAddr,
+    mode: Checksum,
+) -> Result<Range<usize>, RewriteError> {
+    /// The new IP header's addresses.
+    enum Ip {
+        V4(Ipv4Addr, Ipv4Addr),
+        V6(Ipv6Addr, Ipv6Addr),
+    }
+    let new_ip = match (p.src.ip(), src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V6(s), IpAddr::V6(d)) => Ip::V6(s, d),
+        (IpAddr::V6(_), IpAddr::V4(s), IpAddr::V4(d)) => Ip::V4(s, d),
+        _ => return Err(RewriteError::FamilyMismatch),
+    };
+    let to_v6 = matches!(new_ip, Ip::V6(..));
+    let (l3, l4, end) = (head + p.l3, head + p.l4, head + p.payload.end);
+    let ip_len = if to_v6 { IPV6_LEN } else { IPV4_MIN };
+    let start = l4.checked_sub(ip_len + ETH_LEN).ok_or(RewriteError::NoRoom)?;
+    // `parse` checked these for the frame; `buf` must hold it.
+    if end > buf.len() || l4 + UDP_LEN > end || end - l4 > usize::from(u16::MAX) - IPV4_MIN {
+        return Err(RewriteError::NoRoom);
+    }
+    let ulen = u16::try_from(end - l4).map_err(|_| RewriteError::NoRoom)?;
+    // What the new headers keep of the old ones, read before they are overwritten.
+    let tclass = if to_v6 { buf[l3 + 1] } else { (buf[l3] << 4) | (buf[l3 + 1] >> 4) };
+    let udp = &mut buf[l4..end];
+    let old_check = u16::from_be_bytes([udp[6], udp[7]]);
+    let mut old_ports = [0u8; 4];
+    old_ports.copy_from_slice(&udp[..4]);
+    let mut new_ports = [0u8; 4];
+    new_ports[..2].copy_from_slice(&src.port().to_be_bytes());
+    new_ports[2..].copy_from_slice(&dst.port().to_be_bytes());
+    udp[..4].copy_from_slice(&new_ports);
+    let check = if old_check == 0 || mode == Checksum::Full {
+        udp[6..8].copy_from_slice(&[0, 0]);
+        udp_checksum(src.ip(), dst.ip(), udp)
+    } else {
+        let (old, old_n) = pseudo_addrs(p.src.ip(), p.dst.ip());
+        let (new, new_n) = pseudo_addrs(src.ip(), dst.ip());
+        let c = checksum_replace(old_check, &old[..old_n], &new[..new_n]);
+        match checksum_replace(c, &old_ports, &new_ports) {
+            0 => 0xffff,
+            c => c,
+        }
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    let ip = &mut buf[start + ETH_LEN..l4];
+    match new_ip {
+        Ip::V6(s, d) => {
+            ip[..4].copy_from_slice(&[0x60 | (tclass >> 4), tclass << 4, 0, 0]);
+            ip[4..6].copy_from_slice(&ulen.to_be_bytes());
+            ip[6] = PROTO_UDP;
+            ip[7] = TTL;
+            ip[8..24].copy_from_slice(&s.octets());
+            ip[24..40].copy_from_slice(&d.octets());
+        }
+        Ip::V4(s, d) => {
+            // At most u16::MAX (checked above).
+            let total = ulen.saturating_add(20);
+            ip[..2].copy_from_slice(&[0x45, tclass]);
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            // Identification 0 with DF: an atomic datagram (RFC 6864).
+            ip[4..10].copy_from_slice(&[0, 0, 0x40, 0, TTL, PROTO_UDP]);
+            ip[10..12].copy_from_slice(&[0, 0]);
+            ip[12..16].copy_from_slice(&s.octets());
+            ip[16..20].copy_from_slice(&d.octets());
+            let hc = checksum(ip);
+            ip[10..12].copy_from_slice(&hc.to_be_bytes());
+        }
+    }
+    let eth = &mut buf[start..start + ETH_LEN];
+    eth[..6].copy_from_slice(&l2.dst);
+    eth[6..12].copy_from_slice(&l2.src);
+    eth[12..].copy_from_slice(&(if to_v6 { ETH_P_IPV6 } else { ETH_P_IPV4 }).to_be_bytes());
+    Ok(start..end)
 }
 
 #[cfg(test)]
@@ -489,6 +619,83 @@ pub(crate) mod tests {
         assert_eq!(f, before);
     }
 
+    /// `f` after `room` bytes of headroom.
+    fn with_room(room: usize, f: &[u8]) -> Vec<u8> {
+        let mut b = vec![0xee; room];
+        b.extend_from_slice(f);
+        b
+    }
+
+    #[test]
+    fn translates_ipv4_to_ipv6_and_back_keeping_the_traffic_class() {
+        let payload = [0x80u8, 0, 0, 1, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3];
+        let (s4, d4) = (a("10.1.0.2:4000"), a("10.1.0.1:30000"));
+        let (s6, d6) = (a("[fd77:2::1]:30002"), a("[fd77:2::2]:5000"));
+        let (s4b, d4b) = (a("10.1.0.1:30000"), a("10.1.0.2:4000"));
+        for (zero, mode) in [(false, Checksum::Incremental), (true, Checksum::Incremental), (false, Checksum::Full)] {
+            let mut f = frame(s4, d4, &payload, zero);
+            let p = parse(&f).unwrap();
+            // Ethernet padding after the datagram is left out.
+            f.extend_from_slice(&[0; 6]);
+            let mut buf = with_room(64, &f);
+            let r = translate(&mut buf, 64, &p, &L2X, s6, d6, mode).unwrap();
+            assert_eq!(r, 64 - TRANSLATE_GROWTH..64 + f.len() - 6);
+            expect_same_as_fresh(&buf[r.clone()], s6, d6, &payload);
+            let ip6 = &buf[r.start + ETH_LEN..];
+            assert_eq!(((ip6[0] & 0x0f) << 4) | (ip6[1] >> 4), 0xb8, "DSCP EF kept");
+            let back = parse(&buf[r.clone()]).unwrap();
+            let r2 = translate(&mut buf, r.start, &back, &L2X, s4b, d4b, mode).unwrap();
+            assert_eq!(r2, r.start + TRANSLATE_GROWTH..r.end);
+            expect_same_as_fresh(&buf[r2.clone()], s4b, d4b, &payload);
+            let ip4 = &buf[r2.start + ETH_LEN..];
+            assert_eq!((ip4[1], ip4[6]), (0xb8, 0x40), "DSCP kept, DF set");
+        }
+    }
+
+    #[test]
+    fn translation_drops_ipv4_options() {
+        let (s4, d4) = (a("10.1.0.2:4000"), a("10.1.0.1:30000"));
+        let (s6, d6) = (a("[fd77:2::1]:30002"), a("[fd77:2::2]:5000"));
+        let plain = frame(s4, d4, b"with options", false);
+        // Four bytes of options (NOPs) after the 20-byte header.
+        let mut f = plain[..ETH_LEN + IPV4_MIN].to_vec();
+        f.extend_from_slice(&[1, 1, 1, 1]);
+        f.extend_from_slice(&plain[ETH_LEN + IPV4_MIN..]);
+        f[ETH_LEN] = 0x46;
+        let total = u16::from_be_bytes([f[ETH_LEN + 2], f[ETH_LEN + 3]]) + 4;
+        f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
+        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
+        let hc = checksum(&f[ETH_LEN..ETH_LEN + 24]);
+        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&hc.to_be_bytes());
+        let p = parse(&f).unwrap();
+        assert_eq!(p.l4, ETH_LEN + 24);
+        let mut buf = with_room(TRANSLATE_GROWTH, &f);
+        let r = translate(&mut buf, TRANSLATE_GROWTH, &p, &L2X, s6, d6, Checksum::Incremental).unwrap();
+        assert_eq!(r.start, TRANSLATE_GROWTH + 24 - IPV6_LEN);
+        expect_same_as_fresh(&buf[r], s6, d6, b"with options");
+    }
+
+    #[test]
+    fn translation_without_room_or_to_the_same_family_leaves_the_frame() {
+        let f = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), b"x", false);
+        let p = parse(&f).unwrap();
+        let (s6, d6) = (a("[fd77:2::1]:30002"), a("[fd77:2::2]:5000"));
+        let mut buf = with_room(TRANSLATE_GROWTH - 1, &f);
+        let before = buf.clone();
+        let head = TRANSLATE_GROWTH - 1;
+        assert_eq!(translate(&mut buf, head, &p, &L2X, s6, d6, Checksum::Full), Err(RewriteError::NoRoom));
+        let (s4, d4) = (a("10.2.0.1:30002"), a("10.2.0.2:5000"));
+        assert_eq!(translate(&mut buf, head, &p, &L2X, s4, d4, Checksum::Full), Err(RewriteError::FamilyMismatch));
+        assert_eq!(translate(&mut buf, head, &p, &L2X, s6, d4, Checksum::Full), Err(RewriteError::FamilyMismatch));
+        assert_eq!(buf, before);
+        // IPv6 to IPv4 shrinks: no headroom needed.
+        let f6 = frame(a("[fd77:2::2]:5000"), a("[fd77:2::1]:30002"), b"x", false);
+        let mut buf6 = f6.clone();
+        let r = translate(&mut buf6, 0, &parse(&f6).unwrap(), &L2X, s4, d4, Checksum::Incremental).unwrap();
+        assert_eq!(r, TRANSLATE_GROWTH..f6.len());
+        expect_same_as_fresh(&buf6[r], s4, d4, b"x");
+    }
+
     #[test]
     fn bad_frames_are_errors_not_panics() {
         let good = frame(a("10.1.0.2:4000"), a("10.1.0.1:30000"), b"abcdef", false);
@@ -539,6 +746,21 @@ pub(crate) mod tests {
             let p = parse(&f).unwrap();
             rewrite(&mut f, &p, &L2X, ns, nd, Checksum::Incremental).unwrap();
             expect_same_as_fresh(&f, ns, nd, &payload);
+        }
+
+        #[test]
+        fn translation_matches_a_fresh_frame(
+            v4 in any::<[[u8; 4]; 2]>(), v6 in any::<[[u8; 16]; 2]>(), ports in any::<[u16; 4]>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64), zero in any::<bool>(),
+        ) {
+            let (s4, d4) = (SocketAddr::new(IpAddr::from(v4[0]), ports[0]), SocketAddr::new(IpAddr::from(v4[1]), ports[1]));
+            let (s6, d6) = (SocketAddr::new(IpAddr::from(v6[0]), ports[2]), SocketAddr::new(IpAddr::from(v6[1]), ports[3]));
+            for ((s, d), (ns, nd)) in [((s4, d4), (s6, d6)), ((s6, d6), (s4, d4))] {
+                let f = frame(s, d, &payload, zero && s.is_ipv4());
+                let mut buf = with_room(TRANSLATE_GROWTH, &f);
+                let r = translate(&mut buf, TRANSLATE_GROWTH, &parse(&f).unwrap(), &L2X, ns, nd, Checksum::Incremental);
+                expect_same_as_fresh(&buf[r.unwrap()], ns, nd, &payload);
+            }
         }
 
         #[test]

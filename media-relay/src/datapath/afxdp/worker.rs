@@ -3,6 +3,8 @@
 //! batches, checks and latches the source and accounts the packet exactly
 //! as the socket worker does, rewrites the headers in place and queues the
 //! same frame on the egress interface's TX ring: no copy in userspace.
+//! Between an IPv4 and an IPv6 leg the IP header is replaced and the frame
+//! moves within its UMEM frame (into the headroom in front of it).
 //!
 //! Hot path: no allocation, no lock, no syscall per packet. The clock is
 //! read once per batch; TX wakeups are per batch. The one exception is the
@@ -52,6 +54,12 @@ const SPIN_REAL_TIME: u32 = 1;
 const SLEEP: Duration = Duration::from_millis(20);
 /// No port in a [`Hop`].
 const NO_PORT: u8 = u8::MAX;
+/// Where in its UMEM frame a frame handed over by another worker is put:
+/// room for [`rewrite::translate`] to grow it. Received frames already
+/// have the kernel's headroom (256 bytes) and are at most
+/// `FRAME_SIZE` - 256 long, so a handed one always fits.
+const HANDED_HEADROOM: u64 = 64;
+const _: () = assert!(HANDED_HEADROOM as usize >= rewrite::TRANSLATE_GROWTH);
 /// How often the sockets' kernel drop counters are read (one syscall each).
 const KERNEL_STATS_EVERY: u64 = 1_000_000_000;
 
@@ -286,13 +294,16 @@ impl XskDevice {
             // copy runs out; an empty ring gives the frame straight back.
             while n < BATCH {
                 let Some(addr) = xsk.free.pop() else { return false };
-                let Some(buf) = xsk.mem.slice_mut(addr, FRAME_SIZE as usize) else {
+                // Behind headroom, as the kernel puts received frames,
+                // so that an IPv4 frame can grow into an IPv6 one.
+                let at = addr + HANDED_HEADROOM;
+                let Some(buf) = xsk.mem.slice_mut(at, (u64::from(FRAME_SIZE) - HANDED_HEADROOM) as usize) else {
                     xsk.release(addr);
                     return false;
                 };
                 match rx.pop_into(buf) {
                     Some(len) => {
-                        out[n] = XdpDesc { addr, len: u32::try_from(len).unwrap_or(0), options: 0 };
+                        out[n] = XdpDesc { addr: at, len: u32::try_from(len).unwrap_or(0), options: 0 };
                         n += 1;
                     }
                     None => {
@@ -434,21 +445,30 @@ impl Device for XskDevice {
             ch.hop = resolve(&self.neigh, &self.ifindexes, dest, generation);
         }
         let hop = ch.hop;
-        let rewritten =
-            hop.port != NO_PORT
-                && !ch.local.ip().is_unspecified()
-                && !parsed.vlan
-                && self.xsk.mem.slice_mut(d.addr, d.len as usize).is_some_and(|frame| {
-                    rewrite::rewrite(frame, &parsed, &hop.l2, ch.local, dest, self.checksum).is_ok()
-                });
-        if !rewritten {
+        let out = if hop.port == NO_PORT || ch.local.ip().is_unspecified() || parsed.vlan {
+            None
+        } else if parsed.src.is_ipv4() == dest.is_ipv4() {
+            self.xsk.mem.slice_mut(d.addr, d.len as usize).and_then(|frame| {
+                rewrite::rewrite(frame, &parsed, &hop.l2, ch.local, dest, self.checksum).ok().map(|()| d)
+            })
+        } else {
+            // Between IPv4 and IPv6 the IP header changes size: the frame
+            // moves within its UMEM frame (into the headroom in front of it).
+            let base = d.addr & !u64::from(FRAME_SIZE - 1);
+            let head = (d.addr - base) as usize;
+            self.xsk.mem.slice_mut(base, head + d.len as usize).and_then(|buf| {
+                let r = rewrite::translate(buf, head, &parsed, &hop.l2, ch.local, dest, self.checksum).ok()?;
+                Some(XdpDesc { addr: base + r.start as u64, len: u32::try_from(r.len()).ok()?, options: 0 })
+            })
+        };
+        let Some(out) = out else {
             self.kernel_path(d, &ch.socket, dest, local);
             return;
-        }
+        };
         local.relayed_bytes += parsed.payload.len() as u64;
         let port = usize::from(hop.port);
         if let Some(p) = self.xsk.ports.get_mut(port) {
-            p.stage.push(XdpDesc { addr: d.addr, len: d.len, options: 0 });
+            p.stage.push(XdpDesc { addr: out.addr, len: out.len, options: 0 });
             local.relayed += 1;
             if p.stage.len() >= p.stage.capacity() {
                 self.flush_port(port, local);
