@@ -758,9 +758,10 @@ fn an_ipv6_outside_realm_with_an_ipv4_inside_realm() {
     assert_none(&problems);
 }
 
-#[test]
-fn calls_across_the_realms_on_the_af_xdp_datapath() {
-    let Some(t) = Test::start_on("rxdp", Outside::V4, true) else { return };
+/// Calls both ways with the relay on the AF_XDP datapath, its program
+/// attached natively to both of the sbc's legs.
+fn calls_on_af_xdp(tag: &str, outside: Outside) {
+    let Some(t) = Test::start_on(tag, outside, true) else { return };
     for dev in [realms::SBC_INSIDE_DEV, realms::SBC_OUTSIDE_DEV] {
         let out = t.lab.sbc.command("ip").args(["-d", "link", "show", "dev", dev]).output().expect("ip runs");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -777,11 +778,22 @@ fn calls_across_the_realms_on_the_af_xdp_datapath() {
         t.metric("media_relay_sip_handoff_total"),
     );
     eprintln!(
-        "AF_XDP across the realms: {relayed} packets relayed, {kernel} through the kernel, {handoff} SIP handed over"
+        "AF_XDP across the realms ({:?} outside): {relayed} packets relayed, {kernel} through the kernel, {handoff} SIP handed over",
+        t.outside
     );
     // Two calls of 50 packets each way, echoed: 200 relayed.
     assert!(relayed >= 180.0, "media relayed on the AF_XDP datapath: {relayed}");
     assert!(kernel < relayed / 2.0, "most media left from the AF_XDP rings: {kernel} of {relayed} through the kernel");
     assert!(handoff >= 10.0, "SIP to both realms' sockets came through the XDP handoff: {handoff}");
     assert_none(&problems);
+}
+
+#[test]
+fn calls_across_the_realms_on_the_af_xdp_datapath() {
+    calls_on_af_xdp("rxdp", Outside::V4);
+}
+
+#[test]
+fn calls_between_ipv4_and_ipv6_realms_on_the_af_xdp_datapath() {
+    calls_on_af_xdp("rxdp6", Outside::V6);
 }
