@@ -23,6 +23,8 @@ check_pkg redis-server redis-server
 check_pkg redis-tools redis-cli
 check_pkg ethtool ethtool
 check_pkg procps sysctl
+# The realm tests put the carrier behind a NAT.
+check_pkg iptables iptables
 # The XDP program is compiled from source when clang and libbpf's headers are
 # there; otherwise the checked-in object (verified by a test) is used.
 check_pkg clang clang

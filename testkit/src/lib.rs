@@ -14,12 +14,15 @@
 //! | [`metrics`] | Prometheus text scraping |
 //! | [`sipp`] | the sipp harness: [`Sipp`], its command builder, scenarios and statistics |
 //! | [`netns`] | network namespaces and veth pairs, named per process, removed on drop |
+//! | [`realms`] | the two-realm lab: inside, sbc and outside namespaces (and a NAT) with isolation checked |
+//! | [`capture`] | live captures of an interface (`AF_PACKET`) and reading IP/UDP/TCP/SIP out of frames |
 //! | [`pcap`] | pcap files: reading, writing, a synthetic RTP stream |
 //! | [`udp`] | receiving several datagrams with a timeout |
-//! | `sys` | the only `unsafe`: setns, kill, `AF_PACKET` and `AF_XDP` sockets |
+//! | `sys` | the only `unsafe`: setns, kill, `AF_PACKET` (send, capture) and `AF_XDP` sockets |
 #![allow(clippy::missing_panics_doc, reason = "test helpers panic on a failed setup step by design")]
 
 pub mod bencode;
+pub mod capture;
 pub mod dir;
 pub mod env;
 pub mod metrics;
@@ -28,6 +31,7 @@ pub mod ng;
 pub mod pcap;
 pub mod ports;
 pub mod process;
+pub mod realms;
 pub mod sip;
 pub mod sipp;
 mod sys;

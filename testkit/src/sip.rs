@@ -1,12 +1,18 @@
 //! A SIP OPTIONS probe over UDP: is a SIP server at an address up.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// Sends a SIP OPTIONS to `addr` over UDP and waits for any final `SIP/2.0`
 /// response (the status line is returned), retrying until `timeout`.
 pub fn sip_options(addr: SocketAddr, timeout: Duration) -> Option<String> {
-    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+    sip_options_from(Ipv4Addr::LOCALHOST.into(), addr, timeout)
+}
+
+/// [`sip_options`] sent from `local` (an ephemeral port), e.g. a phone's
+/// address in a network namespace the calling thread has entered.
+pub fn sip_options_from(local: IpAddr, addr: SocketAddr, timeout: Duration) -> Option<String> {
+    let sock = UdpSocket::bind(SocketAddr::new(local, 0)).ok()?;
     let local = sock.local_addr().ok()?;
     let tag = crate::unique_suffix().replace('-', "");
     let msg = format!(

@@ -82,7 +82,7 @@ impl Sipp {
 
     /// A run in `dir` (its working directory and where its logs go).
     pub fn cmd(&self, dir: &Path) -> SippCmd {
-        SippCmd { bin: self.bin.clone(), dir: dir.to_path_buf(), head: Vec::new(), args: Vec::new() }
+        SippCmd { bin: self.bin.clone(), dir: dir.to_path_buf(), netns: None, head: Vec::new(), args: Vec::new() }
     }
 
     /// A UAS listening on `127.0.0.1:port`.
@@ -102,6 +102,8 @@ impl Sipp {
 pub struct SippCmd {
     bin: PathBuf,
     dir: PathBuf,
+    /// The network namespace to run in (`ip netns exec`), if any.
+    netns: Option<String>,
     /// Scenario and remote host, first on the command line.
     head: Vec<OsString>,
     args: Vec<OsString>,
@@ -195,6 +197,12 @@ impl SippCmd {
         self.arg("-trace_logs").arg("-log_file").arg(path)
     }
 
+    /// Runs sipp in the named network namespace (`ip netns exec NAME`).
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_owned());
+        self
+    }
+
     /// Any other option.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
@@ -203,7 +211,14 @@ impl SippCmd {
 
     /// The command line (without `-nostdin`), for messages.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.current_dir(&self.dir).args(&self.head).args(&self.args).arg("-nostdin");
         cmd
     }

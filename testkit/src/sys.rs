@@ -1,7 +1,7 @@
 //! The test kit's only `unsafe`: the system calls std has no wrapper for.
 //! Entering a network namespace (setns), signalling a process (kill), an
-//! `AF_PACKET` socket that sends whole frames, and an unbound `AF_XDP`
-//! socket.
+//! `AF_PACKET` socket that sends whole frames, one that captures every
+//! frame of an interface, and an unbound `AF_XDP` socket.
 #![expect(unsafe_code, reason = "setns(2), kill(2), AF_PACKET and AF_XDP sockets have no safe wrappers in std")]
 
 use std::ffi::CString;
@@ -47,6 +47,67 @@ pub fn unbound_xdp_socket() -> io::Result<OwnedFd> {
     owned_socket(unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })
 }
 
+/// The index of interface `dev` in the calling thread's namespace.
+fn ifindex(dev: &str) -> io::Result<i32> {
+    let name = CString::new(dev).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    i32::try_from(ifindex).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// A packet socket that receives every frame (`ETH_P_ALL`), in and out,
+/// of one interface of the calling thread's namespace: a capture.
+pub struct CaptureSocket {
+    fd: OwnedFd,
+}
+
+impl CaptureSocket {
+    /// Opens the capture on `dev`; each [`CaptureSocket::recv`] waits at
+    /// most `timeout`.
+    pub fn open(dev: &str, timeout: std::time::Duration) -> io::Result<CaptureSocket> {
+        let ifindex = ifindex(dev)?;
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) takes no pointers; it returns a new fd or -1.
+        let fd = owned_socket(unsafe {
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(all))
+        })?;
+        // SAFETY: all-zero is a valid sockaddr_ll (a plain C struct).
+        let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        at.sll_family = libc::AF_PACKET as u16;
+        at.sll_protocol = all;
+        at.sll_ifindex = ifindex;
+        let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).unwrap_or(libc::socklen_t::MAX);
+        // SAFETY: the address is valid for `len` bytes for the call.
+        if unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(at).cast(), len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
+        };
+        let tv_len = libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(libc::socklen_t::MAX);
+        // SAFETY: `tv` is a valid timeval for `tv_len` bytes for the call.
+        let set = unsafe {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, std::ptr::addr_of!(tv).cast(), tv_len)
+        };
+        if set < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(CaptureSocket { fd })
+    }
+
+    /// The next frame into `buf` (its length), or an error (`WouldBlock` /
+    /// `TimedOut` when nothing came within the timeout).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the buffer is valid and writable for `buf.len()` bytes.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+}
+
 /// A packet socket on one interface of the calling thread's network
 /// namespace: sends whole Ethernet frames, as they are.
 pub struct PacketSocket {
@@ -57,13 +118,7 @@ pub struct PacketSocket {
 impl PacketSocket {
     /// Opens a raw `AF_PACKET` socket for interface `dev`.
     pub fn open(dev: &str) -> io::Result<PacketSocket> {
-        let name = CString::new(dev).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: `name` is a valid NUL-terminated string for the call.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let ifindex = i32::try_from(ifindex).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let ifindex = ifindex(dev)?;
         // SAFETY: socket(2) takes no pointers; it returns a new fd or -1.
         let fd = owned_socket(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
         Ok(PacketSocket { fd, ifindex })
