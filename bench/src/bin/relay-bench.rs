@@ -21,8 +21,8 @@
 //!
 //! ```text
 //! cargo build --release -p media-relay -p bench
-//! target/release/relay-bench            # about 3 minutes
-//! target/release/relay-bench --quick    # about 40 seconds
+//! target/release/relay-bench                    # 3 runs, about 7 minutes
+//! target/release/relay-bench --quick --runs 1   # about 75 seconds
 //! ```
 
 use std::io::{BufRead, BufReader};
