@@ -194,10 +194,21 @@ pub fn setup_call(ng: &mut NgClient, call_id: &str, a_port: u16, b_port: u16) ->
     Ok(CallPorts { to_a: c.to_a.port(), to_b: c.to_b.port() })
 }
 
-/// Sets up a call between `legs`: the caller's media at `a_port`, the
-/// callee's at `b_port`. The offer names the legs' interfaces (rtpengine
+/// The offer (from A at `a_port`) and the answer (from B at `b_port`) of
+/// a call between `legs`. The offer names the legs' interfaces (rtpengine
 /// reads an answer's `direction` the other way round, so only the offer
 /// carries it).
+#[must_use]
+pub fn offer_answer(call_id: &str, legs: &Legs<'_>, a_port: u16, b_port: u16) -> (Value, Value) {
+    let mut offer = command("offer", call_id, "a", None, Some(&sdp_at(legs.addr[0], a_port)));
+    if let Some([a, b]) = legs.direction {
+        offer.insert("direction", Value::List(vec![Value::str(a), Value::str(b)]));
+    }
+    (offer, command("answer", call_id, "a", Some("b"), Some(&sdp_at(legs.addr[1], b_port))))
+}
+
+/// Sets up a call between `legs`: the caller's media at `a_port`, the
+/// callee's at `b_port`.
 ///
 /// # Errors
 /// An ng error or an unreadable reply.
@@ -208,13 +219,10 @@ pub fn setup_call_on(
     a_port: u16,
     b_port: u16,
 ) -> Result<CallAddrs, String> {
-    let mut offer = command("offer", call_id, "a", None, Some(&sdp_at(legs.addr[0], a_port)));
-    if let Some([a, b]) = legs.direction {
-        offer.insert("direction", Value::List(vec![Value::str(a), Value::str(b)]));
-    }
+    let (offer, answer) = offer_answer(call_id, legs, a_port, b_port);
     let offer = ng.cmd(&offer)?;
     let to_b = reply_addr(&offer).ok_or_else(|| format!("offer failed: {offer:?}"))?;
-    let answer = ng.cmd(&command("answer", call_id, "a", Some("b"), Some(&sdp_at(legs.addr[1], b_port))))?;
+    let answer = ng.cmd(&answer)?;
     let to_a = reply_addr(&answer).ok_or_else(|| format!("answer failed: {answer:?}"))?;
     Ok(CallAddrs { to_a, to_b })
 }
@@ -246,7 +254,7 @@ struct Slot {
 }
 
 /// Offer+answer+delete cycles per second that `relay` sustains with
-/// `window` calls in flight for `secs` seconds.
+/// `window` calls in flight for `secs` seconds, each call between `legs`.
 ///
 /// Each slot of the window sends its next command as soon as the reply to
 /// the previous one arrives, so the relay always has commands queued and
@@ -257,16 +265,15 @@ struct Slot {
 /// # Errors
 /// A socket error, a failed offer or answer, or a command unanswered after
 /// six tries.
-pub fn cycle_rate(relay: SocketAddr, secs: f64, window: usize) -> Result<f64, String> {
+pub fn cycle_rate(relay: SocketAddr, legs: &Legs<'_>, secs: f64, window: usize) -> Result<f64, String> {
     let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
     let tag = crate::now_ns() % 1_000_000_007;
-    let body = sdp(4000);
     let encode = |slot: usize, call: u64, step: Step| -> Vec<u8> {
         let id = format!("cyc-{tag}-{call}");
         let cmd = match step {
-            Step::Offer => command("offer", &id, "a", None, Some(&body)),
-            Step::Answer => command("answer", &id, "a", Some("b"), Some(&body)),
+            Step::Offer => offer_answer(&id, legs, 4000, 4000).0,
+            Step::Answer => offer_answer(&id, legs, 4000, 4000).1,
             Step::Delete => command("delete", &id, "a", None, None),
         };
         // The cookie names the slot and the step, so a reply is matched

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bench::gen::{run_step, sockets, sockets_on, Flow, StepResult};
 use bench::median;
-use bench::ng::{command, cycle_rate, delete_call, sdp, setup_call_on, Legs, NgClient};
+use bench::ng::{command, cycle_rate, delete_call, offer_answer, setup_call_on, Legs, NgClient};
 use bench::procfs::rss_kib;
 use bench::spawn::{bin_beside, RelayProcess};
 use clap::Parser;
@@ -195,15 +195,13 @@ struct Figures {
     overload_loss: f64,
 }
 
-fn ng_cycles(ng: SocketAddr, secs: f64) -> Result<f64, String> {
+fn ng_cycles(ng: SocketAddr, legs: &Legs, secs: f64) -> Result<f64, String> {
     let mut c = NgClient::new(ng).map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let mut n = 0u64;
-    let body = sdp(4000);
     while t0.elapsed().as_secs_f64() < secs {
         let ids: Vec<String> = (0..16).map(|k| format!("cyc-{n}-{k}")).collect();
-        let offers: Vec<_> = ids.iter().map(|id| command("offer", id, "a", None, Some(&body))).collect();
-        let answers: Vec<_> = ids.iter().map(|id| command("answer", id, "a", Some("b"), Some(&body))).collect();
+        let (offers, answers): (Vec<_>, Vec<_>) = ids.iter().map(|id| offer_answer(id, legs, 4000, 4000)).unzip();
         let deletes: Vec<_> = ids.iter().map(|id| command("delete", id, "a", None, None)).collect();
         for b in [offers, answers, deletes] {
             c.pipeline(&b)?;
@@ -277,14 +275,9 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
         start_bare(bin, &socks, a.flows)?
     } else {
         let relay = start(kind, bin, ng_port)?;
-        if kind == Kind::OursTwoIfaces {
-            // The ng rates are media-relay's own, measured once.
-            (fig.ng_cycles, fig.ng_windowed) = (f64::NAN, f64::NAN);
-        } else {
-            let secs = a.ng_secs.unwrap_or(if a.quick { 1.0 } else { 3.0 });
-            fig.ng_cycles = ng_cycles(relay.ng, secs)?;
-            fig.ng_windowed = cycle_rate(relay.ng, secs, a.ng_window)?;
-        }
+        let secs = a.ng_secs.unwrap_or(if a.quick { 1.0 } else { 3.0 });
+        fig.ng_cycles = ng_cycles(relay.ng, &legs, secs)?;
+        fig.ng_windowed = cycle_rate(relay.ng, &legs, secs, a.ng_window)?;
         if a.ng_only {
             return Ok(fig);
         }
@@ -445,7 +438,7 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        let two = (!a.ng_only).then(|| measure_or_skip(Kind::OursTwoIfaces, &ours, &a, 22303)).flatten();
+        let two = measure_or_skip(Kind::OursTwoIfaces, &ours, &a, 22303);
         let r = have_rtpengine.then(|| measure_or_skip(Kind::Rtpengine, &a.rtpengine, &a, 22302)).flatten();
         let b = (have_bare && !a.ng_only).then(|| measure_or_skip(Kind::Bare, &bare, &a, 0)).flatten();
         runs.push([Some(o), two, r, b]);
