@@ -5,7 +5,7 @@
 //! total packet rate over all flows round robin; the receiver measures what
 //! comes back through the relay.
 
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -71,12 +71,20 @@ pub struct StepResult {
 /// # Errors
 /// Socket errors.
 pub fn sockets(n: usize) -> std::io::Result<Vec<UdpSocket>> {
+    sockets_on(Ipv4Addr::LOCALHOST, n)
+}
+
+/// Binds `n` generator sockets on `ip` with large buffers.
+///
+/// # Errors
+/// Socket errors.
+pub fn sockets_on(ip: Ipv4Addr, n: usize) -> std::io::Result<Vec<UdpSocket>> {
     (0..n)
         .map(|_| {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
             let _ = s.set_recv_buffer_size(8 << 20);
             let _ = s.set_send_buffer_size(8 << 20);
-            s.bind(&"127.0.0.1:0".parse::<SocketAddr>().map_err(std::io::Error::other)?.into())?;
+            s.bind(&SocketAddr::from((ip, 0)).into())?;
             s.set_nonblocking(true)?;
             Ok(s.into())
         })

@@ -1,6 +1,7 @@
-//! A blocking ng client, and call setup (offer + answer) on a relay.
+//! A blocking ng client, and call setup (offer + answer) on a relay, with
+//! both legs on one interface or each on its own (ng `direction`).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,31 @@ pub struct CallPorts {
     pub to_a: u16,
     /// Relay port the callee (B) sends to.
     pub to_b: u16,
+}
+
+/// One call set up on the relay: the relay address each leg must send to.
+#[derive(Debug, Clone, Copy)]
+pub struct CallAddrs {
+    /// Where the caller (A) sends.
+    pub to_a: SocketAddrV4,
+    /// Where the callee (B) sends.
+    pub to_b: SocketAddrV4,
+}
+
+/// Where a call's two legs are: each side's media address and, on a relay
+/// with several interfaces, the interface each side is anchored on.
+#[derive(Debug, Clone, Copy)]
+pub struct Legs<'a> {
+    /// The caller's (A) and the callee's (B) address, written in their SDP.
+    pub addr: [Ipv4Addr; 2],
+    /// The relay interfaces of A and B (the offer's ng `direction`);
+    /// `None`: the relay's first interface for both.
+    pub direction: Option<[&'a str; 2]>,
+}
+
+impl Legs<'static> {
+    /// Both legs on 127.0.0.1, on the relay's first interface.
+    pub const LOOPBACK: Self = Self { addr: [Ipv4Addr::LOCALHOST; 2], direction: None };
 }
 
 impl NgClient {
@@ -116,7 +142,13 @@ impl NgClient {
 /// An SDP offering G.711 at `port` on 127.0.0.1.
 #[must_use]
 pub fn sdp(port: u16) -> String {
-    format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    sdp_at(Ipv4Addr::LOCALHOST, port)
+}
+
+/// An SDP offering G.711 at `addr`:`port`.
+#[must_use]
+pub fn sdp_at(addr: Ipv4Addr, port: u16) -> String {
+    format!("v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
 }
 
 /// Builds an ng command dictionary.
@@ -144,16 +176,55 @@ pub fn reply_port(v: &Value) -> Option<u16> {
     text.lines().find(|l| l.starts_with("m="))?.split(' ').nth(1)?.parse().ok()
 }
 
+/// The first `m=` port of a reply's SDP at its session `c=` address.
+#[must_use]
+pub fn reply_addr(v: &Value) -> Option<SocketAddrV4> {
+    let sdp = v.get("sdp")?.as_bytes()?;
+    let text = std::str::from_utf8(sdp).ok()?;
+    let ip = text.lines().find_map(|l| l.trim_end().strip_prefix("c=IN IP4 "))?.parse().ok()?;
+    Some(SocketAddrV4::new(ip, reply_port(v)?))
+}
+
 /// Sets up a call: the caller's media at `a_port`, the callee's at `b_port`.
 ///
 /// # Errors
 /// An ng error or an unreadable reply.
 pub fn setup_call(ng: &mut NgClient, call_id: &str, a_port: u16, b_port: u16) -> Result<CallPorts, String> {
-    let offer = ng.cmd(&command("offer", call_id, "a", None, Some(&sdp(a_port))))?;
-    let to_b = reply_port(&offer).ok_or_else(|| format!("offer failed: {offer:?}"))?;
-    let answer = ng.cmd(&command("answer", call_id, "a", Some("b"), Some(&sdp(b_port))))?;
-    let to_a = reply_port(&answer).ok_or_else(|| format!("answer failed: {answer:?}"))?;
-    Ok(CallPorts { to_a, to_b })
+    let c = setup_call_on(ng, call_id, &Legs::LOOPBACK, a_port, b_port)?;
+    Ok(CallPorts { to_a: c.to_a.port(), to_b: c.to_b.port() })
+}
+
+/// The offer (from A at `a_port`) and the answer (from B at `b_port`) of
+/// a call between `legs`. The offer names the legs' interfaces (rtpengine
+/// reads an answer's `direction` the other way round, so only the offer
+/// carries it).
+#[must_use]
+pub fn offer_answer(call_id: &str, legs: &Legs<'_>, a_port: u16, b_port: u16) -> (Value, Value) {
+    let mut offer = command("offer", call_id, "a", None, Some(&sdp_at(legs.addr[0], a_port)));
+    if let Some([a, b]) = legs.direction {
+        offer.insert("direction", Value::List(vec![Value::str(a), Value::str(b)]));
+    }
+    (offer, command("answer", call_id, "a", Some("b"), Some(&sdp_at(legs.addr[1], b_port))))
+}
+
+/// Sets up a call between `legs`: the caller's media at `a_port`, the
+/// callee's at `b_port`.
+///
+/// # Errors
+/// An ng error or an unreadable reply.
+pub fn setup_call_on(
+    ng: &mut NgClient,
+    call_id: &str,
+    legs: &Legs<'_>,
+    a_port: u16,
+    b_port: u16,
+) -> Result<CallAddrs, String> {
+    let (offer, answer) = offer_answer(call_id, legs, a_port, b_port);
+    let offer = ng.cmd(&offer)?;
+    let to_b = reply_addr(&offer).ok_or_else(|| format!("offer failed: {offer:?}"))?;
+    let answer = ng.cmd(&answer)?;
+    let to_a = reply_addr(&answer).ok_or_else(|| format!("answer failed: {answer:?}"))?;
+    Ok(CallAddrs { to_a, to_b })
 }
 
 /// Deletes a call.
@@ -183,7 +254,7 @@ struct Slot {
 }
 
 /// Offer+answer+delete cycles per second that `relay` sustains with
-/// `window` calls in flight for `secs` seconds.
+/// `window` calls in flight for `secs` seconds, each call between `legs`.
 ///
 /// Each slot of the window sends its next command as soon as the reply to
 /// the previous one arrives, so the relay always has commands queued and
@@ -194,16 +265,15 @@ struct Slot {
 /// # Errors
 /// A socket error, a failed offer or answer, or a command unanswered after
 /// six tries.
-pub fn cycle_rate(relay: SocketAddr, secs: f64, window: usize) -> Result<f64, String> {
+pub fn cycle_rate(relay: SocketAddr, legs: &Legs<'_>, secs: f64, window: usize) -> Result<f64, String> {
     let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
     let tag = crate::now_ns() % 1_000_000_007;
-    let body = sdp(4000);
     let encode = |slot: usize, call: u64, step: Step| -> Vec<u8> {
         let id = format!("cyc-{tag}-{call}");
         let cmd = match step {
-            Step::Offer => command("offer", &id, "a", None, Some(&body)),
-            Step::Answer => command("answer", &id, "a", Some("b"), Some(&body)),
+            Step::Offer => offer_answer(&id, legs, 4000, 4000).0,
+            Step::Answer => offer_answer(&id, legs, 4000, 4000).1,
             Step::Delete => command("delete", &id, "a", None, None),
         };
         // The cookie names the slot and the step, so a reply is matched
@@ -285,4 +355,19 @@ pub fn cycle_rate(relay: SocketAddr, secs: f64, window: usize) -> Result<f64, St
         }
     }
     Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_addr_reads_the_session_address_and_the_first_port() {
+        let mut reply = Value::dict();
+        reply
+            .insert("result", Value::str("ok"))
+            .insert("sdp", Value::str(&sdp_at(Ipv4Addr::new(127, 0, 0, 2), 30_000)));
+        assert_eq!(reply_addr(&reply), Some("127.0.0.2:30000".parse().unwrap()));
+        assert_eq!(reply_addr(&Value::dict()), None, "no SDP, no address");
+    }
 }

@@ -13,21 +13,27 @@
 //! and at `--cpu-at` (50k pps), where every relay should be clean and the
 //! bare relay's figure is the floor the others are divided by.
 //!
+//! media-relay runs twice: with one interface, as the others, and with two
+//! (`inside/127.0.0.1`, `outside/127.0.0.2`, each call's offer naming
+//! `direction: [inside, outside]`), the callers' sockets on 127.0.0.1 and
+//! the callees' on 127.0.0.2, so every packet crosses from one interface's
+//! socket to the other's, as between two realms.
+//!
 //! ```text
 //! cargo build --release -p media-relay -p bench
-//! target/release/relay-bench            # about 3 minutes
-//! target/release/relay-bench --quick    # about 40 seconds
+//! target/release/relay-bench                    # 3 runs, about 7 minutes
+//! target/release/relay-bench --quick --runs 1   # about 75 seconds
 //! ```
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::gen::{run_step, sockets, Flow, StepResult};
+use bench::gen::{run_step, sockets, sockets_on, Flow, StepResult};
 use bench::median;
-use bench::ng::{command, cycle_rate, delete_call, sdp, setup_call, NgClient};
+use bench::ng::{command, cycle_rate, delete_call, offer_answer, setup_call_on, Legs, NgClient};
 use bench::procfs::rss_kib;
 use bench::spawn::{bin_beside, RelayProcess};
 use clap::Parser;
@@ -80,15 +86,25 @@ struct Relay {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Ours,
+    /// media-relay with two interfaces, each call's legs on both.
+    OursTwoIfaces,
     Rtpengine,
     Bare,
 }
 
+/// The two interfaces of [`Kind::OursTwoIfaces`], and where their legs are.
+const TWO_IFACES: Legs<'static> =
+    Legs { addr: [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)], direction: Some(["inside", "outside"]) };
+
 fn start(kind: Kind, bin: &PathBuf, ng_port: u16) -> Result<Relay, String> {
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0"]).arg(bin).args([
-        "--config-file=none",
-        "--interface=127.0.0.1",
+    cmd.args(["-c", "0"]).arg(bin).arg("--config-file=none");
+    if kind == Kind::OursTwoIfaces {
+        cmd.args(["--interface=inside/127.0.0.1", "--interface=outside/127.0.0.2"]);
+    } else {
+        cmd.arg("--interface=127.0.0.1");
+    }
+    cmd.args([
         &format!("--listen-ng=127.0.0.1:{ng_port}"),
         "--port-min=20000",
         "--port-max=60000",
@@ -98,7 +114,7 @@ fn start(kind: Kind, bin: &PathBuf, ng_port: u16) -> Result<Relay, String> {
         "--foreground",
         "--log-level=3",
     ]);
-    if kind == Kind::Ours {
+    if kind != Kind::Rtpengine {
         cmd.arg("--metrics=off");
     } else {
         cmd.args(["--table=-1", "--log-stderr"]);
@@ -179,15 +195,13 @@ struct Figures {
     overload_loss: f64,
 }
 
-fn ng_cycles(ng: SocketAddr, secs: f64) -> Result<f64, String> {
+fn ng_cycles(ng: SocketAddr, legs: &Legs, secs: f64) -> Result<f64, String> {
     let mut c = NgClient::new(ng).map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let mut n = 0u64;
-    let body = sdp(4000);
     while t0.elapsed().as_secs_f64() < secs {
         let ids: Vec<String> = (0..16).map(|k| format!("cyc-{n}-{k}")).collect();
-        let offers: Vec<_> = ids.iter().map(|id| command("offer", id, "a", None, Some(&body))).collect();
-        let answers: Vec<_> = ids.iter().map(|id| command("answer", id, "a", Some("b"), Some(&body))).collect();
+        let (offers, answers): (Vec<_>, Vec<_>) = ids.iter().map(|id| offer_answer(id, legs, 4000, 4000)).unzip();
         let deletes: Vec<_> = ids.iter().map(|id| command("delete", id, "a", None, None)).collect();
         for b in [offers, answers, deletes] {
             c.pipeline(&b)?;
@@ -197,12 +211,12 @@ fn ng_cycles(ng: SocketAddr, secs: f64) -> Result<f64, String> {
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn mem_per_session(relay: &Relay, n: usize) -> Result<f64, String> {
+fn mem_per_session(relay: &Relay, legs: &Legs, n: usize) -> Result<f64, String> {
     let mut c = NgClient::new(relay.ng).map_err(|e| e.to_string())?;
     let before = rss_kib(relay.proc.pid());
     let ids: Vec<String> = (0..n).map(|k| format!("mem-{k}")).collect();
     for id in &ids {
-        setup_call(&mut c, id, 4000, 4002)?;
+        setup_call_on(&mut c, id, legs, 4000, 4002)?;
     }
     std::thread::sleep(Duration::from_millis(300));
     let after = rss_kib(relay.proc.pid());
@@ -212,24 +226,48 @@ fn mem_per_session(relay: &Relay, n: usize) -> Result<f64, String> {
     Ok((after.saturating_sub(before) * 1024) as f64 / n as f64)
 }
 
-fn flows_for(relay: &Relay, socks: &[UdpSocket], nflows: usize) -> Result<(Vec<Flow>, Vec<String>), String> {
+/// Sets up the calls of `nflows` flows. With both legs on one address,
+/// call `k` joins generator sockets `k` and `k + 1`; with two, the first
+/// half of `socks` (on the callers' address) and the second half (on the
+/// callees') take turns, and each leg must be anchored on the relay
+/// interface at its own address (as [`TWO_IFACES`] has them).
+fn flows_for(
+    relay: &Relay,
+    socks: &[UdpSocket],
+    legs: &Legs,
+    nflows: usize,
+) -> Result<(Vec<Flow>, Vec<String>), String> {
     let mut c = NgClient::new(relay.ng).map_err(|e| e.to_string())?;
     let mut flows = Vec::new();
     let mut ids = Vec::new();
     let port = |i: usize| socks[i].local_addr().map(|a| a.port()).unwrap_or(0);
+    let half = socks.len() / 2;
     for k in 0..nflows.div_ceil(2) {
         let id = format!("flow-call-{k}");
-        let (a, b) = (k % socks.len(), (k + 1) % socks.len());
-        let p = setup_call(&mut c, &id, port(a), port(b))?;
-        flows.push(Flow { sock: a, dest: SocketAddrV4::new([127, 0, 0, 1].into(), p.to_a) });
-        flows.push(Flow { sock: b, dest: SocketAddrV4::new([127, 0, 0, 1].into(), p.to_b) });
+        let (a, b) = if legs.addr[0] == legs.addr[1] {
+            (k % socks.len(), (k + 1) % socks.len())
+        } else {
+            (k % half, half + (k / half + k) % half)
+        };
+        let p = setup_call_on(&mut c, &id, legs, port(a), port(b))?;
+        if legs.direction.is_some() && (*p.to_a.ip(), *p.to_b.ip()) != (legs.addr[0], legs.addr[1]) {
+            return Err(format!("{id}: legs anchored at {} and {}, not on two interfaces", p.to_a, p.to_b));
+        }
+        flows.push(Flow { sock: a, dest: p.to_a });
+        flows.push(Flow { sock: b, dest: p.to_b });
         ids.push(id);
     }
     Ok((flows, ids))
 }
 
 fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures, String> {
-    let socks = sockets(4).map_err(|e| e.to_string())?;
+    let (socks, legs) = if kind == Kind::OursTwoIfaces {
+        let mut s = sockets_on(TWO_IFACES.addr[0], 2).map_err(|e| e.to_string())?;
+        s.extend(sockets_on(TWO_IFACES.addr[1], 2).map_err(|e| format!("sockets on {}: {e}", TWO_IFACES.addr[1]))?);
+        (s, TWO_IFACES)
+    } else {
+        (sockets(4).map_err(|e| e.to_string())?, Legs::LOOPBACK)
+    };
     let mut fig = Figures { cpu_us_at_common: f64::NAN, ..Figures::default() };
     let (proc, flows) = if kind == Kind::Bare {
         // No ng, no sessions: only the packet figures.
@@ -238,13 +276,14 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
     } else {
         let relay = start(kind, bin, ng_port)?;
         let secs = a.ng_secs.unwrap_or(if a.quick { 1.0 } else { 3.0 });
-        fig.ng_cycles = ng_cycles(relay.ng, secs)?;
-        fig.ng_windowed = cycle_rate(relay.ng, secs, a.ng_window)?;
+        fig.ng_cycles = ng_cycles(relay.ng, &legs, secs)?;
+        fig.ng_windowed = cycle_rate(relay.ng, &legs, secs, a.ng_window)?;
         if a.ng_only {
             return Ok(fig);
         }
-        fig.mem_per_session_b = mem_per_session(&relay, if a.quick { a.mem_sessions / 4 } else { a.mem_sessions })?;
-        let (flows, _ids) = flows_for(&relay, &socks, a.flows)?;
+        let sessions = if a.quick { a.mem_sessions / 4 } else { a.mem_sessions };
+        fig.mem_per_session_b = mem_per_session(&relay, &legs, sessions)?;
+        let (flows, _ids) = flows_for(&relay, &socks, &legs, a.flows)?;
         (relay.proc, flows)
     };
     let pid = proc.pid();
@@ -388,8 +427,8 @@ fn main() -> std::process::ExitCode {
     if !have_bare {
         eprintln!("bare-relay not found at {}: no bare column", bare.display());
     }
-    // Per run: media-relay, rtpengine, bare.
-    let mut runs: Vec<[Option<Figures>; 3]> = Vec::new();
+    // Per run: media-relay, media-relay on two interfaces, rtpengine, bare.
+    let mut runs: Vec<[Option<Figures>; 4]> = Vec::new();
     for run in 0..a.runs.max(1) {
         eprintln!("run {}/{}", run + 1, a.runs);
         let o = match measure(Kind::Ours, &ours, &a, 22301) {
@@ -399,21 +438,33 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+        let two = measure_or_skip(Kind::OursTwoIfaces, &ours, &a, 22303);
         let r = have_rtpengine.then(|| measure_or_skip(Kind::Rtpengine, &a.rtpengine, &a, 22302)).flatten();
         let b = (have_bare && !a.ng_only).then(|| measure_or_skip(Kind::Bare, &bare, &a, 0)).flatten();
-        runs.push([Some(o), r, b]);
+        runs.push([Some(o), two, r, b]);
     }
     let (base50, base99) = baseline_latency(a.quick).unwrap_or((f64::NAN, f64::NAN));
     let med = |f: &dyn Fn(&Figures) -> f64, which: usize| -> f64 {
         median(runs.iter().filter_map(|r| r[which].as_ref().map(f)).collect())
     };
     let row = |name: &str, f: &dyn Fn(&Figures) -> f64| {
-        let (o, r, b) = (med(f, 0), med(f, 1), med(f, 2));
-        println!("{name:<44} {:>12} {:>12} {:>12} {:>8}", cell(o), cell(r), cell(b), ratio(o, r));
+        let (o, t, r, b) = (med(f, 0), med(f, 1), med(f, 2), med(f, 3));
+        println!(
+            "{name:<44} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+            cell(o),
+            cell(t),
+            cell(r),
+            cell(b),
+            ratio(o, r),
+            ratio(t, o)
+        );
     };
     println!();
     println!("relay-bench: {} flows, 214-byte frames, one worker core each, medians of {} run(s)", a.flows, runs.len());
-    println!("{:<44} {:>12} {:>12} {:>12} {:>8}", "", "media-relay", "rtpengine", "bare", "ours/rt");
+    println!(
+        "{:<44} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "", "media-relay", "2 ifaces", "rtpengine", "bare", "ours/rt", "2if/1if"
+    );
     row("max relayed pps per core (<0.1% loss)", &|f| f.max_pps);
     row("  ...generator-limited runs (the real max is higher)", &|f| f64::from(u8::from(f.generator_limited)));
     row("CPU us per packet (at that rate)", &|f| f.cpu_us_per_pkt);
@@ -437,8 +488,13 @@ fn main() -> std::process::ExitCode {
         (format!("at {}k pps", a.cpu_at / 1000), (|f: &Figures| f.cpu_us_at_common) as fn(&Figures) -> f64),
         ("at each relay's max rate".to_owned(), |f: &Figures| f.cpu_us_per_pkt),
     ] {
-        let (o, r, b) = (med(&f, 0), med(&f, 1), med(&f, 2));
-        println!("  {name:<26} media-relay/bare {:>6}, rtpengine/bare {:>6}", ratio(o, b), ratio(r, b));
+        let (o, t, r, b) = (med(&f, 0), med(&f, 1), med(&f, 2), med(&f, 3));
+        println!(
+            "  {name:<26} media-relay/bare {:>6}, on 2 interfaces/bare {:>6}, rtpengine/bare {:>6}",
+            ratio(o, b),
+            ratio(t, b),
+            ratio(r, b)
+        );
     }
     std::process::ExitCode::SUCCESS
 }
