@@ -4,6 +4,8 @@
 //! helpers every crate's tests share are in `testkit`.
 #![allow(dead_code, reason = "each test file uses a part")]
 
+pub mod lab;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;

@@ -157,3 +157,59 @@ fn a_phone_registered_inside_is_called_from_outside() {
         vec![[Some("outside".to_owned()), Some("inside".to_owned())]]
     );
 }
+
+#[test]
+fn cancel_crosses_with_its_invite_and_the_487_comes_back_inside() {
+    let mut h = two_realms();
+    let out = h.send_in(0, CALLER, &Request::new("INVITE", "r5").sdp(6000).build());
+    let invite = only_to(&out, TRUNK_A).msg.clone();
+    let out = h.send_in(1, TRUNK_A, &respond(&invite, 180, None));
+    let ringing = only_to(&out, CALLER);
+    assert_eq!((ringing.realm, ringing.code()), (0, 180));
+    assert_eq!(
+        ringing.msg.header("contact"),
+        Some("<sip:1000@127.0.0.1:5060>"),
+        "the trunk's Contact is hidden in 1xx"
+    );
+    let cancel = Request::new("CANCEL", "r5").branch("z9hG4bK-INVITE-r5").build();
+    let out = h.send_in(0, CALLER, &cancel);
+    assert_eq!((only_to(&out, CALLER).realm, only_to(&out, CALLER).code()), (0, 200));
+    let down = only_to(&out, TRUNK_A);
+    assert_eq!((down.realm, down.method().as_str()), (1, "CANCEL"), "the CANCEL leaves from the INVITE's realm");
+    assert_eq!(down.msg.vias().len(), 1, "the CANCEL carries only our Via, like its INVITE");
+    shows_nothing_inside(&down.msg);
+    let down = down.msg.clone();
+    assert!(h.send_in(1, TRUNK_A, &respond(&down, 200, None)).is_empty());
+    let out = h.send_in(1, TRUNK_A, &respond(&invite, 487, None));
+    let ack = only_to(&out, TRUNK_A);
+    assert_eq!((ack.realm, ack.method().as_str()), (1, "ACK"), "the hop-by-hop ACK for the 487, outside");
+    let up = only_to(&out, CALLER);
+    assert_eq!((up.realm, up.code()), (0, 487));
+    assert_eq!(up.msg.vias().len(), 1);
+    assert_eq!(up.msg.vias()[0].host, "10.0.0.1", "the caller's own Via is back on the 487");
+}
+
+#[test]
+fn prack_and_update_in_the_early_dialog_reach_the_trunks_own_contact() {
+    let mut h = two_realms();
+    let out = h.send_in(0, CALLER, &Request::new("INVITE", "r6").sdp(6000).build());
+    let invite = only_to(&out, TRUNK_A).msg.clone();
+    let out = h.send_in(1, TRUNK_A, &respond(&invite, 183, Some(7000)));
+    let early = only_to(&out, CALLER).msg.clone();
+    assert_eq!(early.header("contact"), Some("<sip:1000@127.0.0.1:5060>"));
+    for (method, cseq, sdp) in [("PRACK", 2, false), ("UPDATE", 3, true)] {
+        let mut req = Request::new(method, "r6").in_dialog(&early).cseq(cseq);
+        if sdp {
+            req = req.sdp(6002);
+        }
+        let out = h.send_in(0, CALLER, &req.build());
+        let fwd = only_to(&out, TRUNK_A);
+        assert_eq!(fwd.realm, 1, "{method}");
+        assert_eq!(fwd.msg.request_uri(), Some("sip:1000@127.0.0.1:5070"), "{method} to the trunk's own Contact");
+        shows_nothing_inside(&fwd.msg);
+        let out = h.send_in(1, TRUNK_A, &respond(&fwd.msg, 200, sdp.then_some(7002)));
+        let ok = only_to(&out, CALLER);
+        assert_eq!((ok.realm, ok.code()), (0, 200), "{method}");
+        assert_eq!(ok.msg.vias()[0].host, "10.0.0.1");
+    }
+}
