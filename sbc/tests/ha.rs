@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use testkit::Netns;
 
 mod support;
-use support::lab::{sh, sh_out, Proc};
+use support::lab::{json_lines, sh, sh_out, spawn_in, xsbc_ua, Proc};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -90,16 +90,8 @@ impl Lab {
     }
 
     fn spawn(&mut self, host: &str, name: &str, cmd: &[&str]) -> usize {
-        let log = self.dir.join(format!("{name}.log"));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host)])
-            .args(cmd)
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        self.procs.push(Proc { name: name.to_owned(), child: Some(child), log });
+        let p = spawn_in(&self.ns(host), &self.dir, name, cmd);
+        self.procs.push(p);
         self.procs.len() - 1
     }
 
@@ -238,34 +230,18 @@ check_interval_ms = {interval_ms}
         };
         let local = format!("{ip}:{sip_port}");
         let proxy = format!("{VIP}:5060");
-        let mut cmd = vec![
-            env!("CARGO_BIN_EXE_xsbc-ua"),
-            if host == "caller" { "caller" } else { "callee" },
-            "--local",
-            &local,
-            "--proxy",
-            &proxy,
-            "--rtp-ip",
-            &ip,
-            "--rtp-base",
-            base,
-            "--report",
-            report.to_str().unwrap(),
-        ];
-        cmd.extend_from_slice(args);
-        let cmd: Vec<String> = cmd.iter().map(|s| (*s).to_owned()).collect();
+        let cmd =
+            xsbc_ua(if host == "caller" { "caller" } else { "callee" }, &local, &proxy, (&ip, base), &report, args);
         let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
         self.spawn(host, name, &refs)
     }
 
     fn report(&self, name: &str) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.join(format!("{name}.jsonl"))).unwrap_or_default();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        json_lines(&self.dir.join(format!("{name}.jsonl")))
     }
 
     fn cdrs(&self, node: &str) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.join(format!("cdr-{node}.jsonl"))).unwrap_or_default();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        json_lines(&self.dir.join(format!("cdr-{node}.jsonl")))
     }
 
     /// One scenario's lab: serialized with the others (they share names and

@@ -78,3 +78,59 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Starts `cmd` in network namespace `ns`, its output in `dir/NAME.log`.
+///
+/// # Panics
+/// When the log cannot be created or `ip netns exec` cannot be started.
+pub fn spawn_in(ns: &str, dir: &std::path::Path, name: &str, cmd: &[&str]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let f = std::fs::File::create(&log).expect("log file");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .stdout(f.try_clone().expect("log file"))
+        .stderr(f)
+        .spawn()
+        .expect("ip netns exec");
+    Proc { name: name.to_owned(), child: Some(child), log }
+}
+
+/// The JSON objects of a JSON-lines file (CDRs, `xsbc-ua` reports); none
+/// when it does not exist yet.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// The command line of an `xsbc-ua` in `role` (`caller` or `callee`) on
+/// `local`, through the sbc at `proxy`, with RTP from `rtp_ip` ports
+/// `rtp_base` up, reporting to `report`, then `args`.
+pub fn xsbc_ua(
+    role: &str,
+    local: &str,
+    proxy: &str,
+    rtp: (&str, &str),
+    report: &std::path::Path,
+    args: &[&str],
+) -> Vec<String> {
+    let mut cmd: Vec<String> = [
+        env!("CARGO_BIN_EXE_xsbc-ua"),
+        role,
+        "--local",
+        local,
+        "--proxy",
+        proxy,
+        "--rtp-ip",
+        rtp.0,
+        "--rtp-base",
+        rtp.1,
+        "--report",
+        &report.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    cmd.extend(args.iter().map(|s| (*s).to_owned()));
+    cmd
+}
