@@ -172,9 +172,6 @@ impl Transport {
                         s.set_freebind_ipv6(true)?;
                     }
                 }
-                if listen.is_ipv6() {
-                    s.set_only_v6(true)?;
-                }
                 if ty == Type::STREAM {
                     s.set_reuse_address(true)?;
                 }
