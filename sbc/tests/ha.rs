@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use testkit::Netns;
 
 mod support;
-use support::lab::{json_lines, sh, sh_out, spawn_in, xsbc_ua, Proc};
+use support::lab::{json_lines, remove_unless_failing, sh, sh_out, spawn_in, xsbc_ua, Proc};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -282,23 +282,12 @@ check_interval_ms = {interval_ms}
 impl Drop for Lab {
     fn drop(&mut self) {
         self.procs.clear();
-        if !std::thread::panicking() && std::env::var("XSBC_KEEP_TMP").is_err() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("lab files kept in {}", self.dir.display());
-        }
+        remove_unless_failing(&self.dir);
     }
 }
 
-fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
+fn wait(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    testkit::wait_until(timeout, Duration::from_millis(20), cond)
 }
 
 fn gaps(r: &[serde_json::Value]) -> Vec<f64> {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use testkit::Netns;
 
 mod support;
-use support::lab::{json_lines, sh, sh_out, spawn_in, xsbc_ua, Proc};
+use support::lab::{json_lines, remove_unless_failing, sh, sh_out, spawn_in, xsbc_ua, Proc};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -303,23 +303,12 @@ peer = "{INSIDE}.{peer}:7010"
 impl Drop for Lab {
     fn drop(&mut self) {
         self.procs.clear();
-        if !std::thread::panicking() && std::env::var("XSBC_KEEP_TMP").is_err() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("lab files kept in {}", self.dir.display());
-        }
+        remove_unless_failing(&self.dir);
     }
 }
 
-fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
+fn wait(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    testkit::wait_until(timeout, Duration::from_millis(20), cond)
 }
 
 /// Waits until the callee's report shows every call of the caller's ended.

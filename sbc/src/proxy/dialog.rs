@@ -158,6 +158,24 @@ impl Dialog {
     pub fn from_caller(&self, from_tag: &str) -> bool {
         from_tag == self.caller_tag
     }
+
+    /// Where a request from the side with `from_tag` goes: the other side,
+    /// with that side's own Contact when it was hidden (the Request-URI to
+    /// send with).
+    #[must_use]
+    pub fn toward(&self, from_tag: &str) -> (Option<Peer>, Option<String>) {
+        if self.from_caller(from_tag) {
+            (self.callee, self.callee_contact.clone())
+        } else {
+            (Some(self.caller), self.caller_contact.clone())
+        }
+    }
+
+    /// Keeps the own Contact of the caller (`caller` true) or the callee,
+    /// hidden from the other side.
+    pub fn keep_contact(&mut self, caller: bool, uri: String) {
+        *(if caller { &mut self.caller_contact } else { &mut self.callee_contact }) = Some(uri);
+    }
 }
 
 /// A dialog as it is replicated to an HA peer: wall-clock times instead of

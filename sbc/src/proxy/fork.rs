@@ -227,11 +227,7 @@ impl Core {
             // The sender's own Contact, hidden from the other realm: requests
             // to it go there.
             if let Some(crate::sip::Contact::Addr(na)) = sender_contact {
-                if d.from_caller(&from_tag) {
-                    d.caller_contact = Some(na.uri.to_string());
-                } else {
-                    d.callee_contact = Some(na.uri.to_string());
-                }
+                d.keep_contact(d.from_caller(&from_tag), na.uri.to_string());
             }
         }
         if f.is_invite && f.initial {
@@ -337,20 +333,12 @@ impl Core {
             // The other realm saw only our Via: the response goes up with
             // the Vias the request came with, and our Contact in place of
             // the far side's (kept for requests to it).
-            resp.remove_all("via");
-            for h in f.request.headers_named("via").collect::<Vec<_>>().into_iter().rev() {
-                resp.push_header_front(h.clone());
-            }
             let me_in = self.me.get(f.from.realm).unwrap_or(&self.me[0]);
-            forward::own_record_routes(&mut resp, me_in, f.from.proto);
-            let hidden = forward::hide_contact(&mut resp, me_in, f.from.proto);
+            let hidden = forward::back_across(&mut resp, &f.request.header_values("via"), me_in, f.from.proto);
             let from_tag = f.request.from_tag().unwrap_or_default();
             if let (Some(uri), Some(d)) = (hidden, resp.call_id().and_then(|c| self.dialogs.get_mut(c))) {
-                if d.from_caller(&from_tag) {
-                    d.callee_contact = Some(uri);
-                } else {
-                    d.caller_contact = Some(uri);
-                }
+                // The response comes from the side the request went to.
+                d.keep_contact(!d.from_caller(&from_tag), uri);
             }
         }
         if code >= 300 {

@@ -142,6 +142,23 @@ pub fn own_record_routes(m: &mut Message, me: &Me, proto: Proto) {
     }
 }
 
+/// A response going back into the realm its request came from, when that
+/// request crossed realms: the Vias it came with (`vias`, top first) in
+/// place of whatever is left, our Record-Route and Contact in that realm
+/// (`me`, over `proto`). Without `vias` (a dialog taken over from the HA
+/// peer does not have them), the Vias are left as they are. Returns the
+/// far side's own Contact URI it hid.
+pub fn back_across(resp: &mut Message, vias: &[&str], me: &Me, proto: Proto) -> Option<String> {
+    if !vias.is_empty() {
+        resp.remove_all("via");
+        for v in vias.iter().rev() {
+            resp.push_header_front(Header::new("Via", v));
+        }
+    }
+    own_record_routes(resp, me, proto);
+    hide_contact(resp, me, proto)
+}
+
 /// Replaces the (first) Contact's URI with ours in `me`'s realm, keeping
 /// its user part, display name and header parameters. Returns the URI it
 /// replaced. `*` and messages without a Contact are left alone.

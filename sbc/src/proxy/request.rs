@@ -158,13 +158,9 @@ impl Core {
         let dest = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
             Some(d) => {
                 d.last_activity = now;
-                if d.from_caller(&from_tag) {
-                    ruri.clone_from(&d.callee_contact);
-                    d.callee
-                } else {
-                    ruri.clone_from(&d.caller_contact);
-                    Some(d.caller)
-                }
+                let (dest, contact) = d.toward(&from_tag);
+                ruri = contact;
+                dest
             }
             // No dialog here, but the request was routed through us (a
             // backup taking over a primary's dialogs): follow its headers.

@@ -35,13 +35,8 @@ impl Core {
             Some(d) => {
                 d.last_activity = now;
                 d.acked = true;
-                let dest = if d.from_caller(&from_tag) {
-                    ruri.clone_from(&d.callee_contact);
-                    d.callee
-                } else {
-                    ruri.clone_from(&d.caller_contact);
-                    Some(d.caller)
-                };
+                let (dest, contact) = d.toward(&from_tag);
+                ruri = contact;
                 let late = d.late_offer;
                 d.late_offer = false;
                 (dest, late)
@@ -97,21 +92,13 @@ impl Core {
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         // The caller's realm and, when the call crosses realms, the Vias the
         // callee never saw.
-        let mut up_realm = realm;
-        if let Some(d) = self.dialogs.get(&call_id) {
-            up_realm = d.caller.realm;
-            if msg.top_via().is_none() {
-                for v in d.caller_vias.iter().rev() {
-                    msg.push_header_front(crate::sip::Header::new("Via", v));
-                }
-            }
+        let (up_realm, up_proto) =
+            self.dialogs.get(&call_id).map_or((realm, None), |d| (d.caller.realm, Some(d.caller.proto)));
+        if let (true, Some(proto), Some(d)) = (up_realm != realm, up_proto, self.dialogs.get(&call_id)) {
+            let vias: Vec<&str> = d.caller_vias.iter().map(String::as_str).collect();
+            let _ = forward::back_across(&mut msg, &vias, self.me(up_realm), proto);
         }
         let Some(next) = msg.top_via() else { return };
-        if up_realm != realm {
-            let proto = if next.transport.eq_ignore_ascii_case("tcp") { Proto::Tcp } else { Proto::Udp };
-            forward::own_record_routes(&mut msg, self.me(up_realm), proto);
-            let _ = forward::hide_contact(&mut msg, self.me(up_realm), proto);
-        }
         if let (Some(from), Some(to)) = (msg.from_tag(), msg.to_tag()) {
             if self.dialogs.get(&call_id).is_some_and(|d| !d.late_offer) {
                 let _ = self.anchor(&mut msg, false, &to, Some(&from), (realm, up_realm));

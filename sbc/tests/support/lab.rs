@@ -134,3 +134,13 @@ pub fn xsbc_ua(
     cmd.extend(args.iter().map(|s| (*s).to_owned()));
     cmd
 }
+
+/// Removes a lab's scratch directory, unless the test is failing or
+/// `XSBC_KEEP_TMP` is set: then it says where the files are.
+pub fn remove_unless_failing(dir: &std::path::Path) {
+    if !std::thread::panicking() && std::env::var("XSBC_KEEP_TMP").is_err() {
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        eprintln!("lab files kept in {}", dir.display());
+    }
+}

@@ -213,3 +213,19 @@ fn prack_and_update_in_the_early_dialog_reach_the_trunks_own_contact() {
         assert_eq!(ok.msg.vias()[0].host, "10.0.0.1");
     }
 }
+
+#[test]
+fn a_retransmitted_2xx_goes_back_inside_with_the_callers_vias() {
+    let mut h = two_realms();
+    let out = h.send_in(0, CALLER, &Request::new("INVITE", "r7").sdp(6000).build());
+    let invite = only_to(&out, TRUNK_A).msg.clone();
+    let ok = respond(&invite, 200, Some(7000));
+    let first = only_to(&h.send_in(1, TRUNK_A, &ok), CALLER).msg.clone();
+    // No ACK yet: the trunk sends its 200 again, outside any transaction.
+    let out = h.send_in(1, TRUNK_A, &ok);
+    let again = only_to(&out, CALLER);
+    assert_eq!((again.realm, again.code()), (0, 200), "out of the inside socket");
+    assert_eq!(again.msg.header_values("via"), first.header_values("via"), "the caller's own Vias");
+    assert_eq!(again.msg.header_values("record-route"), vec!["<sip:127.0.0.1:5060;lr>"]);
+    assert_eq!(again.msg.header("contact"), Some("<sip:1000@127.0.0.1:5060>"));
+}
