@@ -10,6 +10,9 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod ha;
+mod trunks;
+
+pub use trunks::{Route, Trunk, TrunkTransport};
 
 /// The configuration `sbc run` uses without `--config`.
 pub const DEFAULT_TOML: &str = include_str!("../config/sbc.toml");
@@ -42,15 +45,6 @@ pub enum ConfigError {
     Relay(#[from] media_relay::config::ConfigError),
 }
 
-/// SIP transport of a trunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrunkTransport {
-    /// UDP.
-    Udp,
-    /// TCP.
-    Tcp,
-}
-
 /// One network the sbc borders (a private network, a carrier's network):
 /// its SIP socket, the address written in Via, Record-Route and Contact
 /// there, and the relay interface that anchors media there.
@@ -65,40 +59,6 @@ pub struct Realm {
     /// The `[relay]` interface name of this realm's media (`None`: the
     /// relay's first interface, the one-realm shorthand).
     pub media: Option<String>,
-}
-
-/// A next hop calls can be routed to.
-#[derive(Debug, Clone)]
-pub struct Trunk {
-    /// Name used by routes, logs and metrics.
-    pub name: String,
-    /// Index of the realm it is reached in.
-    pub realm: usize,
-    /// Where to send.
-    pub address: SocketAddr,
-    /// Over what.
-    pub transport: TrunkTransport,
-    /// Concurrent-call cap (0: none).
-    pub max_calls: u32,
-    /// New calls per second cap (0: none).
-    pub max_cps: u32,
-    /// Share within its priority group.
-    pub weight: u32,
-    /// Whether OPTIONS health checks are sent to it.
-    pub probe: bool,
-}
-
-/// A static route: Request-URI user prefix and/or domain → ordered trunks
-/// (tried in turn on 408/5xx/timeouts: sequential forking).
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// Request-URI user prefix ("" matches every user).
-    pub prefix: String,
-    /// Request-URI host this route is for (`None`: local domains).
-    pub domain: Option<String>,
-    /// Priority groups, tried in order; within a group, trunks are tried in
-    /// an order drawn by weight.
-    pub trunks: Vec<Vec<usize>>,
 }
 
 /// Trunk health-check settings.
@@ -194,9 +154,9 @@ struct File {
     #[serde(default)]
     registrar: RawRegistrar,
     #[serde(default)]
-    trunk: Vec<RawTrunk>,
+    trunk: Vec<trunks::RawTrunk>,
     #[serde(default)]
-    route: Vec<RawRoute>,
+    route: Vec<trunks::RawRoute>,
     #[serde(default)]
     cdr: RawCdr,
     #[serde(default)]
@@ -341,39 +301,6 @@ impl Default for RawRegistrar {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTrunk {
-    name: String,
-    address: String,
-    #[serde(default = "udp")]
-    transport: String,
-    #[serde(default)]
-    max_calls: u32,
-    #[serde(default)]
-    max_cps: u32,
-    #[serde(default = "one")]
-    weight: u32,
-    #[serde(default = "yes")]
-    probe: bool,
-    #[serde(default)]
-    realm: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    #[serde(default)]
-    prefix: String,
-    #[serde(default)]
-    domain: Option<String>,
-    trunks: Vec<String>,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCdr {
@@ -424,10 +351,6 @@ fn min_exp() -> u32 {
 fn max_exp() -> u32 {
     7200
 }
-fn udp() -> String {
-    "udp".into()
-}
-
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), problem: problem.into() }
 }
@@ -476,63 +399,8 @@ impl Config {
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
         }
-        let mut trunks: Vec<Trunk> = Vec::new();
-        for (i, t) in f.trunk.iter().enumerate() {
-            if t.name.is_empty() || trunks.iter().any(|x| x.name == t.name) {
-                return Err(invalid(format!("trunk[{i}].name"), format!("`{}` is empty or used twice", t.name)));
-            }
-            let address = t
-                .address
-                .parse()
-                .map_err(|_| invalid(format!("trunk[{i}].address"), format!("`{}` is not ADDR:PORT", t.address)))?;
-            let transport = match t.transport.to_ascii_lowercase().as_str() {
-                "udp" => TrunkTransport::Udp,
-                "tcp" => TrunkTransport::Tcp,
-                other => return Err(invalid(format!("trunk[{i}].transport"), format!("`{other}`: want udp or tcp"))),
-            };
-            if t.weight == 0 {
-                return Err(invalid(format!("trunk[{i}].weight"), "must be at least 1"));
-            }
-            let realm = match t.realm.as_deref() {
-                None | Some("") => 0,
-                Some(name) => realms.iter().position(|r| r.name == name).ok_or_else(|| {
-                    invalid(format!("trunk[{i}].realm"), format!("no realm named `{name}` (see [[realm]])"))
-                })?,
-            };
-            trunks.push(Trunk {
-                name: t.name.clone(),
-                realm,
-                address,
-                transport,
-                max_calls: t.max_calls,
-                max_cps: t.max_cps,
-                weight: t.weight,
-                probe: t.probe,
-            });
-        }
-        let mut routes = Vec::new();
-        for (i, r) in f.route.iter().enumerate() {
-            if r.trunks.is_empty() {
-                return Err(invalid(format!("route[{i}].trunks"), "list at least one trunk"));
-            }
-            let mut idx = Vec::new();
-            for group in &r.trunks {
-                let mut g = Vec::new();
-                for name in group.split('|').map(str::trim) {
-                    let k = trunks
-                        .iter()
-                        .position(|t| t.name == name)
-                        .ok_or_else(|| invalid(format!("route[{i}].trunks"), format!("no trunk named `{name}`")))?;
-                    g.push(k);
-                }
-                idx.push(g);
-            }
-            routes.push(Route {
-                prefix: r.prefix.clone(),
-                domain: r.domain.clone().filter(|d| !d.is_empty()).map(|d| d.to_ascii_lowercase()),
-                trunks: idx,
-            });
-        }
+        let trunks = trunks::parse_trunks(&f.trunk, &realms)?;
+        let routes = trunks::parse_routes(&f.route, &trunks)?;
         let metrics = match f.metrics.listen.as_str() {
             "" | "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics.listen", format!("`{a}` is not ADDR:PORT or off")))?),
