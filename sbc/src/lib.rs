@@ -6,10 +6,12 @@
 //! - [`proxy`]: the stateful proxy core, registrar, routing and dialogs.
 //! - [`transport`]: UDP and TCP sockets and stream framing.
 //! - [`ha`]: the active/standby pair (Redis lease, replication, virtual IP).
+//! - [`auth`]: HTTP Digest (challenges, credentials, hashes).
 //! - [`location`]: registered bindings. [`config`], [`cdr`], [`metrics`].
 //! - [`error`]: the crate's error type. `sys` (private): every `unsafe`
 //!   block of the crate, the kernel interfaces (AF_PACKET, rtnetlink).
 
+pub mod auth;
 pub mod cdr;
 pub mod config;
 pub mod control;
