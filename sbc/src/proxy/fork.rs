@@ -186,6 +186,7 @@ impl Core {
             } else if f.last_code >= 300 {
                 (f.last_code, "No Route Available")
             } else if !f.attempted && f.skipped_srtp {
+                extra.push(srtp::warning(self.me.get(f.from.realm).unwrap_or(&self.me[0])));
                 (488, "Not Acceptable Here")
             } else if !f.attempted {
                 extra.push(crate::sip::Header::new("Retry-After", if f.skipped_cap { "1" } else { "5" }));

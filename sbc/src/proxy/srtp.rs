@@ -16,6 +16,7 @@ use crate::txn::{Endpoint, ServerId};
 
 use super::core::Core;
 use super::dialog::Peer;
+use super::forward::Me;
 use super::media::has_sdp;
 
 /// Whether every active stream of an SDP body is SRTP: each `m=` line
@@ -60,6 +61,11 @@ pub(super) fn plain_offer(msg: &Message) -> bool {
     has_sdp(msg) && !offer_is_secure(&msg.body)
 }
 
+/// The Warning of a 488 for a plain offer where SRTP is required.
+pub(super) fn warning(me: &Me) -> Header {
+    Header::new("Warning", &format!("399 {} \"SRTP required\"", me.hostport()))
+}
+
 impl Core {
     /// Whether trunk `i` requires SRTP.
     pub(super) fn trunk_srtp(&self, i: Option<usize>) -> bool {
@@ -75,8 +81,7 @@ impl Core {
     /// Answers a plain RTP offer where SRTP is required: 488 with a Warning.
     pub(super) fn refuse_plain_rtp(&self, txn: &mut Endpoint, key: ServerId, realm: usize, now: Instant) {
         tracing::info!(?key, "offer refused: SRTP is required and the offer has a plain RTP stream");
-        let warning = Header::new("Warning", &format!("399 {} \"SRTP required\"", self.me(realm).hostport()));
-        txn.reply(key, 488, "Not Acceptable Here", vec![warning], now);
+        txn.reply(key, 488, "Not Acceptable Here", vec![warning(self.me(realm))], now);
     }
 
     /// Whether the route a request to `ruri` takes requires SRTP (the
