@@ -87,6 +87,30 @@ pub(super) struct RawTrunkPolicy<'a> {
     pub(super) strip_headers: &'a [String],
 }
 
+/// Headers `strip_headers` may not remove (SIP needs them), full and compact.
+const NEEDED: [&str; 20] = [
+    "via",
+    "v",
+    "from",
+    "f",
+    "to",
+    "t",
+    "call-id",
+    "i",
+    "cseq",
+    "contact",
+    "m",
+    "route",
+    "record-route",
+    "max-forwards",
+    "content-length",
+    "l",
+    "content-type",
+    "c",
+    "content-encoding",
+    "e",
+];
+
 fn prefix(key: &str, s: &str) -> Result<IpNet, ConfigError> {
     let s = s.trim();
     s.parse::<IpNet>()
@@ -125,9 +149,7 @@ pub(super) fn trunk_policy(
         if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b)) {
             return Err(invalid(format!("{key}.strip_headers"), format!("`{h}` is not a header name")));
         }
-        if ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "content-length", "l", "max-forwards"]
-            .contains(&h.as_str())
-        {
+        if NEEDED.contains(&h.as_str()) {
             return Err(invalid(format!("{key}.strip_headers"), format!("`{h}` is needed by SIP itself")));
         }
         strip_headers.push(h);
@@ -269,6 +291,7 @@ mod tests {
             (with_trunk_keys("sources = []"), "trunk[0].sources"),
             (with_trunk_keys("media_security = \"maybe\""), "trunk[0].media_security"),
             (with_trunk_keys("strip_headers = [\"Via\"]"), "trunk[0].strip_headers"),
+            (with_trunk_keys("strip_headers = [\"m\"]"), "trunk[0].strip_headers"),
             (with_trunk_keys("strip_headers = [\"a b\"]"), "trunk[0].strip_headers"),
             (DEFAULT_TOML.replace("[sip]\n", "[sip]\ndeny = [\"10.0.0.0/33\"]\n"), "sip.deny"),
             (DEFAULT_TOML.replace("[sip]\n", "[sip]\nacl_action = \"ignore\"\n"), "sip.acl_action"),
