@@ -307,6 +307,30 @@ mod tests {
     }
 
     #[test]
+    fn realm_acls_are_given_on_each_realm() {
+        let realms = |inside: &str, sip: &str| {
+            DEFAULT_TOML
+                .replace("[sip]\nlisten = \"127.0.0.1:5060\"", &format!("[sip]\n{sip}"))
+                .replace(
+                    "[registrar]",
+                    &format!(
+                        "[[realm]]\nname = \"inside\"\nlisten = \"127.0.0.1:5060\"\nmedia = \"inside\"\n{inside}\n\
+                         [[realm]]\nname = \"outside\"\nlisten = \"127.0.0.2:5060\"\nmedia = \"outside\"\n[registrar]"
+                    ),
+                )
+                .replace("interfaces = [\"127.0.0.1\"]", "interfaces = [\"inside/127.0.0.1\", \"outside/127.0.0.2\"]")
+        };
+        let c = Config::from_toml(&realms("deny = [\"10.0.0.0/8\"]\nacl_action = \"drop\"", "")).unwrap();
+        assert_eq!(c.acls.len(), 2);
+        assert_eq!((c.acls[0].deny.len(), c.acls[0].action), (1, AclAction::Drop));
+        assert!(c.acls[1].is_open(), "the outside has none");
+        let e = Config::from_toml(&realms("", "allow = [\"10.0.0.0/8\"]")).unwrap_err().to_string();
+        assert!(e.contains("sip.allow") && e.contains("each realm"), "{e}");
+        let e = Config::from_toml(&realms("deny = [\"x\"]", "")).unwrap_err().to_string();
+        assert!(e.contains("realm[0].deny"), "{e}");
+    }
+
+    #[test]
     fn topology_hiding_and_alternate_path_conflict() {
         let alternate =
             |t: String| t.replace("enabled = false\nbackups = []", "enabled = true\nbackups = [\"127.0.0.2:5060\"]");

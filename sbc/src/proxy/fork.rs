@@ -53,7 +53,15 @@ pub(super) struct Forward {
     /// The branch in progress goes to a trunk with topology hiding.
     masked: bool,
     /// A trunk was passed over: it requires SRTP and the offer is plain.
-    skipped_srtp: bool,
+    pub(super) skipped_srtp: bool,
+}
+
+impl Forward {
+    /// The SDP offer of the request as it came (before the relay rewrote
+    /// it), when it was anchored.
+    pub(super) fn offer(&self) -> Option<&[u8]> {
+        self.offer_sdp.as_deref()
+    }
 }
 
 /// What a new [`Forward`] is made of.
@@ -136,12 +144,7 @@ impl Core {
             let f = self.forwards.get_mut(&id)?;
             let target = f.targets.pop_front()?;
             let Some(i) = target.trunk.filter(|_| f.initial && f.is_invite) else { return Some(target) };
-            let plain =
-                f.offer_sdp.as_deref().map_or_else(|| srtp::plain_offer(&f.request), |b| !srtp::offer_is_secure(b));
-            if plain && self.trunk_srtp(Some(i)) {
-                if let Some(f) = self.forwards.get_mut(&id) {
-                    f.skipped_srtp = true;
-                }
+            if self.trunk_srtp(Some(i)) && self.forwards.get_mut(&id).is_some_and(srtp::skip_plain) {
                 tracing::info!(trunk = %target.label, "skipping trunk: it requires SRTP and the offer is plain RTP");
                 continue;
             }

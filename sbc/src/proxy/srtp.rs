@@ -61,6 +61,14 @@ pub(super) fn plain_offer(msg: &Message) -> bool {
     has_sdp(msg) && !offer_is_secure(&msg.body)
 }
 
+/// Whether the offer of a forward is plain (its offer as it came, before
+/// the relay rewrote it); if so the forward notes a trunk was skipped.
+pub(super) fn skip_plain(f: &mut super::fork::Forward) -> bool {
+    let plain = f.offer().map_or_else(|| plain_offer(&f.request), |b| !offer_is_secure(b));
+    f.skipped_srtp |= plain;
+    plain
+}
+
 /// The Warning of a 488 for a plain offer where SRTP is required.
 pub(super) fn warning(me: &Me) -> Header {
     Header::new("Warning", &format!("399 {} \"SRTP required\"", me.hostport()))
