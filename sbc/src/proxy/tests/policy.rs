@@ -301,6 +301,30 @@ fn a_hiding_trunk_sees_no_internal_address() {
 }
 
 #[test]
+fn cancel_and_the_ack_of_an_error_to_a_hiding_trunk_match_what_it_saw() {
+    let mut h = with("", "topology_hiding = true\ncallid_rewrite = true");
+    let out = h.send(CALLER, &internal_invite("c9@10.0.0.1", "z9hG4bK-c9"));
+    let invite = only_to(&out, CARRIER).msg.clone();
+    let out = h.send(CARRIER, &respond(&invite, 180, None));
+    assert_eq!(only_to(&out, CALLER).code(), 180);
+    let cancel = Request::new("CANCEL", "c9@10.0.0.1").branch("z9hG4bK-c9").build();
+    let out = h.send(CALLER, &cancel);
+    nothing_internal(&out);
+    let down = only_to(&out, CARRIER).msg.clone();
+    assert_eq!(down.method().map(ToString::to_string).as_deref(), Some("CANCEL"));
+    for name in ["from", "to", "call-id", "via"] {
+        assert_eq!(down.header(name), invite.header(name), "the CANCEL's {name} is its INVITE's as the trunk saw it");
+    }
+    assert!(h.send(CARRIER, &respond(&down, 200, None)).is_empty());
+    let out = h.send(CARRIER, &respond(&invite, 487, None));
+    nothing_internal(&out);
+    let ack = only_to(&out, CARRIER).msg.clone();
+    assert_eq!((ack.header("from"), ack.header("call-id")), (invite.header("from"), invite.header("call-id")));
+    let up = out.iter().find(|s| s.dest == super::addr(CALLER)).expect("the 487 goes up");
+    assert_eq!((up.code(), up.msg.call_id()), (487, Some("c9@10.0.0.1")));
+}
+
+#[test]
 fn a_call_from_a_hiding_trunk_gets_answers_with_nothing_internal() {
     let mut h = with("", "topology_hiding = true");
     let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK-reg1;rport\r\n\
