@@ -10,8 +10,10 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod ha;
+mod policy;
 mod trunks;
 
+pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
 pub use trunks::{Route, Trunk, TrunkTransport};
 
 /// The configuration `sbc run` uses without `--config`.
@@ -143,6 +145,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// The active/standby pair, when `[ha]` is present.
     pub ha: Option<crate::ha::HaConfig>,
+    /// The source ACL of each realm, by realm index.
+    pub acls: Vec<Acl>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +256,12 @@ struct RawRealm {
     advertise: Option<String>,
     #[serde(default)]
     media: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    acl_action: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +292,12 @@ struct RawSip {
     log_level: String,
     #[serde(default = "failover_codes")]
     failover_codes: Vec<u16>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    acl_action: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -385,6 +401,7 @@ impl Config {
         let mut relay =
             RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
         let realms = parse_realms(&f, &relay)?;
+        let acls = policy::parse_acls(&f, realms.len())?;
         let (listen, advertise) = (realms[0].listen, realms[0].advertise);
         if f.sip.domains.is_empty() {
             return Err(invalid("sip.domains", "list at least one domain (the sbc's own address counts)"));
@@ -401,6 +418,7 @@ impl Config {
         }
         let trunks = trunks::parse_trunks(&f.trunk, &realms)?;
         let routes = trunks::parse_routes(&f.route, &trunks)?;
+        policy::check_conflicts(&trunks, f.alternate_path.enabled)?;
         let metrics = match f.metrics.listen.as_str() {
             "" | "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics.listen", format!("`{a}` is not ADDR:PORT or off")))?),
@@ -480,6 +498,7 @@ impl Config {
             },
             relay,
             ha,
+            acls,
         })
     }
 

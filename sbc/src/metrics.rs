@@ -89,6 +89,9 @@ pub struct SbcMetrics {
     pub pdd_sum_us: AtomicU64,
     /// Number of post-dial-delay observations.
     pub pdd_count: AtomicU64,
+    /// Messages refused or dropped by a source ACL, per realm (named once
+    /// by [`name_realms`](Self::name_realms)).
+    acl_denied: std::sync::OnceLock<Vec<(String, AtomicU64)>>,
 }
 
 impl SbcMetrics {
@@ -104,6 +107,24 @@ impl SbcMetrics {
             })
             .collect();
         Self { trunks, ..Self::default() }
+    }
+
+    /// Names the realms, for the per-realm series (the first call wins).
+    pub fn name_realms(&self, names: &[String]) {
+        let _ = self.acl_denied.set(names.iter().map(|n| (n.clone(), AtomicU64::new(0))).collect());
+    }
+
+    /// Counts a message from a source realm `realm`'s ACL denies.
+    pub fn acl_denied(&self, realm: usize) {
+        if let Some((_, c)) = self.acl_denied.get().and_then(|v| v.get(realm)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Messages realm `realm`'s ACL denied so far.
+    #[must_use]
+    pub fn acl_denied_count(&self, realm: usize) -> u64 {
+        self.acl_denied.get().and_then(|v| v.get(realm)).map_or(0, |(_, c)| c.load(Relaxed))
     }
 
     /// A trunk changed state by measurement.
@@ -208,6 +229,12 @@ impl SbcMetrics {
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_bucket{{le=\"+Inf\"}} {cum}");
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_sum {}", self.pdd_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_count {}", self.pdd_count.load(Relaxed));
+        if let Some(realms) = self.acl_denied.get() {
+            let _ = writeln!(o, "# HELP sbc_acl_denied_total SIP messages from sources a realm's ACL denies (answered 403 or dropped).\n# TYPE sbc_acl_denied_total counter");
+            for (name, c) in realms {
+                let _ = writeln!(o, "sbc_acl_denied_total{{realm=\"{name}\"}} {}", c.load(Relaxed));
+            }
+        }
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,
@@ -262,5 +289,19 @@ mod tests {
         assert!(r.contains("sbc_post_dial_delay_seconds_count 2"));
         assert!(r.contains("sbc_sip_requests_total{method=\"other\"} 1"));
         assert!(r.contains("sbc_sip_responses_total{class=\"4xx\"} 1"));
+        assert!(!r.contains("sbc_acl_denied_total"), "no realm series before the realms are named");
+    }
+
+    #[test]
+    fn acl_denials_per_realm() {
+        let m = SbcMetrics::default();
+        m.name_realms(&["inside".into(), "outside".into()]);
+        m.acl_denied(1);
+        m.acl_denied(1);
+        m.acl_denied(7);
+        assert_eq!((m.acl_denied_count(0), m.acl_denied_count(1)), (0, 2));
+        let r = m.render();
+        assert!(r.contains("sbc_acl_denied_total{realm=\"inside\"} 0"), "{r}");
+        assert!(r.contains("sbc_acl_denied_total{realm=\"outside\"} 2"), "{r}");
     }
 }

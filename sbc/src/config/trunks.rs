@@ -35,6 +35,8 @@ pub struct Trunk {
     pub weight: u32,
     /// Whether OPTIONS health checks are sent to it.
     pub probe: bool,
+    /// Source ACL, SRTP policy and topology hiding.
+    pub policy: super::TrunkPolicy,
 }
 
 /// A static route: Request-URI user prefix and/or domain → ordered trunks
@@ -48,6 +50,8 @@ pub struct Route {
     /// Priority groups, tried in order; within a group, trunks are tried in
     /// an order drawn by weight.
     pub trunks: Vec<Vec<usize>>,
+    /// SRTP policy of calls it routes (with the trunk's: srtp if either says so).
+    pub media_security: super::MediaSecurity,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +71,16 @@ pub(super) struct RawTrunk {
     probe: bool,
     #[serde(default)]
     realm: Option<String>,
+    #[serde(default)]
+    sources: Option<Vec<String>>,
+    #[serde(default)]
+    media_security: Option<String>,
+    #[serde(default)]
+    topology_hiding: bool,
+    #[serde(default)]
+    callid_rewrite: bool,
+    #[serde(default)]
+    strip_headers: Vec<String>,
 }
 
 fn udp() -> String {
@@ -85,6 +99,8 @@ pub(super) struct RawRoute {
     #[serde(default)]
     domain: Option<String>,
     trunks: Vec<String>,
+    #[serde(default)]
+    media_security: Option<String>,
 }
 
 /// Checks the `[[trunk]]` tables against the realms.
@@ -112,6 +128,14 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
                 invalid(format!("trunk[{i}].realm"), format!("no realm named `{name}` (see [[realm]])"))
             })?,
         };
+        let raw_policy = super::policy::RawTrunkPolicy {
+            sources: t.sources.as_deref(),
+            media_security: t.media_security.as_deref(),
+            topology_hiding: t.topology_hiding,
+            callid_rewrite: t.callid_rewrite,
+            strip_headers: &t.strip_headers,
+        };
+        let policy = super::policy::trunk_policy(&format!("trunk[{i}]"), &raw_policy, address)?;
         trunks.push(Trunk {
             name: t.name.clone(),
             realm,
@@ -121,6 +145,7 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
             max_cps: t.max_cps,
             weight: t.weight,
             probe: t.probe,
+            policy,
         });
     }
     Ok(trunks)
@@ -149,6 +174,10 @@ pub(super) fn parse_routes(raw: &[RawRoute], trunks: &[Trunk]) -> Result<Vec<Rou
             prefix: r.prefix.clone(),
             domain: r.domain.clone().filter(|d| !d.is_empty()).map(|d| d.to_ascii_lowercase()),
             trunks: idx,
+            media_security: super::policy::media_security(
+                &format!("route[{i}].media_security"),
+                r.media_security.as_deref(),
+            )?,
         });
     }
     Ok(routes)

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use super::core::{Core, Wake};
 use super::dialog::{EndReason, Peer};
-use super::forward;
 use super::media::has_sdp;
 use super::routing::Target;
+use super::{forward, hiding, srtp};
 use crate::metrics::TrunkOutcome;
 use crate::sip::{Message, Method};
 use crate::txn::{ClientId, ClientRequest, Endpoint, ServerId};
@@ -47,6 +47,21 @@ pub(super) struct Forward {
     skipped_cap: bool,
     /// Timer C of the INVITE branch in progress (reset by provisionals).
     timer_c: Option<Instant>,
+    /// The branch in progress hides each side from the other (it crosses
+    /// realms, or a side is a trunk with topology hiding).
+    hide: bool,
+    /// The branch in progress goes to a trunk with topology hiding.
+    masked: bool,
+    /// A trunk was passed over: it requires SRTP and the offer is plain.
+    pub(super) skipped_srtp: bool,
+}
+
+impl Forward {
+    /// The SDP offer of the request as it came (before the relay rewrote
+    /// it), when it was anchored.
+    pub(super) fn offer(&self) -> Option<&[u8]> {
+        self.offer_sdp.as_deref()
+    }
 }
 
 /// What a new [`Forward`] is made of.
@@ -92,6 +107,9 @@ impl Core {
             attempted: false,
             skipped_cap: false,
             timer_c: None,
+            hide: false,
+            masked: false,
+            skipped_srtp: false,
         };
         self.forwards.insert(id, forward);
         txn.set_forwarded(id);
@@ -126,6 +144,10 @@ impl Core {
             let f = self.forwards.get_mut(&id)?;
             let target = f.targets.pop_front()?;
             let Some(i) = target.trunk.filter(|_| f.initial && f.is_invite) else { return Some(target) };
+            if self.trunk_srtp(Some(i)) && self.forwards.get_mut(&id).is_some_and(srtp::skip_plain) {
+                tracing::info!(trunk = %target.label, "skipping trunk: it requires SRTP and the offer is plain RTP");
+                continue;
+            }
             match self.trunk_admits(i, now) {
                 Ok(()) => return Some(target),
                 Err(why) => {
@@ -166,6 +188,9 @@ impl Core {
                 (408, "Request Timeout")
             } else if f.last_code >= 300 {
                 (f.last_code, "No Route Available")
+            } else if !f.attempted && f.skipped_srtp {
+                extra.push(srtp::warning(self.me.get(f.from.realm).unwrap_or(&self.me[0])));
+                (488, "Not Acceptable Here")
             } else if !f.attempted {
                 extra.push(crate::sip::Header::new("Retry-After", if f.skipped_cap { "1" } else { "5" }));
                 (
@@ -195,12 +220,16 @@ impl Core {
             self.next_branch(txn, id, now);
             return;
         }
+        let target_peer = Peer { addr: target.dest, proto: target.proto, realm: target.realm };
+        let masked = self.hides(&target_peer);
+        let from_hides = self.forwards.get(&id).is_some_and(|f| f.from.realm != target.realm || self.hides(&f.from));
         let branch = txn.new_branch();
         let Some(f) = self.forwards.get_mut(&id) else { return };
         f.attempted = true;
+        (f.hide, f.masked) = (masked || from_hides, masked);
         f.out_realm = target.realm;
         let ruri = if target.uri.is_empty() { None } else { Some(target.uri.as_str()) };
-        let hide = f.from.realm != target.realm;
+        let hide = f.hide;
         let crossing = forward::Crossing {
             me_in: self.me.get(f.from.realm).unwrap_or(&self.me[0]),
             me_out: self.me.get(target.realm).unwrap_or(&self.me[0]),
@@ -215,7 +244,7 @@ impl Core {
         let from_tag = f.request.from_tag().unwrap_or_default();
         if let Some(d) = f.request.call_id().and_then(|c| self.dialogs.get_mut(c)) {
             if f.is_invite && f.initial {
-                d.callee = Some(Peer { addr: target.dest, proto: target.proto, realm: target.realm });
+                d.callee = Some(target_peer);
                 d.caller_vias = if hide {
                     f.request.header_values("via").into_iter().map(str::to_owned).collect()
                 } else {
@@ -329,8 +358,8 @@ impl Core {
             self.timers.push(std::cmp::Reverse((at, Wake::TimerC(id))));
         }
         resp.remove_first_value("via");
-        if f.from.realm != f.out_realm {
-            // The other realm saw only our Via: the response goes up with
+        if f.hide {
+            // The other side saw only our Via: the response goes up with
             // the Vias the request came with, and our Contact in place of
             // the far side's (kept for requests to it).
             let me_in = self.me.get(f.from.realm).unwrap_or(&self.me[0]);
@@ -339,6 +368,9 @@ impl Core {
             if let (Some(uri), Some(d)) = (hidden, resp.call_id().and_then(|c| self.dialogs.get_mut(c))) {
                 // The response comes from the side the request went to.
                 d.keep_contact(!d.from_caller(&from_tag), uri);
+            }
+            if f.masked {
+                hiding::unmask_response(&mut resp, &f.request, me_in);
             }
         }
         if code >= 300 {

@@ -17,16 +17,19 @@
 //! [`Proxy`] is the driver API around both: [`Proxy::handle`],
 //! [`Proxy::on_timer`], [`Proxy::drain_output`], [`Proxy::next_deadline`].
 
+mod acl;
 pub mod alternate;
 mod core;
 pub mod dialog;
 mod fork;
 pub mod forward;
+mod hiding;
 mod media;
 pub mod register;
 mod replica;
 mod request;
 pub mod routing;
+mod srtp;
 mod stateless;
 mod trunks;
 
@@ -52,6 +55,12 @@ use self::core::Core;
 pub struct Proxy {
     txn: Endpoint,
     core: Core,
+    /// Source ACLs, checked before anything else.
+    acl: acl::Gate,
+    /// Topology hiding and Call-ID mapping at the edge toward trunks.
+    edge: hiding::Boundary,
+    /// The time of the latest input (for the edge's bookkeeping on output).
+    clock: Instant,
 }
 
 impl Proxy {
@@ -67,12 +76,20 @@ impl Proxy {
             h.finish()
         };
         let timer_cfg = TimerConfig { t1: cfg.t1, t2: cfg.t2, t4: cfg.t4 };
-        Self { txn: Endpoint::new(timer_cfg, Arc::clone(&metrics), seed), core: Core::new(cfg, media, metrics, cdr) }
+        metrics.name_realms(&cfg.realms.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
+        Self {
+            txn: Endpoint::new(timer_cfg, Arc::clone(&metrics), seed),
+            core: Core::new(cfg, media, metrics, cdr),
+            acl: acl::Gate::default(),
+            edge: hiding::Boundary::default(),
+            clock: Instant::now(),
+        }
     }
 
     /// Takes the messages to send.
     pub fn drain_output(&mut self) -> Vec<Outbound> {
-        self.txn.drain_output()
+        let (cfg, me, now) = (&self.core.cfg, &self.core.me, self.clock);
+        self.txn.drain_output().into_iter().map(|o| self.edge.outbound(cfg, me, o, now)).collect()
     }
 
     /// The earliest time [`on_timer`](Self::on_timer) has work.
@@ -86,6 +103,16 @@ impl Proxy {
 
     /// Handles one message from the network.
     pub fn handle(&mut self, inbound: Inbound, now: Instant) {
+        self.clock = now;
+        match self.acl.check(&self.core.cfg, &self.core.metrics, &inbound, now) {
+            acl::Verdict::Pass => {}
+            acl::Verdict::Drop => return,
+            acl::Verdict::Reject(r) => {
+                self.txn.send(r, inbound.src, inbound.proto, inbound.realm);
+                return;
+            }
+        }
+        let inbound = self.edge.inbound(&self.core.cfg, inbound, now);
         self.txn.handle(inbound, now);
         self.run_events(now);
         self.core.update_gauges(&self.txn);
@@ -93,6 +120,9 @@ impl Proxy {
 
     /// Fires every timer due at `now`.
     pub fn on_timer(&mut self, now: Instant) {
+        self.clock = now;
+        let dialogs = &self.core.dialogs;
+        self.edge.sweep(now, self.txn.timer_config().t1 * 64, |c| dialogs.get(c).is_some());
         self.txn.on_timer(now);
         self.run_events(now);
         self.core.on_timer(&mut self.txn, now);

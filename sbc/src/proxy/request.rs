@@ -13,6 +13,7 @@ use super::fork::NewForward;
 use super::media::has_sdp;
 use super::register;
 use super::routing::{self, Target};
+use super::srtp;
 use crate::sip::{Header, Message, Method, Uri};
 use crate::txn::{Endpoint, ServerId};
 
@@ -89,6 +90,13 @@ impl Core {
                 return;
             }
         };
+        if method == Method::Invite && srtp::plain_offer(&msg) {
+            let to_trunks = targets.first().is_some_and(|t| t.trunk.is_some());
+            if self.source_srtp(&from) || self.route_srtp(&ruri, to_trunks) {
+                self.refuse_plain_rtp(txn, key, realm, now);
+                return;
+            }
+        }
         let out_realm = targets.first().map_or(realm, |t| t.realm);
         let mut anchored = None;
         if method == Method::Invite {
@@ -155,9 +163,11 @@ impl Core {
         let by_headers = super::alternate::next_hop(&msg);
         // The Request-URI the far side gave as its Contact, when we hid it.
         let mut ruri: Option<String> = None;
+        let mut sides = None;
         let dest = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
             Some(d) => {
                 d.last_activity = now;
+                sides = Some((d.trunk, d.caller, d.callee));
                 let (dest, contact) = d.toward(&from_tag);
                 ruri = contact;
                 dest
@@ -185,6 +195,13 @@ impl Core {
                 label: "alternate".into(),
             })
             .collect();
+        let srtp_call = sides.is_some_and(|(trunk, a, b)| {
+            self.trunk_srtp(trunk) || self.source_srtp(&a) || b.is_some_and(|b| self.source_srtp(&b))
+        });
+        if matches!(method, Method::Invite | Method::Update) && srtp_call && srtp::plain_offer(&msg) {
+            self.refuse_plain_rtp(txn, key, from.realm, now);
+            return;
+        }
         if method == Method::Bye {
             // The call ends when either side says so. Ending it here, not on
             // the BYE's answer, means a lost or missing answer downstream

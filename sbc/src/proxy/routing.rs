@@ -110,6 +110,18 @@ fn static_route<'c>(cfg: &'c Config, user: &str, domain: Option<&str>) -> Option
         .and_then(|best| cfg.routes.iter().find(|r| r.domain == best.domain && r.prefix == best.prefix))
 }
 
+/// The static route of a request to `ruri` (whether or not a registered
+/// user takes it first).
+#[must_use]
+pub fn route_of<'c>(cfg: &'c Config, ruri: &Uri) -> Option<&'c crate::config::Route> {
+    let user = ruri.user.as_deref().unwrap_or("");
+    if cfg.is_local_host(&ruri.host, ruri.port) {
+        return static_route(cfg, user, None);
+    }
+    let host = ruri.host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    static_route(cfg, user, Some(&host))
+}
+
 /// Decides where an initial request goes.
 ///
 /// # Errors

@@ -31,10 +31,12 @@ impl Core {
         let from_tag = msg.from_tag().unwrap_or_default();
         let to_tag = msg.to_tag();
         let mut ruri = None;
+        let mut sides = None;
         let (dest, late) = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
             Some(d) => {
                 d.last_activity = now;
                 d.acked = true;
+                sides = Some((d.caller, d.callee));
                 let (dest, contact) = d.toward(&from_tag);
                 ruri = contact;
                 let late = d.late_offer;
@@ -61,7 +63,7 @@ impl Core {
             me_out: self.me(dest.realm),
             in_proto,
             out_proto: dest.proto,
-            hide: realm != dest.realm,
+            hide: realm != dest.realm || sides.is_some_and(|s| self.dialog_hides(s)),
         };
         let out = forward::branch_request(&msg, &crossing, &branch, ruri.as_deref(), false);
         txn.send(out.to_bytes(), dest.addr, dest.proto, dest.realm);
@@ -94,7 +96,8 @@ impl Core {
         // callee never saw.
         let (up_realm, up_proto) =
             self.dialogs.get(&call_id).map_or((realm, None), |d| (d.caller.realm, Some(d.caller.proto)));
-        if let (true, Some(proto), Some(d)) = (up_realm != realm, up_proto, self.dialogs.get(&call_id)) {
+        let hidden = self.dialogs.get(&call_id).is_some_and(|d| self.dialog_hides((d.caller, d.callee)));
+        if let (true, Some(proto), Some(d)) = (up_realm != realm || hidden, up_proto, self.dialogs.get(&call_id)) {
             let vias: Vec<&str> = d.caller_vias.iter().map(String::as_str).collect();
             let _ = forward::back_across(&mut msg, &vias, self.me(up_realm), proto);
         }
