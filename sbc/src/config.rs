@@ -10,8 +10,10 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod ha;
+mod trunk_auth;
 mod trunks;
 
+pub use trunk_auth::{TrunkAuth, TrunkRegister};
 pub use trunks::{Route, Trunk, TrunkTransport};
 
 /// The configuration `sbc run` uses without `--config`.

@@ -35,6 +35,8 @@ pub struct Trunk {
     pub weight: u32,
     /// Whether OPTIONS health checks are sent to it.
     pub probe: bool,
+    /// Credentials for the carrier's challenges, and its registration.
+    pub auth: Option<super::trunk_auth::TrunkAuth>,
 }
 
 /// A static route: Request-URI user prefix and/or domain → ordered trunks
@@ -67,6 +69,18 @@ pub(super) struct RawTrunk {
     probe: bool,
     #[serde(default)]
     realm: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_file: Option<String>,
+    #[serde(default)]
+    register: bool,
+    #[serde(default)]
+    register_expires: Option<u32>,
+    #[serde(default)]
+    register_domain: Option<String>,
 }
 
 fn udp() -> String {
@@ -112,6 +126,15 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
                 invalid(format!("trunk[{i}].realm"), format!("no realm named `{name}` (see [[realm]])"))
             })?,
         };
+        let auth = super::trunk_auth::RawTrunkAuth {
+            username: t.username.as_deref(),
+            password: t.password.as_deref(),
+            password_file: t.password_file.as_deref(),
+            register: t.register,
+            register_expires: t.register_expires,
+            register_domain: t.register_domain.as_deref(),
+        };
+        let auth = super::trunk_auth::parse(i, &auth, address)?;
         trunks.push(Trunk {
             name: t.name.clone(),
             realm,
@@ -121,6 +144,7 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
             max_cps: t.max_cps,
             weight: t.weight,
             probe: t.probe,
+            auth,
         });
     }
     Ok(trunks)
