@@ -47,6 +47,8 @@ pub(super) struct Forward {
     skipped_cap: bool,
     /// Timer C of the INVITE branch in progress (reset by provisionals).
     timer_c: Option<Instant>,
+    /// Answering the challenges of a trunk with credentials.
+    pub(super) auth: super::trunk_auth::BranchAuth,
 }
 
 /// What a new [`Forward`] is made of.
@@ -92,6 +94,7 @@ impl Core {
             attempted: false,
             skipped_cap: false,
             timer_c: None,
+            auth: super::trunk_auth::BranchAuth::default(),
         };
         self.forwards.insert(id, forward);
         txn.set_forwarded(id);
@@ -239,6 +242,7 @@ impl Core {
             self.trunk_take(i, now);
         }
         let timeout = fast.then_some(self.cfg.invite_timeout);
+        let out = self.prepare_branch(id, out, &target, timeout);
         let c = ClientRequest {
             request: out,
             dest: target.dest,
@@ -315,6 +319,12 @@ impl Core {
         code: u16,
         now: Instant,
     ) {
+        use super::trunk_auth::Challenged;
+        let (code, auth_failed) = match self.on_challenge(txn, (id, branch), code, &mut resp, now) {
+            Challenged::Retried => return,
+            Challenged::Refused => (403, true),
+            Challenged::NotOurs => (code, false),
+        };
         let Some(f) = self.forwards.get_mut(&id) else { return };
         if f.current != Some(branch) {
             return;
@@ -342,15 +352,24 @@ impl Core {
             }
         }
         if code >= 300 {
-            self.branch_failed(txn, id, resp, code, now);
+            self.branch_failed(txn, id, resp, code, auth_failed, now);
         } else {
             self.branch_answered(txn, id, resp, code, now);
         }
     }
 
     /// A final failure on the current branch: the next target for a
-    /// failover code, else the response goes upstream and the call ends.
-    fn branch_failed(&mut self, txn: &mut Endpoint, id: ServerId, resp: Message, code: u16, now: Instant) {
+    /// failover code (or a carrier challenge we could not answer,
+    /// `auth_failed`), else the response goes upstream and the call ends.
+    fn branch_failed(
+        &mut self,
+        txn: &mut Endpoint,
+        id: ServerId,
+        resp: Message,
+        code: u16,
+        auth_failed: bool,
+        now: Instant,
+    ) {
         let Some(f) = self.forwards.get_mut(&id) else { return };
         let (is_invite, initial) = (f.is_invite, f.initial);
         let req_from = f.request.from_tag().unwrap_or_default();
@@ -365,7 +384,7 @@ impl Core {
             }
         }
         let Some(f) = self.forwards.get_mut(&id) else { return };
-        if !f.canceled && self.cfg.failover_codes.contains(&code) && !f.targets.is_empty() {
+        if !f.canceled && (auth_failed || self.cfg.failover_codes.contains(&code)) && !f.targets.is_empty() {
             tracing::info!(call_id, code, "next hop failed; trying the next target");
             self.next_branch(txn, id, now);
             return;

@@ -28,6 +28,8 @@ mod replica;
 mod request;
 pub mod routing;
 mod stateless;
+mod trunk_auth;
+mod trunk_reg;
 mod trunks;
 
 #[cfg(test)]
