@@ -10,6 +10,7 @@ mod cancel;
 mod failover;
 mod realms;
 mod sip;
+mod trunk_auth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
