@@ -245,7 +245,7 @@ fn registration_answers_the_challenge_refreshes_and_backs_off() {
     let retry = register_in(&h.advance(Duration::from_secs(1)));
     // A wrong password: the second challenge for the realm is not answered.
     let ch = format!("Digest realm=\"{REALM}\", nonce=\"r2\", algorithm=SHA-256, qop=\"auth\"");
-    let authed = register_in(&h.send(TRUNK_A, &challenge(&retry, 401, &[ch.clone()])));
+    let authed = register_in(&h.send(TRUNK_A, &challenge(&retry, 401, std::slice::from_ref(&ch))));
     verified(&authed, "authorization", Algorithm::Sha256, "r2");
     assert!(h.send(TRUNK_A, &challenge(&authed, 401, &[ch])).is_empty(), "not answered twice");
     assert!(reg_row(&mut h).ends_with("401"));
