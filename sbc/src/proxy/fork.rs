@@ -322,7 +322,7 @@ impl Core {
         use super::trunk_auth::Challenged;
         let (code, auth_failed) = match self.on_challenge(txn, (id, branch), code, &mut resp, now) {
             Challenged::Retried => return,
-            Challenged::Refused => (403, true),
+            Challenged::Refused => (resp.code().unwrap_or(403), true),
             Challenged::NotOurs => (code, false),
         };
         let Some(f) = self.forwards.get_mut(&id) else { return };

@@ -92,8 +92,8 @@ pub(super) struct BranchAuth {
 pub(super) enum Challenged {
     /// A challenge was answered: the request went out again.
     Retried,
-    /// A challenge could not be answered: the response is now a 403 and the
-    /// branch has failed.
+    /// A challenge could not be answered: the response is now a 403 (487
+    /// when the caller cancelled) and the branch has failed.
     Refused,
     /// Not a challenge we answer: handle the response as usual.
     NotOurs,
@@ -276,6 +276,13 @@ impl Core {
         }
         if code != 401 && code != 407 {
             return Challenged::NotOurs;
+        }
+        if f.canceled && f.auth.trunk.is_some() {
+            // The caller gave up: the challenge is moot.
+            resp.start = StartLine::Response { code: 487, reason: "Request Terminated".into() };
+            resp.remove_all("www-authenticate");
+            resp.remove_all("proxy-authenticate");
+            return Challenged::Refused;
         }
         let (Some(i), Some(sent), Some((dest, proto, realm))) = (f.auth.trunk, f.auth.sent.as_ref(), f.auth.dest)
         else {

@@ -94,6 +94,9 @@ fn a_407_is_answered_and_the_dialog_keeps_matching() {
     assert_eq!((ok.code(), cseq(&ok.msg)), (200, 1), "the caller sees its own CSeq");
     let ok = ok.msg.clone();
     assert_eq!(h.gauge(|m| &m.call_answers), 1);
+    // A retransmission of the 2xx, passed on statelessly, is mapped back too.
+    let out = h.send(TRUNK_A, &respond(&again, 200, Some(7000)));
+    assert_eq!((only_to(&out, CALLER).code(), cseq(&only_to(&out, CALLER).msg)), (200, 1));
 
     // The caller's ACK and BYE reach the carrier shifted by the offset.
     let out = h.send(CALLER, &Request::new("ACK", "ta1").in_dialog(&ok).build());
@@ -150,6 +153,22 @@ fn a_trunk_without_credentials_passes_challenges_on_as_before() {
     let r = only_to(&out, CALLER);
     assert_eq!(r.code(), 407);
     assert!(r.msg.header("proxy-authenticate").is_some());
+}
+
+#[test]
+fn a_challenge_that_crosses_the_cancel_is_not_answered() {
+    let mut h = Harness::with_config(&config(""));
+    let out = h.send(CALLER, &Request::new("INVITE", "ta6").sdp(6000).build());
+    let first = only_to(&out, TRUNK_A).msg.clone();
+    let out = h.send(TRUNK_A, &respond(&first, 180, None));
+    assert_eq!(only_to(&out, CALLER).code(), 180);
+    let out = h.send(CALLER, &Request::new("CANCEL", "ta6").branch("z9hG4bK-INVITE-ta6").build());
+    assert_eq!(only_to(&out, TRUNK_A).method(), "CANCEL");
+    let out = h.send(TRUNK_A, &challenge(&first, 407, &[digest("n1", "MD5")]));
+    assert_eq!(only_to(&out, TRUNK_A).method(), "ACK", "no INVITE after the CANCEL: {out:#?}");
+    let r = only_to(&out, CALLER);
+    assert_eq!(r.code(), 487);
+    assert!(r.msg.header("proxy-authenticate").is_none());
 }
 
 #[test]
