@@ -341,6 +341,8 @@ impl Core {
         });
         if self.active {
             self.register_trunks(txn, now);
+        } else {
+            self.registrations_stand_down();
         }
     }
 }

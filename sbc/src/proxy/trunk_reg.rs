@@ -100,6 +100,24 @@ impl Core {
         }
     }
 
+    /// On an HA standby, whose transactions are gone: no registration runs
+    /// here (the active node registers); when the node becomes active again
+    /// they start over at once.
+    pub(super) fn registrations_stand_down(&mut self) {
+        self.carrier.reg_txns.clear();
+        for r in &mut self.carrier.regs {
+            if r.state == RegState::Unregistered && r.pending.is_none() {
+                continue;
+            }
+            r.state = RegState::Unregistered;
+            r.pending = None;
+            r.next_at = None;
+            r.expires_at = None;
+            r.backoff = BACKOFF_MIN;
+            self.metrics.trunk_registered(r.trunk, Some(false));
+        }
+    }
+
     /// Sends registration `k`'s REGISTER, without credentials.
     fn send_register(&mut self, txn: &mut Endpoint, k: usize, now: Instant) {
         let Some(r) = self.carrier.regs.get(k) else { return };

@@ -292,6 +292,25 @@ fn a_registration_that_gets_no_answer_is_retried() {
 }
 
 #[test]
+fn only_the_active_node_registers() {
+    let mut h = Harness::with_config(&config("register = true"));
+    let reg = register_in(&h.advance(Duration::ZERO));
+    assert!(h.send(TRUNK_A, &granted(&reg, 600)).is_empty());
+    assert!(reg_row(&mut h).contains("registered"));
+    // The node becomes the standby: its transactions are gone, it does not register.
+    h.proxy.stand_down();
+    h.proxy.set_active(false);
+    assert!(h.advance(Duration::from_secs(3600)).is_empty());
+    assert!(reg_row(&mut h).contains("unregistered"));
+    assert!(h.metrics.render().contains("sbc_trunk_registered{trunk=\"a\"} 0"));
+    // Active again: it registers at once.
+    h.proxy.set_active(true);
+    let again = register_in(&h.advance(Duration::from_millis(10)));
+    assert_eq!(again.call_id(), reg.call_id());
+    assert!(cseq(&again) > cseq(&reg));
+}
+
+#[test]
 fn calls_from_the_carrier_to_our_numbers_route_as_before() {
     let mut h = Harness::with_config(&config("register = true"));
     let _ = h.advance(Duration::ZERO);
