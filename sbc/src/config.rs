@@ -11,9 +11,11 @@ use serde::Deserialize;
 
 mod ha;
 mod policy;
+mod trunk_auth;
 mod trunks;
 
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
+pub use trunk_auth::{TrunkAuth, TrunkRegister};
 pub use trunks::{Route, Trunk, TrunkTransport};
 
 /// The configuration `sbc run` uses without `--config`.

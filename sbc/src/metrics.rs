@@ -54,6 +54,10 @@ pub struct TrunkMetrics {
     transitions: AtomicU64,
     calls: AtomicU64,
     attempts: [AtomicU64; 5],
+    /// Registration to the carrier: 0 none configured, 1 not registered, 2 registered.
+    registration: AtomicU64,
+    registration_failures: AtomicU64,
+    auth_failures: AtomicU64,
 }
 
 /// Every signaling counter.
@@ -153,6 +157,28 @@ impl SbcMetrics {
     pub fn trunk_attempt(&self, i: usize, o: TrunkOutcome) {
         if let Some(t) = self.trunks.get(i) {
             t.attempts[o as usize].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A trunk's registration state: `None` when it does not register.
+    pub fn trunk_registered(&self, i: usize, registered: Option<bool>) {
+        if let Some(t) = self.trunks.get(i) {
+            t.registration.store(registered.map_or(0, |r| 1 + u64::from(r)), Relaxed);
+        }
+    }
+
+    /// Counts a failed registration attempt to a trunk.
+    pub fn trunk_registration_failed(&self, i: usize) {
+        if let Some(t) = self.trunks.get(i) {
+            t.registration_failures.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts a carrier challenge the sbc could not answer (wrong or missing
+    /// credentials, unsupported algorithm).
+    pub fn trunk_auth_failed(&self, i: usize) {
+        if let Some(t) = self.trunks.get(i) {
+            t.auth_failures.fetch_add(1, Relaxed);
         }
     }
 
@@ -263,8 +289,40 @@ impl SbcMetrics {
                     );
                 }
             }
+            self.render_trunk_auth(&mut o);
         }
         o
+    }
+
+    /// The carrier authentication and registration series.
+    fn render_trunk_auth(&self, o: &mut String) {
+        let _ = writeln!(o, "# HELP sbc_trunk_auth_failures_total Carrier challenges not answered (wrong or missing credentials).\n# TYPE sbc_trunk_auth_failures_total counter");
+        for t in &self.trunks {
+            let _ =
+                writeln!(o, "sbc_trunk_auth_failures_total{{trunk=\"{}\"}} {}", t.name, t.auth_failures.load(Relaxed));
+        }
+        let registering: Vec<&TrunkMetrics> = self.trunks.iter().filter(|t| t.registration.load(Relaxed) > 0).collect();
+        if registering.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "# HELP sbc_trunk_registered Registration to the carrier (1 registered, 0 not).\n# TYPE sbc_trunk_registered gauge");
+        for t in &registering {
+            let _ = writeln!(
+                o,
+                "sbc_trunk_registered{{trunk=\"{}\"}} {}",
+                t.name,
+                u64::from(t.registration.load(Relaxed) == 2)
+            );
+        }
+        let _ = writeln!(o, "# HELP sbc_trunk_registration_failures_total Failed REGISTER attempts to the carrier.\n# TYPE sbc_trunk_registration_failures_total counter");
+        for t in &registering {
+            let _ = writeln!(
+                o,
+                "sbc_trunk_registration_failures_total{{trunk=\"{}\"}} {}",
+                t.name,
+                t.registration_failures.load(Relaxed)
+            );
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Trunk {
     pub probe: bool,
     /// Source ACL, SRTP policy and topology hiding.
     pub policy: super::TrunkPolicy,
+    /// Credentials for the carrier's challenges, and its registration.
+    pub auth: Option<super::trunk_auth::TrunkAuth>,
 }
 
 /// A static route: Request-URI user prefix and/or domain → ordered trunks
@@ -81,6 +83,18 @@ pub(super) struct RawTrunk {
     callid_rewrite: bool,
     #[serde(default)]
     strip_headers: Vec<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_file: Option<String>,
+    #[serde(default)]
+    register: bool,
+    #[serde(default)]
+    register_expires: Option<u32>,
+    #[serde(default)]
+    register_domain: Option<String>,
 }
 
 fn udp() -> String {
@@ -136,6 +150,15 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
             strip_headers: &t.strip_headers,
         };
         let policy = super::policy::trunk_policy(&format!("trunk[{i}]"), &raw_policy, address)?;
+        let auth = super::trunk_auth::RawTrunkAuth {
+            username: t.username.as_deref(),
+            password: t.password.as_deref(),
+            password_file: t.password_file.as_deref(),
+            register: t.register,
+            register_expires: t.register_expires,
+            register_domain: t.register_domain.as_deref(),
+        };
+        let auth = super::trunk_auth::parse(i, &auth, address)?;
         trunks.push(Trunk {
             name: t.name.clone(),
             realm,
@@ -146,6 +169,7 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
             weight: t.weight,
             probe: t.probe,
             policy,
+            auth,
         });
     }
     Ok(trunks)

@@ -17,6 +17,7 @@ use super::alternate;
 use super::dialog::{DialogState, Dialogs, EndReason, Peer};
 use super::fork::Forward;
 use super::forward::Me;
+use super::trunk_auth::CarrierAuth;
 use super::trunks::TrunkRuntime;
 use crate::cdr::CdrWriter;
 use crate::config::Config;
@@ -53,6 +54,8 @@ pub(super) struct Core {
     pub(super) probes: HashMap<ClientId, usize>,
     /// False on an HA standby: no trunk probes.
     pub(super) active: bool,
+    /// Challenges answered for carriers, CSeq offsets, registrations.
+    pub(super) carrier: CarrierAuth,
 }
 
 impl Core {
@@ -77,6 +80,7 @@ impl Core {
             .collect();
         Self {
             me,
+            carrier: CarrierAuth::new(&cfg, &metrics),
             cfg,
             media,
             metrics,
@@ -121,9 +125,15 @@ impl Core {
             Event::Request { id, msg, src, proto, realm } => {
                 self.route_request(txn, id, msg, Peer { addr: src, proto, realm }, now);
             }
-            Event::Ack { msg, proto, realm } => self.session_ack(txn, msg, proto, realm, now),
+            Event::Ack { mut msg, proto, realm } => {
+                self.shift_ack(&mut msg);
+                self.session_ack(txn, msg, proto, realm, now);
+            }
             Event::Cancel { id, invite } => self.on_cancel(txn, id, invite, now),
             Event::Response { id, owner, code, msg } => {
+                if self.on_register_result(txn, id, Some((code, &msg)), now) {
+                    return;
+                }
                 if code >= 200 {
                     if let Some(i) = self.probes.remove(&id) {
                         self.probe_result(i, Some(code), now);
@@ -134,6 +144,9 @@ impl Core {
                 }
             }
             Event::Failed { id, owner } => {
+                if self.on_register_result(txn, id, None, now) {
+                    return;
+                }
                 if let Some(i) = self.probes.remove(&id) {
                     self.probe_result(i, None, now);
                 }
@@ -179,6 +192,7 @@ impl Core {
         if self.active {
             self.probe_trunks(txn, now);
         }
+        self.carrier_tick(txn, now);
         let sweep_due = self.last_sweep.is_none_or(|l| now.duration_since(l).as_secs() >= 1);
         if sweep_due {
             self.last_sweep = Some(now);
@@ -218,6 +232,8 @@ impl Core {
             return;
         };
         if method == Method::Invite && (200..300).contains(&code) {
+            let mut msg = msg;
+            self.unshift_response(&mut msg);
             self.stateless_2xx(txn, msg, realm, now);
         } else if !self.me[0].is(&via.host, via.port) {
             self.stateless_response(txn, msg, realm);

@@ -54,6 +54,8 @@ pub(super) struct Forward {
     masked: bool,
     /// A trunk was passed over: it requires SRTP and the offer is plain.
     pub(super) skipped_srtp: bool,
+    /// Answering the challenges of a trunk with credentials.
+    pub(super) auth: super::trunk_auth::BranchAuth,
 }
 
 impl Forward {
@@ -110,6 +112,7 @@ impl Core {
             hide: false,
             masked: false,
             skipped_srtp: false,
+            auth: super::trunk_auth::BranchAuth::default(),
         };
         self.forwards.insert(id, forward);
         txn.set_forwarded(id);
@@ -268,6 +271,7 @@ impl Core {
             self.trunk_take(i, now);
         }
         let timeout = fast.then_some(self.cfg.invite_timeout);
+        let out = self.prepare_branch(id, out, &target, timeout);
         let c = ClientRequest {
             request: out,
             dest: target.dest,
@@ -344,6 +348,12 @@ impl Core {
         code: u16,
         now: Instant,
     ) {
+        use super::trunk_auth::Challenged;
+        let (code, auth_failed) = match self.on_challenge(txn, (id, branch), code, &mut resp, now) {
+            Challenged::Retried => return,
+            Challenged::Refused => (resp.code().unwrap_or(403), true),
+            Challenged::NotOurs => (code, false),
+        };
         let Some(f) = self.forwards.get_mut(&id) else { return };
         if f.current != Some(branch) {
             return;
@@ -374,15 +384,24 @@ impl Core {
             }
         }
         if code >= 300 {
-            self.branch_failed(txn, id, resp, code, now);
+            self.branch_failed(txn, id, resp, code, auth_failed, now);
         } else {
             self.branch_answered(txn, id, resp, code, now);
         }
     }
 
     /// A final failure on the current branch: the next target for a
-    /// failover code, else the response goes upstream and the call ends.
-    fn branch_failed(&mut self, txn: &mut Endpoint, id: ServerId, resp: Message, code: u16, now: Instant) {
+    /// failover code (or a carrier challenge we could not answer,
+    /// `auth_failed`), else the response goes upstream and the call ends.
+    fn branch_failed(
+        &mut self,
+        txn: &mut Endpoint,
+        id: ServerId,
+        resp: Message,
+        code: u16,
+        auth_failed: bool,
+        now: Instant,
+    ) {
         let Some(f) = self.forwards.get_mut(&id) else { return };
         let (is_invite, initial) = (f.is_invite, f.initial);
         let req_from = f.request.from_tag().unwrap_or_default();
@@ -397,7 +416,7 @@ impl Core {
             }
         }
         let Some(f) = self.forwards.get_mut(&id) else { return };
-        if !f.canceled && self.cfg.failover_codes.contains(&code) && !f.targets.is_empty() {
+        if !f.canceled && (auth_failed || self.cfg.failover_codes.contains(&code)) && !f.targets.is_empty() {
             tracing::info!(call_id, code, "next hop failed; trying the next target");
             self.next_branch(txn, id, now);
             return;

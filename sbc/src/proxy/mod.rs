@@ -31,6 +31,8 @@ mod request;
 pub mod routing;
 mod srtp;
 mod stateless;
+mod trunk_auth;
+mod trunk_reg;
 mod trunks;
 
 #[cfg(test)]

@@ -216,12 +216,12 @@ impl Core {
 
     fn trunk_table(&self) -> String {
         let mut out =
-            String::from("TRUNK                ADDRESS                STATE  FORCED  CALLS  FAILS  OKS  TRANSITIONS\n");
+            String::from("TRUNK                ADDRESS                STATE  FORCED  CALLS  FAILS  OKS  TRANSITIONS  REGISTRATION EXPIRES LAST\n");
         for (i, t) in self.cfg.trunks.iter().enumerate() {
             let rt = &self.trunks[i];
             let (f, o) = rt.health.counts();
             out.push_str(&format!(
-                "{:<20} {:<22} {:<6} {:<7} {:<6} {:<6} {:<4} {}\n",
+                "{:<20} {:<22} {:<6} {:<7} {:<6} {:<6} {:<4} {:<12} {}\n",
                 t.name,
                 t.address,
                 rt.health.state().as_str(),
@@ -229,7 +229,8 @@ impl Core {
                 rt.calls,
                 f,
                 o,
-                rt.health.transitions()
+                rt.health.transitions(),
+                self.registration_columns(i)
             ));
         }
         out

@@ -11,6 +11,7 @@ mod failover;
 mod policy;
 mod realms;
 mod sip;
+mod trunk_auth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
