@@ -10,8 +10,10 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod ha;
+mod tls;
 mod trunks;
 
+pub use tls::SipTls;
 pub use trunks::{Route, Trunk, TrunkTransport};
 
 /// The configuration `sbc run` uses without `--config`.
@@ -59,6 +61,8 @@ pub struct Realm {
     /// The `[relay]` interface name of this realm's media (`None`: the
     /// relay's first interface, the one-realm shorthand).
     pub media: Option<String>,
+    /// SIP over TLS listen address (`tls_listen`), when served.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Trunk health-check settings.
@@ -143,6 +147,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// The active/standby pair, when `[ha]` is present.
     pub ha: Option<crate::ha::HaConfig>,
+    /// TLS (certificate, key) and the bounds on TCP and TLS connections.
+    pub tls: SipTls,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +258,8 @@ struct RawRealm {
     advertise: Option<String>,
     #[serde(default)]
     media: Option<String>,
+    #[serde(default)]
+    tls_listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +290,18 @@ struct RawSip {
     log_level: String,
     #[serde(default = "failover_codes")]
     failover_codes: Vec<u16>,
+    #[serde(default)]
+    tls_listen: Option<String>,
+    #[serde(default)]
+    tls_cert: Option<String>,
+    #[serde(default)]
+    tls_key: Option<String>,
+    #[serde(default = "tls::default_handshake_ms")]
+    tls_handshake_timeout_ms: u64,
+    #[serde(default = "tls::default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "tls::default_idle_s")]
+    connection_idle_s: u64,
 }
 
 #[derive(Deserialize)]
@@ -384,7 +404,8 @@ impl Config {
         relay_doc.insert("relay".into(), toml::Value::Table(f.relay.clone()));
         let mut relay =
             RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
-        let realms = parse_realms(&f, &relay)?;
+        let mut realms = parse_realms(&f, &relay)?;
+        let sip_tls = tls::parse_sip(&f, &mut realms)?;
         let (listen, advertise) = (realms[0].listen, realms[0].advertise);
         if f.sip.domains.is_empty() {
             return Err(invalid("sip.domains", "list at least one domain (the sbc's own address counts)"));
@@ -399,7 +420,7 @@ impl Config {
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
         }
-        let trunks = trunks::parse_trunks(&f.trunk, &realms)?;
+        let trunks = trunks::parse_trunks(&f.trunk, &realms, sip_tls.identity.as_ref())?;
         let routes = trunks::parse_routes(&f.route, &trunks)?;
         let metrics = match f.metrics.listen.as_str() {
             "" | "off" => None,
@@ -480,6 +501,7 @@ impl Config {
             },
             relay,
             ha,
+            tls: sip_tls,
         })
     }
 
@@ -489,7 +511,7 @@ impl Config {
         let h = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         let ip = h.parse::<IpAddr>().ok();
         self.realms.iter().any(|r| {
-            let port_ok = port.is_none_or(|p| p == r.listen.port());
+            let port_ok = port.is_none_or(|p| p == r.listen.port() || r.tls_listen.is_some_and(|t| t.port() == p));
             let addr_match = ip.is_some_and(|ip| ip == r.advertise || ip == r.listen.ip());
             port_ok && (self.domains.contains(&h) || addr_match)
         })
@@ -529,7 +551,7 @@ fn parse_realms(f: &File, relay: &RelayConfig) -> Result<Vec<Realm>, ConfigError
             return Err(invalid("sip.listen", "required (or give [[realm]] tables)"));
         }
         let (listen, advertise) = addr("sip", &f.sip.listen, f.sip.advertise.as_deref())?;
-        return Ok(vec![Realm { name: "default".into(), listen, advertise, media: None }]);
+        return Ok(vec![Realm { name: "default".into(), listen, advertise, media: None, tls_listen: None }]);
     }
     if !f.sip.listen.is_empty() || f.sip.advertise.as_deref().is_some_and(|a| !a.is_empty()) {
         return Err(invalid("sip.listen", "give either sip.listen (one realm) or [[realm]] tables, not both"));
@@ -571,7 +593,7 @@ fn parse_realms(f: &File, relay: &RelayConfig) -> Result<Vec<Realm>, ConfigError
                 Some(m.to_owned())
             }
         };
-        realms.push(Realm { name: r.name.clone(), listen, advertise, media });
+        realms.push(Realm { name: r.name.clone(), listen, advertise, media, tls_listen: None });
     }
     Ok(realms)
 }

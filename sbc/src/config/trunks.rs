@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+use super::tls::{trunk_dial, TrunkKeys};
 use super::{invalid, yes, ConfigError, Realm};
+use crate::transport::tls::Identity;
 
 /// SIP transport of a trunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,20 @@ pub enum TrunkTransport {
     Udp,
     /// TCP.
     Tcp,
+    /// TLS (the server is verified; see `ca_file`, `server_name`).
+    Tls,
+}
+
+impl TrunkTransport {
+    /// The SIP transport it is reached over.
+    #[must_use]
+    pub fn proto(self) -> crate::transport::Proto {
+        match self {
+            Self::Udp => crate::transport::Proto::Udp,
+            Self::Tcp => crate::transport::Proto::Tcp,
+            Self::Tls => crate::transport::Proto::Tls,
+        }
+    }
 }
 
 /// A next hop calls can be routed to.
@@ -35,6 +51,8 @@ pub struct Trunk {
     pub weight: u32,
     /// Whether OPTIONS health checks are sent to it.
     pub probe: bool,
+    /// How it is dialled, for `transport = "tls"`.
+    pub tls: Option<crate::transport::tls::Dial>,
 }
 
 /// A static route: Request-URI user prefix and/or domain → ordered trunks
@@ -67,6 +85,14 @@ pub(super) struct RawTrunk {
     probe: bool,
     #[serde(default)]
     realm: Option<String>,
+    #[serde(default)]
+    ca_file: Option<String>,
+    #[serde(default)]
+    tls_cert: Option<String>,
+    #[serde(default)]
+    tls_key: Option<String>,
+    #[serde(default)]
+    server_name: Option<String>,
 }
 
 fn udp() -> String {
@@ -88,7 +114,12 @@ pub(super) struct RawRoute {
 }
 
 /// Checks the `[[trunk]]` tables against the realms.
-pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Trunk>, ConfigError> {
+/// `listener`: the `[sip]` certificate, presented by TLS trunks without their own.
+pub(super) fn parse_trunks(
+    raw: &[RawTrunk],
+    realms: &[Realm],
+    listener: Option<&Identity>,
+) -> Result<Vec<Trunk>, ConfigError> {
     let mut trunks: Vec<Trunk> = Vec::new();
     for (i, t) in raw.iter().enumerate() {
         if t.name.is_empty() || trunks.iter().any(|x| x.name == t.name) {
@@ -101,8 +132,16 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
         let transport = match t.transport.to_ascii_lowercase().as_str() {
             "udp" => TrunkTransport::Udp,
             "tcp" => TrunkTransport::Tcp,
-            other => return Err(invalid(format!("trunk[{i}].transport"), format!("`{other}`: want udp or tcp"))),
+            "tls" => TrunkTransport::Tls,
+            other => return Err(invalid(format!("trunk[{i}].transport"), format!("`{other}`: want udp, tcp or tls"))),
         };
+        let keys = TrunkKeys {
+            ca_file: t.ca_file.as_deref(),
+            tls_cert: t.tls_cert.as_deref(),
+            tls_key: t.tls_key.as_deref(),
+            server_name: t.server_name.as_deref(),
+        };
+        let tls = trunk_dial(i, transport == TrunkTransport::Tls, address, &keys, listener)?;
         if t.weight == 0 {
             return Err(invalid(format!("trunk[{i}].weight"), "must be at least 1"));
         }
@@ -121,6 +160,7 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
             max_cps: t.max_cps,
             weight: t.weight,
             probe: t.probe,
+            tls,
         });
     }
     Ok(trunks)
