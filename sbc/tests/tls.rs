@@ -6,7 +6,7 @@
 //! carries the call with the configured SNI), a client that never
 //! finishes its handshake (closed after the timeout, counted, others still
 //! served), and a phone registered over TLS reached over that same
-//! connection, then 480 once it has closed.
+//! connection, then 480 once it has closed (and the same over TCP).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
 mod support;
@@ -117,9 +117,13 @@ fn read_message(s: &mut impl Read, buf: &mut Vec<u8>, timeout: Duration) -> Opti
     }
 }
 
-/// A phone speaking SIP over TLS to the sbc.
+/// A byte stream to the sbc: TLS or plain TCP.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// A phone speaking SIP over TLS (or TCP) to the sbc.
 struct TlsPhone {
-    s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    s: Box<dyn Stream>,
     buf: Vec<u8>,
     local: SocketAddr,
 }
@@ -130,7 +134,14 @@ impl TlsPhone {
         tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let local = tcp.local_addr().unwrap();
         let conn = rustls::ClientConnection::new(client_config(ca), ServerName::from(addr.ip())).unwrap();
-        TlsPhone { s: rustls::StreamOwned::new(conn, tcp), buf: Vec::new(), local }
+        TlsPhone { s: Box::new(rustls::StreamOwned::new(conn, tcp)), buf: Vec::new(), local }
+    }
+
+    fn connect_tcp(addr: SocketAddr) -> TlsPhone {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let local = tcp.local_addr().unwrap();
+        TlsPhone { s: Box::new(tcp), buf: Vec::new(), local }
     }
 
     fn send(&mut self, m: &[u8]) {
@@ -465,38 +476,56 @@ fn a_client_that_never_finishes_the_handshake_is_closed_and_others_are_served() 
     assert_eq!(t.metric("sbc_tls_handshake_failures_total"), 0.0);
 }
 
-#[test]
-fn a_phone_registered_over_tls_is_called_over_that_connection_then_480_once_it_closed() {
-    let mut t = Test::new("tls-reg");
+/// Registers alice over `proto` (a Contact nobody listens on), calls her
+/// from UDP, and expects the INVITE over her own connection; once that
+/// connection closes, her binding is gone and a call gets 480.
+fn registered_phone_is_reached_over_its_connection(proto: &str) {
+    let mut t = Test::new(&format!("{}-reg", proto.to_ascii_lowercase()));
     t.start("", "");
-    let mut phone = TlsPhone::connect(t.tls, &t.ca);
-    // Its Contact is an address nobody listens on: only the connection reaches it.
+    let (mut phone, port, param) = if proto == "TLS" {
+        (TlsPhone::connect(t.tls, &t.ca), t.tls.port(), ";transport=tls")
+    } else {
+        (TlsPhone::connect_tcp(t.udp()), t.p.sip, ";transport=tcp")
+    };
+    let contact = format!("sip:alice@192.0.2.55:5061;transport={}", proto.to_ascii_lowercase());
     phone.send(
         format!(
-            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.55:5061;branch=z9hG4bK-r1;rport\r\nMax-Forwards: 70\r\n\
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{proto} 192.0.2.55:5061;branch=z9hG4bK-r1;rport\r\nMax-Forwards: 70\r\n\
              From: <sip:alice@127.0.0.1>;tag=r1\r\nTo: <sip:alice@127.0.0.1>\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\n\
-             Contact: <sip:alice@192.0.2.55:5061;transport=tls>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+             Contact: <{contact}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
         )
         .as_bytes(),
     );
     assert_eq!(phone.recv().and_then(|m| m.code()), Some(200), "registered");
     let caller = UdpUa::bind(0);
-    caller.send(&invite("sip:alice@127.0.0.1", "UDP", caller.local(), "tls-reg-1"), t.udp());
-    let inv = phone.recv().expect("the INVITE arrives over the phone's own TLS connection");
-    assert_eq!(inv.request_uri(), Some("sip:alice@192.0.2.55:5061;transport=tls"));
+    caller.send(&invite("sip:alice@127.0.0.1", "UDP", caller.local(), "reg-call-1"), t.udp());
+    let inv = phone.recv().expect("the INVITE arrives over the phone's own connection");
+    assert_eq!(inv.request_uri(), Some(contact.as_str()));
     let top = inv.top_via().unwrap();
-    assert_eq!((top.transport.as_str(), top.port), ("TLS", Some(t.tls.port())));
+    assert_eq!((top.transport.as_str(), top.port), (proto, Some(port)));
     assert_eq!(
         inv.header_values("record-route"),
-        vec![format!("<sip:127.0.0.1:{};transport=tls;lr>", t.tls.port()), format!("<sip:127.0.0.1:{};lr>", t.p.sip)]
+        vec![format!("<sip:127.0.0.1:{port}{param};lr>"), format!("<sip:127.0.0.1:{};lr>", t.p.sip)]
     );
-    phone.send(&answer(&inv, 200, &format!("sip:alice@192.0.2.55:5061;transport=tls")));
+    phone.send(&answer(&inv, 200, &contact));
     let (ok, _) = caller.recv().expect("the answer reaches the caller");
     assert_eq!(ok.code(), Some(200));
-    // The phone goes away: its binding goes with its connection.
+    // The phone goes away: its binding goes with its connection, and the
+    // sbc does not dial the address the connection came from.
     drop(phone);
     assert!(testkit::wait_until(WAIT, Duration::from_millis(100), || t.metric("sbc_registrar_bindings") == 0.0));
-    caller.send(&invite("sip:alice@127.0.0.1", "UDP", caller.local(), "tls-reg-2"), t.udp());
+    caller.send(&invite("sip:alice@127.0.0.1", "UDP", caller.local(), "reg-call-2"), t.udp());
     let (r, _) = caller.recv().expect("an answer");
     assert_eq!(r.code(), Some(480));
+    assert_eq!(t.metric("sbc_sip_connections"), 0.0, "no connection was opened toward the phone");
+}
+
+#[test]
+fn a_phone_registered_over_tls_is_called_over_that_connection_then_480_once_it_closed() {
+    registered_phone_is_reached_over_its_connection("TLS");
+}
+
+#[test]
+fn a_phone_registered_over_tcp_is_called_over_that_connection_then_480_once_it_closed() {
+    registered_phone_is_reached_over_its_connection("TCP");
 }
