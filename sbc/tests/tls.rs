@@ -6,7 +6,10 @@
 //! carries the call with the configured SNI), a client that never
 //! finishes its handshake (closed after the timeout, counted, others still
 //! served), and a phone registered over TLS reached over that same
-//! connection, then 480 once it has closed (and the same over TCP).
+//! connection, then 480 once it has closed (and the same over TCP). Last,
+//! real phones: baresip registering and calling over TLS across two realms
+//! in network namespaces (needs root, `ip` and baresip; skipped without
+//! them, except under CI=true).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
 mod support;
@@ -22,6 +25,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sbc::sip::{Header, Message};
 use support::{Ports, Sbc};
+use testkit::realms::{self, Host, RealmLab};
 use testkit::{ports, TestDir};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -528,4 +532,143 @@ fn a_phone_registered_over_tls_is_called_over_that_connection_then_480_once_it_c
 #[test]
 fn a_phone_registered_over_tcp_is_called_over_that_connection_then_480_once_it_closed() {
     registered_phone_is_reached_over_its_connection("TCP");
+}
+
+/// A baresip configuration directory `dir/NAME` listening on `listen`,
+/// with one account line; audio is a sine source and the ALSA null sink.
+fn baresip_conf(dir: &TestDir, name: &str, listen: &str, account: &str, ca_file: &str) -> String {
+    let conf = dir.join(name);
+    std::fs::create_dir_all(&conf).unwrap();
+    let config = format!(
+        "poll_method epoll\nsip_listen {listen}\nsip_cafile {ca_file}\n\
+         audio_player alsa,null\naudio_source ausine,440\naudio_alert alsa,null\n\
+         ausrc_srate 48000\nauplay_srate 48000\nausrc_channels 2\nauplay_channels 2\n\
+         module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule alsa.so\n\
+         module_app account.so\nmodule_app menu.so\n"
+    );
+    std::fs::write(conf.join("config"), config).unwrap();
+    std::fs::write(conf.join("accounts"), format!("{account}\n")).unwrap();
+    conf.display().to_string()
+}
+
+/// baresip in `host`'s namespace with config `conf`, verbose, then `args`.
+fn baresip(lab: &RealmLab, host: Host, dir: &TestDir, name: &str, conf: &str, args: &[&str]) -> support::lab::Proc {
+    let mut cmd = vec!["baresip", "-v", "-f", conf];
+    cmd.extend_from_slice(args);
+    support::lab::spawn_in(lab.ns(host).name(), dir.path(), name, &cmd)
+}
+
+/// The real phone: baresip phones inside register with the sbc over TLS
+/// and call across the border to a baresip carrier on UDP, and the carrier
+/// calls a phone back, over the connection it registered on; both calls
+/// carry RTP both ways through the relay.
+#[test]
+fn baresip_registers_and_calls_over_tls_across_the_border() {
+    use std::net::IpAddr;
+    if !testkit::env::require_root_and("baresip over TLS in namespaces", &["ip", "baresip"]) {
+        return;
+    }
+    let dir = TestDir::new("tls-baresip");
+    let lab = RealmLab::new("tlsbs").unwrap_or_else(|e| panic!("building the lab: {e}"));
+    lab.check().unwrap_or_else(|e| panic!("the lab is not what it should be: {e}"));
+    let ca = Ca::new();
+    let (cert, key) = ca.issue(&dir, "sbc", &[realms::SBC_INSIDE]);
+    let ca_file = ca.write_ca(&dir, "ca.pem");
+    let (inside, outside, carrier) = (realms::SBC_INSIDE, realms::SBC_OUTSIDE, realms::CARRIER);
+    let cfg = format!(
+        "[sip]\ndomains = [\"sbc.example\", \"{inside}\"]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\
+         [[realm]]\nname = \"inside\"\nlisten = \"{inside}:5060\"\ntls_listen = \"{inside}:5061\"\nmedia = \"inside\"\n\
+         [[realm]]\nname = \"outside\"\nlisten = \"{outside}:5060\"\nmedia = \"outside\"\n\
+         [[trunk]]\nname = \"carrier\"\naddress = \"{carrier}:5060\"\nrealm = \"outside\"\nprobe = false\n\
+         [[route]]\nprefix = \"\"\ntrunks = [\"carrier\"]\n\
+         [health]\ninterval_ms = 0\n[cdr]\nfile = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:9100\"\n[control]\nsocket = \"off\"\n\
+         [relay]\ninterfaces = [\"inside/{inside}\", \"outside/{outside}\"]\nlisten_ng = \"off\"\nport_min = 40000\n\
+         port_max = 40999\nworkers = 1\ntimeout = 60\nmetrics = \"off\"\n",
+        dir.join("cdr.jsonl").display()
+    );
+    let cfg_path = dir.write("sbc.toml", cfg);
+    let mut cmd = lab.sbc.command(env!("CARGO_BIN_EXE_sbc"));
+    cmd.args(["run", "--config"]).arg(&cfg_path);
+    let _sbc = testkit::ChildGuard::spawn("sbc", &mut cmd, dir.path());
+    let phone_ip: IpAddr = realms::PHONE.parse().unwrap();
+    let sbc_sip = SocketAddr::new(inside.parse().unwrap(), 5060);
+    let up = (0..20).any(|_| {
+        lab.run_in(Host::Inside, move || {
+            testkit::sip::sip_options_from(phone_ip, sbc_sip, Duration::from_millis(500)).is_some()
+        })
+    });
+    assert!(up, "the sbc answers OPTIONS inside");
+    let metric = |name: &'static str| {
+        lab.run_in(Host::Sbc, move || testkit::metrics::metric_spec(SocketAddr::from(([127, 0, 0, 1], 9100)), name))
+    };
+    // The carrier answers every call (UDP, no registration).
+    let carrier_conf = baresip_conf(
+        &dir,
+        "carrier",
+        &format!("{carrier}:5060"),
+        &format!("<sip:carrier@{carrier}>;regint=0;answermode=auto"),
+        &ca_file,
+    );
+    let carrier_ua = baresip(&lab, Host::Outside, &dir, "carrier", &carrier_conf, &[]);
+    // Alice registers over TLS and answers.
+    let alice_conf = baresip_conf(
+        &dir,
+        "alice",
+        &format!("{}:5070", realms::PHONE),
+        &format!("<sip:alice@{inside}:5061;transport=tls>;regint=300;answermode=auto"),
+        &ca_file,
+    );
+    let alice = baresip(&lab, Host::Inside, &dir, "alice", &alice_conf, &[]);
+    assert!(
+        testkit::wait_until(Duration::from_secs(10), Duration::from_millis(200), || metric("sbc_registrar_bindings")
+            == 1.0),
+        "alice registered over TLS"
+    );
+    assert_eq!(metric("sbc_sip_connections"), 1.0, "over her own connection to the TLS port");
+    // The carrier calls alice: UDP outside, TLS inside over her connection.
+    let pstn_conf = baresip_conf(
+        &dir,
+        "pstn",
+        &format!("{carrier}:5080"),
+        &format!("<sip:pstn@{carrier}:5080>;regint=0"),
+        &ca_file,
+    );
+    let dial_alice = format!("/dial sip:alice@{outside}");
+    let mut pstn = baresip(&lab, Host::Outside, &dir, "pstn", &pstn_conf, &["-e", &dial_alice, "-t", "8"]);
+    assert!(pstn.wait_exit(Duration::from_secs(20)), "the carrier's caller ends its call");
+    // Bob, registered over TLS too, calls out to the carrier.
+    let bob_conf = baresip_conf(
+        &dir,
+        "bob",
+        &format!("{}:5070", realms::PBX),
+        &format!("<sip:bob@{inside}:5061;transport=tls>;regint=300"),
+        &ca_file,
+    );
+    let dial_out = format!("/dial sip:carrier@{inside}:5061");
+    let mut bob = baresip(&lab, Host::Inside, &dir, "bob", &bob_conf, &["-e", &dial_out, "-t", "8"]);
+    assert!(bob.wait_exit(Duration::from_secs(20)), "bob ends his call");
+    let log = |p: &support::lab::Proc| std::fs::read_to_string(&p.log).unwrap_or_default();
+    for (who, p) in [("the carrier's caller", &pstn), ("alice", &alice), ("bob", &bob), ("the carrier", &carrier_ua)] {
+        assert!(log(p).contains("Call established"), "{who}: no call established");
+    }
+    let cdr_path = dir.join("cdr.jsonl");
+    assert!(
+        testkit::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            support::lab::json_lines(&cdr_path).len() >= 2
+        }),
+        "two CDRs"
+    );
+    for r in support::lab::json_lines(&cdr_path) {
+        assert_eq!(r["final_code"], 200, "{r}");
+        let legs = r["relay"].as_array().unwrap_or_else(|| panic!("no relay statistics: {r}"));
+        let packets: Vec<u64> = legs.iter().map(|l| l["media"][0]["packets"].as_u64().unwrap_or(0)).collect();
+        assert!(
+            packets.len() == 2 && packets.iter().all(|&n| n >= 50),
+            "RTP both ways through the relay {packets:?}: {r}"
+        );
+    }
+    assert_eq!(metric("sbc_tls_handshake_failures_total"), 0.0);
+    drop(alice);
+    drop(carrier_ua);
+    support::lab::remove_unless_failing(dir.path());
 }
