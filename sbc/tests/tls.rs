@@ -84,17 +84,24 @@ fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
     )
 }
 
-fn server_config(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
+/// A server presenting `cert`; with `clients`, it requires a client
+/// certificate issued by that CA.
+fn server_config(cert: &str, key: &str, clients: Option<&Ca>) -> Arc<rustls::ServerConfig> {
     let certs = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-    )
+    let b = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
+    let b = match clients {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der()).unwrap();
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap();
+            b.with_client_cert_verifier(v)
+        }
+        None => b.with_no_client_auth(),
+    };
+    Arc::new(b.with_single_cert(certs, key).unwrap())
 }
 
 /// Reads framed SIP messages from a stream (TLS or not) until `timeout`.
@@ -367,12 +374,13 @@ fn a_call_from_tls_to_udp_doubles_the_record_route_and_runs_both_ways() {
     assert_eq!(t.metric("sbc_tls_handshake_failures_total"), 0.0);
 }
 
-/// A TLS trunk on `port` presenting `cert`: answers each INVITE with 200
-/// and records the SNI each client sent. Handshakes that fail are skipped.
-fn tls_trunk(port: u16, cert: &str, key: &str) -> Arc<Mutex<Vec<Option<String>>>> {
+/// A TLS trunk on `port` presenting `cert` (and requiring a client
+/// certificate from `clients`): answers each INVITE with 200 and records
+/// the SNI each client sent. Handshakes that fail are skipped.
+fn tls_trunk(port: u16, cert: &str, key: &str, clients: Option<&Ca>) -> Arc<Mutex<Vec<Option<String>>>> {
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     listener.set_nonblocking(true).unwrap();
-    let config = server_config(cert, key);
+    let config = server_config(cert, key, clients);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = Arc::clone(&seen);
     std::thread::spawn(move || {
@@ -398,15 +406,16 @@ fn tls_trunk(port: u16, cert: &str, key: &str) -> Arc<Mutex<Vec<Option<String>>>
 }
 
 #[test]
-fn a_trunk_whose_certificate_is_not_from_ca_file_fails_over_and_is_counted() {
+fn a_trunk_whose_certificate_is_not_from_ca_file_fails_over_and_is_counted_and_mutual_tls_works() {
     let mut t = Test::new("tls-trunk");
     let rogue = Ca::new();
     let (bad_cert, bad_key) = rogue.issue(&t.dir, "rogue", &["127.0.0.1", "carrier.test"]);
     let (good_cert, good_key) = t.ca.issue(&t.dir, "carrier", &["carrier.test"]);
     let ca_file = t.ca.write_ca(&t.dir, "ca.pem");
     let (bad_port, good_port) = (ports::free_tcp_port(), ports::free_tcp_port());
-    let bad_seen = tls_trunk(bad_port, &bad_cert, &bad_key);
-    let good_seen = tls_trunk(good_port, &good_cert, &good_key);
+    let bad_seen = tls_trunk(bad_port, &bad_cert, &bad_key, None);
+    // Mutual TLS: the sbc presents its listener's certificate (from the same CA).
+    let good_seen = tls_trunk(good_port, &good_cert, &good_key, Some(&t.ca));
     let tls_trunk_cfg = |name: &str, port: u16| {
         format!(
             "[[trunk]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ntransport = \"tls\"\nca_file = \"{ca_file}\"\n\
@@ -430,7 +439,7 @@ fn a_trunk_whose_certificate_is_not_from_ca_file_fails_over_and_is_counted() {
     assert_eq!(ok.code(), Some(200));
     assert!(t.metric("sbc_tls_handshake_failures_total") >= 1.0);
     assert!(bad_seen.lock().unwrap().is_empty(), "nothing was sent to the rogue trunk");
-    // The good trunk carries a call over TLS, with the configured SNI.
+    // The good trunk carries a call over mutual TLS, with the configured SNI.
     caller.send(&invite("sip:8001@127.0.0.1", "UDP", caller.local(), "tls-trunk-2"), t.udp());
     let (ok, _) = caller.recv().expect("the TLS trunk answers");
     assert_eq!(ok.code(), Some(200));
