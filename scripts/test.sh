@@ -25,6 +25,8 @@ check_pkg ethtool ethtool
 check_pkg procps sysctl
 # The realm tests put the carrier behind a NAT.
 check_pkg iptables iptables
+# A real phone for the TLS tests (baresip's core: no GUI, no video).
+check_pkg baresip-core baresip
 # The XDP program is compiled from source when clang and libbpf's headers are
 # there; otherwise the checked-in object (verified by a test) is used.
 check_pkg clang clang

@@ -11,10 +11,12 @@ use serde::Deserialize;
 
 mod ha;
 mod policy;
+mod tls;
 mod trunk_auth;
 mod trunks;
 
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
+pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
 pub use trunks::{Route, Trunk, TrunkTransport};
 
@@ -63,6 +65,8 @@ pub struct Realm {
     /// The `[relay]` interface name of this realm's media (`None`: the
     /// relay's first interface, the one-realm shorthand).
     pub media: Option<String>,
+    /// SIP over TLS listen address (`tls_listen`), when served.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Trunk health-check settings.
@@ -149,6 +153,8 @@ pub struct Config {
     pub ha: Option<crate::ha::HaConfig>,
     /// The source ACL of each realm, by realm index.
     pub acls: Vec<Acl>,
+    /// TLS (certificate, key) and the bounds on TCP and TLS connections.
+    pub tls: SipTls,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +270,7 @@ struct RawRealm {
     deny: Vec<String>,
     #[serde(default)]
     acl_action: Option<String>,
+    tls_listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -300,6 +307,17 @@ struct RawSip {
     deny: Vec<String>,
     #[serde(default)]
     acl_action: Option<String>,
+    tls_listen: Option<String>,
+    #[serde(default)]
+    tls_cert: Option<String>,
+    #[serde(default)]
+    tls_key: Option<String>,
+    #[serde(default = "tls::default_handshake_ms")]
+    tls_handshake_timeout_ms: u64,
+    #[serde(default = "tls::default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "tls::default_idle_s")]
+    connection_idle_s: u64,
 }
 
 #[derive(Deserialize)]
@@ -402,8 +420,9 @@ impl Config {
         relay_doc.insert("relay".into(), toml::Value::Table(f.relay.clone()));
         let mut relay =
             RelayConfig::from_toml(&toml::to_string(&relay_doc).map_err(|e| ConfigError::Toml(e.to_string()))?)?;
-        let realms = parse_realms(&f, &relay)?;
+        let mut realms = parse_realms(&f, &relay)?;
         let acls = policy::parse_acls(&f, realms.len())?;
+        let sip_tls = tls::parse_sip(&f, &mut realms)?;
         let (listen, advertise) = (realms[0].listen, realms[0].advertise);
         if f.sip.domains.is_empty() {
             return Err(invalid("sip.domains", "list at least one domain (the sbc's own address counts)"));
@@ -418,7 +437,7 @@ impl Config {
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
         }
-        let trunks = trunks::parse_trunks(&f.trunk, &realms)?;
+        let trunks = trunks::parse_trunks(&f.trunk, &realms, sip_tls.identity.as_ref())?;
         let routes = trunks::parse_routes(&f.route, &trunks)?;
         policy::check_conflicts(&trunks, f.alternate_path.enabled)?;
         let metrics = match f.metrics.listen.as_str() {
@@ -501,6 +520,7 @@ impl Config {
             relay,
             ha,
             acls,
+            tls: sip_tls,
         })
     }
 
@@ -510,7 +530,7 @@ impl Config {
         let h = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         let ip = h.parse::<IpAddr>().ok();
         self.realms.iter().any(|r| {
-            let port_ok = port.is_none_or(|p| p == r.listen.port());
+            let port_ok = port.is_none_or(|p| p == r.listen.port() || r.tls_listen.is_some_and(|t| t.port() == p));
             let addr_match = ip.is_some_and(|ip| ip == r.advertise || ip == r.listen.ip());
             port_ok && (self.domains.contains(&h) || addr_match)
         })
@@ -550,7 +570,7 @@ fn parse_realms(f: &File, relay: &RelayConfig) -> Result<Vec<Realm>, ConfigError
             return Err(invalid("sip.listen", "required (or give [[realm]] tables)"));
         }
         let (listen, advertise) = addr("sip", &f.sip.listen, f.sip.advertise.as_deref())?;
-        return Ok(vec![Realm { name: "default".into(), listen, advertise, media: None }]);
+        return Ok(vec![Realm { name: "default".into(), listen, advertise, media: None, tls_listen: None }]);
     }
     if !f.sip.listen.is_empty() || f.sip.advertise.as_deref().is_some_and(|a| !a.is_empty()) {
         return Err(invalid("sip.listen", "give either sip.listen (one realm) or [[realm]] tables, not both"));
@@ -592,7 +612,7 @@ fn parse_realms(f: &File, relay: &RelayConfig) -> Result<Vec<Realm>, ConfigError
                 Some(m.to_owned())
             }
         };
-        realms.push(Realm { name: r.name.clone(), listen, advertise, media });
+        realms.push(Realm { name: r.name.clone(), listen, advertise, media, tls_listen: None });
     }
     Ok(realms)
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::transport::Proto;
+
 /// Transport a binding was registered over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -16,6 +18,48 @@ pub enum Transport {
     Udp,
     /// TCP.
     Tcp,
+    /// TLS.
+    Tls,
+}
+
+impl Transport {
+    /// The SIP transport a binding is reached over: over TCP and TLS, the
+    /// connection it registered on (its `source`), never a new one.
+    #[must_use]
+    pub fn proto(self) -> Proto {
+        match self {
+            Self::Udp => Proto::Udp,
+            Self::Tcp => Proto::Tcp,
+            Self::Tls => Proto::Tls,
+        }
+    }
+
+    /// Its name in replicated records.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
+    fn from_name(s: &str) -> Self {
+        match s {
+            "tcp" => Self::Tcp,
+            "tls" => Self::Tls,
+            _ => Self::Udp,
+        }
+    }
+}
+
+impl From<Proto> for Transport {
+    fn from(p: Proto) -> Self {
+        match p {
+            Proto::Udp => Self::Udp,
+            Proto::Tcp => Self::Tcp,
+            Proto::Tls => Self::Tls,
+        }
+    }
 }
 
 /// One registered contact.
@@ -168,7 +212,7 @@ pub struct BindingRecord {
     pub contact: String,
     /// Source address of the REGISTER.
     pub source: SocketAddr,
-    /// `tcp` or `udp`.
+    /// `udp`, `tcp` or `tls`.
     pub transport: String,
     /// Call-ID of the REGISTER.
     pub call_id: String,
@@ -218,7 +262,7 @@ impl Location {
             .map(|b| BindingRecord {
                 contact: b.contact.clone(),
                 source: b.source,
-                transport: if b.transport == Transport::Tcp { "tcp".into() } else { "udp".into() },
+                transport: b.transport.name().into(),
                 call_id: b.call_id.clone(),
                 cseq: b.cseq,
                 expires: base + b.expires_at.saturating_duration_since(now).as_secs_f64(),
@@ -245,7 +289,7 @@ impl Location {
             .map(|r| Binding {
                 contact: r.contact.clone(),
                 source: r.source,
-                transport: if r.transport == "tcp" { Transport::Tcp } else { Transport::Udp },
+                transport: Transport::from_name(&r.transport),
                 call_id: r.call_id.clone(),
                 cseq: r.cseq,
                 expires_at: now + Duration::from_secs_f64((r.expires - base).min(86_400.0)),
@@ -259,6 +303,29 @@ impl Location {
         } else {
             self.aors.insert(aor.to_owned(), list);
         }
+    }
+
+    /// Removes the bindings registered over a connection that has closed
+    /// (RFC 5626: the flow failed; the phone registers again over a new
+    /// one). Returns how many were removed.
+    pub fn remove_flow(&mut self, realm: usize, transport: Transport, source: SocketAddr) -> usize {
+        let mut n = 0;
+        let mut touched = Vec::new();
+        for (aor, list) in &mut self.aors {
+            let before = list.len();
+            list.retain(|b| !(b.realm == realm && b.transport == transport && b.source == source));
+            if list.len() != before {
+                n += before - list.len();
+                touched.push(aor.clone());
+            }
+        }
+        for aor in touched {
+            self.touch(&aor);
+            if self.aors.get(&aor).is_some_and(Vec::is_empty) {
+                self.aors.remove(&aor);
+            }
+        }
+        n
     }
 
     /// Forgets every binding (a node that stopped being active).
@@ -341,6 +408,26 @@ mod tests {
         assert!(l.lookup(&aor, t61).is_empty());
         assert!(l.is_known(&aor), "a call now gets 480, not 404");
         assert!(!l.is_known("bob@example.com"));
+    }
+
+    #[test]
+    fn a_closed_flow_removes_its_bindings_only() {
+        let t0 = Instant::now();
+        let mut l = Location::new();
+        let flow: SocketAddr = "192.0.2.1:40001".parse().unwrap();
+        let over = |contact: &str, transport: Transport, source: SocketAddr| Binding {
+            transport,
+            source,
+            ..b(contact, contact, 1)
+        };
+        l.update("a@x", over("sip:a@1;transport=tls", Transport::Tls, flow), Duration::from_secs(60), t0).unwrap();
+        l.update("a@x", over("sip:a@2", Transport::Udp, flow), Duration::from_secs(60), t0).unwrap();
+        l.update("b@x", over("sip:b@1;transport=tcp", Transport::Tcp, flow), Duration::from_secs(60), t0).unwrap();
+        assert_eq!(l.remove_flow(0, Transport::Tls, flow), 1);
+        assert_eq!(l.lookup("a@x", t0).len(), 1, "the UDP binding from the same address stays");
+        assert_eq!(l.remove_flow(0, Transport::Tcp, flow), 1);
+        assert!(l.lookup("b@x", t0).is_empty() && l.is_known("b@x"), "480, not 404, from now on");
+        assert_eq!(l.remove_flow(1, Transport::Udp, flow), 0, "another realm's flow");
     }
 
     #[test]

@@ -154,6 +154,15 @@ fn run(cfg: Config) -> Result<(), Error> {
     let listens: Vec<_> = cfg.realms.iter().map(|r| r.listen).collect();
     let mut transport = Transport::bind_realms(&listens, cfg.tcp, cfg.max_message_size, cfg.ha.is_some())
         .map_err(|source| Error::BindSip { addr: cfg.listen, source })?;
+    transport.set_limits(cfg.tls.limits);
+    if cfg.uses_tls() {
+        let tls_listens: Vec<_> = cfg.realms.iter().map(|r| r.tls_listen).collect();
+        let addr = tls_listens.iter().flatten().next().copied().unwrap_or(cfg.listen);
+        let setup = cfg.tls_setup().map_err(|e| Error::BindSip { addr, source: std::io::Error::other(e) })?;
+        transport
+            .enable_tls(&tls_listens, setup, cfg.ha.is_some())
+            .map_err(|source| Error::BindSip { addr, source })?;
+    }
     let metrics_sock = match cfg.metrics {
         Some(a) => Some(TcpListener::bind(a).map_err(|source| Error::BindMetrics { addr: a, source })?),
         None => None,
@@ -352,6 +361,10 @@ fn run(cfg: Config) -> Result<(), Error> {
                 tracing::info!(dest = %o.dest, error = %e, "SIP send failed");
             }
         }
+        for flow in transport.take_closed_flows() {
+            proxy.flow_closed(flow);
+        }
+        sbc::metrics::ConnMetrics::store(&metrics.conns, transport.connections(), &transport.stats);
         let d = transport.drops.oversize + transport.drops.bad_framing;
         if d > dropped_seen {
             metrics.dropped.fetch_add(d - dropped_seen, Ordering::Relaxed);

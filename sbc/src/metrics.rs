@@ -96,6 +96,35 @@ pub struct SbcMetrics {
     /// Messages refused or dropped by a source ACL, per realm (named once
     /// by [`name_realms`](Self::name_realms)).
     acl_denied: std::sync::OnceLock<Vec<(String, AtomicU64)>>,
+    /// Stream (TCP/TLS) connections: open now, refused over the cap, TLS
+    /// handshake failures and timeouts, idle closes (the transport's counts).
+    pub conns: ConnMetrics,
+}
+
+/// Stream connection series, copied from the transport's counts.
+#[derive(Debug, Default)]
+pub struct ConnMetrics {
+    /// Open TCP and TLS connections.
+    pub open: AtomicU64,
+    /// Connections refused because `max_connections` were open.
+    pub rejected: AtomicU64,
+    /// TLS handshakes that failed.
+    pub tls_handshake_failures: AtomicU64,
+    /// TLS handshakes (or connects) that timed out.
+    pub tls_handshake_timeouts: AtomicU64,
+    /// Connections closed after being idle.
+    pub idle_closes: AtomicU64,
+}
+
+impl ConnMetrics {
+    /// Copies the transport's figures.
+    pub fn store(&self, open: usize, s: &crate::transport::ConnStats) {
+        self.open.store(open as u64, Relaxed);
+        self.rejected.store(s.rejected, Relaxed);
+        self.tls_handshake_failures.store(s.tls_handshake_failures, Relaxed);
+        self.tls_handshake_timeouts.store(s.tls_handshake_timeouts, Relaxed);
+        self.idle_closes.store(s.idle_closes, Relaxed);
+    }
 }
 
 impl SbcMetrics {
@@ -235,6 +264,24 @@ impl SbcMetrics {
         );
         one(&mut o, "sbc_registrations_total", "counter", "REGISTERs accepted.", &self.registrations);
         one(&mut o, "sbc_registrar_bindings", "gauge", "Live registrar bindings.", &self.bindings);
+        let c = &self.conns;
+        one(&mut o, "sbc_sip_connections", "gauge", "Open SIP TCP and TLS connections.", &c.open);
+        one(&mut o, "sbc_sip_connections_rejected_total", "counter", "Connections refused at the cap.", &c.rejected);
+        one(
+            &mut o,
+            "sbc_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed.",
+            &c.tls_handshake_failures,
+        );
+        one(
+            &mut o,
+            "sbc_tls_handshake_timeouts_total",
+            "counter",
+            "TLS handshakes not finished in time.",
+            &c.tls_handshake_timeouts,
+        );
+        one(&mut o, "sbc_sip_connection_idle_closes_total", "counter", "Connections closed idle.", &c.idle_closes);
         let attempts = self.call_attempts.load(Relaxed);
         let answers = self.call_answers.load(Relaxed);
         let asr = if attempts == 0 { 0.0 } else { answers as f64 / attempts as f64 };

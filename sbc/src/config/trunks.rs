@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+use super::tls::{trunk_dial, TrunkKeys};
 use super::{invalid, yes, ConfigError, Realm};
+use crate::transport::tls::Identity;
 
 /// SIP transport of a trunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,20 @@ pub enum TrunkTransport {
     Udp,
     /// TCP.
     Tcp,
+    /// TLS (the server is verified; see `ca_file`, `server_name`).
+    Tls,
+}
+
+impl TrunkTransport {
+    /// The SIP transport it is reached over.
+    #[must_use]
+    pub fn proto(self) -> crate::transport::Proto {
+        match self {
+            Self::Udp => crate::transport::Proto::Udp,
+            Self::Tcp => crate::transport::Proto::Tcp,
+            Self::Tls => crate::transport::Proto::Tls,
+        }
+    }
 }
 
 /// A next hop calls can be routed to.
@@ -39,6 +55,8 @@ pub struct Trunk {
     pub policy: super::TrunkPolicy,
     /// Credentials for the carrier's challenges, and its registration.
     pub auth: Option<super::trunk_auth::TrunkAuth>,
+    /// How it is dialled, for `transport = "tls"`.
+    pub tls: Option<crate::transport::tls::Dial>,
 }
 
 /// A static route: Request-URI user prefix and/or domain → ordered trunks
@@ -95,6 +113,13 @@ pub(super) struct RawTrunk {
     register_expires: Option<u32>,
     #[serde(default)]
     register_domain: Option<String>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    tls_cert: Option<String>,
+    #[serde(default)]
+    tls_key: Option<String>,
+    #[serde(default)]
+    server_name: Option<String>,
 }
 
 fn udp() -> String {
@@ -118,7 +143,12 @@ pub(super) struct RawRoute {
 }
 
 /// Checks the `[[trunk]]` tables against the realms.
-pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Trunk>, ConfigError> {
+/// `listener`: the `[sip]` certificate, presented by TLS trunks without their own.
+pub(super) fn parse_trunks(
+    raw: &[RawTrunk],
+    realms: &[Realm],
+    listener: Option<&Identity>,
+) -> Result<Vec<Trunk>, ConfigError> {
     let mut trunks: Vec<Trunk> = Vec::new();
     for (i, t) in raw.iter().enumerate() {
         if t.name.is_empty() || trunks.iter().any(|x| x.name == t.name) {
@@ -131,8 +161,16 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
         let transport = match t.transport.to_ascii_lowercase().as_str() {
             "udp" => TrunkTransport::Udp,
             "tcp" => TrunkTransport::Tcp,
-            other => return Err(invalid(format!("trunk[{i}].transport"), format!("`{other}`: want udp or tcp"))),
+            "tls" => TrunkTransport::Tls,
+            other => return Err(invalid(format!("trunk[{i}].transport"), format!("`{other}`: want udp, tcp or tls"))),
         };
+        let keys = TrunkKeys {
+            ca_file: t.ca_file.as_deref(),
+            tls_cert: t.tls_cert.as_deref(),
+            tls_key: t.tls_key.as_deref(),
+            server_name: t.server_name.as_deref(),
+        };
+        let tls = trunk_dial(i, transport == TrunkTransport::Tls, address, &keys, listener)?;
         if t.weight == 0 {
             return Err(invalid(format!("trunk[{i}].weight"), "must be at least 1"));
         }
@@ -170,6 +208,7 @@ pub(super) fn parse_trunks(raw: &[RawTrunk], realms: &[Realm]) -> Result<Vec<Tru
             probe: t.probe,
             policy,
             auth,
+            tls,
         });
     }
     Ok(trunks)

@@ -111,11 +111,14 @@ pub fn next_hop(msg: &Message) -> Option<(SocketAddr, Proto, Vec<SocketAddr>)> {
         None => (crate::sip::Uri::parse(msg.request_uri()?).ok()?, Vec::new()),
     };
     let ip: IpAddr = uri.host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
-    let proto = match uri.param("transport").flatten() {
-        Some(t) if t.eq_ignore_ascii_case("tcp") => Proto::Tcp,
-        _ => Proto::Udp,
+    let sips = uri.scheme.eq_ignore_ascii_case("sips");
+    let proto = match uri.param("transport").flatten().and_then(Proto::from_name) {
+        Some(p) => p,
+        None if sips => Proto::Tls,
+        None => Proto::Udp,
     };
-    Some((SocketAddr::new(ip, uri.port.unwrap_or(5060)), proto, alts))
+    let default_port = if proto == Proto::Tls { 5061 } else { 5060 };
+    Some((SocketAddr::new(ip, uri.port.unwrap_or(default_port)), proto, alts))
 }
 
 #[cfg(test)]
@@ -123,7 +126,7 @@ mod tests {
     use super::*;
 
     fn me(ip: &str) -> Me {
-        Me { addr: ip.parse().unwrap(), port: 5060, alternate: None, ours: Vec::new() }
+        Me { addr: ip.parse().unwrap(), port: 5060, tls_port: None, alternate: None, ours: Vec::new() }
     }
 
     #[test]

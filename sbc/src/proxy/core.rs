@@ -70,13 +70,24 @@ impl Core {
         let ours: Vec<_> = cfg
             .realms
             .iter()
-            .flat_map(|r| [(r.advertise, r.listen.port()), (r.listen.ip(), r.listen.port())])
+            .flat_map(|r| {
+                let tls = r.tls_listen.map(|t| [(r.advertise, t.port()), (t.ip(), t.port())]);
+                [(r.advertise, r.listen.port()), (r.listen.ip(), r.listen.port())]
+                    .into_iter()
+                    .chain(tls.into_iter().flatten())
+            })
             .filter(|(ip, _)| !ip.is_unspecified())
             .collect();
         let me = cfg
             .realms
             .iter()
-            .map(|r| Me { addr: r.advertise, port: r.listen.port(), alternate: alternate.clone(), ours: ours.clone() })
+            .map(|r| Me {
+                addr: r.advertise,
+                port: r.listen.port(),
+                tls_port: r.tls_listen.map(|t| t.port()),
+                alternate: alternate.clone(),
+                ours: ours.clone(),
+            })
             .collect();
         Self {
             me,

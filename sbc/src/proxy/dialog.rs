@@ -235,11 +235,7 @@ fn proto_name(p: Proto) -> String {
 }
 
 fn proto_of(s: &str) -> Proto {
-    if s.eq_ignore_ascii_case("tcp") {
-        Proto::Tcp
-    } else {
-        Proto::Udp
-    }
+    Proto::from_name(s).unwrap_or(Proto::Udp)
 }
 
 impl Dialog {

@@ -17,6 +17,8 @@ pub struct Me {
     pub addr: IpAddr,
     /// SIP port.
     pub port: u16,
+    /// SIP over TLS port in this realm, when served.
+    pub tls_port: Option<u16>,
     /// The quoted `alternatePath` value to advertise, when enabled.
     pub alternate: Option<String>,
     /// Every address and port that names this sbc in any realm (listen and
@@ -42,23 +44,27 @@ impl Me {
         h.parse::<IpAddr>().is_ok_and(|ip| (ip == self.addr && port == self.port) || self.ours.contains(&(ip, port)))
     }
 
+    /// `host:port` where we are reached over `proto` (TLS has its own
+    /// port; 5061 when this realm serves none).
+    #[must_use]
+    pub fn hostport_for(&self, proto: Proto) -> String {
+        match proto {
+            Proto::Tls => Me { port: self.tls_port.unwrap_or(5061), ..self.clone() }.hostport(),
+            Proto::Udp | Proto::Tcp => self.hostport(),
+        }
+    }
+
     /// Our Contact URI in this realm for a user part (a Contact we hide).
     #[must_use]
     pub fn contact_uri(&self, user: Option<&str>, proto: Proto) -> String {
         let user = user.map(|u| format!("{u}@")).unwrap_or_default();
-        match proto {
-            Proto::Udp => format!("sip:{user}{}", self.hostport()),
-            Proto::Tcp => format!("sip:{user}{};transport=tcp", self.hostport()),
-        }
+        format!("sip:{user}{}{}", self.hostport_for(proto), proto.uri_param())
     }
 
     /// Our Record-Route value for a transport.
     #[must_use]
     pub fn record_route(&self, proto: Proto) -> String {
-        let uri = match proto {
-            Proto::Udp => format!("<sip:{};lr>", self.hostport()),
-            Proto::Tcp => format!("<sip:{};transport=tcp;lr>", self.hostport()),
-        };
+        let uri = format!("<sip:{}{};lr>", self.hostport_for(proto), proto.uri_param());
         match &self.alternate {
             Some(a) => format!("{uri};{}={a}", super::alternate::PARAM),
             None => uri,
@@ -116,7 +122,7 @@ pub fn branch_request(
         hide_contact(&mut m, x.me_out, x.out_proto);
     }
     let me = x.me_out;
-    let mut via = format!("SIP/2.0/{} {};branch={branch};rport", x.out_proto.via_name(), me.hostport());
+    let mut via = format!("SIP/2.0/{} {};branch={branch};rport", x.out_proto.via_name(), me.hostport_for(x.out_proto));
     if let Some(a) = &me.alternate {
         via.push_str(&format!(";{}={a}", super::alternate::PARAM));
     }
@@ -180,7 +186,8 @@ mod tests {
     #[test]
     fn branch_request_adds_via_rr_and_decrements() {
         let m = Message::parse(INVITE.as_bytes()).unwrap();
-        let me = Me { addr: "127.0.0.1".parse().unwrap(), port: 5060, alternate: None, ours: Vec::new() };
+        let me =
+            Me { addr: "127.0.0.1".parse().unwrap(), port: 5060, tls_port: None, alternate: None, ours: Vec::new() };
         let x = Crossing { me_in: &me, me_out: &me, in_proto: Proto::Udp, out_proto: Proto::Tcp, hide: false };
         let out = branch_request(&m, &x, "z9hG4bKxs1", Some("sip:bob@127.0.0.1:5070"), true);
         let text = String::from_utf8(out.to_bytes()).unwrap();

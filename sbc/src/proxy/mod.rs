@@ -132,6 +132,17 @@ impl Proxy {
         self.core.update_gauges(&self.txn);
     }
 
+    /// A connection a phone opened to us closed: the bindings it
+    /// registered over it can no longer be reached (RFC 5626 flow failure;
+    /// calls to them now fail over, or get 480).
+    pub fn flow_closed(&mut self, flow: crate::transport::Flow) {
+        let n = self.core.location.remove_flow(flow.realm, flow.proto.into(), flow.peer);
+        if n > 0 {
+            tracing::info!(peer = %flow.peer, proto = flow.proto.via_name(), bindings = n, "connection closed; its bindings are gone");
+        }
+        self.core.update_gauges(&self.txn);
+    }
+
     /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`.
     pub fn control(&mut self, line: &str) -> String {
         self.core.control(line)

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::location::{Binding, Location, Transport as LocTransport, UpdateError};
+use crate::location::{Binding, Location, UpdateError};
 use crate::proxy::routing::local_aor;
 use crate::sip::{Contact, Header, Message, Uri};
 use crate::transport::Proto;
@@ -86,7 +86,7 @@ pub fn register(
         let binding = Binding {
             contact: na.uri.to_string(),
             source: src,
-            transport: if proto == Proto::Tcp { LocTransport::Tcp } else { LocTransport::Udp },
+            transport: proto.into(),
             call_id: call_id.to_owned(),
             cseq,
             expires_at: now,

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::config::{Config, TrunkTransport};
-use crate::location::{aor_key, Location, Transport as LocTransport};
+use crate::config::Config;
+use crate::location::{aor_key, Location};
 use crate::sip::Uri;
 use crate::transport::Proto;
 
@@ -86,11 +86,11 @@ fn trunk_targets(cfg: &Config, groups: &[Vec<usize>], user: Option<&str>, seed: 
                 Some(u) => format!("sip:{u}@{host}"),
                 None => format!("sip:{host}"),
             };
-            let uri = if t.transport == TrunkTransport::Tcp { format!("{uri};transport=tcp") } else { uri };
+            let proto = t.transport.proto();
             Target {
-                uri,
+                uri: format!("{uri}{}", proto.uri_param()),
                 dest: t.address,
-                proto: if t.transport == TrunkTransport::Tcp { Proto::Tcp } else { Proto::Udp },
+                proto,
                 realm: t.realm,
                 trunk: Some(i),
                 label: t.name.clone(),
@@ -141,10 +141,9 @@ pub fn route(cfg: &Config, location: &Location, ruri: &Uri, seed: u64, now: Inst
                 .map(|b| Target {
                     uri: b.contact.clone(),
                     dest: b.source,
-                    proto: match b.transport {
-                        LocTransport::Udp => Proto::Udp,
-                        LocTransport::Tcp => Proto::Tcp,
-                    },
+                    // Over TCP and TLS, `source` names the phone's own
+                    // connection (its flow), which the transport reuses.
+                    proto: b.transport.proto(),
                     realm: b.realm,
                     trunk: None,
                     label: format!("user:{aor}"),
@@ -207,7 +206,7 @@ mod tests {
         let b = Binding {
             contact: "sip:alice@10.9.9.9:5062".into(),
             source: "127.0.0.1:5062".parse().unwrap(),
-            transport: LocTransport::Udp,
+            transport: crate::location::Transport::Udp,
             call_id: "x".into(),
             cseq: 1,
             expires_at: now,

@@ -144,14 +144,7 @@ impl Core {
             });
             rt.probe_seq += 1;
             let seq = rt.probe_seq;
-            let (dest, proto) = (
-                t.address,
-                if t.transport == crate::config::TrunkTransport::Tcp {
-                    crate::transport::Proto::Tcp
-                } else {
-                    crate::transport::Proto::Udp
-                },
-            );
+            let (dest, proto) = (t.address, t.transport.proto());
             let branch = txn.new_branch();
             let tag = txn.unique();
             let me = self.me(t.realm).hostport();

@@ -41,7 +41,7 @@ pub fn stamp_top_via(msg: &mut Message, src: SocketAddr, proto: Proto) -> Option
 /// Where a response to a request with this top Via goes.
 #[must_use]
 pub fn response_dest(via: &Via, src: SocketAddr, proto: Proto) -> SocketAddr {
-    if proto == Proto::Tcp {
+    if proto.reliable() {
         return src;
     }
     let ip = via

@@ -1,0 +1,600 @@
+//! SIP transports: per realm, one UDP socket, a TCP listener and a TLS
+//! listener with their connections, polled with mio by the signaling
+//! thread. Every message in and out names its realm (an index into the
+//! configured realms).
+//!
+//! The transport only frames messages (datagrams as they are; streams split
+//! by the blank line and `Content-Length`). It does not parse them.
+//!
+//! Connections a peer opened to us are its flows (RFC 5626): whatever goes
+//! back to that peer (responses, and requests to a phone that registered
+//! over it) uses the same connection, and once it is closed the transport
+//! never dials the peer's address instead (it is a NAT's ephemeral port,
+//! not a listener). Closed flows are reported ([`Transport::take_closed_flows`])
+//! so the registrar can drop the bindings that used them. Connections are
+//! bounded: a cap on how many are open, a TLS handshake timeout and an
+//! idle timeout, each counted in [`ConnStats`].
+
+mod stream;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+
+pub use stream::frame;
+use stream::{Closing, Conn};
+pub use tls::TlsSetup;
+
+const WAKER: Token = Token(usize::MAX);
+/// Tokens per realm: UDP, TCP listener, TLS listener.
+const PER_REALM: usize = 3;
+/// How long a peer's closed flow is remembered (never redialled).
+const GONE_MEMORY: Duration = Duration::from_secs(2 * 3600);
+/// At most this many closed flows are remembered.
+const GONE_CAP: usize = 65_536;
+
+/// SIP transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Proto {
+    /// The Via transport token.
+    #[must_use]
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+        }
+    }
+
+    /// Whether the transport is reliable (RFC 3261 timers differ).
+    #[must_use]
+    pub fn reliable(self) -> bool {
+        self != Self::Udp
+    }
+
+    /// The transport named by a Via token or a `transport=` URI parameter.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Udp, Self::Tcp, Self::Tls].into_iter().find(|p| p.via_name().eq_ignore_ascii_case(name))
+    }
+
+    /// The `;transport=` URI parameter for it (none for UDP, the default).
+    #[must_use]
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Self::Udp => "",
+            Self::Tcp => ";transport=tcp",
+            Self::Tls => ";transport=tls",
+        }
+    }
+}
+
+/// A framed message that arrived.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The message bytes.
+    pub data: Vec<u8>,
+    /// The peer.
+    pub src: SocketAddr,
+    /// How it came.
+    pub proto: Proto,
+    /// The realm whose socket it came to.
+    pub realm: usize,
+}
+
+/// A message to send.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// The destination.
+    pub dest: SocketAddr,
+    /// The transport.
+    pub proto: Proto,
+    /// The realm whose socket it leaves from.
+    pub realm: usize,
+}
+
+/// Inputs that the transport drops rather than delivers, for counting.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Drops {
+    /// Datagrams or stream messages over the size limit.
+    pub oversize: u64,
+    /// Streams whose framing broke (bad Content-Length); the connection is closed.
+    pub bad_framing: u64,
+}
+
+/// Stream connection events since start, for counting.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Connections refused at accept because `max_connections` were open.
+    pub rejected: u64,
+    /// TLS handshakes that failed (bad or untrusted certificate, bad records).
+    pub tls_handshake_failures: u64,
+    /// TLS handshakes (or TCP connects) not finished within the timeout.
+    pub tls_handshake_timeouts: u64,
+    /// Connections closed after being idle.
+    pub idle_closes: u64,
+}
+
+/// Bounds on stream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections (TCP and TLS, both directions) at most.
+    pub max_connections: usize,
+    /// A connection with nothing sent or received for this long is closed.
+    pub idle: Duration,
+    /// A TLS handshake (or an outgoing TCP connect) must finish within this.
+    pub handshake: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: 1024, idle: Duration::from_secs(300), handshake: Duration::from_secs(10) }
+    }
+}
+
+/// A connection a peer opened to us, now closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The realm it came to.
+    pub realm: usize,
+    /// `Tcp` or `Tls`.
+    pub proto: Proto,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+/// One realm's sockets.
+struct RealmSockets {
+    udp: UdpSocket,
+    listener: Option<TcpListener>,
+    tls_listener: Option<TcpListener>,
+    /// Local address outgoing TCP connections bind to (port 0).
+    local: SocketAddr,
+}
+
+/// The sbc's SIP sockets.
+pub struct Transport {
+    poll: Poll,
+    events: Events,
+    /// By realm index; realm `i` polls as tokens `3i` (UDP), `3i + 1` (TCP)
+    /// and `3i + 2` (TLS).
+    realms: Vec<RealmSockets>,
+    conns: HashMap<Token, Conn>,
+    /// Stream connection to a peer, by (realm, transport, peer).
+    by_peer: HashMap<(usize, Proto, SocketAddr), Token>,
+    /// Peers whose connection to us closed, and when: never dialled.
+    gone: HashMap<(usize, Proto, SocketAddr), Instant>,
+    closed_flows: Vec<Flow>,
+    next: usize,
+    max_msg: usize,
+    rbuf: Vec<u8>,
+    tls: Option<TlsSetup>,
+    limits: Limits,
+    /// Drop counters since start.
+    pub drops: Drops,
+    /// Connection counters since start.
+    pub stats: ConnStats,
+}
+
+impl Transport {
+    /// Binds UDP (and TCP when `tcp`) on `listen`: one realm.
+    ///
+    /// # Errors
+    /// The bind error.
+    pub fn bind(listen: SocketAddr, tcp: bool, max_msg: usize) -> io::Result<Self> {
+        Self::bind_realms(&[listen], tcp, max_msg, false)
+    }
+
+    /// Binds UDP (and TCP when `tcp`) on each realm's `listens[i]`,
+    /// optionally with `IP_FREEBIND` so an address may be one this host
+    /// does not hold yet (an HA pair's virtual IPs).
+    ///
+    /// # Errors
+    /// The bind error, naming the address.
+    pub fn bind_realms(listens: &[SocketAddr], tcp: bool, max_msg: usize, freebind: bool) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut realms = Vec::with_capacity(listens.len());
+        for (i, &listen) in listens.iter().enumerate() {
+            let mut udp = UdpSocket::from_std(bind_socket(listen, false, freebind)?.into());
+            poll.registry().register(&mut udp, Token(PER_REALM * i), Interest::READABLE)?;
+            let listener = if tcp {
+                let mut l = TcpListener::from_std(bind_socket(listen, true, freebind)?.into());
+                poll.registry().register(&mut l, Token(PER_REALM * i + 1), Interest::READABLE)?;
+                Some(l)
+            } else {
+                None
+            };
+            realms.push(RealmSockets { udp, listener, tls_listener: None, local: SocketAddr::new(listen.ip(), 0) });
+        }
+        Ok(Self {
+            poll,
+            events: Events::with_capacity(256),
+            next: PER_REALM * realms.len(),
+            realms,
+            conns: HashMap::new(),
+            by_peer: HashMap::new(),
+            gone: HashMap::new(),
+            closed_flows: Vec::new(),
+            max_msg,
+            rbuf: vec![0; max_msg + 1],
+            tls: None,
+            limits: Limits::default(),
+            drops: Drops::default(),
+            stats: ConnStats::default(),
+        })
+    }
+
+    /// Enables TLS: listens on `listens[i]` for realm `i` where given
+    /// (which needs `setup.server`), and dials TLS destinations as `setup`
+    /// says.
+    ///
+    /// # Errors
+    /// The bind error, naming the address, or a TLS port without a server
+    /// configuration.
+    pub fn enable_tls(&mut self, listens: &[Option<SocketAddr>], setup: TlsSetup, freebind: bool) -> io::Result<()> {
+        for (i, l) in listens.iter().enumerate() {
+            let (Some(listen), Some(r)) = (l, self.realms.get_mut(i)) else { continue };
+            if setup.server.is_none() {
+                return Err(io::Error::other(format!("TLS on {listen} needs a certificate and key")));
+            }
+            let mut l = TcpListener::from_std(bind_socket(*listen, true, freebind)?.into());
+            self.poll.registry().register(&mut l, Token(PER_REALM * i + 2), Interest::READABLE)?;
+            r.tls_listener = Some(l);
+        }
+        self.tls = Some(setup);
+        Ok(())
+    }
+
+    /// Sets the bounds on stream connections.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// A waker that makes a blocked [`poll`](Self::poll) return.
+    ///
+    /// # Errors
+    /// When the waker cannot be created (call it once).
+    pub fn waker(&self) -> io::Result<std::sync::Arc<mio::Waker>> {
+        Ok(std::sync::Arc::new(mio::Waker::new(self.poll.registry(), WAKER)?))
+    }
+
+    /// The first realm's bound UDP address.
+    ///
+    /// # Errors
+    /// The getsockname error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.realm_addr(0)
+    }
+
+    /// Realm `realm`'s bound UDP address.
+    ///
+    /// # Errors
+    /// The getsockname error, or an unknown realm.
+    pub fn realm_addr(&self, realm: usize) -> io::Result<SocketAddr> {
+        self.realms.get(realm).ok_or_else(|| io::Error::other(format!("no realm {realm}")))?.udp.local_addr()
+    }
+
+    /// Realm `realm`'s bound TLS address, when it serves TLS.
+    #[must_use]
+    pub fn tls_addr(&self, realm: usize) -> Option<SocketAddr> {
+        self.realms.get(realm)?.tls_listener.as_ref()?.local_addr().ok()
+    }
+
+    /// Open stream connections.
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connections peers opened to us that closed since the last call.
+    pub fn take_closed_flows(&mut self) -> Vec<Flow> {
+        std::mem::take(&mut self.closed_flows)
+    }
+
+    /// Waits up to `timeout` and appends every message that arrived to `out`.
+    ///
+    /// # Errors
+    /// A poll error.
+    pub fn poll(&mut self, timeout: Option<Duration>, out: &mut Vec<Inbound>, now: Instant) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let tokens: Vec<(Token, bool, bool)> =
+            self.events.iter().map(|e| (e.token(), e.is_readable() || e.is_read_closed(), e.is_writable())).collect();
+        let n = PER_REALM * self.realms.len();
+        for (t, readable, writable) in tokens {
+            match t {
+                WAKER => {}
+                Token(k) if k < n && k % PER_REALM == 0 => self.read_udp(k / PER_REALM, out),
+                Token(k) if k < n => self.accept(k / PER_REALM, k % PER_REALM == 2, now),
+                t => {
+                    if writable {
+                        self.flush(t);
+                    }
+                    if readable {
+                        self.read_stream(t, out, now);
+                    }
+                }
+            }
+        }
+        self.reap(now);
+        Ok(())
+    }
+
+    fn read_udp(&mut self, realm: usize, out: &mut Vec<Inbound>) {
+        let Some(r) = self.realms.get(realm) else { return };
+        loop {
+            match r.udp.recv_from(&mut self.rbuf) {
+                Ok((n, src)) => {
+                    if n > self.max_msg {
+                        self.drops.oversize += 1;
+                        tracing::debug!(%src, "datagram over max_message_size dropped");
+                        continue;
+                    }
+                    out.push(Inbound { data: self.rbuf[..n].to_vec(), src, proto: Proto::Udp, realm });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // ICMP errors surface here on some kernels; they are not fatal.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, realm: usize, tls: bool, now: Instant) {
+        loop {
+            let Some(r) = self.realms.get(realm) else { return };
+            let Some(l) = (if tls { r.tls_listener.as_ref() } else { r.listener.as_ref() }) else { return };
+            match l.accept() {
+                Ok((stream, peer)) => {
+                    if self.conns.len() >= self.limits.max_connections {
+                        self.stats.rejected += 1;
+                        tracing::warn!(%peer, max = self.limits.max_connections, "connection refused: limit reached");
+                        drop(stream);
+                        continue;
+                    }
+                    let session = match (tls, self.tls.as_ref().and_then(|s| s.server.as_ref())) {
+                        (false, _) => None,
+                        (true, Some(cfg)) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
+                            Ok(c) => Some(rustls::Connection::from(c)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "TLS session could not be created");
+                                continue;
+                            }
+                        },
+                        (true, None) => continue,
+                    };
+                    let proto = if tls { Proto::Tls } else { Proto::Tcp };
+                    self.gone.remove(&(realm, proto, peer));
+                    let _ = self.add_conn(stream, peer, realm, session, true, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TCP accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        realm: usize,
+        tls: Option<rustls::Connection>,
+        accepted: bool,
+        now: Instant,
+    ) -> io::Result<Token> {
+        let t = Token(self.next);
+        self.next += 1;
+        self.poll.registry().register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)?;
+        let proto = if tls.is_some() { Proto::Tls } else { Proto::Tcp };
+        let conn = Conn {
+            stream,
+            peer,
+            realm,
+            proto,
+            tls,
+            accepted,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            connected: accepted,
+            opened: now,
+            last_used: now,
+        };
+        self.conns.insert(t, conn);
+        self.by_peer.insert((realm, proto, peer), t);
+        Ok(t)
+    }
+
+    fn close(&mut self, t: Token, now: Instant) {
+        if let Some(mut c) = self.conns.remove(&t) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            let key = (c.realm, c.proto, c.peer);
+            if self.by_peer.get(&key) == Some(&t) {
+                self.by_peer.remove(&key);
+                if c.accepted {
+                    self.closed_flows.push(Flow { realm: c.realm, proto: c.proto, peer: c.peer });
+                    if self.gone.len() < GONE_CAP {
+                        self.gone.insert(key, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_stream(&mut self, t: Token, out: &mut Vec<Inbound>, now: Instant) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        c.connected = true;
+        c.last_used = now;
+        let was_handshaking = c.handshaking();
+        let mut closing = c.read(out, self.max_msg);
+        // TLS: the handshake's answers (and anything queued during it).
+        if closing.is_none() && c.flush() {
+            closing = Some(Closing::Gone);
+        }
+        match closing {
+            None => {}
+            Some(why) => {
+                match why {
+                    Closing::BadFraming => self.drops.bad_framing += 1,
+                    Closing::TlsFailed if was_handshaking => self.stats.tls_handshake_failures += 1,
+                    Closing::TlsFailed | Closing::Gone => {}
+                }
+                self.close(t, now);
+            }
+        }
+    }
+
+    fn flush(&mut self, t: Token) {
+        let failed = self.conns.get_mut(&t).is_some_and(|c| {
+            c.connected = true;
+            c.flush()
+        });
+        if failed {
+            self.close(t, Instant::now());
+        }
+    }
+
+    /// Closes what has overstayed: unfinished handshakes and connects,
+    /// idle connections; forgets old closed flows.
+    fn reap(&mut self, now: Instant) {
+        let mut timed_out = Vec::new();
+        let mut idle = Vec::new();
+        for (t, c) in &self.conns {
+            let age = now.saturating_duration_since(c.opened);
+            if (c.handshaking() || !c.connected) && age > self.limits.handshake {
+                timed_out.push(*t);
+            } else if c.idle_output() && now.saturating_duration_since(c.last_used) > self.limits.idle {
+                idle.push(*t);
+            }
+        }
+        for t in timed_out {
+            if let Some(c) = self.conns.get(&t) {
+                tracing::info!(peer = %c.peer, proto = c.proto.via_name(), "closing connection: handshake timed out");
+            }
+            self.stats.tls_handshake_timeouts += 1;
+            self.close(t, now);
+        }
+        for t in idle {
+            self.stats.idle_closes += 1;
+            self.close(t, now);
+        }
+        if !self.gone.is_empty() {
+            self.gone.retain(|_, at| now.saturating_duration_since(*at) < GONE_MEMORY);
+        }
+    }
+
+    /// Sends a message. TCP and TLS reuse the connection to the peer, or
+    /// open one, unless the peer's own connection to us has closed (a
+    /// phone's flow: it is not dialled).
+    ///
+    /// # Errors
+    /// The send or connect error (a transport error for the transaction).
+    pub fn send(&mut self, o: &Outbound, now: Instant) -> io::Result<()> {
+        let r = self.realms.get(o.realm).ok_or_else(|| io::Error::other(format!("no realm {}", o.realm)))?;
+        if o.proto == Proto::Udp {
+            return r.udp.send_to(&o.data, o.dest).map(|_| ());
+        }
+        let key = (o.realm, o.proto, o.dest);
+        let t = match self.by_peer.get(&key) {
+            Some(t) => *t,
+            None => {
+                if self.gone.contains_key(&key) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the peer's connection is closed (its own flow is never dialled)",
+                    ));
+                }
+                if self.conns.len() >= self.limits.max_connections {
+                    return Err(io::Error::other("connection limit reached"));
+                }
+                let session = match o.proto {
+                    Proto::Tls => {
+                        let setup = self.tls.as_ref().ok_or_else(|| io::Error::other("TLS is not configured"))?;
+                        let d = setup.dial(o.dest);
+                        let c = rustls::ClientConnection::new(d.config, d.name).map_err(io::Error::other)?;
+                        Some(rustls::Connection::from(c))
+                    }
+                    _ => None,
+                };
+                let s = connect_from(r.local, o.dest)?;
+                self.add_conn(s, o.dest, o.realm, session, false, now)?
+            }
+        };
+        let mut failed = false;
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.queue(&o.data)?;
+            c.last_used = now;
+            failed = c.connected && c.flush();
+        }
+        if failed {
+            self.close(t, now);
+        }
+        Ok(())
+    }
+}
+
+/// A non-blocking socket bound to `listen` (listening when `stream`).
+fn bind_socket(listen: SocketAddr, stream: bool, freebind: bool) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (ty, proto) = if stream { (Type::STREAM, Protocol::TCP) } else { (Type::DGRAM, Protocol::UDP) };
+    let s = Socket::new(Domain::for_address(listen), ty.nonblocking(), Some(proto))?;
+    if freebind {
+        if listen.is_ipv4() {
+            s.set_freebind(true)?;
+        } else {
+            s.set_freebind_ipv6(true)?;
+        }
+    }
+    if stream {
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&listen.into()).map_err(|e| io::Error::new(e.kind(), format!("binding {listen}: {e}")))?;
+    if stream {
+        s.listen(1024)?;
+    }
+    Ok(s)
+}
+
+/// A non-blocking TCP connection to `dest` from `local` (the realm's
+/// address, port 0), so that it leaves through that realm's network.
+fn connect_from(local: SocketAddr, dest: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if local.ip().is_unspecified() || local.is_ipv4() != dest.is_ipv4() {
+        return TcpStream::connect(dest);
+    }
+    let s = Socket::new(Domain::for_address(dest), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    s.bind(&local.into())?;
+    match s.connect(&dest.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+//! The transport over real loopback sockets: TLS in both directions, the
+//! bounds on handshakes and connections, and closed flows that are never
+//! dialled again.
+
+use std::io::{Read, Write};
+use std::net::TcpStream as StdTcp;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use super::tls::{self, Identity};
+use super::*;
+
+/// A CA and a certificate for 127.0.0.1 signed by it.
+struct Pki {
+    ca: CertificateDer<'static>,
+    server: Identity,
+}
+
+fn pki() -> Pki {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &*ca).unwrap();
+    let ca_cert: &rcgen::Certificate = ca.as_ref();
+    Pki {
+        ca: ca_cert.der().clone(),
+        server: Identity {
+            certs: vec![cert.der().clone()],
+            key: PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+        },
+    }
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Arc<rustls::RootCertStore> {
+    let mut r = rustls::RootCertStore::empty();
+    r.add(ca.clone()).unwrap();
+    Arc::new(r)
+}
+
+/// A transport on 127.0.0.1 with a TLS port, and limits `limits`.
+fn tls_transport(p: &Pki, limits: Limits) -> Transport {
+    let mut t = Transport::bind("127.0.0.1:0".parse().unwrap(), true, 65535).unwrap();
+    let setup = TlsSetup {
+        server: Some(tls::server_config(&p.server).unwrap()),
+        dial: HashMap::new(),
+        default_client: tls::client_config(Some(roots(&p.ca)), None).unwrap(),
+    };
+    t.enable_tls(&[Some("127.0.0.1:0".parse().unwrap())], setup, false).unwrap();
+    t.set_limits(limits);
+    t
+}
+
+/// Polls until `done` or 5 s.
+fn poll_until(
+    t: &mut Transport,
+    out: &mut Vec<Inbound>,
+    now: Instant,
+    mut done: impl FnMut(&Transport, &[Inbound]) -> bool,
+) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while !done(t, out) {
+        assert!(Instant::now() < end, "timed out");
+        t.poll(Some(Duration::from_millis(20)), out, now).unwrap();
+    }
+}
+
+const OPTIONS: &[u8] = b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+
+#[test]
+fn proto_names() {
+    assert_eq!(Proto::from_name("tls"), Some(Proto::Tls));
+    assert_eq!(Proto::from_name("TCP"), Some(Proto::Tcp));
+    assert_eq!(Proto::from_name("sctp"), None);
+    assert_eq!(Proto::Tls.via_name(), "TLS");
+    assert_eq!(Proto::Tls.uri_param(), ";transport=tls");
+    assert!(Proto::Tls.reliable() && !Proto::Udp.reliable());
+}
+
+#[test]
+fn tls_in_and_back_over_the_same_connection_then_never_redialled() {
+    let p = pki();
+    let mut t = tls_transport(&p, Limits::default());
+    let addr = t.tls_addr(0).unwrap();
+    let cfg = tls::client_config(Some(roots(&p.ca)), None).unwrap();
+    let client = std::thread::spawn(move || {
+        let conn = rustls::ClientConnection::new(cfg, ServerName::from(addr.ip())).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, StdTcp::connect(addr).unwrap());
+        s.write_all(OPTIONS).unwrap();
+        let mut buf = vec![0u8; OPTIONS.len()];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    });
+    let now = Instant::now();
+    let mut out = Vec::new();
+    poll_until(&mut t, &mut out, now, |_, o| !o.is_empty());
+    let m = out.remove(0);
+    assert_eq!((m.proto, m.data.as_slice()), (Proto::Tls, OPTIONS));
+    t.send(&Outbound { data: OPTIONS.to_vec(), dest: m.src, proto: Proto::Tls, realm: 0 }, now).unwrap();
+    // Until the client has read the answer, keep flushing.
+    let end = Instant::now() + Duration::from_secs(5);
+    while !client.is_finished() && Instant::now() < end {
+        t.poll(Some(Duration::from_millis(20)), &mut out, now).unwrap();
+    }
+    assert_eq!(client.join().unwrap(), OPTIONS, "the answer came back over the client's connection");
+    // The client is gone: its flow is reported and never dialled.
+    poll_until(&mut t, &mut out, now, |t, _| t.connections() == 0);
+    assert_eq!(t.take_closed_flows(), vec![Flow { realm: 0, proto: Proto::Tls, peer: m.src }]);
+    let e = t.send(&Outbound { data: OPTIONS.to_vec(), dest: m.src, proto: Proto::Tls, realm: 0 }, now).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotConnected);
+    assert_eq!(t.connections(), 0, "no new connection to a phone's flow");
+    assert_eq!(t.stats, ConnStats::default());
+}
+
+#[test]
+fn handshakes_are_bounded_and_counted() {
+    let p = pki();
+    let limits = Limits { max_connections: 2, ..Limits::default() };
+    let mut t = tls_transport(&p, limits);
+    let addr = t.tls_addr(0).unwrap();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    // Bytes that are not TLS: a failed handshake.
+    let mut junk = StdTcp::connect(addr).unwrap();
+    junk.write_all(b"OPTIONS sip:x SIP/2.0\r\n\r\n").unwrap();
+    poll_until(&mut t, &mut out, now, |t, _| t.stats.tls_handshake_failures == 1);
+    // A client that never says anything, and one too many.
+    let _silent = StdTcp::connect(addr).unwrap();
+    let _second = StdTcp::connect(addr).unwrap();
+    let _third = StdTcp::connect(addr).unwrap();
+    poll_until(&mut t, &mut out, now, |t, _| t.connections() == 2 && t.stats.rejected == 1);
+    // 10 s later both are closed as handshake timeouts.
+    t.poll(Some(Duration::ZERO), &mut out, now + Duration::from_secs(11)).unwrap();
+    assert_eq!(t.connections(), 0);
+    assert_eq!(t.stats.tls_handshake_timeouts, 2);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn idle_connections_close_and_count() {
+    let p = pki();
+    let mut t = tls_transport(&p, Limits { idle: Duration::from_secs(30), ..Limits::default() });
+    let tcp = t.realms[0].listener.as_ref().unwrap().local_addr().unwrap();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut c = StdTcp::connect(tcp).unwrap();
+    c.write_all(OPTIONS).unwrap();
+    poll_until(&mut t, &mut out, now, |_, o| !o.is_empty());
+    assert_eq!(out[0].proto, Proto::Tcp);
+    t.poll(Some(Duration::ZERO), &mut out, now + Duration::from_secs(20)).unwrap();
+    assert_eq!((t.connections(), t.stats.idle_closes), (1, 0));
+    t.poll(Some(Duration::ZERO), &mut out, now + Duration::from_secs(31)).unwrap();
+    assert_eq!((t.connections(), t.stats.idle_closes), (0, 1));
+    assert_eq!(t.take_closed_flows().len(), 1);
+}
+
+#[test]
+fn dialling_tls_verifies_the_server() {
+    let p = pki();
+    let mut server = tls_transport(&p, Limits::default());
+    let addr = server.tls_addr(0).unwrap();
+    let other = pki();
+    // A client trusting another CA: the handshake fails on its side.
+    let mut client = Transport::bind("127.0.0.1:0".parse().unwrap(), false, 65535).unwrap();
+    let setup = TlsSetup {
+        server: None,
+        dial: HashMap::new(),
+        default_client: tls::client_config(Some(roots(&other.ca)), None).unwrap(),
+    };
+    client.enable_tls(&[None], setup, false).unwrap();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    client.send(&Outbound { data: OPTIONS.to_vec(), dest: addr, proto: Proto::Tls, realm: 0 }, now).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while client.stats.tls_handshake_failures == 0 {
+        assert!(Instant::now() < end, "no handshake failure");
+        client.poll(Some(Duration::from_millis(10)), &mut out, now).unwrap();
+        server.poll(Some(Duration::from_millis(10)), &mut out, now).unwrap();
+    }
+    assert!(out.is_empty(), "nothing delivered");
+    // With the right CA the message arrives over TLS.
+    let mut good = Transport::bind("127.0.0.1:0".parse().unwrap(), false, 65535).unwrap();
+    let setup = TlsSetup {
+        server: None,
+        dial: HashMap::new(),
+        default_client: tls::client_config(Some(roots(&p.ca)), None).unwrap(),
+    };
+    good.enable_tls(&[None], setup, false).unwrap();
+    good.send(&Outbound { data: OPTIONS.to_vec(), dest: addr, proto: Proto::Tls, realm: 0 }, now).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while out.is_empty() {
+        assert!(Instant::now() < end, "not delivered");
+        good.poll(Some(Duration::from_millis(10)), &mut out, now).unwrap();
+        server.poll(Some(Duration::from_millis(10)), &mut out, now).unwrap();
+    }
+    assert_eq!((out[0].proto, out[0].data.as_slice()), (Proto::Tls, OPTIONS));
+    assert_eq!(good.stats, ConnStats::default());
+}
