@@ -157,6 +157,12 @@ fn after_a_takeover_the_callers_bye_reaches_the_carrier_as_before() {
     let (again, ok) = call(&mut a, cid, true);
     let ok = ok.unwrap();
     let mut b = a.take_over();
+    // The new active writes the calls it took over with the same state.
+    let (was, is) = (a.record(cid), b.record(cid));
+    assert_eq!(
+        (is.external_call_id, is.cseq_offsets, is.caller_vias),
+        (was.external_call_id, was.cseq_offsets, was.caller_vias)
+    );
 
     // The caller hangs up through the new active: what the carrier gets is
     // what the old active sends for the same BYE.
