@@ -11,9 +11,10 @@
 //!
 //! Scenarios: a takeover mid-call after `kill -9` of the active node, a
 //! takeover while a call rings, a planned handover with `sbc ctl failover`,
-//! a split brain (the active node loses its path to Redis) and a Redis
-//! restart. Needs root and `redis-server`; without them the test says so and
-//! skips, except under CI=true, where it must run.
+//! a split brain (the active node loses its path to Redis), a Redis
+//! restart, and a takeover of calls to a trunk with topology hiding and
+//! `callid_rewrite`. Needs root and `redis-server`; without them the test
+//! says so and skips, except under CI=true, where it must run.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
 use std::fmt::Write as _;
@@ -57,6 +58,8 @@ struct Lab {
     procs: Vec<Proc>,
     /// `relay.datapath` of both nodes ("socket" or "xdp").
     datapath: &'static str,
+    /// Extra keys of the trunk, on both nodes.
+    trunk_keys: &'static str,
 }
 
 impl Lab {
@@ -71,7 +74,7 @@ impl Lab {
         std::fs::create_dir_all(&dir).unwrap();
         let nets = ["lan", "r", "a", "b", "caller", "callee"]
             .map(|host| (host, Netns::new(&format!("ha{tag}-{host}")).unwrap_or_else(|e| panic!("netns: {e}"))));
-        let lab = Self { nets: nets.into(), dir, procs: Vec::new(), datapath: "socket" };
+        let lab = Self { nets: nets.into(), dir, procs: Vec::new(), datapath: "socket", trunk_keys: "" };
         let lan = lab.ns("lan");
         assert!(sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]));
         assert!(sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]));
@@ -138,6 +141,7 @@ log_level = "info"
 name = "callee"
 address = "{NET}.22:5060"
 probe = false
+{trunk_keys}
 
 [[route]]
 prefix = ""
@@ -176,7 +180,8 @@ lease_ms = {lease_ms}
 check_interval_ms = {interval_ms}
 "#,
             dir = self.dir.display(),
-            datapath = self.datapath
+            datapath = self.datapath,
+            trunk_keys = self.trunk_keys,
         );
         let p = self.dir.join(format!("sbc-{node}.toml"));
         std::fs::write(&p, text).unwrap();
@@ -253,12 +258,23 @@ check_interval_ms = {interval_ms}
         interval_ms: u64,
         datapath: &'static str,
     ) -> Option<(std::sync::MutexGuard<'static, ()>, Self)> {
+        Self::pair_with(tag, (lease_ms, interval_ms), datapath, "")
+    }
+
+    /// [`pair`](Self::pair) with `trunk_keys` added to the trunk.
+    fn pair_with(
+        tag: &str,
+        (lease_ms, interval_ms): (u64, u64),
+        datapath: &'static str,
+        trunk_keys: &'static str,
+    ) -> Option<(std::sync::MutexGuard<'static, ()>, Self)> {
         let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !can_run() {
             return None;
         }
         let mut lab = Self::new(tag);
         lab.datapath = datapath;
+        lab.trunk_keys = trunk_keys;
         lab.start_pair(lease_ms, interval_ms);
         Some((serial, lab))
     }
@@ -502,6 +518,52 @@ fn takeover_while_ringing_then_answer_works() {
         assert_eq!(c["end_reason"], "caller-bye");
     }
     eprintln!("{text}");
+}
+
+/// A trunk with topology hiding and `callid_rewrite`: the callee knows each
+/// call by an opaque Call-ID. After `kill -9` of the active node, BYEs from
+/// either side still end the calls through the standby (which shows the
+/// callee the same Call-IDs and maps its own back).
+#[test]
+fn takeover_keeps_the_call_ids_a_hiding_trunk_knows() {
+    let keys = "topology_hiding = true\ncallid_rewrite = true";
+    let Some((_serial, mut lab)) = Lab::pair_with("h", (600, 100), "socket", keys) else { return };
+    let n = 4;
+    lab.ua("callee", "callee", &["--run-ms", "40000", "--duration-ms", "6000"]);
+    let caller = lab.ua(
+        "caller",
+        "caller",
+        &["--calls", "4", "--rate", "10", "--duration-ms", "6000", "--callee-hangup-odd", "--max-ms", "30000"],
+    );
+    assert!(
+        wait(Duration::from_secs(10), || {
+            let (r, e) = (lab.report("caller"), lab.report("callee"));
+            r.len() == n && e.len() == n && r.iter().all(|c| c["rtp_received"].as_u64().unwrap_or(0) > 20)
+        }),
+        "calls did not come up: {:?}",
+        lab.report("caller")
+    );
+    let ids = |name: &str| -> Vec<String> {
+        lab.report(name).iter().filter_map(|c| c["call_id"].as_str().map(str::to_owned)).collect()
+    };
+    let (ours, theirs) = (ids("caller"), ids("callee"));
+    assert!(theirs.iter().all(|id| !ours.contains(id)), "the trunk sees opaque Call-IDs: {ours:?} {theirs:?}");
+    lab.procs[1].kill9(); // sbc-a
+    assert!(wait(Duration::from_secs(5), || lab.holds_vip("b")), "b did not take the VIP: {}", lab.ctl("b", &["ha"]));
+    assert!(lab.procs[caller].wait_exit(Duration::from_secs(30)), "caller did not finish");
+    let _ = wait(Duration::from_secs(3), || lab.report("callee").iter().all(|c| !c["ended"].is_null()));
+    for c in lab.report("caller").iter().chain(lab.report("callee").iter()) {
+        let ended = c["ended"].as_str().unwrap_or("");
+        assert!(
+            ended == "bye-received" || (ended == "bye-sent" && c["bye_code"] == 200),
+            "a call did not end cleanly through the new active: {c}"
+        );
+    }
+    let cdrs = lab.cdrs("b");
+    assert_eq!(cdrs.len(), n, "the new active ends every call: {cdrs:?}");
+    let by = |r: &str| cdrs.iter().filter(|c| c["end_reason"] == r).count();
+    assert_eq!((by("caller-bye"), by("callee-bye")), (n / 2, n / 2), "{cdrs:?}");
+    eprintln!("hiding trunk with callid_rewrite: {n} calls ended by BYEs from both sides after the takeover");
 }
 
 #[test]

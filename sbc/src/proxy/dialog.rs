@@ -1,6 +1,10 @@
 //! Dialog state: one well-defined record per call, from the initial INVITE
 //! to the end (BYE, failure, CANCEL or timeout). This is the state a backup
-//! node will replicate, so everything a call needs lives here.
+//! node will replicate, so everything a call needs lives here, or in the
+//! [`DialogRecord`] it is replicated as: the record also carries the call's
+//! per-call state kept in indexes elsewhere for speed (the opaque Call-ID
+//! shown to a `callid_rewrite` trunk, the CSeq offsets after a carrier's
+//! challenge), which a node taking over rebuilds those indexes from.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -228,6 +232,18 @@ pub struct DialogRecord {
     pub late_offer: bool,
     /// ACK seen.
     pub acked: bool,
+    /// The INVITE's Vias as the caller sent them, when hidden from the
+    /// callee (see [`Dialog::caller_vias`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caller_vias: Vec<String>,
+    /// The Call-ID a `callid_rewrite` trunk knows the call by (the call's
+    /// own for a call the trunk started), when it was shown one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_call_id: Option<String>,
+    /// `(From-tag, n)`: a sender's requests go to the carrier with CSeq
+    /// shifted by `n` (challenges answered for it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cseq_offsets: Vec<(String, u32)>,
 }
 
 fn proto_name(p: Proto) -> String {
@@ -239,7 +255,8 @@ fn proto_of(s: &str) -> Proto {
 }
 
 impl Dialog {
-    /// The record replicated for this dialog.
+    /// The record replicated for this dialog, without the state kept
+    /// outside it (`external_call_id`, `cseq_offsets`: the proxy adds them).
     #[must_use]
     pub fn record(&self, trunk_name: Option<&str>) -> DialogRecord {
         DialogRecord {
@@ -264,7 +281,16 @@ impl Dialog {
             final_code: self.final_code,
             late_offer: self.late_offer,
             acked: self.acked,
+            caller_vias: self.caller_vias.clone(),
+            external_call_id: None,
+            cseq_offsets: Vec::new(),
         }
+    }
+
+    /// The From-tags this dialog's requests come with: the caller's, and
+    /// the callee's once known.
+    pub fn sender_tags(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.caller_tag.as_str()).chain(self.callee_tag.as_deref())
     }
 
     /// A dialog taken over from another node, with monotonic times rebuilt
@@ -301,7 +327,7 @@ impl Dialog {
             ok_sent: u32::from(r.confirmed),
             caller_contact: r.caller_contact.clone(),
             callee_contact: r.callee_contact.clone(),
-            caller_vias: Vec::new(),
+            caller_vias: r.caller_vias.clone(),
         }
     }
 }
@@ -333,6 +359,14 @@ impl Dialogs {
     /// The Call-IDs changed (inserted, modified or removed) since the last call.
     pub fn take_changed(&mut self) -> Vec<String> {
         self.changed.as_mut().map(|c| c.drain().collect()).unwrap_or_default()
+    }
+
+    /// Records that the dialog of `call_id`, if there is one, changed in
+    /// state kept outside it (its record is written again).
+    pub fn mark_changed(&mut self, call_id: &str) {
+        if self.map.contains_key(call_id) {
+            self.touch(call_id);
+        }
     }
 
     fn touch(&mut self, call_id: &str) {

@@ -16,6 +16,12 @@
 //!   internal addresses in From and To, and swaps the Call-ID for an
 //!   opaque one. On the way in it maps the opaque Call-ID back, so the
 //!   transaction and call layers only ever see the internal one.
+//!
+//! The Call-ID mapping of a call is replicated with its dialog
+//! (`DialogRecord::external_call_id`): the maps here are the live index,
+//! [`Boundary::take_fresh`] names the calls whose mapping is new (their
+//! record is written again) and [`Boundary::adopt`] puts back the mapping
+//! of a call taken over from the HA peer.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -105,6 +111,9 @@ pub(super) struct Boundary {
     keys: RandomState,
     counter: u64,
     last_sweep: Option<Instant>,
+    /// Internal Call-IDs mapped since the last [`take_fresh`](Self::take_fresh);
+    /// `None` unless an HA peer replicates the calls.
+    fresh: Option<Vec<String>>,
 }
 
 impl Boundary {
@@ -124,10 +133,12 @@ impl Boundary {
                 external.clone()
             }
         };
-        let mapped = self
-            .to_external
-            .entry(internal.clone())
-            .or_insert_with(|| Mapped { external: external.clone(), last_used: now });
+        let mapped = self.to_external.entry(internal.clone()).or_insert_with(|| {
+            if let Some(f) = self.fresh.as_mut() {
+                f.push(internal.clone());
+            }
+            Mapped { external: external.clone(), last_used: now }
+        });
         mapped.last_used = now;
         if internal != external {
             msg.set_header("call-id", &internal);
@@ -182,7 +193,39 @@ impl Boundary {
         }
         self.to_internal.insert(external.clone(), internal.to_owned());
         self.to_external.insert(internal.to_owned(), Mapped { external: external.clone(), last_used: now });
+        if let Some(f) = self.fresh.as_mut() {
+            f.push(internal.to_owned());
+        }
         external
+    }
+
+    /// The Call-ID a trunk was shown for `internal`, if any.
+    pub(super) fn external_of(&self, internal: &str) -> Option<&str> {
+        self.to_external.get(internal).map(|m| m.external.as_str())
+    }
+
+    /// Starts recording which Call-IDs get mapped.
+    pub(super) fn track_changes(&mut self) {
+        self.fresh.get_or_insert_with(Vec::new);
+    }
+
+    /// The internal Call-IDs mapped since the last call (their dialogs'
+    /// records now carry the mapping).
+    pub(super) fn take_fresh(&mut self) -> Vec<String> {
+        self.fresh.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Installs the mapping of a call taken over from the HA peer,
+    /// replacing any this node still had for either Call-ID.
+    pub(super) fn adopt(&mut self, internal: &str, external: &str, now: Instant) {
+        if let Some(old) = self.to_external.remove(internal) {
+            self.to_internal.remove(&old.external);
+        }
+        if let Some(old) = self.to_internal.remove(external) {
+            self.to_external.remove(&old);
+        }
+        self.to_internal.insert(external.to_owned(), internal.to_owned());
+        self.to_external.insert(internal.to_owned(), Mapped { external: external.to_owned(), last_used: now });
     }
 
     /// Forgets, at most once a second, the Call-IDs unused for `idle`

@@ -1,9 +1,14 @@
 //! The proxy's side of high availability: exporting dialog changes,
 //! importing dialogs on takeover, and standing down.
+//!
+//! A dialog's record also carries the per-call state the proxy keeps in
+//! indexes outside the dialog: the Call-ID shown to a `callid_rewrite`
+//! trunk (the edge's map) and the CSeq offsets toward a carrier that
+//! challenged (the call layer's). Importing a record rebuilds both, so the
+//! new active maps and renumbers the call's messages as the old one did.
 
 use std::time::{Instant, SystemTime};
 
-use super::core::Core;
 use super::dialog::{Dialog, DialogRecord};
 use super::Proxy;
 
@@ -11,6 +16,7 @@ impl Proxy {
     /// Starts recording dialog changes for replication.
     pub fn track_changes(&mut self) {
         self.core.dialogs.track_changes();
+        self.edge.track_changes();
         self.core.location.track_changes();
     }
 
@@ -64,13 +70,16 @@ impl Proxy {
     }
 
     /// Dialogs changed since the last call: `(call_id, Some(json))` for a
-    /// live dialog, `(call_id, None)` for one that ended.
+    /// live dialog, `(call_id, None)` for one that ended. A dialog whose
+    /// Call-ID the edge mapped since is written again.
     pub fn take_dialog_changes(&mut self) -> Vec<(String, Option<String>)> {
+        for call_id in self.edge.take_fresh() {
+            self.core.dialogs.mark_changed(&call_id);
+        }
         let ids = self.core.dialogs.take_changed();
         ids.into_iter()
             .map(|id| {
-                let json =
-                    self.core.dialogs.get(&id).and_then(|d| serde_json::to_string(&self.core.dialog_record(d)).ok());
+                let json = self.core.dialogs.get(&id).and_then(|d| serde_json::to_string(&self.dialog_record(d)).ok());
                 (id, json)
             })
             .collect()
@@ -82,8 +91,18 @@ impl Proxy {
         self.core
             .dialogs
             .iter()
-            .filter_map(|d| serde_json::to_string(&self.core.dialog_record(d)).ok().map(|j| (d.call_id.clone(), j)))
+            .filter_map(|d| serde_json::to_string(&self.dialog_record(d)).ok().map(|j| (d.call_id.clone(), j)))
             .collect()
+    }
+
+    /// The replicated record of a dialog: its trunk by name, the Call-ID a
+    /// `callid_rewrite` trunk knows it by, and its senders' CSeq offsets.
+    fn dialog_record(&self, d: &Dialog) -> DialogRecord {
+        let trunk = d.trunk.and_then(|i| self.core.cfg.trunks.get(i)).map(|t| t.name.as_str());
+        let mut r = d.record(trunk);
+        r.external_call_id = self.edge.external_of(&d.call_id).map(str::to_owned);
+        r.cseq_offsets = self.core.carrier.offsets_of(&d.call_id, d.sender_tags());
+        r
     }
 
     /// Installs dialogs taken over from the peer (JSON records). Dialogs
@@ -106,6 +125,14 @@ impl Proxy {
             let trunk = r.trunk.as_deref().and_then(|name| self.core.cfg.trunks.iter().position(|t| t.name == name));
             if let Some(i) = trunk {
                 self.core.trunk_take(i, now);
+            }
+            // The per-call state kept in indexes: the Call-ID mapping at the
+            // edge and the CSeq offsets toward carriers.
+            if let Some(external) = &r.external_call_id {
+                self.edge.adopt(&r.call_id, external, now);
+            }
+            for (tag, offset) in &r.cseq_offsets {
+                self.core.carrier.restore_offset(&r.call_id, tag, *offset, now);
             }
             self.core.dialogs.insert(Dialog::from_record(&r, trunk, now, wall));
             n += 1;
@@ -135,13 +162,5 @@ impl Proxy {
     /// address they are sent from.
     pub fn set_active(&mut self, active: bool) {
         self.core.active = active;
-    }
-}
-
-impl Core {
-    /// The replicated record of a dialog, its trunk by name.
-    fn dialog_record(&self, d: &Dialog) -> DialogRecord {
-        let trunk = d.trunk.and_then(|i| self.cfg.trunks.get(i)).map(|t| t.name.as_str());
-        d.record(trunk)
     }
 }

@@ -99,7 +99,14 @@ impl Core {
         let hidden = self.dialogs.get(&call_id).is_some_and(|d| self.dialog_hides((d.caller, d.callee)));
         if let (true, Some(proto), Some(d)) = (up_realm != realm || hidden, up_proto, self.dialogs.get(&call_id)) {
             let vias: Vec<&str> = d.caller_vias.iter().map(String::as_str).collect();
-            let _ = forward::back_across(&mut msg, &vias, self.me(up_realm), proto);
+            let contact = forward::back_across(&mut msg, &vias, self.me(up_realm), proto);
+            // A call answered here after a takeover: the caller's requests
+            // go to the callee's own Contact, which the caller never sees.
+            if let (Some(c), Some(d)) = (contact, self.dialogs.get_mut(&call_id)) {
+                if d.state == DialogState::Early || d.callee_contact.is_none() {
+                    d.keep_contact(false, c);
+                }
+            }
         }
         let Some(next) = msg.top_via() else { return };
         if let (Some(from), Some(to)) = (msg.from_tag(), msg.to_tag()) {

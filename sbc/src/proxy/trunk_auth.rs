@@ -20,6 +20,10 @@
 //!   go out shifted by it, and the responses it gets carry its own CSeq
 //!   back. CANCEL and the ACK for a non-2xx are built by the transaction
 //!   layer from the request as sent, so they match the re-sent INVITE.
+//! - The offsets of a dialog's senders are replicated with it
+//!   (`DialogRecord::cseq_offsets`): the map here is the live index, the
+//!   dialog's record is written again whenever an offset grows, and a node
+//!   taking over puts them back ([`CarrierAuth::restore_offset`]).
 //!
 //! The registrations to carriers are in `trunk_reg`; [`CarrierAuth`] holds
 //! the state of both.
@@ -73,6 +77,24 @@ impl CarrierAuth {
             metrics.trunk_registered(r.trunk, Some(false));
         }
         Self { offsets: HashMap::new(), regs, reg_txns: HashMap::new(), last_now: None }
+    }
+}
+
+impl CarrierAuth {
+    /// `(From-tag, n)` for each of `tags` (a dialog's senders) whose
+    /// requests in call `call_id` are shifted by `n`.
+    pub(super) fn offsets_of<'a>(&self, call_id: &str, tags: impl Iterator<Item = &'a str>) -> Vec<(String, u32)> {
+        tags.filter_map(|t| {
+            let o = self.offsets.get(&(call_id.to_owned(), t.to_owned()))?;
+            Some((t.to_owned(), o.n))
+        })
+        .collect()
+    }
+
+    /// Puts back the offset of a sender in a call taken over from the HA
+    /// peer.
+    pub(super) fn restore_offset(&mut self, call_id: &str, tag: &str, n: u32, now: Instant) {
+        self.offsets.insert((call_id.to_owned(), tag.to_owned()), Offset { n, since: now });
     }
 }
 
@@ -312,6 +334,8 @@ impl Core {
         let o = self.carrier.offsets.entry(key).or_insert(Offset { n: 0, since: now });
         o.n += 1;
         o.since = now;
+        // The dialog's record carries the offset to the HA peer.
+        self.dialogs.mark_changed(&call_id);
         Challenged::Retried
     }
 

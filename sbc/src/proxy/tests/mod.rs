@@ -8,6 +8,7 @@
 mod call;
 mod cancel;
 mod failover;
+mod ha_state;
 mod policy;
 mod realms;
 mod sip;

@@ -25,7 +25,7 @@ fn config(extra: &str) -> String {
 }
 
 /// `code` (401 or 407) to `req` with the given challenges (header values).
-fn challenge(req: &Message, code: u16, challenges: &[String]) -> Vec<u8> {
+pub(super) fn challenge(req: &Message, code: u16, challenges: &[String]) -> Vec<u8> {
     let mut r = req.response_with_tag(code, "Authentication Required", "ch1");
     let name = if code == 407 { "Proxy-Authenticate" } else { "WWW-Authenticate" };
     for c in challenges {
@@ -34,7 +34,7 @@ fn challenge(req: &Message, code: u16, challenges: &[String]) -> Vec<u8> {
     r.to_bytes()
 }
 
-fn digest(nonce: &str, alg: &str) -> String {
+pub(super) fn digest(nonce: &str, alg: &str) -> String {
     format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm={alg}, qop=\"auth\"")
 }
 
