@@ -517,18 +517,19 @@ fn handle_into(
     true
 }
 
-/// Commands handled before the queued worker changes are handed over and
-/// the replies sent.
-const BATCH: usize = 16;
+/// Commands read (with one `recvmmsg`) and handled before their replies
+/// are sent (with one `sendmmsg`) and the queued worker changes handed over.
+const BATCH: usize = crate::sys::udp::MANY;
 
 /// Serves the ng protocol on `socket` until `shutdown` is set.
 ///
-/// Datagrams are read and answered in batches of what is queued (at most
-/// 16). After each batch its replies are sent back to back, so a client
-/// waiting for several replies is woken once rather than once per reply,
-/// and then the queued worker changes are flushed with one wakeup (the
-/// sockets are bound and steered before any reply; a worker woken first
-/// would only delay the replies on a shared core).
+/// Datagrams are read in batches of what is queued (at most 16, one
+/// `recvmmsg`) and answered in order. After each batch its replies are sent
+/// back to back with one `sendmmsg`, so a client waiting for several
+/// replies is woken once rather than once per reply, and then the queued
+/// worker changes are flushed with one wakeup (the sockets are bound and
+/// steered before any reply; a worker woken first would only delay the
+/// replies on a shared core).
 ///
 /// # Errors
 /// When the socket cannot be polled.
@@ -540,13 +541,18 @@ pub fn serve(
     cache_age: Duration,
     shutdown: &AtomicBool,
 ) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     socket.set_nonblocking(true)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
+    let fd = socket.as_raw_fd();
     let mut poll = mio::Poll::new()?;
     poll.registry().register(&mut socket, mio::Token(0), mio::Interest::READABLE)?;
     let mut events = mio::Events::with_capacity(8);
     let mut cache = ReplyCache::new(cache_size, cache_age);
-    let mut buf = vec![0u8; 65536];
+    // A UDP datagram is at most 64 KiB; pages are touched only as
+    // datagrams that long arrive.
+    let mut bufs: Vec<Box<[u8]>> = (0..BATCH).map(|_| vec![0u8; 65536].into_boxed_slice()).collect();
+    let mut meta = [(0usize, None::<SocketAddr>); BATCH];
     // Reused for every batch: no allocation per reply beyond the cached copy.
     let mut replies: Vec<(SocketAddr, Vec<u8>)> = (0..BATCH).map(|_| (buf_addr(), Vec::new())).collect();
     while !shutdown.load(Relaxed) {
@@ -555,38 +561,37 @@ pub fn serve(
                 return Err(e);
             }
         }
-        let mut drained = false;
-        while !drained {
-            // Under a steady stream of commands the socket is never drained:
-            // the batch bound hands the queued changes to the workers every
-            // few commands too, so their rings never fill.
+        // Edge-triggered: read until nothing is queued. Under a steady
+        // stream of commands the socket is never drained: the batch bound
+        // hands the queued changes to the workers every few commands too,
+        // so their rings never fill.
+        loop {
+            let n = match crate::sys::udp::recv_many(fd, &mut bufs, &mut meta) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ng socket receive failed");
+                    0
+                }
+            };
+            if n == 0 {
+                break;
+            }
             let mut n_replies = 0;
-            let mut handled = 0;
-            while handled < BATCH {
-                let (n, src) = match socket.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        if e.kind() != std::io::ErrorKind::WouldBlock {
-                            tracing::warn!(error = %e, "ng socket receive failed");
-                        }
-                        drained = true;
-                        break;
-                    }
-                };
-                let Some(datagram) = buf.get(..n) else { continue };
-                handled += 1;
+            for (buf, &(len, src)) in bufs.iter().zip(&meta).take(n) {
+                let (Some(src), Some(datagram)) = (src, buf.get(..len)) else { continue };
                 let Some((to, reply)) = replies.get_mut(n_replies) else { break };
                 if handle_into(ctl, &mut cache, counters, src, datagram, Instant::now(), reply) {
                     *to = src;
                     n_replies += 1;
                 }
             }
-            for (to, reply) in replies.iter().take(n_replies) {
-                if let Err(e) = socket.send_to(reply, *to) {
-                    tracing::warn!(error = %e, src = %to, "ng reply could not be sent");
-                }
+            let mut out = [(buf_addr(), &[][..]); BATCH];
+            for (o, (to, reply)) in out.iter_mut().zip(&replies).take(n_replies) {
+                *o = (*to, reply.as_slice());
             }
+            crate::sys::udp::send_many(fd, &out[..n_replies], |i, e| {
+                tracing::warn!(error = %e, src = %out[i].0, "ng reply could not be sent");
+            });
             ctl.flush();
         }
     }

@@ -135,17 +135,19 @@ impl Device for SocketDevice {
         if let Err(e) = sys::enable_rxq_ovfl(socket.as_raw_fd()) {
             tracing::debug!(error = %e, "SO_RXQ_OVFL not available");
         }
-        let mut socket = mio::net::UdpSocket::from_std(socket);
-        if let Err(e) = self.poll.registry().register(&mut socket, Token(token), Interest::READABLE) {
-            tracing::error!(error = %e, "registering a media socket failed; it will be polled in rounds only");
-        }
+        let socket = mio::net::UdpSocket::from_std(socket);
         if self.ready.capacity() < token + 1 {
             self.ready.reserve(token + 1 - self.ready.len());
         }
-        // Packets may already be queued on the new socket (edge-triggered
-        // registration reports them), but serve it once to be sure.
-        self.ready.push_back(token);
-        SocketChannel { socket, overflow_seen: 0, queued: true }
+        let mut channel = SocketChannel { socket, overflow_seen: 0, queued: false };
+        // Packets already queued on a registered socket need no read here:
+        // `EPOLL_CTL_ADD` checks the socket's readiness and queues the event,
+        // so the next poll reports it (one `recvmmsg` per new socket saved).
+        if let Err(e) = self.poll.registry().register(&mut channel.socket, Token(token), Interest::READABLE) {
+            tracing::error!(error = %e, "registering a media socket failed; it is served once now");
+            self.enqueue(token, &mut channel);
+        }
+        channel
     }
 
     fn detach(&mut self, token: usize, channel: SocketChannel) {
