@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,80 +32,81 @@ pub struct NgCounters {
     pub dropped: AtomicU64,
 }
 
-/// One source's cached replies, by cookie.
-type ByCookie = HashMap<Box<[u8]>, Box<[u8]>>;
-
 /// Bounded reply cache keyed by (source, cookie).
 ///
-/// Keyed by source, then cookie, so a lookup borrows the cookie instead of
-/// copying it; a stored reply is one exact-size allocation.
+/// An entry's key is the source and the cookie in one byte string, shared
+/// by the index and the age queue, so a stored reply costs two exact-size
+/// allocations (key and reply); a lookup builds its key on the stack.
 pub struct ReplyCache {
-    map: HashMap<SocketAddr, ByCookie>,
-    order: VecDeque<(Instant, SocketAddr, Box<[u8]>)>,
-    len: usize,
+    map: HashMap<Rc<[u8]>, Box<[u8]>>,
+    order: VecDeque<(Instant, Rc<[u8]>)>,
     max: usize,
     age: Duration,
+    /// Scratch for building lookup keys.
+    key: Vec<u8>,
 }
 
 impl ReplyCache {
     /// A cache of at most `max` replies, each kept for `age`.
     #[must_use]
     pub fn new(max: usize, age: Duration) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), len: 0, max: max.max(1), age }
+        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1), age, key: Vec::with_capacity(320) }
+    }
+
+    /// `src` and `cookie` as one key, in `self.key`.
+    fn make_key(&mut self, src: SocketAddr, cookie: &[u8]) {
+        self.key.clear();
+        match src {
+            SocketAddr::V4(a) => self.key.extend_from_slice(&a.ip().octets()),
+            SocketAddr::V6(a) => self.key.extend_from_slice(&a.ip().octets()),
+        }
+        self.key.extend_from_slice(&src.port().to_be_bytes());
+        self.key.extend_from_slice(cookie);
     }
 
     /// The cached reply, if still fresh.
     pub fn get(&mut self, src: SocketAddr, cookie: &[u8], now: Instant) -> Option<&[u8]> {
         self.expire(now);
-        self.map.get(&src)?.get(cookie).map(AsRef::as_ref)
+        self.make_key(src, cookie);
+        self.map.get(self.key.as_slice()).map(AsRef::as_ref)
     }
 
     /// Stores a reply, evicting the oldest when full.
-    pub fn put(&mut self, src: SocketAddr, cookie: &[u8], reply: Vec<u8>, now: Instant) {
+    pub fn put(&mut self, src: SocketAddr, cookie: &[u8], reply: &[u8], now: Instant) {
         self.expire(now);
-        while self.len >= self.max {
-            let Some((_, s, c)) = self.order.pop_front() else { break };
-            self.remove(s, &c);
-        }
-        let replies = self.map.entry(src).or_default();
-        if let Some(old) = replies.get_mut(cookie) {
-            *old = reply.into_boxed_slice();
+        self.make_key(src, cookie);
+        if let Some(old) = self.map.get_mut(self.key.as_slice()) {
+            *old = reply.into();
             return;
         }
-        replies.insert(cookie.into(), reply.into_boxed_slice());
-        self.len += 1;
-        self.order.push_back((now, src, cookie.into()));
+        while self.map.len() >= self.max {
+            let Some((_, k)) = self.order.pop_front() else { break };
+            self.map.remove(&k);
+        }
+        let key: Rc<[u8]> = Rc::from(self.key.as_slice());
+        self.map.insert(Rc::clone(&key), reply.into());
+        self.order.push_back((now, key));
     }
 
     /// Number of cached replies.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Whether the cache is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn remove(&mut self, src: SocketAddr, cookie: &[u8]) {
-        let Some(replies) = self.map.get_mut(&src) else { return };
-        if replies.remove(cookie).is_some() {
-            self.len -= 1;
-        }
-        if replies.is_empty() {
-            self.map.remove(&src);
-        }
+        self.map.is_empty()
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some((t, _, _)) = self.order.front() {
+        while let Some((t, _)) = self.order.front() {
             if now.duration_since(*t) < self.age {
                 break;
             }
-            if let Some((_, s, c)) = self.order.pop_front() {
-                self.remove(s, &c);
+            if let Some((_, k)) = self.order.pop_front() {
+                self.map.remove(&k);
             }
         }
     }
@@ -166,6 +168,8 @@ fn sdp_options(d: &ValueRef<'_>) -> SdpOptions {
 /// straight from the report (it is the largest reply, sent on every delete).
 enum Reply {
     Dict(Value),
+    /// `{result: ok, sdp: ...}`, the reply to an offer or an answer.
+    Sdp(Vec<u8>),
     Report(CallReport),
 }
 
@@ -173,15 +177,31 @@ impl Reply {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Reply::Dict(v) => v.encode(out),
+            Reply::Sdp(sdp) => {
+                // As `sdp_value` encodes, without building it.
+                out.push(b'd');
+                bencode::write_bytes(out, b"result");
+                bencode::write_bytes(out, b"ok");
+                bencode::write_bytes(out, b"sdp");
+                bencode::write_bytes(out, sdp);
+                out.push(b'e');
+            }
             Reply::Report(r) => encode_report(r, out),
         }
     }
+}
+
+fn sdp_value(sdp: Vec<u8>) -> Value {
+    let mut v = ok();
+    v.insert("sdp", Value::Bytes(sdp));
+    v
 }
 
 /// Executes one decoded command. Returns the reply dictionary.
 pub fn dispatch(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Value {
     match execute(ctl, &ValueRef::from(cmd), counters) {
         Reply::Dict(v) => v,
+        Reply::Sdp(sdp) => sdp_value(sdp),
         Reply::Report(r) => report_value(&r),
     }
 }
@@ -203,7 +223,7 @@ fn execute(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, counters: &NgCounters) ->
             v.insert("result", Value::str("pong"));
             Ok(Reply::Dict(v))
         }
-        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer").map(Reply::Dict),
+        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer").map(Reply::Sdp),
         "delete" => get_str(cmd, "call-id").and_then(|id| {
             let from = cmd.get("from-tag").and_then(ValueRef::as_str);
             ctl.delete(id, from).map(Reply::Report)
@@ -224,16 +244,17 @@ fn execute(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, counters: &NgCounters) ->
     })
 }
 
-fn sdp_command(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, answer: bool) -> Result<Value, RelayError> {
+fn sdp_command(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, answer: bool) -> Result<Vec<u8>, RelayError> {
     let call_id = get_str(cmd, "call-id")?;
     let from_tag = get_str(cmd, "from-tag")?;
     let to_tag = cmd.get("to-tag").and_then(ValueRef::as_str).filter(|t| !t.is_empty());
     let sdp = cmd.get("sdp").and_then(ValueRef::as_bytes).ok_or(RelayError::MissingKey("sdp"))?;
     let req = SdpRequest { call_id, from_tag, to_tag, sdp, opts: sdp_options(cmd) };
-    let out = if answer { ctl.answer(&req)? } else { ctl.offer(&req)? };
-    let mut v = ok();
-    v.insert("sdp", Value::Bytes(out));
-    Ok(v)
+    if answer {
+        ctl.answer(&req)
+    } else {
+        ctl.offer(&req)
+    }
 }
 
 fn endpoint_value(a: SocketAddr) -> Value {
@@ -318,6 +339,30 @@ pub fn report_value(r: &CallReport) -> Value {
     v
 }
 
+/// Appends `ip`'s text as a bencoded string, as `Value::from(ip.to_string())`
+/// encodes: an IPv4 address without an allocation.
+fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    let std::net::IpAddr::V4(v4) = ip else {
+        bencode::write_bytes(out, ip.to_string().as_bytes());
+        return;
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [o / 100, o / 10 % 10, o % 10];
+        let skip = if o >= 100 { 0 } else if o >= 10 { 1 } else { 2 };
+        for d in &digits[skip..] {
+            text[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    bencode::write_bytes(out, &text[..len]);
+}
+
 /// Writes `report_value(r)` to `out` byte for byte, without building it.
 fn encode_report(r: &CallReport, out: &mut Vec<u8>) {
     use bencode::{write_bytes as key, write_int as int, write_uint as uint};
@@ -326,7 +371,7 @@ fn encode_report(r: &CallReport, out: &mut Vec<u8>) {
         key(out, b"family");
         key(out, if a.is_ipv4() { b"IPv4" } else { b"IPv6" });
         key(out, b"address");
-        key(out, a.ip().to_string().as_bytes());
+        write_ip(out, a.ip());
         key(out, b"port");
         int(out, i64::from(a.port()));
         out.push(b'e');
@@ -513,7 +558,7 @@ fn handle_into(
     out.extend_from_slice(cookie);
     out.push(b' ');
     reply.encode(out);
-    cache.put(src, cookie, out.clone(), now);
+    cache.put(src, cookie, out, now);
     true
 }
 
@@ -666,13 +711,31 @@ mod tests {
     }
 
     #[test]
+    fn ip_text_is_the_display_text() {
+        for ip in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "192.0.2.1", "2001:db8::1"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(out, Value::from(ip.to_string()).to_bytes(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn sdp_reply_encodes_as_its_value() {
+        let sdp = b"v=0\r\nm=audio 30000 RTP/AVP 0\r\n".to_vec();
+        let mut direct = Vec::new();
+        Reply::Sdp(sdp.clone()).encode(&mut direct);
+        assert_eq!(direct, sdp_value(sdp).to_bytes());
+    }
+
+    #[test]
     fn cache_is_bounded_in_size_and_age() {
         let t0 = Instant::now();
         let src: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut c = ReplyCache::new(2, Duration::from_secs(30));
-        c.put(src, b"a", b"A".to_vec(), t0);
-        c.put(src, b"b", b"B".to_vec(), t0);
-        c.put(src, b"c", b"C".to_vec(), t0);
+        c.put(src, b"a", b"A", t0);
+        c.put(src, b"b", b"B", t0);
+        c.put(src, b"c", b"C", t0);
         assert_eq!(c.len(), 2);
         assert!(c.get(src, b"a", t0).is_none(), "oldest evicted");
         assert_eq!(c.get(src, b"c", t0), Some(&b"C"[..]));
