@@ -8,8 +8,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -354,7 +354,13 @@ fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
             len += 1;
         }
         let digits = [o / 100, o / 10 % 10, o % 10];
-        let skip = if o >= 100 { 0 } else if o >= 10 { 1 } else { 2 };
+        let skip = if o >= 100 {
+            0
+        } else if o >= 10 {
+            1
+        } else {
+            2
+        };
         for d in &digits[skip..] {
             text[len] = b'0' + d;
             len += 1;
@@ -606,10 +612,13 @@ pub fn serve(
                 return Err(e);
             }
         }
-        // Edge-triggered: read until nothing is queued. Under a steady
-        // stream of commands the socket is never drained: the batch bound
-        // hands the queued changes to the workers every few commands too,
-        // so their rings never fill.
+        // Edge-triggered: read until nothing is queued. A short batch means
+        // the queue was empty when it was read, and a datagram queued since
+        // raises a new event, so it needs no extra read to find out (the
+        // poll timeout reads again in any case). Under a steady stream of
+        // commands the socket is never drained: the batch bound hands the
+        // queued changes to the workers every few commands too, so their
+        // rings never fill.
         loop {
             let n = match crate::sys::udp::recv_many(fd, &mut bufs, &mut meta) {
                 Ok(n) => n,
@@ -638,6 +647,9 @@ pub fn serve(
                 tracing::warn!(error = %e, src = %out[i].0, "ng reply could not be sent");
             });
             ctl.flush();
+            if n < BATCH {
+                break;
+            }
         }
     }
     Ok(())

@@ -188,6 +188,8 @@ struct Figures {
     lat_at_pps: f64,
     ng_cycles: f64,
     ng_windowed: f64,
+    /// The relay's CPU time per cycle in each ng row, microseconds.
+    ng_cpu_us: [f64; 2],
     mem_per_session_b: f64,
     overload_silenced: usize,
     overload_flows_with_loss: usize,
@@ -278,12 +280,22 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
     let (proc, flows) = if kind == Kind::Bare {
         // No ng, no sessions: only the packet figures.
         (fig.ng_cycles, fig.ng_windowed, fig.mem_per_session_b) = (f64::NAN, f64::NAN, f64::NAN);
+        fig.ng_cpu_us = [f64::NAN; 2];
         start_bare(bin, &socks, a.flows)?
     } else {
         let relay = start(kind, bin, ng_port)?;
         let secs = a.ng_secs.unwrap_or(if a.quick { 1.0 } else { 3.0 });
+        // The relay's CPU time over each row, per cycle: what a cycle
+        // costs the relay, whatever else the machine runs.
+        let pid = relay.proc.pid();
+        let per_cycle =
+            |rate: f64, cpu0: f64, t0: Instant| (cpu_time_us(pid) - cpu0) / (rate * t0.elapsed().as_secs_f64());
+        let (cpu0, t0) = (cpu_time_us(pid), Instant::now());
         fig.ng_cycles = ng_cycles(relay.ng, &legs, secs)?;
+        fig.ng_cpu_us[0] = per_cycle(fig.ng_cycles, cpu0, t0);
+        let (cpu0, t0) = (cpu_time_us(pid), Instant::now());
         fig.ng_windowed = cycle_rate(relay.ng, &legs, secs, a.ng_window)?;
+        fig.ng_cpu_us[1] = per_cycle(fig.ng_windowed, cpu0, t0);
         if a.ng_only {
             return Ok(fig);
         }
@@ -480,6 +492,8 @@ fn main() -> std::process::ExitCode {
     row("  ...measured at pps", &|f| f.lat_at_pps);
     row("ng offer+answer+delete cycles/s, 16 per batch", &|f| f.ng_cycles);
     row(&format!("ng offer+answer+delete cycles/s, {} in flight", a.ng_window), &|f| f.ng_windowed);
+    row("  ...relay CPU us per cycle, 16 per batch", &|f| f.ng_cpu_us[0]);
+    row(&format!("  ...relay CPU us per cycle, {} in flight", a.ng_window), &|f| f.ng_cpu_us[1]);
     row("relay memory per session, bytes (RSS delta)", &|f| f.mem_per_session_b);
     row("overload 2x: loss %", &|f| f.overload_loss * 100.0);
     row("overload 2x: flows with loss", &|f| f.overload_flows_with_loss as f64);
