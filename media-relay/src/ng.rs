@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,80 +32,81 @@ pub struct NgCounters {
     pub dropped: AtomicU64,
 }
 
-/// One source's cached replies, by cookie.
-type ByCookie = HashMap<Box<[u8]>, Box<[u8]>>;
-
 /// Bounded reply cache keyed by (source, cookie).
 ///
-/// Keyed by source, then cookie, so a lookup borrows the cookie instead of
-/// copying it; a stored reply is one exact-size allocation.
+/// An entry's key is the source and the cookie in one byte string, shared
+/// by the index and the age queue, so a stored reply costs two exact-size
+/// allocations (key and reply); a lookup builds its key on the stack.
 pub struct ReplyCache {
-    map: HashMap<SocketAddr, ByCookie>,
-    order: VecDeque<(Instant, SocketAddr, Box<[u8]>)>,
-    len: usize,
+    map: HashMap<Rc<[u8]>, Box<[u8]>>,
+    order: VecDeque<(Instant, Rc<[u8]>)>,
     max: usize,
     age: Duration,
+    /// Scratch for building lookup keys.
+    key: Vec<u8>,
 }
 
 impl ReplyCache {
     /// A cache of at most `max` replies, each kept for `age`.
     #[must_use]
     pub fn new(max: usize, age: Duration) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), len: 0, max: max.max(1), age }
+        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1), age, key: Vec::with_capacity(320) }
+    }
+
+    /// `src` and `cookie` as one key, in `self.key`.
+    fn make_key(&mut self, src: SocketAddr, cookie: &[u8]) {
+        self.key.clear();
+        match src {
+            SocketAddr::V4(a) => self.key.extend_from_slice(&a.ip().octets()),
+            SocketAddr::V6(a) => self.key.extend_from_slice(&a.ip().octets()),
+        }
+        self.key.extend_from_slice(&src.port().to_be_bytes());
+        self.key.extend_from_slice(cookie);
     }
 
     /// The cached reply, if still fresh.
     pub fn get(&mut self, src: SocketAddr, cookie: &[u8], now: Instant) -> Option<&[u8]> {
         self.expire(now);
-        self.map.get(&src)?.get(cookie).map(AsRef::as_ref)
+        self.make_key(src, cookie);
+        self.map.get(self.key.as_slice()).map(AsRef::as_ref)
     }
 
     /// Stores a reply, evicting the oldest when full.
-    pub fn put(&mut self, src: SocketAddr, cookie: &[u8], reply: Vec<u8>, now: Instant) {
+    pub fn put(&mut self, src: SocketAddr, cookie: &[u8], reply: &[u8], now: Instant) {
         self.expire(now);
-        while self.len >= self.max {
-            let Some((_, s, c)) = self.order.pop_front() else { break };
-            self.remove(s, &c);
-        }
-        let replies = self.map.entry(src).or_default();
-        if let Some(old) = replies.get_mut(cookie) {
-            *old = reply.into_boxed_slice();
+        self.make_key(src, cookie);
+        if let Some(old) = self.map.get_mut(self.key.as_slice()) {
+            *old = reply.into();
             return;
         }
-        replies.insert(cookie.into(), reply.into_boxed_slice());
-        self.len += 1;
-        self.order.push_back((now, src, cookie.into()));
+        while self.map.len() >= self.max {
+            let Some((_, k)) = self.order.pop_front() else { break };
+            self.map.remove(&k);
+        }
+        let key: Rc<[u8]> = Rc::from(self.key.as_slice());
+        self.map.insert(Rc::clone(&key), reply.into());
+        self.order.push_back((now, key));
     }
 
     /// Number of cached replies.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Whether the cache is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn remove(&mut self, src: SocketAddr, cookie: &[u8]) {
-        let Some(replies) = self.map.get_mut(&src) else { return };
-        if replies.remove(cookie).is_some() {
-            self.len -= 1;
-        }
-        if replies.is_empty() {
-            self.map.remove(&src);
-        }
+        self.map.is_empty()
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some((t, _, _)) = self.order.front() {
+        while let Some((t, _)) = self.order.front() {
             if now.duration_since(*t) < self.age {
                 break;
             }
-            if let Some((_, s, c)) = self.order.pop_front() {
-                self.remove(s, &c);
+            if let Some((_, k)) = self.order.pop_front() {
+                self.map.remove(&k);
             }
         }
     }
@@ -166,6 +168,8 @@ fn sdp_options(d: &ValueRef<'_>) -> SdpOptions {
 /// straight from the report (it is the largest reply, sent on every delete).
 enum Reply {
     Dict(Value),
+    /// `{result: ok, sdp: ...}`, the reply to an offer or an answer.
+    Sdp(Vec<u8>),
     Report(CallReport),
 }
 
@@ -173,15 +177,31 @@ impl Reply {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Reply::Dict(v) => v.encode(out),
+            Reply::Sdp(sdp) => {
+                // As `sdp_value` encodes, without building it.
+                out.push(b'd');
+                bencode::write_bytes(out, b"result");
+                bencode::write_bytes(out, b"ok");
+                bencode::write_bytes(out, b"sdp");
+                bencode::write_bytes(out, sdp);
+                out.push(b'e');
+            }
             Reply::Report(r) => encode_report(r, out),
         }
     }
+}
+
+fn sdp_value(sdp: Vec<u8>) -> Value {
+    let mut v = ok();
+    v.insert("sdp", Value::Bytes(sdp));
+    v
 }
 
 /// Executes one decoded command. Returns the reply dictionary.
 pub fn dispatch(ctl: &dyn MediaControl, cmd: &Value, counters: &NgCounters) -> Value {
     match execute(ctl, &ValueRef::from(cmd), counters) {
         Reply::Dict(v) => v,
+        Reply::Sdp(sdp) => sdp_value(sdp),
         Reply::Report(r) => report_value(&r),
     }
 }
@@ -203,7 +223,7 @@ fn execute(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, counters: &NgCounters) ->
             v.insert("result", Value::str("pong"));
             Ok(Reply::Dict(v))
         }
-        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer").map(Reply::Dict),
+        "offer" | "answer" => sdp_command(ctl, cmd, COMMANDS[idx] == "answer").map(Reply::Sdp),
         "delete" => get_str(cmd, "call-id").and_then(|id| {
             let from = cmd.get("from-tag").and_then(ValueRef::as_str);
             ctl.delete(id, from).map(Reply::Report)
@@ -224,16 +244,17 @@ fn execute(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, counters: &NgCounters) ->
     })
 }
 
-fn sdp_command(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, answer: bool) -> Result<Value, RelayError> {
+fn sdp_command(ctl: &dyn MediaControl, cmd: &ValueRef<'_>, answer: bool) -> Result<Vec<u8>, RelayError> {
     let call_id = get_str(cmd, "call-id")?;
     let from_tag = get_str(cmd, "from-tag")?;
     let to_tag = cmd.get("to-tag").and_then(ValueRef::as_str).filter(|t| !t.is_empty());
     let sdp = cmd.get("sdp").and_then(ValueRef::as_bytes).ok_or(RelayError::MissingKey("sdp"))?;
     let req = SdpRequest { call_id, from_tag, to_tag, sdp, opts: sdp_options(cmd) };
-    let out = if answer { ctl.answer(&req)? } else { ctl.offer(&req)? };
-    let mut v = ok();
-    v.insert("sdp", Value::Bytes(out));
-    Ok(v)
+    if answer {
+        ctl.answer(&req)
+    } else {
+        ctl.offer(&req)
+    }
 }
 
 fn endpoint_value(a: SocketAddr) -> Value {
@@ -318,6 +339,36 @@ pub fn report_value(r: &CallReport) -> Value {
     v
 }
 
+/// Appends `ip`'s text as a bencoded string, as `Value::from(ip.to_string())`
+/// encodes: an IPv4 address without an allocation.
+fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    let std::net::IpAddr::V4(v4) = ip else {
+        bencode::write_bytes(out, ip.to_string().as_bytes());
+        return;
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [o / 100, o / 10 % 10, o % 10];
+        let skip = if o >= 100 {
+            0
+        } else if o >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            text[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    bencode::write_bytes(out, &text[..len]);
+}
+
 /// Writes `report_value(r)` to `out` byte for byte, without building it.
 fn encode_report(r: &CallReport, out: &mut Vec<u8>) {
     use bencode::{write_bytes as key, write_int as int, write_uint as uint};
@@ -326,7 +377,7 @@ fn encode_report(r: &CallReport, out: &mut Vec<u8>) {
         key(out, b"family");
         key(out, if a.is_ipv4() { b"IPv4" } else { b"IPv6" });
         key(out, b"address");
-        key(out, a.ip().to_string().as_bytes());
+        write_ip(out, a.ip());
         key(out, b"port");
         int(out, i64::from(a.port()));
         out.push(b'e');
@@ -513,22 +564,23 @@ fn handle_into(
     out.extend_from_slice(cookie);
     out.push(b' ');
     reply.encode(out);
-    cache.put(src, cookie, out.clone(), now);
+    cache.put(src, cookie, out, now);
     true
 }
 
-/// Commands handled before the queued worker changes are handed over and
-/// the replies sent.
-const BATCH: usize = 16;
+/// Commands read (with one `recvmmsg`) and handled before their replies
+/// are sent (with one `sendmmsg`) and the queued worker changes handed over.
+const BATCH: usize = crate::sys::udp::MANY;
 
 /// Serves the ng protocol on `socket` until `shutdown` is set.
 ///
-/// Datagrams are read and answered in batches of what is queued (at most
-/// 16). After each batch its replies are sent back to back, so a client
-/// waiting for several replies is woken once rather than once per reply,
-/// and then the queued worker changes are flushed with one wakeup (the
-/// sockets are bound and steered before any reply; a worker woken first
-/// would only delay the replies on a shared core).
+/// Datagrams are read in batches of what is queued (at most 16, one
+/// `recvmmsg`) and answered in order. After each batch its replies are sent
+/// back to back with one `sendmmsg`, so a client waiting for several
+/// replies is woken once rather than once per reply, and then the queued
+/// worker changes are flushed with one wakeup (the sockets are bound and
+/// steered before any reply; a worker woken first would only delay the
+/// replies on a shared core).
 ///
 /// # Errors
 /// When the socket cannot be polled.
@@ -540,13 +592,18 @@ pub fn serve(
     cache_age: Duration,
     shutdown: &AtomicBool,
 ) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     socket.set_nonblocking(true)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
+    let fd = socket.as_raw_fd();
     let mut poll = mio::Poll::new()?;
     poll.registry().register(&mut socket, mio::Token(0), mio::Interest::READABLE)?;
     let mut events = mio::Events::with_capacity(8);
     let mut cache = ReplyCache::new(cache_size, cache_age);
-    let mut buf = vec![0u8; 65536];
+    // A UDP datagram is at most 64 KiB; pages are touched only as
+    // datagrams that long arrive.
+    let mut bufs: Vec<Box<[u8]>> = (0..BATCH).map(|_| vec![0u8; 65536].into_boxed_slice()).collect();
+    let mut meta = [(0usize, None::<SocketAddr>); BATCH];
     // Reused for every batch: no allocation per reply beyond the cached copy.
     let mut replies: Vec<(SocketAddr, Vec<u8>)> = (0..BATCH).map(|_| (buf_addr(), Vec::new())).collect();
     while !shutdown.load(Relaxed) {
@@ -555,39 +612,44 @@ pub fn serve(
                 return Err(e);
             }
         }
-        let mut drained = false;
-        while !drained {
-            // Under a steady stream of commands the socket is never drained:
-            // the batch bound hands the queued changes to the workers every
-            // few commands too, so their rings never fill.
+        // Edge-triggered: read until nothing is queued. A short batch means
+        // the queue was empty when it was read, and a datagram queued since
+        // raises a new event, so it needs no extra read to find out (the
+        // poll timeout reads again in any case). Under a steady stream of
+        // commands the socket is never drained: the batch bound hands the
+        // queued changes to the workers every few commands too, so their
+        // rings never fill.
+        loop {
+            let n = match crate::sys::udp::recv_many(fd, &mut bufs, &mut meta) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ng socket receive failed");
+                    0
+                }
+            };
+            if n == 0 {
+                break;
+            }
             let mut n_replies = 0;
-            let mut handled = 0;
-            while handled < BATCH {
-                let (n, src) = match socket.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        if e.kind() != std::io::ErrorKind::WouldBlock {
-                            tracing::warn!(error = %e, "ng socket receive failed");
-                        }
-                        drained = true;
-                        break;
-                    }
-                };
-                let Some(datagram) = buf.get(..n) else { continue };
-                handled += 1;
+            for (buf, &(len, src)) in bufs.iter().zip(&meta).take(n) {
+                let (Some(src), Some(datagram)) = (src, buf.get(..len)) else { continue };
                 let Some((to, reply)) = replies.get_mut(n_replies) else { break };
                 if handle_into(ctl, &mut cache, counters, src, datagram, Instant::now(), reply) {
                     *to = src;
                     n_replies += 1;
                 }
             }
-            for (to, reply) in replies.iter().take(n_replies) {
-                if let Err(e) = socket.send_to(reply, *to) {
-                    tracing::warn!(error = %e, src = %to, "ng reply could not be sent");
-                }
+            let mut out = [(buf_addr(), &[][..]); BATCH];
+            for (o, (to, reply)) in out.iter_mut().zip(&replies).take(n_replies) {
+                *o = (*to, reply.as_slice());
             }
+            crate::sys::udp::send_many(fd, &out[..n_replies], |i, e| {
+                tracing::warn!(error = %e, src = %out[i].0, "ng reply could not be sent");
+            });
             ctl.flush();
+            if n < BATCH {
+                break;
+            }
         }
     }
     Ok(())
@@ -661,13 +723,31 @@ mod tests {
     }
 
     #[test]
+    fn ip_text_is_the_display_text() {
+        for ip in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "192.0.2.1", "2001:db8::1"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(out, Value::from(ip.to_string()).to_bytes(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn sdp_reply_encodes_as_its_value() {
+        let sdp = b"v=0\r\nm=audio 30000 RTP/AVP 0\r\n".to_vec();
+        let mut direct = Vec::new();
+        Reply::Sdp(sdp.clone()).encode(&mut direct);
+        assert_eq!(direct, sdp_value(sdp).to_bytes());
+    }
+
+    #[test]
     fn cache_is_bounded_in_size_and_age() {
         let t0 = Instant::now();
         let src: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut c = ReplyCache::new(2, Duration::from_secs(30));
-        c.put(src, b"a", b"A".to_vec(), t0);
-        c.put(src, b"b", b"B".to_vec(), t0);
-        c.put(src, b"c", b"C".to_vec(), t0);
+        c.put(src, b"a", b"A", t0);
+        c.put(src, b"b", b"B", t0);
+        c.put(src, b"c", b"C", t0);
         assert_eq!(c.len(), 2);
         assert!(c.get(src, b"a", t0).is_none(), "oldest evicted");
         assert_eq!(c.get(src, b"c", t0), Some(&b"C"[..]));

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bench::gen::{run_step, sockets, sockets_on, Flow, StepResult};
 use bench::median;
-use bench::ng::{command, cycle_rate, delete_call, offer_answer, setup_call_on, Legs, NgClient};
+use bench::ng::{cycle_rate, delete_call, setup_call_on, CycleTemplates, Legs, NgClient};
 use bench::procfs::rss_kib;
 use bench::spawn::{bin_beside, RelayProcess};
 use clap::Parser;
@@ -188,6 +188,8 @@ struct Figures {
     lat_at_pps: f64,
     ng_cycles: f64,
     ng_windowed: f64,
+    /// The relay's CPU time per cycle in each ng row, microseconds.
+    ng_cpu_us: [f64; 2],
     mem_per_session_b: f64,
     overload_silenced: usize,
     overload_flows_with_loss: usize,
@@ -195,16 +197,22 @@ struct Figures {
     overload_loss: f64,
 }
 
+/// Offer+answer+delete cycles per second, 16 calls at a time: their 16
+/// offers at once, then the 16 answers, then the 16 deletes, each step
+/// waiting for every reply.
 fn ng_cycles(ng: SocketAddr, legs: &Legs, secs: f64) -> Result<f64, String> {
     let mut c = NgClient::new(ng).map_err(|e| e.to_string())?;
+    let templates = CycleTemplates::new(legs, 4000, 4000);
+    let mut bodies = vec![Vec::new(); 16];
     let t0 = Instant::now();
     let mut n = 0u64;
     while t0.elapsed().as_secs_f64() < secs {
-        let ids: Vec<String> = (0..16).map(|k| format!("cyc-{n}-{k}")).collect();
-        let (offers, answers): (Vec<_>, Vec<_>) = ids.iter().map(|id| offer_answer(id, legs, 4000, 4000)).unzip();
-        let deletes: Vec<_> = ids.iter().map(|id| command("delete", id, "a", None, None)).collect();
-        for b in [offers, answers, deletes] {
-            c.pipeline(&b)?;
+        for step in 0..3 {
+            for (k, b) in bodies.iter_mut().enumerate() {
+                b.clear();
+                templates.write(step, &format!("cyc-{n}-{k}"), b);
+            }
+            c.pipeline_ok(&bodies)?;
         }
         n += 16;
     }
@@ -272,12 +280,22 @@ fn measure(kind: Kind, bin: &PathBuf, a: &Args, ng_port: u16) -> Result<Figures,
     let (proc, flows) = if kind == Kind::Bare {
         // No ng, no sessions: only the packet figures.
         (fig.ng_cycles, fig.ng_windowed, fig.mem_per_session_b) = (f64::NAN, f64::NAN, f64::NAN);
+        fig.ng_cpu_us = [f64::NAN; 2];
         start_bare(bin, &socks, a.flows)?
     } else {
         let relay = start(kind, bin, ng_port)?;
         let secs = a.ng_secs.unwrap_or(if a.quick { 1.0 } else { 3.0 });
+        // The relay's CPU time over each row, per cycle: what a cycle
+        // costs the relay, whatever else the machine runs.
+        let pid = relay.proc.pid();
+        let per_cycle =
+            |rate: f64, cpu0: f64, t0: Instant| (cpu_time_us(pid) - cpu0) / (rate * t0.elapsed().as_secs_f64());
+        let (cpu0, t0) = (cpu_time_us(pid), Instant::now());
         fig.ng_cycles = ng_cycles(relay.ng, &legs, secs)?;
+        fig.ng_cpu_us[0] = per_cycle(fig.ng_cycles, cpu0, t0);
+        let (cpu0, t0) = (cpu_time_us(pid), Instant::now());
         fig.ng_windowed = cycle_rate(relay.ng, &legs, secs, a.ng_window)?;
+        fig.ng_cpu_us[1] = per_cycle(fig.ng_windowed, cpu0, t0);
         if a.ng_only {
             return Ok(fig);
         }
@@ -474,6 +492,8 @@ fn main() -> std::process::ExitCode {
     row("  ...measured at pps", &|f| f.lat_at_pps);
     row("ng offer+answer+delete cycles/s, 16 per batch", &|f| f.ng_cycles);
     row(&format!("ng offer+answer+delete cycles/s, {} in flight", a.ng_window), &|f| f.ng_windowed);
+    row("  ...relay CPU us per cycle, 16 per batch", &|f| f.ng_cpu_us[0]);
+    row(&format!("  ...relay CPU us per cycle, {} in flight", a.ng_window), &|f| f.ng_cpu_us[1]);
     row("relay memory per session, bytes (RSS delta)", &|f| f.mem_per_session_b);
     row("overload 2x: loss %", &|f| f.overload_loss * 100.0);
     row("overload 2x: flows with loss", &|f| f.overload_flows_with_loss as f64);

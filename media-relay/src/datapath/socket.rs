@@ -4,8 +4,9 @@
 //! [`Sessions`] table; this module is the I/O loop and its [`Device`].
 //!
 //! Hot path rules: per packet there is no allocation, no lock and no syscall;
-//! the clock is read once per batch and passed down. The control plane
-//! reaches the worker only through its bounded command ring.
+//! the clock is read once per batch and passed down (the one syscall that is
+//! not per batch is per socket: `SO_RXQ_OVFL`, at its first packets). The
+//! control plane reaches the worker only through its bounded command ring.
 //!
 //! Fairness under overload: sockets with queued packets sit in a round-robin
 //! ready queue and each visit reads at most one batch, so a busy socket can
@@ -51,6 +52,8 @@ pub struct SocketChannel {
     socket: mio::net::UdpSocket,
     /// The kernel's receive-queue drop counter, as last seen.
     overflow_seen: u32,
+    /// `SO_RXQ_OVFL` is on (see [`serve`]).
+    overflow_on: bool,
     /// In the ready queue.
     queued: bool,
 }
@@ -132,20 +135,19 @@ impl Device for SocketDevice {
     type Channel = SocketChannel;
 
     fn attach(&mut self, token: usize, socket: UdpSocket, _local: Option<SocketAddr>) -> SocketChannel {
-        if let Err(e) = sys::enable_rxq_ovfl(socket.as_raw_fd()) {
-            tracing::debug!(error = %e, "SO_RXQ_OVFL not available");
-        }
-        let mut socket = mio::net::UdpSocket::from_std(socket);
-        if let Err(e) = self.poll.registry().register(&mut socket, Token(token), Interest::READABLE) {
-            tracing::error!(error = %e, "registering a media socket failed; it will be polled in rounds only");
-        }
+        let socket = mio::net::UdpSocket::from_std(socket);
         if self.ready.capacity() < token + 1 {
             self.ready.reserve(token + 1 - self.ready.len());
         }
-        // Packets may already be queued on the new socket (edge-triggered
-        // registration reports them), but serve it once to be sure.
-        self.ready.push_back(token);
-        SocketChannel { socket, overflow_seen: 0, queued: true }
+        let mut channel = SocketChannel { socket, overflow_seen: 0, overflow_on: false, queued: false };
+        // Packets already queued on a registered socket need no read here:
+        // `EPOLL_CTL_ADD` checks the socket's readiness and queues the event,
+        // so the next poll reports it (one `recvmmsg` per new socket saved).
+        if let Err(e) = self.poll.registry().register(&mut channel.socket, Token(token), Interest::READABLE) {
+            tracing::error!(error = %e, "registering a media socket failed; it is served once now");
+            self.enqueue(token, &mut channel);
+        }
+        channel
     }
 
     fn detach(&mut self, token: usize, channel: SocketChannel) {
@@ -274,7 +276,19 @@ fn serve(table: &mut Sessions<SocketChannel>, dev: &mut SocketDevice, token: usi
     if n == 0 {
         return false;
     }
-    if let (Some(ovfl), Some(ch)) = (dev.batch.overflow_counter(), table.device_channel(token)) {
+    let Some(ch) = table.device_channel(token) else { return false };
+    if !ch.overflow_on {
+        // The drop counter is turned on at a socket's first packets, once
+        // per socket, not when it is attached: a call that never carries
+        // media costs no syscall for it. The kernel counts drops from the
+        // socket's creation, so none before this is missed: the counter
+        // comes with the packets queued after it.
+        ch.overflow_on = true;
+        if let Err(e) = sys::enable_rxq_ovfl(ch.socket.as_raw_fd()) {
+            tracing::debug!(error = %e, "SO_RXQ_OVFL not available");
+        }
+    }
+    if let Some(ovfl) = dev.batch.overflow_counter() {
         let delta = ovfl.wrapping_sub(ch.overflow_seen);
         ch.overflow_seen = ovfl;
         local.drop_rx_overflow += u64::from(delta);

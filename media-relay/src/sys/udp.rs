@@ -2,8 +2,10 @@
 //! `sendmmsg` from it, the receive-queue overflow counter (`SO_RXQ_OVFL`),
 //! and socket address conversion.
 //!
-//! Everything here is called by exactly one worker thread on buffers it owns.
-//! No function allocates; each call is one syscall for a whole batch.
+//! Everything here is called by exactly one thread on buffers it owns (a
+//! worker's media sockets; the ng server's control socket, [`recv_many`]
+//! and [`send_many`]). No function allocates; each call is one syscall for
+//! a whole batch.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -213,6 +215,102 @@ pub fn send_batch(fd: RawFd, batch: &RecvBatch, idx: &[u8], dest: SocketAddr) ->
     Ok(sent)
 }
 
+/// Datagrams per [`recv_many`] / [`send_many`] call, at most.
+pub const MANY: usize = 16;
+
+/// Receives up to `bufs.len()` (at most [`MANY`]) datagrams from `fd`
+/// without blocking, datagram `i` into `bufs[i]`, its length and source
+/// into `meta[i]` (a datagram longer than its buffer is dropped: its
+/// length is reported as 0). Returns how many arrived, 0 when nothing is
+/// queued.
+///
+/// # Errors
+/// Any error of `recvmmsg` other than `EAGAIN`/`EINTR`.
+pub fn recv_many(fd: RawFd, bufs: &mut [Box<[u8]>], meta: &mut [(usize, Option<SocketAddr>)]) -> io::Result<usize> {
+    let n = bufs.len().min(meta.len()).min(MANY);
+    // SAFETY: plain C structs; zero is a valid initial value.
+    let mut addrs: [libc::sockaddr_storage; MANY] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut iov: [libc::iovec; MANY] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MANY] = unsafe { zeroed() };
+    for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+        iov[i].iov_base = buf.as_mut_ptr().cast();
+        iov[i].iov_len = buf.len();
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = std::ptr::addr_of_mut!(addrs[i]).cast();
+        h.msg_namelen = socklen_of::<libc::sockaddr_storage>();
+        h.msg_iov = std::ptr::addr_of_mut!(iov[i]);
+        h.msg_iovlen = 1;
+    }
+    // SAFETY: hdrs[..n] point at `bufs` (lengths as given), the local
+    // `iov` and `addrs` arrays, all of which outlive the call.
+    let r =
+        unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    let r = usize::try_from(r).unwrap_or(0).min(n);
+    for (i, h) in hdrs.iter().enumerate().take(r) {
+        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        meta[i] = (if truncated { 0 } else { h.msg_len as usize }, from_storage(&addrs[i]));
+    }
+    Ok(r)
+}
+
+/// Sends each `(destination, datagram)` of `msgs` (at most [`MANY`]) from
+/// `fd`, in as few `sendmmsg` calls as the kernel allows. A datagram that
+/// cannot be sent is handed to `failed` with its index and the error, and
+/// the rest are still sent.
+pub fn send_many(fd: RawFd, msgs: &[(SocketAddr, &[u8])], mut failed: impl FnMut(usize, io::Error)) {
+    let n = msgs.len().min(MANY);
+    // SAFETY: plain C structs; zero is a valid initial value.
+    let mut addrs: [(libc::sockaddr_storage, libc::socklen_t); MANY] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut iov: [libc::iovec; MANY] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MANY] = unsafe { zeroed() };
+    for (i, (to, data)) in msgs.iter().take(n).enumerate() {
+        addrs[i] = to_storage(*to);
+        iov[i].iov_base = data.as_ptr().cast_mut().cast();
+        iov[i].iov_len = data.len();
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = std::ptr::addr_of_mut!(addrs[i].0).cast();
+        h.msg_namelen = addrs[i].1;
+        h.msg_iov = std::ptr::addr_of_mut!(iov[i]);
+        h.msg_iovlen = 1;
+    }
+    let mut sent = 0usize;
+    while sent < n {
+        // SAFETY: hdrs[sent..n] point at the datagrams of `msgs` and the
+        // local `iov` and `addrs` arrays, all alive; the kernel only reads them.
+        let r =
+            unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr().add(sent), (n - sent) as libc::c_uint, libc::MSG_DONTWAIT) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                // The first datagram failed: report it and go on with the next.
+                failed(sent, e);
+                sent += 1;
+            }
+            continue;
+        }
+        // 0 is not returned for a non-empty vector; count it as a failure
+        // of the first to be sure the loop ends.
+        match usize::try_from(r).unwrap_or(0) {
+            0 => {
+                failed(sent, io::Error::from(io::ErrorKind::WriteZero));
+                sent += 1;
+            }
+            k => sent += k,
+        }
+    }
+}
+
 /// Asks the kernel to report the socket's receive-queue drop counter with
 /// every datagram.
 ///
@@ -350,6 +448,35 @@ mod tests {
         assert_eq!(b.recv(rx.as_raw_fd()).unwrap(), 1);
         let dropped = b.overflow_counter().expect("drop counter reported");
         assert_eq!(dropped as usize + queued, 200, "every datagram is either queued or counted");
+    }
+
+    #[test]
+    fn many_round_trip_with_sources_and_failures() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut bufs: Vec<Box<[u8]>> = (0..MANY).map(|_| vec![0u8; 64].into_boxed_slice()).collect();
+        let mut meta = [(0usize, None); MANY];
+        assert_eq!(recv_many(rx.as_raw_fd(), &mut bufs, &mut meta).unwrap(), 0, "nothing queued");
+        a.send_to(b"one", rx.local_addr().unwrap()).unwrap();
+        b.send_to(&[9u8; 100], rx.local_addr().unwrap()).unwrap();
+        a.send_to(b"three", rx.local_addr().unwrap()).unwrap();
+        assert_eq!(recv_many(rx.as_raw_fd(), &mut bufs, &mut meta).unwrap(), 3);
+        assert_eq!((&bufs[0][..meta[0].0], meta[0].1), (&b"one"[..], Some(a.local_addr().unwrap())));
+        assert_eq!(meta[1], (0, Some(b.local_addr().unwrap())), "longer than its buffer: dropped");
+        assert_eq!(&bufs[2][..meta[2].0], b"three");
+        // Replies in one call; one to an IPv6 address from an IPv4 socket
+        // fails on its own and the others still go.
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let msgs = [(a.local_addr().unwrap(), &b"r1"[..]), (v6, &b"x"[..]), (b.local_addr().unwrap(), &b"r2"[..])];
+        let mut failures = Vec::new();
+        send_many(rx.as_raw_fd(), &msgs, |i, _| failures.push(i));
+        assert_eq!(failures, vec![1]);
+        let mut buf = [0u8; 16];
+        assert_eq!(a.recv_from(&mut buf).unwrap(), (2, rx.local_addr().unwrap()));
+        assert_eq!(&buf[..2], b"r1");
+        assert_eq!(b.recv(&mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"r2");
     }
 
     #[test]
