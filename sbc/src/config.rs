@@ -9,8 +9,11 @@ use std::time::Duration;
 use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
+mod auth;
 mod ha;
 mod trunks;
+
+pub use auth::AuthConfig;
 
 pub use trunks::{Route, Trunk, TrunkTransport};
 
@@ -143,6 +146,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// The active/standby pair, when `[ha]` is present.
     pub ha: Option<crate::ha::HaConfig>,
+    /// Digest authentication, when `[auth]` is present.
+    pub auth: Option<AuthConfig>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +175,8 @@ struct File {
     relay: toml::Table,
     #[serde(default)]
     ha: Option<ha::RawHa>,
+    #[serde(default)]
+    auth: Option<auth::RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -447,12 +454,14 @@ impl Config {
             Some(h) => Some(ha::parse_ha(h, &realms, &mut relay)?),
             None => None,
         };
+        let domains: Vec<String> = f.sip.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        let auth = f.auth.map(|a| auth::parse_auth(a, &domains)).transpose()?;
         Ok(Self {
             realms,
             listen,
             tcp: f.sip.tcp,
             advertise,
-            domains: f.sip.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            domains,
             max_message_size: f.sip.max_message_size,
             t1: Duration::from_millis(f.sip.t1_ms),
             t2: Duration::from_millis(f.sip.t2_ms),
@@ -480,6 +489,7 @@ impl Config {
             },
             relay,
             ha,
+            auth,
         })
     }
 

@@ -89,6 +89,8 @@ pub struct SbcMetrics {
     pub pdd_sum_us: AtomicU64,
     /// Number of post-dial-delay observations.
     pub pdd_count: AtomicU64,
+    /// Digest authentication counters.
+    pub auth: crate::auth::AuthMetrics,
 }
 
 impl SbcMetrics {
@@ -208,6 +210,7 @@ impl SbcMetrics {
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_bucket{{le=\"+Inf\"}} {cum}");
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_sum {}", self.pdd_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(o, "sbc_post_dial_delay_seconds_count {}", self.pdd_count.load(Relaxed));
+        self.auth.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,

@@ -22,6 +22,7 @@ mod core;
 pub mod dialog;
 mod fork;
 pub mod forward;
+mod identity;
 mod media;
 pub mod register;
 mod replica;
