@@ -141,3 +141,46 @@ pub(super) fn parse_auth(raw: RawAuth, domains: &[String]) -> Result<AuthConfig,
         max_nonces: raw.max_nonces,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, DEFAULT_TOML};
+
+    fn with_auth(lines: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("{DEFAULT_TOML}\n[auth]\n{lines}\n")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_errors_name_the_key() {
+        let c = with_auth("").unwrap();
+        let a = c.auth.unwrap();
+        assert_eq!(a.realm, "127.0.0.1", "the first domain");
+        assert_eq!(a.nonce_lifetime.as_secs(), 300);
+        assert_eq!(a.algorithms.len(), 2);
+        assert!(a.secret.is_none() && a.users.is_empty() && !a.require_for_inbound);
+        assert!(Config::embedded_default().unwrap().auth.is_none());
+        let a = with_auth("trusted = [\"10.1.2.3\", \"192.0.2.77/24\"]").unwrap().auth.unwrap();
+        assert_eq!(a.trusted[1].to_string(), "192.0.2.0/24");
+        assert!(a.trusted[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        for (lines, key) in [
+            ("secret = \"short\"", "auth.secret"),
+            ("secret = \"0123456789abcdef\"\nsecret_file = \"/x\"", "auth.secret"),
+            ("secret_file = \"/nonexistent/xsbc-secret\"", "auth.secret_file"),
+            ("nonce_lifetime_s = 1", "auth.nonce_lifetime_s"),
+            ("algorithms = [\"SHA-512\"]", "auth.algorithms"),
+            ("algorithms = []", "auth.algorithms"),
+            ("trusted = [\"10.0.0.0/99\"]", "auth.trusted[0]"),
+            ("users_file = \"/nonexistent/xsbc-users\"", "auth.users_file"),
+            ("realm = \"a:b\"", "auth.realm"),
+            ("max_nonces = 5", "auth.max_nonces"),
+        ] {
+            let e = with_auth(lines).unwrap_err();
+            assert!(e.contains(key), "{lines}: {e}");
+        }
+        let bad = std::env::temp_dir().join(format!("xsbc-badusers-{}.txt", std::process::id()));
+        std::fs::write(&bad, "# ok\nalice:127.0.0.1:nothex:\n").unwrap();
+        let e = with_auth(&format!("users_file = \"{}\"", bad.display())).unwrap_err();
+        let _ = std::fs::remove_file(&bad);
+        assert!(e.contains("auth.users_file") && e.contains("line 2"), "{e}");
+    }
+}
