@@ -398,3 +398,27 @@ fn without_auth_nothing_is_challenged_or_stripped() {
     let out = h.send(CALLER, &request("INVITE", intl, "sip:alice@127.0.0.1", intl, "n1", 1, pai));
     assert_eq!(only(&out, TRUNK_A).msg.header("p-asserted-identity"), Some("<sip:ceo@127.0.0.1>"));
 }
+
+#[test]
+fn credentials_for_another_server_are_refused() {
+    let mut h = auth_harness("");
+    let ch = only(&h.send(CALLER, &register("alice", Some("sip:alice@10.0.0.1:5062"), "r1", 1, "")), CALLER);
+    let elsewhere = answer(&ch, Algorithm::Sha256, "alice", "alice-pw", "REGISTER", "sip:registrar.example", 1);
+    let r = only(&h.send(CALLER, &register("alice", Some("sip:alice@10.0.0.1:5062"), "r1", 2, &elsewhere)), CALLER);
+    assert_eq!(r.code(), 401);
+    assert_eq!(h.gauge(|m| &m.auth.failures), 1);
+    // The address the client sent to, without the user part, is fine (sipp does that).
+    let ch = only(
+        &h.send(
+            CALLER,
+            &request("INVITE", "sip:0044@127.0.0.1", "sip:alice@127.0.0.1", "sip:0044@127.0.0.1", "i1", 1, ""),
+        ),
+        CALLER,
+    );
+    let host_only = answer(&ch, Algorithm::Md5, "alice", "alice-pw", "INVITE", "sip:127.0.0.1", 1);
+    let out = h.send(
+        CALLER,
+        &request("INVITE", "sip:0044@127.0.0.1", "sip:alice@127.0.0.1", "sip:0044@127.0.0.1", "i1", 2, &host_only),
+    );
+    assert_eq!(only(&out, TRUNK_A).method(), "INVITE");
+}
