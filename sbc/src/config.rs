@@ -13,7 +13,7 @@ mod auth;
 mod ha;
 mod trunks;
 
-pub use auth::AuthConfig;
+pub use auth::{AuthConfig, Secret};
 
 pub use trunks::{Route, Trunk, TrunkTransport};
 

@@ -23,7 +23,7 @@ pub struct AuthConfig {
     pub users: Users,
     /// The nonce secret (`secret` or `secret_file`); `None`: from Redis
     /// when `[ha]` runs, else a random one per process.
-    pub secret: Option<Vec<u8>>,
+    pub secret: Option<Secret>,
     /// How long a nonce is accepted.
     pub nonce_lifetime: Duration,
     /// Challenge algorithms, in the order offered.
@@ -35,6 +35,16 @@ pub struct AuthConfig {
     pub require_for_inbound: bool,
     /// Most nonces whose nonce-count is remembered.
     pub max_nonces: usize,
+}
+
+/// Secret bytes, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 impl AuthConfig {
@@ -133,7 +143,7 @@ pub(super) fn parse_auth(raw: RawAuth, domains: &[String]) -> Result<AuthConfig,
         realm,
         users_file,
         users,
-        secret: secret.map(|(_, s)| s),
+        secret: secret.map(|(_, s)| Secret(s)),
         nonce_lifetime: Duration::from_secs(raw.nonce_lifetime_s),
         algorithms: algs,
         trusted,
@@ -158,6 +168,9 @@ mod tests {
         assert_eq!(a.nonce_lifetime.as_secs(), 300);
         assert_eq!(a.algorithms.len(), 2);
         assert!(a.secret.is_none() && a.users.is_empty() && !a.require_for_inbound);
+        let c = with_auth("secret = \"0123456789abcdef-hidden\"").unwrap();
+        assert_eq!(c.auth.as_ref().unwrap().secret.as_ref().unwrap().0, b"0123456789abcdef-hidden");
+        assert!(!format!("{c:?}").contains("hidden"), "Debug never shows the secret");
         assert!(Config::embedded_default().unwrap().auth.is_none());
         let a = with_auth("trusted = [\"10.1.2.3\", \"192.0.2.77/24\"]").unwrap().auth.unwrap();
         assert_eq!(a.trusted[1].to_string(), "192.0.2.0/24");

@@ -60,7 +60,7 @@ impl Core {
     /// Builds the authenticator of `cfg`'s `[auth]`, if any.
     pub(super) fn new_authenticator(cfg: &Config, seed: u64) -> Option<Authenticator> {
         let a = cfg.auth.as_ref()?;
-        let secret = a.secret.clone().unwrap_or_else(crate::auth::nonce::random_secret);
+        let secret = a.secret.as_ref().map_or_else(crate::auth::nonce::random_secret, |s| s.0.clone());
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Some(Authenticator::new(a, &secret, Instant::now(), unix, seed))
     }
