@@ -32,6 +32,10 @@ struct Lab {
 
 impl Lab {
     fn start(label: &str) -> Option<Lab> {
+        Self::start_with(label, &[("alice", "alice-pw"), ("bob", "bob-pw")])
+    }
+
+    fn start_with(label: &str, accounts: &[(&str, &str)]) -> Option<Lab> {
         let sipp = Sipp::find()?;
         let dir = TestDir::new(label);
         let p = ports();
@@ -47,8 +51,10 @@ impl Lab {
             assert!(out.status.success());
             String::from_utf8(out.stdout).unwrap()
         };
-        let users =
-            dir.write("users.txt", format!("# users\n{}{}", passwd("alice", "alice-pw"), passwd("bob", "bob-pw")));
+        let users = dir.write(
+            "users.txt",
+            format!("# users\n{}", accounts.iter().map(|(u, pw)| passwd(u, pw)).collect::<String>()),
+        );
         // sipp 3.6 answers only MD5, and only the first challenge it
         // sees: MD5 is offered first here.
         let cfg = format!(
@@ -181,6 +187,41 @@ fn register_right_wrong_unknown_replayed_and_someone_elses() {
     assert_eq!(t.s.metric("sbc_auth_forbidden_total", &[]), 1.0);
     assert_eq!(t.s.metric("sbc_registrations_total", &[]), 1.0, "only alice's own registration");
     assert_eq!(t.s.metric("sbc_auth_users", &[]), 2.0);
+}
+
+#[test]
+fn sighup_reloads_the_users_file_and_keeps_it_when_broken() {
+    let Some(t) = Lab::start_with("auth-sighup", &[("alice", "alice-pw")]) else { return };
+    let hup = || {
+        let ok = std::process::Command::new("kill").args(["-HUP", &t.s.guard.pid().to_string()]).status().unwrap();
+        assert!(ok.success());
+    };
+    let reloads = |what: &str| t.s.log().lines().filter(|l| l.contains(what)).count();
+    assert!(t.register("bob", "bob", "bob-pw", 401).0, "bob is not a user yet");
+    // Bob's line added, SIGHUP: the log counts two users, and bob registers.
+    let users = t.dir.join("users.txt");
+    let mut text = std::fs::read_to_string(&users).unwrap();
+    text.push_str(&sbc::auth::users::line_for("bob", "127.0.0.1", "bob-pw"));
+    text.push('\n');
+    std::fs::write(&users, &text).unwrap();
+    hup();
+    assert!(
+        testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads("users file reloaded") == 1)
+    );
+    assert!(t.s.log().contains("users=2"), "the count is logged");
+    assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || t
+        .s
+        .metric("sbc_auth_users", &[])
+        == 2.0));
+    assert!(t.register("bob", "bob", "bob-pw", 200).0, "bob registers after the reload");
+    // A broken file: logged with its line number, the old table stays.
+    std::fs::write(&users, format!("{text}carol:127.0.0.1:not-a-hash:\n")).unwrap();
+    hup();
+    assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads("old table stays") == 1));
+    let line = t.s.log().lines().find(|l| l.contains("old table stays")).unwrap().to_owned();
+    assert!(line.contains("line 4"), "{line}");
+    assert_eq!(t.s.metric("sbc_auth_users", &[]), 2.0);
+    assert!(t.register("alice", "alice", "alice-pw", 200).0, "the old table still works");
 }
 
 #[test]
