@@ -127,12 +127,17 @@ print(ok, int(sys.argv[2])-ok)
 PY
 }
 
-# capacity NAME PORT SCENARIO -> highest rate with <= 0.1% failures
+# CPU seconds (user + system) used so far by the processes PIDS...
+cpu_s() { ps -o times= -p "$(echo "$@" | tr ' ' ',')" | awk '{s+=$1} END {print s+0}'; }
+
+# capacity NAME PORT SCENARIO -> highest rate with <= 0.1% failures; adds
+# the calls placed to $WORK/NAME.calls
 capacity() {
-  local best=0
+  local best=0 placed=0
   for r in $RATES; do
     read -r ok bad < <(run_rate "$1" "$2" "$r" "$3")
     local total=$(( ok + bad ))
+    placed=$(( placed + total )); echo "$placed" > "$WORK/$1.calls"
     printf '  %-14s %5s cps: %6d ok %5d failed\n' "$1" "$r" "$ok" "$bad" >&2
     if [ $(( bad * 1000 )) -le "$total" ]; then best=$r; else break; fi
   done
@@ -177,12 +182,14 @@ echo "== sbc without [auth]" >&2
 "$SBC" run --config "$WORK/sbc.toml" 2>"$WORK/sbc.log" & PIDS+=($!)
 wait_sip 5060
 SBC_CPS=$(capacity sbc 5060 "$WORK/uac.xml")
+SBC_CPU=$(cpu_s "${PIDS[-1]}")
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
 echo "== sbc with [auth] (407 round on every call)" >&2
 "$SBC" run --config "$WORK/sbc-auth.toml" 2>"$WORK/sbc-auth.log" & PIDS+=($!)
 wait_sip 5060
 AUTH_CPS=$(capacity sbc-auth 5060 "$WORK/uac-auth.xml")
+AUTH_CPU=$(cpu_s "${PIDS[-1]}")
 AUTH_METRICS=$(curl -s http://127.0.0.1:9199/metrics | grep -E '^sbc_auth_(challenges|successes|failures|replays)_total' | tr '\n' ' ' || true)
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
@@ -212,6 +219,8 @@ sleep 0.5
 kamailio -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -Y "$WORK" -w "$WORK" -E -DD -m 64 -M 8 >/dev/null 2>"$WORK/kamailio.log" & PIDS+=($!)
 wait_sip 5061
 KAM_CPS=$(capacity kamailio-auth 5061 "$WORK/uac-auth.xml")
+# Every Kamailio process (main, children, timers) and rtpengine.
+KAM_CPU=$(cpu_s $(pgrep -f "kamailio -f $WORK/kamailio.cfg") "${PIDS[-2]}")
 
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f'%(a/b) if b else 'n/a')" "$1" "$2"; }
 top() { local last; for last in $1; do :; done; if [ "$2" = "$last" ]; then echo "$2+"; else echo "$2"; fi; }
@@ -222,6 +231,13 @@ printf '%-40s %10s  (auth / no auth: %s)\n' "sbc, digest auth: max calls/s" "$(t
   "$(ratio "$AUTH_CPS" "$SBC_CPS")"
 printf '%-40s %10s  (sbc / kamailio, both with auth: %s)\n' "kamailio + rtpengine, auth: max calls/s" \
   "$(top "$RATES" "$KAM_CPS")" "$(ratio "$AUTH_CPS" "$KAM_CPS")"
+# CPU per call over every step (failed calls included): the process CPU
+# time, in whole seconds from ps, over the calls placed.
+per_call() { python3 -c "import sys; c,n=float(sys.argv[1]),float(sys.argv[2]); print('%.2f'%(1000*c/n) if n else 'n/a')" "$1" "$2"; }
+printf '%-40s %10s %10s %10s\n' "CPU ms per call placed (all steps)" "sbc" "sbc-auth" "kamailio"
+printf '%-40s %10s %10s %10s  (kamailio: all its processes + rtpengine)\n' "" \
+  "$(per_call "$SBC_CPU" "$(cat "$WORK/sbc.calls")")" "$(per_call "$AUTH_CPU" "$(cat "$WORK/sbc-auth.calls")")" \
+  "$(per_call "$KAM_CPU" "$(cat "$WORK/kamailio-auth.calls")")"
 echo "sbc auth counters at the end: $AUTH_METRICS"
 echo "(+: passed the highest rate tried; the real figure is higher)"
 echo "(rates tried: $RATES; work dir $WORK)"
