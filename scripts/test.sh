@@ -23,6 +23,8 @@ check_pkg redis-server redis-server
 check_pkg redis-tools redis-cli
 check_pkg ethtool ethtool
 check_pkg procps sysctl
+# A real phone: registers with digest and calls with media (tests/auth.rs).
+check_pkg baresip baresip
 # The realm tests put the carrier behind a NAT.
 check_pkg iptables iptables
 # A real phone for the TLS tests (baresip's core: no GUI, no video).

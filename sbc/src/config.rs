@@ -9,15 +9,18 @@ use std::time::Duration;
 use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
+mod auth;
 mod ha;
 mod policy;
 mod tls;
 mod trunk_auth;
 mod trunks;
 
+pub use auth::{AuthConfig, Secret};
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
 pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
+
 pub use trunks::{Route, Trunk, TrunkTransport};
 
 /// The configuration `sbc run` uses without `--config`.
@@ -155,6 +158,8 @@ pub struct Config {
     pub acls: Vec<Acl>,
     /// TLS (certificate, key) and the bounds on TCP and TLS connections.
     pub tls: SipTls,
+    /// Digest authentication, when `[auth]` is present.
+    pub auth: Option<AuthConfig>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +187,8 @@ struct File {
     relay: toml::Table,
     #[serde(default)]
     ha: Option<ha::RawHa>,
+    #[serde(default)]
+    auth: Option<auth::RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -486,12 +493,14 @@ impl Config {
             Some(h) => Some(ha::parse_ha(h, &realms, &mut relay)?),
             None => None,
         };
+        let domains: Vec<String> = f.sip.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        let auth = f.auth.map(|a| auth::parse_auth(a, &domains)).transpose()?;
         Ok(Self {
             realms,
             listen,
             tcp: f.sip.tcp,
             advertise,
-            domains: f.sip.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            domains,
             max_message_size: f.sip.max_message_size,
             t1: Duration::from_millis(f.sip.t1_ms),
             t2: Duration::from_millis(f.sip.t2_ms),
@@ -521,6 +530,7 @@ impl Config {
             ha,
             acls,
             tls: sip_tls,
+            auth,
         })
     }
 

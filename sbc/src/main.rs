@@ -58,6 +58,17 @@ enum Cmd {
         #[arg(required = true, num_args = 1..)]
         words: Vec<String>,
     },
+    /// Read a password from stdin and print the users file line for USER.
+    Passwd {
+        /// The user name.
+        user: String,
+        /// The digest realm (default: `auth.realm` of the config, else its first domain).
+        #[arg(long)]
+        realm: Option<String>,
+        /// Config whose realm to use (default: the embedded one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
@@ -125,6 +136,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Passwd { user, realm, config } => passwd(&user, realm, config.as_ref()),
         Cmd::Run { config, log_json } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
@@ -146,6 +158,53 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `sbc passwd`: the users file line for `user`, the password read from stdin.
+fn passwd(user: &str, realm: Option<String>, config: Option<&PathBuf>) -> ExitCode {
+    let realm = match realm {
+        Some(r) => r,
+        None => match load(config) {
+            Ok(c) => c.auth.map(|a| a.realm).or_else(|| c.domains.first().cloned()).unwrap_or_default(),
+            Err(e) => {
+                eprintln!("sbc passwd: configuration error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if user.is_empty() || user.contains([':', '"', '\\']) || realm.is_empty() || realm.contains(':') {
+        eprintln!("sbc passwd: the user and realm may not be empty or hold `:`");
+        return ExitCode::from(2);
+    }
+    let mut password = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut password) {
+        eprintln!("sbc passwd: reading the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = password.strip_suffix('\n').unwrap_or(&password);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("sbc passwd: empty password");
+        return ExitCode::from(2);
+    }
+    println!("{}", sbc::auth::users::line_for(user, &realm, password));
+    ExitCode::SUCCESS
+}
+
+/// Reads the users file again (SIGHUP), on the signal thread: the new
+/// table goes to the signaling thread; a bad file keeps the old one.
+fn reload_users(auth: &sbc::config::AuthConfig, to_proxy: &std::sync::mpsc::Sender<sbc::auth::users::Users>) {
+    let Some(path) = &auth.users_file else {
+        tracing::info!("SIGHUP: no auth.users_file to reload");
+        return;
+    };
+    match sbc::auth::users::Users::load(path, &auth.realm) {
+        Ok(users) => {
+            tracing::info!(users = users.len(), file = %path.display(), "SIGHUP: users file reloaded");
+            let _ = to_proxy.send(users);
+        }
+        Err(e) => tracing::error!(file = %path.display(), "SIGHUP: users file not reloaded, the old table stays: {e}"),
     }
 }
 
@@ -214,14 +273,21 @@ fn run(cfg: Config) -> Result<(), Error> {
                 .map_err(|source| Error::Spawn { name: "sbc-ng", source })?,
         );
     }
+    let (users_tx, users_rx) = std::sync::mpsc::channel();
     {
         let s = Arc::clone(&shutdown);
+        let auth = cfg.auth.clone();
         std::thread::Builder::new()
             .name("sbc-signals".into())
             .spawn(move || loop {
                 let sig = media_relay::os::wait_for_signal();
                 if sig == 1 {
-                    tracing::info!("SIGHUP: reload is not supported yet; restart to apply configuration changes");
+                    match &auth {
+                        Some(a) => reload_users(a, &users_tx),
+                        None => tracing::info!(
+                            "SIGHUP: reload is not supported yet; restart to apply configuration changes"
+                        ),
+                    }
                     continue;
                 }
                 tracing::info!(signal = sig, "shutting down");
@@ -232,6 +298,16 @@ fn run(cfg: Config) -> Result<(), Error> {
     }
     let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
+    if let Some(a) = &cfg.auth {
+        tracing::info!(realm = %a.realm, users = a.users.len(), "digest authentication on");
+    }
+    // Without a configured secret, an HA pair shares one through Redis.
+    let secret_rx = match (&cfg.ha, &cfg.auth) {
+        (Some(h), Some(a)) if a.secret.is_none() => {
+            Some(sbc::ha::secret::fetch_in_background(h, Arc::clone(&shutdown)))
+        }
+        _ => None,
+    };
     // One waker for the signaling thread's poll, shared by the HA thread and
     // the AF_XDP workers' SIP handoff (mio allows one per poll).
     let mut sip_rings = relay.sip_handoff().take_consumers();
@@ -303,6 +379,13 @@ fn run(cfg: Config) -> Result<(), Error> {
                 let data = d.payload().to_vec();
                 inbound.push(sbc::transport::Inbound { data, src: d.src, proto: Proto::Udp, realm });
             }
+        }
+        while let Ok(users) = users_rx.try_recv() {
+            proxy.set_users(users);
+        }
+        if let Some(Ok(secret)) = secret_rx.as_ref().map(std::sync::mpsc::Receiver::try_recv) {
+            tracing::info!("auth: using the pair's shared nonce secret");
+            proxy.set_auth_secret(&secret);
         }
         for m in inbound.drain(..) {
             proxy.handle(m, Instant::now());

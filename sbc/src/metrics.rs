@@ -99,6 +99,8 @@ pub struct SbcMetrics {
     /// Stream (TCP/TLS) connections: open now, refused over the cap, TLS
     /// handshake failures and timeouts, idle closes (the transport's counts).
     pub conns: ConnMetrics,
+    /// Digest authentication counters.
+    pub auth: crate::auth::AuthMetrics,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -308,6 +310,7 @@ impl SbcMetrics {
                 let _ = writeln!(o, "sbc_acl_denied_total{{realm=\"{name}\"}} {}", c.load(Relaxed));
             }
         }
+        self.auth.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,

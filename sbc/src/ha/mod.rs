@@ -32,12 +32,14 @@
 //!   announcing every address), handing over, stepping down.
 //! - `status`: the `sbc_ha_*` metrics and the `sbc ctl ha` line.
 //! - [`vip`]: the virtual IPs on their interfaces and their announcements;
-//!   [`redis`]: a small blocking Redis client.
+//!   [`redis`]: a small blocking Redis client; [`secret`]: the digest
+//!   nonce secret both nodes share.
 
 mod heartbeat;
 mod lease;
 pub mod redis;
 mod replication;
+pub mod secret;
 mod status;
 mod takeover;
 pub mod vip;

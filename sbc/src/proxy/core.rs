@@ -56,6 +56,18 @@ pub(super) struct Core {
     pub(super) active: bool,
     /// Challenges answered for carriers, CSeq offsets, registrations.
     pub(super) carrier: CarrierAuth,
+    /// Digest authentication, when `[auth]` is configured.
+    pub(super) auth: Option<crate::auth::Authenticator>,
+}
+
+/// A per-process value that makes this node's nonces differ from the
+/// other HA node's.
+fn node_seed(cfg: &Config) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(cfg.realms.len());
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }
 
 impl Core {
@@ -89,7 +101,12 @@ impl Core {
                 ours: ours.clone(),
             })
             .collect();
+        let auth = Self::new_authenticator(&cfg, node_seed(&cfg));
+        if let Some(a) = &auth {
+            metrics.auth.users.store(a.user_count() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         Self {
+            auth,
             me,
             carrier: CarrierAuth::new(&cfg, &metrics),
             cfg,
@@ -215,6 +232,9 @@ impl Core {
     /// Once a second: expire bindings and end dialogs idle past the timeout.
     fn sweep(&mut self, txn: &mut Endpoint, now: Instant) {
         self.location.expire(now);
+        if let Some(a) = &mut self.auth {
+            a.expire(now);
+        }
         txn.sweep(now);
         for call_id in self.dialogs.idle(now, self.cfg.dialog_timeout) {
             tracing::info!(call_id, "dialog timed out");

@@ -24,6 +24,7 @@ pub mod dialog;
 mod fork;
 pub mod forward;
 mod hiding;
+mod identity;
 mod media;
 pub mod register;
 mod replica;

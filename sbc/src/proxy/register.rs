@@ -105,6 +105,13 @@ pub fn register(
     RegisterOutcome { code: 200, reason: "OK", headers }
 }
 
+/// Whether the authenticated `user` owns the address-of-record of `req`
+/// (its To URI's user part; the domain is checked by [`register`]).
+#[must_use]
+pub fn owns(req: &Message, user: &str) -> bool {
+    req.to().is_some_and(|t| t.uri.user.as_deref() == Some(user))
+}
+
 /// Parses a Contact URI for display in logs (never panics).
 #[must_use]
 pub fn contact_host(uri: &str) -> String {

@@ -47,6 +47,9 @@ impl Core {
         let in_dialog = msg.to_tag().is_some();
 
         if !in_dialog && to_us && method == Method::Register {
+            if !self.auth_register(txn, key, &mut msg, now) {
+                return;
+            }
             let o = register::register(&self.cfg, &mut self.location, &msg, src, proto, realm, now);
             if o.code == 200 {
                 self.metrics.registrations.fetch_add(1, Relaxed);
@@ -82,7 +85,10 @@ impl Core {
             msg.call_id().unwrap_or_default().hash(&mut h);
             h.finish()
         };
-        let targets = match routing::route(&self.cfg, &self.location, &ruri, seed, now) {
+        let routed = routing::route(&self.cfg, &self.location, &ruri, seed, now);
+        let to_trunk = routed.as_ref().is_ok_and(|t| t.iter().any(|t| t.trunk.is_some()));
+        let Some(caller) = self.auth_request(txn, key, &mut msg, from, to_trunk, now) else { return };
+        let targets = match routed {
             Ok(t) => t,
             Err(r) => {
                 tracing::info!(method = %method, code = r.code, "request not routed: {}", r.reason);
@@ -97,6 +103,7 @@ impl Core {
                 return;
             }
         }
+        self.apply_identity(&mut msg, &caller, &targets);
         let out_realm = targets.first().map_or(realm, |t| t.realm);
         let mut anchored = None;
         if method == Method::Invite {
@@ -156,6 +163,7 @@ impl Core {
         now: Instant,
     ) {
         let method = msg.method().cloned().unwrap_or(Method::Other(String::new()));
+        self.identity_in_dialog(&mut msg, from);
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let from_tag = msg.from_tag().unwrap_or_default();
         let to_tag = msg.to_tag();

@@ -5,6 +5,7 @@
 //! The cast: a caller at `CALLER` (NATed: its Via says 10.0.0.1:5062), the
 //! proxy at 127.0.0.1:5060, and two trunks, `a` then `b`, tried in order.
 
+mod auth;
 mod call;
 mod cancel;
 mod failover;
