@@ -86,6 +86,13 @@ impl Conn {
         self.wbuf.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
+    /// Whether closing the connection now loses messages of ours: output
+    /// not yet written, or (a connection we dialled, which always has
+    /// something to send) a connect or TLS handshake that never finished.
+    pub(super) fn lost_output(&self) -> bool {
+        !self.idle_output() || (!self.accepted && (!self.connected || self.handshaking()))
+    }
+
     /// Queues one message.
     pub(super) fn queue(&mut self, data: &[u8]) -> io::Result<()> {
         match &mut self.tls {
