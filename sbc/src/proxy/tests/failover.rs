@@ -158,15 +158,20 @@ fn a_transport_error_toward_the_last_target_answers_503_at_once() {
 /// A phone registered over TCP from this address.
 const PHONE: &str = "192.0.2.20:43000";
 
-#[test]
-fn a_call_ringing_over_a_phones_connection_ends_at_once_when_it_closes() {
-    let mut h = Harness::new();
+/// Registers user 1000 over TCP from [`PHONE`]; returns its flow.
+fn register_over_tcp(h: &mut Harness) -> Flow {
     let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.2:5062;branch=z9hG4bK-treg;rport\r\n\
         Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1>;tag=r1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: treg\r\n\
         CSeq: 1 REGISTER\r\nContact: <sip:1000@10.0.0.2:5062;transport=tcp>\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n";
-    let out = deliver(&mut h, PHONE, Proto::Tcp, register.as_bytes());
+    let out = deliver(h, PHONE, Proto::Tcp, register.as_bytes());
     assert_eq!(one_to(&out, PHONE).1.code(), Some(200));
-    let flow = Flow { realm: 0, proto: Proto::Tcp, peer: addr(PHONE) };
+    Flow { realm: 0, proto: Proto::Tcp, peer: addr(PHONE) }
+}
+
+#[test]
+fn a_call_ringing_over_a_phones_connection_ends_at_once_when_it_closes() {
+    let mut h = Harness::new();
+    let flow = register_over_tcp(&mut h);
     assert_eq!(h.proxy.binding_flows(h.now), vec![flow], "what an HA takeover loses");
     let out = deliver(&mut h, CALLER, Proto::Udp, &Request::new("INVITE", "t3").sdp(6000).build());
     let (proto, inv) = one_to(&out, PHONE);
@@ -183,6 +188,24 @@ fn a_call_ringing_over_a_phones_connection_ends_at_once_when_it_closes() {
     assert_eq!(h.gauge(|m| &m.bindings), 0);
     // The next call takes the static route: nothing goes to the phone's address.
     let out = deliver(&mut h, CALLER, Proto::Udp, &Request::new("INVITE", "t4").sdp(6002).build());
+    one_to(&out, TRUNK_A);
+    assert!(out.iter().all(|(_, s)| s.dest != addr(PHONE)), "{out:#?}");
+}
+
+#[test]
+fn bindings_taken_over_name_the_connections_the_new_active_does_not_hold() {
+    let mut old = Harness::new();
+    let flow = register_over_tcp(&mut old);
+    let mut new = Harness::new();
+    assert_eq!(new.proxy.import_bindings(&old.proxy.dump_bindings(old.now), new.now), 1);
+    assert_eq!(new.gauge(|m| &m.bindings), 1);
+    assert_eq!(new.proxy.binding_flows(new.now), vec![flow]);
+    // The signaling loop has the transport count them as closed, which
+    // reports them back as closed flows: the bindings go, and a call to
+    // the user does not try the phone's address.
+    new.proxy.flow_closed(flow);
+    assert_eq!(new.gauge(|m| &m.bindings), 0);
+    let out = deliver(&mut new, CALLER, Proto::Udp, &Request::new("INVITE", "t5").sdp(6000).build());
     one_to(&out, TRUNK_A);
     assert!(out.iter().all(|(_, s)| s.dest != addr(PHONE)), "{out:#?}");
 }
