@@ -90,7 +90,12 @@ impl Conn {
     /// not yet written, or (a connection we dialled, which always has
     /// something to send) a connect or TLS handshake that never finished.
     pub(super) fn lost_output(&self) -> bool {
-        !self.idle_output() || (!self.accepted && (!self.connected || self.handshaking()))
+        if self.accepted {
+            // Before its handshake is done, only handshake records are ours.
+            !self.handshaking() && !self.idle_output()
+        } else {
+            !self.connected || self.handshaking() || !self.idle_output()
+        }
     }
 
     /// Queues one message.
