@@ -208,6 +208,47 @@ fn reload_users(auth: &sbc::config::AuthConfig, to_proxy: &std::sync::mpsc::Send
     }
 }
 
+/// Sends what the proxy has to send, and hands the transport's failures
+/// back to it (RFC 3261 §18.4): a send over TCP or TLS that fails at once,
+/// connections that failed with messages queued, and peers' connections
+/// that closed. Those end transactions, whose failover makes more to send,
+/// so this goes round until nothing is left (a bounded number of times).
+/// `flush_media` runs before a batch made by those failures goes out (the
+/// caller has flushed for what was there before), so that the relay has
+/// the sessions their SDP advertises.
+fn send_all(proxy: &mut Proxy, transport: &mut Transport, now: Instant, flush_media: &dyn Fn()) {
+    // Whether failures were handed to the proxy since the last flush.
+    let mut reported = false;
+    for _ in 0..16 {
+        let (flows, undelivered) = (transport.take_closed_flows(), transport.take_undelivered());
+        reported |= !flows.is_empty() || !undelivered.is_empty();
+        for flow in flows {
+            proxy.flow_closed(flow);
+        }
+        for u in undelivered {
+            proxy.transport_error(u.dest, u.proto, u.realm, now);
+        }
+        let out = proxy.drain_output();
+        if out.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut reported) {
+            flush_media();
+        }
+        for o in out {
+            if let Err(e) = transport.send(&o, now) {
+                tracing::info!(dest = %o.dest, proto = o.proto.via_name(), error = %e, "SIP send failed");
+                // A datagram that cannot go now is retransmitted or times
+                // out as before; a stream destination is a transport error.
+                if o.proto.reliable() {
+                    proxy.transport_error(o.dest, o.proto, o.realm, now);
+                    reported = true;
+                }
+            }
+        }
+    }
+}
+
 fn run(cfg: Config) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
     let listens: Vec<_> = cfg.realms.iter().map(|r| r.listen).collect();
@@ -414,8 +455,16 @@ fn run(cfg: Config) -> Result<(), Error> {
             while let Ok(m) = from_ha.try_recv() {
                 match m {
                     ToProxy::Import { dialogs, bindings, reply } => {
-                        proxy.import_bindings(&bindings, Instant::now());
-                        let _ = reply.send(proxy.import_dialogs(&dialogs, Instant::now()));
+                        let now = Instant::now();
+                        proxy.import_bindings(&bindings, now);
+                        // The phones' TCP and TLS connections ended with the
+                        // old active: their bindings go as for a closed
+                        // connection, and their addresses are never dialled.
+                        let lost = transport.lose_flows(&proxy.binding_flows(now), now);
+                        if lost > 0 {
+                            tracing::info!(flows = lost, "HA: connections held by the old active are gone");
+                        }
+                        let _ = reply.send(proxy.import_dialogs(&dialogs, now));
                     }
                     ToProxy::SetActive(active) => {
                         if !active {
@@ -439,14 +488,7 @@ fn run(cfg: Config) -> Result<(), Error> {
         let now = Instant::now();
         proxy.on_timer(now);
         media_relay::control::MediaControl::flush(relay.as_ref());
-        for o in proxy.drain_output() {
-            if let Err(e) = transport.send(&o, now) {
-                tracing::info!(dest = %o.dest, error = %e, "SIP send failed");
-            }
-        }
-        for flow in transport.take_closed_flows() {
-            proxy.flow_closed(flow);
-        }
+        send_all(&mut proxy, &mut transport, now, &|| media_relay::control::MediaControl::flush(relay.as_ref()));
         sbc::metrics::ConnMetrics::store(&metrics.conns, transport.connections(), &transport.stats);
         let d = transport.drops.oversize + transport.drops.bad_framing;
         if d > dropped_seen {

@@ -2,8 +2,9 @@
 //! test (rcgen) and test user agents written with rustls: a call from a
 //! TLS phone to a UDP trunk (Via TLS, Record-Route doubled, in-dialog
 //! requests both ways), TLS trunks (a certificate not signed by `ca_file`
-//! fails the handshake, is counted and the call fails over; a good one
-//! carries the call with the configured SNI), a client that never
+//! fails the handshake, is counted, and the call fails over at once, or
+//! gets 503 with no other trunk; a good one carries the call with the
+//! configured SNI), a client that never
 //! finishes its handshake (closed after the timeout, counted, others still
 //! served), and a phone registered over TLS reached over that same
 //! connection, then 480 once it has closed (and the same over TCP). Last,
@@ -283,6 +284,8 @@ struct Test {
     tls: SocketAddr,
     ca: Ca,
     sbc: Option<Sbc>,
+    /// `sip.invite_timeout_ms` of the next [`start`](Self::start).
+    invite_timeout_ms: u64,
 }
 
 impl Test {
@@ -292,7 +295,7 @@ impl Test {
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let p = Ports::new(41000 + (std::process::id() % 8) as u16 * 1000 + k * 200);
         let tls = SocketAddr::from(([127, 0, 0, 1], ports::free_tcp_port()));
-        Test { dir, p, tls, ca: Ca::new(), sbc: None }
+        Test { dir, p, tls, ca: Ca::new(), sbc: None, invite_timeout_ms: 1000 }
     }
 
     /// Starts the sbc with `trunks` (TOML: trunk and route tables) and
@@ -302,11 +305,12 @@ impl Test {
         let p = &self.p;
         let cfg = format!(
             "[sip]\nlisten = \"127.0.0.1:{}\"\ndomains = [\"127.0.0.1\"]\ntls_listen = \"{}\"\n\
-             tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ninvite_timeout_ms = 1000\n{sip_extra}\n{trunks}\n\
+             tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ninvite_timeout_ms = {}\n{sip_extra}\n{trunks}\n\
              [health]\ninterval_ms = 0\n[cdr]\nfile = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[control]\nsocket = \"off\"\n\
              [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {}\nport_max = {}\nworkers = 1\ntimeout = 60\nmetrics = \"off\"\n",
             p.sip,
             self.tls,
+            self.invite_timeout_ms,
             self.dir.join("cdr.jsonl").display(),
             p.metrics,
             p.relay,
@@ -423,22 +427,43 @@ fn a_trunk_whose_certificate_is_not_from_ca_file_fails_over_and_is_counted_and_m
         )
     };
     let trunks = format!(
-        "{}{}{}[[route]]\nprefix = \"7\"\ntrunks = [\"bad\", \"uas\"]\n[[route]]\nprefix = \"8\"\ntrunks = [\"good\"]\n",
+        "{}{}{}[[route]]\nprefix = \"7\"\ntrunks = [\"bad\", \"uas\"]\n[[route]]\nprefix = \"8\"\ntrunks = [\"good\"]\n\
+         [[route]]\nprefix = \"6\"\ntrunks = [\"bad\"]\n",
         tls_trunk_cfg("bad", bad_port),
         tls_trunk_cfg("good", good_port),
         udp_trunk("uas", t.p.a)
     );
+    // Long enough that a failover at the timeout cannot pass for one at
+    // the handshake failure.
+    t.invite_timeout_ms = 4000;
+    let soon = Duration::from_millis(t.invite_timeout_ms / 2);
     t.start("", &trunks);
     let uas = UdpUa::bind(t.p.a);
     let caller = UdpUa::bind(0);
-    // The bad trunk first: its certificate is refused, the call moves on.
+    // The bad trunk first: its certificate is refused, which is a
+    // transport error: the call moves on at once, not at the timeout.
+    let sent = Instant::now();
     caller.send(&invite("sip:7001@127.0.0.1", "UDP", caller.local(), "tls-trunk-1"), t.udp());
     let (inv, from) = uas.recv().expect("the call fails over to the UDP trunk");
+    let took = sent.elapsed();
+    assert!(took < soon, "failed over after {took:?}, not well before invite_timeout_ms = {}", t.invite_timeout_ms);
     uas.send(&answer(&inv, 200, &format!("sip:7001@{}", uas.local())), from);
     let (ok, _) = caller.recv().unwrap();
     assert_eq!(ok.code(), Some(200));
     assert!(t.metric("sbc_tls_handshake_failures_total") >= 1.0);
     assert!(bad_seen.lock().unwrap().is_empty(), "nothing was sent to the rogue trunk");
+    // With no other trunk, the caller gets 503 (as if the trunk had said
+    // so, RFC 3261 §16.9), again before the timeout.
+    // (Another caller: this one does not ACK, so the 503 is repeated to it.)
+    let lone = UdpUa::bind(0);
+    let sent = Instant::now();
+    lone.send(&invite("sip:6001@127.0.0.1", "UDP", lone.local(), "tls-trunk-3"), t.udp());
+    let (r, _) = lone.recv().expect("an answer");
+    let took = sent.elapsed();
+    assert_eq!(r.code(), Some(503));
+    assert!(took < soon, "answered after {took:?}, not well before invite_timeout_ms = {}", t.invite_timeout_ms);
+    assert!(t.metric("sbc_tls_handshake_failures_total") >= 2.0);
+    assert!(bad_seen.lock().unwrap().is_empty());
     // The good trunk carries a call over mutual TLS, with the configured SNI.
     caller.send(&invite("sip:8001@127.0.0.1", "UDP", caller.local(), "tls-trunk-2"), t.udp());
     let (ok, _) = caller.recv().expect("the TLS trunk answers");

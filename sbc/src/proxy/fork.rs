@@ -320,15 +320,18 @@ impl Core {
         }
     }
 
-    /// Branch `branch` of the forward of `id` got no answer: try the next target.
+    /// Branch `branch` of the forward of `id` got no answer: try the next
+    /// target. A timeout counts as a 408, a transport error as a 503
+    /// (RFC 3261 §16.9), should no other target answer.
     pub(super) fn on_branch_failure(&mut self, txn: &mut Endpoint, id: ServerId, branch: ClientId, now: Instant) {
+        let transport = txn.failure(branch) == Some(crate::txn::Failure::Transport);
         let Some(f) = self.forwards.get_mut(&id) else { return };
         if f.current != Some(branch) || f.final_sent {
             return;
         }
         f.current = None;
         if f.last_code == 0 {
-            f.last_code = 408;
+            f.last_code = if transport { 503 } else { 408 };
         }
         if let Some(i) = f.current_trunk {
             self.trunk_outcome(i, TrunkOutcome::Timeout);

@@ -15,7 +15,9 @@
 //!   socket.
 //!
 //! [`Proxy`] is the driver API around both: [`Proxy::handle`],
-//! [`Proxy::on_timer`], [`Proxy::drain_output`], [`Proxy::next_deadline`].
+//! [`Proxy::on_timer`], [`Proxy::drain_output`], [`Proxy::next_deadline`],
+//! and what the transport reports back: [`Proxy::transport_error`],
+//! [`Proxy::flow_closed`].
 
 mod acl;
 pub mod alternate;
@@ -47,7 +49,7 @@ use media_relay::control::MediaControl;
 use crate::cdr::CdrWriter;
 use crate::config::Config;
 use crate::metrics::SbcMetrics;
-use crate::transport::{Inbound, Outbound};
+use crate::transport::{Flow, Inbound, Outbound, Proto};
 use crate::txn::{Endpoint, TimerConfig};
 
 pub use media::MediaError;
@@ -133,15 +135,53 @@ impl Proxy {
         self.core.update_gauges(&self.txn);
     }
 
+    /// The transport could not deliver to `dest` over `proto` from `realm`
+    /// (RFC 3261 §18.4: connect refused, TLS handshake failed or timed
+    /// out, connection closed before the message went out, a closed flow).
+    /// The client transactions waiting on it end at once, which the call
+    /// layer takes as a 503 (§16.9): the next target is tried now, or 503
+    /// goes upstream, and a trunk's health counts a failure. Server
+    /// transactions answering there end.
+    pub fn transport_error(&mut self, dest: std::net::SocketAddr, proto: Proto, realm: usize, now: Instant) {
+        self.clock = now;
+        let n = self.txn.transport_error(dest, proto, realm, now);
+        if n > 0 {
+            tracing::info!(%dest, proto = proto.via_name(), transactions = n, "transport error ends the transactions toward it");
+        }
+        self.run_events(now);
+        self.core.update_gauges(&self.txn);
+    }
+
     /// A connection a phone opened to us closed: the bindings it
     /// registered over it can no longer be reached (RFC 5626 flow failure;
-    /// calls to them now fail over, or get 480).
-    pub fn flow_closed(&mut self, flow: crate::transport::Flow) {
+    /// calls to them now fail over, or get 480), and the transactions
+    /// waiting on it end as on a transport error.
+    pub fn flow_closed(&mut self, flow: Flow) {
         let n = self.core.location.remove_flow(flow.realm, flow.proto.into(), flow.peer);
         if n > 0 {
             tracing::info!(peer = %flow.peer, proto = flow.proto.via_name(), bindings = n, "connection closed; its bindings are gone");
         }
-        self.core.update_gauges(&self.txn);
+        let now = self.clock;
+        self.transport_error(flow.peer, flow.proto, flow.realm, now);
+    }
+
+    /// The connections (TCP and TLS flows) that registered bindings are
+    /// reached over. After an HA takeover none of them is held here: the
+    /// transport counts them as closed ([`crate::transport::Transport::lose_flows`]).
+    #[must_use]
+    pub fn binding_flows(&self, now: Instant) -> Vec<Flow> {
+        let mut flows: Vec<Flow> = self
+            .core
+            .location
+            .aors()
+            .iter()
+            .flat_map(|aor| self.core.location.lookup(aor, now))
+            .map(|b| Flow { realm: b.realm, proto: b.transport.proto(), peer: b.source })
+            .filter(|f| f.proto.reliable())
+            .collect();
+        flows.sort_unstable_by_key(|f| (f.realm, f.peer, f.proto.via_name()));
+        flows.dedup();
+        flows
     }
 
     /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`.

@@ -14,6 +14,13 @@
 //! so the registrar can drop the bindings that used them. Connections are
 //! bounded: a cap on how many are open, a TLS handshake timeout and an
 //! idle timeout, each counted in [`ConnStats`].
+//!
+//! Transport errors (RFC 3261 §18.4) are reported per destination: a send
+//! that fails at once returns its error, and a connection that fails after
+//! messages were queued on it (refused, reset, a TLS handshake that fails
+//! or times out, closed before its output went out) is reported by
+//! [`Transport::take_undelivered`], so that the transactions waiting on
+//! that destination end at once instead of at their timeout.
 
 mod stream;
 pub mod tls;
@@ -160,6 +167,20 @@ pub struct Flow {
     pub peer: SocketAddr,
 }
 
+/// Messages queued for a destination that the transport could not
+/// deliver: the connection they were queued on failed or never came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undelivered {
+    /// The realm whose connection it was.
+    pub realm: usize,
+    /// `Tcp` or `Tls`.
+    pub proto: Proto,
+    /// The destination (the peer's address).
+    pub dest: SocketAddr,
+    /// What failed, for the log.
+    pub why: &'static str,
+}
+
 /// One realm's sockets.
 struct RealmSockets {
     udp: UdpSocket,
@@ -182,6 +203,8 @@ pub struct Transport {
     /// Peers whose connection to us closed, and when: never dialled.
     gone: HashMap<(usize, Proto, SocketAddr), Instant>,
     closed_flows: Vec<Flow>,
+    /// Transport errors not yet taken.
+    undelivered: Vec<Undelivered>,
     next: usize,
     max_msg: usize,
     rbuf: Vec<u8>,
@@ -232,6 +255,7 @@ impl Transport {
             by_peer: HashMap::new(),
             gone: HashMap::new(),
             closed_flows: Vec::new(),
+            undelivered: Vec::new(),
             max_msg,
             rbuf: vec![0; max_msg + 1],
             tls: None,
@@ -306,6 +330,33 @@ impl Transport {
     /// Connections peers opened to us that closed since the last call.
     pub fn take_closed_flows(&mut self) -> Vec<Flow> {
         std::mem::take(&mut self.closed_flows)
+    }
+
+    /// Destinations whose queued messages were lost since the last call
+    /// (transport errors found after [`send`](Self::send) returned).
+    pub fn take_undelivered(&mut self) -> Vec<Undelivered> {
+        std::mem::take(&mut self.undelivered)
+    }
+
+    /// Peers' connections this node does not hold although the layer
+    /// above knows of them (after an HA takeover: the connections phones
+    /// had opened to the old active). They count as closed: never
+    /// dialled, and reported by [`take_closed_flows`](Self::take_closed_flows).
+    /// A flow this node does hold is left alone. Returns how many counted.
+    pub fn lose_flows(&mut self, flows: &[Flow], now: Instant) -> usize {
+        let mut n = 0;
+        for f in flows {
+            let key = (f.realm, f.proto, f.peer);
+            if f.proto == Proto::Udp || self.by_peer.contains_key(&key) {
+                continue;
+            }
+            if self.gone.len() < GONE_CAP || self.gone.contains_key(&key) {
+                self.gone.insert(key, now);
+            }
+            self.closed_flows.push(*f);
+            n += 1;
+        }
+        n
     }
 
     /// Waits up to `timeout` and appends every message that arrived to `out`.
@@ -429,9 +480,15 @@ impl Transport {
         Ok(t)
     }
 
-    fn close(&mut self, t: Token, now: Instant) {
+    /// Closes connection `t`; when messages queued on it are lost, that is
+    /// a transport error for its destination, `why`.
+    fn close(&mut self, t: Token, now: Instant, why: &'static str) {
         if let Some(mut c) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            if c.lost_output() {
+                tracing::info!(dest = %c.peer, proto = c.proto.via_name(), why, "transport error: messages not delivered");
+                self.undelivered.push(Undelivered { realm: c.realm, proto: c.proto, dest: c.peer, why });
+            }
             let key = (c.realm, c.proto, c.peer);
             if self.by_peer.get(&key) == Some(&t) {
                 self.by_peer.remove(&key);
@@ -458,12 +515,19 @@ impl Transport {
         match closing {
             None => {}
             Some(why) => {
-                match why {
-                    Closing::BadFraming => self.drops.bad_framing += 1,
-                    Closing::TlsFailed if was_handshaking => self.stats.tls_handshake_failures += 1,
-                    Closing::TlsFailed | Closing::Gone => {}
-                }
-                self.close(t, now);
+                let text = match why {
+                    Closing::BadFraming => {
+                        self.drops.bad_framing += 1;
+                        "broken framing"
+                    }
+                    Closing::TlsFailed if was_handshaking => {
+                        self.stats.tls_handshake_failures += 1;
+                        "TLS handshake failed"
+                    }
+                    Closing::TlsFailed => "TLS failed",
+                    Closing::Gone => "connection refused, reset or closed",
+                };
+                self.close(t, now, text);
             }
         }
     }
@@ -474,7 +538,7 @@ impl Transport {
             c.flush()
         });
         if failed {
-            self.close(t, Instant::now());
+            self.close(t, Instant::now(), "write failed");
         }
     }
 
@@ -496,11 +560,11 @@ impl Transport {
                 tracing::info!(peer = %c.peer, proto = c.proto.via_name(), "closing connection: handshake timed out");
             }
             self.stats.tls_handshake_timeouts += 1;
-            self.close(t, now);
+            self.close(t, now, "connect or TLS handshake timed out");
         }
         for t in idle {
             self.stats.idle_closes += 1;
-            self.close(t, now);
+            self.close(t, now, "idle");
         }
         if !self.gone.is_empty() {
             self.gone.retain(|_, at| now.saturating_duration_since(*at) < GONE_MEMORY);
@@ -509,7 +573,10 @@ impl Transport {
 
     /// Sends a message. TCP and TLS reuse the connection to the peer, or
     /// open one, unless the peer's own connection to us has closed (a
-    /// phone's flow: it is not dialled).
+    /// phone's flow: it is not dialled). A failure found later (the
+    /// connect refused, the TLS handshake failed or timed out, the
+    /// connection closed before the message went out) is reported by
+    /// [`take_undelivered`](Self::take_undelivered).
     ///
     /// # Errors
     /// The send or connect error (a transport error for the transaction).
@@ -551,7 +618,7 @@ impl Transport {
             failed = c.connected && c.flush();
         }
         if failed {
-            self.close(t, now);
+            self.close(t, now, "write failed");
         }
         Ok(())
     }

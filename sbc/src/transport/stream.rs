@@ -86,6 +86,18 @@ impl Conn {
         self.wbuf.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
+    /// Whether closing the connection now loses messages of ours: output
+    /// not yet written, or (a connection we dialled, which always has
+    /// something to send) a connect or TLS handshake that never finished.
+    pub(super) fn lost_output(&self) -> bool {
+        if self.accepted {
+            // Before its handshake is done, only handshake records are ours.
+            !self.handshaking() && !self.idle_output()
+        } else {
+            !self.connected || self.handshaking() || !self.idle_output()
+        }
+    }
+
     /// Queues one message.
     pub(super) fn queue(&mut self, data: &[u8]) -> io::Result<()> {
         match &mut self.tls {

@@ -181,6 +181,10 @@ fn dialling_tls_verifies_the_server() {
         server.poll(Some(Duration::from_millis(10)), &mut out, now).unwrap();
     }
     assert!(out.is_empty(), "nothing delivered");
+    let lost = client.take_undelivered();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].dest, lost[0].proto, lost[0].realm), (addr, Proto::Tls, 0), "a transport error for the trunk");
+    assert_eq!(client.connections(), 0);
     // With the right CA the message arrives over TLS.
     let mut good = Transport::bind("127.0.0.1:0".parse().unwrap(), false, 65535).unwrap();
     let setup = TlsSetup {
@@ -198,4 +202,81 @@ fn dialling_tls_verifies_the_server() {
     }
     assert_eq!((out[0].proto, out[0].data.as_slice()), (Proto::Tls, OPTIONS));
     assert_eq!(good.stats, ConnStats::default());
+    assert!(good.take_undelivered().is_empty());
+}
+
+/// A loopback TCP address nothing listens on.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[test]
+fn a_refused_connect_is_a_transport_error_for_its_destination() {
+    let mut t = Transport::bind("127.0.0.1:0".parse().unwrap(), true, 65535).unwrap();
+    let dest = closed_port();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let o = Outbound { data: OPTIONS.to_vec(), dest, proto: Proto::Tcp, realm: 0 };
+    // Refused at once, or when the kernel says so: either way it is reported.
+    if t.send(&o, now).is_ok() {
+        poll_until(&mut t, &mut out, now, |t, _| !t.undelivered.is_empty());
+        let lost = t.take_undelivered();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!((lost[0].dest, lost[0].proto, lost[0].realm), (dest, Proto::Tcp, 0));
+    }
+    assert_eq!(t.connections(), 0);
+    assert!(t.take_closed_flows().is_empty(), "a connection we dialled is no peer's flow");
+}
+
+#[test]
+fn a_dialled_tls_connection_whose_handshake_never_ends_is_a_transport_error() {
+    let p = pki();
+    let mut t = tls_transport(&p, Limits { handshake: Duration::from_secs(2), ..Limits::default() });
+    // A listener that accepts (in the kernel) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dest = silent.local_addr().unwrap();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    t.send(&Outbound { data: OPTIONS.to_vec(), dest, proto: Proto::Tls, realm: 0 }, now).unwrap();
+    t.poll(Some(Duration::from_millis(50)), &mut out, now + Duration::from_secs(1)).unwrap();
+    assert!(t.take_undelivered().is_empty(), "not before the handshake timeout");
+    t.poll(Some(Duration::ZERO), &mut out, now + Duration::from_secs(3)).unwrap();
+    let lost = t.take_undelivered();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].dest, lost[0].proto), (dest, Proto::Tls));
+    assert_eq!((t.connections(), t.stats.tls_handshake_timeouts), (0, 1));
+}
+
+#[test]
+fn flows_held_elsewhere_count_as_closed_and_are_never_dialled() {
+    let p = pki();
+    let mut t = tls_transport(&p, Limits::default());
+    let tcp = t.realms[0].listener.as_ref().unwrap().local_addr().unwrap();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    // A phone connected here: its flow is held and stays.
+    let mut held = StdTcp::connect(tcp).unwrap();
+    held.write_all(OPTIONS).unwrap();
+    poll_until(&mut t, &mut out, now, |_, o| !o.is_empty());
+    let here = Flow { realm: 0, proto: Proto::Tcp, peer: out[0].src };
+    // A phone that was connected to the node this one took over from: a
+    // listener stands at its address, to show that nothing dials it.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let gone = Flow { realm: 0, proto: Proto::Tls, peer: elsewhere.local_addr().unwrap() };
+    let udp = Flow { realm: 0, proto: Proto::Udp, peer: gone.peer };
+    assert_eq!(t.lose_flows(&[here, gone, udp], now), 1);
+    assert_eq!(t.take_closed_flows(), vec![gone], "reported as closed, so its bindings go");
+    let e =
+        t.send(&Outbound { data: OPTIONS.to_vec(), dest: gone.peer, proto: Proto::Tls, realm: 0 }, now).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotConnected);
+    t.poll(Some(Duration::from_millis(50)), &mut out, now).unwrap();
+    assert!(elsewhere.accept().is_err(), "no connection was attempted");
+    assert_eq!(t.connections(), 1);
+    // The held flow still carries messages.
+    t.send(&Outbound { data: OPTIONS.to_vec(), dest: here.peer, proto: Proto::Tcp, realm: 0 }, now).unwrap();
+    let mut buf = vec![0u8; OPTIONS.len()];
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, OPTIONS);
 }

@@ -242,6 +242,19 @@ fn transport_error_terminates() {
 }
 
 #[test]
+fn transport_error_on_a_reliable_transport_ends_at_once_whatever_the_failover_timer() {
+    for kind in [Kind::Invite, Kind::NonInvite] {
+        let (mut t, t0) = start(kind, true, TimerConfig::default());
+        t.set_timeout_override(ms(2000));
+        // Before any timer: a connect refused or a failed TLS handshake.
+        assert_eq!(t.on_transport_error(t0 + ms(5)), vec![A::TransportError, A::Terminated], "{kind:?}");
+        assert_eq!((t.state(), t.next_deadline()), (S::Terminated, None));
+        assert!(t.on_timer(t0 + ms(2000)).is_empty(), "no timeout follows");
+        assert!(t.on_response(200, t0 + ms(10)).is_empty(), "nor a late response");
+    }
+}
+
+#[test]
 fn out_of_range_codes_ignored() {
     let (mut t, t0) = start(Kind::Invite, false, TimerConfig::default());
     assert_eq!(t.on_response(99, t0), vec![]);

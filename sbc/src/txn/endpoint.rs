@@ -12,7 +12,9 @@
 //! - The call layer's commands are [`Endpoint::respond`],
 //!   [`Endpoint::reply`], [`Endpoint::start_client`],
 //!   [`Endpoint::cancel`] and [`Endpoint::send`] (stateless).
-//! - Datagrams to send pile up until [`Endpoint::drain_output`].
+//! - Datagrams to send pile up until [`Endpoint::drain_output`]; what the
+//!   transport could not deliver comes back through
+//!   [`Endpoint::transport_error`] (RFC 3261 §17.1.4, §18.4).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -20,9 +22,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::event::{ClientId, ClientRequest, Event, ServerId};
+use super::event::{ClientId, ClientRequest, Event, Failure, ServerId};
 use super::wire;
-use super::{client_key, ClientAction, ClientTxn, Kind, ServerAction, ServerTxn, TimerConfig, TxnKey};
+use super::{client_key, ClientAction, ClientState, ClientTxn, Kind, ServerAction, ServerTxn, TimerConfig, TxnKey};
 use crate::metrics::SbcMetrics;
 use crate::sip::{Header, Message, Method};
 use crate::transport::{Outbound, Proto};
@@ -77,6 +79,10 @@ pub struct Endpoint {
     pub(super) accepted: HashMap<TxnKey, Instant>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     pub(super) events: VecDeque<Event>,
+    /// Why each client transaction reported in a queued [`Event::Failed`] failed.
+    failures: HashMap<ClientId, Failure>,
+    /// The [`Event::Failed`] polled last, with its cause.
+    polled_failure: Option<(ClientId, Failure)>,
     out: Vec<Outbound>,
     next_id: u64,
     seed: u64,
@@ -98,6 +104,8 @@ impl Endpoint {
             accepted: HashMap::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
+            failures: HashMap::new(),
+            polled_failure: None,
             out: Vec::new(),
             next_id: 1,
             seed,
@@ -136,7 +144,19 @@ impl Endpoint {
 
     /// The next event for the layer above.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        self.polled_failure = match &ev {
+            Event::Failed { id, .. } => self.failures.remove(id).map(|f| (*id, f)),
+            _ => None,
+        };
+        Some(ev)
+    }
+
+    /// Why client transaction `id` failed, while its [`Event::Failed`] is
+    /// the latest event polled (`None` once another event was polled).
+    #[must_use]
+    pub fn failure(&self, id: ClientId) -> Option<Failure> {
+        self.polled_failure.filter(|(i, _)| *i == id).map(|(_, f)| f)
     }
 
     /// Takes the messages to send.
@@ -165,6 +185,8 @@ impl Endpoint {
         self.client_ids.clear();
         self.accepted.clear();
         self.events.clear();
+        self.failures.clear();
+        self.polled_failure = None;
         self.out.clear();
     }
 
@@ -200,6 +222,49 @@ impl Endpoint {
                 }
             }
         }
+    }
+
+    /// The transport could not deliver to `dest` over `proto` from `realm`
+    /// (RFC 3261 §18.4): the connection was refused or reset, its TLS
+    /// handshake failed or timed out, it closed before the messages went
+    /// out, or it is a peer's closed flow, never dialled.
+    ///
+    /// - Every client transaction to that destination still waiting for
+    ///   a final response ends at once with [`Event::Failed`] and
+    ///   [`Failure::Transport`] (§17.1.4), so the call layer fails over
+    ///   now rather than at the timeout.
+    /// - Every server transaction whose responses go there just ends: they
+    ///   cannot be delivered (§17.2.4).
+    ///
+    /// Returns how many transactions ended.
+    pub fn transport_error(&mut self, dest: SocketAddr, proto: Proto, realm: usize, now: Instant) -> usize {
+        let at = |d: SocketAddr, p: Proto, r: usize| d == dest && p == proto && r == realm;
+        let waiting =
+            |s: ClientState| matches!(s, ClientState::Calling | ClientState::Trying | ClientState::Proceeding);
+        let mut clients: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| at(c.dest, c.proto, c.realm) && waiting(c.txn.state()))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut servers: Vec<ServerId> =
+            self.servers.iter().filter(|(_, s)| at(s.upstream, s.proto, s.realm)).map(|(id, _)| *id).collect();
+        // Oldest first, so the events come in a stable order.
+        clients.sort_unstable();
+        servers.sort_unstable();
+        for &id in &clients {
+            if let Some(c) = self.clients.get_mut(&id) {
+                let actions = c.txn.on_transport_error(now);
+                self.run_client(id, actions, None);
+            }
+        }
+        for &id in &servers {
+            if let Some(s) = self.servers.get_mut(&id) {
+                let actions = s.txn.on_transport_error(now);
+                self.run_server(id, actions);
+            }
+        }
+        clients.len() + servers.len()
     }
 
     /// Marks server transaction `id` as forwarded (it has a response
@@ -329,7 +394,14 @@ impl Endpoint {
                     }
                 }
                 ClientAction::Timeout | ClientAction::TransportError => {
-                    tracing::info!(?id, "no answer from next hop (timeout or transport error)");
+                    let failure = if a == ClientAction::Timeout {
+                        tracing::info!(?id, %dest, "no final response from next hop in time");
+                        Failure::Timeout
+                    } else {
+                        tracing::info!(?id, %dest, proto = proto.via_name(), "transport error toward next hop");
+                        Failure::Transport
+                    };
+                    self.failures.insert(id, failure);
                     self.events.push_back(Event::Failed { id, owner });
                     terminated = true;
                 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ClientRequest, Endpoint, Event, TimerConfig};
+use super::{ClientId, ClientRequest, Endpoint, Event, Failure, TimerConfig};
 use crate::metrics::SbcMetrics;
 use crate::sip::Message;
 use crate::transport::{Inbound, Proto};
@@ -110,5 +110,82 @@ fn an_unanswered_client_transaction_fails_at_its_timeout() {
     let ev: Vec<Event> = std::iter::from_fn(|| ep.poll_event()).collect();
     let [Event::Failed { id, owner: None }] = ev.as_slice() else { panic!("{ev:?}") };
     assert_eq!(Some(*id), client);
+    assert_eq!(ep.failure(*id), Some(Failure::Timeout));
     assert!(ep.is_empty());
+}
+
+/// Starts a client transaction for `method` (branch `branch`) to `dest`
+/// over `proto` from realm 0, with a 30 s failover timer.
+fn start(ep: &mut Endpoint, method: &str, branch: &str, dest: &str, proto: Proto, now: Instant) -> ClientId {
+    let request = Message::parse(&request(method, branch, method, "")).unwrap();
+    let timeout = Some(Duration::from_secs(30));
+    let c = ClientRequest { request, dest: addr(dest), proto, realm: 0, owner: None, timeout };
+    ep.start_client(c, now).unwrap()
+}
+
+#[test]
+fn a_transport_error_ends_the_client_transactions_waiting_on_that_destination_at_once() {
+    let (mut ep, t0) = (ep(), Instant::now());
+    let invite = start(&mut ep, "INVITE", "z9hG4bKt1", NEXT, Proto::Tls, t0);
+    let options = start(&mut ep, "OPTIONS", "z9hG4bKt2", NEXT, Proto::Tls, t0);
+    // Same address, another transport; another address: not concerned.
+    let udp = start(&mut ep, "OPTIONS", "z9hG4bKt3", NEXT, Proto::Udp, t0);
+    let other = start(&mut ep, "INVITE", "z9hG4bKt4", "127.0.0.1:5080", Proto::Tls, t0);
+    assert_eq!(ep.drain_output().len(), 4);
+    assert!(ep.poll_event().is_none());
+    // Another realm's connection to the same address is not this one.
+    assert_eq!(ep.transport_error(addr(NEXT), Proto::Tls, 1, t0), 0);
+    // No time passes: both transactions end now, not at their timeout.
+    let at = t0 + Duration::from_millis(40);
+    assert_eq!(ep.transport_error(addr(NEXT), Proto::Tls, 0, at), 2);
+    let mut failed = Vec::new();
+    while let Some(ev) = ep.poll_event() {
+        let Event::Failed { id, owner: None } = ev else { panic!("{ev:?}") };
+        assert_eq!(ep.failure(id), Some(Failure::Transport), "a transport error, not a timeout");
+        failed.push(id);
+    }
+    assert_eq!(failed, vec![invite, options]);
+    assert_eq!(ep.failure(invite), None, "only while its event is the latest polled");
+    assert_eq!(ep.failure(options), Some(Failure::Transport), "the latest");
+    assert!(ep.drain_output().is_empty(), "nothing is sent for them");
+    assert_eq!(ep.len(), 2, "the UDP and the other destination's transactions live on");
+    // They still time out as before, reported as timeouts.
+    ep.on_timer(t0 + Duration::from_secs(30));
+    let mut timed_out = Vec::new();
+    while let Some(ev) = ep.poll_event() {
+        let Event::Failed { id, .. } = ev else { panic!("{ev:?}") };
+        assert_eq!(ep.failure(id), Some(Failure::Timeout));
+        timed_out.push(id);
+    }
+    timed_out.sort_unstable();
+    assert_eq!(timed_out, vec![udp, other]);
+    // A second report finds nothing left to end.
+    assert_eq!(ep.transport_error(addr(NEXT), Proto::Tls, 0, at), 0);
+}
+
+#[test]
+fn a_transport_error_ends_a_ringing_invite_and_the_server_transactions_answering_there() {
+    let (mut ep, now) = (ep(), Instant::now());
+    // A request from the UA over its TLS connection, not answered yet.
+    ep.handle(
+        Inbound { data: request("INVITE", "z9hG4bKs1", "INVITE", ""), src: addr(UA), proto: Proto::Tls, realm: 0 },
+        now,
+    );
+    let Some(Event::Request { id: server, .. }) = ep.poll_event() else { panic!("a request") };
+    assert_eq!(ep.drain_output().len(), 1, "100 Trying");
+    // An INVITE toward the UA over the same connection, already ringing.
+    let ringing = start(&mut ep, "INVITE", "z9hG4bKs2", UA, Proto::Tls, now);
+    ep.drain_output();
+    let resp = "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKs2\r\nFrom: <sip:a@x>;tag=1\r\n\
+         To: <sip:bob@127.0.0.1>;tag=b\r\nCall-ID: k1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    ep.handle(Inbound { data: resp.as_bytes().to_vec(), src: addr(UA), proto: Proto::Tls, realm: 0 }, now);
+    assert!(matches!(ep.poll_event(), Some(Event::Response { code: 180, .. })));
+    assert_eq!(ep.transport_error(addr(UA), Proto::Tls, 0, now), 2);
+    let Some(Event::Failed { id, .. }) = ep.poll_event() else { panic!("the ringing INVITE fails too") };
+    assert_eq!((id, ep.failure(id)), (ringing, Some(Failure::Transport)));
+    assert!(ep.poll_event().is_none(), "a server transaction just ends");
+    assert!(ep.is_empty());
+    // Its answer has nowhere to go: absorbed.
+    ep.reply(server, 486, "Busy Here", Vec::new(), now);
+    assert!(ep.drain_output().is_empty());
 }

@@ -65,7 +65,9 @@ pub enum Event {
         msg: Message,
     },
     /// Client transaction `id` got no final response (timer B/F, the
-    /// caller's timeout, or a transport error) and is gone.
+    /// caller's timeout, or a transport error) and is gone. Which of them,
+    /// [`Endpoint::failure`](super::Endpoint::failure) says while this is
+    /// the latest event polled.
     Failed {
         /// The client transaction.
         id: ClientId,
@@ -80,6 +82,17 @@ pub enum Event {
         /// The realm it came in on.
         realm: usize,
     },
+}
+
+/// Why a client transaction ended without a final response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No final response in time (timer B or F, or the caller's timeout):
+    /// as if a 408 had come (RFC 3261 §17.1.1.2, §17.1.2.2).
+    Timeout,
+    /// The transport could not deliver the request (RFC 3261 §17.1.4,
+    /// §18.4): as if a 503 had come (§16.9).
+    Transport,
 }
 
 /// A client transaction to start: [`Endpoint::start_client`](super::Endpoint::start_client).

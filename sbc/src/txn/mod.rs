@@ -35,7 +35,7 @@ mod server_tests;
 
 pub use client::{ClientAction, ClientState, ClientTxn};
 pub use endpoint::Endpoint;
-pub use event::{ClientId, ClientRequest, Event, ServerId};
+pub use event::{ClientId, ClientRequest, Event, Failure, ServerId};
 pub use server::{ServerAction, ServerState, ServerTxn};
 pub use timers::TimerConfig;
 
