@@ -42,9 +42,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-packets=$(( (CALL_MS - 500) / 20 ))
-head -c $(( packets * 160 )) /dev/zero | tr '\0' '\325' > "$WORK/audio.al"
-sed -e "s#@AUDIO@#$WORK/audio.al#" -e "s#@PAUSE_MS@#$CALL_MS#" "$FIX/uac_rtp.xml" > "$WORK/uac.xml"
+# shellcheck source=bench/sip-lib.sh
+. "$ROOT/bench/sip-lib.sh"
+make_uac
 # The same call with the 407 round first: the first INVITE (CSeq 1) is
 # challenged and ACKed, the second (CSeq 2) carries the credentials; the ACK
 # and BYE of the call then use CSeq 2 and 3.
@@ -84,66 +84,6 @@ out = out.replace("<sip:uac@[local_ip]:[local_port]>;tag=", "<sip:alice@[remote_
 print(out, end="")
 PY
 
-wait_sip() { # port
-  for _ in $(seq 1 100); do
-    python3 - "$1" <<'PY' && return 0
-import socket,sys
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.2); s.bind(("127.0.0.1",0))
-p=s.getsockname()[1]
-m=("OPTIONS sip:127.0.0.1:%s SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKw\r\nMax-Forwards: 70\r\nFrom: <sip:w@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: w%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"%(sys.argv[1],p,p)).encode()
-s.sendto(m,("127.0.0.1",int(sys.argv[1])))
-try:
-    d=s.recv(4096); sys.exit(0 if d.startswith(b"SIP/2.0 200") else 1)
-except Exception: sys.exit(1)
-PY
-    sleep 0.1
-  done
-  echo "SIP on port $1 never answered" >&2; return 1
-}
-
-# run_rate NAME PORT RATE SCENARIO -> prints "successful failed"
-run_rate() {
-  local name=$1 port=$2 rate=$3 sf=$4 d=$WORK/$1-$3
-  mkdir -p "$d"
-  local total=$(( rate * STEP_S ))
-  local limit=$(( rate * (CALL_MS / 1000 + 3) ))
-  ( cd "$d" && exec sipp -sf "$FIX/uas_echo.xml" -i "$UAS_IP" -p 5070 -mi "$UAS_IP" -mp 36000 -rtp_echo \
-      -m "$total" -nostdin -timeout $(( STEP_S + 60 ))s >/dev/null 2>&1 ) &
-  local uas=$!
-  sleep 0.3
-  ( cd "$d" && timeout $(( STEP_S + CALL_MS / 1000 + 90 )) \
-      sipp -sf "$sf" 127.0.0.1:"$port" -s 1000 -i "$UAC_IP" -p 5071 -mi "$UAC_IP" \
-      -r "$rate" -m "$total" -l "$limit" -nostdin -timeout $(( STEP_S + 60 ))s \
-      -trace_stat -stf stats.csv >/dev/null 2>&1 ) || true
-  kill "$uas" 2>/dev/null || true; wait "$uas" 2>/dev/null || true
-  python3 - "$d/stats.csv" "$total" <<'PY'
-import csv,sys
-try:
-    rows=list(csv.reader(open(sys.argv[1]),delimiter=';'))
-    h=rows[0]; last=rows[-1]; ok=int(last[h.index("SuccessfulCall(C)")])
-except Exception:
-    ok=0
-print(ok, int(sys.argv[2])-ok)
-PY
-}
-
-# CPU seconds (user + system) used so far by the processes PIDS...
-cpu_s() { ps -o times= -p "$(echo "$@" | tr ' ' ',')" | awk '{s+=$1} END {print s+0}'; }
-
-# capacity NAME PORT SCENARIO -> highest rate with <= 0.1% failures; adds
-# the calls placed to $WORK/NAME.calls
-capacity() {
-  local best=0 placed=0
-  for r in $RATES; do
-    read -r ok bad < <(run_rate "$1" "$2" "$r" "$3")
-    local total=$(( ok + bad ))
-    placed=$(( placed + total )); echo "$placed" > "$WORK/$1.calls"
-    printf '  %-14s %5s cps: %6d ok %5d failed\n' "$1" "$r" "$ok" "$bad" >&2
-    if [ $(( bad * 1000 )) -le "$total" ]; then best=$r; else break; fi
-  done
-  echo "$best"
-}
-
 "$SBC" passwd alice --realm 127.0.0.1 <<<"alice-pw" > "$WORK/users.txt"
 HA1=$(cut -d: -f3 "$WORK/users.txt")
 cat > "$WORK/sbc.toml" <<EOF
@@ -181,14 +121,14 @@ EOF
 echo "== sbc without [auth]" >&2
 "$SBC" run --config "$WORK/sbc.toml" 2>"$WORK/sbc.log" & PIDS+=($!)
 wait_sip 5060
-SBC_CPS=$(capacity sbc 5060 "$WORK/uac.xml")
+SBC_CPS=$(capacity sbc 5060 "$WORK/uac.xml" "$UAC_IP" "$UAS_IP")
 SBC_CPU=$(cpu_s "${PIDS[-1]}")
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
 echo "== sbc with [auth] (407 round on every call)" >&2
 "$SBC" run --config "$WORK/sbc-auth.toml" 2>"$WORK/sbc-auth.log" & PIDS+=($!)
 wait_sip 5060
-AUTH_CPS=$(capacity sbc-auth 5060 "$WORK/uac-auth.xml")
+AUTH_CPS=$(capacity sbc-auth 5060 "$WORK/uac-auth.xml" "$UAC_IP" "$UAS_IP")
 AUTH_CPU=$(cpu_s "${PIDS[-1]}")
 AUTH_METRICS=$(curl -s http://127.0.0.1:9199/metrics | grep -E '^sbc_auth_(challenges|successes|failures|replays)_total' | tr '\n' ' ' || true)
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
@@ -218,12 +158,10 @@ PY
 sleep 0.5
 kamailio -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -Y "$WORK" -w "$WORK" -E -DD -m 64 -M 8 >/dev/null 2>"$WORK/kamailio.log" & PIDS+=($!)
 wait_sip 5061
-KAM_CPS=$(capacity kamailio-auth 5061 "$WORK/uac-auth.xml")
+KAM_CPS=$(capacity kamailio-auth 5061 "$WORK/uac-auth.xml" "$UAC_IP" "$UAS_IP")
 # Every Kamailio process (main, children, timers) and rtpengine.
 KAM_CPU=$(cpu_s $(pgrep -f "kamailio -f $WORK/kamailio.cfg") "${PIDS[-2]}")
 
-ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f'%(a/b) if b else 'n/a')" "$1" "$2"; }
-top() { local last; for last in $1; do :; done; if [ "$2" = "$last" ]; then echo "$2+"; else echo "$2"; fi; }
 echo
 echo "calls of ${CALL_MS} ms with RTP both ways, ${STEP_S} s per rate, pass = at most 0.1 % failed"
 printf '%-40s %10s\n' "sbc, no auth: max calls/s" "$(top "$RATES" "$SBC_CPS")"

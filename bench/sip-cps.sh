@@ -43,10 +43,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A raw A-law payload file for rtp_stream: 160 bytes per 20 ms.
-packets=$(( (CALL_MS - 500) / 20 ))
-head -c $(( packets * 160 )) /dev/zero | tr '\0' '\325' > "$WORK/audio.al"
-sed -e "s#@AUDIO@#$WORK/audio.al#" -e "s#@PAUSE_MS@#$CALL_MS#" "$FIX/uac_rtp.xml" > "$WORK/uac.xml"
+# shellcheck source=bench/sip-lib.sh
+. "$ROOT/bench/sip-lib.sh"
+make_uac
 
 cat > "$WORK/reg.xml" <<'EOF'
 <?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -66,63 +65,6 @@ cat > "$WORK/reg.xml" <<'EOF'
   <recv response="200"/>
 </scenario>
 EOF
-
-wait_sip() { # port
-  for _ in $(seq 1 100); do
-    python3 - "$1" <<'PY' && return 0
-import socket,sys
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.2); s.bind(("127.0.0.1",0))
-p=s.getsockname()[1]
-m=("OPTIONS sip:127.0.0.1:%s SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKw\r\nMax-Forwards: 70\r\nFrom: <sip:w@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: w%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"%(sys.argv[1],p,p)).encode()
-s.sendto(m,("127.0.0.1",int(sys.argv[1])))
-try:
-    d=s.recv(4096); sys.exit(0 if d.startswith(b"SIP/2.0 200") else 1)
-except Exception: sys.exit(1)
-PY
-    sleep 0.1
-  done
-  echo "SIP on port $1 never answered" >&2; return 1
-}
-
-# run_rate NAME PROXY_PORT RATE [UAS_IP] -> prints "successful failed"
-run_rate() {
-  local name=$1 port=$2 rate=$3 uas_ip=${4:-127.0.0.1} d=$WORK/$1-$3
-  mkdir -p "$d"
-  local total=$(( rate * STEP_S ))
-  local limit=$(( rate * (CALL_MS / 1000 + 3) ))
-  ( cd "$d" && exec sipp -sf "$FIX/uas_echo.xml" -i "$uas_ip" -p 5070 -mi "$uas_ip" -mp 36000 -rtp_echo \
-      -m "$total" -nostdin -timeout $(( STEP_S + 60 ))s >/dev/null 2>&1 ) &
-  local uas=$!
-  sleep 0.3
-  # sipp's own -timeout does not always end it: now and then, with every
-  # call done, the caller never exits. The outer timeout stops it (SIGTERM:
-  # it still writes its final statistics).
-  ( cd "$d" && timeout $(( STEP_S + CALL_MS / 1000 + 90 )) \
-      sipp -sf "$WORK/uac.xml" 127.0.0.1:"$port" -s 1000 -i 127.0.0.1 -p 5071 -mi 127.0.0.1 \
-      -r "$rate" -m "$total" -l "$limit" -nostdin -timeout $(( STEP_S + 60 ))s \
-      -trace_stat -stf stats.csv >/dev/null 2>&1 ) || true
-  kill "$uas" 2>/dev/null || true; wait "$uas" 2>/dev/null || true
-  # Last line of sipp's stats: SuccessfulCall(C) and FailedCall(C) columns.
-  python3 - "$d/stats.csv" "$total" <<'PY'
-import csv,sys
-rows=list(csv.reader(open(sys.argv[1]),delimiter=';'))
-h=rows[0]; last=rows[-1]
-ok=int(last[h.index("SuccessfulCall(C)")]); bad=int(last[h.index("FailedCall(C)")])
-print(ok, int(sys.argv[2])-ok)
-PY
-}
-
-# capacity NAME PORT [UAS_IP] -> highest rate with <= 0.1% failures
-capacity() {
-  local best=0
-  for r in $RATES; do
-    read -r ok bad < <(run_rate "$1" "$2" "$r" "${3:-127.0.0.1}")
-    local total=$(( ok + bad ))
-    printf '  %-10s %5s cps: %6d ok %5d failed\n' "$1" "$r" "$ok" "$bad" >&2
-    if [ $(( bad * 1000 )) -le "$total" ]; then best=$r; else break; fi
-  done
-  echo "$best"
-}
 
 register_rate() { # NAME PORT -> highest REGISTER/s with no failures
   local best=0
@@ -176,7 +118,7 @@ metrics = "off"
 EOF
 "$SBC" run --config "$WORK/sbc.toml" 2>"$WORK/sbc.log" & PIDS+=($!)
 wait_sip 5060
-SBC_CPS=$(capacity sbc 5060)
+SBC_CPS=$(capacity sbc 5060 "$WORK/uac.xml" 127.0.0.1 127.0.0.1)
 SBC_REG=$(register_rate sbc 5060)
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
@@ -222,7 +164,7 @@ for log, own, other in (sys.argv[1:4], sys.argv[4:7]):
     bad += len(leaks) + len(rr) + (not any(own in l for l in checked if l.lower().startswith("contact:")))
 sys.exit(1 if bad else 0)
 PY
-REALMS_CPS=$(capacity sbc-realms 5060 127.0.0.2)
+REALMS_CPS=$(capacity sbc-realms 5060 "$WORK/uac.xml" 127.0.0.1 127.0.0.2)
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
 echo "== Kamailio + rtpengine" >&2
@@ -234,11 +176,9 @@ sed -e "s/@SIP_PORT@/5061/" -e "s/@NG_PORT@/22299/" -e "s/@UAS_PORT@/5070/" -e "
 sleep 0.5
 kamailio -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -Y "$WORK" -w "$WORK" -E -DD -m 64 -M 8 >/dev/null 2>"$WORK/kamailio.log" & PIDS+=($!)
 wait_sip 5061
-KAM_CPS=$(capacity kamailio 5061)
+KAM_CPS=$(capacity kamailio 5061 "$WORK/uac.xml" 127.0.0.1 127.0.0.1)
 
-ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f'%(a/b) if b else 'n/a')" "$1" "$2"; }
 # A capacity at the highest rate tried is marked "+": the real one is higher.
-top() { local last; for last in $1; do :; done; if [ "$2" = "$last" ]; then echo "$2+"; else echo "$2"; fi; }
 echo
 echo "calls of ${CALL_MS} ms with RTP both ways, ${STEP_S} s per rate, pass = at most 0.1 % failed"
 printf '%-36s %10s %10s %8s\n' "" "sbc" "kamailio" "ratio"
