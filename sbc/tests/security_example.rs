@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
+
 //! The hardened example config in `docs/security.md` is a valid config and
 //! means what the document says: it is read from the document itself, its
 //! file paths pointed at files made here.
