@@ -38,10 +38,15 @@ fn the_hardened_example_loads_and_is_hardened() {
     // carrier, the private one admits only its network.
     assert_eq!(c.realms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["inside", "outside"]);
     assert!(c.realms.iter().all(|r| r.tls_listen.is_some()), "{:?}", c.realms);
-    let outside = &c.acls[1];
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let (inside, outside) = (&c.acls[0], &c.acls[1]);
     assert_eq!(outside.action, AclAction::Drop);
-    assert!(outside.deny.iter().any(|n| n.prefix_len() == 0));
-    assert!(!c.acls[0].allow.is_empty());
+    let carrier_ip = ip("198.51.100.3");
+    let is_trunk = c.trunk_at(carrier_ip, 1).is_some();
+    assert!(outside.permits(carrier_ip, is_trunk), "the carrier gets in");
+    assert!(!outside.permits(ip("192.0.2.66"), false), "a scanner on the public side does not");
+    assert!(inside.permits(ip("10.20.3.4"), false), "a phone inside gets in");
+    assert!(!inside.permits(ip("192.0.2.66"), false));
     // The carrier is trusted only from its sources, and sees nothing inside.
     let carrier = &c.trunks[0];
     assert_eq!(c.trunk_at("198.51.100.3".parse().unwrap(), 1), Some(0));
