@@ -323,6 +323,8 @@ struct RawSip {
     tls_handshake_timeout_ms: u64,
     #[serde(default = "tls::default_max_connections")]
     max_connections: usize,
+    #[serde(default = "tls::default_max_connections_per_ip")]
+    max_connections_per_ip: usize,
     #[serde(default = "tls::default_idle_s")]
     connection_idle_s: u64,
 }

@@ -255,6 +255,10 @@ fn run(cfg: Config) -> Result<(), Error> {
     let mut transport = Transport::bind_realms(&listens, cfg.tcp, cfg.max_message_size, cfg.ha.is_some())
         .map_err(|source| Error::BindSip { addr: cfg.listen, source })?;
     transport.set_limits(cfg.tls.limits);
+    let acl_cfg = Arc::clone(&cfg);
+    transport.set_admission(Box::new(move |realm, ip| {
+        acl_cfg.acls.get(realm).is_none_or(|a| a.is_open() || a.permits(ip, acl_cfg.trunk_at(ip, realm).is_some()))
+    }));
     if cfg.uses_tls() {
         let tls_listens: Vec<_> = cfg.realms.iter().map(|r| r.tls_listen).collect();
         let addr = tls_listens.iter().flatten().next().copied().unwrap_or(cfg.listen);

@@ -96,8 +96,9 @@ pub struct SbcMetrics {
     /// Messages refused or dropped by a source ACL, per realm (named once
     /// by [`name_realms`](Self::name_realms)).
     acl_denied: std::sync::OnceLock<Vec<(String, AtomicU64)>>,
-    /// Stream (TCP/TLS) connections: open now, refused over the cap, TLS
-    /// handshake failures and timeouts, idle closes (the transport's counts).
+    /// Stream (TCP/TLS) connections: open now, refused over a cap, denied
+    /// by an ACL, closed over the output cap, TLS handshake failures and
+    /// timeouts, idle closes (the transport's counts).
     pub conns: ConnMetrics,
     /// Digest authentication counters.
     pub auth: crate::auth::AuthMetrics,
@@ -108,8 +109,12 @@ pub struct SbcMetrics {
 pub struct ConnMetrics {
     /// Open TCP and TLS connections.
     pub open: AtomicU64,
-    /// Connections refused because `max_connections` were open.
+    /// Connections refused over `max_connections` or `max_connections_per_ip`.
     pub rejected: AtomicU64,
+    /// Connections closed at accept because the realm's ACL denies the source.
+    pub acl_denied: AtomicU64,
+    /// Connections closed because their pending output passed the cap.
+    pub output_overflows: AtomicU64,
     /// TLS handshakes that failed.
     pub tls_handshake_failures: AtomicU64,
     /// TLS handshakes (or connects) that timed out.
@@ -123,6 +128,8 @@ impl ConnMetrics {
     pub fn store(&self, open: usize, s: &crate::transport::ConnStats) {
         self.open.store(open as u64, Relaxed);
         self.rejected.store(s.rejected, Relaxed);
+        self.acl_denied.store(s.acl_denied, Relaxed);
+        self.output_overflows.store(s.output_overflows, Relaxed);
         self.tls_handshake_failures.store(s.tls_handshake_failures, Relaxed);
         self.tls_handshake_timeouts.store(s.tls_handshake_timeouts, Relaxed);
         self.idle_closes.store(s.idle_closes, Relaxed);
@@ -271,6 +278,20 @@ impl SbcMetrics {
         one(&mut o, "sbc_sip_connections_rejected_total", "counter", "Connections refused at the cap.", &c.rejected);
         one(
             &mut o,
+            "sbc_sip_connections_denied_total",
+            "counter",
+            "Connections closed at accept: the realm's ACL denies the source.",
+            &c.acl_denied,
+        );
+        one(
+            &mut o,
+            "sbc_sip_connection_output_overflows_total",
+            "counter",
+            "Connections closed: pending output over the cap (the peer does not read).",
+            &c.output_overflows,
+        );
+        one(
+            &mut o,
             "sbc_tls_handshake_failures_total",
             "counter",
             "TLS handshakes that failed.",
@@ -411,5 +432,17 @@ mod tests {
         let r = m.render();
         assert!(r.contains("sbc_acl_denied_total{realm=\"inside\"} 0"), "{r}");
         assert!(r.contains("sbc_acl_denied_total{realm=\"outside\"} 2"), "{r}");
+    }
+
+    #[test]
+    fn connection_bounds_are_rendered() {
+        let m = SbcMetrics::default();
+        let s = crate::transport::ConnStats { rejected: 3, acl_denied: 2, output_overflows: 1, ..Default::default() };
+        m.conns.store(5, &s);
+        let r = m.render();
+        assert!(r.contains("sbc_sip_connections 5"), "{r}");
+        assert!(r.contains("sbc_sip_connections_rejected_total 3"), "{r}");
+        assert!(r.contains("sbc_sip_connections_denied_total 2"), "{r}");
+        assert!(r.contains("sbc_sip_connection_output_overflows_total 1"), "{r}");
     }
 }

@@ -22,7 +22,8 @@ pub struct SipTls {
     pub identity: Option<Identity>,
     /// The listener's rustls configuration (with `identity`).
     pub server: Option<Arc<rustls::ServerConfig>>,
-    /// `sip.max_connections`, `sip.connection_idle_s`, `sip.tls_handshake_timeout_ms`.
+    /// `sip.max_connections`, `sip.max_connections_per_ip`,
+    /// `sip.connection_idle_s`, `sip.tls_handshake_timeout_ms`.
     pub limits: Limits,
 }
 
@@ -31,6 +32,9 @@ pub(super) fn default_handshake_ms() -> u64 {
 }
 pub(super) fn default_max_connections() -> usize {
     1024
+}
+pub(super) fn default_max_connections_per_ip() -> usize {
+    32
 }
 pub(super) fn default_idle_s() -> u64 {
     300
@@ -95,6 +99,9 @@ pub(super) fn parse_sip(f: &File, realms: &mut [Realm]) -> Result<SipTls, Config
     if s.max_connections == 0 {
         return Err(invalid("sip.max_connections", "must be at least 1"));
     }
+    if s.max_connections_per_ip == 0 {
+        return Err(invalid("sip.max_connections_per_ip", "must be at least 1"));
+    }
     if s.tls_handshake_timeout_ms == 0 || s.connection_idle_s == 0 {
         return Err(invalid("sip.tls_handshake_timeout_ms", "the handshake and idle timeouts must be above 0"));
     }
@@ -104,6 +111,8 @@ pub(super) fn parse_sip(f: &File, realms: &mut [Realm]) -> Result<SipTls, Config
     };
     let limits = Limits {
         max_connections: s.max_connections,
+        max_connections_per_ip: s.max_connections_per_ip,
+        max_output: Limits::default().max_output,
         idle: Duration::from_secs(s.connection_idle_s),
         handshake: Duration::from_millis(s.tls_handshake_timeout_ms),
     };
@@ -211,7 +220,7 @@ mod tests {
     fn tls_keys_parse() {
         let f = Files::new("ok");
         let sip = format!(
-            "tls_listen = \"127.0.0.1:5061\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nmax_connections = 7",
+            "tls_listen = \"127.0.0.1:5061\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nmax_connections = 7\nmax_connections_per_ip = 3",
             f.p("cert.pem"),
             f.p("key.pem")
         );
@@ -219,6 +228,9 @@ mod tests {
         let c = Config::from_toml(&f.config(&sip, &trunk)).unwrap();
         assert_eq!(c.realms[0].tls_listen, Some("127.0.0.1:5061".parse().unwrap()));
         assert_eq!(c.tls.limits.max_connections, 7);
+        assert_eq!(c.tls.limits.max_connections_per_ip, 3);
+        let defaults = Config::embedded_default().unwrap().tls.limits;
+        assert_eq!((defaults.max_connections_per_ip, defaults.max_output), (32, 1 << 20));
         assert_eq!(c.tls.limits.handshake, std::time::Duration::from_secs(10));
         assert!(c.tls.server.is_some() && c.uses_tls());
         let setup = c.tls_setup().unwrap();
@@ -261,6 +273,7 @@ mod tests {
                 "does not match",
             ),
             (String::new(), "transport = \"tls\"\nserver_name = \"a b\"".to_owned(), "trunk[0].server_name", "DNS"),
+            ("max_connections_per_ip = 0".to_owned(), String::new(), "sip.max_connections_per_ip", "at least 1"),
         ] {
             let e = Config::from_toml(&f.config(&sip, &trunk)).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(words), "want {key} / {words}: {e}");

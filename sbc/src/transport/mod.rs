@@ -12,8 +12,13 @@
 //! never dials the peer's address instead (it is a NAT's ephemeral port,
 //! not a listener). Closed flows are reported ([`Transport::take_closed_flows`])
 //! so the registrar can drop the bindings that used them. Connections are
-//! bounded: a cap on how many are open, a TLS handshake timeout and an
-//! idle timeout, each counted in [`ConnStats`].
+//! bounded, each bound counted in [`ConnStats`]: the realm's source ACL
+//! is checked at accept ([`Transport::set_admission`]); accepted
+//! connections are capped in all and per source address, apart from the
+//! connections we dial (so peers cannot crowd out the trunks); a TLS
+//! handshake timeout; an idle timeout, which also closes a connection
+//! whose output has made no progress that long; and a cap on a
+//! connection's pending output (a peer that never reads is closed).
 //!
 //! Transport errors (RFC 3261 §18.4) are reported per destination: a send
 //! that fails at once returns its error, and a connection that fails after
@@ -27,7 +32,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,22 +134,36 @@ pub struct Drops {
 /// Stream connection events since start, for counting.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ConnStats {
-    /// Connections refused at accept because `max_connections` were open.
+    /// Connections refused at accept because `max_connections` accepted
+    /// connections were open, or `max_connections_per_ip` from its address.
     pub rejected: u64,
+    /// Connections closed at accept because the realm's ACL denies the source.
+    pub acl_denied: u64,
+    /// Connections closed because their pending output passed `max_output`
+    /// (a peer that does not read what we send).
+    pub output_overflows: u64,
     /// TLS handshakes that failed (bad or untrusted certificate, bad records).
     pub tls_handshake_failures: u64,
     /// TLS handshakes (or TCP connects) not finished within the timeout.
     pub tls_handshake_timeouts: u64,
-    /// Connections closed after being idle.
+    /// Connections closed after being idle: nothing received and nothing
+    /// to send, or output pending with no write progress, for `idle`.
     pub idle_closes: u64,
 }
 
 /// Bounds on stream connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Open connections (TCP and TLS, both directions) at most.
+    /// Connections peers opened to us (TCP and TLS) at most; the ones we
+    /// dial are counted apart, with the same bound.
     pub max_connections: usize,
-    /// A connection with nothing sent or received for this long is closed.
+    /// Connections accepted from one source address at most.
+    pub max_connections_per_ip: usize,
+    /// Bytes queued on one connection and not yet written, at most: past
+    /// it the connection is closed.
+    pub max_output: usize,
+    /// A connection with nothing sent or received for this long is closed,
+    /// and so is one whose pending output made no progress for this long.
     pub idle: Duration,
     /// A TLS handshake (or an outgoing TCP connect) must finish within this.
     pub handshake: Duration,
@@ -152,7 +171,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: 1024, idle: Duration::from_secs(300), handshake: Duration::from_secs(10) }
+        Self {
+            max_connections: 1024,
+            max_connections_per_ip: 32,
+            max_output: 1 << 20,
+            idle: Duration::from_secs(300),
+            handshake: Duration::from_secs(10),
+        }
     }
 }
 
@@ -181,6 +206,9 @@ pub struct Undelivered {
     pub why: &'static str,
 }
 
+/// Whether realm `realm` takes connections from an address (its ACL).
+pub type Admission = Box<dyn Fn(usize, IpAddr) -> bool + Send>;
+
 /// One realm's sockets.
 struct RealmSockets {
     udp: UdpSocket,
@@ -198,6 +226,12 @@ pub struct Transport {
     /// and `3i + 2` (TLS).
     realms: Vec<RealmSockets>,
     conns: HashMap<Token, Conn>,
+    /// Open accepted connections per source address (canonical).
+    per_ip: HashMap<IpAddr, usize>,
+    /// Open accepted connections (the rest of `conns` we dialled).
+    accepted: usize,
+    /// The realms' ACLs, checked at accept (none: every source).
+    admission: Option<Admission>,
     /// Stream connection to a peer, by (realm, transport, peer).
     by_peer: HashMap<(usize, Proto, SocketAddr), Token>,
     /// Peers whose connection to us closed, and when: never dialled.
@@ -252,6 +286,9 @@ impl Transport {
             next: PER_REALM * realms.len(),
             realms,
             conns: HashMap::new(),
+            per_ip: HashMap::new(),
+            accepted: 0,
+            admission: None,
             by_peer: HashMap::new(),
             gone: HashMap::new(),
             closed_flows: Vec::new(),
@@ -289,6 +326,12 @@ impl Transport {
     /// Sets the bounds on stream connections.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+    }
+
+    /// Sets the check of the realm's source ACL made at accept: a
+    /// connection from a source it denies is closed at once.
+    pub fn set_admission(&mut self, admission: Admission) {
+        self.admission = Some(admission);
     }
 
     /// A waker that makes a blocked [`poll`](Self::poll) return.
@@ -379,7 +422,7 @@ impl Transport {
                 Token(k) if k < n => self.accept(k / PER_REALM, k % PER_REALM == 2, now),
                 t => {
                     if writable {
-                        self.flush(t);
+                        self.flush(t, now);
                     }
                     if readable {
                         self.read_stream(t, out, now);
@@ -419,10 +462,21 @@ impl Transport {
             let Some(l) = (if tls { r.tls_listener.as_ref() } else { r.listener.as_ref() }) else { return };
             match l.accept() {
                 Ok((stream, peer)) => {
-                    if self.conns.len() >= self.limits.max_connections {
+                    let ip = peer.ip().to_canonical();
+                    if self.admission.as_ref().is_some_and(|permits| !permits(realm, ip)) {
+                        self.stats.acl_denied += 1;
+                        tracing::debug!(%peer, realm, "connection closed: the realm's ACL denies the source");
+                        continue;
+                    }
+                    if self.accepted >= self.limits.max_connections {
                         self.stats.rejected += 1;
                         tracing::warn!(%peer, max = self.limits.max_connections, "connection refused: limit reached");
-                        drop(stream);
+                        continue;
+                    }
+                    if self.per_ip.get(&ip).is_some_and(|&n| n >= self.limits.max_connections_per_ip) {
+                        self.stats.rejected += 1;
+                        let max = self.limits.max_connections_per_ip;
+                        tracing::info!(%peer, max, "connection refused: max_connections_per_ip from its address");
                         continue;
                     }
                     let session = match (tls, self.tls.as_ref().and_then(|s| s.server.as_ref())) {
@@ -462,6 +516,15 @@ impl Transport {
         self.next += 1;
         self.poll.registry().register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)?;
         let proto = if tls.is_some() { Proto::Tls } else { Proto::Tcp };
+        let mut tls = tls;
+        if let Some(s) = &mut tls {
+            // rustls refuses more than this, before and after the handshake.
+            s.set_buffer_limit(Some(self.limits.max_output));
+        }
+        if accepted {
+            self.accepted += 1;
+            *self.per_ip.entry(peer.ip().to_canonical()).or_default() += 1;
+        }
         let conn = Conn {
             stream,
             peer,
@@ -474,6 +537,7 @@ impl Transport {
             connected: accepted,
             opened: now,
             last_used: now,
+            last_write: now,
         };
         self.conns.insert(t, conn);
         self.by_peer.insert((realm, proto, peer), t);
@@ -485,6 +549,16 @@ impl Transport {
     fn close(&mut self, t: Token, now: Instant, why: &'static str) {
         if let Some(mut c) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            if c.accepted {
+                self.accepted -= 1;
+                let ip = c.peer.ip().to_canonical();
+                if let Some(n) = self.per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_ip.remove(&ip);
+                    }
+                }
+            }
             if c.lost_output() {
                 tracing::info!(dest = %c.peer, proto = c.proto.via_name(), why, "transport error: messages not delivered");
                 self.undelivered.push(Undelivered { realm: c.realm, proto: c.proto, dest: c.peer, why });
@@ -509,7 +583,7 @@ impl Transport {
         let was_handshaking = c.handshaking();
         let mut closing = c.read(out, self.max_msg);
         // TLS: the handshake's answers (and anything queued during it).
-        if closing.is_none() && c.flush() {
+        if closing.is_none() && c.flush(now) {
             closing = Some(Closing::Gone);
         }
         match closing {
@@ -532,18 +606,19 @@ impl Transport {
         }
     }
 
-    fn flush(&mut self, t: Token) {
+    fn flush(&mut self, t: Token, now: Instant) {
         let failed = self.conns.get_mut(&t).is_some_and(|c| {
             c.connected = true;
-            c.flush()
+            c.flush(now)
         });
         if failed {
-            self.close(t, Instant::now(), "write failed");
+            self.close(t, now, "write failed");
         }
     }
 
     /// Closes what has overstayed: unfinished handshakes and connects,
-    /// idle connections; forgets old closed flows.
+    /// idle connections and connections whose output is stalled; forgets
+    /// old closed flows.
     fn reap(&mut self, now: Instant) {
         let mut timed_out = Vec::new();
         let mut idle = Vec::new();
@@ -552,6 +627,9 @@ impl Transport {
             if (c.handshaking() || !c.connected) && age > self.limits.handshake {
                 timed_out.push(*t);
             } else if c.idle_output() && now.saturating_duration_since(c.last_used) > self.limits.idle {
+                idle.push(*t);
+            } else if !c.idle_output() && now.saturating_duration_since(c.last_write) > self.limits.idle {
+                // The peer takes nothing we send (its window stays shut).
                 idle.push(*t);
             }
         }
@@ -564,7 +642,7 @@ impl Transport {
         }
         for t in idle {
             self.stats.idle_closes += 1;
-            self.close(t, now, "idle");
+            self.close(t, now, "idle, or its output stalled");
         }
         if !self.gone.is_empty() {
             self.gone.retain(|_, at| now.saturating_duration_since(*at) < GONE_MEMORY);
@@ -595,8 +673,8 @@ impl Transport {
                         "the peer's connection is closed (its own flow is never dialled)",
                     ));
                 }
-                if self.conns.len() >= self.limits.max_connections {
-                    return Err(io::Error::other("connection limit reached"));
+                if self.conns.len() - self.accepted >= self.limits.max_connections {
+                    return Err(io::Error::other("connection limit reached (connections we dialled)"));
                 }
                 let session = match o.proto {
                     Proto::Tls => {
@@ -611,14 +689,24 @@ impl Transport {
                 self.add_conn(s, o.dest, o.realm, session, false, now)?
             }
         };
-        let mut failed = false;
+        let (mut failed, mut overflow) = (false, false);
         if let Some(c) = self.conns.get_mut(&t) {
-            c.queue(&o.data)?;
+            overflow = !c.queue(&o.data, self.limits.max_output, now);
             c.last_used = now;
-            failed = c.connected && c.flush();
+            failed = !overflow && c.connected && c.flush(now);
         }
         if failed {
             self.close(t, now, "write failed");
+        } else if overflow {
+            // The peer does not read: this message and what waits are lost.
+            let why = "pending output over the cap";
+            self.stats.output_overflows += 1;
+            tracing::info!(dest = %o.dest, max = self.limits.max_output, "closing connection: {why}");
+            let reported = self.undelivered.len();
+            self.close(t, now, why);
+            if self.undelivered.len() == reported {
+                self.undelivered.push(Undelivered { realm: o.realm, proto: o.proto, dest: o.dest, why });
+            }
         }
         Ok(())
     }

@@ -73,6 +73,9 @@ pub(super) struct Conn {
     pub(super) connected: bool,
     pub(super) opened: Instant,
     pub(super) last_used: Instant,
+    /// When output last made progress: written, or queued on an empty
+    /// buffer (a connection whose output stalls past the idle time closes).
+    pub(super) last_write: Instant,
 }
 
 impl Conn {
@@ -98,14 +101,22 @@ impl Conn {
         }
     }
 
-    /// Queues one message.
-    pub(super) fn queue(&mut self, data: &[u8]) -> io::Result<()> {
+    /// Queues one message, unless the pending output would pass `max`
+    /// bytes (TLS: rustls holds at most its buffer limit, set to `max`).
+    /// Returns whether it was queued.
+    pub(super) fn queue(&mut self, data: &[u8], max: usize, now: Instant) -> bool {
+        if self.idle_output() {
+            self.last_write = now;
+        }
         match &mut self.tls {
             // Buffered by rustls until the handshake is done.
-            Some(tls) => tls.writer().write_all(data),
+            Some(tls) => tls.writer().write_all(data).is_ok(),
             None => {
+                if self.wbuf.len().saturating_add(data.len()) > max {
+                    return false;
+                }
                 self.wbuf.extend_from_slice(data);
-                Ok(())
+                true
             }
         }
     }
@@ -191,12 +202,12 @@ impl Conn {
 
     /// Writes what is queued until the socket would block. Returns whether
     /// the connection failed.
-    pub(super) fn flush(&mut self) -> bool {
+    pub(super) fn flush(&mut self, now: Instant) -> bool {
         if let Some(tls) = &mut self.tls {
             while tls.wants_write() {
                 match tls.write_tls(&mut self.stream) {
                     Ok(0) => return true,
-                    Ok(_) => {}
+                    Ok(_) => self.last_write = now,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => return true,
@@ -209,6 +220,7 @@ impl Conn {
                 Ok(0) => return true,
                 Ok(n) => {
                     self.wbuf.drain(..n);
+                    self.last_write = now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

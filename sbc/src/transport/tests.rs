@@ -280,3 +280,194 @@ fn flows_held_elsewhere_count_as_closed_and_are_never_dialled() {
     held.read_exact(&mut buf).unwrap();
     assert_eq!(buf, OPTIONS);
 }
+
+/// A blocking TCP connection to `dest` from `ip` (any port), receiving
+/// into a small buffer so that a peer that never reads fills up soon.
+fn connect_as(ip: &str, dest: SocketAddr) -> StdTcp {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.bind(&SocketAddr::new(ip.parse().unwrap(), 0).into()).unwrap();
+    s.connect(&dest.into()).unwrap();
+    s.into()
+}
+
+/// A plain TCP transport on 127.0.0.1 with `limits`, and its TCP address.
+fn tcp_transport(limits: Limits) -> (Transport, SocketAddr) {
+    let mut t = Transport::bind("127.0.0.1:0".parse().unwrap(), true, 65535).unwrap();
+    t.set_limits(limits);
+    let addr = t.realms[0].listener.as_ref().unwrap().local_addr().unwrap();
+    (t, addr)
+}
+
+/// A 4 KiB message.
+fn big() -> Vec<u8> {
+    let mut m = b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nContent-Length: 4000\r\n\r\n".to_vec();
+    m.resize(m.len() + 4000, b'x');
+    m
+}
+
+#[test]
+fn a_peer_that_never_reads_is_closed_once_its_output_passes_the_cap() {
+    let cap = 64 * 1024;
+    let (mut t, addr) = tcp_transport(Limits { max_output: cap, ..Limits::default() });
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut c = connect_as("127.0.0.1", addr);
+    c.write_all(OPTIONS).unwrap();
+    poll_until(&mut t, &mut out, now, |_, o| !o.is_empty());
+    let peer = out[0].src;
+    let o = Outbound { data: big(), dest: peer, proto: Proto::Tcp, realm: 0 };
+    let mut sent = 0;
+    while t.connections() == 1 {
+        assert!(sent < 100_000, "still open after {sent} messages");
+        t.send(&o, now).unwrap();
+        sent += 1;
+        assert!(t.conns.values().all(|c| c.wbuf.len() <= cap), "pending output stays under the cap");
+    }
+    assert_eq!(t.stats.output_overflows, 1);
+    let lost = t.take_undelivered();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].dest, lost[0].proto), (peer, Proto::Tcp));
+    assert_eq!(t.take_closed_flows(), vec![Flow { realm: 0, proto: Proto::Tcp, peer }]);
+}
+
+#[test]
+fn a_tls_peer_that_never_reads_is_closed_once_its_output_passes_the_cap() {
+    let p = pki();
+    let mut t = tls_transport(&p, Limits { max_output: 64 * 1024, ..Limits::default() });
+    let addr = t.tls_addr(0).unwrap();
+    let cfg = tls::client_config(Some(roots(&p.ca)), None).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let conn = rustls::ClientConnection::new(cfg, ServerName::from(addr.ip())).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, connect_as("127.0.0.1", addr));
+        s.write_all(OPTIONS).unwrap();
+        // Holds the connection open, reading nothing.
+        let _ = done_rx.recv();
+    });
+    let now = Instant::now();
+    let mut out = Vec::new();
+    poll_until(&mut t, &mut out, now, |_, o| !o.is_empty());
+    let o = Outbound { data: big(), dest: out[0].src, proto: Proto::Tls, realm: 0 };
+    let mut sent = 0;
+    while t.connections() == 1 {
+        assert!(sent < 100_000, "still open after {sent} messages");
+        t.send(&o, now).unwrap();
+        sent += 1;
+    }
+    assert_eq!(t.stats.output_overflows, 1);
+    assert_eq!(t.take_undelivered().len(), 1);
+    drop(done_tx);
+    client.join().unwrap();
+}
+
+#[test]
+fn a_connection_whose_output_stalls_closes_after_the_idle_time() {
+    let (mut t, addr) = tcp_transport(Limits { idle: Duration::from_secs(30), ..Limits::default() });
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut c = connect_as("127.0.0.1", addr);
+    c.write_all(OPTIONS).unwrap();
+    poll_until(&mut t, &mut out, now, |_, o| !o.is_empty());
+    let peer = out[0].src;
+    // Fill the sockets until output waits with us (under the cap).
+    let o = Outbound { data: big(), dest: peer, proto: Proto::Tcp, realm: 0 };
+    let mut sent = 0;
+    while t.conns.values().all(|c| c.wbuf.len() < 256 * 1024) {
+        assert!(sent < 10_000, "the kernel took {sent} messages");
+        t.send(&o, now).unwrap();
+        sent += 1;
+    }
+    // Until the kernel takes no more (its buffers grow without telling).
+    let end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < end {
+        let tokens: Vec<Token> = t.conns.keys().copied().collect();
+        for k in tokens {
+            t.flush(k, now);
+        }
+        t.poll(Some(Duration::from_millis(20)), &mut out, now).unwrap();
+    }
+    assert!(t.conns.values().all(|c| !c.idle_output()), "output still waits");
+    // The peer keeps talking but reads nothing: that is no progress.
+    c.write_all(OPTIONS).unwrap();
+    out.clear();
+    poll_until(&mut t, &mut out, now + Duration::from_secs(20), |_, o| !o.is_empty());
+    assert_eq!((t.connections(), t.stats.idle_closes), (1, 0));
+    t.poll(Some(Duration::ZERO), &mut out, now + Duration::from_secs(31)).unwrap();
+    assert_eq!((t.connections(), t.stats.idle_closes), (0, 1));
+    let lost = t.take_undelivered();
+    assert_eq!(lost.len(), 1, "the stalled output was lost: {lost:?}");
+    assert_eq!(lost[0].dest, peer);
+    assert_eq!(t.stats.output_overflows, 0);
+}
+
+#[test]
+fn accepted_connections_are_capped_per_source_address() {
+    let (mut t, addr) = tcp_transport(Limits { max_connections_per_ip: 2, ..Limits::default() });
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let first = connect_as("127.0.0.1", addr);
+    let _second = connect_as("127.0.0.1", addr);
+    let mut third = connect_as("127.0.0.1", addr);
+    poll_until(&mut t, &mut out, now, |t, _| t.connections() == 2 && t.stats.rejected == 1);
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(third.read(&mut [0u8; 16]).unwrap_or(0), 0, "the third is closed");
+    let _other = connect_as("127.0.0.2", addr);
+    poll_until(&mut t, &mut out, now, |t, _| t.connections() == 3);
+    // A slot freed by a close is taken again.
+    drop(first);
+    poll_until(&mut t, &mut out, now, |t, _| t.connections() == 2);
+    let _again = connect_as("127.0.0.1", addr);
+    poll_until(&mut t, &mut out, now, |t, _| t.connections() == 3);
+    assert_eq!(t.stats.rejected, 1);
+}
+
+#[test]
+fn a_source_the_realms_acl_denies_is_closed_at_accept() {
+    let (mut t, addr) = tcp_transport(Limits::default());
+    let acl = crate::config::Acl { deny: vec!["127.0.0.2/32".parse().unwrap()], ..Default::default() };
+    t.set_admission(Box::new(move |realm, ip| realm == 0 && acl.permits(ip, false)));
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut denied = connect_as("127.0.0.2", addr);
+    let _ = denied.write_all(OPTIONS);
+    poll_until(&mut t, &mut out, now, |t, _| t.stats.acl_denied == 1);
+    assert_eq!(t.connections(), 0);
+    denied.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(denied.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed at once");
+    assert!(out.is_empty(), "nothing it sent was read");
+    let mut allowed = connect_as("127.0.0.1", addr);
+    allowed.write_all(OPTIONS).unwrap();
+    poll_until(&mut t, &mut out, now, |_, o| !o.is_empty());
+    assert_eq!((t.connections(), t.stats.acl_denied), (1, 1));
+}
+
+#[test]
+fn a_trunk_is_still_dialled_when_accepted_connections_are_at_their_cap() {
+    let (mut t, addr) = tcp_transport(Limits { max_connections: 2, ..Limits::default() });
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let _a = connect_as("127.0.0.1", addr);
+    let _b = connect_as("127.0.0.2", addr);
+    let _c = connect_as("127.0.0.3", addr);
+    poll_until(&mut t, &mut out, now, |t, _| t.connections() == 2 && t.stats.rejected == 1);
+    let trunk = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dest = trunk.local_addr().unwrap();
+    t.send(&Outbound { data: OPTIONS.to_vec(), dest, proto: Proto::Tcp, realm: 0 }, now).unwrap();
+    let (mut s, _) = trunk.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = vec![0u8; OPTIONS.len()];
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = 0;
+    while got < buf.len() {
+        assert!(Instant::now() < end, "timed out");
+        t.poll(Some(Duration::from_millis(20)), &mut out, now).unwrap();
+        if let Ok(n) = s.read(&mut buf[got..]) {
+            got += n;
+        }
+    }
+    assert_eq!(buf, OPTIONS);
+    assert_eq!(t.connections(), 3);
+    assert!(t.take_undelivered().is_empty());
+}
