@@ -45,7 +45,9 @@ trap cleanup EXIT
 # shellcheck source=bench/sip-lib.sh
 . "$ROOT/bench/sip-lib.sh"
 make_uac
-# The same call with the 407 round first: the first INVITE (CSeq 1) is
+# The same call with the 407 round first (sipp is told the Request-URI as
+# its digest-uri with -auth_uri: by default it uses the proxy's address,
+# which the sbc refuses): the first INVITE (CSeq 1) is
 # challenged and ACKed, the second (CSeq 2) carries the credentials; the ACK
 # and BYE of the call then use CSeq 2 and 3.
 python3 - "$WORK/uac.xml" > "$WORK/uac-auth.xml" <<'PY'
@@ -128,7 +130,7 @@ kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 echo "== sbc with [auth] (407 round on every call)" >&2
 "$SBC" run --config "$WORK/sbc-auth.toml" 2>"$WORK/sbc-auth.log" & PIDS+=($!)
 wait_sip 5060
-AUTH_CPS=$(capacity sbc-auth 5060 "$WORK/uac-auth.xml" "$UAC_IP" "$UAS_IP")
+AUTH_CPS=$(UAC_EXTRA="-auth_uri 1000@127.0.0.1:5060" capacity sbc-auth 5060 "$WORK/uac-auth.xml" "$UAC_IP" "$UAS_IP")
 AUTH_CPU=$(cpu_s "${PIDS[-1]}")
 AUTH_METRICS=$(curl -s http://127.0.0.1:9199/metrics | grep -E '^sbc_auth_(challenges|successes|failures|replays)_total' | tr '\n' ' ' || true)
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
@@ -158,7 +160,7 @@ PY
 sleep 0.5
 kamailio -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -Y "$WORK" -w "$WORK" -E -DD -m 64 -M 8 >/dev/null 2>"$WORK/kamailio.log" & PIDS+=($!)
 wait_sip 5061
-KAM_CPS=$(capacity kamailio-auth 5061 "$WORK/uac-auth.xml" "$UAC_IP" "$UAS_IP")
+KAM_CPS=$(UAC_EXTRA="-auth_uri 1000@127.0.0.1:5061" capacity kamailio-auth 5061 "$WORK/uac-auth.xml" "$UAC_IP" "$UAS_IP")
 # Every Kamailio process (main, children, timers) and rtpengine.
 KAM_CPU=$(cpu_s $(pgrep -f "kamailio -f $WORK/kamailio.cfg") "${PIDS[-2]}")
 

@@ -39,8 +39,10 @@ run_rate() {
   # sipp's own -timeout does not always end it: now and then, with every
   # call done, the caller never exits. The outer timeout stops it (SIGTERM:
   # it still writes its final statistics).
+  # UAC_EXTRA: more sipp options for the caller (word-split on purpose).
+  # shellcheck disable=SC2086
   ( cd "$d" && timeout $(( STEP_S + CALL_MS / 1000 + 90 )) \
-      sipp -sf "$sf" 127.0.0.1:"$port" -s 1000 -i "$uac_ip" -p 5071 -mi "$uac_ip" \
+      sipp -sf "$sf" 127.0.0.1:"$port" -s 1000 -i "$uac_ip" -p 5071 -mi "$uac_ip" ${UAC_EXTRA:-} \
       -r "$rate" -m "$total" -l "$limit" -nostdin -timeout $(( STEP_S + 60 ))s \
       -trace_stat -stf stats.csv >/dev/null 2>&1 ) || true
   kill "$uas" 2>/dev/null || true; wait "$uas" 2>/dev/null || true

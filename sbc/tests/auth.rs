@@ -247,7 +247,11 @@ fn calls_to_the_trunk_need_credentials() {
         .write(&t.dir, "call.xml");
     let d = t.run_dir("call");
     let stf = d.join("stats.csv");
+    // sipp's digest-uri is the sbc's address unless told the Request-URI
+    // (the sbc requires the Request-URI itself).
     let ok = uac(&d)
+        .arg("-auth_uri")
+        .arg(format!("0044207946000@{}", t.s.sip))
         .sf(&sf)
         .calls(1)
         .timeout_s(20)

@@ -262,18 +262,21 @@ impl Authenticator {
     }
 }
 
-/// Whether the digest-uri names the Request-URI's host: same scheme, host
-/// and port. The user part and parameters may differ: some clients (sipp
-/// among them) answer with the address they sent to. The response binds
-/// the uri the client chose, and the nonce-count stops replays, so this
-/// only refuses credentials computed for another server.
+/// Whether the digest-uri is the Request-URI (RFC 3261 §22.4): same
+/// scheme, user, host (any case) and port; parameters and headers aside.
+/// A looser check would let a captured, unused credential be re-aimed at
+/// another user of the same server (another number to call). sipp, which
+/// answers with `sip:host:port` by default, is run with `-auth_uri`.
 fn same_uri(ruri: &str, digest_uri: &str) -> bool {
     if ruri == digest_uri {
         return true;
     }
     match (Uri::parse(ruri), Uri::parse(digest_uri)) {
         (Ok(a), Ok(b)) => {
-            a.scheme.eq_ignore_ascii_case(&b.scheme) && a.host.eq_ignore_ascii_case(&b.host) && a.port == b.port
+            a.scheme.eq_ignore_ascii_case(&b.scheme)
+                && a.user == b.user
+                && a.host.eq_ignore_ascii_case(&b.host)
+                && a.port == b.port
         }
         _ => false,
     }

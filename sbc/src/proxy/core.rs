@@ -153,9 +153,9 @@ impl Core {
             Event::Request { id, msg, src, proto, realm } => {
                 self.route_request(txn, id, msg, Peer { addr: src, proto, realm }, now);
             }
-            Event::Ack { mut msg, proto, realm } => {
+            Event::Ack { mut msg, src, proto, realm } => {
                 self.shift_ack(&mut msg);
-                self.session_ack(txn, msg, proto, realm, now);
+                self.session_ack(txn, msg, Peer { addr: src, proto, realm }, now);
             }
             Event::Cancel { id, invite } => self.on_cancel(txn, id, invite, now),
             Event::Response { id, owner, code, msg } => {

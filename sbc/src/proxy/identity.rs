@@ -9,6 +9,14 @@
 //!   from untrusted sources are challenged with 407 when their From is one
 //!   of our domains, when they would go to a trunk (toll fraud), or always
 //!   with `require_for_inbound`;
+//! - the header-following gate: an in-dialog request that matches no dialog
+//!   but was routed through us (a backup standing in for a primary) goes
+//!   where its own headers say only when it comes from a trunk, a trusted
+//!   prefix or our HA/AlternatePath peers, or carries a user's credentials;
+//!   such an ACK, which cannot be challenged, is dropped otherwise;
+//! - our realm's credentials never leave: they are removed from initial
+//!   requests, from in-dialog requests and from ACKs (RFC 3261 §22.1: the
+//!   ACK for a 2xx repeats the INVITE's);
 //! - RFC 3325 identity: P-Asserted-Identity and P-Preferred-Identity from
 //!   untrusted sources are removed, an authenticated user's identity is
 //!   asserted, and `Privacy: id` removes the assertion toward untrusted
@@ -49,6 +57,22 @@ pub(super) struct Caller {
 pub(super) fn trusted_source(cfg: &Config, ip: IpAddr, realm: usize) -> bool {
     let ip = ip.to_canonical();
     cfg.auth.as_ref().is_some_and(|a| a.trusted.iter().any(|n| n.contains(&ip))) || cfg.trunk_at(ip, realm).is_some()
+}
+
+/// Whether a dialog-less in-dialog request from `from` may follow its own
+/// headers without credentials: always without `[auth]`; with it, from a
+/// trusted source ([`trusted_source`]), an AlternatePath backup or the HA
+/// peer.
+#[must_use]
+pub(super) fn may_follow_headers(cfg: &Config, from: &Peer) -> bool {
+    if cfg.auth.is_none() {
+        return true;
+    }
+    let ip = from.addr.ip().to_canonical();
+    let named = |e: &String| e.parse::<std::net::SocketAddr>().map(|a| a.ip()).or_else(|_| e.parse::<IpAddr>()).ok();
+    trusted_source(cfg, ip, from.realm)
+        || cfg.alternate_path.backups.iter().filter_map(named).any(|b| b.to_canonical() == ip)
+        || cfg.ha.as_ref().is_some_and(|h| h.peer.ip().to_canonical() == ip)
 }
 
 /// Whether the request asks for its identity to be withheld (RFC 3325 §9.3).
@@ -121,6 +145,46 @@ impl Core {
                 txn.reply(key, code, reason, headers, now);
                 None
             }
+        }
+    }
+
+    /// The gate of an in-dialog request that matches no dialog and would go
+    /// where its headers say: true to go on (our realm's credentials then
+    /// removed), false when it was answered with a 407. Whatever the
+    /// destination, an untrusted source must authenticate: the headers,
+    /// not our routing, chose it.
+    pub(super) fn auth_dialogless(
+        &mut self,
+        txn: &mut Endpoint,
+        key: ServerId,
+        msg: &mut Message,
+        from: Peer,
+        now: Instant,
+    ) -> bool {
+        if may_follow_headers(&self.cfg, &from) {
+            self.strip_credentials(msg);
+            return true;
+        }
+        let Some(a) = self.auth.as_mut() else { return true };
+        match a.check(msg, Kind::Proxy, now, &self.metrics.auth) {
+            Verdict::User(user) => {
+                a.strip_own(msg);
+                tracing::info!(user, src = %from.addr, "dialog-less in-dialog request authenticated");
+                true
+            }
+            Verdict::Challenge(headers) => {
+                let (code, reason) = Kind::Proxy.status();
+                tracing::info!(src = %from.addr, "dialog-less in-dialog request from an untrusted source challenged");
+                txn.reply(key, code, reason, headers, now);
+                false
+            }
+        }
+    }
+
+    /// Removes our realm's credentials from a request that goes on.
+    pub(super) fn strip_credentials(&self, msg: &mut Message) {
+        if let Some(a) = self.auth.as_ref() {
+            a.strip_own(msg);
         }
     }
 

@@ -172,17 +172,34 @@ impl Core {
         // The Request-URI the far side gave as its Contact, when we hid it.
         let mut ruri: Option<String> = None;
         let mut sides = None;
-        let dest = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
+        // The trunk the dialog says the request goes to (its credentials
+        // answer that carrier's challenges).
+        let mut trunk = None;
+        let found = match self.dialogs.find_mut(&call_id, &from_tag, to_tag.as_deref()) {
             Some(d) => {
                 d.last_activity = now;
                 sides = Some((d.trunk, d.caller, d.callee));
+                let toward_callee = d.from_caller(&from_tag);
+                trunk = d.trunk.filter(|_| toward_callee);
                 let (dest, contact) = d.toward(&from_tag);
                 ruri = contact;
+                Some(dest)
+            }
+            None => None,
+        };
+        let dest = match found {
+            Some(dest) => {
+                self.strip_credentials(&mut msg);
+                trunk = trunk.or_else(|| dest.and_then(|p| self.trunk_by_address(p)));
                 dest
             }
             // No dialog here, but the request was routed through us (a
-            // backup taking over a primary's dialogs): follow its headers.
-            None if on_route => {
+            // backup taking over a primary's dialogs): follow its headers,
+            // when its source may make us (see `identity`).
+            None if on_route && by_headers.is_some() => {
+                if !self.auth_dialogless(txn, key, &mut msg, from, now) {
+                    return;
+                }
                 by_headers.as_ref().map(|(addr, proto, _)| Peer { addr: *addr, proto: *proto, realm: from.realm })
             }
             None => None,
@@ -228,7 +245,7 @@ impl Core {
             dest: dest.addr,
             proto: dest.proto,
             realm: dest.realm,
-            trunk: None,
+            trunk,
             label: String::new(),
         }]);
         targets.extend(alternates.into_iter().filter(|a| a.dest != dest.addr));

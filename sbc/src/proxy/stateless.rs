@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::core::Core;
 use super::dialog::{DialogState, Peer};
-use super::{alternate, forward};
+use super::{alternate, forward, identity};
 use crate::sip::Message;
 use crate::transport::Proto;
 use crate::txn::wire::response_dest;
@@ -17,15 +17,13 @@ use crate::txn::Endpoint;
 
 impl Core {
     /// ACK that matched no server transaction: the ACK for a 2xx, routed
-    /// end to end through the dialog. It may carry a late answer.
-    pub(super) fn session_ack(
-        &mut self,
-        txn: &mut Endpoint,
-        mut msg: Message,
-        in_proto: Proto,
-        realm: usize,
-        now: Instant,
-    ) {
+    /// end to end through the dialog. It may carry a late answer. One that
+    /// matches no dialog follows its headers only when its source may make
+    /// us ([`identity::may_follow_headers`]): an ACK cannot be challenged.
+    /// Our realm's credentials (the INVITE's, RFC 3261 §22.1) stay here.
+    pub(super) fn session_ack(&mut self, txn: &mut Endpoint, mut msg: Message, from: Peer, now: Instant) {
+        let (in_proto, realm) = (from.proto, from.realm);
+        self.strip_credentials(&mut msg);
         let on_route = alternate::strip_own_routes(&self.me[0], &mut msg) > 0;
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let from_tag = msg.from_tag().unwrap_or_default();
@@ -43,7 +41,13 @@ impl Core {
                 d.late_offer = false;
                 (dest, late)
             }
-            None if on_route => (alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto, realm }), false),
+            None if on_route && identity::may_follow_headers(&self.cfg, &from) => {
+                (alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto, realm }), false)
+            }
+            None if on_route => {
+                tracing::info!(src = %from.addr, call_id, "dialog-less ACK from an untrusted source dropped");
+                (None, false)
+            }
             None => (None, false),
         };
         let Some(dest) = dest else {

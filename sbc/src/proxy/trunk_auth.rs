@@ -25,6 +25,10 @@
 //!   dialog's record is written again whenever an offset grows, and a node
 //!   taking over puts them back ([`CarrierAuth::restore_offset`]).
 //!
+//! - Only a branch whose target names the trunk (its route, or the dialog
+//!   the request belongs to) is answered: an in-dialog request that follows
+//!   its own headers to a carrier's address gets no credentials.
+//!
 //! The registrations to carriers are in `trunk_reg`; [`CarrierAuth`] holds
 //! the state of both.
 
@@ -241,14 +245,19 @@ fn sender_key(m: &Message) -> (String, String) {
 }
 
 impl Core {
-    /// The trunk with credentials a target reaches: its own, or (for
-    /// in-dialog requests) the trunk at its address.
+    /// The trunk with credentials a target reaches: the one its route (or,
+    /// in dialog, the dialog) names. Never a trunk found by the address of
+    /// a target taken from a request's own headers: anyone could aim those
+    /// at a carrier to have our credentials answer its challenge.
     fn auth_trunk(&self, target: &Target) -> Option<usize> {
-        let has_auth = |i: &usize| self.cfg.trunks.get(*i).is_some_and(|t| t.auth.is_some());
-        target
-            .trunk
-            .filter(has_auth)
-            .or_else(|| self.cfg.trunks.iter().position(|t| t.address == target.dest).filter(has_auth))
+        target.trunk.filter(|i| self.cfg.trunks.get(*i).is_some_and(|t| t.auth.is_some()))
+    }
+
+    /// The trunk whose address a dialog's recorded peer is (a trunk that
+    /// called in, say), in the peer's realm.
+    pub(super) fn trunk_by_address(&self, peer: super::dialog::Peer) -> Option<usize> {
+        let canon = SocketAddr::new(peer.addr.ip().to_canonical(), peer.addr.port());
+        self.cfg.trunks.iter().position(|t| t.realm == peer.realm && (t.address == peer.addr || t.address == canon))
     }
 
     /// A branch request about to go to `target`: its CSeq shifted by the

@@ -38,6 +38,8 @@ pub enum Event {
     Ack {
         /// The ACK.
         msg: Message,
+        /// Where it came from.
+        src: SocketAddr,
         /// The transport it came over.
         proto: Proto,
         /// The realm it came in on.

@@ -74,7 +74,7 @@ impl Endpoint {
                     let actions = s.txn.on_ack(now);
                     self.run_server(id, actions);
                 }
-                None => self.events.push_back(Event::Ack { msg, proto: inb.proto, realm: inb.realm }),
+                None => self.events.push_back(Event::Ack { msg, src: inb.src, proto: inb.proto, realm: inb.realm }),
             }
             return;
         }

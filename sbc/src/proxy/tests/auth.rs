@@ -23,6 +23,11 @@ const TRUSTED: &str = "198.51.100.5:5060";
 /// The harness's config with `[auth]` (`extra` lines appended to it) and a
 /// users file holding alice and bob.
 fn auth_harness(extra: &str) -> Harness {
+    auth_harness_on(&Harness::config(), extra)
+}
+
+/// [`auth_harness`] on the base configuration `base`.
+fn auth_harness_on(base: &str, extra: &str) -> Harness {
     static N: AtomicUsize = AtomicUsize::new(0);
     let path = std::env::temp_dir().join(format!(
         "xsbc-users-{}-{}.txt",
@@ -34,7 +39,7 @@ fn auth_harness(extra: &str) -> Harness {
     std::fs::write(&path, users).unwrap();
     let toml = format!(
         "{}\n[auth]\nusers_file = \"{}\"\nsecret = \"0123456789abcdef0123\"\ntrusted = [\"198.51.100.0/24\"]\n{extra}\n",
-        Harness::config(),
+        base,
         path.display()
     );
     let h = Harness::with_config(&toml);
@@ -407,18 +412,126 @@ fn credentials_for_another_server_are_refused() {
     let r = only(&h.send(CALLER, &register("alice", Some("sip:alice@10.0.0.1:5062"), "r1", 2, &elsewhere)), CALLER);
     assert_eq!(r.code(), 401);
     assert_eq!(h.gauge(|m| &m.auth.failures), 1);
-    // The address the client sent to, without the user part, is fine (sipp does that).
-    let ch = only(
-        &h.send(
-            CALLER,
-            &request("INVITE", "sip:0044@127.0.0.1", "sip:alice@127.0.0.1", "sip:0044@127.0.0.1", "i1", 1, ""),
-        ),
-        CALLER,
-    );
-    let host_only = answer(&ch, Algorithm::Md5, "alice", "alice-pw", "INVITE", "sip:127.0.0.1", 1);
-    let out = h.send(
-        CALLER,
-        &request("INVITE", "sip:0044@127.0.0.1", "sip:alice@127.0.0.1", "sip:0044@127.0.0.1", "i1", 2, &host_only),
-    );
-    assert_eq!(only(&out, TRUNK_A).method(), "INVITE");
+    // The digest-uri must be the Request-URI: neither the server's address
+    // alone nor another user of it (a captured credential re-aimed at
+    // another number).
+    let invite = |cseq: u32, extra: &str| {
+        request("INVITE", "sip:0044@127.0.0.1", "sip:alice@127.0.0.1", "sip:0044@127.0.0.1", "i1", cseq, extra)
+    };
+    for (i, uri) in ["sip:127.0.0.1", "sip:0045@127.0.0.1", "sip:0044@127.0.0.1:5070"].into_iter().enumerate() {
+        let cseq = 2 * u32::try_from(i).unwrap() + 1;
+        let ch = only(&h.send(CALLER, &invite(cseq, "")), CALLER);
+        let wrong = answer(&ch, Algorithm::Md5, "alice", "alice-pw", "INVITE", uri, 1);
+        let out = not_trying(h.send(CALLER, &invite(cseq + 1, &wrong)));
+        assert_eq!((out.len(), only(&out, CALLER).code()), (1, 407), "digest-uri {uri}");
+    }
+    let ch = only(&h.send(CALLER, &invite(7, "")), CALLER);
+    // Same URI, other case of host and other parameters: fine.
+    let exact = answer(&ch, Algorithm::Md5, "alice", "alice-pw", "INVITE", "sip:0044@127.0.0.1;user=phone", 1);
+    assert_eq!(only(&h.send(CALLER, &invite(8, &exact)), TRUNK_A).method(), "INVITE");
+}
+
+/// The attack on the header-following path: a request with a To-tag that
+/// matches no dialog, a Route naming us and a trunk's address as its
+/// Request-URI, as if we stood in for a primary.
+fn dialogless(method: &str, call_id: &str, extra: &str) -> Vec<u8> {
+    let ruri = "sip:+442079460000@127.0.0.1:5070";
+    let body = if method == "INVITE" { super::sip::sdp("10.0.0.1", 6000) } else { String::new() };
+    let ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK-{call_id}-{method};rport\r\n\
+         Route: <sip:127.0.0.1:5060;lr>\r\nMax-Forwards: 70\r\nFrom: <sip:x@elsewhere.example>;tag=f1\r\n\
+         To: <{ruri}>;tag=x\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\nContact: <sip:x@10.0.0.1:5062>\r\n\
+         {extra}{ctype}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The configuration of [`auth_harness`] with credentials on trunk `a`.
+fn trunk_with_credentials() -> String {
+    Harness::config().replace(
+        &format!("address = \"{TRUNK_A}\"\n"),
+        &format!("address = \"{TRUNK_A}\"\nusername = \"acme\"\npassword = \"s3cret\"\n"),
+    )
+}
+
+#[test]
+fn an_untrusted_source_cannot_steer_a_dialogless_request_to_a_trunk() {
+    let mut h = auth_harness_on(&trunk_with_credentials(), "");
+    for method in ["INVITE", "BYE", "UPDATE"] {
+        let out = not_trying(h.send(CALLER, &dialogless(method, &format!("steer-{method}"), "")));
+        assert!(out.iter().all(|s| s.dest != addr(TRUNK_A)), "{method}: nothing to the trunk: {out:#?}");
+        assert_eq!((out.len(), only(&out, CALLER).code()), (1, 407), "{method}");
+    }
+    // An ACK cannot be challenged: it goes nowhere.
+    assert!(h.send(CALLER, &dialogless("ACK", "steer-ack", "")).is_empty());
+    assert_eq!(h.relay.allocated(), 0, "no media anchored");
+    assert_eq!(h.gauge(|m| &m.auth.successes), 0);
+}
+
+#[test]
+fn dialogless_requests_from_trusted_or_authenticated_sources_follow_their_headers() {
+    let mut h = auth_harness_on(&trunk_with_credentials(), "");
+    // A trusted source (standing in for a primary's peer): forwarded as before.
+    let out = h.send(TRUSTED, &dialogless("BYE", "alt1", ""));
+    let bye = only(&out, TRUNK_A).msg.clone();
+    assert_eq!(bye.method().map(ToString::to_string).as_deref(), Some("BYE"));
+    // The carrier's challenge is not answered with trunk a's credentials:
+    // the headers, not a route or a dialog, chose the trunk.
+    let ch = super::trunk_auth::challenge(&bye, 401, &[super::trunk_auth::digest("n1", "MD5")]);
+    let out = h.send(TRUNK_A, &ch);
+    assert!(out.iter().all(|s| s.dest != addr(TRUNK_A) || s.method() == "ACK"), "{out:#?}");
+    assert!(out.iter().all(|s| s.msg.header("authorization").is_none()));
+    let ack = h.send(TRUSTED, &dialogless("ACK", "alt1", ""));
+    assert_eq!(only(&ack, TRUNK_A).method(), "ACK", "a trusted source's ACK follows its headers");
+    // A user of ours (a phone whose call ran through the primary) answers
+    // the challenge; its credentials stay here.
+    let ch = only(&h.send(CALLER, &dialogless("BYE", "alt2", "")), CALLER);
+    let auth = answer(&ch, Algorithm::Sha256, "alice", "alice-pw", "BYE", "sip:+442079460000@127.0.0.1:5070", 1);
+    // (A new Call-ID, so a new transaction: same Via branch otherwise.)
+    let out = h.send(CALLER, &dialogless("BYE", "alt3", &auth));
+    let fwd = only(&out, TRUNK_A);
+    assert!(fwd.msg.header("proxy-authorization").is_none(), "{:#?}", fwd.msg);
+}
+
+#[test]
+fn our_credentials_do_not_reach_the_trunk_in_dialog() {
+    use super::sip::respond;
+    let mut h = auth_harness("");
+    let intl = "sip:0044207946000@127.0.0.1";
+    let from = "sip:alice@127.0.0.1";
+    let ch = only(&h.send(CALLER, &request("INVITE", intl, from, intl, "cred1", 1, "")), CALLER);
+    let auth = answer(&ch, Algorithm::Sha256, "alice", "alice-pw", "INVITE", intl, 1);
+    let out = h.send(CALLER, &request("INVITE", intl, from, intl, "cred1", 2, &auth));
+    let inv = only(&out, TRUNK_A).msg.clone();
+    let out = h.send(TRUNK_A, &respond(&inv, 200, None));
+    let ok = only(&out, CALLER).msg.clone();
+    let in_dialog = |method: &str, cseq: u32| {
+        let routes: String = ok.header_values("record-route").iter().rev().map(|r| format!("Route: {r}\r\n")).collect();
+        let text = String::from_utf8(request(
+            method,
+            "sip:1000@127.0.0.1:5070",
+            from,
+            intl,
+            "cred1",
+            cseq,
+            &format!("{routes}{auth}"),
+        ))
+        .unwrap();
+        text.replace(&format!("To: <{intl}>\r\n"), &format!("To: <{intl}>;tag={}\r\n", ok.to_tag().unwrap()))
+            .replace(&format!("tag=f{cseq}"), "tag=f2")
+            .replace(&format!("branch=z9hG4bK-cred1-{cseq}"), &format!("branch=z9hG4bK-cred1-{method}"))
+            .into_bytes()
+    };
+    // RFC 3261 §22.1: the ACK for the 2xx repeats the INVITE's credentials;
+    // phones add them to later requests too.
+    let out = h.send(CALLER, &in_dialog("ACK", 2));
+    let ack = only(&out, TRUNK_A);
+    assert_eq!(ack.method(), "ACK");
+    assert!(ack.msg.header("proxy-authorization").is_none(), "{:#?}", ack.msg);
+    let out = h.send(CALLER, &in_dialog("BYE", 3));
+    let bye = only(&out, TRUNK_A);
+    assert_eq!(bye.method(), "BYE");
+    assert!(bye.msg.header("proxy-authorization").is_none(), "{:#?}", bye.msg);
 }
