@@ -83,6 +83,8 @@ pub struct SbcMetrics {
     pub call_answers: AtomicU64,
     /// Of those, ended with a final error response.
     pub call_failures: AtomicU64,
+    /// Answered calls ended because the caller's ACK never came (64×T1).
+    pub calls_no_ack: AtomicU64,
     /// Registrations accepted.
     pub registrations: AtomicU64,
     /// Live bindings.
@@ -264,6 +266,13 @@ impl SbcMetrics {
         one(&mut o, "sbc_dialogs_active", "gauge", "Dialogs alive (early and confirmed).", &self.dialogs);
         one(&mut o, "sbc_call_attempts_total", "counter", "Initial INVITEs routed.", &self.call_attempts);
         one(&mut o, "sbc_call_answers_total", "counter", "Calls answered (2xx).", &self.call_answers);
+        one(
+            &mut o,
+            "sbc_calls_no_ack_total",
+            "counter",
+            "Answered calls ended for want of an ACK.",
+            &self.calls_no_ack,
+        );
         one(
             &mut o,
             "sbc_call_failures_total",

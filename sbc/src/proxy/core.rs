@@ -236,6 +236,21 @@ impl Core {
             a.expire(now);
         }
         txn.sweep(now);
+        // Answered but never acknowledged within 64×T1 (RFC 3261 §13.3.1.4):
+        // BYE both ways. A standby leaves its replicated dialogs to the active.
+        if self.active {
+            let limit = txn.timer_config().t1 * 64;
+            let unacked: Vec<String> = self
+                .dialogs
+                .iter()
+                .filter(|d| d.state == DialogState::Confirmed && !d.acked)
+                .filter(|d| d.answered.is_some_and(|a| now.saturating_duration_since(a) > limit))
+                .map(|d| d.call_id.clone())
+                .collect();
+            for call_id in unacked {
+                self.end_unacked(txn, &call_id, now);
+            }
+        }
         for call_id in self.dialogs.idle(now, self.cfg.dialog_timeout) {
             tracing::info!(call_id, "dialog timed out");
             self.end_call(&call_id, EndReason::Timeout, 0, now);

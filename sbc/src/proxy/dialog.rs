@@ -37,6 +37,9 @@ pub enum EndReason {
     Failed,
     /// No BYE within the dialog timeout, or the INVITE timed out.
     Timeout,
+    /// Answered, but the caller's ACK never came within 64×T1: the sbc
+    /// sent BYE both ways.
+    NoAck,
 }
 
 impl EndReason {
@@ -49,6 +52,7 @@ impl EndReason {
             Self::Cancel => "cancel",
             Self::Failed => "failed",
             Self::Timeout => "timeout",
+            Self::NoAck => "no-ack",
         }
     }
 }
@@ -111,6 +115,9 @@ pub struct Dialog {
     pub acked: bool,
     /// 2xx responses sent upstream so far (retransmissions included).
     pub ok_sent: u32,
+    /// The initial INVITE's CSeq number as the callee saw it (a BYE the sbc
+    /// sends the callee goes one above).
+    pub invite_cseq: u32,
     /// The caller's own Contact URI, when the callee was given ours in its
     /// place (the call crosses realms): in-dialog requests to the caller
     /// are sent with it as Request-URI.
@@ -232,6 +239,9 @@ pub struct DialogRecord {
     pub late_offer: bool,
     /// ACK seen.
     pub acked: bool,
+    /// The INVITE's CSeq number (see [`Dialog::invite_cseq`]).
+    #[serde(default)]
+    pub invite_cseq: u32,
     /// The INVITE's Vias as the caller sent them, when hidden from the
     /// callee (see [`Dialog::caller_vias`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -281,6 +291,7 @@ impl Dialog {
             final_code: self.final_code,
             late_offer: self.late_offer,
             acked: self.acked,
+            invite_cseq: self.invite_cseq,
             caller_vias: self.caller_vias.clone(),
             external_call_id: None,
             cseq_offsets: Vec::new(),
@@ -325,6 +336,7 @@ impl Dialog {
             codecs: Vec::new(),
             acked: r.acked,
             ok_sent: u32::from(r.confirmed),
+            invite_cseq: r.invite_cseq,
             caller_contact: r.caller_contact.clone(),
             callee_contact: r.callee_contact.clone(),
             caller_vias: r.caller_vias.clone(),

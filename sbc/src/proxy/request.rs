@@ -132,6 +132,7 @@ impl Core {
                 codecs: Vec::new(),
                 acked: false,
                 ok_sent: 0,
+                invite_cseq: msg.cseq().map_or(1, |c| c.0),
                 caller_contact: None,
                 callee_contact: None,
                 caller_vias: Vec::new(),

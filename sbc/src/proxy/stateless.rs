@@ -1,19 +1,20 @@
 //! What the call layer sends outside any transaction: the ACK for a 2xx
 //! (end to end, along the dialog; it may carry a late answer), 2xx
 //! retransmissions whose client transaction is gone, and responses routed
-//! through a primary that lists us as its alternate.
+//! through a primary that lists us as its alternate; and the BYEs that end
+//! an answered call whose ACK never came.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use super::core::Core;
-use super::dialog::{DialogState, Peer};
+use super::dialog::{Dialog, DialogState, EndReason, Peer};
 use super::{alternate, forward, identity};
 use crate::sip::Message;
 use crate::transport::Proto;
 use crate::txn::wire::response_dest;
-use crate::txn::Endpoint;
+use crate::txn::{ClientRequest, Endpoint};
 
 impl Core {
     /// ACK that matched no server transaction: the ACK for a 2xx, routed
@@ -144,5 +145,63 @@ impl Core {
         }
         self.metrics.response(200);
         txn.send(msg.to_bytes(), dest, proto, up_realm);
+    }
+
+    /// An answered call whose ACK never came: BYE to the callee (so it
+    /// stops its call and its 2xx retransmissions) and to the caller (alive
+    /// but on a lost ACK path), then the call ends as [`EndReason::NoAck`]
+    /// (media freed, CDR written).
+    ///
+    /// The BYEs are built from the dialog: Request-URI the side's own
+    /// Contact when it was hidden, else its address; no Route set (right
+    /// when no record-routing proxy stands beyond us); toward the callee
+    /// the CSeq one above the INVITE's as the callee saw it, toward the
+    /// caller 1 (the callee is assumed to have sent it no request yet).
+    /// The edge maps the Call-ID for a `callid_rewrite` trunk, as for any
+    /// message sent to it.
+    pub(super) fn end_unacked(&mut self, txn: &mut Endpoint, call_id: &str, now: Instant) {
+        let Some(d) = self.dialogs.get(call_id).cloned() else { return };
+        tracing::info!(call_id, "2xx never acknowledged: ending the call with BYE both ways");
+        // The callee saw the caller's CSeq shifted by the challenges answered for it.
+        let shift = self.carrier.offsets_of(call_id, std::iter::once(d.caller_tag.as_str())).first().map_or(0, |o| o.1);
+        self.send_bye(txn, &d, true, d.invite_cseq.wrapping_add(shift).wrapping_add(1), now);
+        self.send_bye(txn, &d, false, 1, now);
+        self.metrics.calls_no_ack.fetch_add(1, Relaxed);
+        self.end_call(call_id, EndReason::NoAck, 0, now);
+    }
+
+    /// One BYE the sbc originates in dialog `d`, to the callee (`to_callee`,
+    /// as if from the caller) or to the caller (as if from the callee).
+    fn send_bye(&self, txn: &mut Endpoint, d: &Dialog, to_callee: bool, cseq: u32, now: Instant) {
+        let callee_tag = d.callee_tag.as_deref().unwrap_or_default();
+        let caller = (d.from_uri.as_str(), d.caller_tag.as_str());
+        let callee = (d.to_uri.as_str(), callee_tag);
+        let (peer, contact, (from_uri, from_tag), (to_uri, to_tag)) = if to_callee {
+            let Some(peer) = d.callee else { return };
+            (peer, d.callee_contact.as_deref(), caller, callee)
+        } else {
+            (d.caller, d.caller_contact.as_deref(), callee, caller)
+        };
+        let ruri = contact.map_or_else(|| format!("sip:{}", peer.addr), str::to_owned);
+        let me = self.me(peer.realm).hostport_for(peer.proto);
+        let branch = txn.new_branch();
+        let text = format!(
+            "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             From: <{from_uri}>;tag={from_tag}\r\nTo: <{to_uri}>;tag={to_tag}\r\nCall-ID: {}\r\n\
+             CSeq: {cseq} BYE\r\nReason: SIP;cause=408;text=\"ACK timeout\"\r\nUser-Agent: xsbc\r\n\
+             Content-Length: 0\r\n\r\n",
+            peer.proto.via_name(),
+            d.call_id
+        );
+        let Ok(request) = Message::parse(text.as_bytes()) else { return };
+        let bye = ClientRequest {
+            request,
+            dest: peer.addr,
+            proto: peer.proto,
+            realm: peer.realm,
+            owner: None,
+            timeout: None,
+        };
+        let _ = txn.start_client(bye, now);
     }
 }
