@@ -9,12 +9,16 @@ use std::time::Instant;
 
 use super::endpoint::Server;
 use super::{client_key, server_key, wire, Endpoint, Event, Kind, ServerId, ServerTxn};
-use crate::sip::{Message, Method};
+use crate::sip::{Breach, Message, Method};
 use crate::transport::Inbound;
 
 impl Endpoint {
     /// Handles one message from the network.
     pub fn handle(&mut self, inbound: Inbound, now: Instant) {
+        if let Err(b) = self.limits.check(&inbound.data) {
+            self.refuse(b, &inbound);
+            return;
+        }
         match Message::parse(&inbound.data) {
             Ok(msg) if msg.is_request() => self.on_request(msg, &inbound, now),
             Ok(msg) => self.on_response(msg, inbound.src, inbound.realm, now),
@@ -33,6 +37,26 @@ impl Endpoint {
                         self.metrics.dropped.fetch_add(1, Relaxed);
                     }
                 }
+            }
+        }
+    }
+
+    /// Answers a request that broke a limit (never an ACK or a response,
+    /// nor one too broken to answer: those are dropped), and counts it.
+    fn refuse(&mut self, b: Breach, inb: &Inbound) {
+        self.metrics.limit_refused(b);
+        let is_ack = inb.data.get(..4).is_some_and(|m| m.eq_ignore_ascii_case(b"ACK "));
+        let (code, reason) = b.answer();
+        let reply = (!is_ack).then(|| wire::raw_error_response(&inb.data, code, reason)).flatten();
+        match reply {
+            Some(r) => {
+                tracing::debug!(src = %inb.src, limit = b.label(), "request over a limit refused");
+                self.metrics.response(code);
+                self.send(r, inb.src, inb.proto, inb.realm);
+            }
+            None => {
+                tracing::debug!(src = %inb.src, limit = b.label(), "message over a limit dropped");
+                self.metrics.dropped.fetch_add(1, Relaxed);
             }
         }
     }
