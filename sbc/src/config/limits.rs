@@ -31,8 +31,9 @@ pub(super) fn parse_limits(r: &RawLimits, max_message_size: usize) -> Result<Lim
     if !(256..=crate::sip::MAX_LINE).contains(&l.max_header_line) {
         return Err(invalid("limits.max_header_line", format!("must be between 256 and {}", crate::sip::MAX_LINE)));
     }
-    if !(1..=l.max_headers).contains(&l.max_vias) {
-        return Err(invalid("limits.max_vias", "must be between 1 and limits.max_headers"));
+    // More hops than Max-Forwards can allow (255) cannot be legitimate.
+    if !(1..=255).contains(&l.max_vias) {
+        return Err(invalid("limits.max_vias", "must be between 1 and 255"));
     }
     if l.max_body > max_message_size {
         return Err(invalid("limits.max_body", "must not exceed sip.max_message_size"));
@@ -62,6 +63,7 @@ mod tests {
             ("max_headers = 5", "limits.max_headers"),
             ("max_header_line = 100", "limits.max_header_line"),
             ("max_vias = 0", "limits.max_vias"),
+            ("max_vias = 256", "limits.max_vias"),
             ("max_body = 70000", "limits.max_body"),
         ] {
             let e = parse(t).err().map(|e| e.to_string()).unwrap_or_default();
