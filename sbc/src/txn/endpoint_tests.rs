@@ -193,7 +193,8 @@ fn a_transport_error_ends_a_ringing_invite_and_the_server_transactions_answering
 /// `request` with `extra` header lines and a body.
 fn with(method: &str, extra: &str, body: &str) -> Vec<u8> {
     let base = String::from_utf8(request(method, "z9hG4bKl1", method, "")).unwrap();
-    let base = base.replace("Content-Length: 0\r\n\r\n", &format!("{extra}Content-Length: {}\r\n\r\n{body}", body.len()));
+    let base =
+        base.replace("Content-Length: 0\r\n\r\n", &format!("{extra}Content-Length: {}\r\n\r\n{body}", body.len()));
     base.into_bytes()
 }
 
