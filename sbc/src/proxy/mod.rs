@@ -119,6 +119,10 @@ impl Proxy {
                 return;
             }
         }
+        // Message limits, before any state (Call-ID mapping, transaction).
+        if !self.txn.admit(&inbound) {
+            return;
+        }
         let inbound = self.edge.inbound(&self.core.cfg, inbound, now);
         self.txn.handle(inbound, now);
         self.run_events(now);

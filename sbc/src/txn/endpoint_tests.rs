@@ -31,7 +31,10 @@ fn request(method: &str, branch: &str, cseq_method: &str, to_tag: &str) -> Vec<u
 }
 
 fn feed(ep: &mut Endpoint, src: &str, data: Vec<u8>, now: Instant) -> Vec<Event> {
-    ep.handle(Inbound { data, src: addr(src), proto: Proto::Udp, realm: 0 }, now);
+    let inbound = Inbound { data, src: addr(src), proto: Proto::Udp, realm: 0 };
+    if ep.admit(&inbound) {
+        ep.handle(inbound, now);
+    }
     std::iter::from_fn(|| ep.poll_event()).collect()
 }
 

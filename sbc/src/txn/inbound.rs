@@ -14,11 +14,10 @@ use crate::transport::Inbound;
 
 impl Endpoint {
     /// Handles one message from the network.
+    ///
+    /// Call [`admit`](Self::admit) first: the message limits are not
+    /// checked again here.
     pub fn handle(&mut self, inbound: Inbound, now: Instant) {
-        if let Err(b) = self.limits.check(&inbound.data) {
-            self.refuse(b, &inbound);
-            return;
-        }
         match Message::parse(&inbound.data) {
             Ok(msg) if msg.is_request() => self.on_request(msg, &inbound, now),
             Ok(msg) => self.on_response(msg, inbound.src, inbound.realm, now),
@@ -37,6 +36,19 @@ impl Endpoint {
                         self.metrics.dropped.fetch_add(1, Relaxed);
                     }
                 }
+            }
+        }
+    }
+
+    /// Checks a message from the network against the message limits
+    /// before anything else sees it: `false` when it broke one, and was
+    /// answered or dropped (and counted).
+    pub fn admit(&mut self, inbound: &Inbound) -> bool {
+        match self.limits.check(&inbound.data) {
+            Ok(()) => true,
+            Err(b) => {
+                self.refuse(b, inbound);
+                false
             }
         }
     }
