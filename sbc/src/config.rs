@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 mod auth;
 mod ha;
+mod limits;
 mod policy;
 mod tls;
 mod trunk_auth;
@@ -160,6 +161,8 @@ pub struct Config {
     pub tls: SipTls,
     /// Digest authentication, when `[auth]` is present.
     pub auth: Option<AuthConfig>,
+    /// Message limits (`[limits]`).
+    pub limits: crate::sip::Limits,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +192,8 @@ struct File {
     ha: Option<ha::RawHa>,
     #[serde(default)]
     auth: Option<auth::RawAuth>,
+    #[serde(default)]
+    limits: limits::RawLimits,
 }
 
 #[derive(Deserialize)]
@@ -442,6 +447,7 @@ impl Config {
         if f.sip.t1_ms == 0 || f.sip.t2_ms < f.sip.t1_ms {
             return Err(invalid("sip.t2_ms", "T1 must be > 0 and T2 >= T1"));
         }
+        let msg_limits = limits::parse_limits(&f.limits, f.sip.max_message_size)?;
         let r = f.registrar;
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
@@ -533,6 +539,7 @@ impl Config {
             acls,
             tls: sip_tls,
             auth,
+            limits: msg_limits,
         })
     }
 

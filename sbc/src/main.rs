@@ -494,6 +494,9 @@ fn run(cfg: Config) -> Result<(), Error> {
         media_relay::control::MediaControl::flush(relay.as_ref());
         send_all(&mut proxy, &mut transport, now, &|| media_relay::control::MediaControl::flush(relay.as_ref()));
         sbc::metrics::ConnMetrics::store(&metrics.conns, transport.connections(), &transport.stats);
+        for (realm, drops) in transport.rx_queue_drops().enumerate() {
+            metrics.rx_queue_drops(realm, drops);
+        }
         let d = transport.drops.oversize + transport.drops.bad_framing;
         if d > dropped_seen {
             metrics.dropped.fetch_add(d - dropped_seen, Ordering::Relaxed);

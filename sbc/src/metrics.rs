@@ -73,6 +73,12 @@ pub struct SbcMetrics {
     pub parse_errors: AtomicU64,
     /// Messages dropped without an answer (unparseable, not ours, oversize).
     pub dropped: AtomicU64,
+    /// Messages refused or dropped over a `[limits]` limit, by
+    /// [`Breach::ALL`](crate::sip::Breach::ALL) index.
+    limit_refused: [AtomicU64; 4],
+    /// Datagrams the kernel dropped on the SIP sockets' full receive
+    /// queues, per realm (named by [`name_realms`](Self::name_realms)).
+    rx_queue_drops: std::sync::OnceLock<Vec<(String, AtomicU64)>>,
     /// Server + client transactions alive.
     pub transactions: AtomicU64,
     /// Dialogs alive (early and confirmed).
@@ -156,12 +162,34 @@ impl SbcMetrics {
     /// Names the realms, for the per-realm series (the first call wins).
     pub fn name_realms(&self, names: &[String]) {
         let _ = self.acl_denied.set(names.iter().map(|n| (n.clone(), AtomicU64::new(0))).collect());
+        let _ = self.rx_queue_drops.set(names.iter().map(|n| (n.clone(), AtomicU64::new(0))).collect());
     }
 
     /// Counts a message from a source realm `realm`'s ACL denies.
     pub fn acl_denied(&self, realm: usize) {
         if let Some((_, c)) = self.acl_denied.get().and_then(|v| v.get(realm)) {
             c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts a message refused or dropped over a `[limits]` limit.
+    pub fn limit_refused(&self, b: crate::sip::Breach) {
+        if let Some(i) = crate::sip::Breach::ALL.iter().position(|x| *x == b) {
+            self.limit_refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Messages refused or dropped over limit `b` so far.
+    #[must_use]
+    pub fn limit_refused_count(&self, b: crate::sip::Breach) -> u64 {
+        crate::sip::Breach::ALL.iter().position(|x| *x == b).map_or(0, |i| self.limit_refused[i].load(Relaxed))
+    }
+
+    /// Stores the kernel's receive-queue drop count (a running total) for
+    /// realm `realm`'s SIP socket.
+    pub fn rx_queue_drops(&self, realm: usize, total: u64) {
+        if let Some((_, c)) = self.rx_queue_drops.get().and_then(|v| v.get(realm)) {
+            c.store(total, Relaxed);
         }
     }
 
@@ -340,6 +368,16 @@ impl SbcMetrics {
                 let _ = writeln!(o, "sbc_acl_denied_total{{realm=\"{name}\"}} {}", c.load(Relaxed));
             }
         }
+        let _ = writeln!(o, "# HELP sbc_sip_limit_refused_total SIP messages over a [limits] limit (answered 400/413/513 or dropped), by limit.\n# TYPE sbc_sip_limit_refused_total counter");
+        for (b, c) in crate::sip::Breach::ALL.iter().zip(&self.limit_refused) {
+            let _ = writeln!(o, "sbc_sip_limit_refused_total{{reason=\"{}\"}} {}", b.label(), c.load(Relaxed));
+        }
+        if let Some(realms) = self.rx_queue_drops.get() {
+            let _ = writeln!(o, "# HELP sbc_sip_rx_queue_drops_total Datagrams the kernel dropped on a full SIP socket receive queue.\n# TYPE sbc_sip_rx_queue_drops_total counter");
+            for (name, c) in realms {
+                let _ = writeln!(o, "sbc_sip_rx_queue_drops_total{{realm=\"{name}\"}} {}", c.load(Relaxed));
+            }
+        }
         self.auth.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
@@ -453,5 +491,22 @@ mod tests {
         assert!(r.contains("sbc_sip_connections_rejected_total 3"), "{r}");
         assert!(r.contains("sbc_sip_connections_denied_total 2"), "{r}");
         assert!(r.contains("sbc_sip_connection_output_overflows_total 1"), "{r}");
+    }
+
+    #[test]
+    fn limit_refusals_and_rx_queue_drops_render() {
+        let m = SbcMetrics::new(&[]);
+        m.limit_refused(crate::sip::Breach::Body);
+        m.limit_refused(crate::sip::Breach::Body);
+        m.limit_refused(crate::sip::Breach::Vias);
+        m.name_realms(&["inside".into(), "outside".into()]);
+        m.rx_queue_drops(1, 42);
+        m.rx_queue_drops(9, 1);
+        let r = m.render();
+        assert!(r.contains("sbc_sip_limit_refused_total{reason=\"body\"} 2"), "{r}");
+        assert!(r.contains("sbc_sip_limit_refused_total{reason=\"vias\"} 1"), "{r}");
+        assert!(r.contains("sbc_sip_limit_refused_total{reason=\"headers\"} 0"), "{r}");
+        assert!(r.contains("sbc_sip_rx_queue_drops_total{realm=\"inside\"} 0"), "{r}");
+        assert!(r.contains("sbc_sip_rx_queue_drops_total{realm=\"outside\"} 42"), "{r}");
     }
 }

@@ -8,9 +8,13 @@
 //!   and parsed by `netlink-packet-route`, the socket is `netlink-sys`' plain
 //!   blocking one (no async runtime), so this part needs no `unsafe` of its own.
 //!
+//! - Datagram receive with `SO_RXQ_OVFL`: `recvmsg(2)` and its control
+//!   message, which carries the socket's count of datagrams the kernel
+//!   dropped on a full receive queue.
+//!
 //! Errors are the kernel's `io::Error`s unchanged (`EEXIST`, `EADDRNOTAVAIL`
 //! …): what they mean to the caller is decided by the caller.
-#![expect(unsafe_code, reason = "the sbc's raw syscalls (AF_PACKET, if_nametoindex) live in this one module")]
+#![expect(unsafe_code, reason = "the sbc's raw syscalls (AF_PACKET, if_nametoindex, recvmsg) live in this one module")]
 
 use std::ffi::CString;
 use std::io;
@@ -38,6 +42,84 @@ pub fn if_index(dev: &str) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(index)
+}
+
+/// Turns on `SO_RXQ_OVFL` on a datagram socket: each datagram read with
+/// [`recv_counting_drops`] then carries the socket's kernel drop count.
+///
+/// # Errors
+/// The `setsockopt(2)` error.
+pub fn enable_rxq_ovfl(sock: &impl AsRawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid descriptor, and a pointer to a c_int that outlives the
+    // call with its exact size; setsockopt only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads one datagram into `buf` (non-blocking sockets give `WouldBlock`):
+/// the bytes stored, the source, and the socket's running total of kernel
+/// receive-queue drops when the kernel attached it (`SO_RXQ_OVFL` on, and
+/// at least one drop so far).
+///
+/// # Errors
+/// The `recvmsg(2)` error; `InvalidData` for a source that is not IP.
+pub fn recv_counting_drops(
+    sock: &impl AsRawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, std::net::SocketAddr, Option<u32>)> {
+    // SAFETY: sockaddr_storage and msghdr are plain C structs for which all
+    // zero bytes are a valid value.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut addr).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in msg points at a live local (addr, iov, control)
+    // or at buf, each with the length given; the kernel writes within them.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut drops = None;
+    // SAFETY: msg was filled by recvmsg, so its control pointer and length
+    // describe the control messages the kernel wrote into `control`.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    while !c.is_null() {
+        // SAFETY: c is non-null and points at a cmsghdr inside `control`
+        // (CMSG_FIRSTHDR/CMSG_NXTHDR check the bounds).
+        let (level, ty) = unsafe { ((*c).cmsg_level, (*c).cmsg_type) };
+        if level == libc::SOL_SOCKET && ty == libc::SO_RXQ_OVFL {
+            // SAFETY: an SO_RXQ_OVFL message carries one u32 after its header,
+            // inside `control`; read_unaligned makes no alignment assumption.
+            drops = Some(unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>()) });
+        }
+        // SAFETY: msg and c are as above.
+        c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
+    }
+    // SAFETY: the kernel initialised `msg_namelen` bytes of addr.
+    let src = unsafe { socket2::SockAddr::new(addr, msg.msg_namelen) }
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram source is not IP"))?;
+    Ok((usize::try_from(n).unwrap_or(0), src, drops))
 }
 
 /// A send-only packet socket (protocol 0: it receives nothing).

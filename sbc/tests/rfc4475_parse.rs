@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use sbc::sip::{reject_response, Message, ParseError};
+use sbc::sip::{reject_response, Limits, Message, ParseError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -101,6 +101,19 @@ fn parse_and_validate(bytes: &[u8]) -> Result<Message, ParseError> {
     let m = Message::parse(bytes)?;
     m.validate()?;
     Ok(m)
+}
+
+/// The default `[limits]` let every torture message through to the parser,
+/// so the outcome table above holds with the limits on.
+#[test]
+fn rfc4475_messages_pass_the_default_limits() {
+    let Some(files) = load() else { return };
+    assert_eq!(files.len(), 49, "expected the 49 RFC 4475 messages");
+    let over: Vec<String> = files
+        .iter()
+        .filter_map(|(name, bytes)| Limits::default().check(bytes).err().map(|b| format!("{name}: {b:?}")))
+        .collect();
+    assert!(over.is_empty(), "over a default limit: {over:?}");
 }
 
 #[test]

@@ -82,8 +82,10 @@ impl Proxy {
         };
         let timer_cfg = TimerConfig { t1: cfg.t1, t2: cfg.t2, t4: cfg.t4 };
         metrics.name_realms(&cfg.realms.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
+        let mut txn = Endpoint::new(timer_cfg, Arc::clone(&metrics), seed);
+        txn.set_limits(cfg.limits);
         Self {
-            txn: Endpoint::new(timer_cfg, Arc::clone(&metrics), seed),
+            txn,
             core: Core::new(cfg, media, metrics, cdr),
             acl: acl::Gate::default(),
             edge: hiding::Boundary::default(),
@@ -116,6 +118,10 @@ impl Proxy {
                 self.txn.send(r, inbound.src, inbound.proto, inbound.realm);
                 return;
             }
+        }
+        // Message limits, before any state (Call-ID mapping, transaction).
+        if !self.txn.admit(&inbound) {
+            return;
         }
         let inbound = self.edge.inbound(&self.core.cfg, inbound, now);
         self.txn.handle(inbound, now);

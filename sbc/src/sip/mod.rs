@@ -31,6 +31,7 @@
 
 mod error;
 mod header;
+mod limits;
 mod message;
 mod method;
 mod name_addr;
@@ -43,6 +44,7 @@ mod via;
 
 pub use error::{Defect, ParseError};
 pub use header::{canonical_name, Header};
+pub use limits::{Breach, Limits};
 pub use message::{Message, StartLine};
 pub use method::Method;
 pub use name_addr::{Contact, NameAddr};

@@ -212,6 +212,9 @@ pub type Admission = Box<dyn Fn(usize, IpAddr) -> bool + Send>;
 /// One realm's sockets.
 struct RealmSockets {
     udp: UdpSocket,
+    /// Datagrams the kernel dropped on `udp`'s full receive queue, as last
+    /// reported with a datagram (`SO_RXQ_OVFL`).
+    rxq_drops: u32,
     listener: Option<TcpListener>,
     tls_listener: Option<TcpListener>,
     /// Local address outgoing TCP connections bind to (port 0).
@@ -269,7 +272,11 @@ impl Transport {
         let poll = Poll::new()?;
         let mut realms = Vec::with_capacity(listens.len());
         for (i, &listen) in listens.iter().enumerate() {
-            let mut udp = UdpSocket::from_std(bind_socket(listen, false, freebind)?.into());
+            let udp_sock = bind_socket(listen, false, freebind)?;
+            if let Err(e) = crate::sys::enable_rxq_ovfl(&udp_sock) {
+                tracing::warn!(%listen, error = %e, "SO_RXQ_OVFL unavailable: receive-queue drops not counted");
+            }
+            let mut udp = UdpSocket::from_std(udp_sock.into());
             poll.registry().register(&mut udp, Token(PER_REALM * i), Interest::READABLE)?;
             let listener = if tcp {
                 let mut l = TcpListener::from_std(bind_socket(listen, true, freebind)?.into());
@@ -278,7 +285,13 @@ impl Transport {
             } else {
                 None
             };
-            realms.push(RealmSockets { udp, listener, tls_listener: None, local: SocketAddr::new(listen.ip(), 0) });
+            realms.push(RealmSockets {
+                udp,
+                rxq_drops: 0,
+                listener,
+                tls_listener: None,
+                local: SocketAddr::new(listen.ip(), 0),
+            });
         }
         Ok(Self {
             poll,
@@ -364,6 +377,12 @@ impl Transport {
         self.realms.get(realm)?.tls_listener.as_ref()?.local_addr().ok()
     }
 
+    /// Each realm's count of datagrams the kernel dropped on its full SIP
+    /// UDP receive queue, by realm index (updated as datagrams are read).
+    pub fn rx_queue_drops(&self) -> impl Iterator<Item = u64> + '_ {
+        self.realms.iter().map(|r| u64::from(r.rxq_drops))
+    }
+
     /// Open stream connections.
     #[must_use]
     pub fn connections(&self) -> usize {
@@ -435,10 +454,12 @@ impl Transport {
     }
 
     fn read_udp(&mut self, realm: usize, out: &mut Vec<Inbound>) {
-        let Some(r) = self.realms.get(realm) else { return };
+        let Some(r) = self.realms.get_mut(realm) else { return };
         loop {
-            match r.udp.recv_from(&mut self.rbuf) {
-                Ok((n, src)) => {
+            let rbuf = &mut self.rbuf;
+            match r.udp.try_io(|| crate::sys::recv_counting_drops(&r.udp, rbuf)) {
+                Ok((n, src, drops)) => {
+                    r.rxq_drops = drops.unwrap_or(r.rxq_drops);
                     if n > self.max_msg {
                         self.drops.oversize += 1;
                         tracing::debug!(%src, "datagram over max_message_size dropped");

@@ -471,3 +471,30 @@ fn a_trunk_is_still_dialled_when_accepted_connections_are_at_their_cap() {
     assert_eq!(t.connections(), 3);
     assert!(t.take_undelivered().is_empty());
 }
+
+#[test]
+fn kernel_receive_queue_drops_are_counted() {
+    let mut t = Transport::bind("127.0.0.1:0".parse().unwrap(), false, 4096).unwrap();
+    let to = t.local_addr().unwrap();
+    socket2::SockRef::from(&t.realms[0].udp).set_recv_buffer_size(4096).unwrap();
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagram = format!("OPTIONS sip:a@b SIP/2.0\r\n{}\r\n", "X: y\r\n".repeat(60));
+    assert_eq!(t.rx_queue_drops().collect::<Vec<_>>(), [0], "nothing dropped before the flood");
+    // Nobody reads while 500 datagrams arrive: most overflow the tiny queue.
+    for _ in 0..500 {
+        tx.send_to(datagram.as_bytes(), to).unwrap();
+    }
+    let (mut out, now) = (Vec::new(), Instant::now());
+    for _ in 0..5 {
+        t.poll(Some(Duration::from_millis(50)), &mut out, now).unwrap();
+    }
+    assert!(!out.is_empty() && out.len() < 500, "{} datagrams read", out.len());
+    // The kernel stamps its drop count on datagrams queued after a drop: the
+    // next one brings the total.
+    tx.send_to(datagram.as_bytes(), to).unwrap();
+    for _ in 0..5 {
+        t.poll(Some(Duration::from_millis(50)), &mut out, now).unwrap();
+    }
+    let drops = t.rx_queue_drops().next().unwrap();
+    assert_eq!(drops, 501 - out.len() as u64, "every datagram is either read or counted as dropped");
+}

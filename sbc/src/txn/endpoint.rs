@@ -69,6 +69,8 @@ enum Timer {
 pub struct Endpoint {
     pub(super) cfg: TimerConfig,
     pub(super) metrics: Arc<SbcMetrics>,
+    /// Message limits checked before parsing.
+    pub(super) limits: crate::sip::Limits,
     pub(super) servers: HashMap<ServerId, Server>,
     pub(super) server_ids: HashMap<TxnKey, ServerId>,
     pub(super) clients: HashMap<ClientId, Client>,
@@ -97,6 +99,7 @@ impl Endpoint {
         Self {
             cfg,
             metrics,
+            limits: crate::sip::Limits::default(),
             servers: HashMap::new(),
             server_ids: HashMap::new(),
             clients: HashMap::new(),
@@ -111,6 +114,11 @@ impl Endpoint {
             seed,
             counter: 0,
         }
+    }
+
+    /// Sets the message limits checked on every inbound message.
+    pub fn set_limits(&mut self, limits: crate::sip::Limits) {
+        self.limits = limits;
     }
 
     /// The timer values in use.

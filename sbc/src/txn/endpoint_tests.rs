@@ -31,7 +31,10 @@ fn request(method: &str, branch: &str, cseq_method: &str, to_tag: &str) -> Vec<u
 }
 
 fn feed(ep: &mut Endpoint, src: &str, data: Vec<u8>, now: Instant) -> Vec<Event> {
-    ep.handle(Inbound { data, src: addr(src), proto: Proto::Udp, realm: 0 }, now);
+    let inbound = Inbound { data, src: addr(src), proto: Proto::Udp, realm: 0 };
+    if ep.admit(&inbound) {
+        ep.handle(inbound, now);
+    }
     std::iter::from_fn(|| ep.poll_event()).collect()
 }
 
@@ -188,4 +191,51 @@ fn a_transport_error_ends_a_ringing_invite_and_the_server_transactions_answering
     // Its answer has nowhere to go: absorbed.
     ep.reply(server, 486, "Busy Here", Vec::new(), now);
     assert!(ep.drain_output().is_empty());
+}
+
+/// `request` with `extra` header lines and a body.
+fn with(method: &str, extra: &str, body: &str) -> Vec<u8> {
+    let base = String::from_utf8(request(method, "z9hG4bKl1", method, "")).unwrap();
+    let base =
+        base.replace("Content-Length: 0\r\n\r\n", &format!("{extra}Content-Length: {}\r\n\r\n{body}", body.len()));
+    base.into_bytes()
+}
+
+#[test]
+fn requests_over_a_limit_are_answered_and_counted_before_any_transaction() {
+    use crate::sip::{Breach, Limits};
+    let metrics = Arc::new(SbcMetrics::new(&[]));
+    let mut ep = Endpoint::new(TimerConfig::default(), Arc::clone(&metrics), 7);
+    ep.set_limits(Limits { max_headers: 10, max_header_line: 300, max_vias: 2, max_body: 20 });
+    let now = Instant::now();
+    let long = format!("X-Long: {}\r\n", "a".repeat(300));
+    let many: String = (0..4).map(|i| format!("X-{i}: y\r\n")).collect();
+    let vias = "Via: SIP/2.0/UDP a;branch=z9hG4bKa, SIP/2.0/UDP b;branch=z9hG4bKb\r\n";
+    for (extra, body, breach, status) in [
+        (many.as_str(), "", Breach::Headers, "SIP/2.0 400 "),
+        (long.as_str(), "", Breach::HeaderLine, "SIP/2.0 513 "),
+        (vias, "", Breach::Vias, "SIP/2.0 400 "),
+        ("", "012345678901234567890", Breach::Body, "SIP/2.0 413 "),
+    ] {
+        assert!(feed(&mut ep, UA, with("INVITE", extra, body), now).is_empty(), "{breach:?}");
+        let out = ep.drain_output();
+        assert_eq!(out.len(), 1, "{breach:?}");
+        let text = String::from_utf8_lossy(&out[0].data);
+        assert!(text.starts_with(status), "{breach:?}: {text}");
+        assert!(text.contains("branch=z9hG4bKl1"), "{text}");
+        assert_eq!(metrics.limit_refused_count(breach), 1, "{breach:?}");
+        assert!(ep.is_empty(), "no transaction for {breach:?}");
+    }
+    // Within every limit: an ordinary transaction.
+    let ev = feed(&mut ep, UA, with("INVITE", "X-0: y\r\n", "v=0"), now);
+    assert!(matches!(ev.as_slice(), [Event::Request { .. }]), "{ev:?}");
+    // An ACK and a response over a limit are dropped, and counted.
+    let dropped = metrics.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(feed(&mut ep, UA, with("ACK", &many, ""), now).is_empty());
+    let resp = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx\r\nContent-Length: 30\r\n\r\n012345678901234567890123456789";
+    assert!(feed(&mut ep, NEXT, resp.to_vec(), now).is_empty());
+    assert!(ep.drain_output().iter().all(|o| !o.data.starts_with(b"SIP/2.0 4")), "nothing answered");
+    assert_eq!(metrics.dropped.load(std::sync::atomic::Ordering::Relaxed), dropped + 2);
+    assert_eq!(metrics.limit_refused_count(Breach::Headers), 2);
+    assert_eq!(metrics.limit_refused_count(Breach::Body), 2);
 }

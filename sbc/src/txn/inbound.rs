@@ -9,11 +9,14 @@ use std::time::Instant;
 
 use super::endpoint::Server;
 use super::{client_key, server_key, wire, Endpoint, Event, Kind, ServerId, ServerTxn};
-use crate::sip::{Message, Method};
+use crate::sip::{Breach, Message, Method};
 use crate::transport::Inbound;
 
 impl Endpoint {
     /// Handles one message from the network.
+    ///
+    /// Call [`admit`](Self::admit) first: the message limits are not
+    /// checked again here.
     pub fn handle(&mut self, inbound: Inbound, now: Instant) {
         match Message::parse(&inbound.data) {
             Ok(msg) if msg.is_request() => self.on_request(msg, &inbound, now),
@@ -33,6 +36,39 @@ impl Endpoint {
                         self.metrics.dropped.fetch_add(1, Relaxed);
                     }
                 }
+            }
+        }
+    }
+
+    /// Checks a message from the network against the message limits
+    /// before anything else sees it: `false` when it broke one, and was
+    /// answered or dropped (and counted).
+    pub fn admit(&mut self, inbound: &Inbound) -> bool {
+        match self.limits.check(&inbound.data) {
+            Ok(()) => true,
+            Err(b) => {
+                self.refuse(b, inbound);
+                false
+            }
+        }
+    }
+
+    /// Answers a request that broke a limit (never an ACK or a response,
+    /// nor one too broken to answer: those are dropped), and counts it.
+    fn refuse(&mut self, b: Breach, inb: &Inbound) {
+        self.metrics.limit_refused(b);
+        let is_ack = inb.data.get(..4).is_some_and(|m| m.eq_ignore_ascii_case(b"ACK "));
+        let (code, reason) = b.answer();
+        let reply = (!is_ack).then(|| wire::raw_error_response(&inb.data, code, reason)).flatten();
+        match reply {
+            Some(r) => {
+                tracing::debug!(src = %inb.src, limit = b.label(), "request over a limit refused");
+                self.metrics.response(code);
+                self.send(r, inb.src, inb.proto, inb.realm);
+            }
+            None => {
+                tracing::debug!(src = %inb.src, limit = b.label(), "message over a limit dropped");
+                self.metrics.dropped.fetch_add(1, Relaxed);
             }
         }
     }

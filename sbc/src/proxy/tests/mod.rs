@@ -10,6 +10,7 @@ mod call;
 mod cancel;
 mod failover;
 mod ha_state;
+mod limits;
 mod noack;
 mod policy;
 mod realms;
