@@ -55,6 +55,11 @@ pub mod afxdp {
     pub mod neigh {
         pub use crate::datapath::afxdp::neigh::{napi_contexts, read_snapshot, Napi, Snapshot};
     }
+    /// The workers' frame parser and header rewrite (pure functions), for
+    /// the fuzz targets.
+    pub mod rewrite {
+        pub use crate::datapath::afxdp::rewrite::{parse, rewrite, translate, Checksum, Parsed, L2, TRANSLATE_GROWTH};
+    }
 }
 
 /// Monotonic time in nanoseconds. Always passed in as an argument on the
