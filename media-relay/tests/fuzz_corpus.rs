@@ -9,17 +9,7 @@ include!("../../fuzz/bodies/media.rs");
 
 /// Runs `body` on every file of `fuzz/corpus/<target>/`; fails if there are none.
 fn replay(target: &str, body: fn(&[u8])) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.expect("corpus entry").path();
-        let data = std::fs::read(&path).expect("corpus file");
-        if std::panic::catch_unwind(|| body(&data)).is_err() {
-            panic!("{target}: {} panics", path.display());
-        }
-        n += 1;
-    }
-    assert!(n > 0, "{target}: empty corpus in {}", dir.display());
+    testkit::fuzz::replay(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz"), target, body);
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub mod bencode;
 pub mod capture;
 pub mod dir;
 pub mod env;
+pub mod fuzz;
 pub mod metrics;
 pub mod netns;
 pub mod ng;
