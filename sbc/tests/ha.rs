@@ -35,15 +35,7 @@ const VIP: &str = "10.77.0.100";
 
 /// Whether the lab can run; says why not (and fails under CI=true).
 fn can_run() -> bool {
-    let why = if !testkit::is_root() {
-        "needs root for network namespaces"
-    } else if !testkit::env::runs("redis-server") {
-        "redis-server is not installed (apt-get install redis-server)"
-    } else {
-        return true;
-    };
-    testkit::skip(why);
-    false
+    testkit::env::require_root_and("HA lab", &["redis-server"])
 }
 
 fn unix_ms() -> u64 {
