@@ -88,35 +88,7 @@ PY
 
 "$SBC" passwd alice --realm 127.0.0.1 <<<"alice-pw" > "$WORK/users.txt"
 HA1=$(cut -d: -f3 "$WORK/users.txt")
-cat > "$WORK/sbc.toml" <<EOF
-[sip]
-listen = "127.0.0.1:5060"
-domains = ["127.0.0.1"]
-log_level = "warn"
-[[trunk]]
-name = "uas"
-address = "$UAS_IP:5070"
-probe = false
-[[route]]
-prefix = ""
-trunks = ["uas"]
-[health]
-interval_ms = 0
-[cdr]
-file = "$WORK/cdr.jsonl"
-[metrics]
-listen = "127.0.0.1:9199"
-[control]
-socket = "off"
-[relay]
-interfaces = ["127.0.0.1"]
-listen_ng = "off"
-port_min = 40000
-port_max = 59999
-workers = 1
-timeout = 60
-metrics = "off"
-EOF
+sbc_toml "$UAS_IP" 127.0.0.1:9199 > "$WORK/sbc.toml"
 { cat "$WORK/sbc.toml"; printf '[auth]\nusers_file = "%s"\nsecret = "0123456789abcdef0123"\nalgorithms = ["MD5"]\n' "$WORK/users.txt"; } \
   > "$WORK/sbc-auth.toml"
 

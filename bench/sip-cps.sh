@@ -87,35 +87,7 @@ PY
 }
 
 echo "== sbc (embedded relay)" >&2
-cat > "$WORK/sbc.toml" <<EOF
-[sip]
-listen = "127.0.0.1:5060"
-domains = ["127.0.0.1"]
-log_level = "warn"
-[[trunk]]
-name = "uas"
-address = "127.0.0.1:5070"
-probe = false
-[[route]]
-prefix = ""
-trunks = ["uas"]
-[health]
-interval_ms = 0
-[cdr]
-file = "$WORK/cdr.jsonl"
-[metrics]
-listen = "off"
-[control]
-socket = "off"
-[relay]
-interfaces = ["127.0.0.1"]
-listen_ng = "off"
-port_min = 40000
-port_max = 59999
-workers = 1
-timeout = 60
-metrics = "off"
-EOF
+sbc_toml 127.0.0.1 off > "$WORK/sbc.toml"
 "$SBC" run --config "$WORK/sbc.toml" 2>"$WORK/sbc.log" & PIDS+=($!)
 wait_sip 5060
 SBC_CPS=$(capacity sbc 5060 "$WORK/uac.xml" 127.0.0.1 127.0.0.1)

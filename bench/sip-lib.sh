@@ -9,6 +9,41 @@ make_uac() {
   sed -e "s#@AUDIO@#$WORK/audio.al#" -e "s#@PAUSE_MS@#$CALL_MS#" "$FIX/uac_rtp.xml" > "$WORK/uac.xml"
 }
 
+# sbc_toml UAS_IP METRICS_LISTEN -> the benchmarks' sbc config on stdout:
+# SIP on 127.0.0.1:5060, every call routed to the trunk at UAS_IP:5070, one
+# relay worker on 127.0.0.1.
+sbc_toml() {
+cat <<EOF
+[sip]
+listen = "127.0.0.1:5060"
+domains = ["127.0.0.1"]
+log_level = "warn"
+[[trunk]]
+name = "uas"
+address = "$1:5070"
+probe = false
+[[route]]
+prefix = ""
+trunks = ["uas"]
+[health]
+interval_ms = 0
+[cdr]
+file = "$WORK/cdr.jsonl"
+[metrics]
+listen = "$2"
+[control]
+socket = "off"
+[relay]
+interfaces = ["127.0.0.1"]
+listen_ng = "off"
+port_min = 40000
+port_max = 59999
+workers = 1
+timeout = 60
+metrics = "off"
+EOF
+}
+
 wait_sip() { # port
   for _ in $(seq 1 100); do
     python3 - "$1" <<'PY' && return 0
