@@ -28,6 +28,7 @@ pub mod rewrite;
 pub mod umem;
 pub mod worker;
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +38,9 @@ use std::time::Duration;
 use aya::maps::MapData;
 use aya::programs::XdpMode;
 use aya::Ebpf;
-use xdp_prog::{BanValue, Bans, CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks, PROGRAM_NAME};
+use xdp_prog::{
+    BanKey, BanValue, Bans, CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks, PROGRAM_NAME,
+};
 
 use crate::config::{BanPrefix, RelayConfig, ZeroCopy};
 use crate::control::RelayError;
@@ -134,6 +137,7 @@ fn chain(err: &dyn std::error::Error) -> String {
 struct Attached {
     name: String,
     media: MediaPorts<MapData>,
+    bans: Bans<MapData>,
     xsks: Xsks<MapData>,
     counters: Counters<MapData>,
     /// Attached in generic (skb) mode, the driver having refused native mode.
@@ -159,6 +163,8 @@ pub struct AfXdp {
     monitor: Mutex<Option<JoinHandle<()>>>,
     /// How the NAPI threads rank against real-time workers (see [`napi`]).
     napi_ranks: Option<Arc<napi::Ranks>>,
+    /// The map keys of `relay.xdp_bans`: a runtime unban never lifts them.
+    config_bans: HashSet<BanKey>,
 }
 
 /// Most queues (the XSKMAP's size, and `relay.xdp_queues`' limit).
@@ -166,6 +172,9 @@ const MAX_QUEUES: usize = 64;
 /// `BanValue::reason` of the prefixes from `relay.xdp_bans` (the program
 /// ignores it; tools reading the map see who put an entry there).
 pub const BANNED_BY_CONFIG: u32 = 1;
+/// `BanValue::reason` of the prefixes banned at runtime ([`AfXdp`]'s
+/// [`Datapath::ban`], e.g. by the sbc's guard).
+pub const BANNED_AT_RUNTIME: u32 = 2;
 
 /// Number of rx queues of `interface` (from sysfs), at least 1.
 fn rx_queues(interface: &str) -> usize {
@@ -308,6 +317,7 @@ impl AfXdp {
             shutdown,
             monitor: Mutex::new(Some(monitor)),
             napi_ranks,
+            config_bans: cfg.xdp_bans.iter().map(BanPrefix::key).collect(),
         })
     }
 
@@ -365,7 +375,20 @@ fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16], bans: &[Ban
             true
         }
     };
-    Ok(Attached { name: name.to_owned(), media, xsks, counters, generic, _ebpf: ebpf })
+    Ok(Attached { name: name.to_owned(), media, bans: banned, xsks, counters, generic, _ebpf: ebpf })
+}
+
+/// A ban map error as a [`RelayError`], saying so when the map is full.
+fn ban_error(op: &str, prefix: &BanPrefix, interface: &str, e: &xdp_prog::Error) -> RelayError {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut full = false;
+    while let Some(err) = next {
+        full |= err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::ENOSPC);
+        next = err.source();
+    }
+    let why =
+        if full { format!("the XDP ban map is full ({} prefixes)", xdp_prog::BANS_MAX_ENTRIES) } else { chain(e) };
+    RelayError::Datapath(format!("{op} the XDP ban {prefix} on `{interface}`: {why}"))
 }
 
 impl Drop for AfXdp {
@@ -425,6 +448,37 @@ impl Datapath for AfXdp {
                 tracing::warn!(%local, interface = %a.name, error = %chain(&e), "removing a media-port entry failed");
             }
         }
+    }
+
+    fn ban(&self, prefix: &BanPrefix) -> Result<bool, RelayError> {
+        if self.config_bans.contains(&prefix.key()) {
+            return Ok(true); // already dropped, and it stays a config ban
+        }
+        let mut maps = self.lock();
+        let value = BanValue { reason: BANNED_AT_RUNTIME };
+        for i in 0..maps.len() {
+            if let Err(e) = maps[i].bans.ban(prefix.addr, prefix.len, value) {
+                let err = ban_error("adding", prefix, &maps[i].name, &e);
+                // All interfaces or none: undo the ones done.
+                for a in &mut maps[..i] {
+                    let _ = a.bans.unban(prefix.addr, prefix.len);
+                }
+                return Err(err);
+            }
+        }
+        Ok(true)
+    }
+
+    fn unban(&self, prefix: &BanPrefix) -> Result<bool, RelayError> {
+        if self.config_bans.contains(&prefix.key()) {
+            tracing::info!(%prefix, "not lifting a ban from relay.xdp_bans");
+            return Ok(true);
+        }
+        let mut maps = self.lock();
+        for a in maps.iter_mut() {
+            a.bans.unban(prefix.addr, prefix.len).map_err(|e| ban_error("removing", prefix, &a.name, &e))?;
+        }
+        Ok(true)
     }
 
     fn xdp_counters(&self) -> Option<CounterSnapshot> {
