@@ -225,6 +225,9 @@ pub struct RelayConfig {
     /// past which the source is reported as flooding
     /// ([`crate::relay::Relay::take_flood_sources`]); 0 disables.
     pub flood_ban_pps: u32,
+    /// Whether the XDP program drops UDP to the media port range's ports
+    /// that have no session (on the media interfaces' addresses).
+    pub xdp_drop_no_session: bool,
 }
 
 /// `relay.xdp_zero_copy`: how the `AF_XDP` sockets move frames between the
@@ -369,6 +372,8 @@ struct RawRelay {
     cpu_latency_us: Option<toml::Value>,
     #[serde(default = "flood_ban_pps")]
     flood_ban_pps: u32,
+    #[serde(default = "yes")]
+    xdp_drop_no_session: bool,
 }
 
 /// Default of `relay.flood_ban_pps`: far above a misdirected stream's 50
@@ -534,6 +539,7 @@ impl RelayConfig {
             worker_scheduling,
             cpu_latency_us,
             flood_ban_pps: r.flood_ban_pps,
+            xdp_drop_no_session: r.xdp_drop_no_session,
         };
         cfg.resolve_workers();
         cfg.validate()?;

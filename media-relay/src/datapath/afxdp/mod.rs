@@ -39,7 +39,8 @@ use aya::maps::MapData;
 use aya::programs::XdpMode;
 use aya::Ebpf;
 use xdp_prog::{
-    BanKey, BanValue, Bans, CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks, PROGRAM_NAME,
+    BanKey, BanValue, Bans, CounterSnapshot, Counters, MediaPorts, MediaValue, PortRange, RelayPorts, SipPorts, Xsks,
+    PROGRAM_NAME,
 };
 
 use crate::config::{BanPrefix, RelayConfig, ZeroCopy};
@@ -176,6 +177,34 @@ pub const BANNED_BY_CONFIG: u32 = 1;
 /// [`Datapath::ban`], e.g. by the sbc's guard).
 pub const BANNED_AT_RUNTIME: u32 = 2;
 
+/// Warns when the kernel may pick a local port of the media range for
+/// another program's UDP socket (a DNS lookup, say): the XDP program drops
+/// UDP to the range's unused ports on the media addresses, replies included.
+fn warn_ephemeral_overlap(min: u16, max: u16) {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).unwrap_or_default();
+    let ephemeral: Vec<u16> = read("ip_local_port_range").split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    let [lo, hi] = ephemeral[..] else { return };
+    if hi < min || lo > max {
+        return;
+    }
+    let wanted = format!("{min}-{max}");
+    let reserved = read("ip_local_reserved_ports");
+    let covers = |r: &str| {
+        let (a, b) = r.trim().split_once('-').unwrap_or((r.trim(), r.trim()));
+        a.parse::<u16>().is_ok_and(|a| a <= min) && b.parse::<u16>().is_ok_and(|b| b >= max)
+    };
+    if reserved.split(',').any(covers) {
+        return;
+    }
+    tracing::warn!(
+        ephemeral = %format!("{lo}-{hi}"),
+        media = %wanted,
+        "the kernel's ephemeral ports overlap the media port range, where the XDP program drops UDP to ports \
+         without a session: replies to other programs' UDP sockets on the media addresses could be dropped. \
+         Reserve the range (sysctl net.ipv4.ip_local_reserved_ports={min}-{max}) or set relay.xdp_drop_no_session = false"
+    );
+}
+
 /// Number of rx queues of `interface` (from sysfs), at least 1.
 fn rx_queues(interface: &str) -> usize {
     std::fs::read_dir(format!("/sys/class/net/{interface}/queues"))
@@ -237,7 +266,10 @@ impl AfXdp {
         };
         let mut attached = Vec::new();
         for name in &cfg.xdp_interfaces {
-            attached.push(attach_one(name, &snap, &cfg.sip_ports, &cfg.xdp_bans)?);
+            attached.push(attach_one(name, &snap, cfg)?);
+        }
+        if cfg.xdp_drop_no_session {
+            warn_ephemeral_overlap(cfg.port_min, cfg.port_max);
         }
         if !cfg.xdp_bans.is_empty() {
             tracing::info!(
@@ -327,7 +359,8 @@ impl AfXdp {
 }
 
 /// Loads the program for `name`, removes a stale copy of ours, attaches.
-fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16], bans: &[BanPrefix]) -> Result<Attached, Error> {
+fn attach_one(name: &str, snap: &neigh::Snapshot, cfg: &RelayConfig) -> Result<Attached, Error> {
+    let (sip_ports, bans) = (&cfg.sip_ports, &cfg.xdp_bans);
     if let Some(link) = snap.link_by_name(name).filter(|l| l.xdp_prog_id != 0) {
         let id = link.xdp_prog_id;
         let prog_name = aya::programs::loaded_programs()
@@ -359,6 +392,16 @@ fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16], bans: &[Ban
         banned
             .ban(b.addr, b.len, BanValue { reason: BANNED_BY_CONFIG })
             .map_err(|e| Error::Map(format!("relay.xdp_bans: adding {b} on `{name}`: {}", chain(&e))))?;
+    }
+    // UDP to a port of the media range without a session is dropped.
+    if cfg.xdp_drop_no_session {
+        let mut relay = RelayPorts::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
+        let range = PortRange { min: cfg.port_min, max: cfg.port_max };
+        for iface in &cfg.interfaces {
+            relay.set(iface.local, range).map_err(|e| {
+                Error::Map(format!("setting the media port range of {} on `{name}`: {}", iface.local, chain(&e)))
+            })?;
+        }
     }
     let generic = match xdp_prog::attach(&mut ebpf, name, XdpMode::Driver) {
         Ok(()) => false,
