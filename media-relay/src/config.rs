@@ -755,6 +755,18 @@ mod tests {
     }
 
     #[test]
+    fn flood_limit_and_no_session_drops() {
+        let c = RelayConfig::embedded_default();
+        assert_eq!((c.flood_ban_pps, c.xdp_drop_no_session), (500, true));
+        let set = DEFAULT_TOML.replace("[relay]", "[relay]\nflood_ban_pps = 0\nxdp_drop_no_session = false");
+        let c = RelayConfig::from_toml(&set).unwrap();
+        assert_eq!((c.flood_ban_pps, c.xdp_drop_no_session), (0, false));
+        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nflood_ban_pps = -1");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("flood_ban_pps"), "{e}");
+    }
+
+    #[test]
     fn ban_prefixes_from_addresses() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let p = BanPrefix::new(ip("203.0.113.77"), 24).unwrap();
