@@ -17,7 +17,9 @@
 //!   [`crate::sys`] (`xdp`, `frame_ring`, `eventfd`, `netlink`).
 //!
 //! Ownership: the maps are written only by the control plane (through
-//! [`crate::datapath::backend::Datapath::steer`]) and by each worker once at start
+//! [`crate::datapath::backend::Datapath::steer`], and `ban`/`unban` for the
+//! `bans` map; `relay_ports` and the config bans are filled before the
+//! program is attached) and by each worker once at start
 //! (its XSKMAP entries), all under the one mutex here; the packet path
 //! never takes it.
 
