@@ -77,8 +77,9 @@ impl Interface {
     }
 }
 
-/// One entry of `relay.xdp_bans`: a source prefix the XDP program drops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A source prefix the XDP program drops: an entry of `relay.xdp_bans`, or a
+/// ban made at runtime ([`crate::relay::Relay::xdp_ban`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BanPrefix {
     /// The network address (no bits set past the prefix).
     pub addr: IpAddr,
@@ -87,6 +88,49 @@ pub struct BanPrefix {
 }
 
 impl BanPrefix {
+    /// `addr/len`, with the bits past the prefix cleared (`192.0.2.7/24`
+    /// gives `192.0.2.0/24`).
+    ///
+    /// # Errors
+    /// A length too long for the family, or an IPv6 prefix that contains
+    /// `::ffff:0:0/96` (where the program matches IPv4 sources, so it would
+    /// ban every IPv4 source too).
+    pub fn new(addr: IpAddr, len: u8) -> Result<Self, String> {
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let key = BanKey::new(addr, len).map_err(|_| format!("{addr}/{len}: the prefix length must be 0 to {max}"))?;
+        // The program looks IPv4 sources up as IPv4-mapped IPv6 addresses,
+        // so an IPv6 prefix this short would ban every IPv4 source too.
+        let ipv4_space = IpAddr::V6(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0));
+        if addr.is_ipv6() && len < 96 && BanKey::new(ipv4_space, len).is_ok_and(|k| k == key) {
+            return Err(format!(
+                "{addr}/{len} contains ::ffff:0:0/96, where IPv4 sources are matched, so it would ban every IPv4 \
+                 source too: give IPv4 and IPv6 prefixes separately (0.0.0.0/0 bans all IPv4)"
+            ));
+        }
+        let (net, _) = key.prefix();
+        // `prefix()` gives an IPv4-mapped prefix of /96 or longer back as
+        // IPv4; keep the family the caller wrote.
+        let addr = match (addr, net) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => net,
+        };
+        Ok(Self { addr, len })
+    }
+
+    /// Exactly one host: `addr/32` or `addr/128`.
+    #[must_use]
+    pub const fn host(addr: IpAddr) -> Self {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Self { addr, len }
+    }
+
+    /// The key of this prefix in the XDP `bans` map (IPv4 as IPv4-mapped,
+    /// so `198.51.100.0/24` and `::ffff:198.51.100.0/120` are one key).
+    #[must_use]
+    pub fn key(&self) -> BanKey {
+        BanKey::new(self.addr, self.len).unwrap_or_else(|_| BanKey::host(self.addr))
+    }
+
     /// Parses `ADDR` (one host) or `ADDR/LEN`.
     ///
     /// # Errors
@@ -110,16 +154,7 @@ impl BanPrefix {
             let (net, net_len) = key.prefix();
             return Err(format!("`{spec}` has bits set past the prefix (the network is {net}/{net_len})"));
         }
-        // The program looks IPv4 sources up as IPv4-mapped IPv6 addresses,
-        // so an IPv6 prefix this short would ban every IPv4 source too.
-        let ipv4_space = IpAddr::V6(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0));
-        if addr.is_ipv6() && len < 96 && BanKey::new(ipv4_space, len).is_ok_and(|k| k == key) {
-            return Err(format!(
-                "`{spec}` contains ::ffff:0:0/96, where IPv4 sources are matched, so it would ban every IPv4 \
-                 source too: give IPv4 and IPv6 prefixes separately (0.0.0.0/0 bans all IPv4)"
-            ));
-        }
-        Ok(Self { addr, len })
+        Self::new(addr, len).map_err(|problem| format!("`{spec}`: {problem}"))
     }
 }
 
@@ -186,6 +221,13 @@ pub struct RelayConfig {
     /// CPU wakeup latency limit held while the relay runs, in microseconds
     /// (`/dev/cpu_dma_latency`); `None`: no limit.
     pub cpu_latency_us: Option<u32>,
+    /// Foreign packets per second from one source to one latched media port
+    /// past which the source is reported as flooding
+    /// ([`crate::relay::Relay::take_flood_sources`]); 0 disables.
+    pub flood_ban_pps: u32,
+    /// Whether the XDP program drops UDP to the media port range's ports
+    /// that have no session (on the media interfaces' addresses).
+    pub xdp_drop_no_session: bool,
 }
 
 /// `relay.xdp_zero_copy`: how the `AF_XDP` sockets move frames between the
@@ -328,6 +370,16 @@ struct RawRelay {
     worker_priority: Option<i64>,
     #[serde(default)]
     cpu_latency_us: Option<toml::Value>,
+    #[serde(default = "flood_ban_pps")]
+    flood_ban_pps: u32,
+    #[serde(default = "yes")]
+    xdp_drop_no_session: bool,
+}
+
+/// Default of `relay.flood_ban_pps`: far above a misdirected stream's 50
+/// packets a second, far below a flood.
+fn flood_ban_pps() -> u32 {
+    500
 }
 
 fn scheduling_other() -> String {
@@ -486,6 +538,8 @@ impl RelayConfig {
             xdp_bans,
             worker_scheduling,
             cpu_latency_us,
+            flood_ban_pps: r.flood_ban_pps,
+            xdp_drop_no_session: r.xdp_drop_no_session,
         };
         cfg.resolve_workers();
         cfg.validate()?;
@@ -698,6 +752,35 @@ mod tests {
         let nowhere = with(r#"["203.0.113.0/24"]"#).replace("xdp_interfaces = [\"eth0\"]", "xdp_interfaces = []");
         let e = RelayConfig::from_toml(&nowhere).unwrap_err().to_string();
         assert!(e.contains("relay.xdp_bans") && e.contains("xdp_interfaces"), "{e}");
+    }
+
+    #[test]
+    fn flood_limit_and_no_session_drops() {
+        let c = RelayConfig::embedded_default();
+        assert_eq!((c.flood_ban_pps, c.xdp_drop_no_session), (500, true));
+        let set = DEFAULT_TOML.replace("[relay]", "[relay]\nflood_ban_pps = 0\nxdp_drop_no_session = false");
+        let c = RelayConfig::from_toml(&set).unwrap();
+        assert_eq!((c.flood_ban_pps, c.xdp_drop_no_session), (0, false));
+        let bad = DEFAULT_TOML.replace("[relay]", "[relay]\nflood_ban_pps = -1");
+        let e = RelayConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("flood_ban_pps"), "{e}");
+    }
+
+    #[test]
+    fn ban_prefixes_from_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p = BanPrefix::new(ip("203.0.113.77"), 24).unwrap();
+        assert_eq!(p, BanPrefix::parse("203.0.113.0/24").unwrap(), "host bits cleared");
+        assert_eq!(BanPrefix::host(ip("198.51.100.7")), BanPrefix::parse("198.51.100.7").unwrap());
+        assert_eq!(BanPrefix::host(ip("2001:db8::1")).to_string(), "2001:db8::1/128");
+        assert_eq!(BanPrefix::new(ip("2001:db8::1"), 48).unwrap().to_string(), "2001:db8::/48");
+        let mapped = BanPrefix::new(ip("::ffff:198.51.100.7"), 120).unwrap();
+        assert_eq!(mapped.to_string(), "::ffff:198.51.100.0/120");
+        assert_eq!(mapped.key(), BanPrefix::parse("198.51.100.0/24").unwrap().key(), "one map key");
+        assert!(BanPrefix::new(ip("192.0.2.1"), 33).unwrap_err().contains("0 to 32"));
+        assert!(BanPrefix::new(ip("::"), 0).unwrap_err().contains("every IPv4 source"));
+        let set: std::collections::HashSet<BanPrefix> = [p, BanPrefix::new(p.addr, p.len).unwrap()].into();
+        assert_eq!(set.len(), 1);
     }
 
     #[test]

@@ -69,6 +69,7 @@ worker_counters! {
     sip_handoff => "media_relay_sip_handoff_total", "", "AF_XDP datapath: SIP datagrams steered to a worker and handed to the signaling plane.";
     drop_sip => "media_relay_drops_total", "reason=\"sip_ring_full\"", "Datagrams dropped, by reason.";
     batches => "media_relay_worker_batches_total", "", "recvmmsg batches processed.";
+    flood_sources => "media_relay_flood_sources_total", "", "Sources reported for flooding a latched media port with packets not from its peer (past relay.flood_ban_pps; one report per source, port and second).";
     events_lost => "media_relay_worker_events_lost_total", "", "Worker-to-control notifications lost to a full ring (latch reports only).";
 }
 

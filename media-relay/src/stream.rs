@@ -280,4 +280,10 @@ pub enum Event {
         /// The source it latched to.
         addr: SocketAddr,
     },
+    /// A source sent a channel more foreign packets in a second than
+    /// `relay.flood_ban_pps`.
+    Flood {
+        /// The flooding source.
+        addr: std::net::IpAddr,
+    },
 }

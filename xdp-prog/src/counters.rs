@@ -63,6 +63,8 @@ counters! {
     RedirectedSip = 7, "redirected_sip";
     /// Of the steered packets, those passed to the kernel because no `AF_XDP` socket is bound on the rx queue.
     RedirectFailed = 8, "redirect_failed";
+    /// Dropped: UDP to a port of the relay's media range with no session (no media-port entry).
+    DroppedNoSession = 9, "dropped_no_session";
 }
 
 impl Counter {

@@ -5,7 +5,8 @@
 //! interface between it and userspace; this crate owns their names
 //! ([`MAP_XSKS`], ...), the `#[repr(C)]` key/value types ([`MediaKey`], ...),
 //! the per-CPU counter indexes ([`Counter`]), one typed wrapper per map
-//! ([`MediaPorts`], [`Bans`], [`SipPorts`], [`Xsks`], [`Counters`]) and the
+//! ([`MediaPorts`], [`Bans`], [`SipPorts`], [`RelayPorts`], [`Xsks`],
+//! [`Counters`]) and the
 //! compiled object ([`XDP_OBJECT`]).
 //!
 //! Addresses use one 16-byte form for both families: IPv4 is stored
@@ -32,9 +33,9 @@ mod types;
 pub use counters::{Counter, CounterSnapshot, Counters, COUNTER_COUNT};
 pub use error::Error;
 pub use loader::{attach, load, load_with, program};
-pub use maps::{Bans, MediaPorts, SipPorts, Xsks};
+pub use maps::{Bans, MediaPorts, RelayPorts, SipPorts, Xsks};
 pub use object::{XDP_OBJECT, XDP_OBJECT_ORIGIN};
-pub use types::{BanKey, BanValue, MediaKey, MediaValue};
+pub use types::{BanKey, BanValue, MediaKey, MediaValue, PortRange};
 
 /// Name of the XDP program (the C function) in [`XDP_OBJECT`].
 pub const PROGRAM_NAME: &str = "xsbc_xdp";
@@ -51,6 +52,10 @@ pub const BANS_MAX_ENTRIES: u32 = 65_536;
 pub const MAP_SIP_PORTS: &str = "sip_ports";
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`: [`Counter`] index -> `u64`. See [`Counters`].
 pub const MAP_COUNTERS: &str = "counters";
+/// `BPF_MAP_TYPE_HASH`: local address (`[u8; 16]`) -> [`PortRange`]. See [`RelayPorts`].
+pub const MAP_RELAY_PORTS: &str = "relay_ports";
+/// Entries [`MAP_RELAY_PORTS`] holds (`max_entries` in the C source).
+pub const RELAY_PORTS_MAX_ENTRIES: u32 = 64;
 
 /// Every map of the program, for checks that walk them all.
-pub const MAP_NAMES: [&str; 5] = [MAP_XSKS, MAP_MEDIA_PORTS, MAP_BANS, MAP_SIP_PORTS, MAP_COUNTERS];
+pub const MAP_NAMES: [&str; 6] = [MAP_XSKS, MAP_MEDIA_PORTS, MAP_BANS, MAP_SIP_PORTS, MAP_COUNTERS, MAP_RELAY_PORTS];

@@ -14,8 +14,8 @@ use aya::{
 };
 
 use crate::{
-    error::is_not_found, BanKey, BanValue, Error, MediaKey, MediaValue, MAP_BANS, MAP_MEDIA_PORTS, MAP_SIP_PORTS,
-    MAP_XSKS,
+    error::is_not_found, types::addr16, BanKey, BanValue, Error, MediaKey, MediaValue, PortRange, MAP_BANS,
+    MAP_MEDIA_PORTS, MAP_RELAY_PORTS, MAP_SIP_PORTS, MAP_XSKS,
 };
 
 pub(crate) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, Error> {
@@ -204,6 +204,70 @@ impl<T: BorrowMut<MapData>> SipPorts<T> {
     /// [`Error::Map`] if the kernel refuses.
     pub fn remove(&mut self, port: u16) -> Result<bool, Error> {
         removed(self.0.remove(&port), MAP_SIP_PORTS)
+    }
+}
+
+/// The relay's media port range on each local address
+/// ([`crate::MAP_RELAY_PORTS`]): UDP to a port of the range that is not in
+/// [`MediaPorts`] has no session and is dropped
+/// ([`crate::Counter::DroppedNoSession`]).
+pub struct RelayPorts<T>(HashMap<T, [u8; 16], PortRange>);
+
+/// The map key of `local`: all zero for an unspecified address (any address).
+fn relay_key(local: IpAddr) -> [u8; 16] {
+    if local.is_unspecified() {
+        [0; 16]
+    } else {
+        addr16(local)
+    }
+}
+
+impl RelayPorts<MapData> {
+    /// Takes the map out of a loaded object.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingMap`] or [`Error::Map`] if it is missing or mistyped.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let map = take_map(ebpf, MAP_RELAY_PORTS)?;
+        HashMap::try_from(map).map(Self).map_err(Error::map("open", MAP_RELAY_PORTS))
+    }
+}
+
+impl<T: Borrow<MapData>> RelayPorts<T> {
+    /// Wraps an already opened map.
+    pub const fn new(map: HashMap<T, [u8; 16], PortRange>) -> Self {
+        Self(map)
+    }
+
+    /// The range on `local` exactly (no any-address fallback), if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Map`] if the lookup fails for another reason than absence.
+    pub fn get(&self, local: IpAddr) -> Result<Option<PortRange>, Error> {
+        found(self.0.get(&relay_key(local), 0), MAP_RELAY_PORTS)
+    }
+}
+
+impl<T: BorrowMut<MapData>> RelayPorts<T> {
+    /// Sets the media port range on `local` (`0.0.0.0` or `::`: on every
+    /// address). Replaces an existing range.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Map`] if the kernel refuses (the map holds 64 addresses).
+    pub fn set(&mut self, local: IpAddr, range: PortRange) -> Result<(), Error> {
+        self.0.insert(relay_key(local), range, 0).map_err(Error::map("insert", MAP_RELAY_PORTS))
+    }
+
+    /// Removes the range on `local`; `Ok(false)` if there was none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Map`] if the kernel refuses.
+    pub fn remove(&mut self, local: IpAddr) -> Result<bool, Error> {
+        removed(self.0.remove(&relay_key(local)), MAP_RELAY_PORTS)
     }
 }
 

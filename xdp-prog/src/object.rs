@@ -28,8 +28,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        BanKey, BanValue, MediaKey, MediaValue, COUNTER_COUNT, MAP_BANS, MAP_COUNTERS, MAP_MEDIA_PORTS, MAP_NAMES,
-        MAP_SIP_PORTS, MAP_XSKS, PROGRAM_NAME,
+        BanKey, BanValue, MediaKey, MediaValue, PortRange, COUNTER_COUNT, MAP_BANS, MAP_COUNTERS, MAP_MEDIA_PORTS,
+        MAP_NAMES, MAP_RELAY_PORTS, MAP_SIP_PORTS, MAP_XSKS, PROGRAM_NAME,
     };
 
     fn sha256_hex(bytes: &[u8]) -> String {
@@ -74,6 +74,7 @@ mod tests {
             (MAP_BANS, BPF_MAP_TYPE_LPM_TRIE, size_of::<BanKey>(), size_of::<BanValue>()),
             (MAP_SIP_PORTS, BPF_MAP_TYPE_HASH, size_of::<u16>(), size_of::<u32>()),
             (MAP_COUNTERS, BPF_MAP_TYPE_PERCPU_ARRAY, size_of::<u32>(), size_of::<u64>()),
+            (MAP_RELAY_PORTS, BPF_MAP_TYPE_HASH, 16, size_of::<PortRange>()),
         ];
         for (name, map_type, key, value) in table {
             let map = &obj.maps[name];
@@ -82,6 +83,7 @@ mod tests {
         }
         assert_eq!(obj.maps[MAP_COUNTERS].max_entries(), size(COUNTER_COUNT));
         assert_eq!(obj.maps[MAP_BANS].max_entries(), crate::BANS_MAX_ENTRIES);
+        assert_eq!(obj.maps[MAP_RELAY_PORTS].max_entries(), crate::RELAY_PORTS_MAX_ENTRIES);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! so aya can copy them to and from the kernel as bytes.
 #![expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
 
-use crate::types::{BanKey, BanValue, MediaKey, MediaValue};
+use crate::types::{BanKey, BanValue, MediaKey, MediaValue, PortRange};
 
 // SAFETY: `#[repr(C)]`, fields are integers and integer arrays (every bit
 // pattern is valid), and there is no padding: 16 + 2 + 2 = 20 bytes at
@@ -15,3 +15,5 @@ unsafe impl aya::Pod for MediaValue {}
 unsafe impl aya::Pod for BanKey {}
 // SAFETY: `#[repr(C)]`, one `u32` (size 4 asserted in `types.rs`).
 unsafe impl aya::Pod for BanValue {}
+// SAFETY: `#[repr(C)]`, two `u16`, no padding (size 4 asserted in `types.rs`).
+unsafe impl aya::Pod for PortRange {}

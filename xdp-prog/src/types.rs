@@ -50,7 +50,20 @@ pub struct BanValue {
     pub reason: u32,
 }
 
+/// Value of [`crate::MAP_RELAY_PORTS`], whose key is a local address in
+/// the 16-byte form (`[u8; 16]`, all zero for any address): the relay's
+/// media port range there. C: `struct port_range`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    /// Lowest media port, host order, inclusive.
+    pub min: u16,
+    /// Highest media port, host order, inclusive.
+    pub max: u16,
+}
+
 const _: () = {
+    assert!(size_of::<PortRange>() == 4);
     assert!(size_of::<MediaKey>() == 20 && align_of::<MediaKey>() == 2);
     assert!(size_of::<MediaValue>() == 8);
     assert!(size_of::<BanKey>() == 20 && align_of::<BanKey>() == 4);
@@ -61,7 +74,7 @@ const _: () = {
 const V4_MAPPED_BITS: u8 = 96;
 
 /// The 16-byte map form of an address (IPv4 becomes IPv4-mapped).
-fn addr16(ip: IpAddr) -> [u8; 16] {
+pub(crate) fn addr16(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),

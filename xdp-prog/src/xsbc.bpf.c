@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
  * xsbc XDP program: steers SIP and RTP to AF_XDP sockets, drops banned
- * sources, and passes everything else to the kernel.
+ * sources and UDP to the relay's unused media ports, and passes everything
+ * else to the kernel.
  *
  * Verdicts, in the order they are decided:
  *
@@ -12,6 +13,8 @@
  *   IPv4 fragment (first or not)               -> XDP_PASS     passed_fragment
  *   (dst addr, dst port) in `media_ports`      -> redirect     redirected_media
  *   dst port in `sip_ports`                    -> redirect     redirected_sip
+ *   dst port in the `relay_ports` range of     -> XDP_DROP     dropped_no_session
+ *     the dst addr (a media port, no session)
  *   any other UDP                              -> XDP_PASS     passed_no_match
  *
  * "redirect" is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS): when no
@@ -21,6 +24,13 @@
  *
  * The ban check runs on every IPv4/IPv6 packet, not only UDP: a banned source
  * (SIP brute force, scanners) then costs nothing on TCP/TLS SIP either.
+ *
+ * `relay_ports` holds, per local address the relay allocates media ports on,
+ * its port range: UDP to a port of that range with no `media_ports` entry has
+ * no session (never had, or ended), so nobody would read it. The relay puts a
+ * port in `media_ports` before the SDP that advertises it goes out, so a new
+ * session's first packet is steered, not dropped. SIP ports are looked up
+ * first, so a SIP port inside the range is still steered.
  *
  * Everything shared with userspace lives in the maps below. Their names, the
  * key/value layouts and the counter indexes are mirrored in the `xdp_prog`
@@ -51,7 +61,8 @@ enum xsbc_counter {
 	XSBC_CNT_REDIRECTED_MEDIA = 6,
 	XSBC_CNT_REDIRECTED_SIP = 7,
 	XSBC_CNT_REDIRECT_FAILED = 8,
-	XSBC_CNT_COUNT = 9,
+	XSBC_CNT_DROPPED_NO_SESSION = 9,
+	XSBC_CNT_COUNT = 10,
 };
 
 /* Key of `media_ports`. Mirrored by `xdp_prog::MediaKey` (20 bytes). An
@@ -77,6 +88,14 @@ struct ban_key {
 /* Value of `bans`. Mirrored by `xdp_prog::BanValue` (4 bytes). */
 struct ban_value {
 	__u32 reason; /* opaque to this program, for userspace */
+};
+
+/* Value of `relay_ports`, whose key is a local address (16 bytes, network
+ * order, IPv4-mapped; all zero: any address). Mirrored by
+ * `xdp_prog::PortRange` (4 bytes). */
+struct port_range {
+	__u16 min; /* lowest media port, host order, inclusive */
+	__u16 max; /* highest media port, host order, inclusive */
 };
 
 /* Key of `sip_ports` is a __u16 UDP port in host order; the value is a __u32
@@ -110,6 +129,13 @@ struct {
 	__type(value, __u32);
 	__uint(max_entries, 16);
 } sip_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u8[16]); /* local address, as in media_key */
+	__type(value, struct port_range);
+	__uint(max_entries, 64);
+} relay_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -190,6 +216,17 @@ static __always_inline int is_media(const union addr16 *dst, __u16 port)
 	return bpf_map_lookup_elem(&media_ports, &key) != NULL;
 }
 
+/* Whether `port` is in the media port range of `dst`, or of any address. */
+static __always_inline int is_relay_port(const union addr16 *dst, __u16 port)
+{
+	union addr16 any = { .w = { 0, 0, 0, 0 } };
+	struct port_range *r = bpf_map_lookup_elem(&relay_ports, dst);
+
+	if (!r)
+		r = bpf_map_lookup_elem(&relay_ports, &any);
+	return r && port >= r->min && port <= r->max;
+}
+
 /*
  * Decides what to do with the packet and returns the counter that names the
  * decision. Only reads: counting and redirecting happen once, in xsbc_xdp.
@@ -266,6 +303,8 @@ static __always_inline enum xsbc_counter try_xsbc(struct xdp_md *ctx)
 
 		if (bpf_map_lookup_elem(&sip_ports, &port))
 			return XSBC_CNT_REDIRECTED_SIP;
+		if (is_relay_port(&dst, port))
+			return XSBC_CNT_DROPPED_NO_SESSION;
 	}
 	return XSBC_CNT_PASSED_NO_MATCH;
 }
@@ -287,6 +326,7 @@ int xsbc_xdp(struct xdp_md *ctx)
 	count(decision);
 	switch (decision) {
 	case XSBC_CNT_DROPPED_BANNED:
+	case XSBC_CNT_DROPPED_NO_SESSION:
 		return XDP_DROP;
 	case XSBC_CNT_REDIRECTED_MEDIA:
 	case XSBC_CNT_REDIRECTED_SIP:

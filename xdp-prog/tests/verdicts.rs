@@ -25,7 +25,9 @@ use aya::{
 };
 use support::{load_or_skip, packets::*};
 use testkit::unbound_xdp_socket;
-use xdp_prog::{BanValue, Bans, Counter, CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks};
+use xdp_prog::{
+    BanValue, Bans, Counter, CounterSnapshot, Counters, MediaPorts, MediaValue, PortRange, RelayPorts, SipPorts, Xsks,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -42,6 +44,14 @@ const MEDIA6: u16 = 30002;
 const MEDIA_ANY: u16 = 30004;
 const SIP: u16 = 5060;
 const UNMAPPED: u16 = 40000;
+/// The relay's media range on RELAY4 and RELAY6 (`relay_ports`).
+const RANGE: PortRange = PortRange { min: 30000, max: 39999 };
+/// A port of the range with no session.
+const UNUSED: u16 = 30006;
+/// A SIP port inside the media range.
+const SIP_IN_RANGE: u16 = 35060;
+/// A host banned at runtime (reason 2, as the relay's `xdp_ban` does).
+const BANNED_AT_RUNTIME: &str = "192.0.2.200";
 
 /// What the program must do with a row's frame.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +110,16 @@ fn rows() -> Vec<Row> {
         row("media port mapped on another address only", udp4(PEER4, OTHER4, MEDIA4), Pass, PassedNoMatch),
         row("IPv4 UDP to a port outside the maps", udp4(PEER4, RELAY4, UNMAPPED), Pass, PassedNoMatch),
         row("IPv6 UDP to a port outside the maps", udp6(PEER6, RELAY6, UNMAPPED), Pass, PassedNoMatch),
+        row("IPv4 UDP to an unused port of the relay range", udp4(PEER4, RELAY4, UNUSED), Drop, DroppedNoSession),
+        row("IPv6 UDP to an unused port of the relay range", udp6(PEER6, RELAY6, UNUSED), Drop, DroppedNoSession),
+        row("lowest port of the relay range, a session's", udp4(PEER4, RELAY4, RANGE.min), Steer, RedirectedMedia),
+        row("highest port of the relay range, unused", udp4(PEER4, RELAY4, RANGE.max), Drop, DroppedNoSession),
+        row("just below the relay range", udp4(PEER4, RELAY4, RANGE.min - 1), Pass, PassedNoMatch),
+        row("just above the relay range", udp4(PEER4, RELAY4, RANGE.max + 1), Pass, PassedNoMatch),
+        row("relay range port on an address without one", udp6(PEER6, OTHER6, UNUSED), Pass, PassedNoMatch),
+        row("SIP port inside the relay range", udp4(PEER4, RELAY4, SIP_IN_RANGE), Steer, RedirectedSip),
+        row("host banned at runtime, RTP", udp4(BANNED_AT_RUNTIME, RELAY4, MEDIA4), Drop, DroppedBanned),
+        row("host banned at runtime, unused relay port", udp4(BANNED_AT_RUNTIME, RELAY4, UNUSED), Drop, DroppedBanned),
         row("banned IPv4 /24 source, RTP", udp4("203.0.113.9", RELAY4, MEDIA4), Drop, DroppedBanned),
         row(
             "banned IPv4 host, SIP over TCP",
@@ -161,6 +181,7 @@ struct Fixture {
     media: MediaPorts<MapData>,
     bans: Bans<MapData>,
     sip: SipPorts<MapData>,
+    relay: RelayPorts<MapData>,
     xsks: Xsks<MapData>,
 }
 
@@ -176,6 +197,7 @@ fn fixture(test: &str) -> Option<Fixture> {
         media: MediaPorts::take(&mut ebpf).unwrap(),
         bans: Bans::take(&mut ebpf).unwrap(),
         sip: SipPorts::take(&mut ebpf).unwrap(),
+        relay: RelayPorts::take(&mut ebpf).unwrap(),
         xsks: Xsks::take(&mut ebpf).unwrap(),
         ebpf,
     };
@@ -185,7 +207,11 @@ fn fixture(test: &str) -> Option<Fixture> {
     f.bans.ban(ip("203.0.113.0"), 24, BanValue { reason: 1 }).unwrap();
     f.bans.ban(ip("198.51.100.66"), 32, BanValue { reason: 2 }).unwrap();
     f.bans.ban(ip("2001:db8:bad::"), 48, BanValue { reason: 3 }).unwrap();
+    f.bans.ban(ip(BANNED_AT_RUNTIME), 32, BanValue { reason: 2 }).unwrap();
     f.sip.add(SIP).unwrap();
+    f.sip.add(SIP_IN_RANGE).unwrap();
+    f.relay.set(ip(RELAY4), RANGE).unwrap();
+    f.relay.set(ip(RELAY6), RANGE).unwrap();
     Some(f)
 }
 
@@ -264,8 +290,20 @@ fn map_wrappers_round_trip_and_steer() {
     assert!(f.media.remove(media4).unwrap());
     assert!(!f.media.remove(media4).unwrap());
     assert_eq!(f.media.get(media4).unwrap(), None);
+    let (action, delta) = f.run(&udp4(PEER4, RELAY4, MEDIA4));
+    assert_eq!((action, nonzero(&delta)), (XDP_DROP, vec![("dropped_no_session", 1)]), "a session's port, removed");
+    f.media.insert(media4, MediaValue::new(9)).unwrap();
     let (_, delta) = f.run(&udp4(PEER4, RELAY4, MEDIA4));
-    assert_eq!(nonzero(&delta), [("passed_no_match", 1)], "a removed media port is no longer steered");
+    assert_eq!(nonzero(&delta)[0], ("redirected_media", 1), "a new session's port is steered at once");
+
+    assert_eq!(f.relay.get(ip(RELAY4)).unwrap(), Some(RANGE));
+    assert!(f.relay.remove(ip(RELAY4)).unwrap());
+    assert!(!f.relay.remove(ip(RELAY4)).unwrap());
+    let (_, delta) = f.run(&udp4(PEER4, RELAY4, UNUSED));
+    assert_eq!(nonzero(&delta), [("passed_no_match", 1)], "without a range the port is not ours");
+    f.relay.set("0.0.0.0".parse().unwrap(), RANGE).unwrap();
+    let (_, delta) = f.run(&udp4(PEER4, OTHER4, UNUSED));
+    assert_eq!(nonzero(&delta), [("dropped_no_session", 1)], "an any-address range covers every address");
 
     assert_eq!(f.bans.lookup(ip("203.0.113.200")).unwrap(), Some(BanValue { reason: 1 }));
     assert_eq!(f.bans.lookup(ip("2001:db8:bad:ffff::1")).unwrap(), Some(BanValue { reason: 3 }));

@@ -48,6 +48,25 @@ pub trait Datapath: Send + Sync {
     /// Stops steering `local` (the session ended).
     fn unsteer(&self, _local: SocketAddr) {}
 
+    /// Drops every packet from `prefix` in the XDP program (on every
+    /// interface it is attached to). `Ok(false)`: this datapath has no XDP
+    /// program, nothing was done.
+    ///
+    /// # Errors
+    /// When the ban map refuses the entry (e.g. it is full).
+    fn ban(&self, _prefix: &crate::config::BanPrefix) -> Result<bool, RelayError> {
+        Ok(false)
+    }
+
+    /// Lifts a ban made with [`Datapath::ban`] (never one from
+    /// `relay.xdp_bans`). `Ok(false)`: no XDP program.
+    ///
+    /// # Errors
+    /// When the ban map refuses the removal.
+    fn unban(&self, _prefix: &crate::config::BanPrefix) -> Result<bool, RelayError> {
+        Ok(false)
+    }
+
     /// The XDP program's counters (summed over CPUs and interfaces), if any.
     fn xdp_counters(&self) -> Option<xdp_prog::CounterSnapshot> {
         None
@@ -88,6 +107,8 @@ pub struct WorkerContext {
     pub events: rtrb::Producer<Event>,
     /// Latch to any first source (NAT mode) or only to the SDP address.
     pub nat: bool,
+    /// `relay.flood_ban_pps` (0: no flood reports).
+    pub flood_pps: u32,
     /// Shared counter block.
     pub counters: Arc<PaddedCounters>,
     /// Set to stop the worker.

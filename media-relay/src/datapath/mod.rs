@@ -13,6 +13,7 @@
 //!   worker gets (the leaf: it imports no backend).
 //! - [`device`]: the batch I/O trait ([`device::Device`]) under the table.
 //! - [`session`]: the one session table both backends relay through.
+//! - [`flood`]: the per-worker watch for sources flooding a media port.
 //! - [`socket`]: [`SocketDatapath`], mio/`recvmmsg` workers.
 //! - [`afxdp`]: [`afxdp::AfXdp`], the XDP program steering media to
 //!   `AF_XDP` sockets read by its workers.
@@ -24,6 +25,7 @@
 pub mod afxdp;
 pub mod backend;
 pub mod device;
+pub mod flood;
 pub mod session;
 pub mod socket;
 

@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::device::{Device, To};
+use super::flood::FloodWatch;
 use crate::counters::LocalCounters;
 use crate::rtp::{is_rtcp, RtpPacket};
 use crate::stats::{OtherStats, RtpStats};
@@ -158,6 +159,10 @@ pub struct Sessions<X> {
     events: rtrb::Producer<Event>,
     /// Latch to any first source, or only to the SDP address.
     nat: bool,
+    /// Foreign packets a second from one source that make it a flood (0: off).
+    flood_pps: u32,
+    /// Counts foreign packets per channel and source.
+    flood: FloodWatch,
 }
 
 impl<X> Sessions<X> {
@@ -173,7 +178,15 @@ impl<X> Sessions<X> {
             commands,
             events,
             nat,
+            flood_pps: 0,
+            flood: FloodWatch::default(),
         }
+    }
+
+    /// Reports a source ([`Event::Flood`]) once it sends one channel
+    /// `pps` foreign packets within a second; 0 (the default) never.
+    pub fn set_flood_limit(&mut self, pps: u32) {
+        self.flood_pps = pps;
     }
 
     /// Whether commands are waiting (checked before the worker sleeps).
@@ -273,6 +286,7 @@ impl<X> Sessions<X> {
             let Pair { channels, extra, .. } = pair;
             for (c, (ch, x)) in channels.iter().zip(extra).enumerate() {
                 dev.detach(slot as usize * 4 + c, x);
+                self.flood.forget(slot as usize * 4 + c);
                 if let Some(index) = self.by_port.as_mut() {
                     if ch.port != 0 {
                         index[usize::from(ch.port)] = 0;
@@ -316,7 +330,13 @@ impl<X> Sessions<X> {
                 dev.no_session(i, local);
                 continue;
             };
-            let mut t = Tables { nat: self.nat, events: &mut self.events, touched: &mut self.touched };
+            let mut t = Tables {
+                nat: self.nat,
+                flood_pps: self.flood_pps,
+                flood: &mut self.flood,
+                events: &mut self.events,
+                touched: &mut self.touched,
+            };
             match ingress(pair, &mut t, token, rx.src, rx.payload, now, local) {
                 Verdict::Forward { out, dest } => dev.transmit(i, out, &mut pair.extra[out % 4], dest, local),
                 Verdict::Drop => dev.discard(i),
@@ -348,6 +368,8 @@ impl<X> Sessions<X> {
 /// What [`ingress`] needs of the table besides the packet's pair.
 struct Tables<'a> {
     nat: bool,
+    flood_pps: u32,
+    flood: &'a mut FloodWatch,
     events: &'a mut rtrb::Producer<Event>,
     touched: &'a mut Vec<u32>,
 }
@@ -379,6 +401,14 @@ fn ingress<X>(
         SourceVerdict::Foreign => {
             ch.foreign += 1;
             local.drop_foreign += 1;
+            // A dual-stack socket reports IPv4 sources IPv4-mapped.
+            let ip = src.ip().to_canonical();
+            if t.flood.on_foreign(token, ip, now, t.flood_pps) {
+                local.flood_sources += 1;
+                if t.events.push(Event::Flood { addr: ip }).is_err() {
+                    local.events_lost += 1;
+                }
+            }
             touch(ch, t.touched, token);
             return Verdict::Drop;
         }

@@ -213,8 +213,9 @@ impl Device for SocketDevice {
 /// Runs a worker until `ctx.shutdown` is set.
 pub fn run(ctx: WorkerContext, poll: Poll) {
     let _ = settle(&ctx);
-    let WorkerContext { index, commands, events, nat, counters, shutdown, sleeping, .. } = ctx;
+    let WorkerContext { index, commands, events, nat, flood_pps, counters, shutdown, sleeping, .. } = ctx;
     let mut table = Sessions::new(commands, events, nat, false);
+    table.set_flood_limit(flood_pps);
     let mut dev = SocketDevice::new(poll);
     let mut local = LocalCounters::default();
     let mut events = Events::with_capacity(1024);

@@ -66,7 +66,13 @@ struct State {
     /// Calls changed since the last [`Relay::export_changes`]; `None` when
     /// nobody replicates (a single node).
     changed: Option<HashSet<Arc<str>>>,
+    /// Flooding sources reported by the workers and not yet taken, each
+    /// once, at most [`FLOOD_SOURCES_MAX`].
+    flood_sources: Vec<std::net::IpAddr>,
 }
+
+/// Most flooding sources kept between two [`Relay::take_flood_sources`].
+const FLOOD_SOURCES_MAX: usize = 4096;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -118,6 +124,7 @@ impl Relay {
             workers: started.workers,
             totals: RelayTotals::default(),
             changed: None,
+            flood_sources: Vec::new(),
         };
         let cpu_latency = cfg.cpu_latency_us.and_then(hold_cpu_latency);
         let relay = Arc::new(Self {
@@ -172,6 +179,45 @@ impl Relay {
         &self.counters
     }
 
+    /// Drops every packet from `p` in the XDP program, on every interface
+    /// it is attached to, until [`Relay::xdp_unban`]. `Ok(true)`: enforced
+    /// in XDP (already so for a `relay.xdp_bans` prefix); `Ok(false)`: the
+    /// socket datapath, which has no XDP program (nothing done).
+    ///
+    /// # Errors
+    /// [`RelayError::Datapath`] when the ban map refuses the entry (e.g. it
+    /// is full); no interface keeps it then.
+    pub fn xdp_ban(&self, p: &crate::config::BanPrefix) -> Result<bool, RelayError> {
+        let done = self.datapath.ban(p)?;
+        if done {
+            tracing::debug!(prefix = %p, "XDP ban added");
+        }
+        Ok(done)
+    }
+
+    /// Lifts a ban made with [`Relay::xdp_ban`]. A `relay.xdp_bans` prefix
+    /// is never lifted. `Ok(false)`: the socket datapath (nothing done).
+    ///
+    /// # Errors
+    /// [`RelayError::Datapath`] when the ban map refuses the removal.
+    pub fn xdp_unban(&self, p: &crate::config::BanPrefix) -> Result<bool, RelayError> {
+        let done = self.datapath.unban(p)?;
+        if done {
+            tracing::debug!(prefix = %p, "XDP ban lifted");
+        }
+        Ok(done)
+    }
+
+    /// The sources that flooded a latched media port with foreign packets
+    /// (more than `relay.flood_ban_pps` in a second) since the last call,
+    /// each once. On both datapaths; empty when `relay.flood_ban_pps = 0`.
+    #[must_use]
+    pub fn take_flood_sources(&self) -> Vec<std::net::IpAddr> {
+        let mut st = self.lock();
+        st.drain_events();
+        std::mem::take(&mut st.flood_sources)
+    }
+
     /// Stops the workers and joins every thread. Sockets close with them.
     pub fn shutdown(&self) {
         self.shutdown.store(true, Ordering::Relaxed);
@@ -192,8 +238,13 @@ impl State {
     /// Applies what the workers reported: closed pairs free their ports and
     /// slots, latched sources are recorded in their calls.
     fn drain_events(&mut self) {
-        let State { workers, ports, calls, changed, .. } = self;
-        workers.drain(ports, |id, index, slot, channel, addr| {
+        let State { workers, ports, calls, changed, flood_sources, .. } = self;
+        let flood = |addr: std::net::IpAddr| {
+            if flood_sources.len() < FLOOD_SOURCES_MAX && !flood_sources.contains(&addr) {
+                flood_sources.push(addr);
+            }
+        };
+        let latched = |id: &Arc<str>, index: usize, slot: u32, channel: u8, addr: std::net::SocketAddr| {
             let Some(m) = calls.get_mut(id).and_then(|c| c.medias.get_mut(index)) else { return };
             if m.at.slot != slot {
                 return;
@@ -204,7 +255,8 @@ impl State {
             if let Some(c) = changed.as_mut() {
                 c.insert(Arc::clone(id));
             }
-        });
+        };
+        workers.drain(ports, latched, flood);
     }
 
     fn mark_changed(&mut self, call_id: &str) {

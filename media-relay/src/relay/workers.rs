@@ -131,6 +131,7 @@ impl Workers {
                 commands: cmd_rx,
                 events: ev_tx,
                 nat: cfg.nat,
+                flood_pps: cfg.flood_ban_pps,
                 counters: Arc::clone(&ctr),
                 shutdown: Arc::clone(shutdown),
                 scheduling: cfg.worker_scheduling,
@@ -290,8 +291,14 @@ impl Workers {
 
     /// Applies every worker's events: a closed pair frees its ports (in
     /// `ports`) and its slot; a latch is handed to `latched(call_id, media
-    /// index, slot, channel, source)` when the slot still has an owner.
-    pub fn drain(&mut self, ports: &mut PortAllocator, mut latched: impl FnMut(&Arc<str>, usize, u32, u8, SocketAddr)) {
+    /// index, slot, channel, source)` when the slot still has an owner; a
+    /// flooding source to `flood`.
+    pub fn drain(
+        &mut self,
+        ports: &mut PortAllocator,
+        mut latched: impl FnMut(&Arc<str>, usize, u32, u8, SocketAddr),
+        mut flood: impl FnMut(IpAddr),
+    ) {
         for w in &mut self.links {
             while let Ok(ev) = w.events.pop() {
                 match ev {
@@ -308,6 +315,7 @@ impl Workers {
                             latched(id, *idx, slot, channel, addr);
                         }
                     }
+                    Event::Flood { addr } => flood(addr),
                 }
             }
         }

@@ -17,7 +17,9 @@
 //!   [`crate::sys`] (`xdp`, `frame_ring`, `eventfd`, `netlink`).
 //!
 //! Ownership: the maps are written only by the control plane (through
-//! [`crate::datapath::backend::Datapath::steer`]) and by each worker once at start
+//! [`crate::datapath::backend::Datapath::steer`], and `ban`/`unban` for the
+//! `bans` map; `relay_ports` and the config bans are filled before the
+//! program is attached) and by each worker once at start
 //! (its XSKMAP entries), all under the one mutex here; the packet path
 //! never takes it.
 
@@ -28,6 +30,7 @@ pub mod rewrite;
 pub mod umem;
 pub mod worker;
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +40,10 @@ use std::time::Duration;
 use aya::maps::MapData;
 use aya::programs::XdpMode;
 use aya::Ebpf;
-use xdp_prog::{BanValue, Bans, CounterSnapshot, Counters, MediaPorts, MediaValue, SipPorts, Xsks, PROGRAM_NAME};
+use xdp_prog::{
+    BanKey, BanValue, Bans, CounterSnapshot, Counters, MediaPorts, MediaValue, PortRange, RelayPorts, SipPorts, Xsks,
+    PROGRAM_NAME,
+};
 
 use crate::config::{BanPrefix, RelayConfig, ZeroCopy};
 use crate::control::RelayError;
@@ -134,6 +140,7 @@ fn chain(err: &dyn std::error::Error) -> String {
 struct Attached {
     name: String,
     media: MediaPorts<MapData>,
+    bans: Bans<MapData>,
     xsks: Xsks<MapData>,
     counters: Counters<MapData>,
     /// Attached in generic (skb) mode, the driver having refused native mode.
@@ -159,6 +166,8 @@ pub struct AfXdp {
     monitor: Mutex<Option<JoinHandle<()>>>,
     /// How the NAPI threads rank against real-time workers (see [`napi`]).
     napi_ranks: Option<Arc<napi::Ranks>>,
+    /// The map keys of `relay.xdp_bans`: a runtime unban never lifts them.
+    config_bans: HashSet<BanKey>,
 }
 
 /// Most queues (the XSKMAP's size, and `relay.xdp_queues`' limit).
@@ -166,6 +175,37 @@ const MAX_QUEUES: usize = 64;
 /// `BanValue::reason` of the prefixes from `relay.xdp_bans` (the program
 /// ignores it; tools reading the map see who put an entry there).
 pub const BANNED_BY_CONFIG: u32 = 1;
+/// `BanValue::reason` of the prefixes banned at runtime ([`AfXdp`]'s
+/// [`Datapath::ban`], e.g. by the sbc's guard).
+pub const BANNED_AT_RUNTIME: u32 = 2;
+
+/// Warns when the kernel may pick a local port of the media range for
+/// another program's UDP socket (a DNS lookup, say): the XDP program drops
+/// UDP to the range's unused ports on the media addresses, replies included.
+fn warn_ephemeral_overlap(min: u16, max: u16) {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).unwrap_or_default();
+    let ephemeral: Vec<u16> = read("ip_local_port_range").split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    let [lo, hi] = ephemeral[..] else { return };
+    if hi < min || lo > max {
+        return;
+    }
+    let wanted = format!("{min}-{max}");
+    let reserved = read("ip_local_reserved_ports");
+    let covers = |r: &str| {
+        let (a, b) = r.trim().split_once('-').unwrap_or((r.trim(), r.trim()));
+        a.parse::<u16>().is_ok_and(|a| a <= min) && b.parse::<u16>().is_ok_and(|b| b >= max)
+    };
+    if reserved.split(',').any(covers) {
+        return;
+    }
+    tracing::warn!(
+        ephemeral = %format!("{lo}-{hi}"),
+        media = %wanted,
+        "the kernel's ephemeral ports overlap the media port range, where the XDP program drops UDP to ports \
+         without a session: replies to other programs' UDP sockets on the media addresses could be dropped. \
+         Reserve the range (sysctl net.ipv4.ip_local_reserved_ports={min}-{max}) or set relay.xdp_drop_no_session = false"
+    );
+}
 
 /// Number of rx queues of `interface` (from sysfs), at least 1.
 fn rx_queues(interface: &str) -> usize {
@@ -228,7 +268,10 @@ impl AfXdp {
         };
         let mut attached = Vec::new();
         for name in &cfg.xdp_interfaces {
-            attached.push(attach_one(name, &snap, &cfg.sip_ports, &cfg.xdp_bans)?);
+            attached.push(attach_one(name, &snap, cfg)?);
+        }
+        if cfg.xdp_drop_no_session {
+            warn_ephemeral_overlap(cfg.port_min, cfg.port_max);
         }
         if !cfg.xdp_bans.is_empty() {
             tracing::info!(
@@ -308,6 +351,7 @@ impl AfXdp {
             shutdown,
             monitor: Mutex::new(Some(monitor)),
             napi_ranks,
+            config_bans: cfg.xdp_bans.iter().map(BanPrefix::key).collect(),
         })
     }
 
@@ -317,7 +361,8 @@ impl AfXdp {
 }
 
 /// Loads the program for `name`, removes a stale copy of ours, attaches.
-fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16], bans: &[BanPrefix]) -> Result<Attached, Error> {
+fn attach_one(name: &str, snap: &neigh::Snapshot, cfg: &RelayConfig) -> Result<Attached, Error> {
+    let (sip_ports, bans) = (&cfg.sip_ports, &cfg.xdp_bans);
     if let Some(link) = snap.link_by_name(name).filter(|l| l.xdp_prog_id != 0) {
         let id = link.xdp_prog_id;
         let prog_name = aya::programs::loaded_programs()
@@ -350,6 +395,16 @@ fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16], bans: &[Ban
             .ban(b.addr, b.len, BanValue { reason: BANNED_BY_CONFIG })
             .map_err(|e| Error::Map(format!("relay.xdp_bans: adding {b} on `{name}`: {}", chain(&e))))?;
     }
+    // UDP to a port of the media range without a session is dropped.
+    if cfg.xdp_drop_no_session {
+        let mut relay = RelayPorts::take(&mut ebpf).map_err(|e| Error::Map(chain(&e)))?;
+        let range = PortRange { min: cfg.port_min, max: cfg.port_max };
+        for iface in &cfg.interfaces {
+            relay.set(iface.local, range).map_err(|e| {
+                Error::Map(format!("setting the media port range of {} on `{name}`: {}", iface.local, chain(&e)))
+            })?;
+        }
+    }
     let generic = match xdp_prog::attach(&mut ebpf, name, XdpMode::Driver) {
         Ok(()) => false,
         Err(native) => {
@@ -365,7 +420,20 @@ fn attach_one(name: &str, snap: &neigh::Snapshot, sip_ports: &[u16], bans: &[Ban
             true
         }
     };
-    Ok(Attached { name: name.to_owned(), media, xsks, counters, generic, _ebpf: ebpf })
+    Ok(Attached { name: name.to_owned(), media, bans: banned, xsks, counters, generic, _ebpf: ebpf })
+}
+
+/// A ban map error as a [`RelayError`], saying so when the map is full.
+fn ban_error(op: &str, prefix: &BanPrefix, interface: &str, e: &xdp_prog::Error) -> RelayError {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut full = false;
+    while let Some(err) = next {
+        full |= err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::ENOSPC);
+        next = err.source();
+    }
+    let why =
+        if full { format!("the XDP ban map is full ({} prefixes)", xdp_prog::BANS_MAX_ENTRIES) } else { chain(e) };
+    RelayError::Datapath(format!("{op} the XDP ban {prefix} on `{interface}`: {why}"))
 }
 
 impl Drop for AfXdp {
@@ -425,6 +493,37 @@ impl Datapath for AfXdp {
                 tracing::warn!(%local, interface = %a.name, error = %chain(&e), "removing a media-port entry failed");
             }
         }
+    }
+
+    fn ban(&self, prefix: &BanPrefix) -> Result<bool, RelayError> {
+        if self.config_bans.contains(&prefix.key()) {
+            return Ok(true); // already dropped, and it stays a config ban
+        }
+        let mut maps = self.lock();
+        let value = BanValue { reason: BANNED_AT_RUNTIME };
+        for i in 0..maps.len() {
+            if let Err(e) = maps[i].bans.ban(prefix.addr, prefix.len, value) {
+                let err = ban_error("adding", prefix, &maps[i].name, &e);
+                // All interfaces or none: undo the ones done.
+                for a in &mut maps[..i] {
+                    let _ = a.bans.unban(prefix.addr, prefix.len);
+                }
+                return Err(err);
+            }
+        }
+        Ok(true)
+    }
+
+    fn unban(&self, prefix: &BanPrefix) -> Result<bool, RelayError> {
+        if self.config_bans.contains(&prefix.key()) {
+            tracing::info!(%prefix, "not lifting a ban from relay.xdp_bans");
+            return Ok(true);
+        }
+        let mut maps = self.lock();
+        for a in maps.iter_mut() {
+            a.bans.unban(prefix.addr, prefix.len).map_err(|e| ban_error("removing", prefix, &a.name, &e))?;
+        }
+        Ok(true)
     }
 
     fn xdp_counters(&self) -> Option<CounterSnapshot> {

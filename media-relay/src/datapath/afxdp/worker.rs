@@ -124,7 +124,7 @@ pub fn run(
     mesh: Option<MeshPort>,
 ) {
     let real_time = settle(&ctx);
-    let WorkerContext { commands, events, nat, counters, shutdown, sleeping, sip, .. } = ctx;
+    let WorkerContext { commands, events, nat, flood_pps, counters, shutdown, sleeping, sip, .. } = ctx;
     let mut w = Worker {
         spin: if real_time { SPIN_REAL_TIME } else { SPIN },
         table: Sessions::new(commands, events, nat, true),
@@ -145,6 +145,7 @@ pub fn run(
         sleeping,
         poll,
     };
+    w.table.set_flood_limit(flood_pps);
     for p in 0..w.dev.xsk.ports.len() {
         let fd = w.dev.xsk.ports[p].fd();
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);

@@ -235,6 +235,61 @@ fn foreign_sources_are_dropped_and_counted_per_channel() {
 }
 
 #[test]
+fn a_foreign_flood_is_reported_once_per_window_past_the_limit() {
+    const SEC: Nanos = crate::datapath::flood::FLOOD_WINDOW;
+    let mut r = rig(Fake::default(), true, false, 64);
+    r.table.set_flood_limit(5);
+    r.add(0, [None, None, Some(a(SDP_B)), Some(a(SDP_B))]);
+    r.dev.push(To::Token(A_RTP), a(NAT_A), &rtp(1));
+    r.run(0);
+    assert!(matches!(r.events()[..], [Event::Latched { .. }]));
+    // 4 foreign packets in the window: under the limit.
+    for i in 0..4 {
+        r.dev.push(To::Token(A_RTP), a("203.0.113.5:4000"), &rtp(100 + i));
+    }
+    r.run(10);
+    assert!(r.events().is_empty());
+    // A decoy from elsewhere in the same window is not counted, and does
+    // not reset the watch on the first source.
+    r.dev.push(To::Token(A_RTP), a("198.51.100.1:9"), &rtp(7));
+    // The 5th (from another port of the same host) reaches the limit: one
+    // report, however many follow in the window.
+    for i in 0..10 {
+        r.dev.push(To::Token(A_RTP), a("203.0.113.5:4001"), &rtp(200 + i));
+    }
+    r.run(SEC / 2);
+    assert_eq!(r.events(), vec![Event::Flood { addr: "203.0.113.5".parse().unwrap() }]);
+    assert_eq!(r.local.flood_sources, 1);
+    assert_eq!(r.snap(A_RTP).foreign_drops, 15, "every foreign packet is still dropped and counted");
+    // Next window: reported again if it goes on.
+    for i in 0..5 {
+        r.dev.push(To::Token(A_RTP), a("203.0.113.5:4000"), &rtp(300 + i));
+    }
+    r.run(SEC + 20);
+    assert_eq!(r.events(), vec![Event::Flood { addr: "203.0.113.5".parse().unwrap() }]);
+    // A slow trickle (under the limit per window) never is.
+    for w in 2..6 {
+        for i in 0..4 {
+            r.dev.push(To::Token(A_RTP), a("203.0.113.5:4000"), &rtp(400 + i));
+        }
+        r.run(w * SEC + 30);
+    }
+    assert!(r.events().is_empty());
+    assert_eq!(r.local.flood_sources, 2);
+
+    // 0 disables it.
+    let mut r = rig(Fake::default(), true, false, 64);
+    r.add(0, [None, None, Some(a(SDP_B)), Some(a(SDP_B))]);
+    r.dev.push(To::Token(A_RTP), a(NAT_A), &rtp(1));
+    for i in 0..1000 {
+        r.dev.push(To::Token(A_RTP), a("203.0.113.5:4000"), &rtp(i));
+    }
+    r.run(0);
+    assert!(matches!(r.events()[..], [Event::Latched { .. }]));
+    assert_eq!((r.local.drop_foreign, r.local.flood_sources), (1000, 0));
+}
+
+#[test]
 fn a_packet_without_destination_is_accounted_then_dropped() {
     let mut r = rig(Fake::default(), true, false, 16);
     r.add(0, [None, None, None, None]);
