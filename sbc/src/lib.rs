@@ -19,6 +19,7 @@ pub mod error;
 pub mod ha;
 pub mod health;
 pub mod location;
+pub mod messages;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;

@@ -28,6 +28,7 @@ pub mod forward;
 mod hiding;
 mod identity;
 mod media;
+mod message;
 pub mod register;
 mod replica;
 mod request;
@@ -188,6 +189,19 @@ impl Proxy {
         flows.sort_unstable_by_key(|f| (f.realm, f.peer, f.proto.via_name()));
         flows.dedup();
         flows
+    }
+
+    /// Keeps stored MESSAGEs in `log` (a durable spool) from now on: the
+    /// messages it replays are pending again. Without it they are kept in
+    /// memory only.
+    ///
+    /// # Errors
+    /// The log cannot be read.
+    pub fn set_message_log(
+        &mut self,
+        log: Box<dyn crate::messages::MessageLog>,
+    ) -> Result<(), crate::messages::LogError> {
+        self.core.set_message_log(log)
     }
 
     /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`.
