@@ -8,6 +8,8 @@
 //! - [`ha`]: the active/standby pair (Redis lease, replication, virtual IP).
 //! - [`auth`]: HTTP Digest (challenges, credentials, hashes).
 //! - [`location`]: registered bindings. [`config`], [`cdr`], [`metrics`].
+//! - [`spool`]: the durable store-and-forward spool (segment files of
+//!   checksummed records).
 //! - [`error`]: the crate's error type. `sys` (private): every `unsafe`
 //!   block of the crate, the kernel interfaces (AF_PACKET, rtnetlink).
 
@@ -23,6 +25,7 @@ pub mod messages;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;
+pub mod spool;
 mod sys;
 pub mod transport;
 pub mod txn;
