@@ -14,12 +14,14 @@
 //! Owned by the signaling thread; the metrics are read by the exporter.
 
 mod record;
+mod spool;
 mod store;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub use record::{Kind, Outcome, Record, StoredMessage};
+pub use spool::SpoolLog;
 pub use store::{MessageStore, Refused};
 
 /// Why the message log failed.

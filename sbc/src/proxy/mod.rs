@@ -204,6 +204,18 @@ impl Proxy {
         self.core.set_message_log(log)
     }
 
+    /// Opens the MESSAGE store's spool when `[messages] spool_dir` is set
+    /// (creating it), and takes back the messages pending there.
+    ///
+    /// # Errors
+    /// The directory cannot be created or read ([`crate::error::Error::OpenMessages`]).
+    pub fn open_message_spool(&mut self) -> crate::error::Result<()> {
+        let Some(dir) = self.core.cfg.messages.spool_dir.clone() else { return Ok(()) };
+        let opened = crate::messages::SpoolLog::open(&dir, self.core.cfg.messages.max_spool_bytes)
+            .and_then(|log| self.set_message_log(Box::new(log)));
+        opened.map_err(|source| crate::error::Error::OpenMessages { path: dir, source })
+    }
+
     /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`.
     pub fn control(&mut self, line: &str) -> String {
         self.core.control(line)

@@ -3,17 +3,17 @@
 //! in order when the user registers; a final 4xx stops a delivery, a 5xx
 //! or a timeout is retried; stored messages expire; a MESSAGE for trunks
 //! that are all DOWN is held until one is UP; the pending set survives a
-//! restart over the same log.
+//! restart over the same spool
+//! directory; with digest auth on, a MESSAGE from our users is challenged
+//! before anything is stored.
 //!
 //! The cast: the caller as in the other tests sends to `bob` (no route
 //! catches him: only numbers starting with 9 go to trunks `a` and `b`);
 //! bob's phone registers from [`BOB`].
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{addr, only_to, Harness, Sent, CALLER, TRUNK_A};
-use crate::messages::{LogError, MemoryLog, MessageLog};
+use super::{only_to, Harness, Sent, CALLER, TRUNK_A};
 use crate::sip::Message;
 
 /// Where bob's phone registers from.
@@ -167,36 +167,46 @@ fn a_message_for_a_down_trunk_is_held_until_it_is_up() {
     assert_eq!((h.gauge(|m| &m.messages.delivered), pending(&h)), (1, 0));
 }
 
-/// A log two proxies share, as a spool directory outlives a process.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<MemoryLog>>);
-
-impl MessageLog for Shared {
-    fn append(&mut self, r: &[u8]) -> Result<u64, LogError> {
-        self.0.lock().unwrap().append(r)
-    }
-    fn replay(&mut self) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        self.0.lock().unwrap().replay()
-    }
-    fn release_below(&mut self, seq: u64) -> Result<(), LogError> {
-        self.0.lock().unwrap().release_below(seq)
-    }
-}
-
 #[test]
-fn pending_messages_survive_a_restart_over_the_same_log() {
-    let log = Shared::default();
-    let mut h = Harness::with_config(&config());
-    h.proxy.set_message_log(Box::new(log.clone())).unwrap();
+fn pending_messages_survive_a_restart_over_the_same_spool() {
+    let dir = std::env::temp_dir().join(format!("xsbc-msg-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let toml = config() + &format!("spool_dir = \"{}\"\n", dir.display());
+    let mut h = Harness::with_config(&toml);
+    h.proxy.open_message_spool().unwrap();
     store_for_bob(&mut h, 2);
     drop(h);
-    let mut h = Harness::with_config(&config());
-    h.proxy.set_message_log(Box::new(log)).unwrap();
+    // A new process over the same directory: both are pending, in order.
+    let mut h = Harness::with_config(&toml);
+    h.proxy.open_message_spool().unwrap();
     assert_eq!(pending(&h), 2);
     let out = register_bob(&mut h);
     let first = out.iter().find(|s| s.method() == "MESSAGE").unwrap().msg.clone();
     assert_eq!(first.body, b"m1");
     let out = h.send(BOB, &ok(&first, 200));
-    assert_eq!(only_to(&out, BOB).msg.body, b"m2");
-    let _ = addr(BOB);
+    let second = only_to(&out, BOB).msg.clone();
+    assert_eq!(second.body, b"m2");
+    drop(h);
+    // Delivered ones are not delivered again after another restart.
+    let mut h = Harness::with_config(&toml);
+    h.proxy.open_message_spool().unwrap();
+    assert_eq!(pending(&h), 1);
+    let out = register_bob(&mut h);
+    assert_eq!(out.iter().find(|s| s.method() == "MESSAGE").unwrap().msg.body, b"m2");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_digest_auth_a_message_from_our_user_is_challenged_before_it_is_stored() {
+    let users = std::env::temp_dir().join(format!("xsbc-msg-users-{}.txt", std::process::id()));
+    let line = crate::auth::users::line_for("bob", "127.0.0.1", "bob-pw");
+    std::fs::write(&users, format!("{line}\n")).unwrap();
+    let toml =
+        format!("{}\n[auth]\nusers_file = \"{}\"\nsecret = \"0123456789abcdef0123\"\n", config(), users.display());
+    let mut h = Harness::with_config(&toml);
+    let _ = std::fs::remove_file(&users);
+    // From alice@127.0.0.1 (one of our domains), no credentials: 407.
+    let out = h.send(CALLER, &message("sip:bob@127.0.0.1", "a1", "hi"));
+    assert_eq!(only_to(&out, CALLER).code(), 407);
+    assert_eq!((h.gauge(|m| &m.messages.stored), pending(&h)), (0, 0));
 }
