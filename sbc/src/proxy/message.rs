@@ -109,15 +109,20 @@ impl Core {
             return false;
         }
         let local = self.cfg.is_local_host(&ruri.host, ruri.port);
-        let kind = match routed {
-            Ok(t) if !t.is_empty() && t.iter().all(|t| self.trunk_down(t.trunk)) => Kind::Trunk,
-            Err(r) if matches!(r.code, 404 | 480) && local && self.user_of_ours(ruri) => Kind::User,
-            _ => return false,
-        };
         let aor = if local {
             routing::local_aor(&self.cfg, ruri.user.as_deref())
         } else {
             crate::location::aor_key(ruri.user.as_deref(), ruri.host.trim_start_matches('[').trim_end_matches(']'))
+        };
+        // A target reachable again while older messages for it still wait
+        // (a delivery being retried): this one queues behind them, in order.
+        let queued = |kind| self.mailbox.store.head(&queue_key(kind, &aor)).is_some();
+        let kind = match routed {
+            Ok(t) if !t.is_empty() && t.iter().all(|t| self.trunk_down(t.trunk)) => Kind::Trunk,
+            Ok(t) if local && t.iter().all(|t| t.trunk.is_none()) && queued(Kind::User) => Kind::User,
+            Ok(t) if t.iter().all(|t| t.trunk.is_some()) && queued(Kind::Trunk) => Kind::Trunk,
+            Err(r) if matches!(r.code, 404 | 480) && local && self.user_of_ours(ruri) => Kind::User,
+            _ => return false,
         };
         let stored_ms = self.mailbox.wall_ms(now);
         let ttl_ms = u64::try_from(self.cfg.messages.ttl.as_millis()).unwrap_or(u64::MAX);
@@ -155,6 +160,9 @@ impl Core {
         };
         self.message_gauge();
         txn.reply(key, code, reason, extra, now);
+        if code == 202 {
+            self.pump_messages(txn, &queue, now);
+        }
         true
     }
 

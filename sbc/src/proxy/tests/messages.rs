@@ -105,6 +105,11 @@ fn a_final_4xx_stops_a_delivery_and_a_5xx_or_timeout_is_retried() {
     // second message waits its turn.
     assert!(h.send(BOB, &ok(&first, 503)).is_empty());
     assert_eq!(h.gauge(|m| &m.messages.retries), 1);
+    // bob is registered, but older messages for him wait: a new one
+    // queues behind them rather than overtake them.
+    let out = h.send(CALLER, &message("sip:bob@127.0.0.1", "m3", "m3"));
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(only_to(&out, CALLER).code(), 202);
     assert!(h.advance(Duration::from_millis(1500)).is_empty());
     let out = h.advance(Duration::from_millis(600));
     let again = only_to(&out, BOB).msg.clone();
@@ -124,8 +129,17 @@ fn a_final_4xx_stops_a_delivery_and_a_5xx_or_timeout_is_retried() {
     assert_eq!(third.cseq().map(|c| c.0), Some(7));
     // A 404 is final: m1 failed, and m2 goes at once.
     let out = h.send(BOB, &ok(&third, 404));
-    assert_eq!(only_to(&out, BOB).msg.body, b"m2");
-    assert_eq!((h.gauge(|m| &m.messages.failed), pending(&h)), (1, 1));
+    let second = only_to(&out, BOB).msg.clone();
+    assert_eq!(second.body, b"m2");
+    assert_eq!((h.gauge(|m| &m.messages.failed), pending(&h)), (1, 2));
+    let out = h.send(BOB, &ok(&second, 200));
+    let last = only_to(&out, BOB).msg.clone();
+    assert_eq!(last.body, b"m3");
+    assert!(h.send(BOB, &ok(&last, 200)).is_empty());
+    assert_eq!((h.gauge(|m| &m.messages.delivered), pending(&h)), (2, 0));
+    // Nothing waits now: the next one is proxied.
+    let out = h.send(CALLER, &message("sip:bob@127.0.0.1", "m4", "m4"));
+    assert_eq!(only_to(&out, BOB).msg.vias().len(), 2);
 }
 
 #[test]
