@@ -37,6 +37,12 @@ impl std::fmt::Debug for MessageStore {
 }
 
 impl MessageStore {
+    /// An empty store over a log that holds nothing yet (nothing replayed).
+    #[must_use]
+    pub fn empty(log: Box<dyn MessageLog>, max_total: usize, max_per_target: usize) -> Self {
+        Self { log, msgs: BTreeMap::new(), queues: HashMap::new(), max_total, max_per_target, last_seq: 0 }
+    }
+
     /// Opens the store over `log`, replaying it: every message stored and
     /// not done is pending again, in its original order. Records that do
     /// not parse are skipped (and logged).
@@ -45,7 +51,7 @@ impl MessageStore {
     /// The log's error on reading.
     pub fn open(mut log: Box<dyn MessageLog>, max_total: usize, max_per_target: usize) -> Result<Self, LogError> {
         let records = log.replay()?;
-        let mut s = Self { log, msgs: BTreeMap::new(), queues: HashMap::new(), max_total, max_per_target, last_seq: 0 };
+        let mut s = Self::empty(log, max_total, max_per_target);
         for (seq, bytes) in records {
             s.last_seq = s.last_seq.max(seq);
             match Record::decode(seq, &bytes) {

@@ -39,8 +39,7 @@ pub(super) struct Mailbox {
 impl Mailbox {
     /// An empty mailbox over a log in memory.
     pub(super) fn in_memory(cfg: &crate::config::MessagesConfig) -> Self {
-        let store = MessageStore::open(Box::new(MemoryLog::default()), cfg.max_messages, cfg.max_per_target);
-        Self::over(store.unwrap_or_else(|_| unreachable!("a memory log cannot fail")))
+        Self::over(MessageStore::empty(Box::new(MemoryLog::default()), cfg.max_messages, cfg.max_per_target))
     }
 
     fn over(store: MessageStore) -> Self {
