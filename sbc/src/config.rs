@@ -12,12 +12,14 @@ use serde::Deserialize;
 mod auth;
 mod ha;
 mod limits;
+mod messages;
 mod policy;
 mod tls;
 mod trunk_auth;
 mod trunks;
 
 pub use auth::{AuthConfig, Secret};
+pub use messages::MessagesConfig;
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
 pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
@@ -163,6 +165,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// Message limits (`[limits]`).
     pub limits: crate::sip::Limits,
+    /// MESSAGE store and forward (`[messages]`).
+    pub messages: MessagesConfig,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +198,8 @@ struct File {
     auth: Option<auth::RawAuth>,
     #[serde(default)]
     limits: limits::RawLimits,
+    #[serde(default)]
+    messages: messages::RawMessages,
 }
 
 #[derive(Deserialize)]
@@ -540,6 +546,7 @@ impl Config {
             tls: sip_tls,
             auth,
             limits: msg_limits,
+            messages: messages::parse_messages(f.messages)?,
         })
     }
 

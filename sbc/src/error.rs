@@ -157,6 +157,15 @@ pub enum Error {
     /// No final answer to a REGISTER.
     #[error("no answer to REGISTER")]
     RegisterTimeout,
+    /// Opening the MESSAGE store's spool (`messages.spool_dir`).
+    #[error("messages.spool_dir {}: {source}", path.display())]
+    OpenMessages {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: crate::messages::LogError,
+    },
 }
 
 /// The sbc's result type.

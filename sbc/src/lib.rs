@@ -8,6 +8,8 @@
 //! - [`ha`]: the active/standby pair (Redis lease, replication, virtual IP).
 //! - [`auth`]: HTTP Digest (challenges, credentials, hashes).
 //! - [`location`]: registered bindings. [`config`], [`cdr`], [`metrics`].
+//! - [`spool`]: the durable store-and-forward spool (segment files of
+//!   checksummed records).
 //! - [`error`]: the crate's error type. `sys` (private): every `unsafe`
 //!   block of the crate, the kernel interfaces (AF_PACKET, rtnetlink).
 
@@ -19,9 +21,11 @@ pub mod error;
 pub mod ha;
 pub mod health;
 pub mod location;
+pub mod messages;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;
+pub mod spool;
 mod sys;
 pub mod transport;
 pub mod txn;

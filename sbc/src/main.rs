@@ -343,6 +343,7 @@ fn run(cfg: Config) -> Result<(), Error> {
     }
     let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
+    proxy.open_message_spool()?;
     if let Some(a) = &cfg.auth {
         tracing::info!(realm = %a.realm, users = a.users.len(), "digest authentication on");
     }

@@ -128,6 +128,12 @@ impl Authenticator {
         self.users.len()
     }
 
+    /// Whether `user` is one of the users.
+    #[must_use]
+    pub fn knows(&self, user: &str) -> bool {
+        self.users.get(user).is_some()
+    }
+
     fn unix(&self, now: Instant) -> u64 {
         self.base.1 + now.saturating_duration_since(self.base.0).as_secs()
     }

@@ -58,6 +58,8 @@ pub(super) struct Core {
     pub(super) carrier: CarrierAuth,
     /// Digest authentication, when `[auth]` is configured.
     pub(super) auth: Option<crate::auth::Authenticator>,
+    /// MESSAGEs stored until their target is reachable.
+    pub(super) mailbox: super::message::Mailbox,
 }
 
 /// A per-process value that makes this node's nonces differ from the
@@ -105,8 +107,10 @@ impl Core {
         if let Some(a) = &auth {
             metrics.auth.users.store(a.user_count() as u64, std::sync::atomic::Ordering::Relaxed);
         }
+        let mailbox = super::message::Mailbox::in_memory(&cfg.messages);
         Self {
             auth,
+            mailbox,
             me,
             carrier: CarrierAuth::new(&cfg, &metrics),
             cfg,
@@ -159,6 +163,9 @@ impl Core {
             }
             Event::Cancel { id, invite } => self.on_cancel(txn, id, invite, now),
             Event::Response { id, owner, code, msg } => {
+                if owner.is_none() && self.on_message_result(txn, id, Some(code), now) {
+                    return;
+                }
                 if self.on_register_result(txn, id, Some((code, &msg)), now) {
                     return;
                 }
@@ -172,6 +179,9 @@ impl Core {
                 }
             }
             Event::Failed { id, owner } => {
+                if owner.is_none() && self.on_message_result(txn, id, None, now) {
+                    return;
+                }
                 if self.on_register_result(txn, id, None, now) {
                     return;
                 }
@@ -225,6 +235,7 @@ impl Core {
         if sweep_due {
             self.last_sweep = Some(now);
             self.sweep(txn, now);
+            self.messages_tick(txn, now);
             self.timers.push(Reverse((now + Duration::from_secs(1), Wake::Tick)));
         }
     }

@@ -28,6 +28,7 @@ pub mod forward;
 mod hiding;
 mod identity;
 mod media;
+mod message;
 pub mod register;
 mod replica;
 mod request;
@@ -188,6 +189,31 @@ impl Proxy {
         flows.sort_unstable_by_key(|f| (f.realm, f.peer, f.proto.via_name()));
         flows.dedup();
         flows
+    }
+
+    /// Keeps stored MESSAGEs in `log` (a durable spool) from now on: the
+    /// messages it replays are pending again. Without it they are kept in
+    /// memory only.
+    ///
+    /// # Errors
+    /// The log cannot be read.
+    pub fn set_message_log(
+        &mut self,
+        log: Box<dyn crate::messages::MessageLog>,
+    ) -> Result<(), crate::messages::LogError> {
+        self.core.set_message_log(log)
+    }
+
+    /// Opens the MESSAGE store's spool when `[messages] spool_dir` is set
+    /// (creating it), and takes back the messages pending there.
+    ///
+    /// # Errors
+    /// The directory cannot be created or read ([`crate::error::Error::OpenMessages`]).
+    pub fn open_message_spool(&mut self) -> crate::error::Result<()> {
+        let Some(dir) = self.core.cfg.messages.spool_dir.clone() else { return Ok(()) };
+        let opened = crate::messages::SpoolLog::open(&dir, self.core.cfg.messages.max_spool_bytes)
+            .and_then(|log| self.set_message_log(Box::new(log)));
+        opened.map_err(|source| crate::error::Error::OpenMessages { path: dir, source })
     }
 
     /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`.

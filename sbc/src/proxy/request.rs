@@ -56,6 +56,10 @@ impl Core {
             }
             tracing::info!(aor = ?msg.to().map(|t| t.uri.to_string()), code = o.code, src = %src, "REGISTER");
             txn.reply(key, o.code, o.reason, o.headers, now);
+            if let (200, Some(to)) = (o.code, msg.to()) {
+                let aor = routing::local_aor(&self.cfg, to.uri.user.as_deref());
+                self.messages_registered(txn, &aor, now);
+            }
             return;
         }
         if !in_dialog && to_us && method == Method::Options && ruri.as_ref().is_none_or(|u| u.user.is_none()) {
@@ -88,6 +92,9 @@ impl Core {
         let routed = routing::route(&self.cfg, &self.location, &ruri, seed, now);
         let to_trunk = routed.as_ref().is_ok_and(|t| t.iter().any(|t| t.trunk.is_some()));
         let Some(caller) = self.auth_request(txn, key, &mut msg, from, to_trunk, now) else { return };
+        if method == Method::Message && self.hold_message(txn, key, &msg, &ruri, &routed, now) {
+            return;
+        }
         let targets = match routed {
             Ok(t) => t,
             Err(r) => {

@@ -11,6 +11,7 @@ mod cancel;
 mod failover;
 mod ha_state;
 mod limits;
+mod messages;
 mod noack;
 mod policy;
 mod realms;
