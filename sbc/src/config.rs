@@ -163,6 +163,9 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// Message limits (`[limits]`).
     pub limits: crate::sip::Limits,
+    /// Caps on registrations, transactions, dialogs and media sessions
+    /// (the `max_*` keys of `[limits]`).
+    pub caps: crate::caps::Caps,
 }
 
 #[derive(Deserialize)]
@@ -448,6 +451,7 @@ impl Config {
             return Err(invalid("sip.t2_ms", "T1 must be > 0 and T2 >= T1"));
         }
         let msg_limits = limits::parse_limits(&f.limits, f.sip.max_message_size)?;
+        let caps = limits::parse_caps(&f.limits)?;
         let r = f.registrar;
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
@@ -540,6 +544,7 @@ impl Config {
             tls: sip_tls,
             auth,
             limits: msg_limits,
+            caps,
         })
     }
 

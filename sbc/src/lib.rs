@@ -12,6 +12,7 @@
 //!   block of the crate, the kernel interfaces (AF_PACKET, rtnetlink).
 
 pub mod auth;
+pub mod caps;
 pub mod cdr;
 pub mod config;
 pub mod control;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod ha;
 pub mod health;
 pub mod location;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;

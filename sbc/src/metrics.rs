@@ -76,6 +76,8 @@ pub struct SbcMetrics {
     /// Messages refused or dropped over a `[limits]` limit, by
     /// [`Breach::ALL`](crate::sip::Breach::ALL) index.
     limit_refused: [AtomicU64; 4],
+    /// Requests refused over a cap, by [`Cap::ALL`](crate::caps::Cap::ALL) index.
+    caps_refused: [AtomicU64; 10],
     /// Datagrams the kernel dropped on the SIP sockets' full receive
     /// queues, per realm (named by [`name_realms`](Self::name_realms)).
     rx_queue_drops: std::sync::OnceLock<Vec<(String, AtomicU64)>>,
@@ -183,6 +185,17 @@ impl SbcMetrics {
     #[must_use]
     pub fn limit_refused_count(&self, b: crate::sip::Breach) -> u64 {
         crate::sip::Breach::ALL.iter().position(|x| *x == b).map_or(0, |i| self.limit_refused[i].load(Relaxed))
+    }
+
+    /// Counts a request refused over cap `c`.
+    pub fn cap_refused(&self, c: crate::caps::Cap) {
+        self.caps_refused[c.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Requests refused over cap `c` so far.
+    #[must_use]
+    pub fn cap_refused_count(&self, c: crate::caps::Cap) -> u64 {
+        self.caps_refused[c.index()].load(Relaxed)
     }
 
     /// Stores the kernel's receive-queue drop count (a running total) for
@@ -371,6 +384,10 @@ impl SbcMetrics {
         let _ = writeln!(o, "# HELP sbc_sip_limit_refused_total SIP messages over a [limits] limit (answered 400/413/513 or dropped), by limit.\n# TYPE sbc_sip_limit_refused_total counter");
         for (b, c) in crate::sip::Breach::ALL.iter().zip(&self.limit_refused) {
             let _ = writeln!(o, "sbc_sip_limit_refused_total{{reason=\"{}\"}} {}", b.label(), c.load(Relaxed));
+        }
+        let _ = writeln!(o, "# HELP sbc_caps_refused_total Requests refused (503) over a cap of [limits], by cap.\n# TYPE sbc_caps_refused_total counter");
+        for (c, n) in crate::caps::Cap::ALL.iter().zip(&self.caps_refused) {
+            let _ = writeln!(o, "sbc_caps_refused_total{{cap=\"{}\"}} {}", c.label(), n.load(Relaxed));
         }
         if let Some(realms) = self.rx_queue_drops.get() {
             let _ = writeln!(o, "# HELP sbc_sip_rx_queue_drops_total Datagrams the kernel dropped on a full SIP socket receive queue.\n# TYPE sbc_sip_rx_queue_drops_total counter");

@@ -491,13 +491,13 @@ impl Transport {
                     }
                     if self.accepted >= self.limits.max_connections {
                         self.stats.rejected += 1;
-                        tracing::warn!(%peer, max = self.limits.max_connections, "connection refused: limit reached");
+                        crate::warn_limited!(%peer, max = self.limits.max_connections, "connection refused: limit reached");
                         continue;
                     }
                     if self.per_ip.get(&ip).is_some_and(|&n| n >= self.limits.max_connections_per_ip) {
                         self.stats.rejected += 1;
                         let max = self.limits.max_connections_per_ip;
-                        tracing::info!(%peer, max, "connection refused: max_connections_per_ip from its address");
+                        crate::info_limited!(%peer, max, "connection refused: max_connections_per_ip from its address");
                         continue;
                     }
                     let session = match (tls, self.tls.as_ref().and_then(|s| s.server.as_ref())) {
@@ -505,7 +505,7 @@ impl Transport {
                         (true, Some(cfg)) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
                             Ok(c) => Some(rustls::Connection::from(c)),
                             Err(e) => {
-                                tracing::warn!(error = %e, "TLS session could not be created");
+                                crate::warn_limited!(error = %e, "TLS session could not be created");
                                 continue;
                             }
                         },
@@ -517,7 +517,7 @@ impl Transport {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "TCP accept failed");
+                    crate::warn_limited!(error = %e, "TCP accept failed");
                     return;
                 }
             }
@@ -581,7 +581,7 @@ impl Transport {
                 }
             }
             if c.lost_output() {
-                tracing::info!(dest = %c.peer, proto = c.proto.via_name(), why, "transport error: messages not delivered");
+                crate::info_limited!(dest = %c.peer, proto = c.proto.via_name(), why, "transport error: messages not delivered");
                 self.undelivered.push(Undelivered { realm: c.realm, proto: c.proto, dest: c.peer, why });
             }
             let key = (c.realm, c.proto, c.peer);
@@ -656,7 +656,7 @@ impl Transport {
         }
         for t in timed_out {
             if let Some(c) = self.conns.get(&t) {
-                tracing::info!(peer = %c.peer, proto = c.proto.via_name(), "closing connection: handshake timed out");
+                crate::info_limited!(peer = %c.peer, proto = c.proto.via_name(), "closing connection: handshake timed out");
             }
             self.stats.tls_handshake_timeouts += 1;
             self.close(t, now, "connect or TLS handshake timed out");
@@ -722,7 +722,7 @@ impl Transport {
             // The peer does not read: this message and what waits are lost.
             let why = "pending output over the cap";
             self.stats.output_overflows += 1;
-            tracing::info!(dest = %o.dest, max = self.limits.max_output, "closing connection: {why}");
+            crate::info_limited!(dest = %o.dest, max = self.limits.max_output, "closing connection: {why}");
             let reported = self.undelivered.len();
             self.close(t, now, why);
             if self.undelivered.len() == reported {

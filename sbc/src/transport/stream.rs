@@ -157,7 +157,7 @@ impl Conn {
                     }
                 }
                 if let Err(e) = tls.process_new_packets() {
-                    tracing::info!(peer = %self.peer, error = %e, "TLS failed; closing the connection");
+                    crate::info_limited!(peer = %self.peer, error = %e, "TLS failed; closing the connection");
                     // Best effort: the alert rustls queued for the peer.
                     let _ = tls.write_tls(&mut self.stream);
                     return Some(Closing::TlsFailed);
@@ -192,7 +192,7 @@ impl Conn {
                 }
                 Ok(None) => break,
                 Err(why) => {
-                    tracing::info!(peer = %self.peer, why, "closing stream connection: broken framing");
+                    crate::info_limited!(peer = %self.peer, why, "closing stream connection: broken framing");
                     return Some(Closing::BadFraming);
                 }
             }
