@@ -335,6 +335,8 @@ struct RawSip {
     max_connections_per_ip: usize,
     #[serde(default = "tls::default_idle_s")]
     connection_idle_s: u64,
+    #[serde(default = "tls::default_message_deadline_ms")]
+    message_deadline_ms: u64,
 }
 
 #[derive(Deserialize)]

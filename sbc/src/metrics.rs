@@ -131,6 +131,8 @@ pub struct ConnMetrics {
     pub tls_handshake_timeouts: AtomicU64,
     /// Connections closed after being idle.
     pub idle_closes: AtomicU64,
+    /// Connections closed because a message did not arrive complete in time.
+    pub deadline_closes: AtomicU64,
 }
 
 impl ConnMetrics {
@@ -143,6 +145,7 @@ impl ConnMetrics {
         self.tls_handshake_failures.store(s.tls_handshake_failures, Relaxed);
         self.tls_handshake_timeouts.store(s.tls_handshake_timeouts, Relaxed);
         self.idle_closes.store(s.idle_closes, Relaxed);
+        self.deadline_closes.store(s.deadline_closes, Relaxed);
     }
 }
 
@@ -355,6 +358,7 @@ impl SbcMetrics {
             &c.tls_handshake_timeouts,
         );
         one(&mut o, "sbc_sip_connection_idle_closes_total", "counter", "Connections closed idle.", &c.idle_closes);
+        one(&mut o, "sbc_sip_connection_deadline_closes_total", "counter", "Connections closed because a message did not arrive complete within message_deadline_ms.", &c.deadline_closes);
         let attempts = self.call_attempts.load(Relaxed);
         let answers = self.call_answers.load(Relaxed);
         let asr = if attempts == 0 { 0.0 } else { answers as f64 / attempts as f64 };

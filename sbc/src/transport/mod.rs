@@ -16,9 +16,12 @@
 //! is checked at accept ([`Transport::set_admission`]); accepted
 //! connections are capped in all and per source address, apart from the
 //! connections we dial (so peers cannot crowd out the trunks); a TLS
-//! handshake timeout; an idle timeout, which also closes a connection
-//! whose output has made no progress that long; and a cap on a
-//! connection's pending output (a peer that never reads is closed).
+//! handshake timeout; a deadline for each message, from its first byte
+//! (a peer trickling a message is closed); an idle timeout, counted from
+//! the last complete message (or keep-alive) so a trickle of bytes cannot
+//! extend it, which also closes a connection whose output has made no
+//! progress that long; and a cap on a connection's pending output (a peer
+//! that never reads is closed).
 //!
 //! Transport errors (RFC 3261 §18.4) are reported per destination: a send
 //! that fails at once returns its error, and a connection that fails after
@@ -146,9 +149,13 @@ pub struct ConnStats {
     pub tls_handshake_failures: u64,
     /// TLS handshakes (or TCP connects) not finished within the timeout.
     pub tls_handshake_timeouts: u64,
-    /// Connections closed after being idle: nothing received and nothing
-    /// to send, or output pending with no write progress, for `idle`.
+    /// Connections closed after being idle: no complete message (or
+    /// RFC 5626 keep-alive) received and nothing to send, or output
+    /// pending with no write progress, for `idle`.
     pub idle_closes: u64,
+    /// Connections closed because a message did not arrive complete
+    /// within `message_deadline` of its first byte (slowloris).
+    pub deadline_closes: u64,
 }
 
 /// Bounds on stream connections.
@@ -167,6 +174,9 @@ pub struct Limits {
     pub idle: Duration,
     /// A TLS handshake (or an outgoing TCP connect) must finish within this.
     pub handshake: Duration,
+    /// A message must arrive complete within this of its first byte: a
+    /// connection trickling one slower is closed.
+    pub message_deadline: Duration,
 }
 
 impl Default for Limits {
@@ -177,6 +187,7 @@ impl Default for Limits {
             max_output: 1 << 20,
             idle: Duration::from_secs(300),
             handshake: Duration::from_secs(10),
+            message_deadline: Duration::from_secs(5),
         }
     }
 }
@@ -558,6 +569,7 @@ impl Transport {
             connected: accepted,
             opened: now,
             last_used: now,
+            msg_started: None,
             last_write: now,
         };
         self.conns.insert(t, conn);
@@ -600,9 +612,8 @@ impl Transport {
     fn read_stream(&mut self, t: Token, out: &mut Vec<Inbound>, now: Instant) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         c.connected = true;
-        c.last_used = now;
         let was_handshaking = c.handshaking();
-        let mut closing = c.read(out, self.max_msg);
+        let mut closing = c.read(out, self.max_msg, now);
         // TLS: the handshake's answers (and anything queued during it).
         if closing.is_none() && c.flush(now) {
             closing = Some(Closing::Gone);
@@ -643,10 +654,13 @@ impl Transport {
     fn reap(&mut self, now: Instant) {
         let mut timed_out = Vec::new();
         let mut idle = Vec::new();
+        let mut late = Vec::new();
         for (t, c) in &self.conns {
             let age = now.saturating_duration_since(c.opened);
             if (c.handshaking() || !c.connected) && age > self.limits.handshake {
                 timed_out.push(*t);
+            } else if c.msg_started.is_some_and(|s| now.saturating_duration_since(s) > self.limits.message_deadline) {
+                late.push(*t);
             } else if c.idle_output() && now.saturating_duration_since(c.last_used) > self.limits.idle {
                 idle.push(*t);
             } else if !c.idle_output() && now.saturating_duration_since(c.last_write) > self.limits.idle {
@@ -660,6 +674,13 @@ impl Transport {
             }
             self.stats.tls_handshake_timeouts += 1;
             self.close(t, now, "connect or TLS handshake timed out");
+        }
+        for t in late {
+            if let Some(c) = self.conns.get(&t) {
+                crate::info_limited!(peer = %c.peer, proto = c.proto.via_name(), "closing connection: a message did not arrive complete in time");
+            }
+            self.stats.deadline_closes += 1;
+            self.close(t, now, "a message did not arrive complete within message_deadline");
         }
         for t in idle {
             self.stats.idle_closes += 1;
