@@ -358,7 +358,13 @@ impl SbcMetrics {
             &c.tls_handshake_timeouts,
         );
         one(&mut o, "sbc_sip_connection_idle_closes_total", "counter", "Connections closed idle.", &c.idle_closes);
-        one(&mut o, "sbc_sip_connection_deadline_closes_total", "counter", "Connections closed because a message did not arrive complete within message_deadline_ms.", &c.deadline_closes);
+        one(
+            &mut o,
+            "sbc_sip_connection_deadline_closes_total",
+            "counter",
+            "Connections closed because a message did not arrive complete within message_deadline_ms.",
+            &c.deadline_closes,
+        );
         let attempts = self.call_attempts.load(Relaxed);
         let answers = self.call_answers.load(Relaxed);
         let asr = if attempts == 0 { 0.0 } else { answers as f64 / attempts as f64 };

@@ -59,7 +59,7 @@ pub(super) fn parse_caps(r: &RawLimits) -> Result<Caps, ConfigError> {
         ("max_trunk_invites_per_source", c.max_trunk_invites_per_source),
     ];
     if let Some((k, _)) = all.iter().find(|(_, v)| *v == 0) {
-        return Err(invalid(&format!("limits.{k}"), "must be at least 1"));
+        return Err(invalid(format!("limits.{k}"), "must be at least 1"));
     }
     for (per, total) in [
         ("max_registrations_per_source", "max_registrations"),
@@ -69,7 +69,7 @@ pub(super) fn parse_caps(r: &RawLimits) -> Result<Caps, ConfigError> {
     ] {
         let v = |k: &str| all.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
         if v(per) > v(total) {
-            return Err(invalid(&format!("limits.{per}"), format!("must not exceed limits.{total}")));
+            return Err(invalid(format!("limits.{per}"), format!("must not exceed limits.{total}")));
         }
     }
     if !(1..=3600).contains(&c.retry_after_s) {

@@ -110,7 +110,10 @@ pub(super) fn parse_sip(f: &File, realms: &mut [Realm]) -> Result<SipTls, Config
         return Err(invalid("sip.tls_handshake_timeout_ms", "the handshake and idle timeouts must be above 0"));
     }
     if !(100..=s.connection_idle_s.saturating_mul(1000)).contains(&s.message_deadline_ms) {
-        return Err(invalid("sip.message_deadline_ms", "must be at least 100 and no longer than sip.connection_idle_s"));
+        return Err(invalid(
+            "sip.message_deadline_ms",
+            "must be at least 100 and no longer than sip.connection_idle_s",
+        ));
     }
     let server = match &identity {
         Some(id) => Some(tls::server_config(id).map_err(|e| invalid("sip.tls_key", e))?),

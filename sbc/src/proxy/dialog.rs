@@ -422,11 +422,8 @@ impl Dialogs {
 
     fn count(&mut self, d: &Dialog, add: bool) {
         let ip = d.caller.addr.ip();
-        let sets: &mut [&mut SourceCounts] = if d.media {
-            &mut [&mut self.by_source, &mut self.media_by_source]
-        } else {
-            &mut [&mut self.by_source]
-        };
+        let sets: &mut [&mut SourceCounts] =
+            if d.media { &mut [&mut self.by_source, &mut self.media_by_source] } else { &mut [&mut self.by_source] };
         for c in sets.iter_mut() {
             if add {
                 c.add(ip);
@@ -442,7 +439,12 @@ impl Dialogs {
     /// # Errors
     /// The cap it would break.
     pub fn admit(&self, caps: &Caps, ip: IpAddr, media: bool) -> Result<(), Cap> {
-        self.by_source.admit(ip, 1, (caps.max_dialogs, caps.max_dialogs_per_source), (Cap::Dialogs, Cap::DialogsPerSource))?;
+        self.by_source.admit(
+            ip,
+            1,
+            (caps.max_dialogs, caps.max_dialogs_per_source),
+            (Cap::Dialogs, Cap::DialogsPerSource),
+        )?;
         if media {
             let limits = (caps.max_media_sessions, caps.max_media_sessions_per_source);
             self.media_by_source.admit(ip, 1, limits, (Cap::MediaSessions, Cap::MediaSessionsPerSource))?;
@@ -453,10 +455,7 @@ impl Dialogs {
     /// Dialogs whose caller is `ip`, and in all; media sessions likewise.
     #[must_use]
     pub fn counts(&self, ip: IpAddr) -> [(usize, usize); 2] {
-        [
-            (self.by_source.of(ip), self.by_source.total()),
-            (self.media_by_source.of(ip), self.media_by_source.total()),
-        ]
+        [(self.by_source.of(ip), self.by_source.total()), (self.media_by_source.of(ip), self.media_by_source.total())]
     }
 
     /// The dialog of a Call-ID whose tags match (either direction). A

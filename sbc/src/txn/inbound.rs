@@ -140,8 +140,17 @@ impl Endpoint {
         self.server_ids.insert(key.clone(), id);
         let request = msg.clone();
         let source = inb.src.ip();
-        let server =
-            Server { key, txn, upstream, proto: inb.proto, realm: inb.realm, request, to_tag, forwarded: false, source };
+        let server = Server {
+            key,
+            txn,
+            upstream,
+            proto: inb.proto,
+            realm: inb.realm,
+            request,
+            to_tag,
+            forwarded: false,
+            source,
+        };
         self.servers.insert(id, server);
         self.by_source.add(source);
         if method == Method::Invite {

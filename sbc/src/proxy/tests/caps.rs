@@ -56,8 +56,7 @@ fn code_to(out: &[Sent], to: &str) -> u16 {
 
 #[test]
 fn registrations_are_capped_per_source_per_aor_and_in_total() {
-    let mut h =
-        with_limits("max_registrations = 5\nmax_registrations_per_source = 3\nmax_contacts_per_aor = 2");
+    let mut h = with_limits("max_registrations = 5\nmax_registrations_per_source = 3\nmax_contacts_per_aor = 2");
     let other = "192.0.2.77:5060";
     for u in 0..3 {
         let out = h.send(ATTACKER, &register(&format!("u{u}"), &format!("sip:u{u}@10.1.1.1"), 300, "fa", u + 1));
@@ -155,7 +154,11 @@ fn invite_to_a(h: &mut Harness, call_id: &str) -> Message {
 /// Every count the caps keep, for the caller: transactions, dialogs,
 /// media sessions, trunk INVITEs.
 fn counts(h: &Harness) -> (usize, [(usize, usize); 2], usize) {
-    (h.proxy.txn.server_count(ip(CALLER)).1, h.proxy.core.dialogs.counts(ip(CALLER)), h.proxy.core.trunk_invites.total())
+    (
+        h.proxy.txn.server_count(ip(CALLER)).1,
+        h.proxy.core.dialogs.counts(ip(CALLER)),
+        h.proxy.core.trunk_invites.total(),
+    )
 }
 
 #[test]
