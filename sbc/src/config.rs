@@ -167,6 +167,9 @@ pub struct Config {
     pub limits: crate::sip::Limits,
     /// MESSAGE store and forward (`[messages]`).
     pub messages: MessagesConfig,
+    /// Caps on registrations, transactions, dialogs and media sessions
+    /// (the `max_*` keys of `[limits]`).
+    pub caps: crate::caps::Caps,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +341,8 @@ struct RawSip {
     max_connections_per_ip: usize,
     #[serde(default = "tls::default_idle_s")]
     connection_idle_s: u64,
+    #[serde(default = "tls::default_message_deadline_ms")]
+    message_deadline_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -454,6 +459,7 @@ impl Config {
             return Err(invalid("sip.t2_ms", "T1 must be > 0 and T2 >= T1"));
         }
         let msg_limits = limits::parse_limits(&f.limits, f.sip.max_message_size)?;
+        let caps = limits::parse_caps(&f.limits)?;
         let r = f.registrar;
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
@@ -547,6 +553,7 @@ impl Config {
             auth,
             limits: msg_limits,
             messages: messages::parse_messages(f.messages)?,
+            caps,
         })
     }
 

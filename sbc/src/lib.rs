@@ -14,6 +14,7 @@
 //!   block of the crate, the kernel interfaces (AF_PACKET, rtnetlink).
 
 pub mod auth;
+pub mod caps;
 pub mod cdr;
 pub mod config;
 pub mod control;
@@ -22,6 +23,7 @@ pub mod ha;
 pub mod health;
 pub mod location;
 pub mod messages;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;

@@ -108,6 +108,20 @@ pub struct Location {
     /// AORs changed since the last [`Location::take_changed`]; `None`
     /// unless an HA peer replicates them.
     changed: Option<HashSet<String>>,
+    /// Bindings held, by the source address that registered them (for
+    /// the registration caps), kept in step with `aors`.
+    by_source: crate::caps::SourceCounts,
+}
+
+/// Adds (`add`) or takes away the bindings of `list` from `counts`.
+fn tally(counts: &mut crate::caps::SourceCounts, list: Option<&Vec<Binding>>, add: bool) {
+    for b in list.into_iter().flatten() {
+        if add {
+            counts.add(b.source.ip());
+        } else {
+            counts.remove(b.source.ip());
+        }
+    }
 }
 
 /// Normalises an AOR: the user part as is, the host lowercased.
@@ -132,8 +146,15 @@ impl Location {
     ///
     /// # Errors
     /// [`UpdateError::OutOfOrder`] for a stale CSeq from the same Call-ID.
-    pub fn update(&mut self, aor: &str, mut b: Binding, expires: Duration, now: Instant) -> Result<(), UpdateError> {
+    pub fn update(&mut self, aor: &str, b: Binding, expires: Duration, now: Instant) -> Result<(), UpdateError> {
         self.touch(aor);
+        tally(&mut self.by_source, self.aors.get(aor), false);
+        let result = self.apply(aor, b, expires, now);
+        tally(&mut self.by_source, self.aors.get(aor), true);
+        result
+    }
+
+    fn apply(&mut self, aor: &str, mut b: Binding, expires: Duration, now: Instant) -> Result<(), UpdateError> {
         let list = self.aors.entry(aor.to_owned()).or_default();
         list.retain(|x| x.expires_at > now);
         if let Some(pos) = list.iter().position(|x| x.contact == b.contact) {
@@ -161,7 +182,7 @@ impl Location {
     /// Removes every binding of an AOR (`Contact: *` with `Expires: 0`).
     pub fn remove_all(&mut self, aor: &str, now: Instant) {
         self.touch(aor);
-        self.aors.remove(aor);
+        tally(&mut self.by_source, self.aors.remove(aor).as_ref(), false);
         self.known.insert(aor.to_owned(), now);
     }
 
@@ -183,19 +204,38 @@ impl Location {
     /// Drops expired bindings. Returns how many were removed.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut n = 0;
+        let counts = &mut self.by_source;
         self.aors.retain(|_, l| {
             let before = l.len();
-            l.retain(|b| b.expires_at > now);
+            l.retain(|b| {
+                let live = b.expires_at > now;
+                if !live {
+                    counts.remove(b.source.ip());
+                }
+                live
+            });
             n += before - l.len();
             !l.is_empty()
         });
         n
     }
 
-    /// Number of live bindings.
+    /// Number of bindings (expired ones count until [`expire`](Self::expire)).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.aors.values().map(Vec::len).sum()
+        self.by_source.total()
+    }
+
+    /// Bindings registered from `ip` (expired ones count until [`expire`](Self::expire)).
+    #[must_use]
+    pub fn from_source(&self, ip: std::net::IpAddr) -> usize {
+        self.by_source.of(ip)
+    }
+
+    /// Whether `contact` is bound to `aor` now (a refresh, not a new binding).
+    #[must_use]
+    pub fn has_contact(&self, aor: &str, contact: &str, now: Instant) -> bool {
+        self.aors.get(aor).is_some_and(|l| l.iter().any(|b| b.contact == contact && b.expires_at > now))
     }
 
     /// Whether there are no bindings.
@@ -298,9 +338,9 @@ impl Location {
             })
             .collect();
         self.known.insert(aor.to_owned(), now);
-        if list.is_empty() {
-            self.aors.remove(aor);
-        } else {
+        tally(&mut self.by_source, self.aors.remove(aor).as_ref(), false);
+        if !list.is_empty() {
+            tally(&mut self.by_source, Some(&list), true);
             self.aors.insert(aor.to_owned(), list);
         }
     }
@@ -314,6 +354,9 @@ impl Location {
         for (aor, list) in &mut self.aors {
             let before = list.len();
             list.retain(|b| !(b.realm == realm && b.transport == transport && b.source == source));
+            for _ in list.len()..before {
+                self.by_source.remove(source.ip());
+            }
             if list.len() != before {
                 n += before - list.len();
                 touched.push(aor.clone());
@@ -331,6 +374,7 @@ impl Location {
     /// Forgets every binding (a node that stopped being active).
     pub fn clear(&mut self) {
         self.aors.clear();
+        self.by_source.clear();
         if let Some(c) = self.changed.as_mut() {
             c.clear();
         }
@@ -437,10 +481,13 @@ mod tests {
         l.update("a@x", b("sip:a@1", "c", 1), Duration::from_secs(10), t0).unwrap();
         l.update("a@x", b("sip:a@2", "c", 2), Duration::from_secs(10), t0).unwrap();
         l.update("b@x", b("sip:b@1", "d", 1), Duration::from_secs(100), t0).unwrap();
+        assert_eq!(l.from_source("192.0.2.1".parse().unwrap()), 3);
         l.remove_all("a@x", t0);
         assert!(l.lookup("a@x", t0).is_empty());
         assert_eq!(l.len(), 1);
+        assert_eq!(l.from_source("192.0.2.1".parse().unwrap()), 1);
         assert_eq!(l.expire(t0 + Duration::from_secs(101)), 1);
         assert!(l.is_empty());
+        assert_eq!((l.len(), l.from_source("192.0.2.1".parse().unwrap())), (0, 0));
     }
 }

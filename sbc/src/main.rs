@@ -237,7 +237,7 @@ fn send_all(proxy: &mut Proxy, transport: &mut Transport, now: Instant, flush_me
         }
         for o in out {
             if let Err(e) = transport.send(&o, now) {
-                tracing::info!(dest = %o.dest, proto = o.proto.via_name(), error = %e, "SIP send failed");
+                sbc::info_limited!(dest = %o.dest, proto = o.proto.via_name(), error = %e, "SIP send failed");
                 // A datagram that cannot go now is retransmitted or times
                 // out as before; a stream destination is a transport error.
                 if o.proto.reliable() {

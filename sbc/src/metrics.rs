@@ -76,6 +76,8 @@ pub struct SbcMetrics {
     /// Messages refused or dropped over a `[limits]` limit, by
     /// [`Breach::ALL`](crate::sip::Breach::ALL) index.
     limit_refused: [AtomicU64; 4],
+    /// Requests refused over a cap, by [`Cap::ALL`](crate::caps::Cap::ALL) index.
+    caps_refused: [AtomicU64; 10],
     /// Datagrams the kernel dropped on the SIP sockets' full receive
     /// queues, per realm (named by [`name_realms`](Self::name_realms)).
     rx_queue_drops: std::sync::OnceLock<Vec<(String, AtomicU64)>>,
@@ -131,6 +133,8 @@ pub struct ConnMetrics {
     pub tls_handshake_timeouts: AtomicU64,
     /// Connections closed after being idle.
     pub idle_closes: AtomicU64,
+    /// Connections closed because a message did not arrive complete in time.
+    pub deadline_closes: AtomicU64,
 }
 
 impl ConnMetrics {
@@ -143,6 +147,7 @@ impl ConnMetrics {
         self.tls_handshake_failures.store(s.tls_handshake_failures, Relaxed);
         self.tls_handshake_timeouts.store(s.tls_handshake_timeouts, Relaxed);
         self.idle_closes.store(s.idle_closes, Relaxed);
+        self.deadline_closes.store(s.deadline_closes, Relaxed);
     }
 }
 
@@ -185,6 +190,17 @@ impl SbcMetrics {
     #[must_use]
     pub fn limit_refused_count(&self, b: crate::sip::Breach) -> u64 {
         crate::sip::Breach::ALL.iter().position(|x| *x == b).map_or(0, |i| self.limit_refused[i].load(Relaxed))
+    }
+
+    /// Counts a request refused over cap `c`.
+    pub fn cap_refused(&self, c: crate::caps::Cap) {
+        self.caps_refused[c.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Requests refused over cap `c` so far.
+    #[must_use]
+    pub fn cap_refused_count(&self, c: crate::caps::Cap) -> u64 {
+        self.caps_refused[c.index()].load(Relaxed)
     }
 
     /// Stores the kernel's receive-queue drop count (a running total) for
@@ -344,6 +360,13 @@ impl SbcMetrics {
             &c.tls_handshake_timeouts,
         );
         one(&mut o, "sbc_sip_connection_idle_closes_total", "counter", "Connections closed idle.", &c.idle_closes);
+        one(
+            &mut o,
+            "sbc_sip_connection_deadline_closes_total",
+            "counter",
+            "Connections closed because a message did not arrive complete within message_deadline_ms.",
+            &c.deadline_closes,
+        );
         let attempts = self.call_attempts.load(Relaxed);
         let answers = self.call_answers.load(Relaxed);
         let asr = if attempts == 0 { 0.0 } else { answers as f64 / attempts as f64 };
@@ -373,6 +396,10 @@ impl SbcMetrics {
         let _ = writeln!(o, "# HELP sbc_sip_limit_refused_total SIP messages over a [limits] limit (answered 400/413/513 or dropped), by limit.\n# TYPE sbc_sip_limit_refused_total counter");
         for (b, c) in crate::sip::Breach::ALL.iter().zip(&self.limit_refused) {
             let _ = writeln!(o, "sbc_sip_limit_refused_total{{reason=\"{}\"}} {}", b.label(), c.load(Relaxed));
+        }
+        let _ = writeln!(o, "# HELP sbc_caps_refused_total Requests refused (503) over a cap of [limits], by cap.\n# TYPE sbc_caps_refused_total counter");
+        for (c, n) in crate::caps::Cap::ALL.iter().zip(&self.caps_refused) {
+            let _ = writeln!(o, "sbc_caps_refused_total{{cap=\"{}\"}} {}", c.label(), n.load(Relaxed));
         }
         if let Some(realms) = self.rx_queue_drops.get() {
             let _ = writeln!(o, "# HELP sbc_sip_rx_queue_drops_total Datagrams the kernel dropped on a full SIP socket receive queue.\n# TYPE sbc_sip_rx_queue_drops_total counter");

@@ -36,6 +36,10 @@ pub(super) fn default_max_connections() -> usize {
 pub(super) fn default_max_connections_per_ip() -> usize {
     32
 }
+pub(super) fn default_message_deadline_ms() -> u64 {
+    crate::transport::Limits::default().message_deadline.as_millis() as u64
+}
+
 pub(super) fn default_idle_s() -> u64 {
     300
 }
@@ -105,6 +109,12 @@ pub(super) fn parse_sip(f: &File, realms: &mut [Realm]) -> Result<SipTls, Config
     if s.tls_handshake_timeout_ms == 0 || s.connection_idle_s == 0 {
         return Err(invalid("sip.tls_handshake_timeout_ms", "the handshake and idle timeouts must be above 0"));
     }
+    if !(100..=s.connection_idle_s.saturating_mul(1000)).contains(&s.message_deadline_ms) {
+        return Err(invalid(
+            "sip.message_deadline_ms",
+            "must be at least 100 and no longer than sip.connection_idle_s",
+        ));
+    }
     let server = match &identity {
         Some(id) => Some(tls::server_config(id).map_err(|e| invalid("sip.tls_key", e))?),
         None => None,
@@ -115,6 +125,7 @@ pub(super) fn parse_sip(f: &File, realms: &mut [Realm]) -> Result<SipTls, Config
         max_output: Limits::default().max_output,
         idle: Duration::from_secs(s.connection_idle_s),
         handshake: Duration::from_millis(s.tls_handshake_timeout_ms),
+        message_deadline: Duration::from_millis(s.message_deadline_ms),
     };
     Ok(SipTls { identity, server, limits })
 }
@@ -231,6 +242,7 @@ mod tests {
         assert_eq!(c.tls.limits.max_connections_per_ip, 3);
         let defaults = Config::embedded_default().unwrap().tls.limits;
         assert_eq!((defaults.max_connections_per_ip, defaults.max_output), (32, 1 << 20));
+        assert_eq!(defaults.message_deadline, std::time::Duration::from_secs(5));
         assert_eq!(c.tls.limits.handshake, std::time::Duration::from_secs(10));
         assert!(c.tls.server.is_some() && c.uses_tls());
         let setup = c.tls_setup().unwrap();
@@ -274,6 +286,13 @@ mod tests {
             ),
             (String::new(), "transport = \"tls\"\nserver_name = \"a b\"".to_owned(), "trunk[0].server_name", "DNS"),
             ("max_connections_per_ip = 0".to_owned(), String::new(), "sip.max_connections_per_ip", "at least 1"),
+            ("message_deadline_ms = 50".to_owned(), String::new(), "sip.message_deadline_ms", "at least 100"),
+            (
+                "connection_idle_s = 2\nmessage_deadline_ms = 3000".to_owned(),
+                String::new(),
+                "sip.message_deadline_ms",
+                "connection_idle_s",
+            ),
         ] {
             let e = Config::from_toml(&f.config(&sip, &trunk)).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(words), "want {key} / {words}: {e}");

@@ -60,6 +60,9 @@ pub(super) struct Core {
     pub(super) auth: Option<crate::auth::Authenticator>,
     /// MESSAGEs stored until their target is reachable.
     pub(super) mailbox: super::message::Mailbox,
+    /// INVITE branches waiting for a trunk's final answer, by the source
+    /// of the call (`max_trunk_invites_per_source`).
+    pub(super) trunk_invites: crate::caps::SourceCounts,
 }
 
 /// A per-process value that makes this node's nonces differ from the
@@ -125,6 +128,7 @@ impl Core {
             trunks: (0..cfg_trunks).map(|_| TrunkRuntime::new(health)).collect(),
             probes: HashMap::new(),
             active: true,
+            trunk_invites: crate::caps::SourceCounts::default(),
         }
     }
 
@@ -263,7 +267,7 @@ impl Core {
             }
         }
         for call_id in self.dialogs.idle(now, self.cfg.dialog_timeout) {
-            tracing::info!(call_id, "dialog timed out");
+            tracing::debug!(call_id, "dialog timed out");
             self.end_call(&call_id, EndReason::Timeout, 0, now);
         }
         // Early dialogs whose forward is gone (e.g. CANCEL raced the answer) end too.

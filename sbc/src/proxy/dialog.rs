@@ -7,12 +7,13 @@
 //! challenge), which a node taking over rebuilds those indexes from.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::caps::{Cap, Caps, SourceCounts};
 use crate::transport::Proto;
 
 /// Where a dialog stands.
@@ -352,6 +353,11 @@ pub struct Dialogs {
     /// Call-IDs touched since the last [`take_changed`](Self::take_changed);
     /// `None` unless an HA peer replicates them.
     changed: Option<HashSet<String>>,
+    /// Dialogs by their caller's address, in step with `map`.
+    by_source: SourceCounts,
+    /// Of those, the ones whose INVITE carried an offer anchored at the
+    /// relay (media sessions).
+    media_by_source: SourceCounts,
 }
 
 impl Dialogs {
@@ -398,6 +404,8 @@ impl Dialogs {
     /// stopped being active: the new active owns them).
     pub fn clear(&mut self) {
         self.map.clear();
+        self.by_source.clear();
+        self.media_by_source.clear();
         if let Some(c) = self.changed.as_mut() {
             c.clear();
         }
@@ -406,7 +414,48 @@ impl Dialogs {
     /// Inserts (or replaces) a dialog.
     pub fn insert(&mut self, d: Dialog) {
         self.touch(&d.call_id);
-        self.map.insert(d.call_id.clone(), d);
+        self.count(&d, true);
+        if let Some(old) = self.map.insert(d.call_id.clone(), d) {
+            self.count(&old, false);
+        }
+    }
+
+    fn count(&mut self, d: &Dialog, add: bool) {
+        let ip = d.caller.addr.ip();
+        let sets: &mut [&mut SourceCounts] =
+            if d.media { &mut [&mut self.by_source, &mut self.media_by_source] } else { &mut [&mut self.by_source] };
+        for c in sets.iter_mut() {
+            if add {
+                c.add(ip);
+            } else {
+                c.remove(ip);
+            }
+        }
+    }
+
+    /// Whether a new call from `ip` (with an offer to anchor, `media`)
+    /// fits under the dialog and media-session caps.
+    ///
+    /// # Errors
+    /// The cap it would break.
+    pub fn admit(&self, caps: &Caps, ip: IpAddr, media: bool) -> Result<(), Cap> {
+        self.by_source.admit(
+            ip,
+            1,
+            (caps.max_dialogs, caps.max_dialogs_per_source),
+            (Cap::Dialogs, Cap::DialogsPerSource),
+        )?;
+        if media {
+            let limits = (caps.max_media_sessions, caps.max_media_sessions_per_source);
+            self.media_by_source.admit(ip, 1, limits, (Cap::MediaSessions, Cap::MediaSessionsPerSource))?;
+        }
+        Ok(())
+    }
+
+    /// Dialogs whose caller is `ip`, and in all; media sessions likewise.
+    #[must_use]
+    pub fn counts(&self, ip: IpAddr) -> [(usize, usize); 2] {
+        [(self.by_source.of(ip), self.by_source.total()), (self.media_by_source.of(ip), self.media_by_source.total())]
     }
 
     /// The dialog of a Call-ID whose tags match (either direction). A
@@ -431,6 +480,7 @@ impl Dialogs {
     /// Removes a dialog.
     pub fn remove(&mut self, call_id: &str) -> Option<Dialog> {
         let d = self.map.remove(call_id)?;
+        self.count(&d, false);
         self.touch(call_id);
         Some(d)
     }

@@ -56,6 +56,11 @@ pub(super) struct Forward {
     pub(super) skipped_srtp: bool,
     /// Answering the challenges of a trunk with credentials.
     pub(super) auth: super::trunk_auth::BranchAuth,
+    /// When the branch in progress went out.
+    branch_sent: Option<Instant>,
+    /// The source counted in `trunk_invites` for the trunk branch in
+    /// progress (taken back when it gets a final answer or fails).
+    trunk_counted: Option<std::net::IpAddr>,
 }
 
 impl Forward {
@@ -113,6 +118,8 @@ impl Core {
             masked: false,
             skipped_srtp: false,
             auth: super::trunk_auth::BranchAuth::default(),
+            branch_sent: None,
+            trunk_counted: None,
         };
         self.forwards.insert(id, forward);
         txn.set_forwarded(id);
@@ -132,7 +139,7 @@ impl Core {
         if f.last_code == 0 {
             f.last_code = 408;
         }
-        tracing::info!(call_id = ?f.request.call_id(), "timer C: no final answer after ringing; cancelling the branch");
+        tracing::debug!(call_id = ?f.request.call_id(), "timer C: no final answer after ringing; cancelling the branch");
         txn.cancel(ck, now);
         if let Some(i) = self.forwards.get(&id).and_then(|f| f.current_trunk) {
             self.trunk_outcome(i, TrunkOutcome::Timeout);
@@ -148,7 +155,7 @@ impl Core {
             let target = f.targets.pop_front()?;
             let Some(i) = target.trunk.filter(|_| f.initial && f.is_invite) else { return Some(target) };
             if self.trunk_srtp(Some(i)) && self.forwards.get_mut(&id).is_some_and(srtp::skip_plain) {
-                tracing::info!(trunk = %target.label, "skipping trunk: it requires SRTP and the offer is plain RTP");
+                tracing::debug!(trunk = %target.label, "skipping trunk: it requires SRTP and the offer is plain RTP");
                 continue;
             }
             match self.trunk_admits(i, now) {
@@ -163,7 +170,7 @@ impl Core {
                         }
                         TrunkOutcome::SkippedCap
                     };
-                    tracing::info!(trunk = %target.label, reason = ?why, "skipping trunk for a new call");
+                    tracing::debug!(trunk = %target.label, reason = ?why, "skipping trunk for a new call");
                     self.trunk_outcome(i, outcome);
                 }
             }
@@ -173,6 +180,7 @@ impl Core {
     /// Sends the forward's request to its next target, or answers upstream
     /// with the best final response when none is left.
     fn next_branch(&mut self, txn: &mut Endpoint, id: ServerId, now: Instant) {
+        self.settle_trunk_invite(id);
         // The branch that just ended no longer holds its trunk.
         let prev = self.forwards.get_mut(&id).and_then(|f| f.current_trunk.take());
         if let Some(i) = prev {
@@ -263,10 +271,16 @@ impl Core {
             }
         }
         if f.is_invite && f.initial {
-            tracing::info!(call_id = ?f.request.call_id(), target = %target.label, dest = %target.dest, "routing INVITE");
+            tracing::debug!(call_id = ?f.request.call_id(), target = %target.label, dest = %target.dest, "routing INVITE");
         }
         // A fast timeout when there is somewhere else to try.
         let fast = f.is_invite || !f.targets.is_empty();
+        f.branch_sent = Some(now);
+        if call_trunk.is_some() {
+            let ip = f.from.addr.ip();
+            f.trunk_counted = Some(ip);
+            self.trunk_invites.add(ip);
+        }
         if let Some(i) = call_trunk {
             self.trunk_take(i, now);
         }
@@ -283,6 +297,15 @@ impl Core {
         let client = txn.start_client(c, now);
         if let Some(f) = self.forwards.get_mut(&id) {
             f.current = client;
+        }
+    }
+
+    /// The trunk branch of the forward of `id` got its final answer or
+    /// failed: its source's count of INVITEs outstanding toward trunks
+    /// goes back down.
+    pub(super) fn settle_trunk_invite(&mut self, id: ServerId) {
+        if let Some(ip) = self.forwards.get_mut(&id).and_then(|f| f.trunk_counted.take()) {
+            self.trunk_invites.remove(ip);
         }
     }
 
@@ -310,7 +333,7 @@ impl Core {
                 true
             }
             Err(e) => {
-                tracing::warn!(call_id, error = %e, "media relay refused the offer toward another realm; skipping the target");
+                crate::warn_limited!(call_id, error = %e, "media relay refused the offer toward another realm; skipping the target");
                 if let Some(f) = self.forwards.get_mut(&id) {
                     f.anchored_realm = None;
                     f.last_code = 503;
@@ -333,9 +356,10 @@ impl Core {
         if f.last_code == 0 {
             f.last_code = if transport { 503 } else { 408 };
         }
+        let (src, sent) = (f.from.addr.ip(), f.branch_sent.unwrap_or(now));
         if let Some(i) = f.current_trunk {
             self.trunk_outcome(i, TrunkOutcome::Timeout);
-            self.trunk_failure(i, "INVITE timeout or transport error", now);
+            self.trunk_passive_failure(i, src, sent, "INVITE timeout or transport error", now);
         }
         self.next_branch(txn, id, now);
     }
@@ -361,6 +385,11 @@ impl Core {
         if f.current != Some(branch) {
             return;
         }
+        if let Some(i) = f.current_trunk {
+            let src = f.from.addr.ip();
+            self.trunk_answered(i, src, now);
+        }
+        let Some(f) = self.forwards.get_mut(&id) else { return };
         if code == 100 {
             return; // hop by hop
         }
@@ -405,22 +434,24 @@ impl Core {
         auth_failed: bool,
         now: Instant,
     ) {
+        self.settle_trunk_invite(id);
         let Some(f) = self.forwards.get_mut(&id) else { return };
         let (is_invite, initial) = (f.is_invite, f.initial);
         let req_from = f.request.from_tag().unwrap_or_default();
         let call_id = resp.call_id().unwrap_or_default().to_owned();
         let trunk = f.current_trunk;
+        let (src, sent) = (f.from.addr.ip(), f.branch_sent.unwrap_or(now));
         f.last_code = code;
         f.current = None;
         if let Some(i) = trunk {
             self.trunk_outcome(i, TrunkOutcome::Failed);
             if self.cfg.health.failure_codes.contains(&code) {
-                self.trunk_failure(i, &format!("{code} on INVITE"), now);
+                self.trunk_passive_failure(i, src, sent, &format!("{code} on INVITE"), now);
             }
         }
         let Some(f) = self.forwards.get_mut(&id) else { return };
         if !f.canceled && (auth_failed || self.cfg.failover_codes.contains(&code)) && !f.targets.is_empty() {
-            tracing::info!(call_id, code, "next hop failed; trying the next target");
+            tracing::debug!(call_id, code, "next hop failed; trying the next target");
             self.next_branch(txn, id, now);
             return;
         }
@@ -457,7 +488,7 @@ impl Core {
                 self.anchor(&mut resp, true, &to_tag, Some(&req_from), realms)
             };
             if let Err(e) = anchored {
-                tracing::warn!(call_id, error = %e, "media relay refused the answer");
+                crate::warn_limited!(call_id, error = %e, "media relay refused the answer");
             }
             if initial {
                 if let Some(d) = self.dialogs.get_mut(&call_id) {
@@ -482,10 +513,11 @@ impl Core {
             // The answer to an UPDATE or PRACK offer.
             let to_tag = resp.to_tag().unwrap_or_default();
             if let Err(e) = self.anchor(&mut resp, false, &to_tag, Some(&req_from), realms) {
-                tracing::warn!(call_id, error = %e, "media relay refused the answer");
+                crate::warn_limited!(call_id, error = %e, "media relay refused the answer");
             }
         }
         if (200..300).contains(&code) {
+            self.settle_trunk_invite(id);
             if let Some(i) = trunk {
                 self.trunk_outcome(i, TrunkOutcome::Answered);
                 self.trunk_call_ok(i);

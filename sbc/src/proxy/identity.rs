@@ -103,7 +103,7 @@ impl Core {
                 }
                 self.metrics.auth.forbidden.fetch_add(1, Relaxed);
                 let aor = msg.to().map(|t| t.uri.to_string()).unwrap_or_default();
-                tracing::info!(user, aor, "REGISTER refused: the user does not own the address-of-record");
+                crate::info_limited!(user, aor, "REGISTER refused: the user does not own the address-of-record");
                 txn.reply(key, 403, "Forbidden", Vec::new(), now);
             }
             Verdict::Challenge(headers) => {
@@ -169,12 +169,12 @@ impl Core {
         match a.check(msg, Kind::Proxy, now, &self.metrics.auth) {
             Verdict::User(user) => {
                 a.strip_own(msg);
-                tracing::info!(user, src = %from.addr, "dialog-less in-dialog request authenticated");
+                tracing::debug!(user, src = %from.addr, "dialog-less in-dialog request authenticated");
                 true
             }
             Verdict::Challenge(headers) => {
                 let (code, reason) = Kind::Proxy.status();
-                tracing::info!(src = %from.addr, "dialog-less in-dialog request from an untrusted source challenged");
+                crate::info_limited!(src = %from.addr, "dialog-less in-dialog request from an untrusted source challenged");
                 txn.reply(key, code, reason, headers, now);
                 false
             }

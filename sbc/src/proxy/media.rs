@@ -90,7 +90,7 @@ impl Core {
             }
             Err(_) => (serde_json::Value::Null, Vec::new()),
         };
-        tracing::info!(call_id, reason = reason.as_str(), code = d.final_code, "call ended");
+        tracing::debug!(call_id, reason = reason.as_str(), code = d.final_code, "call ended");
         let rec = d.cdr(reason, SystemTime::now(), now, relay, &codecs);
         self.cdr.write(&rec);
     }

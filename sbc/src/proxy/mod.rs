@@ -21,6 +21,7 @@
 
 mod acl;
 pub mod alternate;
+mod caps;
 mod core;
 pub mod dialog;
 mod fork;
@@ -85,6 +86,7 @@ impl Proxy {
         metrics.name_realms(&cfg.realms.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
         let mut txn = Endpoint::new(timer_cfg, Arc::clone(&metrics), seed);
         txn.set_limits(cfg.limits);
+        txn.set_caps(cfg.caps);
         Self {
             txn,
             core: Core::new(cfg, media, metrics, cdr),
@@ -153,7 +155,7 @@ impl Proxy {
         self.clock = now;
         let n = self.txn.transport_error(dest, proto, realm, now);
         if n > 0 {
-            tracing::info!(%dest, proto = proto.via_name(), transactions = n, "transport error ends the transactions toward it");
+            crate::info_limited!(%dest, proto = proto.via_name(), transactions = n, "transport error ends the transactions toward it");
         }
         self.run_events(now);
         self.core.update_gauges(&self.txn);
@@ -166,7 +168,7 @@ impl Proxy {
     pub fn flow_closed(&mut self, flow: Flow) {
         let n = self.core.location.remove_flow(flow.realm, flow.proto.into(), flow.peer);
         if n > 0 {
-            tracing::info!(peer = %flow.peer, proto = flow.proto.via_name(), bindings = n, "connection closed; its bindings are gone");
+            crate::info_limited!(peer = %flow.peer, proto = flow.proto.via_name(), bindings = n, "connection closed; its bindings are gone");
         }
         let now = self.clock;
         self.transport_error(flow.peer, flow.proto, flow.realm, now);

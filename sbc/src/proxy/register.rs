@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::caps::Cap;
 use crate::config::Config;
 use crate::location::{Binding, Location, UpdateError};
 use crate::proxy::routing::local_aor;
@@ -103,6 +104,54 @@ pub fn register(
         .map(|b| Header::new("Contact", &format!("<{}>;expires={}", b.contact, b.remaining(now))))
         .collect();
     RegisterOutcome { code: 200, reason: "OK", headers }
+}
+
+/// Checks a REGISTER against the registration caps before it is applied:
+/// the contacts it would add (not refreshes of bindings already there,
+/// nor removals) must fit under `max_contacts_per_aor` for its AOR,
+/// `max_registrations_per_source` for `src`'s address and
+/// `max_registrations` in all. Anything malformed passes: [`register`]
+/// answers it.
+///
+/// # Errors
+/// The cap the REGISTER would break.
+pub fn check_caps(cfg: &Config, location: &Location, req: &Message, src: SocketAddr, now: Instant) -> Result<(), Cap> {
+    let Some(to) = req.to() else { return Ok(()) };
+    let aor = local_aor(cfg, to.uri.user.as_deref());
+    let header_expires = req.header("expires").and_then(|v| v.trim().parse::<u64>().ok());
+    let adds = req
+        .contacts()
+        .into_iter()
+        .filter_map(|c| match c {
+            Contact::Addr(na) => Some(na),
+            Contact::Star => None,
+        })
+        .filter(|na| {
+            let expires = na
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("expires"))
+                .and_then(|(_, v)| v.as_deref())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .or(header_expires)
+                .unwrap_or(u64::from(cfg.default_expires));
+            expires > 0 && !location.has_contact(&aor, &na.uri.to_string(), now)
+        })
+        .count();
+    if adds == 0 {
+        return Ok(());
+    }
+    let caps = &cfg.caps;
+    if location.lookup(&aor, now).len() + adds > caps.max_contacts_per_aor {
+        return Err(Cap::ContactsPerAor);
+    }
+    if location.from_source(src.ip()) + adds > caps.max_registrations_per_source {
+        return Err(Cap::RegistrationsPerSource);
+    }
+    if location.len() + adds > caps.max_registrations {
+        return Err(Cap::Registrations);
+    }
+    Ok(())
 }
 
 /// Whether the authenticated `user` owns the address-of-record of `req`

@@ -153,6 +153,7 @@ impl Proxy {
         self.core.location.clear();
         self.txn.clear();
         self.core.forwards.clear();
+        self.core.trunk_invites.clear();
         self.core.probes.clear();
         self.core.update_gauges(&self.txn);
     }

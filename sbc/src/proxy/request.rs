@@ -50,11 +50,15 @@ impl Core {
             if !self.auth_register(txn, key, &mut msg, now) {
                 return;
             }
+            if let Err(cap) = register::check_caps(&self.cfg, &self.location, &msg, src, now) {
+                self.refuse_cap(txn, key, cap, src, now);
+                return;
+            }
             let o = register::register(&self.cfg, &mut self.location, &msg, src, proto, realm, now);
             if o.code == 200 {
                 self.metrics.registrations.fetch_add(1, Relaxed);
             }
-            tracing::info!(aor = ?msg.to().map(|t| t.uri.to_string()), code = o.code, src = %src, "REGISTER");
+            tracing::debug!(aor = ?msg.to().map(|t| t.uri.to_string()), code = o.code, src = %src, "REGISTER");
             txn.reply(key, o.code, o.reason, o.headers, now);
             if let (200, Some(to)) = (o.code, msg.to()) {
                 let aor = routing::local_aor(&self.cfg, to.uri.user.as_deref());
@@ -98,7 +102,7 @@ impl Core {
         let targets = match routed {
             Ok(t) => t,
             Err(r) => {
-                tracing::info!(method = %method, code = r.code, "request not routed: {}", r.reason);
+                tracing::debug!(method = %method, code = r.code, "request not routed: {}", r.reason);
                 txn.reply(key, r.code, r.reason, Vec::new(), now);
                 return;
             }
@@ -114,6 +118,19 @@ impl Core {
         let out_realm = targets.first().map_or(realm, |t| t.realm);
         let mut anchored = None;
         if method == Method::Invite {
+            let admitted = self.dialogs.admit(&self.cfg.caps, src.ip(), has_sdp(&msg)).and_then(|()| {
+                let to_trunks = targets.iter().any(|t| t.trunk.is_some());
+                let over = self.trunk_invites.of(src.ip()) >= self.cfg.caps.max_trunk_invites_per_source;
+                if to_trunks && over {
+                    Err(crate::caps::Cap::TrunkInvitesPerSource)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(cap) = admitted {
+                self.refuse_cap(txn, key, cap, src, now);
+                return;
+            }
             self.metrics.call_attempts.fetch_add(1, Relaxed);
             let call_id = msg.call_id().unwrap_or_default().to_owned();
             self.dialogs.insert(Dialog {
@@ -149,7 +166,7 @@ impl Core {
             let from_tag = msg.from_tag().unwrap_or_default();
             anchored = has_sdp(&msg).then(|| (out_realm, msg.body.clone()));
             if let Err(e) = self.anchor(&mut msg, true, &from_tag, None, (realm, out_realm)) {
-                tracing::warn!(error = %e, "media relay refused the offer");
+                crate::warn_limited!(error = %e, "media relay refused the offer");
                 self.end_call(msg.call_id().unwrap_or_default(), EndReason::Failed, 503, now);
                 txn.reply(key, 503, "Service Unavailable - Media Relay", vec![Header::new("Retry-After", "5")], now);
                 return;
@@ -243,7 +260,7 @@ impl Core {
         }
         if matches!(method, Method::Invite | Method::Update | Method::Prack) {
             if let Err(e) = self.anchor(&mut msg, true, &from_tag, to_tag.as_deref(), (from.realm, dest.realm)) {
-                tracing::warn!(error = %e, "media relay refused a re-offer");
+                crate::warn_limited!(error = %e, "media relay refused a re-offer");
                 txn.reply(key, 500, "Media Relay Error", Vec::new(), now);
                 return;
             }

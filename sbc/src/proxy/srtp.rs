@@ -88,7 +88,7 @@ impl Core {
 
     /// Answers a plain RTP offer where SRTP is required: 488 with a Warning.
     pub(super) fn refuse_plain_rtp(&self, txn: &mut Endpoint, key: ServerId, realm: usize, now: Instant) {
-        tracing::info!(?key, "offer refused: SRTP is required and the offer has a plain RTP stream");
+        tracing::debug!(?key, "offer refused: SRTP is required and the offer has a plain RTP stream");
         txn.reply(key, 488, "Not Acceptable Here", vec![warning(self.me(realm))], now);
     }
 

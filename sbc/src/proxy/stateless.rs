@@ -46,7 +46,7 @@ impl Core {
                 (alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto, realm }), false)
             }
             None if on_route => {
-                tracing::info!(src = %from.addr, call_id, "dialog-less ACK from an untrusted source dropped");
+                crate::info_limited!(src = %from.addr, call_id, "dialog-less ACK from an untrusted source dropped");
                 (None, false)
             }
             None => (None, false),
@@ -58,7 +58,7 @@ impl Core {
         if late {
             if let Some(t) = to_tag.as_deref() {
                 if let Err(e) = self.anchor(&mut msg, false, &from_tag, Some(t), (realm, dest.realm)) {
-                    tracing::warn!(call_id, error = %e, "media relay refused the late answer");
+                    crate::warn_limited!(call_id, error = %e, "media relay refused the late answer");
                 }
             }
         }
@@ -88,7 +88,7 @@ impl Core {
         if let Some(code) = msg.code() {
             self.metrics.response(code);
         }
-        tracing::info!(call_id = ?msg.call_id(), %dest, "forwarding a response for a primary (alternatePath)");
+        tracing::debug!(call_id = ?msg.call_id(), %dest, "forwarding a response for a primary (alternatePath)");
         txn.send(msg.to_bytes(), dest, proto, realm);
     }
 
@@ -130,7 +130,7 @@ impl Core {
             d.confirm(msg.to_tag().unwrap_or_default(), msg.code().unwrap_or(200), now);
             d.ok_sent = 0;
             self.metrics.call_answers.fetch_add(1, Relaxed);
-            tracing::info!(call_id, "2xx for a taken-over early dialog: call answered");
+            tracing::debug!(call_id, "2xx for a taken-over early dialog: call answered");
         }
         // The 2xx is being retransmitted and no ACK has come back: the hop we
         // sent it to may be gone. If it advertised alternates, try them in turn.
@@ -138,7 +138,7 @@ impl Core {
         if let Some(d) = self.dialogs.get_mut(&call_id) {
             if !d.acked && d.ok_sent >= 1 && !alts.is_empty() {
                 let k = (d.ok_sent as usize - 1) % alts.len();
-                tracing::info!(call_id, primary = %dest, alternate = %alts[k], "2xx not acknowledged: resending via alternatePath");
+                tracing::debug!(call_id, primary = %dest, alternate = %alts[k], "2xx not acknowledged: resending via alternatePath");
                 dest = alts[k];
             }
             d.ok_sent += 1;
@@ -161,7 +161,7 @@ impl Core {
     /// message sent to it.
     pub(super) fn end_unacked(&mut self, txn: &mut Endpoint, call_id: &str, now: Instant) {
         let Some(d) = self.dialogs.get(call_id).cloned() else { return };
-        tracing::info!(call_id, "2xx never acknowledged: ending the call with BYE both ways");
+        crate::info_limited!(call_id, "2xx never acknowledged: ending the call with BYE both ways");
         // The callee saw the caller's CSeq shifted by the challenges answered for it.
         let shift = self.carrier.offsets_of(call_id, std::iter::once(d.caller_tag.as_str())).first().map_or(0, |o| o.1);
         self.send_bye(txn, &d, true, d.invite_cseq.wrapping_add(shift).wrapping_add(1), now);

@@ -325,13 +325,13 @@ impl Core {
         let cnonce = txn.unique();
         let call_id = f.request.call_id().unwrap_or_default().to_owned();
         if let Err(why) = f.auth.answered.answer(&mut req, resp, auth, &cnonce) {
-            tracing::warn!(trunk = %t.name, code, call_id, "carrier challenge not answered: {why}; the branch fails with 403");
+            crate::warn_limited!(trunk = %t.name, code, call_id, "carrier challenge not answered: {why}; the branch fails with 403");
             self.metrics.trunk_auth_failed(i);
             into_forbidden(resp);
             return Challenged::Refused;
         }
         set_branch(&mut req, &txn.new_branch());
-        tracing::info!(trunk = %t.name, code, call_id, "answering the carrier's challenge");
+        tracing::debug!(trunk = %t.name, code, call_id, "answering the carrier's challenge");
         let c = ClientRequest { request: req.clone(), dest, proto, realm, owner: Some(id), timeout: f.auth.timeout };
         f.auth.sent = Some(req);
         let key = sender_key(&f.request);

@@ -2,6 +2,7 @@
 //! concurrent-call and CPS caps, and the operator's `sbc ctl` commands.
 //! Every decision is logged with its reason and counts.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::core::{Core, Wake};
@@ -21,6 +22,15 @@ pub(super) struct TrunkRuntime {
     next_probe: Option<Instant>,
     probing: bool,
     probe_seq: u32,
+    /// The latest alive answer to a probe.
+    probe_ok: Option<Instant>,
+    /// The latest answers to calls from the two sources answered most
+    /// recently (distinct addresses), newest first: enough to know the
+    /// latest answer to a source other than any given one.
+    answers: [Option<(IpAddr, Instant)>; 2],
+    /// The sources whose passive failures count in the current streak of
+    /// consecutive failures (probed trunks: each counts once).
+    streak: Vec<IpAddr>,
 }
 
 impl TrunkRuntime {
@@ -33,7 +43,17 @@ impl TrunkRuntime {
             next_probe: None,
             probing: false,
             probe_seq: 0,
+            probe_ok: None,
+            answers: [None, None],
+            streak: Vec::new(),
         }
+    }
+
+    /// Whether the trunk showed it is alive to someone other than `src`
+    /// since `since`: a probe answered, or a call from another source.
+    fn alive_for_others(&self, src: IpAddr, since: Instant) -> bool {
+        self.probe_ok.is_some_and(|t| t >= since)
+            || self.answers.iter().flatten().any(|(ip, t)| *ip != src && *t >= since)
     }
 }
 
@@ -100,6 +120,46 @@ impl Core {
         if let Some(t) = t {
             self.log_transition(i, &t);
         }
+    }
+
+    /// A passive failure on trunk `i` (a timeout, a transport error or a
+    /// failure code) of a call from `src` whose branch went out at `sent`.
+    /// So that one source cannot take a shared trunk DOWN:
+    ///
+    /// - it is not counted when the trunk has answered a probe or another
+    ///   source's call since shortly before the branch went out (the trunk
+    ///   is up, and ignoring this source);
+    /// - on a probed trunk, each source counts once per streak of
+    ///   consecutive failures: it takes failures from `down_after`
+    ///   sources, or missed probes, to take it DOWN.
+    pub(super) fn trunk_passive_failure(&mut self, i: usize, src: IpAddr, sent: Instant, what: &str, now: Instant) {
+        let probed = !self.cfg.health.interval.is_zero() && self.cfg.trunks.get(i).is_some_and(|t| t.probe);
+        let since = sent.checked_sub(self.cfg.invite_timeout).unwrap_or(sent);
+        let Some(rt) = self.trunks.get_mut(i) else { return };
+        if rt.alive_for_others(src, since) {
+            tracing::debug!(trunk = i, %src, what, "trunk failure not counted: the trunk answers others");
+            return;
+        }
+        if rt.health.counts().0 == 0 {
+            rt.streak.clear();
+        }
+        if probed && rt.streak.contains(&src) {
+            tracing::debug!(trunk = i, %src, what, "trunk failure not counted: this source already counts");
+            return;
+        }
+        if !rt.streak.contains(&src) {
+            rt.streak.push(src);
+        }
+        self.trunk_failure(i, what, now);
+    }
+
+    /// Trunk `i` answered (any response) a call from `src`.
+    pub(super) fn trunk_answered(&mut self, i: usize, src: IpAddr, now: Instant) {
+        let Some(rt) = self.trunks.get_mut(i) else { return };
+        rt.answers = match rt.answers {
+            [Some((ip, _)), second] if ip == src => [Some((src, now)), second],
+            [first, _] => [Some((src, now)), first],
+        };
     }
 
     /// A successful call on trunk `i`.
@@ -172,7 +232,10 @@ impl Core {
         rt.probing = false;
         let next = rt.next_probe.unwrap_or(now + interval);
         let t = match code {
-            Some(c) if alive => rt.health.on_probe_ok(&format!("OPTIONS answered {c}"), now),
+            Some(c) if alive => {
+                rt.probe_ok = Some(now);
+                rt.health.on_probe_ok(&format!("OPTIONS answered {c}"), now)
+            }
             Some(c) => rt.health.on_failure(&format!("OPTIONS answered {c}"), now),
             None => rt.health.on_failure("OPTIONS timeout", now),
         };

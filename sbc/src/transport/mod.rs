@@ -16,9 +16,12 @@
 //! is checked at accept ([`Transport::set_admission`]); accepted
 //! connections are capped in all and per source address, apart from the
 //! connections we dial (so peers cannot crowd out the trunks); a TLS
-//! handshake timeout; an idle timeout, which also closes a connection
-//! whose output has made no progress that long; and a cap on a
-//! connection's pending output (a peer that never reads is closed).
+//! handshake timeout; a deadline for each message, from its first byte
+//! (a peer trickling a message is closed); an idle timeout, counted from
+//! the last complete message (or keep-alive) so a trickle of bytes cannot
+//! extend it, which also closes a connection whose output has made no
+//! progress that long; and a cap on a connection's pending output (a peer
+//! that never reads is closed).
 //!
 //! Transport errors (RFC 3261 §18.4) are reported per destination: a send
 //! that fails at once returns its error, and a connection that fails after
@@ -146,9 +149,13 @@ pub struct ConnStats {
     pub tls_handshake_failures: u64,
     /// TLS handshakes (or TCP connects) not finished within the timeout.
     pub tls_handshake_timeouts: u64,
-    /// Connections closed after being idle: nothing received and nothing
-    /// to send, or output pending with no write progress, for `idle`.
+    /// Connections closed after being idle: no complete message (or
+    /// RFC 5626 keep-alive) received and nothing to send, or output
+    /// pending with no write progress, for `idle`.
     pub idle_closes: u64,
+    /// Connections closed because a message did not arrive complete
+    /// within `message_deadline` of its first byte (slowloris).
+    pub deadline_closes: u64,
 }
 
 /// Bounds on stream connections.
@@ -167,6 +174,9 @@ pub struct Limits {
     pub idle: Duration,
     /// A TLS handshake (or an outgoing TCP connect) must finish within this.
     pub handshake: Duration,
+    /// A message must arrive complete within this of its first byte: a
+    /// connection trickling one slower is closed.
+    pub message_deadline: Duration,
 }
 
 impl Default for Limits {
@@ -177,6 +187,7 @@ impl Default for Limits {
             max_output: 1 << 20,
             idle: Duration::from_secs(300),
             handshake: Duration::from_secs(10),
+            message_deadline: Duration::from_secs(5),
         }
     }
 }
@@ -491,13 +502,13 @@ impl Transport {
                     }
                     if self.accepted >= self.limits.max_connections {
                         self.stats.rejected += 1;
-                        tracing::warn!(%peer, max = self.limits.max_connections, "connection refused: limit reached");
+                        crate::warn_limited!(%peer, max = self.limits.max_connections, "connection refused: limit reached");
                         continue;
                     }
                     if self.per_ip.get(&ip).is_some_and(|&n| n >= self.limits.max_connections_per_ip) {
                         self.stats.rejected += 1;
                         let max = self.limits.max_connections_per_ip;
-                        tracing::info!(%peer, max, "connection refused: max_connections_per_ip from its address");
+                        crate::info_limited!(%peer, max, "connection refused: max_connections_per_ip from its address");
                         continue;
                     }
                     let session = match (tls, self.tls.as_ref().and_then(|s| s.server.as_ref())) {
@@ -505,7 +516,7 @@ impl Transport {
                         (true, Some(cfg)) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
                             Ok(c) => Some(rustls::Connection::from(c)),
                             Err(e) => {
-                                tracing::warn!(error = %e, "TLS session could not be created");
+                                crate::warn_limited!(error = %e, "TLS session could not be created");
                                 continue;
                             }
                         },
@@ -517,7 +528,7 @@ impl Transport {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "TCP accept failed");
+                    crate::warn_limited!(error = %e, "TCP accept failed");
                     return;
                 }
             }
@@ -558,6 +569,7 @@ impl Transport {
             connected: accepted,
             opened: now,
             last_used: now,
+            msg_started: None,
             last_write: now,
         };
         self.conns.insert(t, conn);
@@ -581,7 +593,7 @@ impl Transport {
                 }
             }
             if c.lost_output() {
-                tracing::info!(dest = %c.peer, proto = c.proto.via_name(), why, "transport error: messages not delivered");
+                crate::info_limited!(dest = %c.peer, proto = c.proto.via_name(), why, "transport error: messages not delivered");
                 self.undelivered.push(Undelivered { realm: c.realm, proto: c.proto, dest: c.peer, why });
             }
             let key = (c.realm, c.proto, c.peer);
@@ -600,9 +612,8 @@ impl Transport {
     fn read_stream(&mut self, t: Token, out: &mut Vec<Inbound>, now: Instant) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         c.connected = true;
-        c.last_used = now;
         let was_handshaking = c.handshaking();
-        let mut closing = c.read(out, self.max_msg);
+        let mut closing = c.read(out, self.max_msg, now);
         // TLS: the handshake's answers (and anything queued during it).
         if closing.is_none() && c.flush(now) {
             closing = Some(Closing::Gone);
@@ -643,10 +654,13 @@ impl Transport {
     fn reap(&mut self, now: Instant) {
         let mut timed_out = Vec::new();
         let mut idle = Vec::new();
+        let mut late = Vec::new();
         for (t, c) in &self.conns {
             let age = now.saturating_duration_since(c.opened);
             if (c.handshaking() || !c.connected) && age > self.limits.handshake {
                 timed_out.push(*t);
+            } else if c.msg_started.is_some_and(|s| now.saturating_duration_since(s) > self.limits.message_deadline) {
+                late.push(*t);
             } else if c.idle_output() && now.saturating_duration_since(c.last_used) > self.limits.idle {
                 idle.push(*t);
             } else if !c.idle_output() && now.saturating_duration_since(c.last_write) > self.limits.idle {
@@ -656,10 +670,17 @@ impl Transport {
         }
         for t in timed_out {
             if let Some(c) = self.conns.get(&t) {
-                tracing::info!(peer = %c.peer, proto = c.proto.via_name(), "closing connection: handshake timed out");
+                crate::info_limited!(peer = %c.peer, proto = c.proto.via_name(), "closing connection: handshake timed out");
             }
             self.stats.tls_handshake_timeouts += 1;
             self.close(t, now, "connect or TLS handshake timed out");
+        }
+        for t in late {
+            if let Some(c) = self.conns.get(&t) {
+                crate::info_limited!(peer = %c.peer, proto = c.proto.via_name(), "closing connection: a message did not arrive complete in time");
+            }
+            self.stats.deadline_closes += 1;
+            self.close(t, now, "a message did not arrive complete within message_deadline");
         }
         for t in idle {
             self.stats.idle_closes += 1;
@@ -722,7 +743,7 @@ impl Transport {
             // The peer does not read: this message and what waits are lost.
             let why = "pending output over the cap";
             self.stats.output_overflows += 1;
-            tracing::info!(dest = %o.dest, max = self.limits.max_output, "closing connection: {why}");
+            crate::info_limited!(dest = %o.dest, max = self.limits.max_output, "closing connection: {why}");
             let reported = self.undelivered.len();
             self.close(t, now, why);
             if self.undelivered.len() == reported {

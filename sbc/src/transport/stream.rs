@@ -72,7 +72,12 @@ pub(super) struct Conn {
     /// The TCP connect finished (always true for accepted connections).
     pub(super) connected: bool,
     pub(super) opened: Instant,
+    /// When the last complete message (or RFC 5626 keep-alive) arrived,
+    /// or one was queued to go out: the idle time counts from here.
     pub(super) last_used: Instant,
+    /// When the first byte of the message still incomplete in `rbuf`
+    /// arrived (`None`: nothing pending).
+    pub(super) msg_started: Option<Instant>,
     /// When output last made progress: written, or queued on an empty
     /// buffer (a connection whose output stalls past the idle time closes).
     pub(super) last_write: Instant,
@@ -123,7 +128,7 @@ impl Conn {
 
     /// Reads everything available and appends each framed message to
     /// `out`. Returns why the connection must close, if it must.
-    pub(super) fn read(&mut self, out: &mut Vec<Inbound>, max: usize) -> Option<Closing> {
+    pub(super) fn read(&mut self, out: &mut Vec<Inbound>, max: usize, now: Instant) -> Option<Closing> {
         let mut closing = None;
         let mut chunk = [0u8; 16384];
         match self.tls.as_mut() {
@@ -157,7 +162,7 @@ impl Conn {
                     }
                 }
                 if let Err(e) = tls.process_new_packets() {
-                    tracing::info!(peer = %self.peer, error = %e, "TLS failed; closing the connection");
+                    crate::info_limited!(peer = %self.peer, error = %e, "TLS failed; closing the connection");
                     // Best effort: the alert rustls queued for the peer.
                     let _ = tls.write_tls(&mut self.stream);
                     return Some(Closing::TlsFailed);
@@ -181,18 +186,34 @@ impl Conn {
                 }
             },
         }
+        let mut completed = false;
         loop {
             match frame(&self.rbuf, max) {
                 Ok(Some(n)) => {
                     let msg: Vec<u8> = self.rbuf.drain(..n).collect();
                     if msg.iter().all(|&b| b == b'\r' || b == b'\n') {
+                        // A keep-alive (CRLFCRLF, RFC 5626) that came whole
+                        // counts as use; stray line ends do not.
+                        if msg.len() >= 4 {
+                            self.last_used = now;
+                        }
                         continue;
                     }
+                    self.last_used = now;
+                    completed = true;
                     out.push(Inbound { data: msg, src: self.peer, proto: self.proto, realm: self.realm });
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // What is left is the start of the next message.
+                    if self.rbuf.is_empty() {
+                        self.msg_started = None;
+                    } else if completed || self.msg_started.is_none() {
+                        self.msg_started = Some(now);
+                    }
+                    break;
+                }
                 Err(why) => {
-                    tracing::info!(peer = %self.peer, why, "closing stream connection: broken framing");
+                    crate::info_limited!(peer = %self.peer, why, "closing stream connection: broken framing");
                     return Some(Closing::BadFraming);
                 }
             }

@@ -498,3 +498,5 @@ fn kernel_receive_queue_drops_are_counted() {
     let drops = t.rx_queue_drops().next().unwrap();
     assert_eq!(drops, 501 - out.len() as u64, "every datagram is either read or counted as dropped");
 }
+
+mod deadlines;

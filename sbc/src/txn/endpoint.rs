@@ -43,6 +43,8 @@ pub(super) struct Server {
     pub(super) to_tag: String,
     /// The call layer forwarded the request (it has a response context).
     pub(super) forwarded: bool,
+    /// The address the request came from (what the caps count by).
+    pub(super) source: std::net::IpAddr,
 }
 
 /// A client transaction and the request its ACK and CANCEL are built from.
@@ -71,6 +73,10 @@ pub struct Endpoint {
     pub(super) metrics: Arc<SbcMetrics>,
     /// Message limits checked before parsing.
     pub(super) limits: crate::sip::Limits,
+    /// Caps on server transactions (`max_transactions*`).
+    pub(super) caps: crate::caps::Caps,
+    /// Server transactions by source address, in step with `servers`.
+    pub(super) by_source: crate::caps::SourceCounts,
     pub(super) servers: HashMap<ServerId, Server>,
     pub(super) server_ids: HashMap<TxnKey, ServerId>,
     pub(super) clients: HashMap<ClientId, Client>,
@@ -100,6 +106,8 @@ impl Endpoint {
             cfg,
             metrics,
             limits: crate::sip::Limits::default(),
+            caps: crate::caps::Caps::default(),
+            by_source: crate::caps::SourceCounts::default(),
             servers: HashMap::new(),
             server_ids: HashMap::new(),
             clients: HashMap::new(),
@@ -119,6 +127,17 @@ impl Endpoint {
     /// Sets the message limits checked on every inbound message.
     pub fn set_limits(&mut self, limits: crate::sip::Limits) {
         self.limits = limits;
+    }
+
+    /// Sets the caps on server transactions.
+    pub fn set_caps(&mut self, caps: crate::caps::Caps) {
+        self.caps = caps;
+    }
+
+    /// Live server transactions of requests from `ip`, and in all.
+    #[must_use]
+    pub fn server_count(&self, ip: std::net::IpAddr) -> (usize, usize) {
+        (self.by_source.of(ip), self.by_source.total())
     }
 
     /// The timer values in use.
@@ -188,6 +207,7 @@ impl Endpoint {
     /// Forgets every transaction and pending output (the node stands down).
     pub fn clear(&mut self) {
         self.servers.clear();
+        self.by_source.clear();
         self.server_ids.clear();
         self.clients.clear();
         self.client_ids.clear();
@@ -368,13 +388,14 @@ impl Endpoint {
                     }
                 }
                 ServerAction::Timeout => tracing::debug!(?id, "server transaction timed out waiting for ACK"),
-                ServerAction::TransportError => tracing::info!(?id, "could not send a response upstream"),
+                ServerAction::TransportError => crate::info_limited!(?id, "could not send a response upstream"),
                 ServerAction::Terminated => terminated = true,
             }
         }
         if terminated {
             if let Some(s) = self.servers.remove(&id) {
                 self.server_ids.remove(&s.key);
+                self.by_source.remove(s.source);
             }
         } else if let Some(s) = self.servers.get(&id) {
             let d = s.txn.next_deadline();
@@ -403,10 +424,10 @@ impl Endpoint {
                 }
                 ClientAction::Timeout | ClientAction::TransportError => {
                     let failure = if a == ClientAction::Timeout {
-                        tracing::info!(?id, %dest, "no final response from next hop in time");
+                        tracing::debug!(?id, %dest, "no final response from next hop in time");
                         Failure::Timeout
                     } else {
-                        tracing::info!(?id, %dest, proto = proto.via_name(), "transport error toward next hop");
+                        crate::info_limited!(?id, %dest, proto = proto.via_name(), "transport error toward next hop");
                         Failure::Transport
                     };
                     self.failures.insert(id, failure);

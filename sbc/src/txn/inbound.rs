@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use super::endpoint::Server;
 use super::{client_key, server_key, wire, Endpoint, Event, Kind, ServerId, ServerTxn};
-use crate::sip::{Breach, Message, Method};
+use crate::caps::Cap;
+use crate::sip::{Breach, Header, Message, Method};
 use crate::transport::Inbound;
 
 impl Endpoint {
@@ -125,14 +126,33 @@ impl Endpoint {
             return;
         }
         let invite_key = (method == Method::Cancel).then(|| server_key(branch, &sent_by, "INVITE"));
+        // A CANCEL of a transaction we hold frees state: never capped.
+        let frees = invite_key.as_ref().is_some_and(|k| self.server_ids.contains_key(k));
+        if !frees {
+            if let Err(cap) = self.admit_server(inb.src.ip()) {
+                self.refuse_cap(cap, inb, &msg);
+                return;
+            }
+        }
         let txn = ServerTxn::new(Kind::for_method(method.as_str()), inb.proto.reliable(), self.cfg, now);
         let id = ServerId(self.next_id());
         let to_tag = self.unique();
         self.server_ids.insert(key.clone(), id);
         let request = msg.clone();
-        let server =
-            Server { key, txn, upstream, proto: inb.proto, realm: inb.realm, request, to_tag, forwarded: false };
+        let source = inb.src.ip();
+        let server = Server {
+            key,
+            txn,
+            upstream,
+            proto: inb.proto,
+            realm: inb.realm,
+            request,
+            to_tag,
+            forwarded: false,
+            source,
+        };
         self.servers.insert(id, server);
+        self.by_source.add(source);
         if method == Method::Invite {
             self.reply(id, 100, "Trying", Vec::new(), now);
         }
@@ -142,6 +162,24 @@ impl Endpoint {
             return;
         }
         self.events.push_back(Event::Request { id, msg, src: inb.src, proto: inb.proto, realm: inb.realm });
+    }
+
+    /// Whether one more server transaction for a request from `ip` fits
+    /// under `max_transactions_per_source` and `max_transactions`.
+    fn admit_server(&self, ip: std::net::IpAddr) -> Result<(), Cap> {
+        let limits = (self.caps.max_transactions, self.caps.max_transactions_per_source);
+        self.by_source.admit(ip, 1, limits, (Cap::Transactions, Cap::TransactionsPerSource))
+    }
+
+    /// Answers a request over a transaction cap with 503 and Retry-After,
+    /// statelessly (no transaction is made for it), and counts it.
+    fn refuse_cap(&mut self, cap: Cap, inb: &Inbound, msg: &Message) {
+        self.metrics.cap_refused(cap);
+        crate::warn_limited!(src = %inb.src, cap = cap.label(), "request refused: over a transaction cap");
+        let mut resp = msg.response_to(503, "Service Unavailable - Over Capacity");
+        resp.insert_before_first("content-length", Header::new("Retry-After", &self.caps.retry_after_s.to_string()));
+        self.metrics.response(503);
+        self.send(resp.to_bytes(), inb.src, inb.proto, inb.realm);
     }
 
     fn on_response(&mut self, msg: Message, src: SocketAddr, realm: usize, now: Instant) {

@@ -8,6 +8,7 @@
 mod auth;
 mod call;
 mod cancel;
+mod caps;
 mod failover;
 mod ha_state;
 mod limits;
