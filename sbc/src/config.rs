@@ -10,6 +10,7 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod auth;
+mod guard;
 mod ha;
 mod limits;
 mod policy;
@@ -18,6 +19,7 @@ mod trunk_auth;
 mod trunks;
 
 pub use auth::{AuthConfig, Secret};
+pub use guard::{GuardConfig, RateLimit, DEFAULT_SCANNERS};
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
 pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
@@ -163,6 +165,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// Message limits (`[limits]`).
     pub limits: crate::sip::Limits,
+    /// Per-source rate limits and bans (`[guard]`).
+    pub guard: GuardConfig,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +198,8 @@ struct File {
     auth: Option<auth::RawAuth>,
     #[serde(default)]
     limits: limits::RawLimits,
+    #[serde(default)]
+    guard: guard::RawGuard,
 }
 
 #[derive(Deserialize)]
@@ -448,6 +454,7 @@ impl Config {
             return Err(invalid("sip.t2_ms", "T1 must be > 0 and T2 >= T1"));
         }
         let msg_limits = limits::parse_limits(&f.limits, f.sip.max_message_size)?;
+        let guard = guard::parse_guard(f.guard)?;
         let r = f.registrar;
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
@@ -540,6 +547,7 @@ impl Config {
             tls: sip_tls,
             auth,
             limits: msg_limits,
+            guard,
         })
     }
 

@@ -110,6 +110,8 @@ pub struct SbcMetrics {
     pub conns: ConnMetrics,
     /// Digest authentication counters.
     pub auth: crate::auth::AuthMetrics,
+    /// The source guard's drops and bans (`sbc_guard_*`).
+    pub guard: crate::guard::GuardMetrics,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -379,6 +381,7 @@ impl SbcMetrics {
             }
         }
         self.auth.render(&mut o);
+        self.guard.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,
