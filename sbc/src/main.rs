@@ -55,8 +55,8 @@ enum Cmd {
         /// Config whose `control.socket` to use.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The command words.
-        #[arg(required = true, num_args = 1..)]
+        /// The command words (`--for` of `ban` included).
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
     /// Read a password from stdin and print the users file line for USER.

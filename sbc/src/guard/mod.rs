@@ -132,8 +132,11 @@ impl Guard {
     #[must_use]
     pub fn new(cfg: &Config, metrics: Arc<SbcMetrics>, now: Instant, unix_now: u64) -> Self {
         let g = cfg.guard.clone();
-        let trunk_sources =
-            if g.exempt_trunks { cfg.trunks.iter().flat_map(|t| t.policy.sources.clone()).collect() } else { Vec::new() };
+        let trunk_sources = if g.exempt_trunks {
+            cfg.trunks.iter().flat_map(|t| t.policy.sources.clone()).collect()
+        } else {
+            Vec::new()
+        };
         Self {
             sources: Sources::new(g.max_sources),
             cfg: g,

@@ -122,7 +122,8 @@ fn escalation_doubles_up_to_the_maximum() {
 #[test]
 fn never_ban_and_trunks_are_exempt() {
     let t0 = Instant::now();
-    let (mut g, m) = guard("never_ban = [\"10.9.0.0/16\"]\ninvite_per_s = 1\ninvite_burst = 1\nban_after_rate_drops = 2", t0);
+    let (mut g, m) =
+        guard("never_ban = [\"10.9.0.0/16\"]\ninvite_per_s = 1\ninvite_burst = 1\nban_after_rate_drops = 2", t0);
     let trusted = ip("10.9.1.1");
     for _ in 0..100 {
         assert!(g.check(trusted, SCANNER, t0));
