@@ -209,8 +209,7 @@ pub struct Undelivered {
 /// Whether realm `realm` takes connections from an address (its ACL).
 pub type Admission = Box<dyn Fn(usize, IpAddr) -> bool + Send>;
 
-/// Whether a source may send at all (false: banned by the guard; the
-/// check counts the drop). Checked on every datagram and at accept.
+/// Whether a source may send at all (false: banned; the check counts it).
 pub type SourceGuard = Box<dyn Fn(IpAddr) -> bool + Send>;
 
 /// One realm's sockets.
@@ -354,9 +353,7 @@ impl Transport {
         self.admission = Some(admission);
     }
 
-    /// Sets the guard's ban check, made on every datagram (before it is
-    /// copied) and at accept (a banned source's connection is closed at
-    /// once).
+    /// Sets the guard's ban check, made on each datagram and at accept.
     pub fn set_guard(&mut self, guard: SourceGuard) {
         self.guard = Some(guard);
     }
@@ -502,8 +499,7 @@ impl Transport {
                 Ok((stream, peer)) => {
                     let ip = peer.ip().to_canonical();
                     if self.guard.as_ref().is_some_and(|allowed| !allowed(ip)) {
-                        tracing::debug!(%peer, "connection closed: the source is banned");
-                        continue;
+                        continue; // banned: closed at once
                     }
                     if self.admission.as_ref().is_some_and(|permits| !permits(realm, ip)) {
                         self.stats.acl_denied += 1;
