@@ -3,7 +3,8 @@
 //! [`SharedBans`], the copy the transport checks at TCP/TLS accept and on
 //! every UDP datagram.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -92,6 +93,10 @@ pub struct BanTable {
     bans: HashMap<IpNet, Ban>,
     /// The keys of `bans` wider than one host.
     nets: Vec<IpNet>,
+    /// Each ban's end, soonest first; entries whose ban was lifted or
+    /// replaced are skipped when they come up (and dropped when the heap
+    /// grows past twice the bans).
+    ends: BinaryHeap<Reverse<(Instant, IpNet)>>,
     /// Offences per prefix and when its last ban ends.
     history: HashMap<IpNet, (u32, Instant)>,
 }
@@ -148,7 +153,11 @@ impl BanTable {
     pub fn insert(&mut self, ban: Ban) -> Option<Ban> {
         let net = ban.net;
         self.history.insert(net, (ban.offences, ban.until));
+        self.ends.push(Reverse((ban.until, net)));
         let old = self.bans.insert(net, ban);
+        if self.ends.len() > 2 * self.bans.len() + 1024 {
+            self.ends = self.bans.values().map(|b| Reverse((b.until, b.net))).collect();
+        }
         if old.is_none() && !is_host(&net) {
             self.nets.push(net);
         }
@@ -162,17 +171,38 @@ impl BanTable {
         Some(b)
     }
 
+    /// Drops the heap's top entries that no longer match a ban.
+    fn skip_stale(&mut self) {
+        while let Some(Reverse((until, net))) = self.ends.peek() {
+            if self.bans.get(net).is_some_and(|b| b.until == *until) {
+                return;
+            }
+            self.ends.pop();
+        }
+    }
+
     /// The ban that expires soonest (what goes when the table is full).
-    #[must_use]
-    pub fn soonest(&self) -> Option<IpNet> {
-        self.bans.values().min_by_key(|b| b.until).map(|b| b.net)
+    pub fn soonest(&mut self) -> Option<IpNet> {
+        self.skip_stale();
+        self.ends.peek().map(|Reverse((_, net))| *net)
     }
 
     /// Removes and returns the bans ended at `now`; forgets offences older
     /// than [`OFFENCE_MEMORY`], and the oldest ones past `history_cap`.
+    /// Costs nothing when no ban ended.
     pub fn expire(&mut self, now: Instant, history_cap: usize) -> Vec<Ban> {
-        let ended: Vec<IpNet> = self.bans.values().filter(|b| b.until <= now).map(|b| b.net).collect();
-        let out = ended.iter().filter_map(|n| self.remove(n)).collect();
+        let mut out = Vec::new();
+        loop {
+            self.skip_stale();
+            match self.ends.peek() {
+                Some(Reverse((until, net))) if *until <= now => {
+                    let net = *net;
+                    self.ends.pop();
+                    out.extend(self.remove(&net));
+                }
+                _ => break,
+            }
+        }
         if self.history.len() > history_cap {
             self.history.retain(|_, (_, last)| now.saturating_duration_since(*last) < OFFENCE_MEMORY);
             if self.history.len() > history_cap {
@@ -199,10 +229,11 @@ fn is_host(n: &IpNet) -> bool {
 }
 
 /// The banned prefixes, readable from other threads (the transport's
-/// accept and UDP receive checks). Written only by the guard.
+/// accept and UDP receive checks). Written only by the guard, one change
+/// at a time.
 #[derive(Debug, Default)]
 pub struct SharedBans {
-    inner: RwLock<(std::collections::HashSet<IpAddr>, Vec<IpNet>)>,
+    inner: RwLock<(HashSet<IpAddr>, Vec<IpNet>)>,
 }
 
 impl SharedBans {
@@ -214,11 +245,25 @@ impl SharedBans {
         g.0.contains(&ip) || g.1.iter().any(|n| n.contains(&ip))
     }
 
-    /// Copies the table's prefixes.
-    pub(super) fn sync(&self, t: &BanTable) {
+    /// Adds a (canonical) prefix.
+    pub(super) fn add(&self, net: IpNet) {
         if let Ok(mut g) = self.inner.write() {
-            g.0 = t.bans.keys().filter(|n| is_host(n)).map(IpNet::addr).collect();
-            g.1.clone_from(&t.nets);
+            if is_host(&net) {
+                g.0.insert(net.addr());
+            } else if !g.1.contains(&net) {
+                g.1.push(net);
+            }
+        }
+    }
+
+    /// Removes a (canonical) prefix.
+    pub(super) fn remove(&self, net: IpNet) {
+        if let Ok(mut g) = self.inner.write() {
+            if is_host(&net) {
+                g.0.remove(&net.addr());
+            } else {
+                g.1.retain(|n| *n != net);
+            }
         }
     }
 }
@@ -246,12 +291,14 @@ mod tests {
         assert!(t.find(ip("2001:db8:1::5")).is_some());
         assert!(t.find(ip("2001:db9::5")).is_none());
         let shared = SharedBans::default();
-        shared.sync(&t);
+        for b in t.list() {
+            shared.add(b.net);
+        }
         assert!(shared.is_banned(ip("198.51.100.9")) && shared.is_banned(ip("192.0.2.7")));
         assert!(!shared.is_banned(ip("192.0.2.9")));
         assert!(t.remove(&"198.51.100.0/24".parse().unwrap()).is_some());
         assert!(t.find(ip("198.51.100.200")).is_none());
-        shared.sync(&t);
+        shared.remove("198.51.100.0/24".parse().unwrap());
         assert!(!shared.is_banned(ip("198.51.100.9")));
     }
 
@@ -270,6 +317,26 @@ mod tests {
         assert_eq!(t.next_offence(&net, t0 + Duration::from_secs(11)), 2, "a repeat offender");
         let much_later = t0 + Duration::from_secs(10) + OFFENCE_MEMORY;
         assert_eq!(t.next_offence(&net, much_later), 1, "forgiven after a day");
+    }
+
+    #[test]
+    fn a_replaced_ban_ends_at_its_new_time() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut t = BanTable::default();
+        t.insert(ban("192.0.2.1/32", t0 + s(10), 1));
+        t.insert(ban("192.0.2.1/32", t0 + s(5), 1));
+        t.insert(ban("192.0.2.2/32", t0 + s(20), 1));
+        t.insert(ban("192.0.2.2/32", t0 + s(30), 1));
+        assert_eq!(t.soonest(), Some("192.0.2.1/32".parse().unwrap()));
+        assert_eq!(t.expire(t0 + s(5), 100).len(), 1, "the shortened ban");
+        assert!(t.expire(t0 + s(20), 100).is_empty(), "the lengthened ban is not over at its old end");
+        assert_eq!(t.expire(t0 + s(30), 100).len(), 1);
+        assert!(t.is_empty() && t.soonest().is_none());
+        // Lifted bans leave nothing behind that ends later.
+        t.insert(ban("192.0.2.3/32", t0 + s(40), 1));
+        t.remove(&"192.0.2.3/32".parse().unwrap());
+        assert!(t.expire(t0 + s(40), 100).is_empty());
     }
 
     #[test]

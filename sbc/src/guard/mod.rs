@@ -55,6 +55,47 @@ use sources::Sources;
 /// How often [`BanEnforcer::flood_sources`] is asked.
 pub const FLOOD_POLL: Duration = Duration::from_secs(1);
 
+/// Ban lines logged one by one per second at most; past it they are
+/// counted and summed up in one line (a sweep of spoofed scanners must not
+/// flood the log).
+pub const BAN_LOGS_PER_S: u32 = 20;
+
+/// The per-second budget of ban log lines.
+#[derive(Debug, Default)]
+struct LogBudget {
+    start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// Whether one more line may be logged at `now`.
+    fn take(&mut self, now: Instant) -> bool {
+        self.roll(now);
+        if self.logged < BAN_LOGS_PER_S {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Starts a new second when the last one is over, logging what it left out.
+    fn roll(&mut self, now: Instant) {
+        if self.start.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!(
+                bans = self.suppressed,
+                "guard: more sources banned in the last second (not logged one by one)"
+            );
+        }
+        *self = Self { start: Some(now), logged: 0, suppressed: 0 };
+    }
+}
+
 /// Where bans are enforced besides the guard's own check: the AF_XDP
 /// datapath's `bans` map. The integrator implements it for the media
 /// relay; [`NoEnforcer`] is the default.
@@ -124,6 +165,7 @@ pub struct Guard {
     /// Changes to replicate, when tracked (`[ha]`).
     changes: Option<Vec<BanChange>>,
     next_flood_poll: Option<Instant>,
+    log: LogBudget,
 }
 
 impl Guard {
@@ -148,6 +190,7 @@ impl Guard {
             base: (now, unix_now),
             changes: None,
             next_flood_poll: None,
+            log: LogBudget::default(),
         }
     }
 
@@ -252,7 +295,7 @@ impl Guard {
         self.metrics.guard.dropped(why);
         let n = s.rate_drops.hit(cfg.window, now);
         if n == 1 {
-            tracing::info!(%src, limit = why.as_str(), "guard: source over its rate limit; its requests are dropped");
+            tracing::debug!(%src, limit = why.as_str(), "guard: source over its rate limit; its requests are dropped");
         }
         if cfg.ban_after_rate_drops > 0 && n >= cfg.ban_after_rate_drops {
             self.auto_ban(src, Reason::Rate, now);
@@ -338,19 +381,21 @@ impl Guard {
             self.sources.forget(net.addr());
         }
         let xdp = self.enforcer.enforce(&to_prefix(&net));
-        self.shared.sync(&self.bans);
+        self.shared.add(net);
         self.metrics.guard.banned(reason);
         self.metrics.guard.active.store(self.bans.len() as u64, Relaxed);
         self.record(BanChange::Put(record(&ban)));
-        tracing::warn!(
-            addr = %net,
-            reason = reason.as_str(),
-            duration_s = time.as_secs(),
-            offences,
-            xdp,
-            replaced,
-            "guard: source banned"
-        );
+        if reason == Reason::Manual || self.log.take(now) {
+            tracing::warn!(
+                addr = %net,
+                reason = reason.as_str(),
+                duration_s = time.as_secs(),
+                offences,
+                xdp,
+                replaced,
+                "guard: source banned"
+            );
+        }
         Ok(ban)
     }
 
@@ -365,7 +410,7 @@ impl Guard {
     fn lift(&mut self, net: &IpNet) -> Option<Ban> {
         let b = self.bans.remove(net)?;
         self.enforcer.lift(&to_prefix(net));
-        self.shared.sync(&self.bans);
+        self.shared.remove(*net);
         self.metrics.guard.active.store(self.bans.len() as u64, Relaxed);
         self.record(BanChange::Del(net.to_string()));
         Some(b)
@@ -374,15 +419,22 @@ impl Guard {
     /// Lifts the bans that ended; asks the relay for flooding media
     /// sources (at most every [`FLOOD_POLL`]) and bans them.
     pub fn tick(&mut self, now: Instant) {
+        self.log.roll(now);
         let history_cap = self.cfg.max_bans.saturating_mul(2);
         let ended = self.bans.expire(now, history_cap);
         if !ended.is_empty() {
             for b in &ended {
                 self.enforcer.lift(&to_prefix(&b.net));
+                self.shared.remove(b.net);
                 self.record(BanChange::Del(b.net.to_string()));
-                tracing::info!(addr = %b.net, reason = b.reason.as_str(), "guard: ban expired");
             }
-            self.shared.sync(&self.bans);
+            if ended.len() <= BAN_LOGS_PER_S as usize {
+                for b in &ended {
+                    tracing::info!(addr = %b.net, reason = b.reason.as_str(), "guard: ban expired");
+                }
+            } else {
+                tracing::info!(bans = ended.len(), "guard: bans expired");
+            }
             self.metrics.guard.active.store(self.bans.len() as u64, Relaxed);
         }
         if self.next_flood_poll.is_none_or(|t| now >= t) {
@@ -435,10 +487,10 @@ impl Guard {
             };
             self.bans.insert(ban);
             self.enforcer.enforce(&to_prefix(&net));
+            self.shared.add(net);
             n += 1;
         }
         if n > 0 {
-            self.shared.sync(&self.bans);
             self.metrics.guard.active.store(self.bans.len() as u64, Relaxed);
             tracing::info!(bans = n, "guard: replicated bans installed");
         }

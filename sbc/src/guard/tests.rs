@@ -277,3 +277,18 @@ fn changes_are_tracked_and_imported() {
     assert_eq!(m.guard.active.load(Relaxed), 1);
     assert!(!h.check(ip("192.0.2.3"), OPTIONS, t1));
 }
+
+#[test]
+fn ban_lines_are_rate_limited_but_every_ban_counts() {
+    let t0 = Instant::now();
+    let (mut g, m) = guard("", t0);
+    for i in 0..200u8 {
+        g.check(IpAddr::from([198, 51, 100, i]), SCANNER, t0);
+    }
+    assert_eq!(m.guard.bans_count(Reason::Scanner), 200);
+    assert_eq!(g.log.logged, BAN_LOGS_PER_S);
+    assert_eq!(g.log.suppressed, 200 - u64::from(BAN_LOGS_PER_S));
+    g.tick(t0 + Duration::from_secs(1));
+    assert_eq!(g.log.suppressed, 0, "summed up once the second is over");
+    assert!(g.control("ban 203.0.113.1", t0 + Duration::from_secs(1)).is_some());
+}
