@@ -364,6 +364,7 @@ fn run(cfg: Config) -> Result<(), Error> {
             let r = sbc::guard::replica::BanReplica::spawn(h.redis, &h.key_prefix, Arc::clone(&shutdown))
                 .map_err(|source| Error::Spawn { name: "sbc-bans", source })?;
             proxy.guard_mut().track_changes();
+            proxy.guard_mut().load_asked(Instant::now());
             r.request_load();
             Some(r)
         }
@@ -498,6 +499,7 @@ fn run(cfg: Config) -> Result<(), Error> {
                             proxy.stand_down();
                         } else if let Some(r) = &ban_replica {
                             // The bans the old active placed.
+                            proxy.guard_mut().load_asked(Instant::now());
                             r.request_load();
                         }
                         proxy.set_active(active);

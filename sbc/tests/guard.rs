@@ -220,6 +220,7 @@ fn bans_are_replicated_through_redis_and_survive_a_new_node() {
     let later = now + Duration::from_secs(100);
     let mut gb = sbc::guard::Guard::new(&cfg, Arc::new(sbc::metrics::SbcMetrics::default()), later, unix + 100);
     gb.track_changes();
+    gb.load_asked(later);
     assert_eq!(gb.import(&wait_loaded(&b), later), 2);
     assert!(!gb.check("192.0.2.1".parse().unwrap(), b"OPTIONS sip:x SIP/2.0\r\n\r\n", later));
     assert!(!gb.check("198.51.100.77".parse().unwrap(), b"OPTIONS sip:x SIP/2.0\r\n\r\n", later));

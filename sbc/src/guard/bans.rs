@@ -68,6 +68,8 @@ pub struct Ban {
     pub net: IpNet,
     /// Why.
     pub reason: Reason,
+    /// When it was placed (or installed from the replicated list).
+    pub placed: Instant,
     /// When it ends.
     pub until: Instant,
     /// When it ends, Unix seconds (replicated).
@@ -273,7 +275,7 @@ mod tests {
     use super::*;
 
     fn ban(net: &str, until: Instant, offences: u32) -> Ban {
-        Ban { net: net.parse().unwrap(), reason: Reason::Rate, until, until_unix: 0, offences }
+        Ban { net: net.parse().unwrap(), reason: Reason::Rate, placed: until, until, until_unix: 0, offences }
     }
 
     #[test]
@@ -348,6 +350,7 @@ mod tests {
             t.insert(Ban {
                 net: IpNet::from(IpAddr::V4(ip)),
                 reason: Reason::Scanner,
+                placed: t0,
                 until: t0,
                 until_unix: 0,
                 offences: 1,

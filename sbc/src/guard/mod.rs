@@ -166,6 +166,9 @@ pub struct Guard {
     changes: Option<Vec<BanChange>>,
     next_flood_poll: Option<Instant>,
     log: LogBudget,
+    /// When the replicated list now being loaded was asked for: bans
+    /// placed since are not in it.
+    load_asked: Option<Instant>,
 }
 
 impl Guard {
@@ -191,6 +194,7 @@ impl Guard {
             changes: None,
             next_flood_poll: None,
             log: LogBudget::default(),
+            load_asked: None,
         }
     }
 
@@ -375,7 +379,8 @@ impl Guard {
                 self.lift(&old);
             }
         }
-        let ban = Ban { net, reason, until: now + time, until_unix: self.unix(now) + time.as_secs(), offences };
+        let until_unix = self.unix(now) + time.as_secs();
+        let ban = Ban { net, reason, placed: now, until: now + time, until_unix, offences };
         let replaced = self.bans.insert(ban.clone()).is_some();
         if net.prefix_len() == net.max_prefix_len() {
             self.sources.forget(net.addr());
@@ -464,15 +469,29 @@ impl Guard {
         }
     }
 
-    /// Installs replicated bans (at start, or on an HA takeover): the ones
-    /// still running and not already in force, never a `never_ban` one.
-    /// Returns how many were installed.
+    /// Notes that the replicated list was asked for at `now` (call it
+    /// when asking): bans placed after are kept by the next
+    /// [`import`](Self::import) even though the list lacks them.
+    pub fn load_asked(&mut self, now: Instant) {
+        self.load_asked = Some(now);
+    }
+
+    /// Takes the replicated ban list (at start, or on an HA takeover) as
+    /// the truth: installs the bans still running that are not in force
+    /// here (never a `never_ban` one), and lifts the ones in force here,
+    /// placed before the list was asked for, that it no longer holds
+    /// (lifted or ended on the other node). Returns how many were installed.
     pub fn import(&mut self, records: &[BanRecord], now: Instant) -> usize {
         let unix_now = self.unix(now);
         let mut n = 0;
+        let mut held = std::collections::HashSet::new();
         for r in records {
             let Ok(net) = r.net.parse::<IpNet>().map(canonical) else { continue };
-            if r.until <= unix_now || self.bans.get(&net).is_some_and(|b| b.until_unix >= r.until) {
+            if r.until <= unix_now {
+                continue;
+            }
+            held.insert(net);
+            if self.bans.get(&net).is_some_and(|b| b.until_unix >= r.until) {
                 continue;
             }
             if self.cfg.never_ban.iter().any(|n| n.contains(&net.network()) || net.contains(&n.network())) {
@@ -481,6 +500,7 @@ impl Guard {
             let ban = Ban {
                 net,
                 reason: Reason::parse(&r.reason),
+                placed: now,
                 until: now + Duration::from_secs(r.until - unix_now),
                 until_unix: r.until,
                 offences: r.offences.max(1),
@@ -490,9 +510,17 @@ impl Guard {
             self.shared.add(net);
             n += 1;
         }
-        if n > 0 {
-            self.metrics.guard.active.store(self.bans.len() as u64, Relaxed);
-            tracing::info!(bans = n, "guard: replicated bans installed");
+        let asked = self.load_asked.take().unwrap_or(now);
+        let gone: Vec<IpNet> =
+            self.bans.list().iter().filter(|b| b.placed < asked && !held.contains(&b.net)).map(|b| b.net).collect();
+        for net in &gone {
+            self.bans.remove(net);
+            self.enforcer.lift(&to_prefix(net));
+            self.shared.remove(*net);
+        }
+        self.metrics.guard.active.store(self.bans.len() as u64, Relaxed);
+        if n > 0 || !gone.is_empty() {
+            tracing::info!(installed = n, lifted = gone.len(), "guard: replicated ban list applied");
         }
         n
     }

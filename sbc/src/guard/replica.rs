@@ -88,6 +88,7 @@ fn unix_now() -> u64 {
 impl Worker {
     fn run(mut self, rx: &Receiver<Op>, loaded: &Sender<Vec<BanRecord>>, shutdown: &AtomicBool) {
         let mut wait = Duration::from_millis(200);
+        let mut failing = false;
         while !shutdown.load(Relaxed) {
             match rx.recv_timeout(wait) {
                 Ok(op) => self.take(op),
@@ -102,9 +103,16 @@ impl Worker {
                 continue;
             }
             match self.flush(loaded) {
-                Ok(()) => wait = Duration::from_millis(200),
+                Ok(()) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("guard: ban replication resumed");
+                    }
+                    wait = Duration::from_millis(200);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, pending = self.pending.len(), "guard: bans not replicated yet (Redis)");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, pending = self.pending.len(), "guard: bans not replicated (Redis); retrying every second");
+                    }
                     wait = RETRY;
                 }
             }

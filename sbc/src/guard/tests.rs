@@ -266,6 +266,7 @@ fn changes_are_tracked_and_imported() {
     // Another node's records, 10 s later on the wall clock.
     let t1 = t0 + Duration::from_secs(40);
     let (mut h, m) = guard("", t0);
+    h.track_changes();
     let recs = vec![
         BanRecord { net: "192.0.2.3/32".into(), reason: "auth".into(), until: UNIX0 + 100, offences: 2 },
         BanRecord { net: "192.0.2.4/32".into(), reason: "rate".into(), until: UNIX0 + 20, offences: 1 },
@@ -276,6 +277,22 @@ fn changes_are_tracked_and_imported() {
     assert_eq!((b.reason, b.offences, b.until.duration_since(t1).as_secs()), (Reason::Auth, 2, 60));
     assert_eq!(m.guard.active.load(Relaxed), 1);
     assert!(!h.check(ip("192.0.2.3"), OPTIONS, t1));
+    // A later list without it (lifted on the other node) lifts it here.
+    let rec = Arc::new(Recorder::default());
+    h.set_enforcer(rec.clone());
+    let t2 = t1 + Duration::from_secs(1);
+    h.load_asked(t2);
+    assert!(!h.check(ip("192.0.2.5"), SCANNER, t2 + Duration::from_millis(5)), "banned while the list loads");
+    assert_eq!(h.import(&recs[1..], t2 + Duration::from_millis(10)), 0);
+    assert!(h.ban_of(ip("192.0.2.5")).is_some(), "a ban placed after the list was asked for stays");
+    assert!(h.ban_of(ip("192.0.2.3")).is_none() && h.check(ip("192.0.2.3"), OPTIONS, t1));
+    assert_eq!(*rec.lifted.lock().unwrap(), vec!["192.0.2.3/32".to_string()]);
+    assert_eq!(m.guard.active.load(Relaxed), 1);
+    let changes = h.take_changes();
+    assert!(
+        changes.len() == 1 && matches!(&changes[0], BanChange::Put(r) if r.net == "192.0.2.5/32"),
+        "only the new ban is written, nothing for the imported or lifted ones: {changes:?}"
+    );
 }
 
 #[test]
