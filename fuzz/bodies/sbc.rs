@@ -14,6 +14,11 @@ pub fn sip_message(data: &[u8]) {
         let _ = msg.validate();
     }
     let _ = sbc::sip::keepalive_len(data);
+    // The guard's scan before any parse (first line, User-Agent).
+    let _ = sbc::guard::peek::kind(data);
+    if let Some(ua) = sbc::guard::peek::user_agent(data) {
+        let _ = sbc::guard::peek::matches_any(ua, &["friendly-scanner".to_owned()]);
+    }
     // The header-value parsers, on the whole input as one value.
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = sbc::sip::Uri::parse(text);

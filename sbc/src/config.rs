@@ -10,6 +10,7 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod auth;
+mod guard;
 mod ha;
 mod limits;
 mod messages;
@@ -20,6 +21,7 @@ mod trunks;
 
 pub use auth::{AuthConfig, Secret};
 pub use messages::MessagesConfig;
+pub use guard::{GuardConfig, RateLimit, DEFAULT_SCANNERS};
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
 pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
@@ -170,6 +172,8 @@ pub struct Config {
     /// Caps on registrations, transactions, dialogs and media sessions
     /// (the `max_*` keys of `[limits]`).
     pub caps: crate::caps::Caps,
+    /// Per-source rate limits and bans (`[guard]`).
+    pub guard: GuardConfig,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +207,7 @@ struct File {
     limits: limits::RawLimits,
     #[serde(default)]
     messages: messages::RawMessages,
+    guard: guard::RawGuard,
 }
 
 #[derive(Deserialize)]
@@ -460,6 +465,7 @@ impl Config {
         }
         let msg_limits = limits::parse_limits(&f.limits, f.sip.max_message_size)?;
         let caps = limits::parse_caps(&f.limits)?;
+        let guard = guard::parse_guard(f.guard)?;
         let r = f.registrar;
         if r.min_expires > r.max_expires || r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
@@ -554,6 +560,7 @@ impl Config {
             limits: msg_limits,
             messages: messages::parse_messages(f.messages)?,
             caps,
+            guard,
         })
     }
 

@@ -7,6 +7,7 @@
 //! - [`transport`]: UDP and TCP sockets and stream framing.
 //! - [`ha`]: the active/standby pair (Redis lease, replication, virtual IP).
 //! - [`auth`]: HTTP Digest (challenges, credentials, hashes).
+//! - [`guard`]: per-source rate limits and bans, checked before parsing.
 //! - [`location`]: registered bindings. [`config`], [`cdr`], [`metrics`].
 //! - [`spool`]: the durable store-and-forward spool (segment files of
 //!   checksummed records).
@@ -19,6 +20,7 @@ pub mod cdr;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod guard;
 pub mod ha;
 pub mod health;
 pub mod location;

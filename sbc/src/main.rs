@@ -46,7 +46,8 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `ha`, `failover`.
+    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `ha`, `failover`,
+    /// `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`.
     Ctl {
         /// The control socket (default: `control.socket` of the config).
         #[arg(long)]
@@ -54,8 +55,8 @@ enum Cmd {
         /// Config whose `control.socket` to use.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The command words.
-        #[arg(required = true, num_args = 1..)]
+        /// The command words (`--for` of `ban` included).
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
     /// Read a password from stdin and print the users file line for USER.
@@ -347,6 +348,29 @@ fn run(cfg: Config) -> Result<(), Error> {
     if let Some(a) = &cfg.auth {
         tracing::info!(realm = %a.realm, users = a.users.len(), "digest authentication on");
     }
+    // The source guard's bans are checked on every SIP datagram and at
+    // TCP/TLS accept, before anything is copied or parsed.
+    let bans = proxy.guard().shared();
+    let guard_metrics = Arc::clone(&metrics);
+    transport.set_guard(Box::new(move |ip| {
+        let allowed = !bans.is_banned(ip);
+        if !allowed {
+            guard_metrics.guard.dropped(sbc::guard::DropReason::Banned);
+        }
+        allowed
+    }));
+    // With HA, bans are replicated through Redis and loaded at start.
+    let ban_replica = match &cfg.ha {
+        Some(h) => {
+            let r = sbc::guard::replica::BanReplica::spawn(h.redis, &h.key_prefix, Arc::clone(&shutdown))
+                .map_err(|source| Error::Spawn { name: "sbc-bans", source })?;
+            proxy.guard_mut().track_changes();
+            proxy.guard_mut().load_asked(Instant::now());
+            r.request_load();
+            Some(r)
+        }
+        None => None,
+    };
     // Without a configured secret, an HA pair shares one through Redis.
     let secret_rx = match (&cfg.ha, &cfg.auth) {
         (Some(h), Some(a)) if a.secret.is_none() => {
@@ -474,6 +498,10 @@ fn run(cfg: Config) -> Result<(), Error> {
                     ToProxy::SetActive(active) => {
                         if !active {
                             proxy.stand_down();
+                        } else if let Some(r) = &ban_replica {
+                            // The bans the old active placed.
+                            proxy.guard_mut().load_asked(Instant::now());
+                            r.request_load();
                         }
                         proxy.set_active(active);
                     }
@@ -488,6 +516,14 @@ fn run(cfg: Config) -> Result<(), Error> {
             let bindings = proxy.take_binding_changes(Instant::now());
             if !dialogs.is_empty() || !bindings.is_empty() {
                 let _ = to_ha.send(ToHa::Changes { dialogs, bindings });
+            }
+        }
+        if let Some(r) = &ban_replica {
+            for c in proxy.guard_mut().take_changes() {
+                r.send(c);
+            }
+            if let Some(records) = r.try_loaded() {
+                proxy.guard_mut().import(&records, Instant::now());
             }
         }
         let now = Instant::now();

@@ -114,6 +114,8 @@ pub struct SbcMetrics {
     pub auth: crate::auth::AuthMetrics,
     /// MESSAGE store-and-forward counters.
     pub messages: crate::messages::MessageMetrics,
+    /// The source guard's drops and bans (`sbc_guard_*`).
+    pub guard: crate::guard::GuardMetrics,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -409,6 +411,7 @@ impl SbcMetrics {
         }
         self.auth.render(&mut o);
         self.messages.render(&mut o);
+        self.guard.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,

@@ -572,11 +572,22 @@ fn planned_handover_with_ctl_failover() {
         let r = lab.report("caller");
         r.len() == n && r.iter().all(|c| c["rtp_received"].as_u64().unwrap_or(0) > 20)
     }));
+    // A ban placed on the active is replicated through Redis.
+    let banned = lab.ctl("a", &["ban", "192.0.2.77", "--for", "1h"]);
+    assert!(banned.starts_with("ok"), "ctl ban: {banned}");
     let out = lab.ctl("a", &["failover"]);
     assert!(out.starts_with("ok"), "ctl failover: {out}");
     assert!(lab.holds_vip("b") || wait(Duration::from_secs(2), || lab.holds_vip("b")));
     assert!(!lab.holds_vip("a"));
     assert!(lab.ctl("a", &["ha"]).contains("role standby"));
+    // The new active has it, with its remaining time.
+    assert!(
+        wait(Duration::from_secs(3), || lab.ctl("b", &["bans"]).contains("192.0.2.77/32")),
+        "the ban did not reach the new active: {}",
+        lab.ctl("b", &["bans"])
+    );
+    let line = lab.ctl("b", &["bans"]).lines().find(|l| l.starts_with("192.0.2.77/32")).unwrap_or_default().to_owned();
+    assert!(line.contains("manual") && (3500..=3600).any(|s| line.contains(&format!(" {s} "))), "{line}");
     assert!(lab.procs[caller].wait_exit(Duration::from_secs(30)));
     settle(&lab);
     let text = check_calls("planned handover", &lab.report("caller"), &lab.report("callee"), n);

@@ -68,6 +68,8 @@ pub struct Proxy {
     edge: hiding::Boundary,
     /// The time of the latest input (for the edge's bookkeeping on output).
     clock: Instant,
+    /// Per-source rate limits and bans, checked before anything else.
+    guard: crate::guard::Guard,
 }
 
 impl Proxy {
@@ -87,7 +89,10 @@ impl Proxy {
         let mut txn = Endpoint::new(timer_cfg, Arc::clone(&metrics), seed);
         txn.set_limits(cfg.limits);
         txn.set_caps(cfg.caps);
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let guard = crate::guard::Guard::new(&cfg, Arc::clone(&metrics), Instant::now(), unix);
         Self {
+            guard,
             txn,
             core: Core::new(cfg, media, metrics, cdr),
             acl: acl::Gate::default(),
@@ -114,6 +119,11 @@ impl Proxy {
     /// Handles one message from the network.
     pub fn handle(&mut self, inbound: Inbound, now: Instant) {
         self.clock = now;
+        // Bans and rate limits, before anything is parsed.
+        let src = inbound.src.ip();
+        if !self.guard.check(src, &inbound.data, now) {
+            return;
+        }
         match self.acl.check(&self.core.cfg, &self.core.metrics, &inbound, now) {
             acl::Verdict::Pass => {}
             acl::Verdict::Drop => return,
@@ -124,12 +134,37 @@ impl Proxy {
         }
         // Message limits, before any state (Call-ID mapping, transaction).
         if !self.txn.admit(&inbound) {
+            self.guard.after(src, true, 0, now);
             return;
         }
+        let before = self.guard_feedback();
         let inbound = self.edge.inbound(&self.core.cfg, inbound, now);
         self.txn.handle(inbound, now);
         self.run_events(now);
         self.core.update_gauges(&self.txn);
+        let after = self.guard_feedback();
+        self.guard.after(src, after.0 > before.0, after.1.saturating_sub(before.1), now);
+    }
+
+    /// Counts the guard learns from around one message: parse errors, and
+    /// failed authentications (wrong password or unknown user, a REGISTER
+    /// for an AOR the user does not own, REGISTERs refused 403/404).
+    fn guard_feedback(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.core.metrics;
+        let auth = m.auth.failures.load(Relaxed) + m.auth.forbidden.load(Relaxed);
+        (m.parse_errors.load(Relaxed), auth + m.guard.register_refused.load(Relaxed))
+    }
+
+    /// The source guard (bans, rate limits).
+    #[must_use]
+    pub fn guard(&self) -> &crate::guard::Guard {
+        &self.guard
+    }
+
+    /// The source guard, to set its enforcer, track or import bans.
+    pub fn guard_mut(&mut self) -> &mut crate::guard::Guard {
+        &mut self.guard
     }
 
     /// Fires every timer due at `now`.
@@ -142,6 +177,7 @@ impl Proxy {
         self.core.on_timer(&mut self.txn, now);
         self.run_events(now);
         self.core.update_gauges(&self.txn);
+        self.guard.tick(now);
     }
 
     /// The transport could not deliver to `dest` over `proto` from `realm`
@@ -219,8 +255,11 @@ impl Proxy {
     }
 
     /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`.
+    /// `sbc ctl` commands: `trunks`, `trunk NAME up|down|auto`, `bans`,
+    /// `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`.
     pub fn control(&mut self, line: &str) -> String {
-        self.core.control(line)
+        let now = self.clock.max(Instant::now());
+        self.guard.control(line, now).unwrap_or_else(|| self.core.control(line))
     }
 
     /// Hands every pending transaction event to the call layer.

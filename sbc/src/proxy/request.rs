@@ -57,6 +57,8 @@ impl Core {
             let o = register::register(&self.cfg, &mut self.location, &msg, src, proto, realm, now);
             if o.code == 200 {
                 self.metrics.registrations.fetch_add(1, Relaxed);
+            } else if o.code == 403 || o.code == 404 {
+                self.metrics.guard.register_refused.fetch_add(1, Relaxed);
             }
             tracing::debug!(aor = ?msg.to().map(|t| t.uri.to_string()), code = o.code, src = %src, "REGISTER");
             txn.reply(key, o.code, o.reason, o.headers, now);

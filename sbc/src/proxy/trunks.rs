@@ -266,7 +266,7 @@ impl Core {
                 self.metrics.trunk_state(i, up);
                 format!("ok: trunk {name} is {}\n", self.trunks[i].health.state().as_str())
             }
-            _ => "error: commands are `trunks` and `trunk NAME up|down|auto`\n".into(),
+            _ => "error: commands are `trunks`, `trunk NAME up|down|auto`, `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`\n".into(),
         }
     }
 

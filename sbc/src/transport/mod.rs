@@ -220,6 +220,9 @@ pub struct Undelivered {
 /// Whether realm `realm` takes connections from an address (its ACL).
 pub type Admission = Box<dyn Fn(usize, IpAddr) -> bool + Send>;
 
+/// Whether a source may send at all (false: banned; the check counts it).
+pub type SourceGuard = Box<dyn Fn(IpAddr) -> bool + Send>;
+
 /// One realm's sockets.
 struct RealmSockets {
     udp: UdpSocket,
@@ -246,6 +249,8 @@ pub struct Transport {
     accepted: usize,
     /// The realms' ACLs, checked at accept (none: every source).
     admission: Option<Admission>,
+    /// The guard's ban check, before anything else (none: every source).
+    guard: Option<SourceGuard>,
     /// Stream connection to a peer, by (realm, transport, peer).
     by_peer: HashMap<(usize, Proto, SocketAddr), Token>,
     /// Peers whose connection to us closed, and when: never dialled.
@@ -313,6 +318,7 @@ impl Transport {
             per_ip: HashMap::new(),
             accepted: 0,
             admission: None,
+            guard: None,
             by_peer: HashMap::new(),
             gone: HashMap::new(),
             closed_flows: Vec::new(),
@@ -356,6 +362,11 @@ impl Transport {
     /// connection from a source it denies is closed at once.
     pub fn set_admission(&mut self, admission: Admission) {
         self.admission = Some(admission);
+    }
+
+    /// Sets the guard's ban check, made on each datagram and at accept.
+    pub fn set_guard(&mut self, guard: SourceGuard) {
+        self.guard = Some(guard);
     }
 
     /// A waker that makes a blocked [`poll`](Self::poll) return.
@@ -471,6 +482,9 @@ impl Transport {
             match r.udp.try_io(|| crate::sys::recv_counting_drops(&r.udp, rbuf)) {
                 Ok((n, src, drops)) => {
                     r.rxq_drops = drops.unwrap_or(r.rxq_drops);
+                    if self.guard.as_ref().is_some_and(|allowed| !allowed(src.ip())) {
+                        continue;
+                    }
                     if n > self.max_msg {
                         self.drops.oversize += 1;
                         tracing::debug!(%src, "datagram over max_message_size dropped");
@@ -495,6 +509,9 @@ impl Transport {
             match l.accept() {
                 Ok((stream, peer)) => {
                     let ip = peer.ip().to_canonical();
+                    if self.guard.as_ref().is_some_and(|allowed| !allowed(ip)) {
+                        continue; // banned: closed at once
+                    }
                     if self.admission.as_ref().is_some_and(|permits| !permits(realm, ip)) {
                         self.stats.acl_denied += 1;
                         tracing::debug!(%peer, realm, "connection closed: the realm's ACL denies the source");

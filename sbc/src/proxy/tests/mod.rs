@@ -10,6 +10,7 @@ mod call;
 mod cancel;
 mod caps;
 mod failover;
+mod guard;
 mod ha_state;
 mod limits;
 mod messages;
