@@ -20,8 +20,8 @@ mod trunk_auth;
 mod trunks;
 
 pub use auth::{AuthConfig, Secret};
-pub use messages::MessagesConfig;
 pub use guard::{GuardConfig, RateLimit, DEFAULT_SCANNERS};
+pub use messages::MessagesConfig;
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
 pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
@@ -207,6 +207,7 @@ struct File {
     limits: limits::RawLimits,
     #[serde(default)]
     messages: messages::RawMessages,
+    #[serde(default)]
     guard: guard::RawGuard,
 }
 

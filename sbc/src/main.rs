@@ -345,6 +345,9 @@ fn run(cfg: Config) -> Result<(), Error> {
     let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
     proxy.open_message_spool()?;
+    // Bans also go into the XDP program on the AF_XDP datapath, and the
+    // relay's media-flood reports become bans.
+    proxy.guard_mut().set_enforcer(Arc::clone(&relay) as Arc<dyn sbc::guard::BanEnforcer>);
     if let Some(a) = &cfg.auth {
         tracing::info!(realm = %a.realm, users = a.users.len(), "digest authentication on");
     }

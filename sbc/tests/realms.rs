@@ -786,6 +786,51 @@ fn calls_on_af_xdp(tag: &str, outside: Outside) {
     assert!(kernel < relayed / 2.0, "most media left from the AF_XDP rings: {kernel} of {relayed} through the kernel");
     assert!(handoff >= 10.0, "SIP to both realms' sockets came through the XDP handoff: {handoff}");
     assert_none(&problems);
+    scanner_dies_in_xdp(&t);
+}
+
+/// A scanner's OPTIONS (User-Agent friendly-scanner) from the PBX's address
+/// gets it banned by the guard; the ban goes into the XDP program, so what
+/// that address sends next is dropped in the driver and never reaches the
+/// sbc, while the phone beside it is still answered.
+fn scanner_dies_in_xdp(t: &Test) {
+    let (xdp_before, guard_before) = (
+        t.metric("media_relay_xdp_packets_total{verdict=\"dropped_banned\"}"),
+        t.metric("sbc_guard_dropped_total{reason=\"banned\"}"),
+    );
+    let sbc = sa(realms::SBC_INSIDE, SIP_PORT);
+    let answered = t.lab.run_in(Host::Inside, move || {
+        let s = std::net::UdpSocket::bind(sa(realms::PBX, 0)).expect("bind the scanner");
+        s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let port = s.local_addr().expect("addr").port();
+        let mut answered = 0;
+        for n in 0..21 {
+            let ua = if n == 0 { "User-Agent: friendly-scanner\r\n" } else { "" };
+            let m = format!(
+                "OPTIONS sip:100@{sbc} SIP/2.0\r\nVia: SIP/2.0/UDP {pbx}:{port};branch=z9hG4bKscan{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:100@{pbx}>;tag=s{n}\r\nTo: <sip:100@{sbc}>\r\n\
+                 Call-ID: scan{n}\r\nCSeq: 1 OPTIONS\r\n{ua}Content-Length: 0\r\n\r\n",
+                pbx = realms::PBX
+            );
+            s.send_to(m.as_bytes(), sbc).expect("send");
+            let mut buf = [0u8; 2048];
+            answered += usize::from(s.recv(&mut buf).is_ok());
+        }
+        answered
+    });
+    let xdp = t.metric("media_relay_xdp_packets_total{verdict=\"dropped_banned\"}") - xdp_before;
+    let guard = t.metric("sbc_guard_dropped_total{reason=\"banned\"}") - guard_before;
+    eprintln!("scanner: {answered} answers, {xdp} packets dropped in XDP, {guard} dropped by the sbc's guard");
+    assert_eq!(answered, 0, "the scanner got answers");
+    assert_eq!(t.metric("sbc_guard_bans_total{reason=\"scanner\"}"), 1.0, "one scanner ban");
+    assert!(xdp >= 20.0, "the banned address's 20 later OPTIONS die in XDP: {xdp}");
+    // The scanner's own request is the one the guard dropped (and counts as
+    // banned); none of the later ones reached the sbc.
+    assert!(guard <= 1.0, "the later OPTIONS reached the sbc: {guard} dropped there");
+    let got = t
+        .lab
+        .run_in(Host::Inside, move || testkit::sip::sip_options_from(ip(realms::PHONE), sbc, Duration::from_secs(2)));
+    assert!(got.as_deref().is_some_and(|s| s.starts_with("SIP/2.0 200")), "the phone beside it: {got:?}");
 }
 
 #[test]

@@ -22,13 +22,15 @@
 //!
 //! Files: `bucket` (token bucket, windows), `sources` (bounded per-source
 //! state), `bans` (the ban list), `peek` (the pre-parse scan), `metrics`,
-//! `ctl` (`sbc ctl bans|ban|unban`), `replica` (Redis).
+//! `ctl` (`sbc ctl bans|ban|unban`), `replica` (Redis), `relay` (the embedded
+//! relay as the enforcer: XDP bans, media-flood reports).
 
 mod bans;
 mod bucket;
 mod ctl;
 mod metrics;
 pub mod peek;
+mod relay;
 pub mod replica;
 mod sources;
 
