@@ -34,6 +34,9 @@ check_pkg baresip-core baresip
 check_pkg clang clang
 [ -f /usr/include/bpf/bpf_helpers.h ] || need_pkgs+=(libbpf-dev)
 
+# The package test verifies the systemd units offline.
+check_pkg systemd systemd-analyze
+
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing ${need_pkgs[*]}"
@@ -43,6 +46,13 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   else
     echo "warning: missing packages ${need_pkgs[*]} and cannot apt-get install them (not root?)" >&2
   fi
+fi
+
+# The package test builds the .deb with cargo-deb (a cargo subcommand from
+# crates.io).
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  log "installing cargo-deb"
+  cargo install cargo-deb --locked --version 3.8.0 --quiet
 fi
 
 filter=()
