@@ -443,12 +443,20 @@ fn run(cfg: Config) -> Result<(), Error> {
         for ring in &mut sip_rings {
             while let Ok(d) = ring.pop() {
                 // The realm whose SIP socket the datagram was addressed to.
-                let realm = cfg
-                    .realms
-                    .iter()
-                    .position(|r| r.listen == d.dst)
-                    .or_else(|| cfg.realms.iter().position(|r| r.listen.port() == d.dst.port()))
-                    .unwrap_or(0);
+                // The XDP program steers by port alone: a datagram for an
+                // address no realm listens on (a scanner sweeping the
+                // subnet through us) is dropped and counted, as the kernel
+                // would have dropped it on the socket datapath.
+                let Some(realm) = cfg.realms.iter().position(|r| r.listen == d.dst).or_else(|| {
+                    cfg.realms.iter().position(|r| {
+                        r.listen.port() == d.dst.port()
+                            && (r.listen.ip().is_unspecified() || r.listen.ip() == d.dst.ip())
+                    })
+                }) else {
+                    metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(src = %d.src, dst = %d.dst, "SIP handed over for an address no realm listens on: dropped");
+                    continue;
+                };
                 let data = d.payload().to_vec();
                 inbound.push(sbc::transport::Inbound { data, src: d.src, proto: Proto::Udp, realm });
             }
