@@ -12,6 +12,7 @@ use serde::Deserialize;
 mod auth;
 mod ha;
 mod limits;
+mod media_relays;
 mod messages;
 mod policy;
 mod tls;
@@ -25,6 +26,8 @@ pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
 
 pub use trunks::{Route, Trunk, TrunkTransport};
+
+pub use media_relays::MediaRelayConfig;
 
 /// The configuration `sbc run` uses without `--config`.
 pub const DEFAULT_TOML: &str = include_str!("../config/sbc.toml");
@@ -170,6 +173,9 @@ pub struct Config {
     /// Caps on registrations, transactions, dialogs and media sessions
     /// (the `max_*` keys of `[limits]`).
     pub caps: crate::caps::Caps,
+    /// Remote media relays driven over ng (`[[media_relay]]`); empty: the
+    /// embedded relay.
+    pub media_relays: Vec<MediaRelayConfig>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +209,8 @@ struct File {
     limits: limits::RawLimits,
     #[serde(default)]
     messages: messages::RawMessages,
+    #[serde(default)]
+    media_relay: Vec<media_relays::RawMediaRelay>,
 }
 
 #[derive(Deserialize)]
@@ -554,6 +562,7 @@ impl Config {
             limits: msg_limits,
             messages: messages::parse_messages(f.messages)?,
             caps,
+            media_relays: media_relays::parse_media_relays(&f.media_relay)?,
         })
     }
 
