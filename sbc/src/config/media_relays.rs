@@ -95,3 +95,50 @@ pub(super) fn parse_media_relays(raw: &[RawMediaRelay]) -> Result<Vec<MediaRelay
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, DEFAULT_TOML};
+
+    fn with(tables: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("{DEFAULT_TOML}\n{tables}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn none_means_the_embedded_relay() {
+        assert!(with("").unwrap().media_relays.is_empty());
+    }
+
+    #[test]
+    fn tables_parse_with_defaults() {
+        let c = with(
+            "[[media_relay]]\nng = \"10.0.0.5:2223\"\n\
+             [[media_relay]]\nname = \"b\"\nng = \"10.0.0.6:2223\"\nweight = 3\ntimeout_ms = 600\nretransmits = 1\n",
+        )
+        .unwrap();
+        let r = &c.media_relays;
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].name.as_str(), r[0].weight, r[0].retransmits), ("10.0.0.5:2223", 1, 2));
+        assert_eq!(r[0].timeout, std::time::Duration::from_secs(1));
+        assert_eq!((r[1].name.as_str(), r[1].weight, r[1].timeout.as_millis()), ("b", 3, 600));
+    }
+
+    #[test]
+    fn bad_tables_name_the_key() {
+        for (table, key) in [
+            ("ng = \"relay:2223\"", "media_relay[0].ng"),
+            ("ng = \"0.0.0.0:2223\"", "media_relay[0].ng"),
+            ("ng = \"10.0.0.5:2223\"\ntimeout_ms = 5", "media_relay[0].timeout_ms"),
+            ("ng = \"10.0.0.5:2223\"\nretransmits = 50", "media_relay[0].retransmits"),
+            ("ng = \"10.0.0.5:2223\"\nprobe_interval_ms = 0", "media_relay[0].probe_interval_ms"),
+            ("ng = \"10.0.0.5:2223\"\nname = \"a b\"", "media_relay[0].name"),
+        ] {
+            let e = with(&format!("[[media_relay]]\n{table}\n")).unwrap_err();
+            assert!(e.contains(key), "{table}: {e}");
+        }
+        let e = with("[[media_relay]]\nng = \"10.0.0.5:2223\"\n[[media_relay]]\nng = \"10.0.0.5:2223\"\n").unwrap_err();
+        assert!(e.contains("media_relay[1]"), "{e}");
+        let e = with("[[media_relay]]\nng = \"10.0.0.5:2223\"\nwieght = 2\n").unwrap_err();
+        assert!(e.contains("wieght"), "{e}");
+    }
+}
