@@ -135,7 +135,8 @@ fn wait_ng(lab: &Lab, i: usize) {
     assert!(up, "relay {i} did not answer ng ping");
 }
 
-/// Starts the sbc in the hub with `relays` as `[[media_relay]]` tables.
+/// Starts the sbc in the hub with `relays` as `[[media_relay]]` tables
+/// (and any `[health]` keys in front of them).
 fn start_sbc(lab: &Lab, dir: &TestDir, relays: &str) -> Proc {
     let cfg = dir.write(
         "sbc.toml",
@@ -349,5 +350,80 @@ fn a_call_with_rtp_through_rtpengine() {
     assert!(table.lines().any(|l| l.starts_with("rtpengine") && l.contains("UP")), "{table}");
     assert!(lab.metric("sbc_media_relay_requests_total", &[("relay", "rtpengine")]) >= 3.0, "{table}");
     assert_eq!(lab.metric("sbc_media_relay_errors_total", &[]), 0.0, "{table}");
+    support::lab::remove_unless_failing(dir.path());
+}
+
+/// Runs `n` calls of `secs` seconds of RTP through the sbc (sipp in the
+/// hub, local port `port`); whether all succeeded.
+fn calls(lab: &Lab, dir: &TestDir, sipp: &Sipp, port: u16, n: u32, secs: usize) -> bool {
+    let sf = uac_scenario(dir, &format!("calls{port}"), secs);
+    sipp.uac(dir.path(), SBC_SIP, "1000", port)
+        .netns(lab.hub.name())
+        .sf(&sf)
+        .media(MEDIA_IP, None)
+        .calls(n)
+        .rate(20)
+        .timeout_s(30)
+        .timeout_error()
+        .trace_err()
+        .run_ok(&format!("uac{port}"), Duration::from_secs(40))
+}
+
+#[test]
+fn a_silent_relay_costs_one_timeout_and_comes_back_after_the_hold_down() {
+    if !testkit::env::require_root_and("remote relays", &["ip", "sipp"]) {
+        return;
+    }
+    let (Some(bin), Some(sipp)) = (media_relay_bin(), Sipp::find()) else { return };
+    let dir = TestDir::new("sbc-relay-silent");
+    let lab = Lab::new(2).expect("lab");
+    let relays: Vec<Proc> = (0..2).map(|i| start_media_relay(&lab, &dir, &bin, i)).collect();
+    let tables =
+        (0..2).map(|i| format!("[[media_relay]]\nname = \"r{i}\"\nng = \"{}\"\n", ng_addr(i))).collect::<String>();
+    // The sbc's own [health] section is written by start_sbc: the relays
+    // use its defaults (3 misses DOWN, 3 answers and 10 s back UP).
+    let _sbc = start_sbc(&lab, &dir, &tables);
+    let _uas = sipp
+        .uas(dir.path(), 5070)
+        .netns(lab.hub.name())
+        .scenario("uas_echo.xml")
+        .media(MEDIA_IP, Some(6000))
+        .arg("-rtp_echo")
+        .timeout_s(90)
+        .trace_err()
+        .spawn("uas");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Relay r0 stops answering (SIGSTOP: no ICMP, its socket still takes
+    // the datagrams). The first offer to it waits out the 1 s timeout and
+    // moves to r1; r0 is DOWN from then on, so the others do not wait.
+    let pid = relays[0].child.as_ref().unwrap().id().to_string();
+    assert!(support::lab::sh(&["kill", "-STOP", &pid]));
+    let t = Instant::now();
+    assert!(calls(&lab, &dir, &sipp, 5084, 4, 1), "calls while r0 is silent");
+    let took = t.elapsed();
+    let table = ctl(&dir, "relays");
+    assert_eq!(lab.metric("sbc_media_relay_timeouts_total", &[("relay", "r0")]), 1.0, "one stall: {table}");
+    assert_eq!(lab.metric("sbc_media_relay_up", &[("relay", "r0")]), 0.0, "{table}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let r0_requests = lab.metric("sbc_media_relay_requests_total", &[("relay", "r0")]);
+    assert_eq!(r0_requests, 1.0, "only the offer that timed out went to r0: {table}");
+    let records = cdrs(&dir);
+    assert_eq!(records.len(), 4);
+    assert!(records.iter().all(|r| leg_packets(r).iter().all(|&n| n > 20)), "media through r1: {records:?}");
+
+    // r0 answers again: its probes bring it back after the hold-down, and
+    // new calls are spread over both again.
+    assert!(support::lab::sh(&["kill", "-CONT", &pid]));
+    let back = testkit::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        lab.metric("sbc_media_relay_up", &[("relay", "r0")]) == 1.0
+    });
+    assert!(back, "r0 came back UP: {}", ctl(&dir, "relays"));
+    assert!(calls(&lab, &dir, &sipp, 5086, 4, 1), "calls after r0 is back");
+    let table = ctl(&dir, "relays");
+    // Two of the four calls: offer, answer and delete each.
+    assert_eq!(lab.metric("sbc_media_relay_requests_total", &[("relay", "r0")]), r0_requests + 6.0, "{table}");
+    assert_eq!(lab.metric("sbc_media_relay_errors_total", &[]), 0.0, "{table}");
+    drop(relays);
     support::lab::remove_unless_failing(dir.path());
 }
