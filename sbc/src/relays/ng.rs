@@ -67,7 +67,8 @@ impl NgError {
 /// One relay's ng endpoint, used by one thread at a time (a lock keeps a
 /// second caller from reading the first one's reply).
 pub struct NgClient {
-    sock: Mutex<UdpSocket>,
+    /// The socket and the reply buffer.
+    io: Mutex<(UdpSocket, Vec<u8>)>,
     server: SocketAddr,
     prefix: String,
     counter: AtomicU64,
@@ -87,7 +88,7 @@ impl NgClient {
         let sock = UdpSocket::bind(bind).map_err(|source| NgError::Io { op: "bind ng client socket", source })?;
         sock.connect(server).map_err(|source| NgError::Io { op: "connect ng client socket", source })?;
         Ok(Self {
-            sock: Mutex::new(sock),
+            io: Mutex::new((sock, vec![0u8; 65_536])),
             server,
             prefix: cookie_prefix(),
             counter: AtomicU64::new(0),
@@ -118,11 +119,11 @@ impl NgClient {
         msg.extend_from_slice(cookie.as_bytes());
         msg.push(b' ');
         dict.encode(&mut msg);
-        let sock = self.sock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut io = self.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (sock, buf) = &mut *io;
         let start = Instant::now();
         let sends = self.retransmits.saturating_add(1);
         let per_send = self.timeout / sends;
-        let mut buf = vec![0u8; 65_536];
         for n in 0..sends {
             match sock.send(&msg) {
                 Ok(_) => {}
@@ -136,7 +137,7 @@ impl NgClient {
                     break;
                 }
                 sock.set_read_timeout(Some(left)).map_err(|source| NgError::Io { op: "set ng timeout", source })?;
-                let len = match sock.recv(&mut buf) {
+                let len = match sock.recv(buf) {
                     Ok(len) => len,
                     Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(NgError::Refused),
