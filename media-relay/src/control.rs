@@ -210,4 +210,14 @@ pub trait MediaControl: Send + Sync {
     /// commands). Callers that issue several commands in a row call it once
     /// at the end; a worker also picks changes up by itself within 50 ms.
     fn flush(&self) {}
+    /// The name of the relay that holds `call_id`, when the implementation
+    /// spreads calls over several relays (the sbc's pool of remote relays);
+    /// `None` for a single relay.
+    fn placement(&self, _call_id: &str) -> Option<String> {
+        None
+    }
+    /// Pins `call_id` to the relay named `relay` (an HA standby taking over
+    /// a call keeps driving the relay the call is on). Ignored by a single
+    /// relay.
+    fn place(&self, _call_id: &str, _relay: &str) {}
 }

@@ -13,6 +13,7 @@ mod auth;
 mod guard;
 mod ha;
 mod limits;
+mod media_relays;
 mod messages;
 mod policy;
 mod tls;
@@ -27,6 +28,8 @@ pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
 
 pub use trunks::{Route, Trunk, TrunkTransport};
+
+pub use media_relays::MediaRelayConfig;
 
 /// The configuration `sbc run` uses without `--config`.
 pub const DEFAULT_TOML: &str = include_str!("../config/sbc.toml");
@@ -174,6 +177,9 @@ pub struct Config {
     pub caps: crate::caps::Caps,
     /// Per-source rate limits and bans (`[guard]`).
     pub guard: GuardConfig,
+    /// Remote media relays driven over ng (`[[media_relay]]`); empty: the
+    /// embedded relay.
+    pub media_relays: Vec<MediaRelayConfig>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +215,8 @@ struct File {
     messages: messages::RawMessages,
     #[serde(default)]
     guard: guard::RawGuard,
+    #[serde(default)]
+    media_relay: Vec<media_relays::RawMediaRelay>,
 }
 
 #[derive(Deserialize)]
@@ -562,6 +570,7 @@ impl Config {
             messages: messages::parse_messages(f.messages)?,
             caps,
             guard,
+            media_relays: media_relays::parse_media_relays(&f.media_relay)?,
         })
     }
 

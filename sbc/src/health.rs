@@ -156,6 +156,19 @@ impl Health {
         None
     }
 
+    /// A failure that is proof enough on its own (a relay that left a
+    /// control request unanswered through all retransmissions): DOWN at
+    /// once, as Kamailio's rtpengine module disables such a node. The
+    /// hold-down and `up_after` probe successes still apply to come back.
+    pub fn on_hard_failure(&mut self, what: &str, now: Instant) -> Option<Transition> {
+        self.oks = 0;
+        self.fails = self.fails.saturating_add(1);
+        if self.state == State::Down {
+            return None;
+        }
+        self.go(State::Down, format!("no answer ({what})"), now)
+    }
+
     /// A successful probe (an alive OPTIONS answer).
     pub fn on_probe_ok(&mut self, what: &str, now: Instant) -> Option<Transition> {
         self.fails = 0;
@@ -295,6 +308,19 @@ mod tests {
         let t = h.on_unprobed_tick(s(t0, 10)).unwrap();
         assert_eq!(t.to, State::Up);
         assert_eq!(h.on_unprobed_tick(s(t0, 11)), None, "already UP");
+    }
+
+    #[test]
+    fn a_hard_failure_is_down_at_once_and_recovers_by_probes() {
+        let t0 = Instant::now();
+        let mut h = Health::new(HealthConfig::default());
+        let t = h.on_hard_failure("ng offer timeout", t0).unwrap();
+        assert_eq!(t.to, State::Down);
+        assert_eq!(h.on_hard_failure("again", t0), None, "already DOWN");
+        for k in 10..12 {
+            assert_eq!(h.on_probe_ok("pong", s(t0, k)), None);
+        }
+        assert_eq!(h.on_probe_ok("pong", s(t0, 12)).map(|t| t.to), Some(State::Up));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod logging;
 pub mod messages;
 pub mod metrics;
 pub mod proxy;
+pub mod relays;
 pub mod sip;
 pub mod spool;
 mod sys;

@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `ha`, `failover`,
+    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `relays`, `ha`, `failover`,
     /// `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`.
     Ctl {
         /// The control socket (default: `control.socket` of the config).
@@ -278,6 +278,14 @@ fn run(cfg: Config) -> Result<(), Error> {
     };
     let cdr = CdrWriter::open(cfg.cdr_file.as_deref()).map_err(|source| Error::OpenCdr { source })?;
     let relay = Relay::start(cfg.relay.clone())?;
+    // Remote relays over ng, when `[[media_relay]]` lists any.
+    let pool = if cfg.media_relays.is_empty() {
+        None
+    } else {
+        let p = sbc::relays::RelayPool::new(&cfg.media_relays, cfg.health.thresholds)
+            .map_err(|e| media_relay::control::RelayError::Datapath(format!("media relays: {e}")))?;
+        Some(Arc::new(p))
+    };
     let names: Vec<String> = cfg.trunks.iter().map(|t| t.name.clone()).collect();
     let metrics = Arc::new(SbcMetrics::new(&names));
     let control = match &cfg.control_socket {
@@ -291,6 +299,7 @@ fn run(cfg: Config) -> Result<(), Error> {
     if let Some(l) = metrics_sock {
         let (m, r, n, s) = (Arc::clone(&metrics), Arc::clone(&relay), Arc::clone(&ngc), Arc::clone(&shutdown));
         let hs = ha_status.clone();
+        let pm = pool.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("sbc-metrics".into())
@@ -299,6 +308,7 @@ fn run(cfg: Config) -> Result<(), Error> {
                         m.render()
                             + &media_relay::metrics::render(&r, &n)
                             + &hs.as_ref().map(|h| h.render()).unwrap_or_default()
+                            + &pm.as_ref().map(|p| p.render_metrics()).unwrap_or_default()
                     };
                     media_relay::metrics::serve_with(&l, &render, &s);
                 })
@@ -342,7 +352,18 @@ fn run(cfg: Config) -> Result<(), Error> {
             })
             .map_err(|source| Error::Spawn { name: "sbc-signals", source })?;
     }
-    let media: Arc<dyn media_relay::control::MediaControl> = relay.clone();
+    let media: Arc<dyn media_relay::control::MediaControl> = match &pool {
+        Some(p) => {
+            threads.push(
+                sbc::relays::spawn_probes(Arc::clone(p), Arc::clone(&shutdown))
+                    .map_err(|source| Error::Spawn { name: "sbc-relay-probe", source })?,
+            );
+            let names: Vec<&str> = cfg.media_relays.iter().map(|r| r.name.as_str()).collect();
+            tracing::info!(relays = ?names, "media on remote relays over ng");
+            Arc::clone(p) as Arc<dyn media_relay::control::MediaControl>
+        }
+        None => relay.clone(),
+    };
     let mut proxy = Proxy::new(Arc::clone(&cfg), media, Arc::clone(&metrics), cdr);
     proxy.open_message_spool()?;
     // Bans also go into the XDP program on the AF_XDP datapath, and the
@@ -481,6 +502,12 @@ fn run(cfg: Config) -> Result<(), Error> {
                     }
                     (Some("ha"), Some((to_ha, _))) => {
                         let _ = to_ha.send(ToHa::Status(reply));
+                    }
+                    (Some("relays"), _) => {
+                        let _ = reply.send(pool.as_ref().map_or_else(
+                            || "error: no [[media_relay]] in the configuration (media on the embedded relay)\n".into(),
+                            |p| p.table(),
+                        ));
                     }
                     (Some("failover" | "ha"), None) => {
                         let _ = reply.send("error: no [ha] section in the configuration\n".into());

@@ -129,6 +129,9 @@ pub struct Dialog {
     /// from the callee: a 2xx retransmitted after its transaction is gone
     /// goes up with them.
     pub caller_vias: Vec<String>,
+    /// The remote media relay the call is on (`[[media_relay]]` name);
+    /// `None` with the embedded relay or before the offer.
+    pub relay: Option<String>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -255,6 +258,10 @@ pub struct DialogRecord {
     /// shifted by `n` (challenges answered for it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cseq_offsets: Vec<(String, u32)>,
+    /// The remote media relay the call is on: the new active keeps driving
+    /// it after a takeover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 fn proto_name(p: Proto) -> String {
@@ -296,6 +303,7 @@ impl Dialog {
             caller_vias: self.caller_vias.clone(),
             external_call_id: None,
             cseq_offsets: Vec::new(),
+            relay: self.relay.clone(),
         }
     }
 
@@ -341,6 +349,7 @@ impl Dialog {
             caller_contact: r.caller_contact.clone(),
             callee_contact: r.callee_contact.clone(),
             caller_vias: r.caller_vias.clone(),
+            relay: r.relay.clone(),
         }
     }
 }

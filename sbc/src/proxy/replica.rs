@@ -102,6 +102,10 @@ impl Proxy {
         let mut r = d.record(trunk);
         r.external_call_id = self.edge.external_of(&d.call_id).map(str::to_owned);
         r.cseq_offsets = self.core.carrier.offsets_of(&d.call_id, d.sender_tags());
+        // A late offer places the call after the dialog was made.
+        if r.relay.is_none() {
+            r.relay = self.core.media.placement(&d.call_id);
+        }
         r
     }
 
@@ -133,6 +137,10 @@ impl Proxy {
             }
             for (tag, offset) in &r.cseq_offsets {
                 self.core.carrier.restore_offset(&r.call_id, tag, *offset, now);
+            }
+            // The call's media stays on its remote relay.
+            if let Some(relay) = &r.relay {
+                self.core.media.place(&r.call_id, relay);
             }
             self.core.dialogs.insert(Dialog::from_record(&r, trunk, now, wall));
             n += 1;

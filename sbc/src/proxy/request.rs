@@ -162,6 +162,7 @@ impl Core {
                 caller_contact: None,
                 callee_contact: None,
                 caller_vias: Vec::new(),
+                relay: None,
             });
             // Anchor the offer once, toward the first target's realm; every
             // branch in that realm carries the same relay SDP.
@@ -172,6 +173,12 @@ impl Core {
                 self.end_call(msg.call_id().unwrap_or_default(), EndReason::Failed, 503, now);
                 txn.reply(key, 503, "Service Unavailable - Media Relay", vec![Header::new("Retry-After", "5")], now);
                 return;
+            }
+            // A remote relay holds the call from now on: the dialog says which.
+            let call_id = msg.call_id().unwrap_or_default();
+            let relay = self.media.placement(call_id);
+            if let (Some(d), Some(_)) = (self.dialogs.get_mut(call_id), &relay) {
+                d.relay = relay;
             }
         }
         let targets = targets.into_iter().collect();

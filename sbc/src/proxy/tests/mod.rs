@@ -17,6 +17,7 @@ mod messages;
 mod noack;
 mod policy;
 mod realms;
+mod relay_pin;
 mod sip;
 mod trunk_auth;
 
@@ -62,6 +63,11 @@ pub(super) struct FakeRelay {
     pub(super) deleted: Mutex<Vec<String>>,
     /// The ng `direction` of every offer, in order.
     pub(super) directions: Mutex<Vec<[Option<String>; 2]>>,
+    /// Standing for a pool of remote relays: the relay every offered call
+    /// is placed on (`None`: a single relay, no placement).
+    pub(super) remote: Mutex<Option<String>>,
+    /// Calls pinned with `place`, and calls placed by an offer.
+    pub(super) placed: Mutex<HashMap<String, String>>,
 }
 
 impl FakeRelay {
@@ -87,6 +93,9 @@ impl MediaControl for FakeRelay {
     fn offer(&self, req: &SdpRequest<'_>) -> Result<Vec<u8>, RelayError> {
         self.record("offer", req);
         self.directions.lock().unwrap().push(req.opts.direction.clone());
+        if let Some(r) = self.remote.lock().unwrap().clone() {
+            self.placed.lock().unwrap().entry(req.call_id.to_owned()).or_insert(r);
+        }
         Ok(self.rewrite(req.call_id, req.from_tag))
     }
 
@@ -110,6 +119,14 @@ impl MediaControl for FakeRelay {
 
     fn totals(&self) -> RelayTotals {
         RelayTotals::default()
+    }
+
+    fn placement(&self, call_id: &str) -> Option<String> {
+        self.placed.lock().unwrap().get(call_id).cloned()
+    }
+
+    fn place(&self, call_id: &str, relay: &str) {
+        self.placed.lock().unwrap().insert(call_id.to_owned(), relay.to_owned());
     }
 }
 
