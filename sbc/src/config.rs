@@ -10,6 +10,7 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod auth;
+mod cdr;
 mod ha;
 mod limits;
 mod policy;
@@ -18,6 +19,7 @@ mod trunk_auth;
 mod trunks;
 
 pub use auth::{AuthConfig, Secret};
+pub use cdr::{CdrPostgres, CdrSpool};
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
 pub use tls::SipTls;
 pub use trunk_auth::{TrunkAuth, TrunkRegister};
@@ -163,6 +165,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// Message limits (`[limits]`).
     pub limits: crate::sip::Limits,
+    /// The CDR spool and its PostgreSQL forwarder (`[cdr] spool_dir`).
+    pub cdr_spool: Option<CdrSpool>,
 }
 
 #[derive(Deserialize)]
@@ -178,7 +182,7 @@ struct File {
     #[serde(default)]
     route: Vec<trunks::RawRoute>,
     #[serde(default)]
-    cdr: RawCdr,
+    cdr: cdr::RawCdr,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
@@ -353,13 +357,6 @@ impl Default for RawRegistrar {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawCdr {
-    #[serde(default)]
-    file: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawMetrics {
     #[serde(default)]
     listen: String,
@@ -521,6 +518,7 @@ impl Config {
             max_expires: r.max_expires,
             trunks,
             routes,
+            cdr_spool: cdr::parse_spool(&f.cdr)?,
             cdr_file: match f.cdr.file.as_str() {
                 "" | "off" => None,
                 p => Some(PathBuf::from(p)),

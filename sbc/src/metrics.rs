@@ -110,6 +110,8 @@ pub struct SbcMetrics {
     pub conns: ConnMetrics,
     /// Digest authentication counters.
     pub auth: crate::auth::AuthMetrics,
+    /// CDR spool and forwarder series.
+    pub cdr: std::sync::Arc<crate::cdr::CdrMetrics>,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -409,6 +411,7 @@ impl SbcMetrics {
             }
             self.render_trunk_auth(&mut o);
         }
+        self.cdr.render(&mut o);
         o
     }
 

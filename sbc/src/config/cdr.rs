@@ -1,0 +1,175 @@
+//! The `[cdr]` section: the JSON-lines file, the durable spool and the
+//! PostgreSQL forwarder (see `docs/cdr.md`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, ConfigError};
+use crate::spool::SyncMode;
+
+/// `[cdr]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCdr {
+    #[serde(default)]
+    pub(super) file: String,
+    #[serde(default)]
+    spool_dir: String,
+    #[serde(default = "def_max_spool_mb")]
+    max_spool_mb: u64,
+    #[serde(default = "def_segment_kb")]
+    segment_kb: u64,
+    #[serde(default = "def_sync")]
+    sync: String,
+    #[serde(default)]
+    postgres: String,
+    #[serde(default = "def_table")]
+    table: String,
+    #[serde(default = "def_batch")]
+    batch: usize,
+    #[serde(default = "def_probe_ms")]
+    probe_interval_ms: u64,
+    #[serde(default = "def_three")]
+    down_after: u32,
+    #[serde(default = "def_two")]
+    up_after: u32,
+    #[serde(default = "def_hold_ms")]
+    hold_down_ms: u64,
+}
+
+impl Default for RawCdr {
+    fn default() -> Self {
+        Self {
+            file: String::new(),
+            spool_dir: String::new(),
+            max_spool_mb: def_max_spool_mb(),
+            segment_kb: def_segment_kb(),
+            sync: def_sync(),
+            postgres: String::new(),
+            table: def_table(),
+            batch: def_batch(),
+            probe_interval_ms: def_probe_ms(),
+            down_after: def_three(),
+            up_after: def_two(),
+            hold_down_ms: def_hold_ms(),
+        }
+    }
+}
+
+fn def_max_spool_mb() -> u64 {
+    1024
+}
+fn def_segment_kb() -> u64 {
+    4096
+}
+fn def_sync() -> String {
+    "always".into()
+}
+fn def_table() -> String {
+    "cdr".into()
+}
+fn def_batch() -> usize {
+    500
+}
+fn def_probe_ms() -> u64 {
+    1000
+}
+fn def_three() -> u32 {
+    3
+}
+fn def_two() -> u32 {
+    2
+}
+fn def_hold_ms() -> u64 {
+    5000
+}
+
+/// The spool and its forwarder, when `spool_dir` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrSpool {
+    /// Spool directory.
+    pub dir: PathBuf,
+    /// Segment size, max size and durability.
+    pub options: crate::spool::SpoolOptions,
+    /// The collector, when `postgres` is set.
+    pub postgres: Option<CdrPostgres>,
+}
+
+/// The PostgreSQL collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrPostgres {
+    /// libpq-style connection string (`host=... user=... dbname=...`).
+    pub conninfo: String,
+    /// Table name (created when missing).
+    pub table: String,
+    /// Most CDRs per INSERT transaction.
+    pub batch: usize,
+    /// Availability probe interval (connect, then `SELECT 1`).
+    pub probe_interval: Duration,
+    /// Hysteresis, the same rules as trunk health.
+    pub thresholds: crate::health::HealthConfig,
+}
+
+/// Checks the spool keys; `None` without `spool_dir`.
+pub(super) fn parse_spool(r: &RawCdr) -> Result<Option<CdrSpool>, ConfigError> {
+    if r.spool_dir.is_empty() || r.spool_dir == "off" {
+        if !r.postgres.is_empty() {
+            return Err(invalid("cdr.postgres", "needs cdr.spool_dir (CDRs are forwarded from the spool)"));
+        }
+        return Ok(None);
+    }
+    if r.max_spool_mb == 0 {
+        return Err(invalid("cdr.max_spool_mb", "must be at least 1"));
+    }
+    if !(4..=1_048_576).contains(&r.segment_kb) {
+        return Err(invalid("cdr.segment_kb", "must be between 4 and 1048576"));
+    }
+    let sync = match r.sync.as_str() {
+        "always" => SyncMode::Always,
+        "never" => SyncMode::Never,
+        s => return Err(invalid("cdr.sync", format!("`{s}` is not always or never"))),
+    };
+    let options = crate::spool::SpoolOptions {
+        segment_bytes: r.segment_kb * 1024,
+        max_bytes: r.max_spool_mb * 1024 * 1024,
+        sync,
+    };
+    let postgres = if r.postgres.is_empty() {
+        None
+    } else {
+        if r.postgres.parse::<postgres::Config>().is_err() {
+            return Err(invalid("cdr.postgres", "is not a valid connection string (host=... user=... dbname=...)"));
+        }
+        let t = &r.table;
+        let ident = t.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && t.len() <= 63;
+        if !ident {
+            return Err(invalid("cdr.table", "must be a lower-case SQL identifier (a-z, 0-9, _)"));
+        }
+        if !(1..=10_000).contains(&r.batch) {
+            return Err(invalid("cdr.batch", "must be between 1 and 10000"));
+        }
+        if r.probe_interval_ms < 10 {
+            return Err(invalid("cdr.probe_interval_ms", "must be at least 10"));
+        }
+        if r.down_after == 0 || r.up_after == 0 {
+            return Err(invalid("cdr.down_after", "down_after and up_after must be at least 1"));
+        }
+        Some(CdrPostgres {
+            conninfo: r.postgres.clone(),
+            table: t.clone(),
+            batch: r.batch,
+            probe_interval: Duration::from_millis(r.probe_interval_ms),
+            thresholds: crate::health::HealthConfig {
+                down_after: r.down_after,
+                up_after: r.up_after,
+                hold_down: Duration::from_millis(r.hold_down_ms),
+                failback_window: Duration::ZERO,
+            },
+        })
+    };
+    Ok(Some(CdrSpool { dir: PathBuf::from(&r.spool_dir), options, postgres }))
+}
