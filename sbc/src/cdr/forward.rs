@@ -130,8 +130,7 @@ impl Forwarder {
                 State::Down => None,
             };
             if let Some(t) = transition {
-                let (fails, oks) = health.counts();
-                tracing::warn!(state = t.to.as_str(), reason = %t.reason, fails, oks, "CDR collector");
+                tracing::warn!(state = t.to.as_str(), reason = %t.reason, "CDR collector");
                 self.metrics.collector_up(t.to == State::Up);
                 if t.to == State::Up {
                     continue;
@@ -151,7 +150,9 @@ impl Forwarder {
         }
         cfg.keepalives(true).keepalives_idle(Duration::from_secs(10));
         let mut client = cfg.connect(NoTls).map_err(|e| format!("connect: {e}"))?;
-        client.batch_execute("SET statement_timeout = '30s'").map_err(|e| format!("{e}"))?;
+        client
+            .batch_execute("SET statement_timeout = '30s'; SET client_min_messages = warning")
+            .map_err(|e| format!("{e}"))?;
         Ok(Conn { client, table_ready: false })
     }
 

@@ -19,6 +19,9 @@ pub(super) struct RawCdr {
     spool_dir: String,
     #[serde(default = "def_max_spool_mb")]
     max_spool_mb: u64,
+    /// Overrides `max_spool_mb` (small spools, for tests).
+    #[serde(default)]
+    max_spool_kb: Option<u64>,
     #[serde(default = "def_segment_kb")]
     segment_kb: u64,
     #[serde(default = "def_sync")]
@@ -45,6 +48,7 @@ impl Default for RawCdr {
             file: String::new(),
             spool_dir: String::new(),
             max_spool_mb: def_max_spool_mb(),
+            max_spool_kb: None,
             segment_kb: def_segment_kb(),
             sync: def_sync(),
             postgres: String::new(),
@@ -123,6 +127,9 @@ pub(super) fn parse_spool(r: &RawCdr) -> Result<Option<CdrSpool>, ConfigError> {
     if r.max_spool_mb == 0 {
         return Err(invalid("cdr.max_spool_mb", "must be at least 1"));
     }
+    if r.max_spool_kb == Some(0) {
+        return Err(invalid("cdr.max_spool_kb", "must be at least 1"));
+    }
     if !(4..=1_048_576).contains(&r.segment_kb) {
         return Err(invalid("cdr.segment_kb", "must be between 4 and 1048576"));
     }
@@ -132,8 +139,8 @@ pub(super) fn parse_spool(r: &RawCdr) -> Result<Option<CdrSpool>, ConfigError> {
         s => return Err(invalid("cdr.sync", format!("`{s}` is not always or never"))),
     };
     let options = crate::spool::SpoolOptions {
-        segment_bytes: r.segment_kb * 1024,
-        max_bytes: r.max_spool_mb * 1024 * 1024,
+        segment_bytes: r.segment_kb.saturating_mul(1024),
+        max_bytes: r.max_spool_kb.map_or(r.max_spool_mb.saturating_mul(1024 * 1024), |k| k.saturating_mul(1024)),
         sync,
     };
     let postgres = if r.postgres.is_empty() {
