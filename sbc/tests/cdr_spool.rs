@@ -236,7 +236,7 @@ fn a_full_spool_sends_cdrs_to_json_lines_and_raises_the_alarm() {
     let ids = l.json_ids();
     assert_eq!(ids.len(), 12, "every CDR is in the JSON-lines file");
     let spooled = sbc.metric("sbc_cdr_spool_records", &[]);
-    assert!(spooled >= 1.0 && spooled < 12.0, "{spooled} in a 4 KiB spool");
+    assert!((1.0..12.0).contains(&spooled), "{spooled} in a 4 KiB spool");
     assert!(sbc.metric("sbc_cdr_spool_bytes", &[]) <= 4096.0);
     assert_eq!(sbc.metric("sbc_cdr_spool_full", &[]), 1.0);
     assert_eq!(sbc.metric("sbc_cdr_spool_refused_total", &[]), 12.0 - spooled);
