@@ -242,3 +242,25 @@ fn a_full_spool_sends_cdrs_to_json_lines_and_raises_the_alarm() {
     assert_eq!(sbc.metric("sbc_cdr_spool_refused_total", &[]), 12.0 - spooled);
     assert!(sbc.log().contains("CDR spool full"), "{}", sbc.log());
 }
+
+#[test]
+fn a_replay_after_losing_the_sent_position_inserts_nothing_twice() {
+    let Some((mut l, mut sbc)) = lab("cdr-replay", "", true) else { return };
+    l.pg.start();
+    assert!(l.uac(10, 10, 50).spawn("uac").wait_timeout(Duration::from_secs(30)).is_some());
+    let ids = l.json_ids();
+    assert_eq!(ids.len(), 10);
+    assert_exactly_once(&l.wait_rows(10, 20), &ids);
+    sbc.guard.stop(Duration::from_secs(5));
+    // As after a crash between the commit and saving the sent position.
+    std::fs::remove_file(l.dir.join("spool").join("sent")).unwrap();
+    let sbc = l.restart();
+    assert!(
+        testkit::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            sbc.metric("sbc_cdr_forwarded_total", &[]) == 10.0
+        }),
+        "the spool was sent again"
+    );
+    assert_eq!(sbc.metric("sbc_cdr_spool_records", &[]), 0.0);
+    assert_exactly_once(&l.rows(), &ids);
+}
