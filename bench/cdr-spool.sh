@@ -86,9 +86,12 @@ print(v[0] if v else "nan")
 PY
 }
 
+# CPU seconds (user + system, clock-tick resolution) used so far by PID.
+cpu_ticks_s() { python3 -c 'import os,sys; f=open("/proc/%s/stat" % sys.argv[1]).read().rsplit(")",1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf("SC_CLK_TCK"))' "$1"; }
+
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print("%g" % statistics.median(v) if v else "n/a")' "$@"; }
 
-JSON_CPS=(); SPOOL_CPS=(); FWD_RATE=()
+JSON_CPS=(); SPOOL_CPS=(); FWD_RATE=(); JSON_CPU=(); SPOOL_CPU=()
 for round in $(seq 1 "$ROUNDS"); do
   for mode in json spool; do
     echo "== round $round: calls/s, CDRs to $mode" >&2
@@ -105,6 +108,11 @@ for round in $(seq 1 "$ROUNDS"); do
     else
       JSON_CPS+=("$cps")
     fi
+    # The sbc's CPU time per call placed (steadier than the capacity on a
+    # shared machine).
+    ms=$(python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) * 1000 / max(1, int(sys.argv[2]))))' \
+      "$(cpu_ticks_s "${PIDS[-1]}")" "$(cat "$WORK/$mode-$round.calls")")
+    if [ "$mode" = spool ]; then SPOOL_CPU+=("$ms"); else JSON_CPU+=("$ms"); fi
     kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
   done
 
@@ -147,5 +155,9 @@ echo "calls of ${CALL_MS} ms with RTP, ${STEP_S} s per rate (rates $RATES), $ROU
 printf '%-44s %10s   (rounds: %s)\n' "max calls/s, CDRs to JSON lines only" "$(top "$RATES" "$J")" "${JSON_CPS[*]}"
 printf '%-44s %10s   (rounds: %s)\n' "max calls/s, spool (fdatasync) + forwarder" "$(top "$RATES" "$S")" "${SPOOL_CPS[*]}"
 printf '%-44s %10s\n' "ratio spool / JSON only" "$(ratio "$S" "$J")"
+JC=$(median "${JSON_CPU[@]}"); SC=$(median "${SPOOL_CPU[@]}")
+printf '%-44s %10s   (rounds: %s)\n' "sbc CPU ms per call, JSON lines only" "$JC" "${JSON_CPU[*]}"
+printf '%-44s %10s   (rounds: %s)\n' "sbc CPU ms per call, spool + forwarder" "$SC" "${SPOOL_CPU[*]}"
+printf '%-44s %10s\n' "ratio spool / JSON only" "$(ratio "$SC" "$JC")"
 printf '%-44s %10s   (rounds: %s; %s CDRs, batch %s)\n' "forwarder CDRs/s into PostgreSQL" "$F" "${FWD_RATE[*]}" "$CDRS" "$BATCH"
 echo "(+: passed the highest rate tried; work dir $WORK)"
