@@ -180,3 +180,46 @@ pub(super) fn parse_spool(r: &RawCdr) -> Result<Option<CdrSpool>, ConfigError> {
     };
     Ok(Some(CdrSpool { dir: PathBuf::from(&r.spool_dir), options, postgres }))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, DEFAULT_TOML};
+    use crate::spool::SyncMode;
+
+    fn with(keys: &str) -> Result<Config, String> {
+        Config::from_toml(&DEFAULT_TOML.replace("[cdr]\n", &format!("[cdr]\n{keys}\n"))).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn spool_and_collector_parse() {
+        let c =
+            with("spool_dir = \"/tmp/s\"\npostgres = \"host=db user=cdr dbname=billing\"\nmax_spool_kb = 8").unwrap();
+        let s = c.cdr_spool.unwrap();
+        assert_eq!(s.options.max_bytes, 8192);
+        assert_eq!(s.options.sync, SyncMode::Always);
+        let pg = s.postgres.unwrap();
+        assert_eq!((pg.table.as_str(), pg.batch), ("cdr", 500));
+        assert_eq!(pg.thresholds.down_after, 3);
+        assert!(with("").unwrap().cdr_spool.is_none());
+        let s = with("spool_dir = \"/tmp/s\"\nsync = \"never\"").unwrap().cdr_spool.unwrap();
+        assert_eq!((s.options.sync, s.options.max_bytes, s.postgres), (SyncMode::Never, 1 << 30, None));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (keys, key) in [
+            ("postgres = \"host=x\"", "cdr.postgres"),
+            ("spool_dir = \"/tmp/s\"\npostgres = \"host='x\"", "cdr.postgres"),
+            ("spool_dir = \"/tmp/s\"\nsync = \"sometimes\"", "cdr.sync"),
+            ("spool_dir = \"/tmp/s\"\nmax_spool_mb = 0", "cdr.max_spool_mb"),
+            ("spool_dir = \"/tmp/s\"\nsegment_kb = 1", "cdr.segment_kb"),
+            ("spool_dir = \"/tmp/s\"\npostgres = \"host=x\"\ntable = \"cdr; drop\"", "cdr.table"),
+            ("spool_dir = \"/tmp/s\"\npostgres = \"host=x\"\nbatch = 0", "cdr.batch"),
+            ("spool_dir = \"/tmp/s\"\npostgres = \"host=x\"\nup_after = 0", "cdr.down_after"),
+            ("spool_dir = \"/tmp/s\"\nspool = 1", "spool"),
+        ] {
+            let e = with(keys).unwrap_err();
+            assert!(e.contains(key), "{keys}: {e}");
+        }
+    }
+}
