@@ -94,11 +94,15 @@ impl Forwarder {
             let now = Instant::now();
             let probe_due = last_probe.is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.probe_interval);
             let mut wait = self.cfg.probe_interval;
+            let mut linger = false;
             let transition = match health.state() {
                 State::Up => match self.send_batch(&mut conn) {
                     Ok(n) if n > 0 => {
                         health.on_call_ok();
-                        wait = Duration::ZERO;
+                        // A full batch: more are waiting. A partial one:
+                        // let the next gather for `batch_delay`.
+                        wait = if n >= self.cfg.batch { Duration::ZERO } else { self.cfg.batch_delay };
+                        linger = n < self.cfg.batch;
                         None
                     }
                     Ok(_) if probe_due => {
@@ -136,7 +140,17 @@ impl Forwarder {
                     continue;
                 }
             }
-            if !wait.is_zero() {
+            if linger {
+                // Appends wake the thread; they wait for the delay's end.
+                let until = Instant::now() + wait;
+                while !self.shutdown.load(Ordering::Relaxed) {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let _ = self.wake.recv_timeout(left);
+                }
+            } else if !wait.is_zero() {
                 let left = last_probe.map_or(wait, |t| wait.saturating_sub(t.elapsed()));
                 let _ = self.wake.recv_timeout(left.max(Duration::from_millis(5)));
             }

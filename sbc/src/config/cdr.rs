@@ -32,6 +32,8 @@ pub(super) struct RawCdr {
     table: String,
     #[serde(default = "def_batch")]
     batch: usize,
+    #[serde(default = "def_batch_delay_ms")]
+    batch_delay_ms: u64,
     #[serde(default = "def_probe_ms")]
     probe_interval_ms: u64,
     #[serde(default = "def_three")]
@@ -54,6 +56,7 @@ impl Default for RawCdr {
             postgres: String::new(),
             table: def_table(),
             batch: def_batch(),
+            batch_delay_ms: def_batch_delay_ms(),
             probe_interval_ms: def_probe_ms(),
             down_after: def_three(),
             up_after: def_two(),
@@ -76,6 +79,9 @@ fn def_table() -> String {
 }
 fn def_batch() -> usize {
     500
+}
+fn def_batch_delay_ms() -> u64 {
+    100
 }
 fn def_probe_ms() -> u64 {
     1000
@@ -110,6 +116,8 @@ pub struct CdrPostgres {
     pub table: String,
     /// Most CDRs per INSERT transaction.
     pub batch: usize,
+    /// After a partial batch, how long the next one gathers CDRs.
+    pub batch_delay: Duration,
     /// Availability probe interval (connect, then `SELECT 1`).
     pub probe_interval: Duration,
     /// Hysteresis, the same rules as trunk health.
@@ -159,6 +167,9 @@ pub(super) fn parse_spool(r: &RawCdr) -> Result<Option<CdrSpool>, ConfigError> {
         if !(1..=10_000).contains(&r.batch) {
             return Err(invalid("cdr.batch", "must be between 1 and 10000"));
         }
+        if r.batch_delay_ms > 60_000 {
+            return Err(invalid("cdr.batch_delay_ms", "must be at most 60000"));
+        }
         if r.probe_interval_ms < 10 {
             return Err(invalid("cdr.probe_interval_ms", "must be at least 10"));
         }
@@ -169,6 +180,7 @@ pub(super) fn parse_spool(r: &RawCdr) -> Result<Option<CdrSpool>, ConfigError> {
             conninfo: r.postgres.clone(),
             table: t.clone(),
             batch: r.batch,
+            batch_delay: Duration::from_millis(r.batch_delay_ms),
             probe_interval: Duration::from_millis(r.probe_interval_ms),
             thresholds: crate::health::HealthConfig {
                 down_after: r.down_after,

@@ -341,7 +341,10 @@ impl Spool {
     /// Records not yet sent, bytes on disk, the oldest unsent record.
     #[must_use]
     pub fn stats(&self) -> SpoolStats {
-        let oldest = self.segments.iter().flat_map(|s| s.entries.iter()).find(|e| e.seq >= self.sent);
+        let oldest = self.segments.iter().find_map(|s| {
+            let i = s.entries.partition_point(|e| e.seq < self.sent);
+            s.entries.get(i)
+        });
         SpoolStats {
             records: self.next_seq - self.sent,
             bytes: self.bytes,
