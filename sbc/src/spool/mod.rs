@@ -18,8 +18,9 @@
 //! to a few hundred per second, not per packet), the caller needs "durable
 //! when it returns" to answer for the record, and a group commit would
 //! make the caller wait for the group's sync anyway; an fdatasync of a
-//! small append costs tens of microseconds on an SSD (see
-//! `bench/cdr-spool.sh` for the measured cost on calls per second).
+//! small append took 0.12 ms (p50) on the development VM's disk, and the
+//! spool cost 0.98x to 1.15x the sbc's CPU per call (`bench/cdr-spool.sh`,
+//! `docs/benchmarks.md`).
 //! [`SyncMode::Never`] leaves flushing to the kernel: the record then
 //! survives `kill -9` of the process (it is in the page cache) but not a
 //! power cut.
