@@ -33,6 +33,8 @@ check_pkg baresip-core baresip
 # there; otherwise the checked-in object (verified by a test) is used.
 check_pkg clang clang
 [ -f /usr/include/bpf/bpf_helpers.h ] || need_pkgs+=(libbpf-dev)
+# The CDR spool tests forward to a private PostgreSQL cluster (initdb, pg_ctl).
+check_pkg postgresql pg_ctlcluster
 
 # The package test verifies the systemd units offline.
 check_pkg systemd systemd-analyze

@@ -10,6 +10,7 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod auth;
+mod cdr;
 mod guard;
 mod ha;
 mod limits;
@@ -21,6 +22,7 @@ mod trunk_auth;
 mod trunks;
 
 pub use auth::{AuthConfig, Secret};
+pub use cdr::{CdrPostgres, CdrSpool};
 pub use guard::{GuardConfig, RateLimit, DEFAULT_SCANNERS};
 pub use messages::MessagesConfig;
 pub use policy::{Acl, AclAction, MediaSecurity, TrunkPolicy};
@@ -180,6 +182,8 @@ pub struct Config {
     /// Remote media relays driven over ng (`[[media_relay]]`); empty: the
     /// embedded relay.
     pub media_relays: Vec<MediaRelayConfig>,
+    /// The CDR spool and its PostgreSQL forwarder (`[cdr] spool_dir`).
+    pub cdr_spool: Option<CdrSpool>,
 }
 
 #[derive(Deserialize)]
@@ -195,7 +199,7 @@ struct File {
     #[serde(default)]
     route: Vec<trunks::RawRoute>,
     #[serde(default)]
-    cdr: RawCdr,
+    cdr: cdr::RawCdr,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
@@ -378,13 +382,6 @@ impl Default for RawRegistrar {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawCdr {
-    #[serde(default)]
-    file: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawMetrics {
     #[serde(default)]
     listen: String,
@@ -548,6 +545,7 @@ impl Config {
             max_expires: r.max_expires,
             trunks,
             routes,
+            cdr_spool: cdr::parse_spool(&f.cdr)?,
             cdr_file: match f.cdr.file.as_str() {
                 "" | "off" => None,
                 p => Some(PathBuf::from(p)),

@@ -276,7 +276,7 @@ fn run(cfg: Config) -> Result<(), Error> {
         Some(a) => Some(UdpSocket::bind(a).map_err(|source| Error::BindNg { addr: a, source })?),
         None => None,
     };
-    let cdr = CdrWriter::open(cfg.cdr_file.as_deref()).map_err(|source| Error::OpenCdr { source })?;
+    let mut cdr = CdrWriter::open(cfg.cdr_file.as_deref()).map_err(|source| Error::OpenCdr { source })?;
     let relay = Relay::start(cfg.relay.clone())?;
     // Remote relays over ng, when `[[media_relay]]` lists any.
     let pool = if cfg.media_relays.is_empty() {
@@ -295,6 +295,12 @@ fn run(cfg: Config) -> Result<(), Error> {
     let ngc = Arc::new(NgCounters::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
+    if let Some(sp) = &cfg.cdr_spool {
+        let (c, t) = sbc::cdr::start_spool(cdr, sp, &metrics.cdr, &shutdown)
+            .map_err(|e| Error::OpenCdr { source: std::io::Error::other(e) })?;
+        cdr = c;
+        threads.extend(t);
+    }
     let ha_status = cfg.ha.as_ref().map(|_| Arc::new(sbc::ha::HaStatus::default()));
     if let Some(l) = metrics_sock {
         let (m, r, n, s) = (Arc::clone(&metrics), Arc::clone(&relay), Arc::clone(&ngc), Arc::clone(&shutdown));

@@ -116,6 +116,8 @@ pub struct SbcMetrics {
     pub messages: crate::messages::MessageMetrics,
     /// The source guard's drops and bans (`sbc_guard_*`).
     pub guard: crate::guard::GuardMetrics,
+    /// CDR spool and forwarder series.
+    pub cdr: std::sync::Arc<crate::cdr::CdrMetrics>,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -442,6 +444,7 @@ impl SbcMetrics {
             }
             self.render_trunk_auth(&mut o);
         }
+        self.cdr.render(&mut o);
         o
     }
 

@@ -52,6 +52,9 @@ struct Lab {
     datapath: &'static str,
     /// Extra keys of the trunk, on both nodes.
     trunk_keys: &'static str,
+    /// Extra `[cdr]` keys (the collector); when set, each node also gets
+    /// its own spool directory.
+    cdr_keys: String,
 }
 
 impl Lab {
@@ -66,7 +69,14 @@ impl Lab {
         std::fs::create_dir_all(&dir).unwrap();
         let nets = ["lan", "r", "a", "b", "caller", "callee"]
             .map(|host| (host, Netns::new(&format!("ha{tag}-{host}")).unwrap_or_else(|e| panic!("netns: {e}"))));
-        let lab = Self { nets: nets.into(), dir, procs: Vec::new(), datapath: "socket", trunk_keys: "" };
+        let lab = Self {
+            nets: nets.into(),
+            dir,
+            procs: Vec::new(),
+            datapath: "socket",
+            trunk_keys: "",
+            cdr_keys: String::new(),
+        };
         let lan = lab.ns("lan");
         assert!(sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]));
         assert!(sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]));
@@ -141,6 +151,7 @@ trunks = ["callee"]
 
 [cdr]
 file = "{dir}/cdr-{node}.jsonl"
+{cdr_keys}
 
 [metrics]
 listen = "{NET}.{me}:9100"
@@ -174,6 +185,11 @@ check_interval_ms = {interval_ms}
             dir = self.dir.display(),
             datapath = self.datapath,
             trunk_keys = self.trunk_keys,
+            cdr_keys = if self.cdr_keys.is_empty() {
+                String::new()
+            } else {
+                format!("spool_dir = \"{}/spool-{node}\"\n{}", self.dir.display(), self.cdr_keys)
+            },
         );
         let p = self.dir.join(format!("sbc-{node}.toml"));
         std::fs::write(&p, text).unwrap();
@@ -674,4 +690,88 @@ fn redis_restart_keeps_calls_and_resumes_replication() {
     let text = check_calls("redis restart", &lab.report("caller"), &lab.report("callee"), n);
     assert!(lab.holds_vip("a") && !lab.holds_vip("b"));
     eprintln!("{text}");
+}
+
+/// CDRs of an HA pair while the PostgreSQL collector is down: calls that
+/// ended on the active node wait in its spool; it is killed (`kill -9`);
+/// the standby takes over and ends the other calls into its own spool; the
+/// killed node comes back as standby. Once PostgreSQL starts, both nodes
+/// forward, and every call has exactly one row.
+#[test]
+fn cdrs_of_a_takeover_reach_postgres_once_from_both_nodes() {
+    let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new("c");
+    let Some(mut pg) = testkit::postgres::Postgres::require_in("ha-cdr", Some(&lab.ns("r")), &format!("{NET}.1"))
+    else {
+        return;
+    };
+    lab.cdr_keys = format!(
+        "postgres = \"{}\"\nprobe_interval_ms = 100\ndown_after = 2\nup_after = 2\nhold_down_ms = 300",
+        pg.conninfo_at(&format!("{NET}.1"))
+    );
+    lab.start_pair(600, 100);
+    lab.ua("callee", "callee", &["--run-ms", "60000"]);
+    // Short calls end on node a; long ones are up when it is killed.
+    let short =
+        lab.ua("caller", "caller", &["--calls", "5", "--rate", "10", "--duration-ms", "500", "--max-ms", "20000"]);
+    let long =
+        lab.ua("caller", "probe", &["--calls", "8", "--rate", "10", "--duration-ms", "6000", "--max-ms", "40000"]);
+    assert!(lab.procs[short].wait_exit(Duration::from_secs(20)), "short calls did not finish");
+    assert!(
+        wait(Duration::from_secs(10), || lab.cdrs("a").len() == 5
+            && lab.report("probe").iter().filter(|c| c["answered"] == true).count() == 8),
+        "short calls ended on a ({:?}), long ones up ({:?})",
+        lab.cdrs("a"),
+        lab.report("probe")
+    );
+    lab.procs[1].kill9(); // sbc-a
+    assert!(wait(Duration::from_secs(5), || lab.holds_vip("b")), "b did not take the VIP: {}", lab.ctl("b", &["ha"]));
+    assert!(lab.procs[long].wait_exit(Duration::from_secs(40)), "long calls did not finish");
+    let long_calls = lab.report("probe");
+    assert_eq!(long_calls.len(), 8);
+    for c in &long_calls {
+        assert_eq!(c["ended"], "bye-sent", "a taken-over call did not end cleanly: {c}");
+    }
+    assert!(wait(Duration::from_secs(5), || lab.cdrs("b").len() >= 8), "standby CDRs: {:?}", lab.cdrs("b"));
+    // Node a comes back (as standby) with its spool; then the collector starts.
+    lab.start_sbc("a", 600, 100);
+    assert!(wait(Duration::from_secs(10), || lab.ctl("a", &["ha"]).contains("role standby")));
+    let spooled = |node: &str| Lab::metric_sum(&lab.metrics(node), "sbc_cdr_spool_records");
+    assert_eq!(spooled("a"), 5.0, "node a's CDRs survived kill -9 in its spool");
+    assert!(spooled("b") >= 8.0);
+    pg.start();
+    assert_eq!(
+        pg.query("SELECT 1"),
+        Ok(vec!["1".to_owned()]),
+        "{}",
+        std::fs::read_to_string(pg.log()).unwrap_or_default()
+    );
+    let rows = || pg.query("SELECT call_id FROM cdr ORDER BY received").unwrap_or_default();
+    let want: std::collections::BTreeSet<String> = lab
+        .report("caller")
+        .iter()
+        .chain(long_calls.iter())
+        .filter_map(|c| c["call_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(want.len(), 13);
+    assert!(
+        wait(Duration::from_secs(30), || rows().len() >= 13 && spooled("a") == 0.0 && spooled("b") == 0.0),
+        "rows: {:?}",
+        rows()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let got = rows();
+    let distinct: std::collections::BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(distinct.len(), got.len(), "one row per call: {got:?}");
+    assert_eq!(distinct, want, "every call has its row");
+    let fwd = |node: &str| Lab::metric_sum(&lab.metrics(node), "sbc_cdr_forwarded_total");
+    assert_eq!(fwd("a"), 5.0, "node a forwarded its spool");
+    assert!(fwd("b") >= 8.0, "node b forwarded the taken-over calls");
+    // PostgreSQL runs in the lab's namespace: stopped before it goes.
+    drop(pg);
+    drop(lab);
+    drop(serial);
 }

@@ -17,6 +17,7 @@
 //! | [`realms`] | the two-realm lab: inside, sbc and outside namespaces (and a NAT) with isolation checked |
 //! | [`capture`] | live captures of an interface (`AF_PACKET`) and reading IP/UDP/TCP/SIP out of frames |
 //! | [`pcap`] | pcap files: reading, writing, a synthetic RTP stream |
+//! | [`postgres`] | a private PostgreSQL cluster per test (initdb, pg_ctl start/stop, psql) |
 //! | [`udp`] | receiving several datagrams with a timeout |
 //! | `sys` | the only `unsafe`: setns, kill, `AF_PACKET` (send, capture) and `AF_XDP` sockets |
 #![allow(clippy::missing_panics_doc, reason = "test helpers panic on a failed setup step by design")]
@@ -31,6 +32,7 @@ pub mod netns;
 pub mod ng;
 pub mod pcap;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod realms;
 pub mod sip;

@@ -119,6 +119,16 @@ impl ChildGuard {
         self.status
     }
 
+    /// SIGKILL now (a crash: no cleanup runs) and reap.
+    pub fn kill9(&mut self) -> Option<ExitStatus> {
+        if self.try_wait().is_none() {
+            let target = if self.group { -(self.pid() as i32) } else { self.pid() as i32 };
+            sys::kill(target, libc::SIGKILL);
+            self.status = self.child.wait().ok();
+        }
+        self.status
+    }
+
     /// The last `lines` lines of stderr and stdout, labelled.
     pub fn log_tail(&self, lines: usize) -> String {
         let mut out = String::new();

@@ -143,12 +143,14 @@ impl Dialog {
     #[must_use]
     pub fn cdr(&self, reason: EndReason, end_wall: SystemTime, now: Instant, relay: Value, codecs: &[String]) -> Value {
         let duration = self.answered.map_or(0.0, |a| now.saturating_duration_since(a).as_secs_f64());
+        let start = unix(self.started_wall);
         json!({
+            "id": crate::cdr::cdr_id(&self.call_id, &self.caller_tag, start),
             "call_id": self.call_id,
             "from": self.from_uri,
             "to": self.to_uri,
             "target": self.target,
-            "start": unix(self.started_wall),
+            "start": start,
             "answer": self.answered_wall.map(unix),
             "end": unix(end_wall),
             "duration": (duration * 1000.0).round() / 1000.0,

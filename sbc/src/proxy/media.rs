@@ -75,6 +75,7 @@ impl Core {
         if code != 0 {
             d.final_code = code;
         }
+        let trunk = d.trunk.and_then(|i| self.cfg.trunks.get(i)).map(|t| t.name.clone());
         if let Some(i) = d.trunk.take() {
             self.trunk_release(i);
         }
@@ -91,7 +92,8 @@ impl Core {
             Err(_) => (serde_json::Value::Null, Vec::new()),
         };
         tracing::debug!(call_id, reason = reason.as_str(), code = d.final_code, "call ended");
-        let rec = d.cdr(reason, SystemTime::now(), now, relay, &codecs);
+        let mut rec = d.cdr(reason, SystemTime::now(), now, relay, &codecs);
+        rec["trunk"] = trunk.into();
         self.cdr.write(&rec);
     }
 }

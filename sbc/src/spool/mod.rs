@@ -18,8 +18,9 @@
 //! to a few hundred per second, not per packet), the caller needs "durable
 //! when it returns" to answer for the record, and a group commit would
 //! make the caller wait for the group's sync anyway; an fdatasync of a
-//! small append costs tens of microseconds on an SSD (see
-//! `bench/cdr-spool.sh` for the measured cost on calls per second).
+//! small append took 0.12 ms (p50) on the development VM's disk, and the
+//! spool cost 0.98x to 1.15x the sbc's CPU per call (`bench/cdr-spool.sh`,
+//! `docs/benchmarks.md`).
 //! [`SyncMode::Never`] leaves flushing to the kernel: the record then
 //! survives `kill -9` of the process (it is in the page cache) but not a
 //! power cut.
@@ -341,7 +342,10 @@ impl Spool {
     /// Records not yet sent, bytes on disk, the oldest unsent record.
     #[must_use]
     pub fn stats(&self) -> SpoolStats {
-        let oldest = self.segments.iter().flat_map(|s| s.entries.iter()).find(|e| e.seq >= self.sent);
+        let oldest = self.segments.iter().find_map(|s| {
+            let i = s.entries.partition_point(|e| e.seq < self.sent);
+            s.entries.get(i)
+        });
         SpoolStats {
             records: self.next_seq - self.sent,
             bytes: self.bytes,
