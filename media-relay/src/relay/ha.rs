@@ -143,6 +143,8 @@ impl Relay {
             latched: endpoints(m.latched),
             shared: placed.shared,
             clock,
+            // Not replicated: scoring and one-way watch start afresh.
+            quality: Box::default(),
         })
     }
 }

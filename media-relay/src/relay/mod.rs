@@ -24,6 +24,7 @@
 mod calls;
 mod ha;
 mod housekeeping;
+mod quality;
 mod sockets;
 mod workers;
 
@@ -69,6 +70,8 @@ struct State {
     /// Flooding sources reported by the workers and not yet taken, each
     /// once, at most [`FLOOD_SOURCES_MAX`].
     flood_sources: Vec<std::net::IpAddr>,
+    /// Quality events not yet taken, at most [`FLOOD_SOURCES_MAX`].
+    quality_events: Vec<crate::control::QualityEvent>,
 }
 
 /// Most flooding sources kept between two [`Relay::take_flood_sources`].
@@ -125,6 +128,7 @@ impl Relay {
             totals: RelayTotals::default(),
             changed: None,
             flood_sources: Vec::new(),
+            quality_events: Vec::new(),
         };
         let cpu_latency = cfg.cpu_latency_us.and_then(hold_cpu_latency);
         let relay = Arc::new(Self {
@@ -292,6 +296,14 @@ impl MediaControl for Relay {
 
     fn flush(&self) {
         self.lock().workers.wake();
+    }
+
+    fn take_quality_events(&self) -> Vec<crate::control::QualityEvent> {
+        std::mem::take(&mut self.lock().quality_events)
+    }
+
+    fn idle_calls(&self, idle: Duration) -> Vec<String> {
+        self.idle_calls_at(crate::sys::monotonic_ns(), to_nanos(idle))
     }
 
     fn totals(&self) -> RelayTotals {
