@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use crate::stream::DirSnapshot;
+pub use crate::stream::DirSnapshot;
 
 /// Errors of relay operations. Their `Display` text is what the ng protocol
 /// returns as `error-reason`.

@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `ha`, `failover`.
+    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `calls`, `call CALLID`, `ha`, `failover`.
     Ctl {
         /// The control socket (default: `control.socket` of the config).
         #[arg(long)]

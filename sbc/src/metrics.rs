@@ -114,6 +114,8 @@ pub struct SbcMetrics {
     pub auth: crate::auth::AuthMetrics,
     /// MESSAGE store-and-forward counters.
     pub messages: crate::messages::MessageMetrics,
+    /// Call health and quality per trunk (ASR, NER, ACD, PDD, MOS, one-way audio).
+    pub health: crate::call_health::CallHealth,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -163,7 +165,7 @@ impl SbcMetrics {
                 t
             })
             .collect();
-        Self { trunks, ..Self::default() }
+        Self { trunks, health: crate::call_health::CallHealth::new(trunk_names), ..Self::default() }
     }
 
     /// Names the realms, for the per-realm series (the first call wins).
@@ -409,6 +411,7 @@ impl SbcMetrics {
         }
         self.auth.render(&mut o);
         self.messages.render(&mut o);
+        self.health.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,

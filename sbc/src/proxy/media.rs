@@ -75,11 +75,15 @@ impl Core {
         if code != 0 {
             d.final_code = code;
         }
+        let trunk = d.trunk;
         if let Some(i) = d.trunk.take() {
             self.trunk_release(i);
         }
         let (relay, codecs) = match self.media.delete(call_id, Some(&d.caller_tag)) {
             Ok(report) => {
+                if let Some(i) = trunk {
+                    self.record_call_mos(i, &report);
+                }
                 let mut codecs: Vec<String> = Vec::new();
                 for c in report.legs.iter().flat_map(|l| l.medias.iter().flat_map(|m| m.codecs.iter())) {
                     if !codecs.contains(c) {
@@ -90,6 +94,9 @@ impl Core {
             }
             Err(_) => (serde_json::Value::Null, Vec::new()),
         };
+        if let (Some(i), Some(a)) = (trunk, d.answered) {
+            self.metrics.health.answered_call_ended(i, now.saturating_duration_since(a).as_secs_f64());
+        }
         tracing::debug!(call_id, reason = reason.as_str(), code = d.final_code, "call ended");
         let rec = d.cdr(reason, SystemTime::now(), now, relay, &codecs);
         self.cdr.write(&rec);

@@ -32,6 +32,7 @@ mod media;
 mod message;
 pub mod register;
 mod replica;
+mod quality;
 mod request;
 pub mod routing;
 mod srtp;
