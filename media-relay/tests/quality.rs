@@ -54,11 +54,17 @@ fn call(r: &Relay, id: &str, a: &UdpSocket, b: &UdpSocket, b_dir: &str) -> (u16,
     let pa = a.local_addr().unwrap().port();
     let pb = b.local_addr().unwrap().port();
     let offer = sdp(pa, "");
-    let req = SdpRequest { call_id: id, from_tag: "ta", to_tag: None, sdp: offer.as_bytes(), opts: SdpOptions::default() };
+    let req =
+        SdpRequest { call_id: id, from_tag: "ta", to_tag: None, sdp: offer.as_bytes(), opts: SdpOptions::default() };
     let to_b = r.offer(&req).unwrap();
     let answer = sdp(pb, b_dir);
-    let req =
-        SdpRequest { call_id: id, from_tag: "ta", to_tag: Some("tb"), sdp: answer.as_bytes(), opts: SdpOptions::default() };
+    let req = SdpRequest {
+        call_id: id,
+        from_tag: "ta",
+        to_tag: Some("tb"),
+        sdp: answer.as_bytes(),
+        opts: SdpOptions::default(),
+    };
     let to_a = r.answer(&req).unwrap();
     (media_port(&to_b), media_port(&to_a))
 }

@@ -36,7 +36,11 @@ impl Relay {
                         "one-way audio: media flows in one direction only");
                     st.totals.one_way_audio += 1;
                     if st.quality_events.len() < super::FLOOD_SOURCES_MAX {
-                        st.quality_events.push(QualityEvent::OneWay { call_id: call.id.to_string(), media: i + 1, silent_tag });
+                        st.quality_events.push(QualityEvent::OneWay {
+                            call_id: call.id.to_string(),
+                            media: i + 1,
+                            silent_tag,
+                        });
                     }
                 }
             }

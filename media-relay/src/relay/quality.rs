@@ -76,13 +76,8 @@ impl MediaPair {
     fn sample(&self, from: usize) -> (DirSnapshot, Sample) {
         let sent = self.shared[from * 2].read();
         let recv = self.shared[(1 - from) * 2].read().rtcp;
-        let rate = self
-            .codec_name()
-            .split('/')
-            .nth(1)
-            .and_then(|r| r.parse::<u32>().ok())
-            .filter(|r| *r > 0)
-            .unwrap_or(8000);
+        let rate =
+            self.codec_name().split('/').nth(1).and_then(|r| r.parse::<u32>().ok()).filter(|r| *r > 0).unwrap_or(8000);
         let reported_ms = f64::from(recv.jitter) * 1000.0 / f64::from(rate);
         let jitter_ms = (f64::from(sent.stats.jitter_us) / 1000.0).max(reported_ms);
         let rtts = [sent.rtcp.rtt_us, recv.rtt_us];

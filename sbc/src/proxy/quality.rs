@@ -67,8 +67,12 @@ impl Core {
     /// no-ACK teardown sends them, CDR reason `media-timeout`.
     fn end_media_timeout(&mut self, txn: &mut Endpoint, call_id: &str, now: Instant) {
         let Some(d) = self.dialogs.get(call_id).cloned() else { return };
-        tracing::info!(call_id, trunk = d.target, timeout_s = self.cfg.media_timeout.as_secs(),
-            "no media either way: ending the call with BYE both ways");
+        tracing::info!(
+            call_id,
+            trunk = d.target,
+            timeout_s = self.cfg.media_timeout.as_secs(),
+            "no media either way: ending the call with BYE both ways"
+        );
         let shift = self.carrier.offsets_of(call_id, std::iter::once(d.caller_tag.as_str())).first().map_or(0, |o| o.1);
         let reason = "SIP;cause=408;text=\"Media timeout\"";
         self.send_bye(txn, &d, true, d.invite_cseq.wrapping_add(shift).wrapping_add(1), reason, now);

@@ -52,7 +52,8 @@ fn report(id: &str, out: QualityReport, back: QualityReport) -> CallReport {
         let mut stats = DirSnapshot::default();
         stats.stats.packets = packets;
         stats.stats.expected = packets;
-        stats.rtcp = RtcpReport { srs: 3, blocks: 3, fraction_lost: 13, cumulative_lost: 9, jitter: 40, rtt_us: 21_000 };
+        stats.rtcp =
+            RtcpReport { srs: 3, blocks: 3, fraction_lost: 13, cumulative_lost: 9, jitter: 40, rtt_us: 21_000 };
         let stream = StreamReport { local_port: 40000, endpoint: None, advertised: None, latched: true, stats };
         LegReport {
             tag: tag.to_owned(),
@@ -146,8 +147,7 @@ fn cdr_metrics_and_ctl_show_the_quality_of_each_direction() {
     let mut h = Harness::new();
     let cdr = cdr_file(&mut h, "cdr");
     let ok = answered(&mut h, "qc1");
-    *h.relay.report.lock().unwrap() =
-        Some(report("qc1", q(4.1, 3.5, 4.0, 1.25, false), q(1.0, 1.0, 1.0, 100.0, true)));
+    *h.relay.report.lock().unwrap() = Some(report("qc1", q(4.1, 3.5, 4.0, 1.25, false), q(1.0, 1.0, 1.0, 100.0, true)));
 
     let table = h.proxy.control("calls");
     let mut lines = table.lines();
