@@ -267,6 +267,12 @@ pub trait MediaControl: Send + Sync {
     /// commands). Callers that issue several commands in a row call it once
     /// at the end; a worker also picks changes up by itself within 50 ms.
     fn flush(&self) {}
+    /// The call was answered (a 2xx to the INVITE): from now on, and not
+    /// during early media, it is watched for one-way audio. A controller
+    /// that never calls this (ng) has calls watched from their answer SDP.
+    fn mark_answered(&self, call_id: &str) {
+        let _ = call_id;
+    }
     /// The quality events (one-way audio) found since the last call, each
     /// once. The default (a relay without a quality watch) has none.
     fn take_quality_events(&self) -> Vec<QualityEvent> {

@@ -3,7 +3,7 @@
 //! generator sends RTP with a chosen loss and jitter and RTCP SR/RR with a
 //! chosen hold time, and the relay's per-direction MOS, loss, jitter and
 //! round trip come out as the E-model says; media from one side only is
-//! flagged as one-way audio, and a call on hold is not.
+//! flagged as one-way audio, and a call on hold or in early media is not.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
 use std::net::UdpSocket;
@@ -229,16 +229,25 @@ fn media_from_one_side_only_is_one_way_audio_and_hold_is_not() {
     let d = UdpSocket::bind("127.0.0.1:0").unwrap();
     // The callee put the call on hold: it only receives.
     let (_, c_port) = call(&r, "hold", &c, &d, "a=recvonly\r\n");
+    let e = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let f = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Early media: an answer SDP (a 183), but the call is not answered yet.
+    let (_, e_port) = call(&r, "early", &e, &f, "");
+    // The controller marks answers: "ow" and "hold" were answered.
+    r.mark_answered("ow");
+    r.mark_answered("hold");
     let _ = r.take_quality_events();
     // Only the callers talk, for 2.5 s against a 1 s threshold.
     let t1 = std::thread::spawn(move || talk(&c, c_port, 2.5));
+    let t2 = std::thread::spawn(move || talk(&e, e_port, 2.5));
     talk(&a, a_port, 2.5);
     t1.join().unwrap();
+    t2.join().unwrap();
     let events = r.take_quality_events();
     assert_eq!(
         events,
         vec![QualityEvent::OneWay { call_id: "ow".into(), media: 1, silent_tag: "tb".into() }],
-        "one-way on the call whose callee is silent, nothing on the held call"
+        "one-way on the answered call whose callee is silent; nothing on hold or in early media"
     );
     assert!(q(&r, "ow", 1).one_way && !q(&r, "ow", 0).one_way);
     let held = q(&r, "hold", 1);
@@ -252,6 +261,6 @@ fn media_from_one_side_only_is_one_way_audio_and_hold_is_not() {
     std::thread::sleep(Duration::from_millis(1100));
     let mut idle = r.idle_calls(Duration::from_secs(1));
     idle.sort();
-    assert_eq!(idle, vec!["hold".to_owned(), "ow".to_owned()]);
+    assert_eq!(idle, vec!["early".to_owned(), "hold".to_owned(), "ow".to_owned()]);
     r.shutdown();
 }

@@ -134,6 +134,9 @@ pub(super) struct Call {
     pub medias: Vec<MediaPair>,
     /// When a delayed delete takes effect.
     pub delete_at: Option<Nanos>,
+    /// When the controller said the call was answered
+    /// ([`crate::control::MediaControl::mark_answered`]), monotonic.
+    pub answered: Option<Nanos>,
 }
 
 impl Relay {
@@ -167,6 +170,7 @@ impl Relay {
                     iface: [ifaces[0].unwrap_or(0), ifaces[1].unwrap_or(0)],
                     medias: Vec::with_capacity(parsed.media.len()),
                     delete_at: None,
+                    answered: None,
                 }),
             );
             st.totals.created += 1;

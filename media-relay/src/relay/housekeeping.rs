@@ -27,10 +27,13 @@ impl Relay {
         st.workers.retry_removes();
         let one_way_after = to_nanos(self.cfg.one_way_after);
         let st = &mut *st;
+        let marked = self.answers_marked.load(Ordering::Relaxed);
         for call in st.calls.values_mut() {
-            let answered = call.tags[1].is_some() && call.delete_at.is_none();
+            let answered =
+                call.delete_at.is_none() && if marked { call.answered.is_some() } else { call.tags[1].is_some() };
+            let since = call.last_signal_mono.max(call.answered.unwrap_or(0));
             for (i, m) in call.medias.iter_mut().enumerate() {
-                for ow in m.score(now, answered, call.last_signal_mono, one_way_after) {
+                for ow in m.score(now, answered, since, one_way_after) {
                     let silent_tag = call.tags[ow.silent_from].as_deref().unwrap_or_default().to_owned();
                     tracing::warn!(call_id = %call.id, media = i + 1, silent_tag, after_s = self.cfg.one_way_after.as_secs(),
                         "one-way audio: media flows in one direction only");

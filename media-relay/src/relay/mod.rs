@@ -55,6 +55,10 @@ pub struct Relay {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Holds `relay.cpu_latency_us` while open.
     _cpu_latency: Option<std::fs::File>,
+    /// Whether the controller marks answers ([`MediaControl::mark_answered`]):
+    /// then only a marked call is watched for one-way audio, else any call
+    /// with an answer SDP.
+    answers_marked: AtomicBool,
 }
 
 /// What the control paths share, behind [`Relay`]'s mutex.
@@ -133,6 +137,7 @@ impl Relay {
         let cpu_latency = cfg.cpu_latency_us.and_then(hold_cpu_latency);
         let relay = Arc::new(Self {
             _cpu_latency: cpu_latency,
+            answers_marked: AtomicBool::new(false),
             cfg,
             datapath,
             sip,
@@ -296,6 +301,13 @@ impl MediaControl for Relay {
 
     fn flush(&self) {
         self.lock().workers.wake();
+    }
+
+    fn mark_answered(&self, call_id: &str) {
+        self.answers_marked.store(true, Ordering::Relaxed);
+        if let Some(c) = self.lock().calls.get_mut(call_id) {
+            c.answered.get_or_insert(crate::sys::monotonic_ns());
+        }
     }
 
     fn take_quality_events(&self) -> Vec<crate::control::QualityEvent> {

@@ -509,6 +509,8 @@ impl Core {
                 }
                 if (200..300).contains(&code) {
                     self.metrics.call_answers.fetch_add(1, Relaxed);
+                    // Watched for one-way audio from now, not in early media.
+                    self.media.mark_answered(&call_id);
                 }
             }
         } else if (200..300).contains(&code) && resp.cseq().is_some_and(|c| c.1 == Method::Bye) {
