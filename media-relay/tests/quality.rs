@@ -1,5 +1,5 @@
-//! Call quality end to end through a relay on loopback (socket datapath;
-//! the `AF_XDP` workers run the same session table and RTCP code): a
+//! Call quality end to end through a relay on loopback, on the socket
+//! datapath and (as root, in a namespace of its own) on `AF_XDP`: a
 //! generator sends RTP with a chosen loss and jitter and RTCP SR/RR with a
 //! chosen hold time, and the relay's per-direction MOS, loss, jitter and
 //! round trip come out as the E-model says; media from one side only is
@@ -18,7 +18,17 @@ use media_relay::relay::Relay;
 const S: u64 = 1_000_000_000;
 
 fn relay(pmin: u16, one_way_after_s: u64) -> Arc<Relay> {
+    relay_on(pmin, one_way_after_s, false)
+}
+
+/// A relay on sockets, or (`xdp`) on `AF_XDP` on the loopback of the
+/// namespace the calling thread is in.
+fn relay_on(pmin: u16, one_way_after_s: u64, xdp: bool) -> Arc<Relay> {
     let mut cfg = RelayConfig::embedded_default();
+    if xdp {
+        cfg.datapath = media_relay::config::DatapathMode::Xdp;
+        (cfg.xdp_interfaces, cfg.xdp_queues, cfg.xdp_full_checksum) = (vec!["lo".into()], 1, true);
+    }
     cfg.port_min = pmin;
     cfg.port_max = pmin + 19;
     cfg.workers = 1;
@@ -133,10 +143,33 @@ fn q(r: &Relay, id: &str, leg: usize) -> QualityReport {
 
 #[test]
 fn loss_jitter_and_round_trip_move_mos_as_the_e_model_says() {
-    let r = relay(base_port(0), 0);
+    mos_case(&relay(base_port(0), 0));
+}
+
+/// The same on the `AF_XDP` datapath, in a namespace with XDP on its
+/// loopback (generic mode).
+#[test]
+fn loss_jitter_and_round_trip_move_mos_on_af_xdp() {
+    if !testkit::env::require_root_and("loss_jitter_and_round_trip_move_mos_on_af_xdp", &["ip"]) {
+        return;
+    }
+    let ns = testkit::Netns::with_lo("mrq").unwrap();
+    // Frames sent from an AF_XDP socket on lo are routed as if from a wire.
+    for key in ["route_localnet", "accept_local"] {
+        for dev in ["all", "lo"] {
+            ns.sysctl(&format!("net.ipv4.conf.{dev}.{key}=1")).unwrap();
+        }
+    }
+    ns.enter();
+    let r = relay_on(base_port(2), 0, true);
+    assert_eq!(r.datapath().name(), "xdp");
+    mos_case(&r);
+}
+
+fn mos_case(r: &Relay) {
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (to_b_port, to_a_port) = call(&r, "q1", &a, &b, "");
+    let (to_b_port, to_a_port) = call(r, "q1", &a, &b, "");
     // Leg A's relay port is the one B's SDP was rewritten to, and back.
     let (a_sends_to, b_sends_to) = (to_a_port, to_b_port);
 
@@ -156,12 +189,12 @@ fn loss_jitter_and_round_trip_move_mos_as_the_e_model_says() {
     send_rtp(&a, a_sends_to, 1000, 400, 20, 80, 0xa);
     // B -> A: clean.
     send_rtp(&b, b_sends_to, 5000, 400, 0, 0, 0xb);
-    wait_counted(&r, "q1", 0, 380);
-    wait_counted(&r, "q1", 1, 400);
+    wait_counted(r, "q1", 0, 380);
+    wait_counted(r, "q1", 1, 400);
     r.housekeep(t0 + 5 * S);
 
-    let ab = q(&r, "q1", 0);
-    let ba = q(&r, "q1", 1);
+    let ab = q(r, "q1", 0);
+    let ba = q(r, "q1", 1);
     assert_eq!((ab.intervals, ba.intervals), (1, 1), "{ab:?} {ba:?}");
     let rtt = ab.rtt_ms.expect("a round trip from the SR/RR pair");
     assert!((45.0..250.0).contains(&rtt), "relay<->B round trip {rtt} ms, want about 50");
@@ -190,10 +223,10 @@ fn loss_jitter_and_round_trip_move_mos_as_the_e_model_says() {
     // in its RR, which the model takes as the larger figure.
     b.send_to(&rr(64, 0, 0, 0), ("127.0.0.1", b_sends_to)).unwrap();
     send_rtp(&a, a_sends_to, 1400, 400, 10, 80, 0xa);
-    wait_counted(&r, "q1", 0, 380 + 360);
+    wait_counted(r, "q1", 0, 380 + 360);
     std::thread::sleep(Duration::from_millis(50));
     r.housekeep(t0 + 10 * S);
-    let ab2 = q(&r, "q1", 0);
+    let ab2 = q(r, "q1", 0);
     eprintln!("A->B {ab:?}\nB->A {ba:?}\nA->B second interval {ab2:?}");
     assert_eq!(ab2.intervals, 2);
     assert!((ab2.mos - expect(25.0, ab2.jitter_ms)).abs() < 0.02, "{ab2:?} want {}", expect(25.0, ab2.jitter_ms));
@@ -202,7 +235,7 @@ fn loss_jitter_and_round_trip_move_mos_as_the_e_model_says() {
     assert!((ab2.mos_mean - f64::midpoint(ab.mos, ab2.mos)).abs() < 1e-9);
     assert!(ab2.jitter_max_ms >= ab.jitter_ms - 0.01, "{ab:?} {ab2:?}");
     // B -> A had no packets this interval: not scored.
-    assert_eq!(q(&r, "q1", 1).intervals, 1);
+    assert_eq!(q(r, "q1", 1).intervals, 1);
     // The receiving endpoint's own view is in the report too.
     let rep = r.query("q1").unwrap();
     assert_eq!(rep.legs[1].medias[0].streams[0].stats.rtcp.fraction_lost, 64);
