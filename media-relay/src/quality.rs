@@ -18,8 +18,13 @@
 //!   jitter buffer of twice the interarrival jitter, and one frame.
 //! - `Ie_eff = Ie + (95 - Ie) * Ppl / (Ppl / BurstR + Bpl)` (G.107 §7.4),
 //!   with `Ie` and `Bpl` per codec from G.113 Appendix I ([`codec`]).
-//! - `BurstR = 1` (random loss): the relay does not track the gap/burst
-//!   Markov states per packet.
+//! - `BurstR = 1 / (p + q)` (G.107 §7.4, the two-state Markov model of
+//!   loss) from the interval's counts: `p = E / R` (a received packet
+//!   followed by a loss), `q = E / L` (a lost packet followed by a
+//!   received one), with `E` loss events (gaps in the sequence), `L` lost
+//!   and `R` received packets; 1 (random) when there was no loss, and
+//!   never below 1. The worker counts a loss event as one add when an
+//!   in-order packet skips sequence numbers.
 //! - `MOS = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6`, `R` clamped to
 //!   `0..=100` (G.107 Annex B).
 
@@ -128,6 +133,8 @@ pub struct Sample {
     pub jitter_ms: f64,
     /// Round trip through the relay, ms, when RTCP gave one.
     pub rtt_ms: Option<f64>,
+    /// Loss events (gaps) in the interval, relay's view.
+    pub loss_events: u64,
 }
 
 impl Sample {
@@ -141,11 +148,25 @@ impl Sample {
         relay.max(100.0 * f64::from(self.reported_fraction) / 256.0).min(100.0)
     }
 
+    /// `BurstR` of the interval's loss (see the module docs): 1 for random
+    /// loss or none, more for loss in bursts.
+    #[must_use]
+    pub fn burst_r(&self) -> f64 {
+        let lost = u64::try_from(self.lost).unwrap_or(0);
+        let received = self.expected.saturating_sub(lost);
+        if self.loss_events == 0 || lost == 0 || received == 0 {
+            return 1.0;
+        }
+        let e = self.loss_events as f64;
+        let (p, q) = (e / received as f64, e / lost as f64);
+        (1.0 / (p + q)).max(1.0)
+    }
+
     /// The interval's MOS with codec `c`.
     #[must_use]
     pub fn mos(&self, c: &Codec) -> f64 {
         let d = one_way_delay(self.rtt_ms.unwrap_or(0.0), self.jitter_ms, c.frame_ms);
-        mos(r_factor(c, self.loss_pct(), 1.0, d))
+        mos(r_factor(c, self.loss_pct(), self.burst_r(), d))
     }
 }
 
@@ -155,8 +176,8 @@ impl Sample {
 pub struct QualityTracker {
     /// Start of the current interval; 0 before the first tick.
     since: Nanos,
-    /// `expected`, `lost` and `rtp_packets` at `since`.
-    base: (u64, i64, u64),
+    /// `expected`, `lost`, `rtp_packets` and `loss_events` at `since`.
+    base: (u64, i64, u64, u64),
     /// Scored intervals.
     pub intervals: u32,
     /// Last interval's MOS; 0 before the first.
@@ -173,15 +194,15 @@ pub struct QualityTracker {
 
 impl QualityTracker {
     /// Scores an interval when `interval` has passed since the last one.
-    /// `expected`, `lost` and `rtp_packets` are the direction's cumulative
-    /// counters; `sample` carries the rest (its counts are filled here). An
+    /// `counts` are the direction's cumulative `expected`, `lost`,
+    /// `rtp_packets` and `loss_events`; `sample` carries the rest (its counts are filled here). An
     /// interval without RTP is not scored (silence, hold, or no media yet).
     /// Returns the interval's MOS when one was scored.
     pub fn tick(
         &mut self,
         now: Nanos,
         interval: Nanos,
-        counts: (u64, i64, u64),
+        counts: (u64, i64, u64, u64),
         mut sample: Sample,
         c: &Codec,
     ) -> Option<f64> {
@@ -196,7 +217,7 @@ impl QualityTracker {
         if now.saturating_sub(self.since) < interval {
             return None;
         }
-        let (e0, l0, p0) = self.base;
+        let (e0, l0, p0, g0) = self.base;
         self.since = now;
         self.base = counts;
         if counts.2 <= p0 {
@@ -204,6 +225,7 @@ impl QualityTracker {
         }
         sample.expected = counts.0.saturating_sub(e0);
         sample.lost = counts.1.saturating_sub(l0);
+        sample.loss_events = counts.3.saturating_sub(g0);
         let m = sample.mos(c);
         self.loss_pct = sample.loss_pct();
         self.intervals += 1;
@@ -319,19 +341,42 @@ mod tests {
         const S: Nanos = 1_000_000_000;
         let mut t = QualityTracker::default();
         let sample = Sample { jitter_ms: 1.0, ..Sample::default() };
-        assert_eq!(t.tick(S, 5 * S, (0, 0, 0), sample, &G711), None, "first tick sets the base");
-        assert_eq!(t.tick(3 * S, 5 * S, (100, 0, 100), sample, &G711), None, "interval not over");
+        assert_eq!(t.tick(S, 5 * S, (0, 0, 0, 0), sample, &G711), None, "first tick sets the base");
+        assert_eq!(t.tick(3 * S, 5 * S, (100, 0, 100, 0), sample, &G711), None, "interval not over");
         // 250 expected, 0 lost in the first interval.
-        let clean = t.tick(6 * S, 5 * S, (250, 0, 250), sample, &G711).expect("scored");
-        // 250 more expected, 25 lost (10 %).
-        let lossy = t.tick(11 * S, 5 * S, (500, 25, 475), sample, &G711).expect("scored");
+        let clean = t.tick(6 * S, 5 * S, (250, 0, 250, 0), sample, &G711).expect("scored");
+        // 250 more expected, 25 lost (10 %) in 25 single losses.
+        let lossy = t.tick(11 * S, 5 * S, (500, 25, 475, 25), sample, &G711).expect("scored");
         assert!(lossy < clean);
         assert!(close(t.loss_pct, 10.0, 1e-9));
         assert_eq!(t.intervals, 2);
         assert_eq!(t.min, lossy);
         assert!(close(t.mean(), f64::midpoint(clean, lossy), 1e-12));
         // No packets: not scored.
-        assert_eq!(t.tick(17 * S, 5 * S, (500, 25, 475), sample, &G711), None);
+        assert_eq!(t.tick(17 * S, 5 * S, (500, 25, 475, 25), sample, &G711), None);
         assert_eq!(t.intervals, 2);
+        // The same 10 % in 5 bursts of 5 scores lower (BurstR 4.2).
+        let bursty = t.tick(23 * S, 5 * S, (750, 50, 700, 30), sample, &G711).expect("scored");
+        assert!(bursty < lossy - 0.3, "{bursty} vs {lossy}");
+    }
+
+    #[test]
+    fn burst_ratio_from_loss_events() {
+        // No loss, or loss without events counted: random.
+        assert_eq!(Sample { expected: 100, ..Sample::default() }.burst_r(), 1.0);
+        assert_eq!(Sample { expected: 100, lost: 5, ..Sample::default() }.burst_r(), 1.0);
+        // 50 of 1000 lost one at a time: p = 50/950, q = 1 -> 0.95, floored at 1.
+        let random = Sample { expected: 1000, lost: 50, loss_events: 50, ..Sample::default() };
+        assert_eq!(random.burst_r(), 1.0);
+        // 50 lost in 10 bursts of 5: p = 10/950, q = 10/50 -> BurstR 4.75.
+        let bursty = Sample { expected: 1000, lost: 50, loss_events: 10, ..Sample::default() };
+        assert!(close(bursty.burst_r(), 1.0 / (10.0 / 950.0 + 0.2), 1e-12));
+        assert!(close(bursty.burst_r(), 4.75, TOL));
+        // G.107: Ie_eff at 5 % with BurstR 4.75 on G.711 (PLC):
+        // 95 * 5 / (5 / 4.75 + 25.1) = 18.16, against 15.78 for random loss.
+        assert!(close(ie_eff(&G711, 5.0, bursty.burst_r()), 18.16, TOL));
+        assert!(bursty.mos(&G711) < random.mos(&G711));
+        // Everything lost: no received packet to measure p from.
+        assert_eq!(Sample { expected: 10, lost: 10, loss_events: 1, ..Sample::default() }.burst_r(), 1.0);
     }
 }

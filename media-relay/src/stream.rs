@@ -145,6 +145,7 @@ pub struct DirShared {
     lost: AtomicU64,
     duplicates: AtomicU64,
     reordered: AtomicU64,
+    loss_events: AtomicU64,
     jitter: AtomicU32,
     jitter_us: AtomicU32,
     last_packet: AtomicU64,
@@ -184,6 +185,7 @@ impl DirShared {
         self.lost.store(s.lost.cast_unsigned(), Relaxed);
         self.duplicates.store(s.duplicates, Relaxed);
         self.reordered.store(s.reordered, Relaxed);
+        self.loss_events.store(s.loss_events, Relaxed);
         self.jitter.store(s.jitter, Relaxed);
         self.jitter_us.store(s.jitter_us, Relaxed);
         self.last_packet.store(s.last_packet, Relaxed);
@@ -214,6 +216,7 @@ impl DirShared {
                 lost: self.lost.load(Relaxed).cast_signed(),
                 duplicates: self.duplicates.load(Relaxed),
                 reordered: self.reordered.load(Relaxed),
+                loss_events: self.loss_events.load(Relaxed),
                 jitter: self.jitter.load(Relaxed),
                 jitter_us: self.jitter_us.load(Relaxed),
                 last_packet: self.last_packet.load(Relaxed),

@@ -100,7 +100,13 @@ impl MediaPair {
                 self.quality.rtp_seen[from] = (s.rtp_packets, now);
             }
             if self.expects(from) {
-                self.quality.dirs[from].tick(now, INTERVAL, (s.expected, s.lost, s.rtp_packets), sample, &codec);
+                self.quality.dirs[from].tick(
+                    now,
+                    INTERVAL,
+                    (s.expected, s.lost, s.rtp_packets, s.loss_events),
+                    sample,
+                    &codec,
+                );
             }
         }
         if !answered || one_way_after == 0 || !self.expects(0) || !self.expects(1) {
