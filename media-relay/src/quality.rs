@@ -235,6 +235,13 @@ impl QualityTracker {
         Some(m)
     }
 
+    /// Whether a [`tick`](Self::tick) at `now` would end an interval (or
+    /// set the first base): callers skip reading the inputs otherwise.
+    #[must_use]
+    pub fn due(&self, now: Nanos, interval: Nanos) -> bool {
+        self.since == 0 || now.saturating_sub(self.since) >= interval
+    }
+
     /// Mean interval MOS; 0 before the first.
     #[must_use]
     pub fn mean(&self) -> f64 {

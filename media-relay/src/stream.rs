@@ -235,6 +235,13 @@ impl DirShared {
         }
     }
 
+    /// RTP packets accepted so far (one load, for the control plane's
+    /// frequent passes).
+    #[must_use]
+    pub fn rtp_packets(&self) -> u64 {
+        self.rtp_packets.load(Relaxed)
+    }
+
     /// Time of the last accepted packet (0 = never).
     #[must_use]
     pub fn last_packet(&self) -> Nanos {

@@ -91,15 +91,18 @@ impl MediaPair {
     /// one direction has been silent for `one_way_after` (0: never) while
     /// the other flowed. `since` is the last offer/answer (monotonic ns).
     pub fn score(&mut self, now: Nanos, answered: bool, since: Nanos, one_way_after: Nanos) -> Vec<OneWay> {
-        let codec = quality::codec(self.codec_name());
         let mut flagged = Vec::new();
         for from in 0..2 {
-            let (snap, sample) = self.sample(from);
-            let s = &snap.stats;
-            if s.rtp_packets != self.quality.rtp_seen[from].0 {
-                self.quality.rtp_seen[from] = (s.rtp_packets, now);
+            // Every pass: one load per direction. The full inputs only when
+            // an interval ends (every INTERVAL).
+            let rtp = self.shared[from * 2].rtp_packets();
+            if rtp != self.quality.rtp_seen[from].0 {
+                self.quality.rtp_seen[from] = (rtp, now);
             }
-            if self.expects(from) {
+            if self.expects(from) && self.quality.dirs[from].due(now, INTERVAL) {
+                let (snap, sample) = self.sample(from);
+                let s = &snap.stats;
+                let codec = quality::codec(self.codec_name());
                 self.quality.dirs[from].tick(
                     now,
                     INTERVAL,
