@@ -228,6 +228,9 @@ pub struct RelayConfig {
     /// Whether the XDP program drops UDP to the media port range's ports
     /// that have no session (on the media interfaces' addresses).
     pub xdp_drop_no_session: bool,
+    /// An answered call whose media flows one way only for this long is
+    /// flagged as one-way audio (`relay.one_way_after_s`; 0 disables).
+    pub one_way_after: Duration,
 }
 
 /// `relay.xdp_zero_copy`: how the `AF_XDP` sockets move frames between the
@@ -374,6 +377,13 @@ struct RawRelay {
     flood_ban_pps: u32,
     #[serde(default = "yes")]
     xdp_drop_no_session: bool,
+    #[serde(default = "one_way_after_s")]
+    one_way_after_s: u64,
+}
+
+/// Default of `relay.one_way_after_s`.
+const fn one_way_after_s() -> u64 {
+    10
 }
 
 /// Default of `relay.flood_ban_pps`: far above a misdirected stream's 50
@@ -540,6 +550,7 @@ impl RelayConfig {
             cpu_latency_us,
             flood_ban_pps: r.flood_ban_pps,
             xdp_drop_no_session: r.xdp_drop_no_session,
+            one_way_after: Duration::from_secs(r.one_way_after_s),
         };
         cfg.resolve_workers();
         cfg.validate()?;

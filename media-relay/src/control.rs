@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use crate::stream::DirSnapshot;
+pub use crate::stream::DirSnapshot;
 
 /// Errors of relay operations. Their `Display` text is what the ng protocol
 /// returns as `error-reason`.
@@ -120,6 +120,44 @@ pub struct MediaReport {
     pub codecs: Vec<String>,
     /// RTP then RTCP.
     pub streams: [StreamReport; 2],
+    /// Quality of the media *from* this leg (to the other), see
+    /// [`QualityReport`].
+    pub quality: QualityReport,
+}
+
+/// Quality of one direction of one `m=` section (media from one leg to the
+/// other), scored by the relay's control plane every interval (see
+/// [`crate::quality`] and `docs/quality.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QualityReport {
+    /// The last interval's MOS; 0 before the first scored interval.
+    pub mos: f64,
+    /// Lowest interval MOS; 0 before the first.
+    pub mos_min: f64,
+    /// Mean interval MOS; 0 before the first.
+    pub mos_mean: f64,
+    /// Intervals scored.
+    pub intervals: u32,
+    /// Loss over the call so far, percent: the relay's count, or the
+    /// receiving endpoint's RTCP cumulative count when larger.
+    pub loss_pct: f64,
+    /// Current interarrival jitter, ms (relay's view or receiver's report,
+    /// the larger).
+    pub jitter_ms: f64,
+    /// Highest jitter seen at an interval, ms.
+    pub jitter_max_ms: f64,
+    /// Round trip sender - relay - receiver from RTCP, ms; `None` when
+    /// neither leg's RTCP gave one.
+    pub rtt_ms: Option<f64>,
+    /// Flagged as one-way audio: the other direction flowed while this one
+    /// was silent for `relay.one_way_after_s`.
+    pub one_way: bool,
+    /// The SDP of either leg disables this direction (hold: `sendonly`,
+    /// `recvonly`, `inactive`, or no address).
+    pub held: bool,
+    /// Milliseconds since the last packet of this direction (or since the
+    /// last offer/answer, if later).
+    pub idle_ms: u64,
 }
 
 /// One leg (tag) of a call.
@@ -157,6 +195,23 @@ impl CallReport {
     }
 }
 
+/// Something the relay's quality watch found (see
+/// [`MediaControl::take_quality_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QualityEvent {
+    /// An answered call's media flowed one way only for
+    /// `relay.one_way_after_s`: the direction from the leg tagged
+    /// `silent_tag` stayed silent while the other flowed.
+    OneWay {
+        /// Call-ID.
+        call_id: String,
+        /// 1-based `m=` index.
+        media: usize,
+        /// The tag of the leg that sends nothing.
+        silent_tag: String,
+    },
+}
+
 /// Relay-wide figures.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RelayTotals {
@@ -178,6 +233,8 @@ pub struct RelayTotals {
     pub ended_oneway: u64,
     /// Ended calls that had no media.
     pub ended_none: u64,
+    /// Media directions flagged as one-way audio.
+    pub one_way_audio: u64,
 }
 
 /// Drives the relay: the in-process equivalent of the ng protocol.
@@ -220,4 +277,22 @@ pub trait MediaControl: Send + Sync {
     /// a call keeps driving the relay the call is on). Ignored by a single
     /// relay.
     fn place(&self, _call_id: &str, _relay: &str) {}
+    /// The call was answered (a 2xx to the INVITE): from now on, and not
+    /// during early media, it is watched for one-way audio. A controller
+    /// that never calls this (ng) has calls watched from their answer SDP.
+    fn mark_answered(&self, call_id: &str) {
+        let _ = call_id;
+    }
+    /// The quality events (one-way audio) found since the last call, each
+    /// once. The default (a relay without a quality watch) has none.
+    fn take_quality_events(&self) -> Vec<QualityEvent> {
+        Vec::new()
+    }
+    /// Call-IDs of calls whose media has stopped in every direction for at
+    /// least `idle` (no RTP either way, and no offer/answer, for that
+    /// long). The default finds none.
+    fn idle_calls(&self, idle: std::time::Duration) -> Vec<String> {
+        let _ = idle;
+        Vec::new()
+    }
 }

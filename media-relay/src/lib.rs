@@ -12,6 +12,8 @@
 //! - [`ng`]: the ng protocol codec and server; [`bencode`] its encoding.
 //! - [`sdp`]: SDP parsing and the anchoring rewrite.
 //! - [`rtp`], `stats`: zero-copy RTP/RTCP views, RFC 3550 statistics.
+//! - [`rtcp`]: endpoints' RTCP reports and round trips; [`quality`]: the
+//!   E-model (MOS) per direction.
 //! - [`metrics`], `counters`: Prometheus exposition of every counter.
 //! - [`ha`]: session records exported to and imported from an HA peer.
 //! - `ports`: the port allocator. `sys`: the only `unsafe` code (raw
@@ -29,7 +31,9 @@ pub mod ha;
 pub mod logging;
 pub mod metrics;
 pub mod ng;
+pub mod quality;
 pub mod relay;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 

@@ -82,6 +82,13 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
          media_relay_sessions_ended_total{{media=\"none\"}} {}",
         t.ended_both, t.ended_oneway, t.ended_none
     );
+    let _ = writeln!(
+        out,
+        "# HELP media_relay_one_way_audio_total Answered media directions silent while the other flowed for relay.one_way_after_s.
+         # TYPE media_relay_one_way_audio_total counter
+media_relay_one_way_audio_total {}",
+        t.one_way_audio
+    );
 
     // Worker counters, grouped by metric name, one series per worker.
     let per_worker: Vec<_> = relay.worker_counters().iter().map(|c| c.rows()).collect();

@@ -692,6 +692,7 @@ mod tests {
                     ..StatsSnapshot::default()
                 },
                 foreign_drops: 2,
+                rtcp: crate::rtcp::RtcpReport::default(),
             },
         };
         let leg = |tag: &str, base: u16| LegReport {
@@ -702,6 +703,7 @@ mod tests {
                 protocol: "RTP/AVP".into(),
                 codecs: vec!["PCMU/8000".into(), "telephone-event/8000".into()],
                 streams: [stream(base, Some("192.0.2.1:4000"), true, 10), stream(base + 1, None, false, 0)],
+                quality: crate::control::QualityReport::default(),
             }],
         };
         CallReport {

@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSo
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::rtcp::RtcpReport;
 use crate::stats::StatsSnapshot;
 use crate::Nanos;
 
@@ -144,12 +145,21 @@ pub struct DirShared {
     lost: AtomicU64,
     duplicates: AtomicU64,
     reordered: AtomicU64,
+    loss_events: AtomicU64,
     jitter: AtomicU32,
     jitter_us: AtomicU32,
     last_packet: AtomicU64,
     ssrc: AtomicU32,
     max_seq_ext: AtomicU32,
     foreign: AtomicU64,
+    /// The sending endpoint's own RTCP view ([`RtcpReport`]); written on the
+    /// leg's RTP channel only.
+    rtcp_srs: AtomicU32,
+    rtcp_blocks: AtomicU32,
+    rtcp_fraction_lost: AtomicU32,
+    rtcp_cumulative_lost: AtomicU32,
+    rtcp_jitter: AtomicU32,
+    rtcp_rtt_us: AtomicU32,
 }
 
 /// A read of [`DirShared`].
@@ -159,6 +169,10 @@ pub struct DirSnapshot {
     pub stats: StatsSnapshot,
     /// Packets from a source other than the latched/expected one, dropped.
     pub foreign_drops: u64,
+    /// What this leg's endpoint said in its RTCP (SR/RR report blocks) and
+    /// the round trip between the relay and it; on the RTP channel's
+    /// snapshot (rtcp-mux or not), default on the RTCP channel's.
+    pub rtcp: RtcpReport,
 }
 
 impl DirShared {
@@ -171,12 +185,23 @@ impl DirShared {
         self.lost.store(s.lost.cast_unsigned(), Relaxed);
         self.duplicates.store(s.duplicates, Relaxed);
         self.reordered.store(s.reordered, Relaxed);
+        self.loss_events.store(s.loss_events, Relaxed);
         self.jitter.store(s.jitter, Relaxed);
         self.jitter_us.store(s.jitter_us, Relaxed);
         self.last_packet.store(s.last_packet, Relaxed);
         self.ssrc.store(s.ssrc, Relaxed);
         self.max_seq_ext.store(s.max_seq_ext, Relaxed);
         self.foreign.store(foreign, Relaxed);
+    }
+
+    /// Worker side: publish the leg's RTCP view.
+    pub fn publish_rtcp(&self, r: &RtcpReport) {
+        self.rtcp_srs.store(r.srs, Relaxed);
+        self.rtcp_blocks.store(r.blocks, Relaxed);
+        self.rtcp_fraction_lost.store(u32::from(r.fraction_lost), Relaxed);
+        self.rtcp_cumulative_lost.store(r.cumulative_lost.cast_unsigned(), Relaxed);
+        self.rtcp_jitter.store(r.jitter, Relaxed);
+        self.rtcp_rtt_us.store(r.rtt_us, Relaxed);
     }
 
     /// Control side: read the last published statistics.
@@ -191,6 +216,7 @@ impl DirShared {
                 lost: self.lost.load(Relaxed).cast_signed(),
                 duplicates: self.duplicates.load(Relaxed),
                 reordered: self.reordered.load(Relaxed),
+                loss_events: self.loss_events.load(Relaxed),
                 jitter: self.jitter.load(Relaxed),
                 jitter_us: self.jitter_us.load(Relaxed),
                 last_packet: self.last_packet.load(Relaxed),
@@ -198,7 +224,22 @@ impl DirShared {
                 max_seq_ext: self.max_seq_ext.load(Relaxed),
             },
             foreign_drops: self.foreign.load(Relaxed),
+            rtcp: RtcpReport {
+                srs: self.rtcp_srs.load(Relaxed),
+                blocks: self.rtcp_blocks.load(Relaxed),
+                fraction_lost: u8::try_from(self.rtcp_fraction_lost.load(Relaxed)).unwrap_or(u8::MAX),
+                cumulative_lost: self.rtcp_cumulative_lost.load(Relaxed).cast_signed(),
+                jitter: self.rtcp_jitter.load(Relaxed),
+                rtt_us: self.rtcp_rtt_us.load(Relaxed),
+            },
         }
+    }
+
+    /// RTP packets accepted so far (one load, for the control plane's
+    /// frequent passes).
+    #[must_use]
+    pub fn rtp_packets(&self) -> u64 {
+        self.rtp_packets.load(Relaxed)
     }
 
     /// Time of the last accepted packet (0 = never).

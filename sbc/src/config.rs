@@ -133,6 +133,9 @@ pub struct Config {
     pub invite_timeout: Duration,
     /// Dialogs that see no BYE end after this long.
     pub dialog_timeout: Duration,
+    /// An answered call whose media stopped both ways this long is ended
+    /// with BYE both ways (`sip.media_timeout_s`; zero: off).
+    pub media_timeout: Duration,
     /// RFC 3261 timer C: a ringing branch with no final answer after this
     /// long is cancelled and the next target tried.
     pub timer_c: Duration,
@@ -334,6 +337,8 @@ struct RawSip {
     invite_timeout_ms: u64,
     #[serde(default = "dialog_timeout")]
     dialog_timeout_s: u64,
+    #[serde(default)]
+    media_timeout_s: u64,
     #[serde(default = "timer_c")]
     timer_c_s: u64,
     #[serde(default = "info")]
@@ -539,6 +544,7 @@ impl Config {
             t4: Duration::from_millis(f.sip.t4_ms),
             invite_timeout: Duration::from_millis(f.sip.invite_timeout_ms),
             dialog_timeout: Duration::from_secs(f.sip.dialog_timeout_s),
+            media_timeout: Duration::from_secs(f.sip.media_timeout_s),
             timer_c: Duration::from_secs(f.sip.timer_c_s.max(1)),
             default_expires: r.default_expires,
             min_expires: r.min_expires,

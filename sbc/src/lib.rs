@@ -15,6 +15,7 @@
 //!   block of the crate, the kernel interfaces (AF_PACKET, rtnetlink).
 
 pub mod auth;
+pub mod call_health;
 pub mod caps;
 pub mod cdr;
 pub mod config;

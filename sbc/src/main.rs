@@ -46,8 +46,8 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `relays`, `ha`, `failover`,
-    /// `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`.
+    /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `calls`, `call CALLID`, `relays`, `ha`,
+    /// `failover`, `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`.
     Ctl {
         /// The control socket (default: `control.socket` of the config).
         #[arg(long)]

@@ -118,6 +118,8 @@ pub struct SbcMetrics {
     pub guard: crate::guard::GuardMetrics,
     /// CDR spool and forwarder series.
     pub cdr: std::sync::Arc<crate::cdr::CdrMetrics>,
+    /// Call health and quality per trunk (ASR, NER, ACD, PDD, MOS, one-way audio).
+    pub health: crate::call_health::CallHealth,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -167,7 +169,7 @@ impl SbcMetrics {
                 t
             })
             .collect();
-        Self { trunks, ..Self::default() }
+        Self { trunks, health: crate::call_health::CallHealth::new(trunk_names), ..Self::default() }
     }
 
     /// Names the realms, for the per-realm series (the first call wins).
@@ -414,6 +416,7 @@ impl SbcMetrics {
         self.auth.render(&mut o);
         self.messages.render(&mut o);
         self.guard.render(&mut o);
+        self.health.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,

@@ -27,6 +27,12 @@ impl Test {
     /// `None` (skipped) without sipp. `catch_all`: every number routes to
     /// the trunk; otherwise only numbers starting with 9.
     fn start(label: &str, transport: &str, catch_all: bool) -> Option<Test> {
+        Self::start_with(label, transport, catch_all, "")
+    }
+
+    /// [`start`](Self::start) with `relay_extra` (TOML lines) appended to
+    /// the `[relay]` section.
+    fn start_with(label: &str, transport: &str, catch_all: bool, relay_extra: &str) -> Option<Test> {
         static NEXT: AtomicU16 = AtomicU16::new(0);
         let sipp = Sipp::find()?;
         let dir = TestDir::new(label);
@@ -38,7 +44,7 @@ impl Test {
              [[trunk]]\nname = \"uas\"\naddress = \"127.0.0.1:{}\"\ntransport = \"{transport}\"\nprobe = false\n\
              [[route]]\nprefix = \"{prefix}\"\ntrunks = [\"uas\"]\n\
              [health]\ninterval_ms = 0\n[cdr]\nfile = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[control]\nsocket = \"off\"\n\
-             [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {}\nport_max = {}\nworkers = 2\ntimeout = 60\nmetrics = \"off\"\n",
+             [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {}\nport_max = {}\nworkers = 2\ntimeout = 60\nmetrics = \"off\"\n{relay_extra}",
             p.sip,
             p.a,
             dir.join("cdr.jsonl").display(),
@@ -111,6 +117,48 @@ fn fifty_calls_with_rtp_through_the_relay() {
     }
     assert_eq!(t.metric("sbc_call_answers_total"), 50.0);
     assert_eq!(t.sbc.metric("media_relay_sessions_ended_total", &[("media", "both")]), 50.0);
+    // Quality in the CDR: both directions flowed on loopback without loss.
+    for r in &records {
+        for leg in r["relay"].as_array().unwrap() {
+            let m = &leg["media"][0];
+            assert_eq!(m["one_way_audio"], false, "{r}");
+            assert!(m["loss_pct"].as_f64().is_some_and(|l| l < 1.0), "{r}");
+            assert!(m["mos_mean"].is_null() || m["mos_mean"].as_f64().is_some_and(|v| (1.0..=4.5).contains(&v)), "{r}");
+        }
+    }
+    // Call health of the trunk.
+    let trunk = [("trunk", "uas")];
+    assert_eq!(t.sbc.metric("sbc_trunk_answers_total", &trunk), 50.0);
+    assert_eq!(t.sbc.metric("sbc_trunk_asr", &trunk), 1.0);
+    assert_eq!(t.sbc.metric("sbc_trunk_ner", &trunk), 1.0);
+    assert_eq!(t.sbc.metric("sbc_trunk_post_dial_delay_seconds_count", &trunk), 50.0);
+    assert!(t.sbc.metric("sbc_trunk_acd_seconds", &trunk) >= 1.5);
+    assert_eq!(t.sbc.metric("sbc_one_way_audio_total", &trunk), 0.0);
+}
+
+#[test]
+fn a_callee_that_sends_no_media_is_one_way_audio_scored_by_trunk() {
+    // The UAS answers but sends no RTP (no echo); the caller talks 4 s.
+    let Some(t) = Test::start_with("sbc-oneway", "udp", true, "one_way_after_s = 2\n") else { return };
+    let audio = t.dir.write("pcma.raw", vec![0xd5u8; 200 * 160]);
+    let uac =
+        Template::scenario("uac_rtp.xml").set("AUDIO", audio.display()).set("PAUSE_MS", 6000).write(&t.dir, "uac.xml");
+    let _uas = t.spawn_uas("uas", t.uas().scenario("uas_echo.xml").media("127.0.0.1", Some(t.p.relay + 350)));
+    assert!(t.run_uac(t.uac("1000").sf(&uac).media("127.0.0.1", None).calls(2).rate(10).limit(2)));
+    t.sbc.wait_gauge_zero("sbc_dialogs_active");
+    let records = t.sbc.cdrs();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        let legs = r["relay"].as_array().unwrap();
+        let caller = legs.iter().find(|l| l["media"][0]["packets"].as_u64().unwrap_or(0) > 0).expect("caller's RTP");
+        let callee = legs.iter().find(|l| l["media"][0]["packets"].as_u64().unwrap_or(0) == 0).expect("silent callee");
+        assert_eq!(callee["media"][0]["one_way_audio"], true, "{r}");
+        assert_eq!(caller["media"][0]["one_way_audio"], false, "{r}");
+        // The caller's 6 s of RTP were scored (5 s intervals).
+        assert!(caller["media"][0]["mos_mean"].as_f64().is_some_and(|m| m > 4.0), "{r}");
+    }
+    assert_eq!(t.sbc.metric("sbc_one_way_audio_total", &[("trunk", "uas")]), 2.0);
+    assert_eq!(t.sbc.metric("sbc_trunk_mos_count", &[("trunk", "uas")]), 2.0);
 }
 
 #[test]

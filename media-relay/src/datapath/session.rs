@@ -32,6 +32,7 @@ use std::sync::Arc;
 use super::device::{Device, To};
 use super::flood::FloodWatch;
 use crate::counters::LocalCounters;
+use crate::rtcp::{on_rtcp, RtcpState};
 use crate::rtp::{is_rtcp, RtpPacket};
 use crate::stats::{OtherStats, RtpStats};
 use crate::stream::{is_rtcp_channel, peer_channel, ClockTable, Command, Endpoint, Event, PairSetup, PairShared};
@@ -65,6 +66,8 @@ struct Pair<X> {
     rtp: [RtpStats; 2],
     /// Statistics of the RTCP channels, where everything is other traffic.
     rtcp: [OtherStats; 2],
+    /// Each leg's RTCP reports and round trip (from RTCP on either channel).
+    reports: [RtcpState; 2],
     /// The device's state of each channel.
     extra: [X; 4],
     /// Payload type clock rates (one table for the pair: both legs use the
@@ -270,6 +273,7 @@ impl<X> Sessions<X> {
             channels: [a.0, b.0, c2.0, d.0],
             rtp,
             rtcp,
+            reports: [RtcpState::default(), RtcpState::default()],
             extra: [a.1, b.1, c2.1, d.1],
             clock: ClockTable::default(),
             shared: setup.shared,
@@ -359,6 +363,8 @@ impl<X> Sessions<X> {
                 ch.dirty = false;
                 let snap = if is_rtcp_channel(c) { pair.rtcp[c / 2].snapshot() } else { pair.rtp[c / 2].snapshot() };
                 pair.shared[c].publish(&snap, ch.foreign);
+                // The leg's RTCP view goes with its RTP channel's figures.
+                pair.shared[c & !1].publish_rtcp(&pair.reports[c / 2].report);
             }
         }
         self.touched.clear();
@@ -412,6 +418,10 @@ fn ingress<X>(
             touch(ch, t.touched, token);
             return Verdict::Drop;
         }
+    }
+    if is_rtcp_channel(c) || is_rtcp(payload) {
+        // RTCP on its port or muxed: read the reports (a few a second).
+        on_rtcp(&mut pair.reports, c / 2, payload, now);
     }
     if is_rtcp_channel(c) {
         // An RTCP port: everything on it is other traffic.

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::quality::{sdp_direction, PairQuality};
 use super::sockets;
 use super::workers::{PairAt, PairStart, Placed};
 use super::{to_nanos, unix_now, Relay, State};
@@ -93,6 +94,8 @@ pub(super) struct MediaPair {
     /// Each channel's statistics, written by the worker.
     pub shared: Arc<PairShared>,
     pub clock: ClockTable,
+    /// Interval MOS, one-way flags and SDP directions (control side only).
+    pub quality: Box<PairQuality>,
 }
 
 impl MediaPair {
@@ -110,6 +113,7 @@ impl MediaPair {
             latched: [None; 4],
             shared: placed.shared,
             clock: ClockTable::default(),
+            quality: Box::default(),
         }
     }
 }
@@ -130,6 +134,9 @@ pub(super) struct Call {
     pub medias: Vec<MediaPair>,
     /// When a delayed delete takes effect.
     pub delete_at: Option<Nanos>,
+    /// When the controller said the call was answered
+    /// ([`crate::control::MediaControl::mark_answered`]), monotonic.
+    pub answered: Option<Nanos>,
 }
 
 impl Relay {
@@ -163,6 +170,7 @@ impl Relay {
                     iface: [ifaces[0].unwrap_or(0), ifaces[1].unwrap_or(0)],
                     medias: Vec::with_capacity(parsed.media.len()),
                     delete_at: None,
+                    answered: None,
                 }),
             );
             st.totals.created += 1;
@@ -254,6 +262,7 @@ impl Relay {
             pair.sdp_rtp[side] = rtp.map(Endpoint::from);
             pair.sdp_rtcp[side] = rtcp.map(Endpoint::from);
             pair.mux[side] = m.rtcp_mux;
+            pair.quality.sdp_dir[side] = sdp_direction(m.direction.as_deref());
             codecs.clear();
             m.write_codec_names(&mut codecs);
             if *pair.codecs[side] != *codecs {
@@ -375,6 +384,7 @@ impl Call {
 
     /// The call's state and statistics, as `query` and `delete` report them.
     pub fn report(&self) -> CallReport {
+        let now = monotonic_ns();
         let legs = (0..2)
             .map(|leg| LegReport {
                 tag: self.tags[leg].as_deref().unwrap_or_default().to_owned(),
@@ -387,6 +397,7 @@ impl Call {
                         kind: m.kind.to_string(),
                         protocol: m.protocol.to_string(),
                         codecs: codec_names(&m.codecs[leg]),
+                        quality: m.quality_report(leg, now, self.last_signal_mono),
                         streams: [0, 1].map(|k| {
                             let ch = leg * 2 + k;
                             let sdp = if k == 0 { m.sdp_rtp[leg] } else { m.sdp_rtcp[leg] };
@@ -410,5 +421,6 @@ impl Call {
 #[test]
 fn media_pair_is_compact() {
     // Addresses as 24-byte endpoints, statistics in one allocation per pair.
-    assert!(std::mem::size_of::<MediaPair>() <= 352, "{}", std::mem::size_of::<MediaPair>());
+    // Plus one pointer to the quality state (issue 21).
+    assert!(std::mem::size_of::<MediaPair>() <= 360, "{}", std::mem::size_of::<MediaPair>());
 }

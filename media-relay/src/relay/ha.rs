@@ -77,6 +77,8 @@ impl Relay {
             iface: rec.iface.map(|i| if i < n_if { i } else { 0 }),
             medias: Vec::with_capacity(rec.medias.len()),
             delete_at: None,
+            // A call taken over with both legs is taken as answered.
+            answered: rec.tags[1].is_some().then(monotonic_ns),
         });
         let mut failed = None;
         for (i, m) in rec.medias.iter().enumerate() {
@@ -143,6 +145,8 @@ impl Relay {
             latched: endpoints(m.latched),
             shared: placed.shared,
             clock,
+            // Not replicated: scoring and one-way watch start afresh.
+            quality: Box::default(),
         })
     }
 }

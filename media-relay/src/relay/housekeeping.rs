@@ -11,6 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{to_nanos, Relay};
+use crate::control::QualityEvent;
 use crate::sys::monotonic_ns;
 use crate::Nanos;
 
@@ -24,6 +25,29 @@ impl Relay {
         let mut st = self.lock();
         st.drain_events();
         st.workers.retry_removes();
+        let one_way_after = to_nanos(self.cfg.one_way_after);
+        let st = &mut *st;
+        let marked = self.answers_marked.load(Ordering::Relaxed);
+        for call in st.calls.values_mut() {
+            let answered =
+                call.delete_at.is_none() && if marked { call.answered.is_some() } else { call.tags[1].is_some() };
+            let since = call.last_signal_mono.max(call.answered.unwrap_or(0));
+            for (i, m) in call.medias.iter_mut().enumerate() {
+                for ow in m.score(now, answered, since, one_way_after) {
+                    let silent_tag = call.tags[ow.silent_from].as_deref().unwrap_or_default().to_owned();
+                    tracing::warn!(call_id = %call.id, media = i + 1, silent_tag, after_s = self.cfg.one_way_after.as_secs(),
+                        "one-way audio: media flows in one direction only");
+                    st.totals.one_way_audio += 1;
+                    if st.quality_events.len() < super::FLOOD_SOURCES_MAX {
+                        st.quality_events.push(QualityEvent::OneWay {
+                            call_id: call.id.to_string(),
+                            media: i + 1,
+                            silent_tag,
+                        });
+                    }
+                }
+            }
+        }
         let timeout = to_nanos(self.cfg.timeout);
         let mut expired: Vec<(Arc<str>, bool)> = Vec::new();
         for call in st.calls.values() {
@@ -48,6 +72,24 @@ impl Relay {
             st.destroy(&id);
         }
         st.workers.wake();
+    }
+}
+
+impl Relay {
+    /// Call-IDs of calls with no RTP in any direction, and no offer or
+    /// answer, for at least `idle` ns at `now`.
+    pub(super) fn idle_calls_at(&self, now: Nanos, idle: Nanos) -> Vec<String> {
+        let st = self.lock();
+        st.calls
+            .values()
+            .filter(|c| c.delete_at.is_none() && !c.medias.is_empty())
+            .filter(|c| {
+                c.medias.iter().all(|m| {
+                    (0..2).all(|from| m.quality_report(from, now, c.last_signal_mono).idle_ms >= idle / 1_000_000)
+                })
+            })
+            .map(|c| c.id.to_string())
+            .collect()
     }
 }
 

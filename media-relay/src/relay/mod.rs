@@ -24,6 +24,7 @@
 mod calls;
 mod ha;
 mod housekeeping;
+mod quality;
 mod sockets;
 mod workers;
 
@@ -54,6 +55,10 @@ pub struct Relay {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Holds `relay.cpu_latency_us` while open.
     _cpu_latency: Option<std::fs::File>,
+    /// Whether the controller marks answers ([`MediaControl::mark_answered`]):
+    /// then only a marked call is watched for one-way audio, else any call
+    /// with an answer SDP.
+    answers_marked: AtomicBool,
 }
 
 /// What the control paths share, behind [`Relay`]'s mutex.
@@ -69,6 +74,8 @@ struct State {
     /// Flooding sources reported by the workers and not yet taken, each
     /// once, at most [`FLOOD_SOURCES_MAX`].
     flood_sources: Vec<std::net::IpAddr>,
+    /// Quality events not yet taken, at most [`FLOOD_SOURCES_MAX`].
+    quality_events: Vec<crate::control::QualityEvent>,
 }
 
 /// Most flooding sources kept between two [`Relay::take_flood_sources`].
@@ -125,10 +132,12 @@ impl Relay {
             totals: RelayTotals::default(),
             changed: None,
             flood_sources: Vec::new(),
+            quality_events: Vec::new(),
         };
         let cpu_latency = cfg.cpu_latency_us.and_then(hold_cpu_latency);
         let relay = Arc::new(Self {
             _cpu_latency: cpu_latency,
+            answers_marked: AtomicBool::new(false),
             cfg,
             datapath,
             sip,
@@ -292,6 +301,21 @@ impl MediaControl for Relay {
 
     fn flush(&self) {
         self.lock().workers.wake();
+    }
+
+    fn mark_answered(&self, call_id: &str) {
+        self.answers_marked.store(true, Ordering::Relaxed);
+        if let Some(c) = self.lock().calls.get_mut(call_id) {
+            c.answered.get_or_insert(crate::sys::monotonic_ns());
+        }
+    }
+
+    fn take_quality_events(&self) -> Vec<crate::control::QualityEvent> {
+        std::mem::take(&mut self.lock().quality_events)
+    }
+
+    fn idle_calls(&self, idle: Duration) -> Vec<String> {
+        self.idle_calls_at(crate::sys::monotonic_ns(), to_nanos(idle))
     }
 
     fn totals(&self) -> RelayTotals {

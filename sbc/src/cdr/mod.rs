@@ -33,6 +33,10 @@ pub fn relay_stats(report: &CallReport) -> Value {
                 .iter()
                 .map(|m| {
                     let s = &m.streams[0].stats;
+                    let q = &m.quality;
+                    // Quality of the media from this leg (issue 21); MOS
+                    // null when no interval was scored.
+                    let mos = |v: f64| (q.intervals > 0).then_some((v * 100.0).round() / 100.0);
                     json!({
                         "type": m.kind,
                         "codecs": m.codecs,
@@ -45,6 +49,14 @@ pub fn relay_stats(report: &CallReport) -> Value {
                         "jitter_us": s.stats.jitter_us,
                         "foreign_drops": s.foreign_drops,
                         "rtcp_packets": m.streams[1].stats.stats.packets,
+                        "mos_min": mos(q.mos_min),
+                        "mos_mean": mos(q.mos_mean),
+                        "loss_pct": (q.loss_pct * 100.0).round() / 100.0,
+                        "jitter_max_ms": (q.jitter_max_ms * 10.0).round() / 10.0,
+                        "rtt_ms": q.rtt_ms.map(|r| (r * 10.0).round() / 10.0),
+                        "one_way_audio": q.one_way,
+                        "rtcp_fraction_lost": s.rtcp.fraction_lost,
+                        "rtcp_cumulative_lost": s.rtcp.cumulative_lost,
                     })
                 })
                 .collect();

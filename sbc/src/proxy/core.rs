@@ -266,6 +266,7 @@ impl Core {
                 self.end_unacked(txn, &call_id, now);
             }
         }
+        self.quality_tick(txn, now);
         for call_id in self.dialogs.idle(now, self.cfg.dialog_timeout) {
             tracing::debug!(call_id, "dialog timed out");
             self.end_call(&call_id, EndReason::Timeout, 0, now);

@@ -41,6 +41,9 @@ pub enum EndReason {
     /// Answered, but the caller's ACK never came within 64×T1: the sbc
     /// sent BYE both ways.
     NoAck,
+    /// Answered, but no media either way for `sip.media_timeout_s`: the
+    /// sbc sent BYE both ways.
+    MediaTimeout,
 }
 
 impl EndReason {
@@ -54,6 +57,7 @@ impl EndReason {
             Self::Failed => "failed",
             Self::Timeout => "timeout",
             Self::NoAck => "no-ack",
+            Self::MediaTimeout => "media-timeout",
         }
     }
 }

@@ -445,6 +445,7 @@ impl Core {
         f.current = None;
         if let Some(i) = trunk {
             self.trunk_outcome(i, TrunkOutcome::Failed);
+            self.metrics.health.attempt(i, code);
             if self.cfg.health.failure_codes.contains(&code) {
                 self.trunk_passive_failure(i, src, sent, &format!("{code} on INVITE"), now);
             }
@@ -495,6 +496,9 @@ impl Core {
                     if !d.pdd_done && code >= 180 {
                         d.pdd_done = true;
                         self.metrics.post_dial_delay(now.saturating_duration_since(d.started).as_secs_f64());
+                        if let Some(i) = d.trunk {
+                            self.metrics.health.pdd(i, now.saturating_duration_since(d.started).as_secs_f64());
+                        }
                     }
                     if (200..300).contains(&code) {
                         d.confirm(to_tag.clone(), code, now);
@@ -505,6 +509,8 @@ impl Core {
                 }
                 if (200..300).contains(&code) {
                     self.metrics.call_answers.fetch_add(1, Relaxed);
+                    // Watched for one-way audio from now, not in early media.
+                    self.media.mark_answered(&call_id);
                 }
             }
         } else if (200..300).contains(&code) && resp.cseq().is_some_and(|c| c.1 == Method::Bye) {

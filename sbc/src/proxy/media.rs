@@ -75,12 +75,16 @@ impl Core {
         if code != 0 {
             d.final_code = code;
         }
-        let trunk = d.trunk.and_then(|i| self.cfg.trunks.get(i)).map(|t| t.name.clone());
+        let trunk = d.trunk;
+        let trunk_name = trunk.and_then(|i| self.cfg.trunks.get(i)).map(|t| t.name.clone());
         if let Some(i) = d.trunk.take() {
             self.trunk_release(i);
         }
         let (relay, codecs) = match self.media.delete(call_id, Some(&d.caller_tag)) {
             Ok(report) => {
+                if let Some(i) = trunk {
+                    self.record_call_mos(i, &report);
+                }
                 let mut codecs: Vec<String> = Vec::new();
                 for c in report.legs.iter().flat_map(|l| l.medias.iter().flat_map(|m| m.codecs.iter())) {
                     if !codecs.contains(c) {
@@ -91,9 +95,12 @@ impl Core {
             }
             Err(_) => (serde_json::Value::Null, Vec::new()),
         };
+        if let (Some(i), Some(a)) = (trunk, d.answered) {
+            self.metrics.health.answered_call_ended(i, now.saturating_duration_since(a).as_secs_f64());
+        }
         tracing::debug!(call_id, reason = reason.as_str(), code = d.final_code, "call ended");
         let mut rec = d.cdr(reason, SystemTime::now(), now, relay, &codecs);
-        rec["trunk"] = trunk.into();
+        rec["trunk"] = trunk_name.into();
         self.cdr.write(&rec);
     }
 }

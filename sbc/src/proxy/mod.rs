@@ -30,6 +30,7 @@ mod hiding;
 mod identity;
 mod media;
 mod message;
+mod quality;
 pub mod register;
 mod replica;
 mod request;

@@ -164,15 +164,25 @@ impl Core {
         crate::info_limited!(call_id, "2xx never acknowledged: ending the call with BYE both ways");
         // The callee saw the caller's CSeq shifted by the challenges answered for it.
         let shift = self.carrier.offsets_of(call_id, std::iter::once(d.caller_tag.as_str())).first().map_or(0, |o| o.1);
-        self.send_bye(txn, &d, true, d.invite_cseq.wrapping_add(shift).wrapping_add(1), now);
-        self.send_bye(txn, &d, false, 1, now);
+        let reason = "SIP;cause=408;text=\"ACK timeout\"";
+        self.send_bye(txn, &d, true, d.invite_cseq.wrapping_add(shift).wrapping_add(1), reason, now);
+        self.send_bye(txn, &d, false, 1, reason, now);
         self.metrics.calls_no_ack.fetch_add(1, Relaxed);
         self.end_call(call_id, EndReason::NoAck, 0, now);
     }
 
     /// One BYE the sbc originates in dialog `d`, to the callee (`to_callee`,
-    /// as if from the caller) or to the caller (as if from the callee).
-    fn send_bye(&self, txn: &mut Endpoint, d: &Dialog, to_callee: bool, cseq: u32, now: Instant) {
+    /// as if from the caller) or to the caller (as if from the callee),
+    /// with `reason` as its Reason header.
+    pub(super) fn send_bye(
+        &self,
+        txn: &mut Endpoint,
+        d: &Dialog,
+        to_callee: bool,
+        cseq: u32,
+        reason: &str,
+        now: Instant,
+    ) {
         let callee_tag = d.callee_tag.as_deref().unwrap_or_default();
         let caller = (d.from_uri.as_str(), d.caller_tag.as_str());
         let callee = (d.to_uri.as_str(), callee_tag);
@@ -188,7 +198,7 @@ impl Core {
         let text = format!(
             "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
              From: <{from_uri}>;tag={from_tag}\r\nTo: <{to_uri}>;tag={to_tag}\r\nCall-ID: {}\r\n\
-             CSeq: {cseq} BYE\r\nReason: SIP;cause=408;text=\"ACK timeout\"\r\nUser-Agent: xsbc\r\n\
+             CSeq: {cseq} BYE\r\nReason: {reason}\r\nUser-Agent: xsbc\r\n\
              Content-Length: 0\r\n\r\n",
             peer.proto.via_name(),
             d.call_id

@@ -172,6 +172,12 @@ impl Core {
     /// Counts an attempt outcome on trunk `i`.
     pub(super) fn trunk_outcome(&self, i: usize, o: TrunkOutcome) {
         self.metrics.trunk_attempt(i, o);
+        // Failures are counted with their code where they happen.
+        match o {
+            TrunkOutcome::Answered => self.metrics.health.attempt(i, 200),
+            TrunkOutcome::Timeout => self.metrics.health.attempt(i, 0),
+            _ => {}
+        }
     }
 
     /// Sends due OPTIONS probes; trunks that are not probed come back after
@@ -266,7 +272,10 @@ impl Core {
                 self.metrics.trunk_state(i, up);
                 format!("ok: trunk {name} is {}\n", self.trunks[i].health.state().as_str())
             }
-            _ => "error: commands are `trunks`, `trunk NAME up|down|auto`, `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`\n".into(),
+            ["calls"] => self.calls_table(Instant::now()),
+            ["call", id] => self.call_detail(id, Instant::now()),
+            _ => "error: commands are `trunks`, `trunk NAME up|down|auto`, `calls`, `call CALLID`, `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`
+".into(),
         }
     }
 

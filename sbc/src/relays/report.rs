@@ -68,6 +68,9 @@ fn media(v: &Value) -> MediaReport {
             .map(str::to_owned)
             .collect(),
         streams: [rtp, rtcp],
+        // The ng reply carries no quality scores: a remote relay's calls
+        // have none in their CDRs (docs/quality.md).
+        quality: media_relay::control::QualityReport::default(),
     }
 }
 
@@ -118,6 +121,7 @@ mod tests {
             protocol: "RTP/AVP".into(),
             codecs: vec!["PCMU/8000".into()],
             streams: [s, rtcp],
+            quality: media_relay::control::QualityReport::default(),
         });
         let r = CallReport { call_id: "c1".into(), created: 7, last_signal: 9, legs: vec![leg] };
         let back = call_report("c1", &media_relay::ng::report_value(&r));

@@ -570,10 +570,12 @@ fn per_channel_state_is_compact() {
     assert_eq!(size_of::<Option<Endpoint>>(), 24);
     assert!(size_of::<Channel>() <= 64, "{}", size_of::<Channel>());
     assert!(size_of::<OtherStats>() <= 32, "{}", size_of::<OtherStats>());
-    // Four channels, two full and two RTCP statistics, a clock table and a
-    // pointer, besides the device's state.
+    // Four channels, two full (with the loss-event count of issue 21) and two RTCP statistics, two legs. RTCP
+    // reports (issue 21), a clock table and a pointer, besides the
+    // device's state.
+    assert!(size_of::<crate::rtcp::RtcpState>() <= 44, "{}", size_of::<crate::rtcp::RtcpState>());
     let pair = size_of::<Pair<()>>();
-    assert!(pair <= 4 * 64 + 2 * 136 + 2 * 32 + 44 + 8 + 4, "{pair}");
+    assert!(pair <= 4 * 64 + 2 * 144 + 2 * 32 + 2 * 44 + 44 + 8 + 4, "{pair}");
     assert!(size_of::<ClockTable>() <= 44, "{}", size_of::<ClockTable>());
 }
 
@@ -588,4 +590,54 @@ fn endpoints_round_trip() {
     // A link-local peer keeps its interface.
     let ll = SocketAddr::V6(std::net::SocketAddrV6::new("fe80::7".parse().unwrap(), 5004, 0, 3));
     assert_eq!(SocketAddr::from(Endpoint::from(ll)), ll);
+}
+
+/// An SR with NTP timestamp `ntp` (no report block).
+fn sr(ntp: u64) -> Vec<u8> {
+    let mut v = vec![0x80, 200, 0, 6, 0, 0, 0, 1];
+    v.extend_from_slice(&ntp.to_be_bytes());
+    v.extend_from_slice(&[0; 12]);
+    v
+}
+
+/// An RR with one block: `fraction` lost, cumulative 3, highest 9, jitter 40, LSR, DLSR.
+fn rr(fraction: u8, lsr: u32, dlsr: u32) -> Vec<u8> {
+    let mut v = vec![0x81, 201, 0, 7, 0, 0, 0, 2, 0, 0, 0, 1, fraction, 0, 0, 3, 0, 0, 0, 9, 0, 0, 0, 40];
+    v.extend_from_slice(&lsr.to_be_bytes());
+    v.extend_from_slice(&dlsr.to_be_bytes());
+    v
+}
+
+/// RTCP on a leg's own RTCP port and muxed on its RTP port both reach the
+/// leg's report (published with its RTP channel's figures), the round trip
+/// pairs an SR of one leg with the other leg's RR, and RTCP from a foreign
+/// source is dropped before it is read. The RTCP is still relayed as is.
+#[test]
+fn rtcp_on_either_port_gives_each_legs_report_and_round_trip() {
+    const MS: Nanos = 1_000_000;
+    let mut r = rig(Fake::default(), true, false, 16);
+    r.add(0, [Some(a(SDP_A)), Some(a(SDP_A)), Some(a(SDP_B)), Some(a(SDP_B))]);
+    // Leg A's SR on its RTCP port at 1 s; leg B's RR (muxed, on its RTP
+    // port) at 1.2 s echoing it after holding it 150 ms: 50 ms.
+    let ntp = 0x0000_0005_0006_0000u64;
+    r.dev.push(To::Token(A_RTCP), a(NAT_A), &sr(ntp));
+    r.run(1000 * MS);
+    r.dev.push(To::Token(B_RTP), a("198.51.100.7:7000"), &rr(26, 0x0005_0006, 9830));
+    r.run(1200 * MS);
+    let (sa, sb) = (r.snap(A_RTP), r.snap(B_RTP));
+    assert_eq!((sa.rtcp.srs, sa.rtcp.blocks), (1, 0), "leg A's SR, published on A's RTP channel");
+    let rb = sb.rtcp;
+    assert_eq!((rb.blocks, rb.fraction_lost, rb.cumulative_lost, rb.jitter), (1, 26, 3, 40));
+    assert!(rb.rtt_us.abs_diff(50_000) <= 16, "{}", rb.rtt_us);
+    assert_eq!(r.snap(A_RTCP).rtcp, crate::rtcp::RtcpReport::default(), "nothing on the RTCP channel's own");
+    // Muxed RTCP is other traffic to the RTP statistics, relayed unchanged.
+    assert_eq!((sb.stats.packets, sb.stats.rtp_packets), (1, 0));
+    assert_eq!(r.dev.sent.len(), 2);
+    assert_eq!(r.dev.sent[1].3, rr(26, 0x0005_0006, 9830));
+    // A foreign source's RR on B's latched RTCP port is dropped unread.
+    r.dev.push(To::Token(B_RTCP), a("198.51.100.7:7001"), &rr(200, 0, 0));
+    r.dev.push(To::Token(B_RTCP), a("203.0.113.66:9"), &rr(99, 0, 0));
+    r.run(1300 * MS);
+    assert_eq!(r.snap(B_RTP).rtcp.fraction_lost, 200, "the latched source's report, not the foreigner's");
+    assert_eq!(r.snap(B_RTCP).foreign_drops, 1);
 }

@@ -16,6 +16,7 @@ mod limits;
 mod messages;
 mod noack;
 mod policy;
+mod quality;
 mod realms;
 mod relay_pin;
 mod sip;
@@ -68,6 +69,13 @@ pub(super) struct FakeRelay {
     pub(super) remote: Mutex<Option<String>>,
     /// Calls pinned with `place`, and calls placed by an offer.
     pub(super) placed: Mutex<HashMap<String, String>>,
+    /// What `query` and `delete` report, when set (else an empty report;
+    /// `query` then fails).
+    pub(super) report: Mutex<Option<CallReport>>,
+    /// Quality events for the next `take_quality_events`.
+    pub(super) quality_events: Mutex<Vec<media_relay::control::QualityEvent>>,
+    /// What `idle_calls` answers.
+    pub(super) idle: Mutex<Vec<String>>,
 }
 
 impl FakeRelay {
@@ -106,11 +114,20 @@ impl MediaControl for FakeRelay {
 
     fn delete(&self, call_id: &str, _from_tag: Option<&str>) -> Result<CallReport, RelayError> {
         self.deleted.lock().unwrap().push(call_id.to_owned());
-        Ok(CallReport { call_id: call_id.to_owned(), created: 0, last_signal: 0, legs: Vec::new() })
+        let empty = || CallReport { call_id: call_id.to_owned(), created: 0, last_signal: 0, legs: Vec::new() };
+        Ok(self.report.lock().unwrap().clone().unwrap_or_else(empty))
     }
 
     fn query(&self, _call_id: &str) -> Result<CallReport, RelayError> {
-        Err(RelayError::UnknownCall)
+        self.report.lock().unwrap().clone().ok_or(RelayError::UnknownCall)
+    }
+
+    fn take_quality_events(&self) -> Vec<media_relay::control::QualityEvent> {
+        std::mem::take(&mut *self.quality_events.lock().unwrap())
+    }
+
+    fn idle_calls(&self, _idle: Duration) -> Vec<String> {
+        self.idle.lock().unwrap().clone()
     }
 
     fn list(&self, _limit: usize) -> Vec<String> {
