@@ -33,6 +33,8 @@ check_pkg baresip-core baresip
 # there; otherwise the checked-in object (verified by a test) is used.
 check_pkg clang clang
 [ -f /usr/include/bpf/bpf_helpers.h ] || need_pkgs+=(libbpf-dev)
+# A real DNS server (NAPTR, SRV, A) for the RFC 3263 tests (tests/dns.rs).
+check_pkg dnsmasq-base dnsmasq
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod caps;
 pub mod cdr;
 pub mod config;
+pub mod dns;
 pub mod control;
 pub mod error;
 pub mod ha;
