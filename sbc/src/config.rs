@@ -10,6 +10,7 @@ use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
 mod auth;
+mod dns;
 mod ha;
 mod limits;
 mod messages;
@@ -170,6 +171,8 @@ pub struct Config {
     /// Caps on registrations, transactions, dialogs and media sessions
     /// (the `max_*` keys of `[limits]`).
     pub caps: crate::caps::Caps,
+    /// `[dns]`: name servers and TTL caps for RFC 3263 resolution.
+    pub dns: crate::dns::DnsConfig,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +206,8 @@ struct File {
     limits: limits::RawLimits,
     #[serde(default)]
     messages: messages::RawMessages,
+    #[serde(default)]
+    dns: dns::RawDns,
 }
 
 #[derive(Deserialize)]
@@ -465,6 +470,7 @@ impl Config {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
         }
         let trunks = trunks::parse_trunks(&f.trunk, &realms, sip_tls.identity.as_ref())?;
+        let dns = dns::parse_dns(&f.dns)?;
         let routes = trunks::parse_routes(&f.route, &trunks)?;
         policy::check_conflicts(&trunks, f.alternate_path.enabled)?;
         let metrics = match f.metrics.listen.as_str() {
@@ -554,6 +560,7 @@ impl Config {
             limits: msg_limits,
             messages: messages::parse_messages(f.messages)?,
             caps,
+            dns,
         })
     }
 

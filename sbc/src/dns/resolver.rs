@@ -55,9 +55,7 @@ impl Dns {
         let cache = Arc::new(Mutex::new(Cache::new(cfg.cache)));
         let (ask, rx) = mpsc::channel();
         let shared = Arc::clone(&cache);
-        std::thread::Builder::new()
-            .name("dns".into())
-            .spawn(move || run(&resolver, &shared, &rx, watch))?;
+        std::thread::Builder::new().name("dns".into()).spawn(move || run(&resolver, &shared, &rx, watch))?;
         Ok(Self { cache, ask })
     }
 
@@ -183,12 +181,9 @@ impl Lookup for Hickory<'_> {
 
     fn srv(&mut self, name: &str) -> rfc3263::Answer<Srv> {
         self.records(name, RecordType::SRV, |d| match d {
-            RData::SRV(s) => Some(Srv {
-                priority: s.priority(),
-                weight: s.weight(),
-                port: s.port(),
-                target: s.target().to_ascii(),
-            }),
+            RData::SRV(s) => {
+                Some(Srv { priority: s.priority(), weight: s.weight(), port: s.port(), target: s.target().to_ascii() })
+            }
             _ => None,
         })
     }

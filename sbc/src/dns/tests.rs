@@ -158,7 +158,10 @@ fn without_naptr_srv_per_transport_and_sips_uses_tls_only() {
     // Nothing but an A record.
     let mut z = Zone::default();
     z.host("plain.example", "10.0.0.5");
-    assert_eq!(resolve(&spec("plain.example"), &mut z).unwrap().order(&mut fixed(0)), vec![(sa("10.0.0.5:5060"), Proto::Udp)]);
+    assert_eq!(
+        resolve(&spec("plain.example"), &mut z).unwrap().order(&mut fixed(0)),
+        vec![(sa("10.0.0.5:5060"), Proto::Udp)]
+    );
     assert_eq!(resolve(&spec("nowhere.example"), &mut z), Err(LookupError::NotFound));
     z.failing.push("down.example".into());
     assert!(matches!(resolve(&spec("down.example"), &mut z), Err(LookupError::Failed(_))), "a failure is not NXDOMAIN");

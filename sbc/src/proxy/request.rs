@@ -107,6 +107,15 @@ impl Core {
                 return;
             }
         };
+        // Trunks named by DNS become their resolved targets (from the
+        // cache: DNS is never waited for here).
+        let routed_any = !targets.is_empty();
+        let targets = self.expand_dns(targets, seed, now);
+        if routed_any && targets.is_empty() {
+            tracing::debug!(method = %method, "no target: the trunks' names are not resolved or all targets are DOWN");
+            txn.reply(key, 503, "Service Unavailable - No Target", vec![Header::new("Retry-After", "5")], now);
+            return;
+        }
         if method == Method::Invite && srtp::plain_offer(&msg) {
             let to_trunks = targets.first().is_some_and(|t| t.trunk.is_some());
             if self.source_srtp(&from) || self.route_srtp(&ruri, to_trunks) {
