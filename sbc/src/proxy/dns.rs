@@ -57,6 +57,8 @@ pub(super) struct DnsTrunks {
     targets: HashMap<(usize, SocketAddr), TargetRuntime>,
     /// Outstanding OPTIONS probes to targets.
     pub(super) probes: HashMap<ClientId, (usize, SocketAddr)>,
+    /// Whether starting the resolver was tried (it is started once).
+    tried: bool,
 }
 
 impl DnsTrunks {
@@ -74,7 +76,7 @@ impl DnsTrunks {
                 None
             }
         };
-        Self { dns, ..Self::default() }
+        Self { dns, tried: true, ..Self::default() }
     }
 }
 
@@ -86,6 +88,18 @@ impl DnsTrunks {
             rt.probing = false;
         }
     }
+}
+
+/// The next hop of a request by its headers (first Route, else the
+/// Request-URI) when its host is a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum HeaderHop {
+    /// Not a DNS name (an IP literal, or no usable URI).
+    NotDns,
+    /// Resolved: the first target.
+    Resolved(SocketAddr, Proto),
+    /// Being resolved, or the name has no targets.
+    Unresolved,
 }
 
 /// xorshift64 from a seed (the Call-ID's hash): the SRV weighted draw.
@@ -102,6 +116,39 @@ fn draws(seed: u64) -> impl FnMut() -> u32 {
 impl Core {
     fn trunk_name(&self, i: usize) -> &str {
         self.cfg.trunks.get(i).map_or("?", |t| t.name.as_str())
+    }
+
+    /// Where a request goes by its headers when the first Route (else the
+    /// Request-URI) names a host by DNS: RFC 3263 over the cache. The
+    /// resolver is started on first use when no trunk started it.
+    pub(super) fn header_hop(&mut self, msg: &crate::sip::Message, now: Instant) -> HeaderHop {
+        let uri = match msg.routes().first() {
+            Some(r) => r.uri.clone(),
+            None => match msg.request_uri().and_then(|u| crate::sip::Uri::parse(u).ok()) {
+                Some(u) => u,
+                None => return HeaderHop::NotDns,
+            },
+        };
+        let transport = uri.param("transport").flatten().and_then(Proto::from_name);
+        let sips = uri.scheme.eq_ignore_ascii_case("sips");
+        let hostport = uri.port.map_or_else(|| uri.host.clone(), |p| format!("{}:{p}", uri.host));
+        let Some(spec) = HostSpec::parse(&hostport, transport, sips).filter(HostSpec::needs_dns) else {
+            return HeaderHop::NotDns;
+        };
+        if self.dns_trunks.dns.is_none() && !self.dns_trunks.tried {
+            self.dns_trunks.tried = true;
+            self.dns_trunks.dns = Dns::start(&self.cfg.dns, Vec::new())
+                .map_err(|e| tracing::error!(error = %e, "dns: cannot start the resolver"))
+                .ok();
+        }
+        let Some(dns) = &self.dns_trunks.dns else { return HeaderHop::Unresolved };
+        match dns.lookup(&spec, now) {
+            Some(Ok(r)) => {
+                let mut first = draws(0);
+                r.order(&mut first).first().map_or(HeaderHop::Unresolved, |(a, p)| HeaderHop::Resolved(*a, *p))
+            }
+            _ => HeaderHop::Unresolved,
+        }
     }
 
     /// Replaces each target that is a trunk named by DNS by its resolved
