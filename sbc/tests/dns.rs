@@ -212,3 +212,70 @@ fn an_unresolvable_trunk_name_gets_503_without_blocking() {
     assert!(s.log().contains("DNS gave no targets"), "the reason is logged");
     support::lab::remove_unless_failing(dir.path());
 }
+
+/// The first line and headers of a SIP message received on `sock`.
+fn recv_sip(sock: &std::net::UdpSocket, wait: Duration) -> Option<String> {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn a_request_uri_host_named_by_dns_is_resolved_in_the_background() {
+    if !testkit::env::require_root_and("dns", &["dnsmasq"]) {
+        return;
+    }
+    let dir = TestDir::new("dns-ruri");
+    let p = Ports::new(testkit::ports::free_udp_port_range(100));
+    let lab = DnsLab::start(&dir, &["--host-record=peer.carrier.test,127.0.0.1".to_owned()]);
+    // The trunk is an IP: the resolver starts on the first name it needs.
+    let cfg = format!(
+        "[sip]\nlisten = \"127.0.0.1:{sip}\"\ndomains = [\"127.0.0.1\"]\n\
+         [[trunk]]\nname = \"carrier\"\naddress = \"127.0.0.1:{a}\"\nprobe = false\n\
+         [[route]]\nprefix = \"\"\ntrunks = [\"carrier\"]\n\
+         [dns]\nservers = [\"{dns}:53\"]\n\
+         [control]\nsocket = \"{ctl}\"\n[cdr]\nfile = \"{cdr}\"\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n\
+         [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {r}\nport_max = {r2}\nworkers = 1\ntimeout = 60\nmetrics = \"off\"\n",
+        sip = p.sip,
+        a = p.a,
+        ctl = dir.join("ctl.sock").display(),
+        cdr = dir.join("cdr.jsonl").display(),
+        m = p.metrics,
+        r = p.relay,
+        r2 = p.relay + 99,
+        dns = lab.dns,
+    );
+    let s = Sbc::start(&dir, &p, &cfg, Some("info"));
+    let peer = std::net::UdpSocket::bind(("127.0.0.1", p.b)).unwrap();
+    let me = std::net::UdpSocket::bind(("127.0.0.1", p.uac)).unwrap();
+    // A BYE routed through us that matches no dialog (a backup taking
+    // over): it follows its Request-URI, whose host is a name.
+    let bye = |n: u32| {
+        format!(
+            "BYE sip:1000@peer.carrier.test:{b} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{u};branch=z9hG4bKdns{n}\r\n\
+             Route: <sip:127.0.0.1:{sip};lr>\r\nMax-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\n\
+             To: <sip:1000@peer.carrier.test>;tag=2\r\nCall-ID: dns-ruri@test\r\nCSeq: {n} BYE\r\nContent-Length: 0\r\n\r\n",
+            b = p.b,
+            u = p.uac,
+            sip = p.sip
+        )
+    };
+    me.send_to(bye(1).as_bytes(), s.sip).unwrap();
+    let first = recv_sip(&me, Duration::from_secs(3)).expect("an answer to the first BYE");
+    assert!(first.starts_with("SIP/2.0 503"), "not resolved yet: {first}");
+    assert!(first.contains("Retry-After: 1"), "{first}");
+    // Asked again after the Retry-After, it goes to the resolved address.
+    let mut forwarded = None;
+    for n in 2..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        me.send_to(bye(n).as_bytes(), s.sip).unwrap();
+        if let Some(m) = recv_sip(&peer, Duration::from_millis(500)) {
+            forwarded = Some(m);
+            break;
+        }
+    }
+    let m = forwarded.expect("the BYE reached the host its Request-URI names");
+    assert!(m.starts_with(&format!("BYE sip:1000@peer.carrier.test:{}", p.b)), "{m}");
+    support::lab::remove_unless_failing(dir.path());
+}
