@@ -92,6 +92,9 @@ mod tests {
         let c = with("192.0.2.1", "").unwrap();
         assert_eq!(c.trunks[0].address, "192.0.2.1:5060".parse().unwrap(), "an IP without a port: 5060");
         assert!(c.trunks[0].dns.is_none());
+        let c = with("carrier.example", "\ntopology_hiding = true\nsources = [\"192.0.2.0/24\"]").unwrap();
+        assert!(c.trunks[0].policy.topology_hiding, "a name with its sources may hide topology");
+        assert!(with("carrier.example", "").unwrap().trunks[0].policy.sources.is_empty(), "no made-up source");
         assert_eq!(c.dns.cache.negative_ttl, Duration::from_secs(30), "defaults");
     }
 
@@ -102,6 +105,7 @@ mod tests {
             ("carrier.example:0", "", "trunk[0].address"),
             ("carrier.example", "\ntransport = \"tls\"", "trunk[0].address"),
             ("carrier.example", "\nusername = \"u\"\npassword = \"p\"\nregister = true", "trunk[0].register"),
+            ("carrier.example", "\ntopology_hiding = true", "trunk[0].sources"),
         ] {
             let e = with(address, extra).unwrap_err();
             assert!(e.contains(key), "{address}{extra}: {e}");

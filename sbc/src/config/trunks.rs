@@ -184,7 +184,18 @@ pub(super) fn parse_trunks(
             callid_rewrite: t.callid_rewrite,
             strip_headers: &t.strip_headers,
         };
-        let policy = super::policy::trunk_policy(&format!("trunk[{i}]"), &raw_policy, address)?;
+        let mut policy = super::policy::trunk_policy(&format!("trunk[{i}]"), &raw_policy, address)?;
+        if dns.is_some() && t.sources.is_none() {
+            // A name has no address of its own to recognise the carrier by.
+            policy.sources.clear();
+            if t.topology_hiding || t.callid_rewrite || !t.strip_headers.is_empty() {
+                return Err(invalid(
+                    format!("trunk[{i}].sources"),
+                    "list the carrier's networks: with a DNS name address, topology_hiding, callid_rewrite and \
+                     strip_headers find the trunk's messages by its sources",
+                ));
+            }
+        }
         let auth = super::trunk_auth::RawTrunkAuth {
             username: t.username.as_deref(),
             password: t.password.as_deref(),

@@ -96,6 +96,11 @@ impl Cache {
         keep
     }
 
+    /// Drops every answer expired at `now`.
+    pub fn purge_expired(&mut self, now: Instant) {
+        self.map.retain(|_, e| e.expires > now);
+    }
+
     /// Forgets `spec`.
     pub fn remove(&mut self, spec: &HostSpec) {
         self.map.remove(spec);

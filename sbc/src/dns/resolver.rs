@@ -9,7 +9,7 @@
 //! asked for and then on each ask after they expire.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,16 @@ pub struct DnsConfig {
 #[derive(Clone)]
 pub struct Dns {
     cache: Arc<Mutex<Cache>>,
-    ask: Sender<HostSpec>,
+    ask: SyncSender<HostSpec>,
 }
+
+/// Names waiting to be resolved; asks past it are dropped (and made again
+/// by the next request for the name).
+const QUEUE: usize = 256;
+
+/// Past this many cached names, expired ones are dropped before a new one
+/// is stored; past twice as many, names nobody watches are not cached.
+const CACHE_SOFT_CAP: usize = 4096;
 
 impl std::fmt::Debug for Dns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,7 +61,7 @@ impl Dns {
     pub fn start(cfg: &DnsConfig, watch: Vec<HostSpec>) -> std::io::Result<Self> {
         let resolver = hickory(cfg)?;
         let cache = Arc::new(Mutex::new(Cache::new(cfg.cache)));
-        let (ask, rx) = mpsc::channel();
+        let (ask, rx) = mpsc::sync_channel(QUEUE);
         let shared = Arc::clone(&cache);
         std::thread::Builder::new().name("dns".into()).spawn(move || run(&resolver, &shared, &rx, watch))?;
         Ok(Self { cache, ask })
@@ -65,7 +73,8 @@ impl Dns {
     pub fn lookup(&self, spec: &HostSpec, now: Instant) -> Option<Answer> {
         let hit = self.cache.lock().ok().and_then(|c| c.get(spec, now).cloned());
         if hit.is_none() {
-            let _ = self.ask.send(spec.clone());
+            // Never blocks: a full queue drops the ask.
+            let _ = self.ask.try_send(spec.clone());
         }
         hit
     }
@@ -118,8 +127,16 @@ fn run(resolver: &Resolver, cache: &Mutex<Cache>, rx: &Receiver<HostSpec>, watch
         let wait = next.map_or(Duration::from_secs(3600), |n| n.saturating_duration_since(Instant::now()));
         match rx.recv_timeout(wait) {
             Ok(spec) => {
-                let fresh = cache.lock().ok().is_some_and(|c| c.get(&spec, Instant::now()).is_some());
-                if !fresh {
+                let now = Instant::now();
+                let (fresh, full) = cache.lock().map_or((true, true), |mut c| {
+                    if c.len() >= CACHE_SOFT_CAP {
+                        c.purge_expired(now);
+                    }
+                    (c.get(&spec, now).is_some(), c.len() >= 2 * CACHE_SOFT_CAP)
+                });
+                if full && !fresh {
+                    crate::warn_limited!(host = %spec.host, "dns: cache full, name not resolved");
+                } else if !fresh {
                     resolve_into(&mut dns, cache, &spec);
                 }
             }

@@ -227,6 +227,8 @@ fn cache_honours_ttl_with_caps_and_negative_caching() {
     c.store(&s, Err(LookupError::NotFound), at(130));
     assert_eq!(c.get(&s, at(159)).cloned().unwrap().unwrap_err(), LookupError::NotFound);
     assert!(c.get(&s, at(160)).is_none(), "asked again after negative_ttl");
+    c.purge_expired(at(160));
+    assert!(c.peek(&s).is_none(), "expired answers are purged");
     // A failure with nothing to keep is negative too.
     let other = spec("other.example");
     c.store(&other, Err(LookupError::Failed("timeout".into())), t0);
