@@ -67,6 +67,22 @@ impl Dns {
         Ok(Self { cache, ask })
     }
 
+    /// A resolver with no thread: its cache holds what tests put in.
+    #[cfg(test)]
+    #[must_use]
+    pub fn fixed(cfg: CacheConfig) -> Self {
+        let (ask, _) = mpsc::sync_channel(1);
+        Self { cache: Arc::new(Mutex::new(Cache::new(cfg))), ask }
+    }
+
+    /// Stores an answer (tests).
+    #[cfg(test)]
+    pub fn insert(&self, spec: &HostSpec, answer: Result<rfc3263::Resolution, LookupError>, now: Instant) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.store(spec, answer, now);
+        }
+    }
+
     /// The cached answer for `spec` at `now`; on a miss (or an expired
     /// answer) the resolver thread is asked and `None` is returned.
     #[must_use]

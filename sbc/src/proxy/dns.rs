@@ -81,6 +81,13 @@ impl DnsTrunks {
 }
 
 impl DnsTrunks {
+    /// Uses `dns` from now on (tests).
+    #[cfg(test)]
+    pub(super) fn set_resolver(&mut self, dns: Dns) {
+        self.dns = Some(dns);
+        self.tried = true;
+    }
+
     /// Forgets outstanding probes (their transactions are gone).
     pub(super) fn clear_probes(&mut self) {
         self.probes.clear();
