@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 mod auth;
 mod cdr;
+mod dns;
 mod guard;
 mod ha;
 mod limits;
@@ -187,6 +188,8 @@ pub struct Config {
     pub media_relays: Vec<MediaRelayConfig>,
     /// The CDR spool and its PostgreSQL forwarder (`[cdr] spool_dir`).
     pub cdr_spool: Option<CdrSpool>,
+    /// `[dns]`: name servers and TTL caps for RFC 3263 resolution.
+    pub dns: crate::dns::DnsConfig,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +227,8 @@ struct File {
     guard: guard::RawGuard,
     #[serde(default)]
     media_relay: Vec<media_relays::RawMediaRelay>,
+    #[serde(default)]
+    dns: dns::RawDns,
 }
 
 #[derive(Deserialize)]
@@ -482,6 +487,7 @@ impl Config {
             return Err(invalid("registrar.default_expires", "need min_expires <= default_expires <= max_expires"));
         }
         let trunks = trunks::parse_trunks(&f.trunk, &realms, sip_tls.identity.as_ref())?;
+        let dns = dns::parse_dns(&f.dns)?;
         let routes = trunks::parse_routes(&f.route, &trunks)?;
         policy::check_conflicts(&trunks, f.alternate_path.enabled)?;
         let metrics = match f.metrics.listen.as_str() {
@@ -575,6 +581,7 @@ impl Config {
             caps,
             guard,
             media_relays: media_relays::parse_media_relays(&f.media_relay)?,
+            dns,
         })
     }
 

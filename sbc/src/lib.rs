@@ -20,6 +20,7 @@ pub mod caps;
 pub mod cdr;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod error;
 pub mod guard;
 pub mod ha;

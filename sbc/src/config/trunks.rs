@@ -39,8 +39,12 @@ pub struct Trunk {
     pub name: String,
     /// Index of the realm it is reached in.
     pub realm: usize,
-    /// Where to send.
+    /// Where to send (for a trunk named by DNS, `0.0.0.0:0`: its targets
+    /// come from [`dns`](Self::dns)).
     pub address: SocketAddr,
+    /// The DNS name (with its port and transport, when given) a trunk is
+    /// resolved from by RFC 3263; `None` for an IP address.
+    pub dns: Option<crate::dns::HostSpec>,
     /// Over what.
     pub transport: TrunkTransport,
     /// Concurrent-call cap (0: none).
@@ -79,8 +83,8 @@ pub struct Route {
 pub(super) struct RawTrunk {
     name: String,
     address: String,
-    #[serde(default = "udp")]
-    transport: String,
+    #[serde(default)]
+    transport: Option<String>,
     #[serde(default)]
     max_calls: u32,
     #[serde(default)]
@@ -122,10 +126,6 @@ pub(super) struct RawTrunk {
     server_name: Option<String>,
 }
 
-fn udp() -> String {
-    "udp".into()
-}
-
 fn one() -> u32 {
     1
 }
@@ -154,16 +154,13 @@ pub(super) fn parse_trunks(
         if t.name.is_empty() || trunks.iter().any(|x| x.name == t.name) {
             return Err(invalid(format!("trunk[{i}].name"), format!("`{}` is empty or used twice", t.name)));
         }
-        let address = t
-            .address
-            .parse()
-            .map_err(|_| invalid(format!("trunk[{i}].address"), format!("`{}` is not ADDR:PORT", t.address)))?;
-        let transport = match t.transport.to_ascii_lowercase().as_str() {
+        let transport = match t.transport.as_deref().unwrap_or("udp").to_ascii_lowercase().as_str() {
             "udp" => TrunkTransport::Udp,
             "tcp" => TrunkTransport::Tcp,
             "tls" => TrunkTransport::Tls,
             other => return Err(invalid(format!("trunk[{i}].transport"), format!("`{other}`: want udp, tcp or tls"))),
         };
+        let (address, dns) = trunk_address(i, t, transport)?;
         let keys = TrunkKeys {
             ca_file: t.ca_file.as_deref(),
             tls_cert: t.tls_cert.as_deref(),
@@ -187,7 +184,18 @@ pub(super) fn parse_trunks(
             callid_rewrite: t.callid_rewrite,
             strip_headers: &t.strip_headers,
         };
-        let policy = super::policy::trunk_policy(&format!("trunk[{i}]"), &raw_policy, address)?;
+        let mut policy = super::policy::trunk_policy(&format!("trunk[{i}]"), &raw_policy, address)?;
+        if dns.is_some() && t.sources.is_none() {
+            // A name has no address of its own to recognise the carrier by.
+            policy.sources.clear();
+            if t.topology_hiding || t.callid_rewrite || !t.strip_headers.is_empty() {
+                return Err(invalid(
+                    format!("trunk[{i}].sources"),
+                    "list the carrier's networks: with a DNS name address, topology_hiding, callid_rewrite and \
+                     strip_headers find the trunk's messages by its sources",
+                ));
+            }
+        }
         let auth = super::trunk_auth::RawTrunkAuth {
             username: t.username.as_deref(),
             password: t.password.as_deref(),
@@ -201,6 +209,7 @@ pub(super) fn parse_trunks(
             name: t.name.clone(),
             realm,
             address,
+            dns,
             transport,
             max_calls: t.max_calls,
             max_cps: t.max_cps,
@@ -212,6 +221,34 @@ pub(super) fn parse_trunks(
         });
     }
     Ok(trunks)
+}
+
+/// A trunk's `address`: `ADDR:PORT` or an IP (port 5060, 5061 for TLS),
+/// or a DNS name (with or without a port) resolved by RFC 3263.
+fn trunk_address(
+    i: usize,
+    t: &RawTrunk,
+    transport: TrunkTransport,
+) -> Result<(SocketAddr, Option<crate::dns::HostSpec>), ConfigError> {
+    let key = || format!("trunk[{i}].address");
+    let explicit = t.transport.as_ref().map(|_| transport.proto());
+    let spec = crate::dns::HostSpec::parse(&t.address, explicit, false).ok_or_else(|| {
+        invalid(key(), format!("`{}` is not ADDR:PORT, an IP address or a DNS name[:PORT]", t.address))
+    })?;
+    if let Some(ip) = spec.ip() {
+        let port = spec.port.unwrap_or(if transport == TrunkTransport::Tls { 5061 } else { 5060 });
+        return Ok((SocketAddr::new(ip, port), None));
+    }
+    if transport == TrunkTransport::Tls {
+        return Err(invalid(key(), "a DNS name with transport = \"tls\" is not supported yet: give an IP address"));
+    }
+    if t.register {
+        return Err(invalid(
+            format!("trunk[{i}].register"),
+            "not supported yet for a trunk whose address is a DNS name",
+        ));
+    }
+    Ok((SocketAddr::from(([0, 0, 0, 0], 0)), Some(spec)))
 }
 
 /// Checks the `[[route]]` tables against the trunks.

@@ -63,6 +63,8 @@ pub(super) struct Core {
     /// INVITE branches waiting for a trunk's final answer, by the source
     /// of the call (`max_trunk_invites_per_source`).
     pub(super) trunk_invites: crate::caps::SourceCounts,
+    /// Trunks named by DNS: the resolver and each target's health.
+    pub(super) dns_trunks: super::dns::DnsTrunks,
 }
 
 /// A per-process value that makes this node's nonces differ from the
@@ -111,6 +113,7 @@ impl Core {
             metrics.auth.users.store(a.user_count() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         let mailbox = super::message::Mailbox::in_memory(&cfg.messages);
+        let dns_trunks = super::dns::DnsTrunks::new(&cfg);
         Self {
             auth,
             mailbox,
@@ -129,6 +132,7 @@ impl Core {
             probes: HashMap::new(),
             active: true,
             trunk_invites: crate::caps::SourceCounts::default(),
+            dns_trunks,
         }
     }
 
@@ -176,6 +180,8 @@ impl Core {
                 if code >= 200 {
                     if let Some(i) = self.probes.remove(&id) {
                         self.probe_result(i, Some(code), now);
+                    } else if self.dns_probe_result(id, Some(code), now) {
+                        return;
                     }
                 }
                 if let Some(owner) = owner {
@@ -191,6 +197,8 @@ impl Core {
                 }
                 if let Some(i) = self.probes.remove(&id) {
                     self.probe_result(i, None, now);
+                } else if self.dns_probe_result(id, None, now) {
+                    return;
                 }
                 if let Some(owner) = owner {
                     self.on_branch_failure(txn, owner, id, now);
@@ -233,6 +241,7 @@ impl Core {
         }
         if self.active {
             self.probe_trunks(txn, now);
+            self.probe_dns_targets(txn, now);
         }
         self.carrier_tick(txn, now);
         let sweep_due = self.last_sweep.is_none_or(|l| now.duration_since(l).as_secs() >= 1);

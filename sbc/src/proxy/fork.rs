@@ -41,6 +41,9 @@ pub(super) struct Forward {
     last_code: u16,
     /// Trunk of the branch in progress.
     current_trunk: Option<usize>,
+    /// Where the current trunk branch went (a trunk named by DNS keeps
+    /// health per target).
+    current_dest: Option<std::net::SocketAddr>,
     /// Whether any branch was actually sent.
     attempted: bool,
     /// Whether a trunk was passed over for a cap.
@@ -111,6 +114,7 @@ impl Core {
             record_route: n.record_route,
             last_code: 0,
             current_trunk: None,
+            current_dest: None,
             attempted: false,
             skipped_cap: false,
             timer_c: None,
@@ -251,6 +255,7 @@ impl Core {
         let out = forward::branch_request(&f.request, &crossing, &branch, ruri, f.record_route);
         let call_trunk = target.trunk.filter(|_| f.is_invite && f.initial);
         f.current_trunk = call_trunk;
+        f.current_dest = call_trunk.map(|_| target.dest);
         let sender_contact = hide.then(|| f.request.contacts().into_iter().next()).flatten();
         let from_tag = f.request.from_tag().unwrap_or_default();
         if let Some(d) = f.request.call_id().and_then(|c| self.dialogs.get_mut(c)) {
@@ -356,10 +361,10 @@ impl Core {
         if f.last_code == 0 {
             f.last_code = if transport { 503 } else { 408 };
         }
-        let (src, sent) = (f.from.addr.ip(), f.branch_sent.unwrap_or(now));
+        let (src, sent, dest) = (f.from.addr.ip(), f.branch_sent.unwrap_or(now), f.current_dest);
         if let Some(i) = f.current_trunk {
             self.trunk_outcome(i, TrunkOutcome::Timeout);
-            self.trunk_passive_failure(i, src, sent, "INVITE timeout or transport error", now);
+            self.trunk_passive_failure((i, dest), src, sent, "INVITE timeout or transport error", now);
         }
         self.next_branch(txn, id, now);
     }
@@ -440,14 +445,14 @@ impl Core {
         let req_from = f.request.from_tag().unwrap_or_default();
         let call_id = resp.call_id().unwrap_or_default().to_owned();
         let trunk = f.current_trunk;
-        let (src, sent) = (f.from.addr.ip(), f.branch_sent.unwrap_or(now));
+        let (src, sent, dest) = (f.from.addr.ip(), f.branch_sent.unwrap_or(now), f.current_dest);
         f.last_code = code;
         f.current = None;
         if let Some(i) = trunk {
             self.trunk_outcome(i, TrunkOutcome::Failed);
             self.metrics.health.attempt(i, code);
             if self.cfg.health.failure_codes.contains(&code) {
-                self.trunk_passive_failure(i, src, sent, &format!("{code} on INVITE"), now);
+                self.trunk_passive_failure((i, dest), src, sent, &format!("{code} on INVITE"), now);
             }
         }
         let Some(f) = self.forwards.get_mut(&id) else { return };
@@ -478,7 +483,7 @@ impl Core {
         let realms = (f.out_realm, f.from.realm);
         let req_from = f.request.from_tag().unwrap_or_default();
         let call_id = resp.call_id().unwrap_or_default().to_owned();
-        let trunk = f.current_trunk;
+        let (trunk, dest) = (f.current_trunk, f.current_dest);
         // 1xx (not 100) and 2xx.
         if is_invite {
             let to_tag = resp.to_tag().unwrap_or_default();
@@ -527,6 +532,7 @@ impl Core {
             if let Some(i) = trunk {
                 self.trunk_outcome(i, TrunkOutcome::Answered);
                 self.trunk_call_ok(i);
+                self.dns_target_ok(i, dest);
             }
             if let Some(f) = self.forwards.get_mut(&id) {
                 f.final_sent = true;

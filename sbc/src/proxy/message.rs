@@ -205,7 +205,7 @@ impl Core {
     /// trunk route) the first target that is a binding or an UP trunk.
     fn delivery_target(&self, m: &StoredMessage, now: Instant) -> Option<Target> {
         let ruri = Uri::parse(&m.ruri).ok()?;
-        let targets = routing::route(&self.cfg, &self.location, &ruri, m.id, now).ok()?;
+        let targets = self.expand_dns(routing::route(&self.cfg, &self.location, &ruri, m.id, now).ok()?, m.id, now);
         targets.into_iter().find(|t| match m.kind {
             Kind::User => t.trunk.is_none(),
             Kind::Trunk => !self.trunk_down(t.trunk),

@@ -24,6 +24,7 @@ pub mod alternate;
 mod caps;
 mod core;
 pub mod dialog;
+mod dns;
 mod fork;
 pub mod forward;
 mod hiding;

@@ -163,6 +163,7 @@ impl Proxy {
         self.core.forwards.clear();
         self.core.trunk_invites.clear();
         self.core.probes.clear();
+        self.core.dns_trunks.clear_probes();
         self.core.update_gauges(&self.txn);
     }
 

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use super::core::Core;
 use super::dialog::{Dialog, DialogState, EndReason, Peer};
+use super::dns::HeaderHop;
 use super::fork::NewForward;
 use super::media::has_sdp;
 use super::register;
@@ -109,6 +110,15 @@ impl Core {
                 return;
             }
         };
+        // Trunks named by DNS become their resolved targets (from the
+        // cache: DNS is never waited for here).
+        let routed_any = !targets.is_empty();
+        let targets = self.expand_dns(targets, seed, now);
+        if routed_any && targets.is_empty() {
+            tracing::debug!(method = %method, "no target: the trunks' names are not resolved or all targets are DOWN");
+            txn.reply(key, 503, "Service Unavailable - No Target", vec![Header::new("Retry-After", "5")], now);
+            return;
+        }
         if method == Method::Invite && srtp::plain_offer(&msg) {
             let to_trunks = targets.first().is_some_and(|t| t.trunk.is_some());
             if self.source_srtp(&from) || self.route_srtp(&ruri, to_trunks) {
@@ -202,7 +212,7 @@ impl Core {
         let from_tag = msg.from_tag().unwrap_or_default();
         let to_tag = msg.to_tag();
         // The next hop by the headers, with any alternates it advertised.
-        let by_headers = super::alternate::next_hop(&msg);
+        let mut by_headers = super::alternate::next_hop(&msg);
         // The Request-URI the far side gave as its Contact, when we hid it.
         let mut ruri: Option<String> = None;
         let mut sides = None;
@@ -221,6 +231,17 @@ impl Core {
             }
             None => None,
         };
+        // With no dialog, a Route or Request-URI host named by DNS (RFC
+        // 3263, from the cache); not yet resolved, the sender is asked to
+        // retry. Looked up only for requests routed through us.
+        let dns_hop = if found.is_none() && on_route && by_headers.is_none() {
+            self.header_hop(&msg, now)
+        } else {
+            HeaderHop::NotDns
+        };
+        if let HeaderHop::Resolved(addr, proto) = dns_hop {
+            by_headers = Some((addr, proto, Vec::new()));
+        }
         let dest = match found {
             Some(dest) => {
                 self.strip_credentials(&mut msg);
@@ -239,6 +260,10 @@ impl Core {
             None => None,
         };
         let Some(dest) = dest else {
+            if on_route && dns_hop == HeaderHop::Unresolved {
+                txn.reply(key, 503, "Service Unavailable - Resolving", vec![Header::new("Retry-After", "1")], now);
+                return;
+            }
             txn.reply(key, 481, "Call/Transaction Does Not Exist", Vec::new(), now);
             return;
         };

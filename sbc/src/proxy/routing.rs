@@ -78,9 +78,12 @@ fn trunk_targets(cfg: &Config, groups: &[Vec<usize>], user: Option<&str>, seed: 
         .iter()
         .filter_map(|&i| cfg.trunks.get(i).map(|t| (i, t)))
         .map(|(i, t)| {
-            let host = match t.address {
-                SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
-                SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+            let host = match (&t.dns, t.address) {
+                // A trunk named by DNS keeps its name in the Request-URI;
+                // its targets are filled in from the resolver's cache.
+                (Some(d), _) => d.port.map_or_else(|| d.host.clone(), |p| format!("{}:{p}", d.host)),
+                (None, SocketAddr::V4(a)) => format!("{}:{}", a.ip(), a.port()),
+                (None, SocketAddr::V6(a)) => format!("[{}]:{}", a.ip(), a.port()),
             };
             let uri = match user {
                 Some(u) => format!("sip:{u}@{host}"),

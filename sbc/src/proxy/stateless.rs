@@ -43,7 +43,13 @@ impl Core {
                 (dest, late)
             }
             None if on_route && identity::may_follow_headers(&self.cfg, &from) => {
-                (alternate::next_hop(&msg).map(|(addr, proto, _)| Peer { addr, proto, realm }), false)
+                let hop = alternate::next_hop(&msg).map(|(addr, proto, _)| (addr, proto)).or_else(|| {
+                    match self.header_hop(&msg, now) {
+                        super::dns::HeaderHop::Resolved(addr, proto) => Some((addr, proto)),
+                        _ => None,
+                    }
+                });
+                (hop.map(|(addr, proto)| Peer { addr, proto, realm }), false)
             }
             None if on_route => {
                 crate::info_limited!(src = %from.addr, call_id, "dialog-less ACK from an untrusted source dropped");

@@ -132,7 +132,19 @@ impl Core {
     /// - on a probed trunk, each source counts once per streak of
     ///   consecutive failures: it takes failures from `down_after`
     ///   sources, or missed probes, to take it DOWN.
-    pub(super) fn trunk_passive_failure(&mut self, i: usize, src: IpAddr, sent: Instant, what: &str, now: Instant) {
+    ///
+    /// A trunk named by DNS takes the failure on the target `dest` instead.
+    pub(super) fn trunk_passive_failure(
+        &mut self,
+        (i, dest): (usize, Option<std::net::SocketAddr>),
+        src: IpAddr,
+        sent: Instant,
+        what: &str,
+        now: Instant,
+    ) {
+        if self.dns_target_failure(i, dest, what, now) {
+            return;
+        }
         let probed = !self.cfg.health.interval.is_zero() && self.cfg.trunks.get(i).is_some_and(|t| t.probe);
         let since = sent.checked_sub(self.cfg.invite_timeout).unwrap_or(sent);
         let Some(rt) = self.trunks.get_mut(i) else { return };
@@ -185,7 +197,8 @@ impl Core {
     pub(super) fn probe_trunks(&mut self, txn: &mut Endpoint, now: Instant) {
         let interval = self.cfg.health.interval;
         for i in 0..self.trunks.len() {
-            let probed = !interval.is_zero() && self.cfg.trunks.get(i).is_some_and(|t| t.probe);
+            // A trunk named by DNS is probed (and recovers) per target.
+            let probed = !interval.is_zero() && self.cfg.trunks.get(i).is_some_and(|t| t.probe && t.dns.is_none());
             if !probed {
                 if let Some(t) = self.trunks[i].health.on_unprobed_tick(now) {
                     self.log_transition(i, &t);
@@ -198,7 +211,7 @@ impl Core {
         for i in 0..self.trunks.len() {
             let Some(t) = self.cfg.trunks.get(i) else { continue };
             let rt = &mut self.trunks[i];
-            if !t.probe || rt.probing || rt.next_probe.is_some_and(|n| n > now) {
+            if !t.probe || t.dns.is_some() || rt.probing || rt.next_probe.is_some_and(|n| n > now) {
                 continue;
             }
             rt.probing = true;
@@ -209,24 +222,38 @@ impl Core {
                 _ => now + interval,
             });
             rt.probe_seq += 1;
-            let seq = rt.probe_seq;
-            let (dest, proto) = (t.address, t.transport.proto());
-            let branch = txn.new_branch();
-            let tag = txn.unique();
-            let me = self.me(t.realm).hostport();
-            let text = format!(
-                "OPTIONS sip:{dest} SIP/2.0\r\nVia: SIP/2.0/{} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
-                 From: <sip:xsbc@{me}>;tag={tag}\r\nTo: <sip:{dest}>\r\nCall-ID: probe-{tag}@{me}\r\n\
-                 CSeq: {seq} OPTIONS\r\nUser-Agent: xsbc\r\nContent-Length: 0\r\n\r\n",
-                proto.via_name()
-            );
-            let Ok(msg) = Message::parse(text.as_bytes()) else { continue };
-            let timeout = Some(self.cfg.health.probe_timeout);
-            let probe = ClientRequest { request: msg, dest, proto, realm: t.realm, owner: None, timeout };
-            if let Some(id) = txn.start_client(probe, now) {
+            let (seq, dest, proto) = (rt.probe_seq, t.address, t.transport.proto());
+            if let Some(id) = self.send_probe(txn, i, dest, proto, seq, now) {
                 self.probes.insert(id, i);
             }
         }
+    }
+
+    /// Sends an OPTIONS probe for trunk `i` to `dest` (the trunk's address,
+    /// or one of its resolved targets).
+    pub(super) fn send_probe(
+        &mut self,
+        txn: &mut Endpoint,
+        i: usize,
+        dest: std::net::SocketAddr,
+        proto: crate::transport::Proto,
+        seq: u32,
+        now: Instant,
+    ) -> Option<crate::txn::ClientId> {
+        let realm = self.cfg.trunks.get(i)?.realm;
+        let branch = txn.new_branch();
+        let tag = txn.unique();
+        let me = self.me(realm).hostport();
+        let text = format!(
+            "OPTIONS sip:{dest} SIP/2.0\r\nVia: SIP/2.0/{} {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:xsbc@{me}>;tag={tag}\r\nTo: <sip:{dest}>\r\nCall-ID: probe-{tag}@{me}\r\n\
+             CSeq: {seq} OPTIONS\r\nUser-Agent: xsbc\r\nContent-Length: 0\r\n\r\n",
+            proto.via_name()
+        );
+        let msg = Message::parse(text.as_bytes()).ok()?;
+        let timeout = Some(self.cfg.health.probe_timeout);
+        let probe = ClientRequest { request: msg, dest, proto, realm, owner: None, timeout };
+        txn.start_client(probe, now)
     }
 
     /// The result of a probe of trunk `i`: `Some(code)` or `None` for no answer.
@@ -285,10 +312,14 @@ impl Core {
         for (i, t) in self.cfg.trunks.iter().enumerate() {
             let rt = &self.trunks[i];
             let (f, o) = rt.health.counts();
+            let address = t.dns.as_ref().map_or_else(
+                || t.address.to_string(),
+                |d| d.port.map_or_else(|| d.host.clone(), |p| format!("{}:{p}", d.host)),
+            );
             out.push_str(&format!(
                 "{:<20} {:<22} {:<6} {:<7} {:<6} {:<6} {:<4} {:<12} {}\n",
                 t.name,
-                t.address,
+                address,
                 rt.health.state().as_str(),
                 rt.health.forced().map_or("-", State::as_str),
                 rt.calls,
@@ -297,6 +328,7 @@ impl Core {
                 rt.health.transitions(),
                 self.registration_columns(i)
             ));
+            out.push_str(&self.dns_rows(i, Instant::now()));
         }
         out
     }

@@ -9,6 +9,7 @@ mod auth;
 mod call;
 mod cancel;
 mod caps;
+mod dns;
 mod failover;
 mod guard;
 mod ha_state;
