@@ -116,6 +116,8 @@ pub struct SbcMetrics {
     pub messages: crate::messages::MessageMetrics,
     /// The source guard's drops and bans (`sbc_guard_*`).
     pub guard: crate::guard::GuardMetrics,
+    /// Configuration reloads (`sbc_config_*`).
+    pub reloads: crate::proxy::ReloadMetrics,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -412,6 +414,7 @@ impl SbcMetrics {
         self.auth.render(&mut o);
         self.messages.render(&mut o);
         self.guard.render(&mut o);
+        self.reloads.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,

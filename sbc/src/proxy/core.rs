@@ -63,6 +63,8 @@ pub(super) struct Core {
     /// INVITE branches waiting for a trunk's final answer, by the source
     /// of the call (`max_trunk_invites_per_source`).
     pub(super) trunk_invites: crate::caps::SourceCounts,
+    /// Indices of trunks a reload removed (kept for their calls).
+    pub(super) retired: std::collections::BTreeSet<usize>,
 }
 
 /// A per-process value that makes this node's nonces differ from the
@@ -129,6 +131,7 @@ impl Core {
             probes: HashMap::new(),
             active: true,
             trunk_invites: crate::caps::SourceCounts::default(),
+            retired: std::collections::BTreeSet::new(),
         }
     }
 

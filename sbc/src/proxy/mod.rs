@@ -31,6 +31,7 @@ mod identity;
 mod media;
 mod message;
 pub mod register;
+mod reload;
 mod replica;
 mod request;
 pub mod routing;
@@ -55,6 +56,7 @@ use crate::transport::{Flow, Inbound, Outbound, Proto};
 use crate::txn::{Endpoint, TimerConfig};
 
 pub use media::MediaError;
+pub use reload::{restart_key, ReloadError, ReloadMetrics, ReloadSummary};
 
 use self::core::Core;
 

@@ -18,6 +18,7 @@ mod noack;
 mod policy;
 mod realms;
 mod relay_pin;
+mod reload;
 mod sip;
 mod trunk_auth;
 
