@@ -520,6 +520,8 @@ fn run(cfg: Config, cfg_path: Option<PathBuf>) -> Result<(), Error> {
         while let Ok(r) = reload_rx.try_recv() {
             let reply = proxy.apply_reload(r.loaded, r.origin, Instant::now());
             let new_cfg = Arc::clone(proxy.config());
+            // `relay.timeout` and `relay.max_sessions` of the embedded relay.
+            relay.set_tunables(&new_cfg.relay);
             transport.set_admission(Box::new(move |realm, ip| {
                 new_cfg
                     .acls

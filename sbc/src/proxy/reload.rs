@@ -110,14 +110,13 @@ pub fn restart_key(old: &Config, new: &Config) -> Option<String> {
             .filter(|(_, r)| r != "None")
             .collect::<Vec<_>>()
     };
-    let checks: [(&str, bool); 18] = [
+    let checks: [(&str, bool); 17] = [
         ("sip.tcp", old.tcp != new.tcp),
         ("sip.max_message_size", old.max_message_size != new.max_message_size),
         ("sip.t1_ms", old.t1 != new.t1),
         ("sip.t2_ms", old.t2 != new.t2),
         ("sip.t4_ms", old.t4 != new.t4),
         ("sip.log_level", old.log_level != new.log_level),
-        ("relay", dbg(&old.relay) != dbg(&new.relay)),
         ("ha", dbg(&old.ha) != dbg(&new.ha)),
         ("metrics.listen", old.metrics != new.metrics),
         ("control.socket", old.control_socket != new.control_socket),
@@ -130,7 +129,8 @@ pub fn restart_key(old: &Config, new: &Config) -> Option<String> {
         ("auth (realm, secret, nonce_lifetime_s, algorithms, max_nonces)", auth_fixed(old) != auth_fixed(new)),
         ("trunk.register (registering trunks)", registering(old) != registering(new)),
     ];
-    checks.into_iter().find(|(_, changed)| *changed).map(|(k, _)| k.to_owned())
+    let relay = media_relay::relay::restart_key(&old.relay, &new.relay).map(str::to_owned);
+    relay.or_else(|| checks.into_iter().find(|(_, changed)| *changed).map(|(k, _)| k.to_owned()))
 }
 
 /// Whether a trunk's health must start afresh: it is somewhere else now.

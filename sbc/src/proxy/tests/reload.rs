@@ -161,8 +161,14 @@ fn a_listen_change_is_refused_naming_the_key_and_nothing_changes() {
     let now = h.now;
     let reply = h.proxy.apply_reload(Config::from_toml(&toml), "test", now);
     assert!(reply.contains("`metrics.listen`") && reply.contains("needs a restart"), "{reply}");
+    let toml = with_c_routed().replace("port_min = 40000", "port_min = 41000");
+    assert_eq!(reload(&mut h, &toml), Err(ReloadError::NeedsRestart("relay.port_min".into())));
     // Routes as before: trunk a.
     establish(&mut h, "r6", TRUNK_A);
+    // The relay's timeout may change.
+    let toml = Harness::config().replace("timeout = 60", "timeout = 30");
+    assert_eq!(reload(&mut h, &toml).map(|s| s.to_string()), Ok("trunks: +0 -0 ~0, routes: 1, users: 0".into()));
+    assert_eq!(h.proxy.config().relay.timeout, std::time::Duration::from_secs(30));
 }
 
 #[test]
@@ -174,4 +180,14 @@ fn guard_lists_and_acls_follow_the_reload() {
     reload(&mut h, &toml).unwrap();
     assert!(h.proxy.guard().exempt(ip), "never_ban reloaded");
     assert_eq!(h.proxy.config().guard.never_ban.len(), 1);
+
+    // The realm's ACL: the caller is denied after the reload (403, counted),
+    // and admitted again after the next one.
+    let deny = Harness::config().replace("[sip]\n", "[sip]\ndeny = [\"192.0.2.0/24\"]\n");
+    reload(&mut h, &deny).unwrap();
+    let out = h.send(CALLER, &Request::new("INVITE", "r7").sdp(6000).build());
+    assert_eq!(only_to(&out, CALLER).code(), 403, "{out:#?}");
+    assert_eq!(h.metrics.acl_denied_count(0), 1);
+    reload(&mut h, &Harness::config()).unwrap();
+    establish(&mut h, "r8", TRUNK_A);
 }
