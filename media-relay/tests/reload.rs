@@ -44,7 +44,7 @@ fn sighup_applies_timeout_and_max_sessions_and_refuses_the_rest() {
     let dir = TestDir::new("mr-reload");
     let ng_port = testkit::ports::free_sip_port();
     let pmin = 47000 + (std::process::id() % 50) as u16 * 40;
-    let path = dir.write("relay.toml", &config(ng_port, pmin, "timeout = 60\nmax_sessions = 1"));
+    let path = dir.write("relay.toml", config(ng_port, pmin, "timeout = 60\nmax_sessions = 1"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_media-relay"));
     cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
     let relay = ChildGuard::spawn("media-relay", &mut cmd, dir.path());
