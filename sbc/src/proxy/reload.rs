@@ -103,6 +103,7 @@ pub fn restart_key(old: &Config, new: &Config) -> Option<String> {
     let auth_fixed = |c: &Config| {
         c.auth.as_ref().map(|a| (a.realm.clone(), a.secret.clone(), a.nonce_lifetime, dbg(&a.algorithms), a.max_nonces))
     };
+    let tls = |c: &Config| (c.uses_tls(), dbg(&c.tls.limits), dbg(&c.tls.identity.as_ref().map(|i| &i.certs)));
     let registering = |c: &Config| {
         c.trunks
             .iter()
@@ -124,7 +125,7 @@ pub fn restart_key(old: &Config, new: &Config) -> Option<String> {
         ("media_relay", old.media_relays != new.media_relays),
         ("messages", old.messages != new.messages),
         ("alternate_path", dbg(&old.alternate_path) != dbg(&new.alternate_path)),
-        ("tls", old.uses_tls() != new.uses_tls() || dbg(&old.tls.limits) != dbg(&new.tls.limits)),
+        ("tls (tls_cert, tls_key, connection limits)", tls(old) != tls(new)),
         ("auth", old.auth.is_some() != new.auth.is_some()),
         ("auth (realm, secret, nonce_lifetime_s, algorithms, max_nonces)", auth_fixed(old) != auth_fixed(new)),
         ("trunk.register (registering trunks)", registering(old) != registering(new)),
