@@ -73,16 +73,20 @@ impl Relay {
 mod tests {
     use super::*;
 
-    fn cfg(extra: &str) -> RelayConfig {
-        RelayConfig::from_toml(&format!("[relay]\ninterfaces = [\"127.0.0.1\"]\n{extra}")).unwrap()
-    }
-
     #[test]
     fn only_the_reloadable_keys_change_without_a_restart() {
-        let base = cfg("timeout = 60");
-        assert_eq!(restart_key(&base, &cfg("timeout = 5\nmax_sessions = 10\nlog_level = \"debug\"")), None);
-        assert_eq!(restart_key(&base, &cfg("timeout = 60\nport_min = 40000")), Some("relay.port_min"));
-        assert_eq!(restart_key(&base, &cfg("timeout = 60\nflood_ban_pps = 7")), Some("relay.flood_ban_pps"));
-        assert_eq!(restart_key(&base, &cfg("timeout = 60\nxdp_bans = [\"192.0.2.0/24\"]")), Some("relay.xdp_bans"));
+        let base = RelayConfig::from_toml(crate::config::DEFAULT_TOML).unwrap();
+        let mut new = base.clone();
+        (new.timeout, new.max_sessions, new.log_level) = (Duration::from_secs(5), 10, "debug".into());
+        assert_eq!(restart_key(&base, &new), None);
+        let mut ports = new.clone();
+        ports.port_min += 1;
+        assert_eq!(restart_key(&base, &ports), Some("relay.port_min"));
+        let mut flood = new.clone();
+        flood.flood_ban_pps += 1;
+        assert_eq!(restart_key(&base, &flood), Some("relay.flood_ban_pps"));
+        let mut bans = new;
+        bans.xdp_bans.push(crate::config::BanPrefix { addr: [192, 0, 2, 0].into(), len: 24 });
+        assert_eq!(restart_key(&base, &bans), Some("relay.xdp_bans"));
     }
 }
