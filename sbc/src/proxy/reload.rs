@@ -223,6 +223,9 @@ impl Proxy {
         while self.core.trunks.len() < cfg.trunks.len() {
             self.core.trunks.push(TrunkRuntime::new(thresholds));
         }
+        for t in cfg.trunks.iter().skip(self.core.metrics.trunks.len()) {
+            self.core.metrics.trunks.push(&t.name);
+        }
         let cfg = Arc::new(cfg);
         self.txn.set_limits(cfg.limits);
         self.txn.set_caps(cfg.caps);

@@ -67,8 +67,12 @@ fn a_new_trunk_and_route_take_new_calls_while_an_established_call_keeps_its_trun
     let out = h.send(TRUNK_A, &respond(&bye, 200, None));
     assert_eq!(only_to(&out, CALLER).code(), 200);
     assert_eq!(h.gauge(|m| &m.dialogs), 1, "the call on c is up");
+    let text = h.metrics.render();
+    assert!(text.contains("sbc_trunk_calls_active{trunk=\"c\"} 1"), "the new trunk has its series: {text}");
     let out = h.send(CALLER, &Request::new("BYE", "r2").cseq(2).in_dialog(&ok2).build());
     assert_eq!(only_to(&out, TRUNK_C).method(), "BYE");
+    let text = h.metrics.render();
+    assert!(text.contains("sbc_trunk_attempts_total{trunk=\"c\",outcome=\"answered\"} 1"), "{text}");
 }
 
 #[test]
