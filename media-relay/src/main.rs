@@ -178,7 +178,7 @@ fn main() -> ExitCode {
         println!("configuration OK: {cfg:#?}");
         return ExitCode::SUCCESS;
     }
-    media_relay::logging::init(&cfg.log_level, cli.log_json);
+    let log_reload = media_relay::logging::init_reloadable(&cfg.log_level, cli.log_json);
     if let Some(t) = cli.table.filter(|t| *t >= 0) {
         tracing::warn!(table = t, "--table: in-kernel forwarding is not supported; relaying in userspace");
     }
@@ -186,7 +186,7 @@ fn main() -> ExitCode {
     if let Err(e) = sys::block_signals() {
         tracing::warn!(error = %e, "could not block termination signals; Ctrl-C will kill without cleanup");
     }
-    match run(&cfg, &cli) {
+    match run(&cfg, &cli, &log_reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -196,7 +196,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: &RelayConfig, cli: &Cli) -> Result<(), String> {
+fn run(cfg: &RelayConfig, cli: &Cli, log_reload: &media_relay::logging::LogReload) -> Result<(), String> {
     // Bind the control sockets first, so a port clash fails before anything starts.
     let ng_sock = match cfg.listen_ng {
         Some(a) => Some(UdpSocket::bind(a).map_err(|e| format!("binding ng control socket {a}: {e}"))?),
@@ -239,10 +239,11 @@ fn run(cfg: &RelayConfig, cli: &Cli) -> Result<(), String> {
                 .map_err(|e| format!("spawning metrics thread: {e}"))?,
         );
     }
+    let mut running = cfg.clone();
     loop {
         let sig = sys::wait_for_signal();
         if sig == libc_sighup() {
-            tracing::info!("SIGHUP: configuration reload is not supported yet; restart to change it");
+            reload(&mut running, cli, &relay, log_reload);
             continue;
         }
         tracing::info!(signal = sig, "shutting down");
@@ -257,6 +258,40 @@ fn run(cfg: &RelayConfig, cli: &Cli) -> Result<(), String> {
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// SIGHUP: reads the file (and flags) again. Only `relay.log_level`,
+/// `relay.timeout` and `relay.max_sessions` change at run time; a change
+/// to any other key, or a bad file, keeps the running configuration.
+fn reload(running: &mut RelayConfig, cli: &Cli, relay: &Relay, log_reload: &media_relay::logging::LogReload) {
+    let new = match build_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {e}");
+            return;
+        }
+    };
+    if let Some(key) = media_relay::relay::restart_key(running, &new) {
+        tracing::error!(
+            key,
+            "SIGHUP: configuration not reloaded, the running one stays: config key `{key}` changed: it needs a restart"
+        );
+        return;
+    }
+    if new.log_level != running.log_level {
+        if let Err(e) = log_reload(&new.log_level) {
+            tracing::error!("SIGHUP: configuration not reloaded, the running one stays: relay.log_level: {e}");
+            return;
+        }
+    }
+    relay.set_tunables(&new);
+    tracing::info!(
+        log_level = %new.log_level,
+        timeout_s = new.timeout.as_secs(),
+        max_sessions = new.max_sessions,
+        "SIGHUP: configuration reloaded"
+    );
+    *running = new;
 }
 
 const fn libc_sighup() -> i32 {

@@ -18,6 +18,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Upper bounds of the MOS histogram's buckets.
 pub const MOS_BUCKETS: [f64; 8] = [1.0, 2.0, 2.5, 3.0, 3.5, 3.8, 4.1, 4.5];
@@ -88,10 +89,11 @@ pub struct TrunkHealth {
     pub mos: Histogram,
 }
 
-/// Every trunk's health series, in config order.
+/// Every trunk's health series, in config order. A configuration reload
+/// appends the trunks it adds ([`CallHealth::push`]); indices never change.
 #[derive(Debug, Default)]
 pub struct CallHealth {
-    trunks: Vec<TrunkHealth>,
+    trunks: RwLock<Vec<Arc<TrunkHealth>>>,
 }
 
 fn ratio(num: u64, den: u64) -> f64 {
@@ -106,34 +108,44 @@ impl CallHealth {
     /// Series for these trunks.
     #[must_use]
     pub fn new(names: &[String]) -> Self {
-        let trunks = names
-            .iter()
-            .map(|n| TrunkHealth {
-                name: n.clone(),
-                attempts: AtomicU64::new(0),
-                answers: AtomicU64::new(0),
-                effective: AtomicU64::new(0),
-                ended_answered: AtomicU64::new(0),
-                duration_ms: AtomicU64::new(0),
-                one_way: AtomicU64::new(0),
-                media_timeouts: AtomicU64::new(0),
-                pdd: Histogram::new(&crate::metrics::PDD_BUCKETS),
-                mos: Histogram::new(&MOS_BUCKETS),
-            })
-            .collect();
-        Self { trunks }
+        let h = Self::default();
+        for n in names {
+            h.push(n);
+        }
+        h
+    }
+
+    /// Series for one more trunk (a reload added it), at the next index.
+    pub fn push(&self, name: &str) {
+        let t = TrunkHealth {
+            name: name.to_owned(),
+            attempts: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
+            effective: AtomicU64::new(0),
+            ended_answered: AtomicU64::new(0),
+            duration_ms: AtomicU64::new(0),
+            one_way: AtomicU64::new(0),
+            media_timeouts: AtomicU64::new(0),
+            pdd: Histogram::new(&crate::metrics::PDD_BUCKETS),
+            mos: Histogram::new(&MOS_BUCKETS),
+        };
+        self.trunks.write().unwrap_or_else(PoisonError::into_inner).push(Arc::new(t));
+    }
+
+    fn all(&self) -> Vec<Arc<TrunkHealth>> {
+        self.trunks.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Trunk `i`'s series.
     #[must_use]
-    pub fn trunk(&self, i: usize) -> Option<&TrunkHealth> {
-        self.trunks.get(i)
+    pub fn trunk(&self, i: usize) -> Option<Arc<TrunkHealth>> {
+        self.trunks.read().unwrap_or_else(PoisonError::into_inner).get(i).cloned()
     }
 
     /// An attempt on trunk `i` ended with final `code` (2xx: answered;
     /// 0: timed out).
     pub fn attempt(&self, i: usize, code: u16) {
-        let Some(t) = self.trunks.get(i) else { return };
+        let Some(t) = self.trunk(i) else { return };
         t.attempts.fetch_add(1, Relaxed);
         if (200..300).contains(&code) {
             t.answers.fetch_add(1, Relaxed);
@@ -145,14 +157,14 @@ impl CallHealth {
 
     /// A post-dial delay on trunk `i`.
     pub fn pdd(&self, i: usize, secs: f64) {
-        if let Some(t) = self.trunks.get(i) {
+        if let Some(t) = self.trunk(i) {
             t.pdd.observe(secs);
         }
     }
 
     /// An answered call on trunk `i` ended after `secs`.
     pub fn answered_call_ended(&self, i: usize, secs: f64) {
-        if let Some(t) = self.trunks.get(i) {
+        if let Some(t) = self.trunk(i) {
             t.ended_answered.fetch_add(1, Relaxed);
             t.duration_ms.fetch_add((secs.max(0.0) * 1000.0) as u64, Relaxed);
         }
@@ -160,21 +172,21 @@ impl CallHealth {
 
     /// A direction's mean MOS of a call on trunk `i`.
     pub fn mos(&self, i: usize, mos: f64) {
-        if let Some(t) = self.trunks.get(i) {
+        if let Some(t) = self.trunk(i) {
             t.mos.observe(mos);
         }
     }
 
     /// A call on trunk `i` flagged with one-way audio.
     pub fn one_way(&self, i: usize) {
-        if let Some(t) = self.trunks.get(i) {
+        if let Some(t) = self.trunk(i) {
             t.one_way.fetch_add(1, Relaxed);
         }
     }
 
     /// A call on trunk `i` ended for lack of media.
     pub fn media_timeout(&self, i: usize) {
-        if let Some(t) = self.trunks.get(i) {
+        if let Some(t) = self.trunk(i) {
             t.media_timeouts.fetch_add(1, Relaxed);
         }
     }
@@ -182,12 +194,13 @@ impl CallHealth {
     /// One-way audio flags on trunk `i` so far.
     #[must_use]
     pub fn one_way_count(&self, i: usize) -> u64 {
-        self.trunks.get(i).map_or(0, |t| t.one_way.load(Relaxed))
+        self.trunk(i).map_or(0, |t| t.one_way.load(Relaxed))
     }
 
     /// Appends the series in Prometheus text format.
     pub fn render(&self, o: &mut String) {
-        if self.trunks.is_empty() {
+        let trunks = self.all();
+        if trunks.is_empty() {
             return;
         }
         type Get = fn(&TrunkHealth) -> String;
@@ -203,16 +216,16 @@ impl CallHealth {
         ];
         for (name, kind, help, get) in scalars {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for t in &self.trunks {
+            for t in &trunks {
                 let _ = writeln!(o, "{name}{{trunk=\"{}\"}} {}", t.name, get(t));
             }
         }
         let _ = writeln!(o, "# HELP sbc_trunk_post_dial_delay_seconds INVITE to first ringing or answer, by trunk.\n# TYPE sbc_trunk_post_dial_delay_seconds histogram");
-        for t in &self.trunks {
+        for t in &trunks {
             t.pdd.render(o, "sbc_trunk_post_dial_delay_seconds", &t.name);
         }
         let _ = writeln!(o, "# HELP sbc_trunk_mos Mean MOS (ITU-T G.107 E-model) of each direction of ended calls, by trunk.\n# TYPE sbc_trunk_mos histogram");
-        for t in &self.trunks {
+        for t in &trunks {
             t.mos.render(o, "sbc_trunk_mos", &t.name);
         }
     }

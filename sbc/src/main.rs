@@ -47,7 +47,7 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// Talk to a running sbc: `trunks`, `trunk NAME up|down|auto`, `calls`, `call CALLID`, `relays`, `ha`,
-    /// `failover`, `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`.
+    /// `failover`, `bans`, `ban ADDR[/LEN] [--for DURATION]`, `unban ADDR[/LEN]`, `reload`.
     Ctl {
         /// The control socket (default: `control.socket` of the config).
         #[arg(long)]
@@ -150,7 +150,7 @@ fn main() -> ExitCode {
             if let Err(e) = media_relay::os::block_signals() {
                 tracing::warn!(error = %e, "could not block termination signals");
             }
-            match run(cfg) {
+            match run(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -250,7 +250,33 @@ fn send_all(proxy: &mut Proxy, transport: &mut Transport, now: Instant, flush_me
     }
 }
 
-fn run(cfg: Config) -> Result<(), Error> {
+/// A configuration file read again for a reload, on its way to the
+/// signaling thread (with where to send the `sbc ctl reload` reply).
+struct Reload {
+    loaded: Result<Config, ConfigError>,
+    origin: &'static str,
+    reply: Option<std::sync::mpsc::Sender<String>>,
+}
+
+/// Reads `path` again for a reload off the signaling thread (the users
+/// file may be large) and hands the result to it.
+fn spawn_reload_read(
+    path: PathBuf,
+    origin: &'static str,
+    reply: Option<std::sync::mpsc::Sender<String>>,
+    to_proxy: std::sync::mpsc::Sender<Reload>,
+) {
+    // The signaling loop polls the channel at least every 100 ms.
+    let read = move || {
+        let loaded = Config::from_file(&path);
+        let _ = to_proxy.send(Reload { loaded, origin, reply });
+    };
+    if let Err(e) = std::thread::Builder::new().name("sbc-reload".into()).spawn(read) {
+        tracing::error!(error = %e, "configuration not reloaded: cannot start the reader thread");
+    }
+}
+
+fn run(cfg: Config, cfg_path: Option<PathBuf>) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
     let listens: Vec<_> = cfg.realms.iter().map(|r| r.listen).collect();
     let mut transport = Transport::bind_realms(&listens, cfg.tcp, cfg.max_message_size, cfg.ha.is_some())
@@ -336,14 +362,20 @@ fn run(cfg: Config) -> Result<(), Error> {
         );
     }
     let (users_tx, users_rx) = std::sync::mpsc::channel();
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel::<Reload>();
     {
         let s = Arc::clone(&shutdown);
         let auth = cfg.auth.clone();
+        let (path, to_proxy) = (cfg_path.clone(), reload_tx.clone());
         std::thread::Builder::new()
             .name("sbc-signals".into())
             .spawn(move || loop {
                 let sig = media_relay::os::wait_for_signal();
                 if sig == 1 {
+                    if let Some(p) = &path {
+                        spawn_reload_read(p.clone(), "SIGHUP", None, to_proxy.clone());
+                        continue;
+                    }
                     match &auth {
                         Some(a) => reload_users(a, &users_tx),
                         None => tracing::info!(
@@ -491,6 +523,21 @@ fn run(cfg: Config) -> Result<(), Error> {
         while let Ok(users) = users_rx.try_recv() {
             proxy.set_users(users);
         }
+        while let Ok(r) = reload_rx.try_recv() {
+            let reply = proxy.apply_reload(r.loaded, r.origin, Instant::now());
+            let new_cfg = Arc::clone(proxy.config());
+            // `relay.timeout` and `relay.max_sessions` of the embedded relay.
+            relay.set_tunables(&new_cfg.relay);
+            transport.set_admission(Box::new(move |realm, ip| {
+                new_cfg
+                    .acls
+                    .get(realm)
+                    .is_none_or(|a| a.is_open() || a.permits(ip, new_cfg.trunk_at(ip, realm).is_some()))
+            }));
+            if let Some(tx) = r.reply {
+                let _ = tx.send(reply);
+            }
+        }
         if let Some(Ok(secret)) = secret_rx.as_ref().map(std::sync::mpsc::Receiver::try_recv) {
             tracing::info!("auth: using the pair's shared nonce secret");
             proxy.set_auth_secret(&secret);
@@ -515,6 +562,13 @@ fn run(cfg: Config) -> Result<(), Error> {
                             |p| p.table(),
                         ));
                     }
+                    (Some("reload"), _) => match &cfg_path {
+                        Some(p) => spawn_reload_read(p.clone(), "sbc ctl reload", Some(reply), reload_tx.clone()),
+                        None => {
+                            let _ = reply
+                                .send("error: the sbc runs the embedded configuration: no file to reload\n".into());
+                        }
+                    },
                     (Some("failover" | "ha"), None) => {
                         let _ = reply.send("error: no [ha] section in the configuration\n".into());
                     }

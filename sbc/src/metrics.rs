@@ -63,8 +63,8 @@ pub struct TrunkMetrics {
 /// Every signaling counter.
 #[derive(Debug, Default)]
 pub struct SbcMetrics {
-    /// Per-trunk series, in config order.
-    pub trunks: Vec<TrunkMetrics>,
+    /// Per-trunk series, in config order (a reload appends new trunks).
+    pub trunks: TrunkSeries,
     /// Requests received, by [`METHODS`] index.
     pub requests: [AtomicU64; 14],
     /// Responses sent upstream (forwarded or generated), by class 1..=6.
@@ -120,6 +120,8 @@ pub struct SbcMetrics {
     pub cdr: std::sync::Arc<crate::cdr::CdrMetrics>,
     /// Call health and quality per trunk (ASR, NER, ACD, PDD, MOS, one-way audio).
     pub health: crate::call_health::CallHealth,
+    /// Configuration reloads (`sbc_config_*`).
+    pub reloads: crate::proxy::ReloadMetrics,
 }
 
 /// Stream connection series, copied from the transport's counts.
@@ -161,14 +163,10 @@ impl SbcMetrics {
     /// Metrics for these trunks (all start UP).
     #[must_use]
     pub fn new(trunk_names: &[String]) -> Self {
-        let trunks = trunk_names
-            .iter()
-            .map(|n| {
-                let t = TrunkMetrics { name: n.clone(), ..TrunkMetrics::default() };
-                t.up.store(1, Relaxed);
-                t
-            })
-            .collect();
+        let trunks = TrunkSeries::default();
+        for n in trunk_names {
+            trunks.push(n);
+        }
         Self { trunks, health: crate::call_health::CallHealth::new(trunk_names), ..Self::default() }
     }
 
@@ -417,6 +415,7 @@ impl SbcMetrics {
         self.messages.render(&mut o);
         self.guard.render(&mut o);
         self.health.render(&mut o);
+        self.reloads.render(&mut o);
         if !self.trunks.is_empty() {
             let _ = writeln!(
                 o,
@@ -458,7 +457,7 @@ impl SbcMetrics {
             let _ =
                 writeln!(o, "sbc_trunk_auth_failures_total{{trunk=\"{}\"}} {}", t.name, t.auth_failures.load(Relaxed));
         }
-        let registering: Vec<&TrunkMetrics> = self.trunks.iter().filter(|t| t.registration.load(Relaxed) > 0).collect();
+        let registering: Vec<_> = self.trunks.iter().filter(|t| t.registration.load(Relaxed) > 0).collect();
         if registering.is_empty() {
             return;
         }
@@ -547,5 +546,56 @@ mod tests {
         assert!(r.contains("sbc_sip_limit_refused_total{reason=\"headers\"} 0"), "{r}");
         assert!(r.contains("sbc_sip_rx_queue_drops_total{realm=\"inside\"} 0"), "{r}");
         assert!(r.contains("sbc_sip_rx_queue_drops_total{realm=\"outside\"} 42"), "{r}");
+    }
+}
+
+/// The per-trunk series, by trunk index. Written by the signaling thread
+/// (a reload appends the trunks it adds), read by the metrics thread.
+#[derive(Debug, Default)]
+pub struct TrunkSeries(std::sync::RwLock<Vec<std::sync::Arc<TrunkMetrics>>>);
+
+impl TrunkSeries {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<std::sync::Arc<TrunkMetrics>>> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The series of trunk `i`.
+    #[must_use]
+    pub fn get(&self, i: usize) -> Option<std::sync::Arc<TrunkMetrics>> {
+        self.read().get(i).cloned()
+    }
+
+    /// How many trunks have series.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether no trunk has series.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// The series now, in trunk order.
+    #[must_use]
+    pub fn iter(&self) -> std::vec::IntoIter<std::sync::Arc<TrunkMetrics>> {
+        self.read().clone().into_iter()
+    }
+
+    /// Series for one more trunk, `name` (it starts UP).
+    pub fn push(&self, name: &str) {
+        let t = TrunkMetrics { name: name.to_owned(), ..TrunkMetrics::default() };
+        t.up.store(1, Relaxed);
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(std::sync::Arc::new(t));
+    }
+}
+
+impl IntoIterator for &TrunkSeries {
+    type Item = std::sync::Arc<TrunkMetrics>;
+    type IntoIter = std::vec::IntoIter<std::sync::Arc<TrunkMetrics>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }

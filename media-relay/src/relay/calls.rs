@@ -154,7 +154,7 @@ impl Relay {
             if answer {
                 return Err(RelayError::UnknownCall);
             }
-            if self.cfg.max_sessions > 0 && st.calls.len() >= self.cfg.max_sessions {
+            if self.max_sessions() > 0 && st.calls.len() >= self.max_sessions() {
                 return Err(RelayError::TooManySessions);
             }
             let id: Arc<str> = Arc::from(req.call_id);

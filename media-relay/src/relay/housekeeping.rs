@@ -48,7 +48,7 @@ impl Relay {
                 }
             }
         }
-        let timeout = to_nanos(self.cfg.timeout);
+        let timeout = to_nanos(self.timeout());
         let mut expired: Vec<(Arc<str>, bool)> = Vec::new();
         for call in st.calls.values() {
             if let Some(at) = call.delete_at {
@@ -66,7 +66,7 @@ impl Relay {
         }
         for (id, timed_out) in expired {
             if timed_out {
-                tracing::info!(call_id = %id, timeout_s = self.cfg.timeout.as_secs(), "no media in either direction: deleting call");
+                tracing::info!(call_id = %id, timeout_s = self.timeout().as_secs(), "no media in either direction: deleting call");
                 st.totals.timed_out += 1;
             }
             st.destroy(&id);

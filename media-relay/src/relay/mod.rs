@@ -25,6 +25,7 @@ mod calls;
 mod ha;
 mod housekeeping;
 mod quality;
+mod reload;
 mod sockets;
 mod workers;
 
@@ -40,6 +41,7 @@ use crate::counters::PaddedCounters;
 use crate::datapath::Datapath;
 use crate::ports::PortAllocator;
 use crate::Nanos;
+pub use reload::{restart_key, RELOADABLE};
 
 use calls::Call;
 use workers::Workers;
@@ -59,6 +61,16 @@ pub struct Relay {
     /// then only a marked call is watched for one-way audio, else any call
     /// with an answer SDP.
     answers_marked: AtomicBool,
+    /// `relay.timeout` and `relay.max_sessions`, which a reload may change.
+    tunables: Tunables,
+}
+
+/// The settings a configuration reload changes while calls run
+/// ([`Relay::set_tunables`]); read by the control paths, never per packet.
+#[derive(Debug, Default)]
+struct Tunables {
+    timeout_ns: std::sync::atomic::AtomicU64,
+    max_sessions: std::sync::atomic::AtomicUsize,
 }
 
 /// What the control paths share, behind [`Relay`]'s mutex.
@@ -135,7 +147,11 @@ impl Relay {
             quality_events: Vec::new(),
         };
         let cpu_latency = cfg.cpu_latency_us.and_then(hold_cpu_latency);
+        let tunables = Tunables::default();
+        tunables.timeout_ns.store(to_nanos(cfg.timeout), Ordering::Relaxed);
+        tunables.max_sessions.store(cfg.max_sessions, Ordering::Relaxed);
         let relay = Arc::new(Self {
+            tunables,
             _cpu_latency: cpu_latency,
             answers_marked: AtomicBool::new(false),
             cfg,

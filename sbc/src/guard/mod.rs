@@ -200,6 +200,15 @@ impl Guard {
         }
     }
 
+    /// Takes the settings of a reloaded configuration (`never_ban`,
+    /// scanner lists, rates, ban durations, trunks' sources); bans in
+    /// force and the sources' rate state stay.
+    pub fn reconfigure(&mut self, cfg: &Config, now: Instant) {
+        let fresh = Self::new(cfg, Arc::clone(&self.metrics), now, self.unix(now));
+        self.cfg = fresh.cfg;
+        self.trunk_sources = fresh.trunk_sources;
+    }
+
     /// Sets where bans are enforced besides here (the XDP `bans` map).
     /// Bans already in force are pushed to it.
     pub fn set_enforcer(&mut self, e: Arc<dyn BanEnforcer>) {

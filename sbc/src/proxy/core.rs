@@ -65,6 +65,8 @@ pub(super) struct Core {
     pub(super) trunk_invites: crate::caps::SourceCounts,
     /// Trunks named by DNS: the resolver and each target's health.
     pub(super) dns_trunks: super::dns::DnsTrunks,
+    /// Indices of trunks a reload removed (kept for their calls).
+    pub(super) retired: std::collections::BTreeSet<usize>,
 }
 
 /// A per-process value that makes this node's nonces differ from the
@@ -133,6 +135,7 @@ impl Core {
             active: true,
             trunk_invites: crate::caps::SourceCounts::default(),
             dns_trunks,
+            retired: std::collections::BTreeSet::new(),
         }
     }
 

@@ -72,6 +72,11 @@ impl Forward {
     pub(super) fn offer(&self) -> Option<&[u8]> {
         self.offer_sdp.as_deref()
     }
+
+    /// The trunks of the branch in progress and of the targets left.
+    pub(super) fn trunks_in_use(&self) -> impl Iterator<Item = usize> + '_ {
+        self.current_trunk.into_iter().chain(self.targets.iter().filter_map(|t| t.trunk))
+    }
 }
 
 /// What a new [`Forward`] is made of.

@@ -33,6 +33,7 @@ mod media;
 mod message;
 mod quality;
 pub mod register;
+mod reload;
 mod replica;
 mod request;
 pub mod routing;
@@ -57,6 +58,7 @@ use crate::transport::{Flow, Inbound, Outbound, Proto};
 use crate::txn::{Endpoint, TimerConfig};
 
 pub use media::MediaError;
+pub use reload::{restart_key, ReloadError, ReloadMetrics, ReloadSummary};
 
 use self::core::Core;
 

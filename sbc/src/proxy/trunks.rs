@@ -320,7 +320,7 @@ impl Core {
                 "{:<20} {:<22} {:<6} {:<7} {:<6} {:<6} {:<4} {:<12} {}\n",
                 t.name,
                 address,
-                rt.health.state().as_str(),
+                if self.retired.contains(&i) { "RETIRED" } else { rt.health.state().as_str() },
                 rt.health.forced().map_or("-", State::as_str),
                 rt.calls,
                 f,

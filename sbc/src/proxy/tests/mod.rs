@@ -20,6 +20,7 @@ mod policy;
 mod quality;
 mod realms;
 mod relay_pin;
+mod reload;
 mod sip;
 mod trunk_auth;
 
