@@ -12,6 +12,7 @@ use serde::Deserialize;
 mod auth;
 mod guard;
 mod ha;
+mod ha_redis;
 mod limits;
 mod messages;
 mod policy;

@@ -64,8 +64,8 @@ use vip::{Vip, VipSet};
 pub struct HaConfig {
     /// This node's name (unique in the pair).
     pub node_id: String,
-    /// Redis server.
-    pub redis: SocketAddr,
+    /// Redis: the server or the sentinels, AUTH and TLS.
+    pub redis: redis::RedisTarget,
     /// Key prefix in Redis.
     pub key_prefix: String,
     /// The first realm's virtual IP (the only one without realms), its
@@ -233,7 +233,8 @@ impl Node {
         let vips = VipSet::new(cfg.vips().cloned())?;
         hb.register(poll.registry())?;
         let now = Instant::now();
-        let redis = Redis::new(cfg.redis, cfg.interval.clamp(Duration::from_millis(20), Duration::from_millis(500)));
+        let redis =
+            Redis::new(cfg.redis.clone(), cfg.interval.clamp(Duration::from_millis(20), Duration::from_millis(500)));
         Ok(Self {
             links,
             status,
