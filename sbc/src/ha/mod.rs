@@ -32,7 +32,7 @@
 //!   announcing every address), handing over, stepping down.
 //! - `status`: the `sbc_ha_*` metrics and the `sbc ctl ha` line.
 //! - [`vip`]: the virtual IPs on their interfaces and their announcements;
-//!   [`redis`]: a small blocking Redis client; [`secret`]: the digest
+//!   [`redis`]: the Redis connection (AUTH, TLS, Sentinel); [`secret`]: the digest
 //!   nonce secret both nodes share.
 
 mod heartbeat;

@@ -163,6 +163,12 @@ impl From<SocketAddr> for RedisTarget {
     }
 }
 
+/// What is left until `deadline` (at least 10 ms, so that a late step
+/// still gets one try).
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
+}
+
 fn err(e: &redis::RedisError) -> io::Error {
     let kind = if e.is_timeout() { io::ErrorKind::TimedOut } else { io::ErrorKind::Other };
     io::Error::new(kind, format!("redis: {e}"))
@@ -245,16 +251,14 @@ impl Redis {
 
     /// Asks the sentinels for the master, each with what is left of one
     /// timeout; the first that answers moves to the front.
-    fn discover(&mut self) -> io::Result<(String, u16)> {
+    fn discover(&mut self, deadline: Instant) -> io::Result<(String, u16)> {
         let Endpoint::Sentinel { sentinels, master_name } = &self.target.endpoint else {
             return Err(io::Error::other("not a sentinel endpoint"));
         };
         let (sentinels, master_name) = (sentinels.clone(), master_name.clone());
-        let deadline = Instant::now() + self.timeout;
         let mut last = io::Error::other("no sentinel configured");
         for (i, s) in sentinels.iter().enumerate() {
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
-            match self.ask_sentinel(*s, &master_name, left) {
+            match self.ask_sentinel(*s, &master_name, left(deadline)) {
                 Ok(m) => {
                     if let Endpoint::Sentinel { sentinels, .. } = &mut self.target.endpoint {
                         sentinels[..=i].rotate_right(1);
@@ -282,18 +286,19 @@ impl Redis {
         v.ok_or_else(|| io::Error::other(format!("sentinel {s} knows no master `{master_name}`")))
     }
 
+    /// Connects (asking the sentinels first), all within one timeout.
     fn connect(&mut self) -> io::Result<redis::Connection> {
+        let deadline = Instant::now() + self.timeout;
         let sentinel = matches!(self.target.endpoint, Endpoint::Sentinel { .. });
         let (host, port) = match &self.target.endpoint {
             Endpoint::Direct(h, p) => (h.clone(), *p),
-            Endpoint::Sentinel { .. } => self.discover()?,
+            Endpoint::Sentinel { .. } => self.discover(deadline)?,
         };
         let client = self.target.client(&host, port, true)?;
-        let mut c = client.get_connection_with_timeout(self.timeout).map_err(|e| err(&e))?;
-        c.set_read_timeout(Some(self.timeout)).map_err(|e| err(&e))?;
-        c.set_write_timeout(Some(self.timeout)).map_err(|e| err(&e))?;
+        let mut c = client.get_connection_with_timeout(left(deadline)).map_err(|e| err(&e))?;
         if sentinel {
             // The sentinels may still name a demoted master.
+            c.set_read_timeout(Some(left(deadline))).map_err(|e| err(&e))?;
             let role: Vec<Value> = redis::cmd("ROLE").query(&mut c).map_err(|e| err(&e))?;
             if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
                 return Err(io::Error::other(format!("{host}:{port} is not a master (yet)")));
@@ -303,6 +308,8 @@ impl Redis {
                 self.master = Some((host, port));
             }
         }
+        c.set_read_timeout(Some(self.timeout)).map_err(|e| err(&e))?;
+        c.set_write_timeout(Some(self.timeout)).map_err(|e| err(&e))?;
         Ok(c)
     }
 
