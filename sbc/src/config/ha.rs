@@ -63,10 +63,10 @@ fn key_prefix() -> String {
     "xsbc".into()
 }
 fn lease_ms() -> u64 {
-    600
+    120
 }
 fn check_interval_ms() -> u64 {
-    100
+    30
 }
 fn stats_sync_ms() -> u64 {
     1000

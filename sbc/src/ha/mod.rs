@@ -158,6 +158,10 @@ pub enum Role {
 /// How long the loop sleeps when nothing wakes it.
 const TICK: Duration = Duration::from_millis(10);
 
+/// `SCHED_FIFO` priority of the HA thread: above normal threads, below
+/// the relay workers' usual real-time priorities.
+const HA_PRIORITY: i32 = 10;
+
 /// The Redis keys of the pair, under the configured prefix.
 struct Keys {
     lease: Vec<u8>,
@@ -257,6 +261,14 @@ impl Node {
     /// Runs until shutdown.
     pub fn run(mut self) {
         tracing::info!(node = %self.cfg.node_id, vips = %self.vips.list(), lease_ms = self.cfg.lease.as_millis() as u64, "HA: starting as standby");
+        // The lease is short: its renewal (and the heartbeat) must not wait
+        // behind busy threads. The loop sleeps between short ticks.
+        match crate::sys::set_thread_fifo(HA_PRIORITY) {
+            Ok(()) => tracing::info!(priority = HA_PRIORITY, "HA: thread runs SCHED_FIFO"),
+            Err(e) => {
+                tracing::warn!(error = %e, "HA: thread not real-time (needs CAP_SYS_NICE); a loaded box may delay lease renewals")
+            }
+        }
         for addr in self.vips.release() {
             tracing::warn!(vip = %addr, "HA: removed a virtual IP left from an earlier run");
         }
