@@ -806,7 +806,7 @@ fn redis_sentinel_failover_keeps_calls_and_the_active_node() {
     let sentinels =
         format!("sentinels = [\"{NET}.1:26379\", \"{NET}.1:26380\", \"{NET}.1:26381\"]\nmaster_name = \"mymaster\"");
     lab.ha_redis = [sentinels.clone(), sentinels];
-    lab.start_nodes(600, 100);
+    lab.start_nodes(120, 30); // the default lease
     let n = 4;
     lab.ua("callee", "callee", &["--run-ms", "40000"]);
     let caller =
