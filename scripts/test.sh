@@ -21,6 +21,7 @@ check_pkg rtpengine-daemon rtpengine
 check_pkg iproute2 ip
 check_pkg redis-server redis-server
 check_pkg redis-tools redis-cli
+check_pkg redis-sentinel redis-sentinel
 check_pkg ethtool ethtool
 check_pkg procps sysctl
 # A real phone: registers with digest and calls with media (tests/auth.rs).

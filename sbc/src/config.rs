@@ -14,6 +14,7 @@ mod cdr;
 mod dns;
 mod guard;
 mod ha;
+mod ha_redis;
 mod limits;
 mod media_relays;
 mod messages;
@@ -709,7 +710,7 @@ mod tests {
         let c = Config::from_toml(&with_ha("")).unwrap();
         let ha = c.ha.unwrap();
         assert_eq!(ha.vip.prefix, 24);
-        assert_eq!(ha.lease, Duration::from_millis(600));
+        assert_eq!(ha.lease, Duration::from_millis(120));
         assert!(c.relay.freebind);
         assert!(Config::embedded_default().unwrap().ha.is_none());
         assert!(!Config::embedded_default().unwrap().relay.freebind);
@@ -717,7 +718,7 @@ mod tests {
 
     #[test]
     fn ha_errors_name_the_key() {
-        for (extra, key) in [("lease_ms = 100", "ha.lease_ms"), ("check_interval_ms = 1", "ha.check_interval_ms")] {
+        for (extra, key) in [("lease_ms = 50", "ha.lease_ms"), ("check_interval_ms = 1", "ha.check_interval_ms")] {
             let e = Config::from_toml(&with_ha(extra)).unwrap_err().to_string();
             assert!(e.contains(key), "{extra}: {e}");
         }

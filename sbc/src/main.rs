@@ -424,7 +424,7 @@ fn run(cfg: Config, cfg_path: Option<PathBuf>) -> Result<(), Error> {
     // With HA, bans are replicated through Redis and loaded at start.
     let ban_replica = match &cfg.ha {
         Some(h) => {
-            let r = sbc::guard::replica::BanReplica::spawn(h.redis, &h.key_prefix, Arc::clone(&shutdown))
+            let r = sbc::guard::replica::BanReplica::spawn(h.redis.clone(), &h.key_prefix, Arc::clone(&shutdown))
                 .map_err(|source| Error::Spawn { name: "sbc-bans", source })?;
             proxy.guard_mut().track_changes();
             proxy.guard_mut().load_asked(Instant::now());

@@ -281,6 +281,19 @@ fn rtnl_request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNet
     }
 }
 
+/// Puts the calling thread under `SCHED_FIFO` at `priority` (1 to 99).
+///
+/// # Errors
+/// The `sched_setscheduler` error: `EPERM` without `CAP_SYS_NICE`.
+pub fn set_thread_fifo(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

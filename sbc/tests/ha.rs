@@ -52,9 +52,15 @@ struct Lab {
     datapath: &'static str,
     /// Extra keys of the trunk, on both nodes.
     trunk_keys: &'static str,
+    /// The `[ha]` lines saying how nodes a and b reach Redis.
+    ha_redis: [String; 2],
     /// Extra `[cdr]` keys (the collector); when set, each node also gets
     /// its own spool directory.
     cdr_keys: String,
+    /// Extra `redis-server` arguments.
+    redis_extra: Vec<String>,
+    /// `redis-cli` arguments that authenticate it.
+    cli_auth: Vec<String>,
 }
 
 impl Lab {
@@ -69,13 +75,17 @@ impl Lab {
         std::fs::create_dir_all(&dir).unwrap();
         let nets = ["lan", "r", "a", "b", "caller", "callee"]
             .map(|host| (host, Netns::new(&format!("ha{tag}-{host}")).unwrap_or_else(|e| panic!("netns: {e}"))));
+        let plain = format!("redis = \"{NET}.1:6379\"");
         let lab = Self {
             nets: nets.into(),
             dir,
             procs: Vec::new(),
             datapath: "socket",
             trunk_keys: "",
+            ha_redis: [plain.clone(), plain],
             cdr_keys: String::new(),
+            redis_extra: Vec::new(),
+            cli_auth: Vec::new(),
         };
         let lan = lab.ns("lan");
         assert!(sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]));
@@ -101,30 +111,54 @@ impl Lab {
     }
 
     fn start_redis(&mut self) -> usize {
-        let i = self.spawn(
-            "r",
-            "redis",
-            &[
-                "redis-server",
-                "--bind",
-                &format!("{NET}.1"),
-                "--port",
-                "6379",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ],
-        );
-        assert!(wait(Duration::from_secs(10), || self.redis(&["PING"]).contains("PONG")), "redis did not start");
+        self.start_redis_on("redis", 6379, &[])
+    }
+
+    /// A `redis-server` on `{NET}.1:port` (with `redis_extra`, then `extra`).
+    fn start_redis_on(&mut self, name: &str, port: u16, extra: &[&str]) -> usize {
+        let (bind, port_s) = (format!("{NET}.1"), port.to_string());
+        // A replica writes the RDB it receives: into the lab directory.
+        let dir = self.dir.to_str().unwrap().to_owned();
+        let dbfile = format!("{name}.rdb");
+        let mut cmd = vec![
+            "redis-server",
+            "--dir",
+            &dir,
+            "--dbfilename",
+            &dbfile,
+            "--bind",
+            &bind,
+            "--port",
+            &port_s,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ];
+        let redis_extra = self.redis_extra.clone();
+        cmd.extend(redis_extra.iter().map(String::as_str));
+        cmd.extend_from_slice(extra);
+        let i = self.spawn("r", name, &cmd);
+        let ping = [port_s.as_str(), "PING"];
+        assert!(wait(Duration::from_secs(10), || self.redis_at(&ping).contains("PONG")), "redis did not start");
         i
+    }
+
+    /// `redis-cli -p PORT ARGS...` (`args[0]` is the port), authenticated.
+    fn redis_at(&self, args: &[&str]) -> String {
+        let ns = self.ns("r");
+        let mut cmd = vec!["ip", "netns", "exec", ns.as_str(), "redis-cli", "-h", "10.77.0.1", "-p", args[0]];
+        cmd.extend(self.cli_auth.iter().map(String::as_str));
+        cmd.extend_from_slice(&args[1..]);
+        sh_out(&cmd)
     }
 
     fn redis(&self, args: &[&str]) -> String {
         let ns = self.ns("r");
         let mut cmd = vec!["ip", "netns", "exec", ns.as_str(), "redis-cli", "-h", "10.77.0.1"];
+        cmd.extend(self.cli_auth.iter().map(String::as_str));
         cmd.extend_from_slice(args);
         sh_out(&cmd)
     }
@@ -174,7 +208,7 @@ xdp_full_checksum = true
 
 [ha]
 node_id = "{node}"
-redis = "{NET}.1:6379"
+{ha_redis}
 vip = "{VIP}/24"
 interface = "eth0"
 heartbeat = "{NET}.{me}:7010"
@@ -185,6 +219,7 @@ check_interval_ms = {interval_ms}
             dir = self.dir.display(),
             datapath = self.datapath,
             trunk_keys = self.trunk_keys,
+            ha_redis = self.ha_redis[usize::from(node != "a")],
             cdr_keys = if self.cdr_keys.is_empty() {
                 String::new()
             } else {
@@ -276,20 +311,31 @@ check_interval_ms = {interval_ms}
         datapath: &'static str,
         trunk_keys: &'static str,
     ) -> Option<(std::sync::MutexGuard<'static, ()>, Self)> {
-        let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !can_run() {
-            return None;
-        }
-        let mut lab = Self::new(tag);
+        let (serial, mut lab) = Self::unstarted(tag, &[])?;
         lab.datapath = datapath;
         lab.trunk_keys = trunk_keys;
         lab.start_pair(lease_ms, interval_ms);
         Some((serial, lab))
     }
 
+    /// A lab with nothing started yet (serialized, skipped when it cannot
+    /// run); `bins` are needed besides `redis-server`.
+    fn unstarted(tag: &str, bins: &[&str]) -> Option<(std::sync::MutexGuard<'static, ()>, Self)> {
+        let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !can_run() || !testkit::env::require_root_and("HA lab", bins) {
+            return None;
+        }
+        Some((serial, Self::new(tag)))
+    }
+
     /// Starts Redis and both nodes; returns once `a` is active and `b` standby.
     fn start_pair(&mut self, lease_ms: u64, interval_ms: u64) {
         self.start_redis();
+        self.start_nodes(lease_ms, interval_ms);
+    }
+
+    /// Starts both nodes; returns once `a` is active and `b` standby.
+    fn start_nodes(&mut self, lease_ms: u64, interval_ms: u64) {
         self.start_sbc("a", lease_ms, interval_ms);
         assert!(wait(Duration::from_secs(10), || self.holds_vip("a")), "node a did not take the VIP");
         self.start_sbc("b", lease_ms, interval_ms);
@@ -393,7 +439,7 @@ fn check_calls(label: &str, caller: &[serde_json::Value], callee: &[serde_json::
 
 /// `kill -9` of the active node with 20 calls up (half hung up by the
 /// callee afterwards), and new calls started right after the kill.
-fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64, datapath: &'static str) {
+fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64, datapath: &'static str, max_gap_ms: f64) {
     let Some((_serial, mut lab)) = Lab::pair(tag, lease_ms, interval_ms, datapath) else { return };
     let n = 20;
     lab.ua("callee", "callee", &["--run-ms", "60000", "--duration-ms", "12000"]);
@@ -479,29 +525,31 @@ fn kill_scenario(tag: &str, lease_ms: u64, interval_ms: u64, datapath: &'static 
     eprintln!(
         "HA kill -9 ({datapath} datapath, lease {lease_ms} ms, check every {interval_ms} ms): VIP on the standby {vip_moved_ms} ms after the kill; first new call answered via the standby {first_new_ms} ms after the kill\n{text}"
     );
-    // The media gap target: under 1 s.
+    // Media kept flowing through the takeover. The gap itself is a figure
+    // (printed above, quoted in docs/ha.md), not a timed assertion: the
+    // bound only catches media that stopped.
     for c in lab.report("caller").iter().chain(lab.report("callee").iter()) {
-        assert!(c["max_gap_ms"].as_f64().unwrap() < 1000.0, "media gap over 1 s: {c}");
+        assert!(c["max_gap_ms"].as_f64().unwrap() < max_gap_ms, "media gap over {max_gap_ms} ms: {c}");
     }
 }
 
 #[test]
 fn takeover_after_kill_keeps_calls_and_media() {
     // The default lease and check interval.
-    kill_scenario("k", 600, 100, "socket");
+    kill_scenario("k", 120, 30, "socket", 1000.0);
 }
 
 #[test]
-fn takeover_after_kill_with_a_short_lease() {
-    // An operator tuning for a shorter gap.
-    kill_scenario("f", 200, 40, "socket");
+fn takeover_after_kill_with_the_former_600_ms_lease() {
+    // The default before the HA thread ran SCHED_FIFO.
+    kill_scenario("f", 600, 100, "socket", 1000.0);
 }
 
 #[test]
 fn takeover_after_kill_on_the_af_xdp_datapath() {
     // Both nodes relay media over AF_XDP on their eth0; the standby enters
     // the taken-over sessions' ports in its XDP media-port map.
-    kill_scenario("x", 600, 100, "xdp");
+    kill_scenario("x", 120, 30, "xdp", 1000.0);
 }
 
 #[test]
@@ -690,6 +738,198 @@ fn redis_restart_keeps_calls_and_resumes_replication() {
     let text = check_calls("redis restart", &lab.report("caller"), &lab.report("callee"), n);
     assert!(lab.holds_vip("a") && !lab.holds_vip("b"));
     eprintln!("{text}");
+}
+
+/// Redis with AUTH: node a logs in as the ACL user `sbc` (password from a
+/// file; the user may only touch `xsbc:*` keys, so every script must declare
+/// its keys), node b with the default user's `requirepass` password. The
+/// pair forms, calls are replicated, and Redis refuses clients without AUTH.
+#[test]
+fn redis_with_auth_acl_user_and_requirepass() {
+    let Some((_serial, mut lab)) = Lab::unstarted("u", &[]) else { return };
+    let pw = lab.dir.join("redis-pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    lab.redis_extra = ["--requirepass", "masterpw", "--user", "sbc", "on", ">s3cret", "~xsbc:*", "&*", "+@all"]
+        .map(str::to_owned)
+        .into();
+    lab.cli_auth = ["--user", "sbc", "--pass", "s3cret", "--no-auth-warning"].map(str::to_owned).into();
+    lab.ha_redis = [
+        format!("redis = \"{NET}.1:6379\"\nredis_username = \"sbc\"\nredis_password_file = \"{}\"", pw.display()),
+        format!("redis = \"redis://:masterpw@{NET}.1:6379\""),
+    ];
+    lab.start_pair(600, 100);
+    assert!(lab.redis(&["GET", "xsbc:lease"]).starts_with("a:"), "lease: {}", lab.redis(&["GET", "xsbc:lease"]));
+    let no_auth = sh_out(&["ip", "netns", "exec", &lab.ns("r"), "redis-cli", "-h", "10.77.0.1", "GET", "xsbc:lease"]);
+    assert!(no_auth.contains("NOAUTH"), "Redis answered a client without AUTH: {no_auth}");
+    lab.ua("callee", "callee", &["--run-ms", "20000"]);
+    let caller =
+        lab.ua("caller", "caller", &["--calls", "2", "--rate", "10", "--duration-ms", "3000", "--max-ms", "15000"]);
+    assert!(
+        wait(Duration::from_secs(8), || lab.redis(&["HLEN", "xsbc:dialogs"]).trim() == "2"),
+        "dialogs not replicated: {}",
+        lab.redis(&["HLEN", "xsbc:dialogs"])
+    );
+    // The standby (password only) reads them back.
+    assert!(
+        wait(Duration::from_secs(5), || Lab::metric_sum(&lab.metrics("b"), "sbc_ha_warm_dialogs") >= 2.0),
+        "standby warm copy: {}",
+        lab.metrics("b")
+    );
+    assert!(lab.procs[caller].wait_exit(Duration::from_secs(15)));
+    settle(&lab);
+    eprintln!("{}", check_calls("redis auth", &lab.report("caller"), &lab.report("callee"), 2));
+    assert!(lab.holds_vip("a") && !lab.holds_vip("b"));
+}
+
+/// Redis behind Sentinel: a master (:6379), a replica (:6380) and three
+/// sentinels (:26379-26381, quorum 2). With calls up, the master is killed
+/// (`kill -9`); the sentinels promote the replica. No call drops, the
+/// active node stays active (no false takeover), and replication goes on
+/// against the new master: a call placed after the failover reaches the
+/// standby's warm copy.
+#[test]
+fn redis_sentinel_failover_keeps_calls_and_the_active_node() {
+    let Some((_serial, mut lab)) = Lab::unstarted("e", &["redis-sentinel"]) else { return };
+    let master = lab.start_redis_on("redis", 6379, &[]);
+    lab.start_redis_on("replica", 6380, &["--replicaof", &format!("{NET}.1"), "6379"]);
+    for (k, port) in [26379, 26380, 26381].into_iter().enumerate() {
+        let conf = lab.dir.join(format!("sentinel-{k}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind {NET}.1\nprotected-mode no\ndaemonize no\n\
+                 sentinel monitor mymaster {NET}.1 6379 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 sentinel parallel-syncs mymaster 1\n"
+            ),
+        )
+        .unwrap();
+        lab.spawn("r", &format!("sentinel-{k}"), &["redis-sentinel", conf.to_str().unwrap()]);
+    }
+    // Every sentinel knows the replica and the two other sentinels.
+    assert!(
+        wait(Duration::from_secs(20), || [26379, 26380, 26381].iter().all(|p| {
+            let m = lab.redis_at(&[&p.to_string(), "SENTINEL", "master", "mymaster"]);
+            m.contains("num-slaves\n1\n") && m.contains("num-other-sentinels\n2\n")
+        })),
+        "sentinels not ready: {}",
+        lab.redis_at(&["26379", "SENTINEL", "master", "mymaster"])
+    );
+    let sentinels =
+        format!("sentinels = [\"{NET}.1:26379\", \"{NET}.1:26380\", \"{NET}.1:26381\"]\nmaster_name = \"mymaster\"");
+    lab.ha_redis = [sentinels.clone(), sentinels];
+    lab.start_nodes(120, 30); // the default lease
+    let n = 4;
+    lab.ua("callee", "callee", &["--run-ms", "40000"]);
+    let caller =
+        lab.ua("caller", "caller", &["--calls", "4", "--rate", "10", "--duration-ms", "14000", "--max-ms", "30000"]);
+    assert!(wait(Duration::from_secs(10), || {
+        let r = lab.report("caller");
+        r.len() == n && r.iter().all(|c| c["rtp_received"].as_u64().unwrap_or(0) > 10)
+    }));
+    assert!(wait(Duration::from_secs(5), || lab.redis_at(&["6380", "HLEN", "xsbc:dialogs"]).trim() == "4"));
+    let takeovers_b = Lab::metric_sum(&lab.metrics("b"), "sbc_ha_takeovers_total");
+    let killed = Instant::now();
+    lab.procs[master].kill9();
+    // Until the new master has the lease and the state, a keeps the VIP
+    // and b never takes it.
+    let mut promoted_ms = None;
+    while killed.elapsed() < Duration::from_secs(20) {
+        assert!(lab.holds_vip("a") && !lab.holds_vip("b"), "false takeover: {}", lab.ctl("b", &["ha"]));
+        if promoted_ms.is_none() && lab.redis_at(&["6380", "ROLE"]).starts_with("master") {
+            promoted_ms = Some(killed.elapsed().as_millis());
+        }
+        if promoted_ms.is_some()
+            && lab.redis_at(&["6380", "GET", "xsbc:lease"]).starts_with("a:")
+            && lab.redis_at(&["6380", "HLEN", "xsbc:dialogs"]).trim() == "4"
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let promoted_ms = promoted_ms.expect("the sentinels did not promote the replica");
+    let resumed_ms = killed.elapsed().as_millis();
+    assert!(
+        lab.redis_at(&["6380", "GET", "xsbc:lease"]).starts_with("a:"),
+        "the new master has no lease of a: {}",
+        lab.ctl("a", &["ha"])
+    );
+    // A call after the failover is replicated to the standby.
+    let probe =
+        lab.ua("caller", "probe", &["--calls", "1", "--rate", "0", "--duration-ms", "4000", "--max-ms", "20000"]);
+    assert!(
+        wait(Duration::from_secs(8), || Lab::metric_sum(&lab.metrics("b"), "sbc_ha_warm_dialogs") >= 5.0),
+        "the standby did not learn the new call: {}",
+        lab.ctl("b", &["ha"])
+    );
+    assert!(lab.procs[caller].wait_exit(Duration::from_secs(30)), "caller did not finish");
+    assert!(lab.procs[probe].wait_exit(Duration::from_secs(20)), "probe did not finish");
+    settle(&lab);
+    let text = check_calls("redis sentinel failover", &lab.report("caller"), &lab.report("callee"), n);
+    assert_eq!(lab.report("probe")[0]["ended"], "bye-sent", "call after the failover: {:?}", lab.report("probe"));
+    assert!(lab.holds_vip("a") && !lab.holds_vip("b"));
+    assert!(lab.ctl("a", &["ha"]).contains("role active"), "{}", lab.ctl("a", &["ha"]));
+    let takeovers_b_after = Lab::metric_sum(&lab.metrics("b"), "sbc_ha_takeovers_total");
+    assert!((takeovers_b_after - takeovers_b).abs() < 0.5, "node b took over {takeovers_b_after} times");
+    for c in lab.report("caller").iter().chain(lab.report("callee").iter()) {
+        assert!(c["max_gap_ms"].as_f64().unwrap() < 1000.0, "media stopped during the Redis failover: {c}");
+    }
+    eprintln!(
+        "Redis Sentinel failover (kill -9 of the master): replica promoted after {promoted_ms} ms, lease and state on the new master after {resumed_ms} ms, no takeover of the pair\n{text}"
+    );
+}
+
+/// The default lease (120 ms, renewed every 30 ms from a `SCHED_FIFO`
+/// thread) on a box whose cores are busy with `yes > /dev/null` (two per
+/// core): 10 calls up for 10 s without a takeover or a release (false
+/// failovers), then `kill -9` of the active under the same load.
+#[test]
+fn default_lease_under_cpu_load_no_false_failover_then_takeover() {
+    let Some((_serial, mut lab)) = Lab::pair("l", 120, 30, "socket") else { return };
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let mut hogs: Vec<std::process::Child> = (0..cores * 2)
+        .map(|_| Command::new("yes").stdout(std::process::Stdio::null()).spawn().expect("yes runs"))
+        .collect();
+    let n = 10;
+    lab.ua("callee", "callee", &["--run-ms", "60000"]);
+    let caller =
+        lab.ua("caller", "caller", &["--calls", "10", "--rate", "10", "--duration-ms", "16000", "--max-ms", "40000"]);
+    assert!(wait(Duration::from_secs(10), || {
+        let r = lab.report("caller");
+        r.len() == n && r.iter().all(|c| c["rtp_received"].as_u64().unwrap_or(0) > 10)
+    }));
+    let t0 = Instant::now();
+    let mut both_or_moved = 0;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if !lab.holds_vip("a") || lab.holds_vip("b") {
+            both_or_moved += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ma, mb) = (lab.metrics("a"), lab.metrics("b"));
+    let false_failovers =
+        Lab::metric_sum(&mb, "sbc_ha_takeovers_total") + Lab::metric_sum(&ma, "sbc_ha_releases_total");
+    let killed = Instant::now();
+    lab.procs[1].kill9(); // sbc-a
+    assert!(wait(Duration::from_secs(5), || lab.holds_vip("b")), "b did not take the VIP");
+    let vip_ms = killed.elapsed().as_millis();
+    assert!(lab.procs[caller].wait_exit(Duration::from_secs(40)), "caller did not finish");
+    for h in &mut hogs {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    settle(&lab);
+    let text = check_calls("kill -9 under CPU load", &lab.report("caller"), &lab.report("callee"), n);
+    eprintln!(
+        "default lease under CPU load ({} busy loops on {cores} cores): {false_failovers} false failovers (takeovers by the standby plus releases by the active) in 10 s; VIP on the standby {vip_ms} ms after kill -9\n{text}",
+        cores * 2
+    );
+    assert_eq!(false_failovers, 0.0, "false failovers under load");
+    assert_eq!(both_or_moved, 0, "the VIP moved or was held twice under load");
+    for c in lab.report("caller").iter().chain(lab.report("callee").iter()) {
+        assert!(c["max_gap_ms"].as_f64().unwrap() < 1000.0, "media stopped under load: {c}");
+    }
 }
 
 /// CDRs of an HA pair while the PostgreSQL collector is down: calls that

@@ -9,6 +9,7 @@ use std::time::Duration;
 use media_relay::config::RelayConfig;
 use serde::Deserialize;
 
+use super::ha_redis::RedisKeys;
 use super::{invalid, ConfigError, Realm};
 
 /// The `[ha]` table as written.
@@ -16,7 +17,8 @@ use super::{invalid, ConfigError, Realm};
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHa {
     node_id: String,
-    redis: String,
+    #[serde(default)]
+    redis: Option<String>,
     #[serde(default = "key_prefix")]
     key_prefix: String,
     vip: String,
@@ -31,6 +33,20 @@ pub(super) struct RawHa {
     check_interval_ms: u64,
     #[serde(default = "stats_sync_ms")]
     stats_sync_ms: u64,
+    #[serde(default)]
+    redis_username: Option<String>,
+    #[serde(default)]
+    redis_password: Option<String>,
+    #[serde(default)]
+    redis_password_file: Option<String>,
+    #[serde(default)]
+    redis_tls: bool,
+    #[serde(default)]
+    redis_ca_file: Option<String>,
+    #[serde(default)]
+    sentinels: Vec<String>,
+    #[serde(default)]
+    master_name: Option<String>,
 }
 
 /// `[[ha.realm_vips]]` (or `realm_vips = [{ .. }]`): another realm's
@@ -47,10 +63,10 @@ fn key_prefix() -> String {
     "xsbc".into()
 }
 fn lease_ms() -> u64 {
-    600
+    120
 }
 fn check_interval_ms() -> u64 {
-    100
+    30
 }
 fn stats_sync_ms() -> u64 {
     1000
@@ -198,7 +214,16 @@ pub(super) fn parse_ha(
     let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
         v.parse().map_err(|_| invalid(key, format!("`{v}` is not ADDR:PORT")))
     };
-    let redis = addr("ha.redis", &h.redis)?;
+    let redis = super::ha_redis::parse_redis(&RedisKeys {
+        redis: h.redis.as_deref(),
+        username: h.redis_username.as_deref(),
+        password: h.redis_password.as_deref(),
+        password_file: h.redis_password_file.as_deref(),
+        tls: h.redis_tls,
+        ca_file: h.redis_ca_file.as_deref(),
+        sentinels: &h.sentinels,
+        master_name: h.master_name.as_deref(),
+    })?;
     let heartbeat = addr("ha.heartbeat", &h.heartbeat)?;
     let peer = addr("ha.peer", &h.peer)?;
     let vip = parse_vip("ha", &h.vip, &h.interface)?;

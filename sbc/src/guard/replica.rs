@@ -11,14 +11,13 @@
 //! worth keeping.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{BanChange, BanRecord};
-use crate::ha::redis::{Redis, Reply};
+use crate::ha::redis::{Redis, RedisTarget, Reply};
 
 /// Changes kept while Redis is unreachable, at most.
 const PENDING_CAP: usize = 100_000;
@@ -42,10 +41,11 @@ impl BanReplica {
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub fn spawn(redis: SocketAddr, key_prefix: &str, shutdown: Arc<AtomicBool>) -> std::io::Result<Self> {
+    pub fn spawn(redis: impl Into<RedisTarget>, key_prefix: &str, shutdown: Arc<AtomicBool>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (loaded_tx, loaded) = std::sync::mpsc::channel();
         let key = format!("{key_prefix}:bans").into_bytes();
+        let redis: RedisTarget = redis.into();
         std::thread::Builder::new().name("sbc-bans".into()).spawn(move || {
             Worker { redis: Redis::new(redis, Duration::from_millis(500)), key, pending: VecDeque::new(), load: false }
                 .run(&rx, &loaded_tx, &shutdown);

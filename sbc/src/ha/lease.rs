@@ -10,12 +10,16 @@
 //! Redis is back. All of it runs on the HA thread.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use super::redis::{Redis, Reply};
+use super::redis::{Redis, Reply, Script};
 use super::{Dump, Keys, Node, ToProxy};
 
-const ACQUIRE: &str = r"
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+
+const ACQUIRE_LUA: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   if ARGV[3] == '1' and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
@@ -29,7 +33,7 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. t, 'PX', ARGV[2])
 return t
 ";
 
-const RELEASE: &str = r"
+const RELEASE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
@@ -62,16 +66,11 @@ impl Lease {
     /// it already, keeping its token). Returns the token, 0 when another
     /// node holds it.
     pub fn acquire(redis: &mut Redis, keys: &Keys, node_id: &str, ttl: Duration, adopt: bool) -> std::io::Result<u64> {
-        let r = redis.cmd(&[
-            b"EVAL",
-            ACQUIRE.as_bytes(),
-            b"2",
-            &keys.lease,
-            &keys.epoch,
-            node_id.as_bytes(),
-            ttl.as_millis().to_string().as_bytes(),
-            if adopt { b"1" } else { b"0" },
-        ])?;
+        let r = redis.eval(
+            &ACQUIRE,
+            &[&keys.lease, &keys.epoch],
+            &[node_id.as_bytes(), ttl.as_millis().to_string().as_bytes(), if adopt { b"1" } else { b"0" }],
+        )?;
         match r {
             Reply::Int(t) => Ok(u64::try_from(t).unwrap_or(0)),
             other => Err(std::io::Error::other(format!("unexpected reply {other:?}"))),
@@ -81,7 +80,7 @@ impl Lease {
     /// Deletes the lease if it still holds this node's value, so the peer
     /// need not wait for it to expire.
     pub fn release(&self, redis: &mut Redis, keys: &Keys, node_id: &str) {
-        let _ = redis.cmd(&[b"EVAL", RELEASE.as_bytes(), b"1", &keys.lease, &self.value(node_id)]);
+        let _ = redis.eval(&RELEASE, &[&keys.lease], &[&self.value(node_id)]);
     }
 }
 
@@ -115,7 +114,7 @@ impl Node {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "HA: renewing the lease failed");
-                self.status.set_redis_up(false, self.cfg.redis);
+                self.status.set_redis_up(false, &self.cfg.redis);
                 self.redis_lost(now);
             }
         }
@@ -168,7 +167,7 @@ impl Node {
                 }
             }
             Err(_) => {
-                self.status.set_redis_up(false, self.cfg.redis);
+                self.status.set_redis_up(false, &self.cfg.redis);
                 if self.status.degraded.load(Relaxed) {
                     // Still degraded: but if the peer now reaches Redis it
                     // may take over, so the split-brain rule applies again.

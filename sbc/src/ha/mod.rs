@@ -32,7 +32,7 @@
 //!   announcing every address), handing over, stepping down.
 //! - `status`: the `sbc_ha_*` metrics and the `sbc ctl ha` line.
 //! - [`vip`]: the virtual IPs on their interfaces and their announcements;
-//!   [`redis`]: a small blocking Redis client; [`secret`]: the digest
+//!   [`redis`]: the Redis connection (AUTH, TLS, Sentinel); [`secret`]: the digest
 //!   nonce secret both nodes share.
 
 mod heartbeat;
@@ -64,8 +64,8 @@ use vip::{Vip, VipSet};
 pub struct HaConfig {
     /// This node's name (unique in the pair).
     pub node_id: String,
-    /// Redis server.
-    pub redis: SocketAddr,
+    /// Redis: the server or the sentinels, AUTH and TLS.
+    pub redis: redis::RedisTarget,
     /// Key prefix in Redis.
     pub key_prefix: String,
     /// The first realm's virtual IP (the only one without realms), its
@@ -158,6 +158,10 @@ pub enum Role {
 /// How long the loop sleeps when nothing wakes it.
 const TICK: Duration = Duration::from_millis(10);
 
+/// `SCHED_FIFO` priority of the HA thread: above normal threads, below
+/// the relay workers' usual real-time priorities.
+const HA_PRIORITY: i32 = 10;
+
 /// The Redis keys of the pair, under the configured prefix.
 struct Keys {
     lease: Vec<u8>,
@@ -233,7 +237,8 @@ impl Node {
         let vips = VipSet::new(cfg.vips().cloned())?;
         hb.register(poll.registry())?;
         let now = Instant::now();
-        let redis = Redis::new(cfg.redis, cfg.interval.clamp(Duration::from_millis(20), Duration::from_millis(500)));
+        let redis =
+            Redis::new(cfg.redis.clone(), cfg.interval.clamp(Duration::from_millis(20), Duration::from_millis(500)));
         Ok(Self {
             links,
             status,
@@ -256,6 +261,14 @@ impl Node {
     /// Runs until shutdown.
     pub fn run(mut self) {
         tracing::info!(node = %self.cfg.node_id, vips = %self.vips.list(), lease_ms = self.cfg.lease.as_millis() as u64, "HA: starting as standby");
+        // The lease is short: its renewal (and the heartbeat) must not wait
+        // behind busy threads. The loop sleeps between short ticks.
+        match crate::sys::set_thread_fifo(HA_PRIORITY) {
+            Ok(()) => tracing::info!(priority = HA_PRIORITY, "HA: thread runs SCHED_FIFO"),
+            Err(e) => {
+                tracing::warn!(error = %e, "HA: thread not real-time (needs CAP_SYS_NICE); a loaded box may delay lease renewals")
+            }
+        }
         for addr in self.vips.release() {
             tracing::warn!(vip = %addr, "HA: removed a virtual IP left from an earlier run");
         }

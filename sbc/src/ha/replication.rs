@@ -18,14 +18,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use media_relay::relay::Relay;
 
-use super::redis::{Redis, Reply};
+use super::redis::{Redis, Reply, Script};
 use super::{Dump, HaStatus, Keys, Node};
 
-const WRITE: &str = r"
+static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_LUA));
+
+const WRITE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if ARGV[3] == '1' then
@@ -163,8 +166,7 @@ impl Outbox {
         loop {
             let take = ops.len().min(BATCH);
             let chunk: Vec<_> = ops.drain(..take).collect();
-            let mut cmd: Vec<Vec<u8>> = args(&[b"EVAL", WRITE.as_bytes(), b"5"]);
-            cmd.extend(key_args.iter().map(|k| k.to_vec()));
+            let mut cmd: Vec<Vec<u8>> = Vec::with_capacity(3 + 3 * chunk.len());
             cmd.push(lease.to_vec());
             cmd.push(ttl_ms.to_vec());
             cmd.push(if reset && first { b"1".to_vec() } else { b"0".to_vec() });
@@ -174,16 +176,18 @@ impl Outbox {
                 cmd.push(v.clone().unwrap_or_default().into_bytes());
             }
             first = false;
-            match redis.pipeline(&[cmd]) {
-                Ok(r) => match r.first() {
-                    Some(Reply::Int(1)) => {
+            let argv: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
+            let keys: Vec<&[u8]> = key_args.iter().map(|k| k.as_slice()).collect();
+            match redis.eval(&WRITE, &keys, &argv) {
+                Ok(r) => match r {
+                    Reply::Int(1) => {
                         status.writes.fetch_add(chunk.len() as u64, Relaxed);
                     }
-                    Some(Reply::Int(_)) => return Ok(false),
+                    Reply::Int(_) => return Ok(false),
                     other => {
                         status.write_errors.fetch_add(1, Relaxed);
                         tracing::warn!(reply = ?other, "HA: Redis refused a write");
-                        for (k, v) in chunk {
+                        for (k, v) in chunk.into_iter().chain(ops.drain(..)) {
                             self.pending.entry(k).or_insert(v);
                         }
                         return Err(std::io::Error::other("write refused"));
@@ -327,7 +331,7 @@ impl Node {
         let result = self.outbox.write(&mut self.redis, &self.keys, &lease, &ttl_ms, reset, &self.status);
         if let Ok(true) = result {
             self.lease.renewed_at = Some(now);
-            self.status.set_redis_up(true, self.cfg.redis);
+            self.status.set_redis_up(true, &self.cfg.redis);
             if self.status.degraded.swap(false, Relaxed) {
                 tracing::info!("HA: replication resumed");
             }

@@ -41,7 +41,7 @@ pub fn shared(redis: &mut Redis, key: &[u8], candidate: &[u8]) -> io::Result<Vec
 #[must_use]
 pub fn fetch_in_background(cfg: &HaConfig, shutdown: Arc<AtomicBool>) -> Receiver<Vec<u8>> {
     let (tx, rx) = channel();
-    let (addr, key) = (cfg.redis, key(&cfg.key_prefix));
+    let (addr, key) = (cfg.redis.clone(), key(&cfg.key_prefix));
     let spawned = std::thread::Builder::new().name("sbc-auth-secret".into()).spawn(move || {
         let mut redis = Redis::new(addr, Duration::from_millis(500));
         let candidate = crate::auth::nonce::random_secret();

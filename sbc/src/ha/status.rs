@@ -5,7 +5,6 @@
 //! (relaxed atomics: each value stands alone, none guards another).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -85,7 +84,7 @@ impl HaStatus {
     }
 
     /// Records whether the last Redis operation succeeded, logging the edges.
-    pub(super) fn set_redis_up(&self, up: bool, redis: SocketAddr) {
+    pub(super) fn set_redis_up(&self, up: bool, redis: &super::redis::RedisTarget) {
         let was = self.redis_up.swap(up, Relaxed);
         if was && !up {
             tracing::warn!(redis = %redis, "HA: Redis unreachable");

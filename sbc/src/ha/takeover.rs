@@ -31,15 +31,15 @@ impl Node {
     pub(super) fn standby_tick(&mut self, now: Instant) {
         if self.warm.pos.is_none() {
             match self.warm.load(&mut self.redis, &self.keys, &self.status) {
-                Ok(()) => self.status.set_redis_up(true, self.cfg.redis),
+                Ok(()) => self.status.set_redis_up(true, &self.cfg.redis),
                 Err(e) => {
                     tracing::debug!(error = %e, "HA: loading the warm copy failed");
-                    self.status.set_redis_up(false, self.cfg.redis);
+                    self.status.set_redis_up(false, &self.cfg.redis);
                 }
             }
         } else if let Err(e) = self.warm.read_stream(&mut self.redis, &self.keys, &self.status) {
             tracing::debug!(error = %e, "HA: reading the change stream failed");
-            self.status.set_redis_up(false, self.cfg.redis);
+            self.status.set_redis_up(false, &self.cfg.redis);
             self.warm.pos = None;
         }
         if let Some(at) = self.prepared_at {
@@ -64,14 +64,14 @@ impl Node {
         match self.acquire(false) {
             Ok(0) => {}
             Ok(t) => {
-                self.status.set_redis_up(true, self.cfg.redis);
+                self.status.set_redis_up(true, &self.cfg.redis);
                 self.lease.token = t;
                 self.status.token.store(t, Relaxed);
                 self.take_over(now);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "HA: lease attempt failed");
-                self.status.set_redis_up(false, self.cfg.redis);
+                self.status.set_redis_up(false, &self.cfg.redis);
             }
         }
     }
