@@ -24,7 +24,12 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
     };
     gauge(&mut out, "media_relay_sessions_active", "Calls in the session table.", t.sessions as u64);
     gauge(&mut out, "media_relay_ports_in_use", "Media ports bound (RTP and RTCP).", (t.port_pairs_in_use * 2) as u64);
-    gauge(&mut out, "media_relay_ports_configured", "Media ports in the configured range.", (t.port_pairs_total * 2) as u64);
+    gauge(
+        &mut out,
+        "media_relay_ports_configured",
+        "Media ports in the configured range.",
+        (t.port_pairs_total * 2) as u64,
+    );
     gauge(&mut out, "media_relay_workers", "Worker threads.", relay.worker_counters().len() as u64);
     let dp = relay.datapath();
     let _ = writeln!(

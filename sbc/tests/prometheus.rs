@@ -108,7 +108,8 @@ fn start_media_relay(dir: &TestDir, bin: &Path) -> (ChildGuard, SocketAddr) {
     );
     let guard = ChildGuard::spawn("media-relay", Command::new(bin).arg("--config").arg(cfg), dir.path());
     assert!(
-        testkit::wait_until(Duration::from_secs(10), Duration::from_millis(100), || http_get(metrics, "/metrics").is_ok()),
+        testkit::wait_until(Duration::from_secs(10), Duration::from_millis(100), || http_get(metrics, "/metrics")
+            .is_ok()),
         "media-relay did not serve /metrics on {metrics}"
     );
     (guard, metrics)
@@ -161,8 +162,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 /// Every query of the dashboard: panel targets and template variables.
 fn dashboard_queries() -> Vec<String> {
-    let dash: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/xsbc.json")).unwrap()).expect("dashboard is JSON");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(deploy("grafana/xsbc.json")).unwrap())
+        .expect("dashboard is JSON");
     let mut out = Vec::new();
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -189,7 +190,10 @@ fn shipped_config_and_rules_pass_promtool_and_the_rule_tests() {
     let rules = std::fs::read_to_string(deploy("prometheus/xsbc-rules.yml")).unwrap();
     let tests = std::fs::read_to_string(deploy("prometheus/xsbc-rules.test.yml")).unwrap();
     for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
-        assert!(tests.contains(&format!("alertname: {alert}\n    exp_alerts:\n    - exp_labels")), "no firing test for {alert}");
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n    exp_alerts:\n    - exp_labels")),
+            "no firing test for {alert}"
+        );
     }
 }
 
@@ -332,7 +336,8 @@ fn prometheus_scrapes_quality_and_health_during_calls_with_rtp() {
     // Four calls of 6 s with RTP both ways (the callee echoes): more than
     // one 5 s MOS interval each.
     let audio = dir.write("pcma.raw", vec![0xd5u8; 350 * 160]);
-    let uac = Template::scenario("uac_rtp.xml").set("AUDIO", audio.display()).set("PAUSE_MS", 6000).write(&dir, "uac.xml");
+    let uac =
+        Template::scenario("uac_rtp.xml").set("AUDIO", audio.display()).set("PAUSE_MS", 6000).write(&dir, "uac.xml");
     let _uas = sipp
         .uas(dir.path(), p.a)
         .scenario("uas_echo.xml")
@@ -342,7 +347,8 @@ fn prometheus_scrapes_quality_and_health_during_calls_with_rtp() {
         .trace_err()
         .spawn("uas");
     std::thread::sleep(Duration::from_millis(300));
-    let calls = sipp.uac(dir.path(), sbc.sip, "1000", p.uac).sf(&uac).media("127.0.0.1", None).calls(4).rate(2).limit(4);
+    let calls =
+        sipp.uac(dir.path(), sbc.sip, "1000", p.uac).sf(&uac).media("127.0.0.1", None).calls(4).rate(2).limit(4);
     assert!(calls.timeout_s(60).timeout_error().trace_err().run_ok("sipp-uac", Duration::from_secs(90)));
     sbc.wait_gauge_zero("sbc_dialogs_active");
 
@@ -382,7 +388,12 @@ fn prometheus_scrapes_quality_and_health_during_calls_with_rtp() {
     assert!(
         testkit::wait_until(Duration::from_secs(10), Duration::from_millis(500), || {
             let r = prom.api("/api/v1/rules");
-            r["data"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap().clone()).all(|r| r["health"] == "ok")
+            r["data"]["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|g| g["rules"].as_array().unwrap().clone())
+                .all(|r| r["health"] == "ok")
         }),
         "a rule does not evaluate: {}",
         prom.api("/api/v1/rules")
