@@ -41,6 +41,8 @@ check_pkg postgresql pg_ctlcluster
 check_pkg systemd systemd-analyze
 # A real DNS server (NAPTR, SRV, A) for the RFC 3263 tests (tests/dns.rs).
 check_pkg dnsmasq-base dnsmasq
+# A real Prometheus and promtool for the shipped setup (sbc/tests/prometheus.rs).
+check_pkg prometheus promtool
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

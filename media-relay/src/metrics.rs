@@ -24,7 +24,12 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
     };
     gauge(&mut out, "media_relay_sessions_active", "Calls in the session table.", t.sessions as u64);
     gauge(&mut out, "media_relay_ports_in_use", "Media ports bound (RTP and RTCP).", (t.port_pairs_in_use * 2) as u64);
-    gauge(&mut out, "media_relay_ports_total", "Media ports in the configured range.", (t.port_pairs_total * 2) as u64);
+    gauge(
+        &mut out,
+        "media_relay_ports_configured",
+        "Media ports in the configured range.",
+        (t.port_pairs_total * 2) as u64,
+    );
     gauge(&mut out, "media_relay_workers", "Worker threads.", relay.worker_counters().len() as u64);
     let dp = relay.datapath();
     let _ = writeln!(
@@ -84,9 +89,8 @@ pub fn render(relay: &Relay, ng: &NgCounters) -> String {
     );
     let _ = writeln!(
         out,
-        "# HELP media_relay_one_way_audio_total Answered media directions silent while the other flowed for relay.one_way_after_s.
-         # TYPE media_relay_one_way_audio_total counter
-media_relay_one_way_audio_total {}",
+        "# HELP media_relay_one_way_audio_total Answered media directions silent while the other flowed for relay.one_way_after_s.\n\
+         # TYPE media_relay_one_way_audio_total counter\nmedia_relay_one_way_audio_total {}",
         t.one_way_audio
     );
 
