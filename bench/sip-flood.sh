@@ -69,28 +69,14 @@ link fl-at fl-atk 10.44.2.1 10.44.2.2 10.44.2.3
 link fl-tr fl-trunk 10.44.3.1 10.44.3.2
 SBC_IP=10.44.1.1
 in_ns() { local n=$1; shift; ip netns exec "$n" "$@"; }
+# shellcheck source=bench/sip-lib.sh
+. "$ROOT/bench/sip-lib.sh"   # wait_sip
 
 # The caller's scenario with RTP (as in sip-cps.sh).
 packets=$(( (CALL_MS - 500) / 20 ))
 head -c $(( packets * 160 )) /dev/zero | tr '\0' '\325' > "$WORK/audio.al"
 sed -e "s#@AUDIO@#$WORK/audio.al#" -e "s#@PAUSE_MS@#$CALL_MS#" "$FIX/uac_rtp.xml" > "$WORK/uac.xml"
 
-wait_sip() { # NS ADDR
-  for _ in $(seq 1 100); do
-    in_ns fl-legit python3 - "$2" <<'PY' && return 0
-import socket,sys
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.2); s.bind(("10.44.1.2",0))
-p=s.getsockname()[1]
-m=("OPTIONS sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP 10.44.1.2:%d;branch=z9hG4bKw%d\r\nMax-Forwards: 70\r\nFrom: <sip:w@10.44.1.2>;tag=1\r\nTo: <sip:%s>\r\nCall-ID: w%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"%(sys.argv[1],p,p,sys.argv[1],p)).encode()
-s.sendto(m,(sys.argv[1],5060))
-try:
-    d=s.recv(4096); sys.exit(0 if d.startswith(b"SIP/2.0 200") else 1)
-except Exception: sys.exit(1)
-PY
-    sleep 0.1
-  done
-  echo "SIP on $2 never answered" >&2; return 1
-}
 
 # calls NAME RATE SECONDS -> "successful placed" (legit caller -> trunk)
 calls() {
@@ -116,15 +102,6 @@ print(ok, sys.argv[2])
 PY
 }
 
-# CPU seconds (user + system) used so far by the processes PIDS... and their
-# threads, from /proc (to the clock tick).
-cpu_s() {
-  local t=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
-  done
-  python3 -c "import os,sys; print(int(sys.argv[1]) / os.sysconf('SC_CLK_TCK'))" "$t"
-}
 metrics() { in_ns fl-sbc python3 -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9100/metrics',timeout=5).read().decode())" 2>/dev/null || true; }
 # metric NAME_WITH_LABELS FILE -> the sum of the matching samples (0 if none)
 metric() { awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s + 0 }' "$2"; }
@@ -174,7 +151,7 @@ start_sbc() { # DATAPATH
   # `ip netns exec` execs the program: $! is the sbc itself.
   ip netns exec fl-sbc "$SBC" run --config "$WORK/sbc-$1.toml" >/dev/null 2>"$WORK/sbc-$1.log" & SBC_PID=$!
   PIDS+=("$SBC_PID")
-  wait_sip fl-sbc "$SBC_IP"
+  wait_sip 5060 "$SBC_IP" 10.44.1.2 fl-legit
 }
 
 # ---- capacity (socket datapath, no attack)
@@ -238,7 +215,7 @@ sed -e "s/@CHILDREN@/4/" -e "s/@SIP_IP@/$SBC_IP/" -e "s/@NG_PORT@/22299/" -e "s/
 sleep 0.5
 ip netns exec fl-sbc kamailio -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -Y "$WORK" -w "$WORK" -E -DD -m 128 -M 16 \
   >/dev/null 2>"$WORK/kamailio.log" & KAM=$!; PIDS+=("$KAM")
-wait_sip fl-sbc "$SBC_IP"
+wait_sip 5060 "$SBC_IP" 10.44.1.2 fl-legit
 # Kamailio's processes: the main one and its children.
 KPIDS="$KAM $(pgrep -P "$KAM" | tr '\n' ' ')"
 # shellcheck disable=SC2086

@@ -51,21 +51,26 @@ register_per_s = 1000000
 EOF
 }
 
-wait_sip() { # port
+# wait_sip PORT [HOST [FROM [NETNS]]]: waits until HOST:PORT (127.0.0.1)
+# answers an OPTIONS sent from FROM (127.0.0.1), inside NETNS when given.
+wait_sip() {
+  local port=$1 host=${2:-127.0.0.1} from=${3:-127.0.0.1} ns=${4:-}
+  local run=(); [ -z "$ns" ] || run=(ip netns exec "$ns")
   for _ in $(seq 1 100); do
-    python3 - "$1" <<'PY' && return 0
+    "${run[@]}" python3 - "$host" "$port" "$from" <<'PY' && return 0
 import socket,sys
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.2); s.bind(("127.0.0.1",0))
+host,port,src=sys.argv[1],int(sys.argv[2]),sys.argv[3]
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.2); s.bind((src,0))
 p=s.getsockname()[1]
-m=("OPTIONS sip:127.0.0.1:%s SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKw\r\nMax-Forwards: 70\r\nFrom: <sip:w@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: w%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"%(sys.argv[1],p,p)).encode()
-s.sendto(m,("127.0.0.1",int(sys.argv[1])))
+m=("OPTIONS sip:%s:%d SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bKw%d\r\nMax-Forwards: 70\r\nFrom: <sip:w@%s>;tag=1\r\nTo: <sip:%s>\r\nCall-ID: w%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"%(host,port,src,p,p,src,host,p)).encode()
+s.sendto(m,(host,port))
 try:
     d=s.recv(4096); sys.exit(0 if d.startswith(b"SIP/2.0 200") else 1)
 except Exception: sys.exit(1)
 PY
     sleep 0.1
   done
-  echo "SIP on port $1 never answered" >&2; return 1
+  echo "SIP on $host:$port never answered" >&2; return 1
 }
 
 # run_rate NAME PROXY_PORT RATE SCENARIO UAC_IP UAS_IP -> prints "successful failed"
@@ -115,8 +120,15 @@ capacity() {
   echo "$best"
 }
 
-# CPU seconds (user + system) used so far by the processes PIDS...
-cpu_s() { ps -o times= -p "$(echo "$@" | tr ' ' ',')" | awk '{s+=$1} END {print s+0}'; }
+# CPU seconds (user + system) used so far by the processes PIDS... and their
+# threads, from /proc (to the clock tick).
+cpu_s() {
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
+  done
+  python3 -c "import os,sys; print(int(sys.argv[1]) / os.sysconf('SC_CLK_TCK'))" "$t"
+}
 
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f'%(a/b) if b else 'n/a')" "$1" "$2"; }
 
