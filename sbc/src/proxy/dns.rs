@@ -260,10 +260,7 @@ impl Core {
                 continue;
             }
             rt.probing = true;
-            rt.next_probe = Some(match rt.next_probe {
-                Some(n) if now.saturating_duration_since(n) < interval => n + interval,
-                _ => now + interval,
-            });
+            rt.next_probe = Some(super::trunks::probe_cadence(rt.next_probe, now, interval));
             rt.probe_seq += 1;
             due.push((i, addr, Some((rt.proto, rt.probe_seq)), None));
         }

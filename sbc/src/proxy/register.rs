@@ -8,7 +8,7 @@ use crate::caps::Cap;
 use crate::config::Config;
 use crate::location::{Binding, Location, UpdateError};
 use crate::proxy::routing::local_aor;
-use crate::sip::{Contact, Header, Message, Uri};
+use crate::sip::{Contact, Header, Message, NameAddr, Uri};
 use crate::transport::Proto;
 
 /// The registrar's answer: status, reason, and extra headers for the response.
@@ -20,6 +20,18 @@ pub struct RegisterOutcome {
     pub reason: &'static str,
     /// Headers to add (Contact list, Min-Expires, ...).
     pub headers: Vec<Header>,
+}
+
+/// A contact's expiry: its own `expires` parameter, else the request's
+/// `Expires` header, else the registrar's default.
+fn contact_expires(na: &NameAddr, header_expires: Option<u64>, cfg: &Config) -> u64 {
+    na.params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("expires"))
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(header_expires)
+        .unwrap_or(u64::from(cfg.default_expires))
 }
 
 fn refuse(code: u16, reason: &'static str) -> RegisterOutcome {
@@ -61,14 +73,7 @@ pub fn register(
     }
     for c in &contacts {
         let Contact::Addr(na) = c else { continue };
-        let expires = na
-            .params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("expires"))
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .or(header_expires)
-            .unwrap_or(u64::from(cfg.default_expires));
+        let expires = contact_expires(na, header_expires, cfg);
         if expires > 0 && expires < u64::from(cfg.min_expires) {
             return RegisterOutcome {
                 code: 423,
@@ -127,14 +132,7 @@ pub fn check_caps(cfg: &Config, location: &Location, req: &Message, src: SocketA
             Contact::Star => None,
         })
         .filter(|na| {
-            let expires = na
-                .params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("expires"))
-                .and_then(|(_, v)| v.as_deref())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .or(header_expires)
-                .unwrap_or(u64::from(cfg.default_expires));
+            let expires = contact_expires(na, header_expires, cfg);
             expires > 0 && !location.has_contact(&aor, &na.uri.to_string(), now)
         })
         .count();

@@ -215,12 +215,7 @@ impl Core {
                 continue;
             }
             rt.probing = true;
-            // Probes run on a fixed cadence from when each was sent, so a
-            // miss (judged after probe_timeout) does not stretch the interval.
-            rt.next_probe = Some(match rt.next_probe {
-                Some(n) if now.saturating_duration_since(n) < interval => n + interval,
-                _ => now + interval,
-            });
+            rt.next_probe = Some(probe_cadence(rt.next_probe, now, interval));
             rt.probe_seq += 1;
             let (seq, dest, proto) = (rt.probe_seq, t.address, t.transport.proto());
             if let Some(id) = self.send_probe(txn, i, dest, proto, seq, now) {
@@ -331,5 +326,16 @@ impl Core {
             out.push_str(&self.dns_rows(i, Instant::now()));
         }
         out
+    }
+}
+
+/// When the probe after one due at `next` goes: probes run on a fixed
+/// cadence from when each was sent, so a miss (judged after
+/// `probe_timeout`) does not stretch the interval; after a pause (no probe
+/// due for longer than `interval`) the cadence restarts from `now`.
+pub(super) fn probe_cadence(next: Option<Instant>, now: Instant, interval: Duration) -> Instant {
+    match next {
+        Some(n) if now.saturating_duration_since(n) < interval => n + interval,
+        _ => now + interval,
     }
 }
