@@ -150,7 +150,12 @@ impl CdrWriter {
 
     /// Writes one record. A write error is logged, never fatal to the call.
     pub fn write(&mut self, record: &Value) {
-        let mut line = record.to_string();
+        // A NUL a peer smuggled into a header (a quoted-pair) would make
+        // PostgreSQL refuse the whole batch (`jsonb` has no `\u0000`) and
+        // stop forwarding: CDR strings never carry one.
+        let mut clean = record.clone();
+        strip_nul(&mut clean);
+        let mut line = clean.to_string();
         let mut spooled = self.sink.is_none();
         if let Some(sink) = &self.sink {
             let res = match sink.spool.lock() {
@@ -246,9 +251,27 @@ pub fn start_spool(
     Ok((writer.with_spool(sink, Arc::clone(metrics)), thread))
 }
 
+/// Replaces every NUL in the strings of `v` with U+FFFD.
+fn strip_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+        Value::Array(a) => a.iter_mut().for_each(strip_nul),
+        Value::Object(o) => o.values_mut().for_each(strip_nul),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_never_reaches_a_cdr() {
+        let mut v = serde_json::json!({"from": "a\0b", "relay": [{"x": "\0"}], "n": 1});
+        strip_nul(&mut v);
+        assert_eq!(v, serde_json::json!({"from": "a\u{fffd}b", "relay": [{"x": "\u{fffd}"}], "n": 1}));
+        assert!(!v.to_string().contains("\\u0000"));
+    }
 
     #[test]
     fn id_is_deterministic_and_distinct() {

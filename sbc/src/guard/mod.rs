@@ -173,17 +173,44 @@ pub struct Guard {
     load_asked: Option<Instant>,
 }
 
+/// Addresses the sbc itself depends on, never limited nor banned: a
+/// spoofed flood "from" one of them must not cut the sbc off from its
+/// Redis, HA peer, PostgreSQL collector, name servers or remote relays (a
+/// ban in the XDP program drops every protocol from the source).
+fn infrastructure(cfg: &Config) -> Vec<IpNet> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    if let Some(h) = &cfg.ha {
+        ips.extend([h.peer.ip(), h.heartbeat.ip()]);
+        match &h.redis.endpoint {
+            crate::ha::redis::Endpoint::Direct(host, _) => ips.extend(host.parse::<IpAddr>().ok()),
+            crate::ha::redis::Endpoint::Sentinel { sentinels, .. } => ips.extend(sentinels.iter().map(|a| a.ip())),
+        }
+    }
+    ips.extend(cfg.dns.servers.iter().map(|a| a.ip()));
+    ips.extend(cfg.media_relays.iter().map(|r| r.ng.ip()));
+    if let Some(pg) = cfg.cdr_spool.as_ref().and_then(|c| c.postgres.as_ref()) {
+        ips.extend(
+            pg.conninfo
+                .split_whitespace()
+                .filter_map(|kv| kv.strip_prefix("host=").or_else(|| kv.strip_prefix("hostaddr=")))
+                .filter_map(|h| h.parse::<IpAddr>().ok()),
+        );
+    }
+    ips.into_iter().filter(|ip| !ip.is_unspecified()).map(IpNet::from).collect()
+}
+
 impl Guard {
     /// A guard for `cfg.guard`; `unix_now` is the wall-clock time (Unix
     /// seconds) at `now`.
     #[must_use]
     pub fn new(cfg: &Config, metrics: Arc<SbcMetrics>, now: Instant, unix_now: u64) -> Self {
         let g = cfg.guard.clone();
-        let trunk_sources = if g.exempt_trunks {
+        let mut trunk_sources: Vec<IpNet> = if g.exempt_trunks {
             cfg.trunks.iter().flat_map(|t| t.policy.sources.clone()).collect()
         } else {
             Vec::new()
         };
+        trunk_sources.extend(infrastructure(cfg));
         Self {
             sources: Sources::new(g.max_sources),
             cfg: g,
@@ -512,7 +539,10 @@ impl Guard {
                 net,
                 reason: Reason::parse(&r.reason),
                 placed: now,
-                until: now + Duration::from_secs(r.until - unix_now),
+                // A corrupt end time in Redis must not overflow the clock.
+                until: now
+                    .checked_add(Duration::from_secs(r.until - unix_now).min(self.cfg.max_ban_time.saturating_mul(4)))
+                    .unwrap_or(now),
                 until_unix: r.until,
                 offences: r.offences.max(1),
             };

@@ -12,14 +12,14 @@ use media_relay::relay::Relay;
 impl super::BanEnforcer for Relay {
     fn enforce(&self, p: &BanPrefix) -> bool {
         self.xdp_ban(p).unwrap_or_else(|e| {
-            tracing::warn!(prefix = %p, error = %e, "guard: ban not installed in XDP");
+            crate::warn_limited!(prefix = %p, error = %e, "guard: ban not installed in XDP");
             false
         })
     }
 
     fn lift(&self, p: &BanPrefix) {
         if let Err(e) = self.xdp_unban(p) {
-            tracing::warn!(prefix = %p, error = %e, "guard: ban not removed from XDP");
+            crate::warn_limited!(prefix = %p, error = %e, "guard: ban not removed from XDP");
         }
     }
 

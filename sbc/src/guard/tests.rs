@@ -309,3 +309,27 @@ fn ban_lines_are_rate_limited_but_every_ban_counts() {
     assert_eq!(g.log.suppressed, 0, "summed up once the second is over");
     assert!(g.control("ban 203.0.113.1", t0 + Duration::from_secs(1)).is_some());
 }
+
+#[test]
+fn the_sbcs_own_infrastructure_is_never_banned() {
+    // Name servers, remote relays and the PostgreSQL collector: a spoofed
+    // flood "from" them must not cut us off.
+    let text = crate::config::DEFAULT_TOML.replace("127.0.0.1:5070", "192.0.2.200:5060");
+    let cfg = Config::from_toml(&format!(
+        "{text}\n[dns]\nservers = [\"192.0.2.53:53\"]\n\
+         [[media_relay]]\nng = \"192.0.2.77:22222\"\n"
+    ))
+    .unwrap();
+    let mut cfg = cfg;
+    cfg.cdr_spool = Config::from_toml(&format!(
+        "{}\n[cdr]\nspool_dir = \"/tmp/never-opened\"\npostgres = \"host=192.0.2.54 user=cdr dbname=cdr\"\n",
+        text.replace("[cdr]\nfile = \"sbc-cdr.jsonl\"\n", "")
+    ))
+    .unwrap()
+    .cdr_spool;
+    let g = Guard::new(&cfg, Arc::new(SbcMetrics::default()), Instant::now(), UNIX0);
+    for own in ["192.0.2.53", "192.0.2.77", "192.0.2.54"] {
+        assert!(g.exempt(ip(own)), "{own} is the sbc's own infrastructure");
+    }
+    assert!(!g.exempt(ip("192.0.2.99")), "anyone else is not");
+}

@@ -184,7 +184,14 @@ impl Core {
                 self.message_done(id, Outcome::Expired);
             }
         }
-        for key in self.mailbox.store.keys() {
+        let keys = self.mailbox.store.keys();
+        // A queue emptied by expiry leaves no retry state behind (the keys
+        // come from Request-URIs: they must not pile up).
+        if self.mailbox.retry.len() > keys.len() {
+            let live: HashSet<&String> = keys.iter().collect();
+            self.mailbox.retry.retain(|k, _| live.contains(k));
+        }
+        for key in keys {
             self.pump_messages(txn, &key, now);
         }
     }

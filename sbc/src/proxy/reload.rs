@@ -111,7 +111,10 @@ pub fn restart_key(old: &Config, new: &Config) -> Option<String> {
             .filter(|(_, r)| r != "None")
             .collect::<Vec<_>>()
     };
-    let checks: [(&str, bool); 17] = [
+    // The resolver and the names it watches are set up at start.
+    let dns_names =
+        |c: &Config| c.trunks.iter().filter_map(|t| Some((t.name.clone(), dbg(t.dns.as_ref()?)))).collect::<Vec<_>>();
+    let checks: [(&str, bool); 19] = [
         ("sip.tcp", old.tcp != new.tcp),
         ("sip.max_message_size", old.max_message_size != new.max_message_size),
         ("sip.t1_ms", old.t1 != new.t1),
@@ -129,6 +132,8 @@ pub fn restart_key(old: &Config, new: &Config) -> Option<String> {
         ("auth", old.auth.is_some() != new.auth.is_some()),
         ("auth (realm, secret, nonce_lifetime_s, algorithms, max_nonces)", auth_fixed(old) != auth_fixed(new)),
         ("trunk.register (registering trunks)", registering(old) != registering(new)),
+        ("dns", dbg(&old.dns) != dbg(&new.dns)),
+        ("trunk.address (trunks named by DNS)", dns_names(old) != dns_names(new)),
     ];
     let relay = media_relay::relay::restart_key(&old.relay, &new.relay).map(str::to_owned);
     relay.or_else(|| checks.into_iter().find(|(_, changed)| *changed).map(|(k, _)| k.to_owned()))

@@ -233,8 +233,15 @@ impl Core {
         };
         // With no dialog, a Route or Request-URI host named by DNS (RFC
         // 3263, from the cache); not yet resolved, the sender is asked to
-        // retry. Looked up only for requests routed through us.
-        let dns_hop = if found.is_none() && on_route && by_headers.is_none() {
+        // retry. Looked up only for requests routed through us, from a
+        // source that may make us follow them (with `[auth]`, a trusted
+        // one: an unauthenticated peer must not make us resolve names it
+        // picks).
+        let dns_hop = if found.is_none()
+            && on_route
+            && by_headers.is_none()
+            && super::identity::may_follow_headers(&self.cfg, &from)
+        {
             self.header_hop(&msg, now)
         } else {
             HeaderHop::NotDns

@@ -91,7 +91,7 @@ impl Message {
         }
 
         let call_id = self.call_id().unwrap_or_default();
-        if call_id.is_empty() || call_id.contains([' ', '\t']) {
+        if call_id.is_empty() || call_id.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return Err(bad(Defect::Malformed("Call-ID")));
         }
         let (_, cseq_method) =
