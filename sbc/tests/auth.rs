@@ -206,19 +206,21 @@ fn sighup_reloads_the_users_file_and_keeps_it_when_broken() {
     std::fs::write(&users, &text).unwrap();
     hup();
     assert!(
-        testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads("users file reloaded") == 1)
+        testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads("configuration reloaded") == 1)
     );
-    assert!(t.s.log().contains("users=2"), "the count is logged");
+    // SIGHUP reloads the whole configuration, the users file with it.
+    assert!(t.s.log().contains("users: 2"), "the count is logged");
     assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || t
         .s
         .metric("sbc_auth_users", &[])
         == 2.0));
     assert!(t.register("bob", "bob", "bob-pw", 200).0, "bob registers after the reload");
-    // A broken file: logged with its line number, the old table stays.
+    // A broken file: logged with its line number, the running
+    // configuration (and its users table) stays.
     std::fs::write(&users, format!("{text}carol:127.0.0.1:not-a-hash:\n")).unwrap();
     hup();
-    assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads("old table stays") == 1));
-    let line = t.s.log().lines().find(|l| l.contains("old table stays")).unwrap().to_owned();
+    assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads("the running one stays") == 1));
+    let line = t.s.log().lines().find(|l| l.contains("the running one stays")).unwrap().to_owned();
     assert!(line.contains("line 4"), "{line}");
     assert_eq!(t.s.metric("sbc_auth_users", &[]), 2.0);
     assert!(t.register("alice", "alice", "alice-pw", 200).0, "the old table still works");
