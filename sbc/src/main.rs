@@ -378,9 +378,9 @@ fn run(cfg: Config, cfg_path: Option<PathBuf>) -> Result<(), Error> {
                     }
                     match &auth {
                         Some(a) => reload_users(a, &users_tx),
-                        None => tracing::info!(
-                            "SIGHUP: reload is not supported yet; restart to apply configuration changes"
-                        ),
+                        None => {
+                            tracing::info!("SIGHUP: running the embedded configuration, there is no file to reload")
+                        }
                     }
                     continue;
                 }

@@ -205,9 +205,9 @@ fn sighup_reloads_the_users_file_and_keeps_it_when_broken() {
     text.push('\n');
     std::fs::write(&users, &text).unwrap();
     hup();
-    assert!(
-        testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads("configuration reloaded") == 1)
-    );
+    assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads(
+        "configuration reloaded"
+    ) == 1));
     // SIGHUP reloads the whole configuration, the users file with it.
     assert!(t.s.log().contains("users: 2"), "the count is logged");
     assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || t
@@ -219,7 +219,9 @@ fn sighup_reloads_the_users_file_and_keeps_it_when_broken() {
     // configuration (and its users table) stays.
     std::fs::write(&users, format!("{text}carol:127.0.0.1:not-a-hash:\n")).unwrap();
     hup();
-    assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads("the running one stays") == 1));
+    assert!(testkit::wait_until(Duration::from_secs(5), Duration::from_millis(50), || reloads(
+        "the running one stays"
+    ) == 1));
     let line = t.s.log().lines().find(|l| l.contains("the running one stays")).unwrap().to_owned();
     assert!(line.contains("line 4"), "{line}");
     assert_eq!(t.s.metric("sbc_auth_users", &[]), 2.0);
