@@ -59,6 +59,21 @@ impl DnsLab {
     }
 }
 
+/// The end of every test's sbc config: control socket, CDR file and
+/// metrics in `dir`, and a relay of `ports` ports on loopback.
+fn sbc_tail(dir: &TestDir, p: &Ports, ports: u16) -> String {
+    format!(
+        "[control]\nsocket = \"{ctl}\"\n[cdr]\nfile = \"{cdr}\"\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n\
+         [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {r}\nport_max = {r2}\nworkers = 1\n\
+         timeout = 60\nmetrics = \"off\"\n",
+        ctl = dir.join("ctl.sock").display(),
+        cdr = dir.join("cdr.jsonl").display(),
+        m = p.metrics,
+        r = p.relay,
+        r2 = p.relay + ports - 1,
+    )
+}
+
 /// INVITEs a sipp UAS received, from its message log.
 fn invites(dir: &TestDir, name: &str) -> usize {
     std::fs::read_to_string(dir.join(&format!("{name}-msg.log"))).unwrap_or_default().matches("\nINVITE sip:").count()
@@ -109,14 +124,9 @@ fn naptr_srv_targets_fail_over_within_a_call_and_by_health() {
          [[route]]\nprefix = \"\"\ntrunks = [\"carrier\"]\n\
          [dns]\nservers = [\"{dns}:53\"]\nmin_ttl_s = 1\nmax_ttl_s = 60\nnegative_ttl_s = 1\n\
          [health]\ninterval_ms = 500\nprobe_timeout_ms = 300\ndown_after = 3\nup_after = 3\nhold_down_s = 30\n\
-         [control]\nsocket = \"{ctl}\"\n[cdr]\nfile = \"{cdr}\"\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n\
-         [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {r}\nport_max = {r2}\nworkers = 1\ntimeout = 60\nmetrics = \"off\"\n",
+         {tail}",
         sip = p.sip,
-        ctl = dir.join("ctl.sock").display(),
-        cdr = dir.join("cdr.jsonl").display(),
-        m = p.metrics,
-        r = p.relay,
-        r2 = p.relay + 299,
+        tail = sbc_tail(&dir, &p, 300),
         dns = lab.dns,
     );
     let s = Sbc::start(&dir, &p, &cfg, Some("info,sbc::proxy=debug,sbc::dns=debug"));
@@ -188,14 +198,9 @@ fn an_unresolvable_trunk_name_gets_503_without_blocking() {
          [[trunk]]\nname = \"carrier\"\naddress = \"missing.test\"\n\
          [[route]]\nprefix = \"\"\ntrunks = [\"carrier\"]\n\
          [dns]\nservers = [\"{dns}:53\"]\nnegative_ttl_s = 2\n\
-         [control]\nsocket = \"{ctl}\"\n[cdr]\nfile = \"{cdr}\"\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n\
-         [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {r}\nport_max = {r2}\nworkers = 1\ntimeout = 60\nmetrics = \"off\"\n",
+         {tail}",
         sip = p.sip,
-        ctl = dir.join("ctl.sock").display(),
-        cdr = dir.join("cdr.jsonl").display(),
-        m = p.metrics,
-        r = p.relay,
-        r2 = p.relay + 99,
+        tail = sbc_tail(&dir, &p, 100),
         dns = lab.dns,
     );
     let s = Sbc::start(&dir, &p, &cfg, Some("info"));
@@ -235,15 +240,10 @@ fn a_request_uri_host_named_by_dns_is_resolved_in_the_background() {
          [[trunk]]\nname = \"carrier\"\naddress = \"127.0.0.1:{a}\"\nprobe = false\n\
          [[route]]\nprefix = \"\"\ntrunks = [\"carrier\"]\n\
          [dns]\nservers = [\"{dns}:53\"]\n\
-         [control]\nsocket = \"{ctl}\"\n[cdr]\nfile = \"{cdr}\"\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n\
-         [relay]\ninterfaces = [\"127.0.0.1\"]\nlisten_ng = \"off\"\nport_min = {r}\nport_max = {r2}\nworkers = 1\ntimeout = 60\nmetrics = \"off\"\n",
+         {tail}",
         sip = p.sip,
         a = p.a,
-        ctl = dir.join("ctl.sock").display(),
-        cdr = dir.join("cdr.jsonl").display(),
-        m = p.metrics,
-        r = p.relay,
-        r2 = p.relay + 99,
+        tail = sbc_tail(&dir, &p, 100),
         dns = lab.dns,
     );
     let s = Sbc::start(&dir, &p, &cfg, Some("info"));

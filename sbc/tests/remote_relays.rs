@@ -173,6 +173,22 @@ fn ctl(dir: &TestDir, cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The trunk: a sipp UAS in the hub answering on port 5070 and echoing
+/// RTP, for `secs` at most; ready when this returns.
+fn echo_uas(sipp: &Sipp, lab: &Lab, dir: &TestDir, secs: u32) -> testkit::ChildGuard {
+    let uas = sipp
+        .uas(dir.path(), 5070)
+        .netns(lab.hub.name())
+        .scenario("uas_echo.xml")
+        .media(MEDIA_IP, Some(6000))
+        .arg("-rtp_echo")
+        .timeout_s(secs)
+        .trace_err()
+        .spawn("uas");
+    std::thread::sleep(Duration::from_millis(300));
+    uas
+}
+
 /// The `uac_rtp.xml` scenario streaming `secs` seconds of audio.
 fn uac_scenario(dir: &TestDir, name: &str, secs: usize) -> PathBuf {
     let audio = dir.write(&format!("{name}.raw"), vec![0xd5u8; secs * 50 * 160]);
@@ -207,16 +223,7 @@ fn calls_spread_over_two_relays_and_survive_the_loss_of_one() {
         .map(|i| format!("[[media_relay]]\nname = \"r{i}\"\nng = \"{}\"\nweight = 1\n", ng_addr(i)))
         .collect::<String>();
     let _sbc = start_sbc(&lab, &dir, &tables);
-    let _uas = sipp
-        .uas(dir.path(), 5070)
-        .netns(lab.hub.name())
-        .scenario("uas_echo.xml")
-        .media(MEDIA_IP, Some(6000))
-        .arg("-rtp_echo")
-        .timeout_s(90)
-        .trace_err()
-        .spawn("uas");
-    std::thread::sleep(Duration::from_millis(300));
+    let _uas = echo_uas(&sipp, &lab, &dir, 90);
 
     // Six 8-second calls with RTP: three on each relay.
     let long = uac_scenario(&dir, "long", 8);
@@ -319,16 +326,7 @@ fn a_call_with_rtp_through_rtpengine() {
     );
     wait_ng(&lab, 0);
     let _sbc = start_sbc(&lab, &dir, &format!("[[media_relay]]\nname = \"rtpengine\"\nng = \"{}\"\n", ng_addr(0)));
-    let _uas = sipp
-        .uas(dir.path(), 5070)
-        .netns(lab.hub.name())
-        .scenario("uas_echo.xml")
-        .media(MEDIA_IP, Some(6000))
-        .arg("-rtp_echo")
-        .timeout_s(60)
-        .trace_err()
-        .spawn("uas");
-    std::thread::sleep(Duration::from_millis(300));
+    let _uas = echo_uas(&sipp, &lab, &dir, 60);
     let sf = uac_scenario(&dir, "call", 3);
     let ok = sipp
         .uac(dir.path(), SBC_SIP, "1000", 5080)
@@ -383,16 +381,7 @@ fn a_silent_relay_costs_one_timeout_and_comes_back_after_the_hold_down() {
     // The sbc's own [health] section is written by start_sbc: the relays
     // use its defaults (3 misses DOWN, 3 answers and 10 s back UP).
     let _sbc = start_sbc(&lab, &dir, &tables);
-    let _uas = sipp
-        .uas(dir.path(), 5070)
-        .netns(lab.hub.name())
-        .scenario("uas_echo.xml")
-        .media(MEDIA_IP, Some(6000))
-        .arg("-rtp_echo")
-        .timeout_s(90)
-        .trace_err()
-        .spawn("uas");
-    std::thread::sleep(Duration::from_millis(300));
+    let _uas = echo_uas(&sipp, &lab, &dir, 90);
 
     // Relay r0 stops answering (SIGSTOP: no ICMP, its socket still takes
     // the datagrams). The first offer to it waits out the 1 s timeout and
